@@ -1,0 +1,18 @@
+"""diffusers-nft: DiffusionNFT (online RL on the forward process) for flow-matching diffusers pipelines."""
+
+__version__ = "0.1.0"
+
+from .advantages import Optimality, rewards_to_optimality
+from .config import NFTConfig
+from .loss import NFTLoss, NFTLossOutput
+
+__all__ = ["NFTConfig", "NFTLoss", "NFTLossOutput", "NFTTrainer", "Optimality", "rewards_to_optimality"]
+
+
+def __getattr__(name):
+    # The trainer pulls in diffusers and accelerate; the math above stays importable without them.
+    if name == "NFTTrainer":
+        from .trainer import NFTTrainer
+
+        return NFTTrainer
+    raise AttributeError(name)

@@ -1,0 +1,136 @@
+"""Checkpoint folders, written atomically: a temporary folder, then one rename.
+
+A checkpoint is a folder `checkpoint-<step>` of named parts. The file extension says how a part is stored:
+`.safetensors` (a dict of tensors), `.json` (plain data) or `.pt` (anything `torch.save` takes: optimizer,
+lr scheduler, RNG states). A folder is complete when its rename happened; a crash mid-write leaves only a
+`.tmp-checkpoint-*` folder, which is ignored and cleaned up.
+"""
+
+import json
+import os
+import re
+import shutil
+from typing import Any, Dict, List, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or unreadable."""
+
+
+def _write_part(path: str, value: Any) -> None:
+    if path.endswith(".safetensors"):
+        save_file(value, path)
+    elif path.endswith(".json"):
+        with open(path, "w") as f:
+            json.dump(value, f, indent=2)
+    else:
+        torch.save(value, path)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _read_part(path: str) -> Any:
+    if path.endswith(".safetensors"):
+        return load_file(path)
+    if path.endswith(".json"):
+        with open(path) as f:
+            return json.load(f)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def list_checkpoints(output_dir: str) -> List[str]:
+    """Complete checkpoint folders in `output_dir`, oldest step first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _NAME.match(name))]
+    found = [(step, name) for step, name in found if os.path.isfile(os.path.join(output_dir, name, STATE_FILE))]
+    return [os.path.join(output_dir, name) for _, name in sorted(found)]
+
+
+def save_checkpoint(output_dir: str, step: int, parts: Dict[str, Any], total_limit: Optional[int] = None) -> str:
+    """Write `parts` to `output_dir/checkpoint-<step>` atomically, then keep only the newest `total_limit`.
+
+    `parts` must include `trainer_state.json`. Returns the checkpoint folder.
+    """
+    if STATE_FILE not in parts:
+        raise ValueError(f"A checkpoint needs a {STATE_FILE} part.")
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    tmp = os.path.join(output_dir, f".tmp-checkpoint-{step}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name, value in parts.items():
+        if name != STATE_FILE:
+            _write_part(os.path.join(tmp, name), value)
+    _write_part(os.path.join(tmp, STATE_FILE), parts[STATE_FILE])  # last: its presence marks a whole folder
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(output_dir)
+    if total_limit is not None:
+        for old in list_checkpoints(output_dir)[:-total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clean_incomplete(output_dir: str) -> None:
+    """Remove temporary folders that a crash during a checkpoint write left behind."""
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            if name.startswith(".tmp-checkpoint-"):
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str) -> Optional[str]:
+    """The folder to resume from: a path, or `"latest"` for the newest complete one in `output_dir`.
+
+    Returns None for `"latest"` when `output_dir` has no checkpoint yet (a fresh start).
+
+    Raises:
+        CheckpointError: If a given path is not a complete checkpoint.
+    """
+    if resume_from_checkpoint == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = resume_from_checkpoint
+    if not os.path.isdir(path):
+        raise CheckpointError(
+            f"resume_from_checkpoint={path!r} does not exist. Pass a checkpoint-<step> folder or 'latest'."
+        )
+    if not os.path.isfile(os.path.join(path, STATE_FILE)):
+        raise CheckpointError(f"{path!r} is not a complete checkpoint (no {STATE_FILE}); pick an earlier one.")
+    return path
+
+
+def load_checkpoint(path: str, required: List[str]) -> Dict[str, Any]:
+    """Read every part of a checkpoint folder.
+
+    Raises:
+        CheckpointError: If a required part is missing or a part cannot be read.
+    """
+    missing = [name for name in required + [STATE_FILE] if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        raise CheckpointError(f"Checkpoint {path!r} is incomplete: {missing} missing. Resume from another one.")
+    parts = {}
+    for name in sorted(os.listdir(path)):
+        try:
+            parts[name] = _read_part(os.path.join(path, name))
+        except Exception as error:
+            raise CheckpointError(
+                f"Checkpoint {path!r} is corrupt: cannot read {name} ({type(error).__name__}: {error}). "
+                "Resume from another checkpoint."
+            ) from error
+    return parts

@@ -1,0 +1,151 @@
+"""`NFTConfig`: every setting of a DiffusionNFT run, with the defaults of the public SD3.5-Medium release."""
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+from .advantages import STD_SCOPES
+from .loss import WEIGHTINGS
+from .schedules import OLD_POLICY_DECAYS
+from .timesteps import TRAIN_TIMESTEPS
+
+SAMPLERS = ("euler", "heun", "dpm_solver", "unipc")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass
+class NFTConfig:
+    """Configuration of `NFTTrainer`. Usable with `transformers.HfArgumentParser`.
+
+    One *step* is one NFT iteration: sample `prompts_per_iteration * group_size` images with the old policy,
+    score them, and train on them. `max_steps`, `logging_steps`, `save_steps` and `validation_steps` count
+    iterations; the decay schedules count optimizer steps.
+    """
+
+    # Run
+    output_dir: str = field(default="nft-output", metadata={"help": "Where the LoRA, checkpoints and logs go."})
+    seed: int = field(default=42, metadata={"help": "Seed of prompts, noise and training timesteps."})
+    max_steps: int = field(default=1000, metadata={"help": "Number of NFT iterations."})
+    logging_steps: int = field(default=1, metadata={"help": "Log metrics every this many iterations."})
+    save_steps: int = field(default=50, metadata={"help": "Write a checkpoint every this many iterations."})
+    save_total_limit: Optional[int] = field(default=None, metadata={"help": "Keep at most this many checkpoints."})
+    resume_from_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "A checkpoint-<step> folder, or 'latest' in output_dir."}
+    )
+    report_to: str = field(
+        default="tensorboard", metadata={"help": "Tracker: 'tensorboard', 'wandb', 'all' or 'none'."}
+    )
+    mixed_precision: str = field(default="no", metadata={"help": f"One of {MIXED_PRECISIONS}."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+    allow_tf32: bool = field(default=True, metadata={"help": "Allow TF32 matmuls on Ampere and newer GPUs."})
+    save_ema_weights: bool = field(
+        default=True, metadata={"help": "Save the EMA of the LoRA (release) rather than the raw trained weights."}
+    )
+
+    # Optimizer (release: AdamW 3e-4, betas (0.9, 0.999), wd 1e-4, eps 1e-8, constant lr, clip 1.0)
+    learning_rate: float = 3e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "A diffusers.optimization scheduler name."})
+    lr_warmup_steps: int = 0
+    gradient_accumulation_steps: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Micro-batches (train_batch_size samples at one timestep) per optimizer step. Default: all "
+            "micro-batches of an iteration, i.e. one optimizer step per iteration (the release)."
+        },
+    )
+
+    # Sampling
+    prompts_per_iteration: int = field(default=48, metadata={"help": "Prompt groups per iteration (all processes)."})
+    group_size: int = field(default=24, metadata={"help": "Images per prompt (K); at least 2."})
+    num_sampling_steps: int = field(default=10, metadata={"help": "Solver steps of each rollout."})
+    sampler: str = field(default="dpm_solver", metadata={"help": f"Data-collection solver, one of {SAMPLERS}."})
+    guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale of rollouts; 1.0 is CFG-free (NFT)."})
+    resolution: int = 512
+    max_sequence_length: int = field(default=256, metadata={"help": "T5 tokens per prompt."})
+    sample_batch_size: int = field(default=8, metadata={"help": "Images per rollout batch per process."})
+    offload_text_encoders: bool = field(
+        default=False, metadata={"help": "Keep text encoders on the CPU except while encoding prompts."}
+    )
+
+    # Rewards and advantages
+    reward_weights: Optional[List[float]] = field(default=None, metadata={"help": "One weight per reward."})
+    adv_clip_max: float = field(default=5.0, metadata={"help": "Clip of the normalised advantage (c)."})
+    advantage_std: str = field(default="global", metadata={"help": f"Std of the advantage, one of {STD_SCOPES}."})
+
+    # Loss
+    nft_beta: float = field(default=1.0, metadata={"help": "Guidance strength of the implicit policies."})
+    kl_beta: float = field(default=1e-4, metadata={"help": "Weight of the KL to the base model; 0 skips it."})
+    loss_weighting: str = field(default="x0_adaptive", metadata={"help": f"One of {WEIGHTINGS}."})
+    train_batch_size: int = field(default=8, metadata={"help": "Samples per training micro-batch per process."})
+    train_timesteps: str = field(default="sampler_grid", metadata={"help": f"One of {TRAIN_TIMESTEPS}."})
+    timestep_fraction: float = field(
+        default=0.99, metadata={"help": "Each sample trains at int(fraction * num_sampling_steps) noise levels."}
+    )
+    timestep_shift: float = field(default=3.0, metadata={"help": "Shift of 'uniform'/'logit_normal' draws."})
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+    # Old policy and EMA
+    old_policy_decay: str = field(default="linear", metadata={"help": f"Schedule, one of {OLD_POLICY_DECAYS}."})
+    old_policy_decay_constant: float = field(default=0.0, metadata={"help": "eta of the 'constant' schedule."})
+    ema_decay: float = field(default=0.9, metadata={"help": "Largest decay of the evaluation EMA."})
+
+    # Validation
+    validation_prompts: Optional[List[str]] = field(default=None, metadata={"help": "Prompts of the sample grid."})
+    validation_steps: int = field(default=10, metadata={"help": "Save a sample grid every this many iterations."})
+    num_validation_images: int = field(default=4, metadata={"help": "Fixed-seed images per validation prompt."})
+    eval_num_steps: int = field(default=40, metadata={"help": "Euler steps of evaluation samples."})
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ValueError` with the fix for any bad value, before any compute is spent."""
+        _check(self.group_size >= 2, f"group_size must be >= 2 (got {self.group_size}): NFT compares images of one prompt.")
+        _check(self.nft_beta > 0, f"nft_beta must be > 0 (got {self.nft_beta}); the release uses 1.0 (0.1 for OCR).")
+        _check(self.adv_clip_max > 0, f"adv_clip_max must be > 0 (got {self.adv_clip_max}); the release uses 5.")
+        _check(self.kl_beta >= 0, f"kl_beta must be >= 0 (got {self.kl_beta}); the release uses 1e-4.")
+        _check(self.learning_rate > 0, f"learning_rate must be > 0 (got {self.learning_rate}).")
+        for name in ("max_steps", "prompts_per_iteration", "num_sampling_steps", "sample_batch_size",
+                     "train_batch_size", "logging_steps", "save_steps", "validation_steps", "eval_num_steps",
+                     "resolution", "max_sequence_length", "num_validation_images"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)}).")
+        _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS} (got {self.sampler!r}).")
+        _check(self.guidance_scale >= 1.0, f"guidance_scale must be >= 1.0 (got {self.guidance_scale}); 1.0 is CFG-free.")
+        _check(self.mixed_precision in MIXED_PRECISIONS, f"mixed_precision must be one of {MIXED_PRECISIONS}.")
+        _check(self.advantage_std in STD_SCOPES, f"advantage_std must be one of {STD_SCOPES} (got {self.advantage_std!r}).")
+        _check(self.loss_weighting in WEIGHTINGS, f"loss_weighting must be one of {WEIGHTINGS} (got {self.loss_weighting!r}).")
+        _check(self.train_timesteps in TRAIN_TIMESTEPS, f"train_timesteps must be one of {TRAIN_TIMESTEPS}.")
+        _check(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1] (got {self.timestep_fraction}).")
+        _check(self.timestep_shift > 0, f"timestep_shift must be > 0 (got {self.timestep_shift}).")
+        _check(self.old_policy_decay in OLD_POLICY_DECAYS, f"old_policy_decay must be one of {OLD_POLICY_DECAYS}.")
+        _check(0 <= self.old_policy_decay_constant < 1, "old_policy_decay_constant must be in [0, 1).")
+        _check(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (got {self.ema_decay}).")
+        _check(self.max_grad_norm > 0, f"max_grad_norm must be > 0 (got {self.max_grad_norm}).")
+        _check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit must be >= 1 or None.")
+        _check(
+            self.gradient_accumulation_steps is None or self.gradient_accumulation_steps >= 1,
+            "gradient_accumulation_steps must be >= 1 or None (one optimizer step per iteration).",
+        )
+        _check(self.resolution % 8 == 0, f"resolution must be a multiple of 8 (got {self.resolution}).")
+
+    @property
+    def images_per_iteration(self) -> int:
+        return self.prompts_per_iteration * self.group_size
+
+    @property
+    def logging_dir(self) -> str:
+        return os.path.join(self.output_dir, "logs")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

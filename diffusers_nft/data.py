@@ -1,0 +1,95 @@
+"""Prompt sets and the sampler that draws prompts for each iteration."""
+
+import json
+import os
+from typing import List, Sequence, Union
+
+import torch
+from datasets import Dataset, load_dataset
+
+PromptSource = Union[Dataset, Sequence[str], Sequence[dict], str, os.PathLike]
+
+
+def load_prompts(source: PromptSource, prompt_column: str = "prompt") -> Dataset:
+    """Prompts as a `datasets.Dataset` with a `"prompt"` column; other columns are metadata for the rewards.
+
+    Args:
+        source: A `datasets.Dataset`; a list of strings; a list of dicts; a `.txt` file (one prompt a line); a
+            `.jsonl`/`.json` file of records; or the name of a dataset to `load_dataset` (train split).
+        prompt_column: The column holding the prompts, renamed to `"prompt"`.
+
+    Raises:
+        ValueError: If the source is empty or has no prompt column.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        dataset = _load_file_or_hub(str(source))
+    elif isinstance(source, Dataset):
+        dataset = source
+    else:
+        records = [{"prompt": r} if isinstance(r, str) else dict(r) for r in source]
+        dataset = Dataset.from_list(records) if records else Dataset.from_dict({"prompt": []})
+    if prompt_column != "prompt" and prompt_column in dataset.column_names:
+        dataset = dataset.rename_column(prompt_column, "prompt")
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"The prompt set has no {prompt_column!r} column; its columns are {dataset.column_names}.")
+    if len(dataset) == 0:
+        raise ValueError("The prompt set is empty: give at least one prompt.")
+    return dataset
+
+
+def _load_file_or_hub(path: str) -> Dataset:
+    if path.endswith(".txt"):
+        with open(path) as f:
+            return Dataset.from_dict({"prompt": [line.strip() for line in f if line.strip()]})
+    if path.endswith(".jsonl"):
+        with open(path) as f:
+            return Dataset.from_list([json.loads(line) for line in f if line.strip()])
+    if path.endswith(".json"):
+        with open(path) as f:
+            return Dataset.from_list(json.load(f))
+    if os.path.exists(path):
+        raise ValueError(f"Cannot read prompts from {path!r}: use a .txt, .jsonl or .json file.")
+    return load_dataset(path, split="train")
+
+
+class PromptSampler:
+    """Draws prompts for each iteration: a seeded permutation per epoch, walked in order.
+
+    Its state (epoch and position) is part of every checkpoint, so a resumed run sees the same prompts.
+
+    Args:
+        num_prompts: Size of the prompt set.
+        seed: Seed of the permutations.
+    """
+
+    def __init__(self, num_prompts: int, seed: int):
+        self.num_prompts = num_prompts
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+
+    def _permutation(self) -> List[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.num_prompts, generator=generator).tolist()
+
+    def next(self, count: int) -> List[int]:
+        """Indices of the next `count` prompts (a prompt set smaller than `count` is repeated across epochs)."""
+        indices = []
+        while len(indices) < count:
+            if self.position >= self.num_prompts:
+                self.epoch, self.position = self.epoch + 1, 0
+            take = min(count - len(indices), self.num_prompts - self.position)
+            indices += self._permutation()[self.position : self.position + take]
+            self.position += take
+        return indices
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "num_prompts": self.num_prompts}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_prompts"] != self.num_prompts:
+            raise ValueError(
+                f"The checkpoint was written with {state['num_prompts']} prompts, this run has {self.num_prompts}; "
+                "resume with the same prompt set."
+            )
+        self.epoch, self.position = state["epoch"], state["position"]

@@ -1,0 +1,63 @@
+"""What the trainer needs from a pipeline family. One subclass per family, in a file of its own."""
+
+from typing import Dict, List, Tuple
+
+import torch
+
+Conditioning = Dict[str, torch.Tensor]
+"""Prompt conditioning of a family: named tensors whose first dimension is the batch."""
+
+
+def select_conditioning(cond: Conditioning, index: torch.Tensor) -> Conditioning:
+    """Rows `index` of every conditioning tensor."""
+    return {key: value[index.to(value.device)] for key, value in cond.items()}
+
+
+class FlowPipelineAdapter:
+    """The bridge between `NFTTrainer` and one family of flow-matching diffusers pipelines.
+
+    A subclass names the pipeline classes it serves in `pipeline_class_names`, and implements prompt encoding,
+    the latent shape, the velocity prediction and decoding. Everything else (adapters, sampling, the loss) is
+    shared, so a new family is one small file registered in `diffusers_nft.pipelines`.
+
+    Args:
+        pipeline: The diffusers pipeline.
+    """
+
+    pipeline_class_names: Tuple[str, ...] = ()
+    default_lora_targets: Tuple[str, ...] = ()
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        # What forward passes go through; the trainer swaps in the accelerate-prepared module.
+        self.model = pipeline.transformer
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipeline.transformer
+
+    @property
+    def text_encoders(self) -> List[torch.nn.Module]:
+        """The text encoders, for moving them off the accelerator once prompts are encoded."""
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+        return [getattr(self.pipeline, n) for n in names if getattr(self.pipeline, n, None) is not None]
+
+    def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
+        """Encode prompts once; the result is reused for every image of the prompt and for training."""
+        raise NotImplementedError
+
+    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
+        """Shape of one sample's latents (without the batch dimension) at a square resolution."""
+        raise NotImplementedError
+
+    def timestep_kwargs(self, latent_shape: Tuple[int, ...]) -> dict:
+        """Extra `scheduler.set_timesteps` arguments (for example `mu` for dynamic shifting)."""
+        return {}
+
+    def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The transformer's velocity `eps - x0` at noise level `sigma` (shape `(B,)`), in float32."""
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode latents to images as a float tensor `(B, 3, H, W)` in [0, 1]."""
+        raise NotImplementedError

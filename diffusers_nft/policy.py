@@ -1,0 +1,185 @@
+"""The three policies of NFT on one transformer, with PEFT LoRA.
+
+- `"default"`: the trainable LoRA adapter, v_theta.
+- `"old"`: a second LoRA adapter that collects data, v_old; it starts as a copy of theta and follows it by a soft
+  update once per iteration.
+- `"reference"`: the frozen base model, every adapter disabled.
+
+An EMA of theta, kept in float32 beside the model, is used for evaluation and for the saved LoRA.
+"""
+
+import re
+import warnings
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import torch
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+TRAINED, OLD, REFERENCE = "default", "old", "reference"
+
+
+def matching_modules(model: torch.nn.Module, targets: Sequence[str]) -> List[str]:
+    """Names of the linear modules that PEFT's suffix matching would pick for `targets`."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
+    ]
+
+
+def default_lora_config(
+    transformer: torch.nn.Module,
+    targets: Sequence[str],
+    rank: int = 32,
+    alpha: float = 64,
+    init: str = "gaussian",
+) -> LoraConfig:
+    """A LoRA config for `targets`, keeping only the targets this transformer has.
+
+    Args:
+        transformer: The transformer to adapt.
+        targets: Module-name suffixes, such as `"attn.to_q"`. Targets that match nothing are dropped, so one list
+            covers SD3 and SD3.5 (whose `attn2` modules only some models have).
+        rank: LoRA rank (release: 32).
+        alpha: LoRA alpha (release: 64).
+        init: PEFT `init_lora_weights` (release: `"gaussian"`).
+
+    Raises:
+        ValueError: If no target matches any linear module.
+    """
+    present = [t for t in targets if matching_modules(transformer, [t])]
+    check_lora_targets(transformer, present or list(targets))
+    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=init, target_modules=present)
+
+
+def check_lora_targets(transformer: torch.nn.Module, targets) -> None:
+    """Raise a clear error if LoRA `targets` match no linear module of `transformer`."""
+    if isinstance(targets, str):  # a PEFT regex
+        found = any(re.fullmatch(targets, n) for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear))
+    else:
+        found = bool(matching_modules(transformer, list(targets)))
+    if not found:
+        examples = [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)][:6]
+        raise ValueError(
+            f"LoRA targets {targets} match no linear module of {type(transformer).__name__}. "
+            f"Targets are module-name suffixes; this model has modules such as {examples}."
+        )
+
+
+def _canonical(name: str, adapter: str) -> str:
+    return name.replace(f".{adapter}.", ".")
+
+
+class NFTPolicy:
+    """Trainable, old and reference policies on one transformer, plus an EMA of the trainable one.
+
+    Args:
+        transformer: A diffusers transformer (a `PeftAdapterMixin` model). Its base weights are frozen.
+        lora_config: The LoRA of both adapters.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, lora_config: LoraConfig):
+        check_lora_targets(transformer, lora_config.target_modules)
+        transformer.requires_grad_(False)
+        transformer.add_adapter(lora_config, adapter_name=TRAINED)
+        with warnings.catch_warnings():  # PEFT warns about a second adapter; two are the point here.
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            transformer.add_adapter(lora_config, adapter_name=OLD)
+        self.transformer = transformer
+        self.lora_config = lora_config
+        self._layers = [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
+        self._params = {adapter: self._adapter_params(adapter) for adapter in (TRAINED, OLD)}
+        if self._params[TRAINED].keys() != self._params[OLD].keys():
+            raise RuntimeError("The 'default' and 'old' adapters do not have the same tensors.")
+        self.use(TRAINED)
+        for p in self.trainable_parameters():
+            p.data = p.data.float()  # LoRA in fp32 even when the base model is in half precision
+        self.update_old(0.0)
+        self.ema = {name: p.detach().float().clone() for name, p in self._params[TRAINED].items()}
+
+    def _adapter_params(self, adapter: str) -> Dict[str, torch.nn.Parameter]:
+        return {
+            _canonical(name, adapter): p
+            for name, p in self.transformer.named_parameters()
+            if f".{adapter}." in name and "lora_" in name
+        }
+
+    def trainable_parameters(self) -> List[torch.nn.Parameter]:
+        return list(self._params[TRAINED].values())
+
+    def use(self, policy: str) -> None:
+        """Route the transformer's forward through `"default"`, `"old"` or `"reference"` (no adapter)."""
+        for layer in self._layers:
+            if policy == REFERENCE:
+                layer.enable_adapters(False)
+            else:
+                layer.enable_adapters(True)
+                layer.set_adapter(policy, inference_mode=policy != TRAINED)
+
+    @contextmanager
+    def using(self, policy: str) -> Iterator[None]:
+        """Use `policy` inside the block, then return to the trainable policy."""
+        self.use(policy)
+        try:
+            yield
+        finally:
+            self.use(TRAINED)
+
+    @torch.no_grad()
+    def update_old(self, decay: float) -> None:
+        """Soft update `old <- decay * old + (1 - decay) * theta`."""
+        for name, theta in self._params[TRAINED].items():
+            old = self._params[OLD][name]
+            old.mul_(decay).add_(theta.to(old.dtype), alpha=1 - decay)
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """`ema <- decay * ema + (1 - decay) * theta`."""
+        for name, theta in self._params[TRAINED].items():
+            ema = self.ema[name]
+            ema.mul_(decay).add_(theta.detach().to(ema.device, ema.dtype), alpha=1 - decay)
+
+    def state_dict(self, which: str) -> Dict[str, torch.Tensor]:
+        """LoRA tensors of `"default"`, `"old"` or `"ema"`, keyed like `get_peft_model_state_dict`, on the CPU."""
+        source = self.ema if which == "ema" else self._params[which]
+        return {name: t.detach().cpu().clone().contiguous() for name, t in source.items()}
+
+    @torch.no_grad()
+    def load_state_dict(self, which: str, tensors: Dict[str, torch.Tensor]) -> None:
+        """Load tensors written by `state_dict(which)`."""
+        target = self.ema if which == "ema" else self._params[which]
+        if tensors.keys() != target.keys():
+            missing, extra = target.keys() - tensors.keys(), tensors.keys() - target.keys()
+            raise ValueError(
+                f"LoRA tensors for {which!r} do not match this model: {len(missing)} missing "
+                f"(e.g. {sorted(missing)[:2]}), {len(extra)} unexpected (e.g. {sorted(extra)[:2]}). "
+                "Was the checkpoint written with another model or LoRA config?"
+            )
+        for name, tensor in tensors.items():
+            target[name].copy_(tensor)
+
+    @contextmanager
+    def ema_weights(self, enabled: bool = True) -> Iterator[None]:
+        """Temporarily put the EMA weights into the trainable adapter (for evaluation)."""
+        if not enabled:
+            yield
+            return
+        backup = self.state_dict(TRAINED)
+        self.load_state_dict(TRAINED, self.ema)
+        try:
+            yield
+        finally:
+            self.load_state_dict(TRAINED, backup)
+
+    @torch.no_grad()
+    def deviation(self) -> float:
+        """L2 norm of the difference between the trainable and old LoRA tensors."""
+        total = sum(((t.float() - self._params[OLD][n].float()) ** 2).sum() for n, t in self._params[TRAINED].items())
+        return float(total) ** 0.5 if self._params[TRAINED] else 0.0
+
+
+def optional_lora_targets(lora_targets: Optional[Sequence[str]], default: Sequence[str]) -> Sequence[str]:
+    """The user's LoRA targets, or the family's defaults."""
+    return list(lora_targets) if lora_targets else list(default)

@@ -1,0 +1,167 @@
+"""A tiny, randomly initialised Stable Diffusion 3.5-style pipeline that is built offline.
+
+It has the real classes (`SD3Transformer2DModel` with dual attention and RMS qk-norm, two CLIP text encoders, a T5
+encoder, `AutoencoderKL`, `FlowMatchEulerDiscreteScheduler`) at a size that runs a training iteration on a laptop
+CPU in about a second. Tests and the offline demo use it; nothing here downloads anything.
+"""
+
+import os
+import tempfile
+
+import torch
+
+_WORDS = (
+    "a an the of in on with and photo picture drawing painting image render digit number "
+    "red green blue yellow magenta cyan black white orange purple pink brown gray "
+    "cat dog bird car house tree flower apple sky sea mountain city street person robot "
+    "zero one two three four five six seven eight nine handwritten small large bright dark "
+    "sign says text word letter poster 0 1 2 3 4 5 6 7 8 9"
+).split()
+
+
+def _corpus():
+    words = list(_WORDS)
+    return [" ".join(words[i : i + 7]) for i in range(0, len(words))] + words
+
+
+def _train_clip_tokenizer(folder):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        end_of_word_suffix="</w>",
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer)
+    tokenizer.model.save(folder)
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+def _train_t5_tokenizer(folder):
+    import sentencepiece as spm
+    from transformers import T5TokenizerFast
+
+    corpus_file = os.path.join(folder, "corpus.txt")
+    with open(corpus_file, "w") as f:
+        f.write("\n".join(_corpus() * 4))
+    spm.SentencePieceTrainer.train(
+        input=corpus_file,
+        model_prefix=os.path.join(folder, "spiece"),
+        vocab_size=100,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )
+    os.remove(corpus_file)
+    return T5TokenizerFast.from_pretrained(folder, extra_ids=0)
+
+
+def build_tiny_sd3_pipeline(seed: int = 0, width: int = 64, num_layers: int = 2, sample_size: int = 8):
+    """Build a tiny SD3.5-style `StableDiffusion3Pipeline` with random weights, fully offline.
+
+    Args:
+        seed: Seed for the random weights; the same seed gives the same pipeline.
+        width: Transformer width (`num_attention_heads * attention_head_dim`).
+        num_layers: Number of transformer blocks (block 0 uses SD3.5 dual attention).
+        sample_size: Latent side length; images are `8 * sample_size` pixels square.
+
+    Returns:
+        A `StableDiffusion3Pipeline` in float32 on the CPU.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        clip_dir, t5_dir = os.path.join(folder, "clip"), os.path.join(folder, "t5")
+        os.makedirs(clip_dir)
+        os.makedirs(t5_dir)
+        tokenizer = _train_clip_tokenizer(clip_dir)
+        tokenizer_2 = _train_clip_tokenizer(clip_dir)
+        tokenizer_3 = _train_t5_tokenizer(t5_dir)
+
+    def clip_encoder(hidden):
+        config = CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return CLIPTextModelWithProjection(config).eval()
+
+    t5_dim = 32
+    text_encoder_3 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_3),
+            d_model=t5_dim,
+            d_ff=64,
+            d_kv=8,
+            num_layers=1,
+            num_heads=4,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).eval()
+    heads = 2
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=num_layers,
+        attention_head_dim=width // heads,
+        num_attention_heads=heads,
+        joint_attention_dim=t5_dim,
+        caption_projection_dim=width,
+        pooled_projection_dim=32,
+        pos_embed_max_size=sample_size // 2 * 2,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=8 * sample_size,
+        shift_factor=0.0,
+        scaling_factor=1.0,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=clip_encoder(16),
+        tokenizer=tokenizer,
+        text_encoder_2=clip_encoder(16),
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )

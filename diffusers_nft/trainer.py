@@ -1,0 +1,557 @@
+"""`NFTTrainer`: the DiffusionNFT loop on accelerate.
+
+One iteration (`NFTTrainer.step`):
+1. draw `prompts_per_iteration` prompts, encode each once;
+2. sample `group_size` images per prompt with the old policy, CFG-free, keeping only the final latents;
+3. score the decoded images, gather rewards from every process and turn them into optimality probabilities r;
+4. train the LoRA on the clean latents with the NFT loss at several noise levels per sample;
+5. soft-update the old policy toward the trained one.
+"""
+
+import json
+import math
+import os
+import random
+import time
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from peft import LoraConfig
+from tqdm.auto import tqdm
+
+from .advantages import rewards_to_optimality
+from .checkpoint import CheckpointError, clean_incomplete, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .config import NFTConfig
+from .data import PromptSampler, PromptSource, load_prompts
+from .loss import NFTLoss
+from .pipelines import get_pipeline_adapter, select_conditioning
+from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, default_lora_config
+from .rewards import WeightedRewards
+from .sampling import is_flow_matching_scheduler, make_sampler, rollout, sigma_grid
+from .schedules import ema_decay, old_policy_decay
+from .timesteps import num_train_timesteps, sample_train_sigmas
+from .visualize import image_grid, plot_reward_curve
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+_LORA_PARTS = ("lora_default.safetensors", "lora_old.safetensors", "lora_ema.safetensors")
+_SEED_STREAMS = {"noise": 1, "train": 2, "eval": 3}
+
+
+def _seeded(seed: int, *keys: int) -> torch.Generator:
+    """An independent CPU generator for `(seed, *keys)`: noise does not depend on batch or process layout."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def _check_writable(output_dir: str) -> None:
+    probe = os.path.join(output_dir, ".write-test")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"output_dir {output_dir!r} is not writable ({error}). Choose another --output_dir.") from error
+
+
+class NFTTrainer:
+    """Fine-tune a flow-matching diffusers pipeline with DiffusionNFT, training LoRA adapters.
+
+    Args:
+        pipeline: A diffusers pipeline of a supported family (`StableDiffusion3Pipeline`, ...) whose scheduler is
+            a flow-matching one.
+        reward_funcs: A reward name (see `diffusers_nft.rewards.available_rewards()`), a callable
+            `(images, prompts, metadata) -> floats`, or a list of them (weighted by `args.reward_weights`).
+        args: The `NFTConfig`.
+        train_dataset: Prompts: a `datasets.Dataset` with a `"prompt"` column (other columns reach the rewards as
+            metadata), a list of strings, or a `.txt`/`.jsonl` file.
+        eval_dataset: Prompts for the validation grid when `args.validation_prompts` is not set.
+        peft_config: The LoRA (`peft.LoraConfig`). Default: rank 32, alpha 64, gaussian init, on the family's
+            attention projections (the release).
+
+    Example:
+        ```py
+        trainer = NFTTrainer(pipe, "jpeg_compressibility", NFTConfig(output_dir="out"), ["a cat", "a dog"])
+        trainer.train()
+        pipe.load_lora_weights("out", weight_name="pytorch_lora_weights.safetensors")
+        ```
+    """
+
+    def __init__(
+        self,
+        pipeline,
+        reward_funcs,
+        args: Optional[NFTConfig] = None,
+        train_dataset: PromptSource = None,
+        eval_dataset: Optional[PromptSource] = None,
+        peft_config: Optional[LoraConfig] = None,
+    ):
+        # Everything that can be wrong with the inputs is checked before any model compute.
+        self.args = args = args if args is not None else NFTConfig()
+        args.validate()
+        if not is_flow_matching_scheduler(pipeline.scheduler):
+            raise ValueError(
+                f"The pipeline's scheduler is {type(pipeline.scheduler).__name__}, not a flow-matching scheduler. "
+                "DiffusionNFT trains rectified-flow models (SD3/SD3.5, Flux, ...): use a pipeline whose scheduler "
+                "is FlowMatchEulerDiscreteScheduler (or one with use_flow_sigmas=True, prediction_type='flow_prediction')."
+            )
+        self.adapter = get_pipeline_adapter(pipeline)
+        self.pipeline = pipeline
+        if train_dataset is None:
+            raise ValueError("train_dataset is required: a datasets.Dataset, a list of prompts or a prompt file.")
+        self.train_dataset = load_prompts(train_dataset)
+        self.eval_dataset = load_prompts(eval_dataset) if eval_dataset is not None else None
+        self.rewards = WeightedRewards(reward_funcs, args.reward_weights)
+        _check_writable(args.output_dir)
+        self._resume_path = None
+        if args.resume_from_checkpoint:
+            self._resume_path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+            if self._resume_path:
+                load_checkpoint(self._resume_path, list(_LORA_PARTS))  # a corrupt checkpoint fails now, not later
+        transformer = pipeline.transformer
+        if peft_config is None:
+            peft_config = default_lora_config(transformer, self.adapter.default_lora_targets)
+        check_lora_targets(transformer, peft_config.target_modules)
+
+        num_processes = PartialState().num_processes
+        if args.images_per_iteration % num_processes:
+            raise ValueError(
+                f"prompts_per_iteration * group_size = {args.images_per_iteration} images must split evenly over "
+                f"{num_processes} processes."
+            )
+        self.local_images = args.images_per_iteration // num_processes
+        self.num_train_timesteps = num_train_timesteps(args.num_sampling_steps, args.timestep_fraction)
+        micro_steps = math.ceil(self.local_images / args.train_batch_size) * self.num_train_timesteps
+        accumulation = args.gradient_accumulation_steps or micro_steps
+        if micro_steps % accumulation:
+            raise ValueError(
+                f"An iteration has {micro_steps} training micro-batches per process "
+                f"(ceil({self.local_images} / train_batch_size {args.train_batch_size}) x {self.num_train_timesteps} "
+                f"timesteps); gradient_accumulation_steps={accumulation} must divide it."
+            )
+        self.optimizer_steps_per_iteration = micro_steps // accumulation
+        self._probe_rewards()
+
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=accumulation,
+            log_with=None if args.report_to == "none" else args.report_to,
+            project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
+        )
+        device = self.accelerator.device
+        if args.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
+        pipeline.to(device, weight_dtype)
+        if args.offload_text_encoders:
+            for encoder in self.adapter.text_encoders:
+                encoder.to("cpu")
+        pipeline.set_progress_bar_config(disable=True)
+
+        set_seed(args.seed)  # the LoRA init draws from the global generator
+        self.policy = NFTPolicy(transformer, peft_config)
+        if args.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW(
+            self.policy.trainable_parameters(),
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.weight_decay,
+            eps=args.adam_epsilon,
+        )
+        lr_scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            optimizer=optimizer,
+            num_warmup_steps=args.lr_warmup_steps * num_processes,
+            num_training_steps=args.max_steps * self.optimizer_steps_per_iteration * num_processes,
+        )
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(transformer, optimizer, lr_scheduler)
+        self.adapter.model = self.model
+        self.loss_fn = NFTLoss(args.nft_beta, args.adv_clip_max, args.loss_weighting, args.kl_beta)
+        self.sampler = make_sampler(args.sampler, pipeline.scheduler)
+        self.eval_sampler = make_sampler("euler", pipeline.scheduler)
+        self.latent_shape = self.adapter.latent_shape(args.resolution)
+        self.timestep_kwargs = self.adapter.timestep_kwargs(self.latent_shape)
+        self.train_sigma_grid = sigma_grid(self.sampler, args.num_sampling_steps, **self.timestep_kwargs)
+        self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
+        self.global_step = 0
+        self.optimizer_step = 0
+        self.history: List[Dict[str, float]] = []
+        self._uncond = None
+        if self._resume_path:
+            self._load(self._resume_path)
+
+    # ------------------------------------------------------------------ public API
+
+    def train(self) -> List[Dict[str, float]]:
+        """Run NFT iterations until `max_steps`, with logging, checkpoints, sample grids and the final LoRA.
+
+        Returns:
+            The metrics of every iteration.
+        """
+        args, accelerator = self.args, self.accelerator
+        if accelerator.is_main_process:
+            clean_incomplete(args.output_dir)
+            accelerator.init_trackers("diffusers-nft", config=_tracker_config(args))
+        if self.global_step == 0 and self._validation_prompts():
+            self.log_validation()
+        bar = tqdm(
+            total=args.max_steps, initial=self.global_step, desc="NFT", disable=not accelerator.is_local_main_process
+        )
+        while self.global_step < args.max_steps:
+            metrics = self.step()
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4g}", loss=f"{metrics['loss/policy']:.3g}")
+            if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
+                self._log(metrics)
+            if self.global_step % args.save_steps == 0:
+                self.save_checkpoint()
+            if self.global_step % args.validation_steps == 0 and self._validation_prompts():
+                self.log_validation()
+        bar.close()
+        self.save_lora(args.output_dir)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return self.history
+
+    def step(self) -> Dict[str, float]:
+        """One NFT iteration: sample, reward, train, update the old policy. Returns its metrics."""
+        args, accelerator = self.args, self.accelerator
+        iteration = self.global_step
+        timings = {"sampling": 0.0, "reward": 0.0}
+        batch = self._collect(iteration, timings)
+
+        start = time.perf_counter()
+        all_total = accelerator.gather(batch["rewards"]["total"].to(accelerator.device)).cpu()
+        all_groups = accelerator.gather(batch["group_ids"].to(accelerator.device)).cpu()
+        optimality = rewards_to_optimality(all_total, all_groups, args.adv_clip_max, args.advantage_std)
+        rank = accelerator.process_index
+        r = optimality.r[rank * self.local_images : (rank + 1) * self.local_images]
+        timings["reward"] += time.perf_counter() - start
+
+        start = time.perf_counter()
+        train_metrics = self._train_on(batch, r, iteration)
+        deviation = self.policy.deviation()
+        eta = old_policy_decay(self.optimizer_step, args.old_policy_decay, args.old_policy_decay_constant)
+        self.policy.update_old(eta)
+        timings["training"] = time.perf_counter() - start
+        self.global_step += 1
+
+        metrics = {"step": self.global_step, "optimizer_step": self.optimizer_step}
+        for name, values in batch["rewards"].items():
+            gathered = accelerator.gather(values.to(accelerator.device)).cpu().double()
+            metrics[f"reward/{name}/mean"] = gathered.mean().item()
+            metrics[f"reward/{name}/std"] = gathered.std(unbiased=False).item()
+        metrics.update(
+            {
+                "r/mean": optimality.r.mean().item(),
+                "r/std": optimality.r.std(unbiased=False).item(),
+                "r/clipped_fraction": (optimality.advantages.abs() >= args.adv_clip_max).float().mean().item(),
+                "zero_variance_groups": optimality.zero_variance_fraction,
+                "sample_x0_norm": batch["latents"].flatten(1).norm(dim=1).mean().item(),
+                "old_theta_deviation": deviation,
+                "old_policy_decay": eta,
+                "lr": self.lr_scheduler.get_last_lr()[0],
+                **train_metrics,
+            }
+        )
+        total_time = sum(timings.values())
+        metrics.update({f"time/{k}": v for k, v in timings.items()})
+        metrics["time/iteration"] = total_time
+        metrics["images_per_second"] = args.images_per_iteration / max(total_time, 1e-9)
+        self.history.append(metrics)
+        return metrics
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        policy: str = "ema",
+        num_steps: Optional[int] = None,
+        sampler: str = "euler",
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """Generate one image per (prompt, seed) pair with a chosen policy, for evaluation.
+
+        Args:
+            prompts: Prompts, one per image.
+            seeds: Seeds of the starting noise, one per image.
+            policy: `"ema"`, `"default"` (the trained weights), `"old"` or `"reference"` (the base model).
+            num_steps: Solver steps; `args.eval_num_steps` by default (40, the release's evaluation).
+            sampler: Solver name.
+            guidance_scale: CFG scale; 1.0 is CFG-free.
+
+        Returns:
+            Images `(N, 3, H, W)` in [0, 1] on the CPU.
+        """
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds.")
+        scheduler = self.eval_sampler if sampler == "euler" else make_sampler(sampler, self.pipeline.scheduler)
+        cond = self._encode(list(prompts))
+        noise = torch.stack([torch.randn(self.latent_shape, generator=_seeded(s, _SEED_STREAMS["eval"])) for s in seeds])
+        images = []
+        with self.policy.ema_weights(policy == "ema"), self.policy.using(TRAINED if policy == "ema" else policy):
+            for start in range(0, len(prompts), self.args.sample_batch_size):
+                index = torch.arange(start, min(start + self.args.sample_batch_size, len(prompts)))
+                latents = self._rollout(select_conditioning(cond, index), noise[index], scheduler,
+                                        num_steps or self.args.eval_num_steps, guidance_scale)
+                images.append(self.adapter.decode(latents).cpu())
+        return torch.cat(images)
+
+    def log_validation(self) -> Optional[str]:
+        """Save (and log to the trackers) a fixed-seed grid of the EMA policy on the validation prompts."""
+        prompts = self._validation_prompts()
+        n = self.args.num_validation_images
+        images = self.generate([p for p in prompts for _ in range(n)], list(range(n)) * len(prompts))
+        if not self.accelerator.is_main_process:
+            return None
+        folder = os.path.join(self.args.output_dir, "samples")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"step_{self.global_step:06d}.png")
+        scale = max(1, 256 // self.args.resolution)
+        image_grid(images, rows=len(prompts), labels=prompts, scale=scale).save(path)
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_images("validation", images.numpy(), self.global_step, dataformats="NCHW")
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.log({"validation": [wandb.Image(path)]}, step=self.global_step)
+        return path
+
+    def save_lora(self, output_dir: str) -> str:
+        """Write `pytorch_lora_weights.safetensors` (EMA weights unless `save_ema_weights=False`) with its LoRA
+        metadata, loadable with `pipe.load_lora_weights(output_dir, weight_name=...)`."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            weights = self.policy.state_dict("ema" if self.args.save_ema_weights else TRAINED)
+            type(self.pipeline).save_lora_weights(
+                output_dir,
+                transformer_lora_layers=weights,
+                transformer_lora_adapter_metadata=self.policy.lora_config.to_dict(),
+                weight_name=LORA_WEIGHT_NAME,
+            )
+        return os.path.join(output_dir, LORA_WEIGHT_NAME)
+
+    def save_checkpoint(self) -> Optional[str]:
+        """Write `output_dir/checkpoint-<step>` atomically with everything an exact resume needs."""
+        args, accelerator = self.args, self.accelerator
+        accelerator.wait_for_everyone()
+        path = None
+        if accelerator.is_main_process:
+            parts = {
+                "lora_default.safetensors": self.policy.state_dict(TRAINED),
+                "lora_old.safetensors": self.policy.state_dict(OLD),
+                "lora_ema.safetensors": self.policy.state_dict("ema"),
+                "optimizer.pt": self.optimizer.state_dict(),
+                "lr_scheduler.pt": self.lr_scheduler.state_dict(),
+                "random_states.pt": _rng_states(),
+                "trainer_state.json": {
+                    "global_step": self.global_step,
+                    "optimizer_step": self.optimizer_step,
+                    "prompt_sampler": self.prompt_sampler.state_dict(),
+                    "history": self.history,
+                    "config": args.to_dict(),
+                },
+            }
+            path = save_checkpoint(args.output_dir, self.global_step, parts, args.save_total_limit)
+        accelerator.wait_for_everyone()
+        return path
+
+    # ------------------------------------------------------------------ internals
+
+    def _load(self, path: str) -> None:
+        parts = load_checkpoint(path, list(_LORA_PARTS))
+        try:
+            self.policy.load_state_dict(TRAINED, parts["lora_default.safetensors"])
+            self.policy.load_state_dict(OLD, parts["lora_old.safetensors"])
+            self.policy.load_state_dict("ema", parts["lora_ema.safetensors"])
+            self.optimizer.load_state_dict(parts["optimizer.pt"])
+            self.lr_scheduler.load_state_dict(parts["lr_scheduler.pt"])
+            state = parts["trainer_state.json"]
+            self.prompt_sampler.load_state_dict(state["prompt_sampler"])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"Cannot resume from {path!r}: {error}") from error
+        _set_rng_states(parts.get("random_states.pt"))
+        self.global_step, self.optimizer_step = state["global_step"], state["optimizer_step"]
+        self.history = state["history"]
+        if self.accelerator.is_main_process:
+            print(f"Resumed from {path} at iteration {self.global_step} (optimizer step {self.optimizer_step}).")
+
+    def _probe_rewards(self) -> None:
+        """Score two blank images so that a broken reward fails before any sampling."""
+        rows = self.train_dataset.select([0, min(1, len(self.train_dataset) - 1)])
+        images = torch.zeros(2, 3, self.args.resolution, self.args.resolution)
+        self.rewards(images, list(rows["prompt"]), _metadata(rows))
+
+    def _validation_prompts(self) -> List[str]:
+        if self.args.validation_prompts:
+            return list(self.args.validation_prompts)
+        source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
+        return list(source["prompt"][:4])
+
+    def _encode(self, prompts: List[str]):
+        encoders = self.adapter.text_encoders if self.args.offload_text_encoders else []
+        for encoder in encoders:
+            encoder.to(self.accelerator.device)
+        with torch.no_grad():
+            cond = self.adapter.encode_prompts(prompts, self.accelerator.device, self.args.max_sequence_length)
+        for encoder in encoders:
+            encoder.to("cpu")
+        return cond
+
+    def _rollout(self, cond, noise, scheduler, num_steps, guidance_scale):
+        noise = noise.to(self.accelerator.device)
+        if guidance_scale > 1.0:
+            if self._uncond is None:
+                self._uncond = self._encode([""])
+            uncond = {k: v.expand(len(noise), *v.shape[1:]) for k, v in self._uncond.items()}
+            both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+
+            def velocity(x, sigma):
+                v_uncond, v_cond = self.adapter.predict_velocity(torch.cat([x, x]), sigma.repeat(2), both).chunk(2)
+                return v_uncond + guidance_scale * (v_cond - v_uncond)
+
+        else:
+
+            def velocity(x, sigma):
+                return self.adapter.predict_velocity(x, sigma, cond)
+
+        return rollout(velocity, scheduler, noise, num_steps, **self.timestep_kwargs)
+
+    def _collect(self, iteration: int, timings: Dict[str, float]) -> dict:
+        """Sample this process's share of the iteration's images with the old policy and score them."""
+        args, accelerator = self.args, self.accelerator
+        start = time.perf_counter()
+        prompt_index = self.prompt_sampler.next(args.prompts_per_iteration)
+        first = accelerator.process_index * self.local_images
+        image_ids = torch.arange(first, first + self.local_images)
+        group_ids = image_ids // args.group_size
+        local_groups = sorted(set(group_ids.tolist()))
+        rows = self.train_dataset.select([prompt_index[g] for g in local_groups])
+        row_prompts, row_metadata = list(rows["prompt"]), _metadata(rows)
+        cond = self._encode(row_prompts)
+        row_of_image = torch.tensor([local_groups.index(g) for g in group_ids.tolist()])
+        prompts = [row_prompts[i] for i in row_of_image.tolist()]
+        metadata = [row_metadata[i] for i in row_of_image.tolist()]
+        latents, rewards = [], []
+        timings["sampling"] += time.perf_counter() - start
+        bar = tqdm(total=self.local_images, desc="sampling", leave=False, disable=not accelerator.is_local_main_process)
+        with self.policy.using(OLD):
+            for lo in range(0, self.local_images, args.sample_batch_size):
+                start = time.perf_counter()
+                index = torch.arange(lo, min(lo + args.sample_batch_size, self.local_images))
+                noise = torch.stack(
+                    [torch.randn(self.latent_shape, generator=_seeded(args.seed, _SEED_STREAMS["noise"], iteration,
+                                                                      int(image_ids[i]))) for i in index]
+                )
+                x0 = self._rollout(select_conditioning(cond, row_of_image[index]), noise, self.sampler,
+                                   args.num_sampling_steps, args.guidance_scale)
+                with torch.no_grad():
+                    images = self.adapter.decode(x0)
+                latents.append(x0)
+                timings["sampling"] += time.perf_counter() - start
+                start = time.perf_counter()
+                idx = index.tolist()
+                rewards.append(self.rewards(images, [prompts[i] for i in idx], [metadata[i] for i in idx]))
+                timings["reward"] += time.perf_counter() - start
+                bar.update(len(index))
+        bar.close()
+        return {
+            "latents": torch.cat(latents),
+            "cond": cond,
+            "row_of_image": row_of_image,
+            "group_ids": group_ids,
+            "rewards": {k: torch.cat([r[k] for r in rewards]) for k in rewards[0]},
+        }
+
+    def _train_on(self, batch: dict, r: torch.Tensor, iteration: int) -> Dict[str, float]:
+        """Train on the collected clean latents: every sample at `num_train_timesteps` noise levels."""
+        args, accelerator = self.args, self.accelerator
+        device = accelerator.device
+        generator = _seeded(args.seed, _SEED_STREAMS["train"], iteration, accelerator.process_index)
+        sigmas = sample_train_sigmas(
+            self.local_images, self.num_train_timesteps, args.train_timesteps, self.train_sigma_grid,
+            args.timestep_shift, args.logit_mean, args.logit_std, generator,
+        )
+        order = torch.randperm(self.local_images, generator=generator)
+        totals = {"loss/total": 0.0, "loss/policy": 0.0, "loss/kl": 0.0, "x0_norm": 0.0, "v_deviation": 0.0}
+        count, grad_norm = 0, float("nan")
+        params = self.policy.trainable_parameters()
+        self.model.train()
+        for lo in range(0, self.local_images, args.train_batch_size):
+            index = order[lo : lo + args.train_batch_size]
+            x0 = batch["latents"][index.to(batch["latents"].device)]
+            cond = select_conditioning(batch["cond"], batch["row_of_image"][index])
+            r_batch = r[index].to(device)
+            for j in range(self.num_train_timesteps):
+                sigma = sigmas[index, j].to(device)
+                noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
+                s = sigma.view(-1, *([1] * (x0.ndim - 1)))
+                x_t = (1 - s) * x0 + s * noise
+                with accelerator.accumulate(self.model):
+                    with torch.no_grad():
+                        with self.policy.using(OLD):
+                            v_old = self.adapter.predict_velocity(x_t, sigma, cond)
+                        v_ref = None
+                        if args.kl_beta > 0:
+                            with self.policy.using(REFERENCE):
+                                v_ref = self.adapter.predict_velocity(x_t, sigma, cond)
+                    v_theta = self.adapter.predict_velocity(x_t, sigma, cond)
+                    out = self.loss_fn(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r_batch, v_ref=v_ref)
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = float(accelerator.clip_grad_norm_(params, args.max_grad_norm))
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    self.optimizer_step += 1
+                    self.policy.update_ema(ema_decay(self.optimizer_step, args.ema_decay))
+                for key, value in zip(totals, (out.loss.detach(), out.policy_loss, out.kl, out.x0_norm, out.deviation)):
+                    totals[key] += float(value)
+                count += 1
+        metrics = {k: v / count for k, v in totals.items()}
+        metrics["grad_norm"] = grad_norm
+        return metrics
+
+    def _log(self, metrics: Dict[str, float]) -> None:
+        accelerator = self.accelerator
+        accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=self.global_step)
+        if accelerator.is_main_process:
+            with open(os.path.join(self.args.output_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            plot_reward_curve(self.history, os.path.join(self.args.output_dir, "reward_curve.png"))
+
+
+def _metadata(rows) -> List[dict]:
+    columns = [c for c in rows.column_names if c != "prompt"]
+    return [{c: rows[c][i] for c in columns} for i in range(len(rows))]
+
+
+def _tracker_config(args: NFTConfig) -> dict:
+    """Config values that every tracker accepts (no None, no lists)."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in args.to_dict().items()}
+
+
+def _rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: Optional[dict]) -> None:
+    if not states:
+        return
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
