@@ -25,10 +25,18 @@ class NFTConfig:
     # Run
     output_dir: str = field(default="nft-output", metadata={"help": "Where the LoRA, checkpoints and logs go."})
     seed: int = field(default=42, metadata={"help": "Seed of prompts, noise and training timesteps."})
-    max_steps: int = field(default=1000, metadata={"help": "Number of NFT iterations."})
+    max_steps: int = field(
+        default=1000, metadata={"help": "Number of NFT iterations.", "aliases": ["--max_train_steps"]}
+    )
     logging_steps: int = field(default=1, metadata={"help": "Log metrics every this many iterations."})
-    save_steps: int = field(default=50, metadata={"help": "Write a checkpoint every this many iterations."})
-    save_total_limit: Optional[int] = field(default=None, metadata={"help": "Keep at most this many checkpoints."})
+    save_steps: int = field(
+        default=50,
+        metadata={"help": "Write a checkpoint every this many iterations.", "aliases": ["--checkpointing_steps"]},
+    )
+    save_total_limit: Optional[int] = field(
+        default=None,
+        metadata={"help": "Keep at most this many checkpoints.", "aliases": ["--checkpoints_total_limit"]},
+    )
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "A checkpoint-<step> folder, or 'latest' in output_dir."}
     )
@@ -96,7 +104,9 @@ class NFTConfig:
     ema_decay: float = field(default=0.9, metadata={"help": "Largest decay of the evaluation EMA."})
 
     # Validation
-    validation_prompts: Optional[List[str]] = field(default=None, metadata={"help": "Prompts of the sample grid."})
+    validation_prompts: Optional[List[str]] = field(
+        default=None, metadata={"help": "Prompts of the sample grid.", "aliases": ["--validation_prompt"]}
+    )
     validation_steps: int = field(default=10, metadata={"help": "Save a sample grid every this many iterations."})
     num_validation_images: int = field(default=4, metadata={"help": "Fixed-seed images per validation prompt."})
     eval_num_steps: int = field(default=40, metadata={"help": "Euler steps of evaluation samples."})

@@ -29,42 +29,47 @@ def matching_modules(model: torch.nn.Module, targets: Sequence[str]) -> List[str
     ]
 
 
-def default_lora_config(
+def make_lora_config(
     transformer: torch.nn.Module,
-    targets: Sequence[str],
+    targets: Optional[Sequence[str]] = None,
+    default_targets: Sequence[str] = (),
     rank: int = 32,
     alpha: float = 64,
     init: str = "gaussian",
 ) -> LoraConfig:
-    """A LoRA config for `targets`, keeping only the targets this transformer has.
+    """The LoRA of an NFT run (release: rank 32, alpha 64, gaussian init).
 
     Args:
         transformer: The transformer to adapt.
-        targets: Module-name suffixes, such as `"attn.to_q"`. Targets that match nothing are dropped, so one list
-            covers SD3 and SD3.5 (whose `attn2` modules only some models have).
-        rank: LoRA rank (release: 32).
-        alpha: LoRA alpha (release: 64).
-        init: PEFT `init_lora_weights` (release: `"gaussian"`).
+        targets: Module-name suffixes chosen by the user, such as `"attn.to_q"`; each must match a linear module.
+        default_targets: The family's defaults, used when `targets` is empty; those this model lacks are dropped,
+            so one list covers SD3 and SD3.5 (only SD3.5 has `attn2`).
+        rank: LoRA rank.
+        alpha: LoRA alpha.
+        init: PEFT `init_lora_weights`.
 
     Raises:
-        ValueError: If no target matches any linear module.
+        ValueError: If a chosen target (or every default target) matches no linear module.
     """
-    present = [t for t in targets if matching_modules(transformer, [t])]
-    check_lora_targets(transformer, present or list(targets))
-    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=init, target_modules=present)
+    if targets:
+        targets = list(targets)
+    else:
+        targets = [t for t in default_targets if matching_modules(transformer, [t])] or list(default_targets)
+    check_lora_targets(transformer, targets)
+    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=init, target_modules=targets)
 
 
 def check_lora_targets(transformer: torch.nn.Module, targets) -> None:
-    """Raise a clear error if LoRA `targets` match no linear module of `transformer`."""
-    if isinstance(targets, str):  # a PEFT regex
-        found = any(re.fullmatch(targets, n) for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear))
+    """Raise a clear error if a LoRA target (a suffix, or a PEFT regex string) matches no linear module."""
+    linear = [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+    if isinstance(targets, str):
+        unmatched = [] if any(re.fullmatch(targets, n) for n in linear) else [targets]
     else:
-        found = bool(matching_modules(transformer, list(targets)))
-    if not found:
-        examples = [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)][:6]
+        unmatched = [t for t in targets if not matching_modules(transformer, [t])]
+    if unmatched or not targets:
         raise ValueError(
-            f"LoRA targets {targets} match no linear module of {type(transformer).__name__}. "
-            f"Targets are module-name suffixes; this model has modules such as {examples}."
+            f"LoRA target(s) {unmatched or targets} match no linear module of {type(transformer).__name__}. "
+            f"Targets are module-name suffixes; this model has modules such as {linear[:6]}."
         )
 
 
@@ -178,8 +183,3 @@ class NFTPolicy:
         """L2 norm of the difference between the trainable and old LoRA tensors."""
         total = sum(((t.float() - self._params[OLD][n].float()) ** 2).sum() for n, t in self._params[TRAINED].items())
         return float(total) ** 0.5 if self._params[TRAINED] else 0.0
-
-
-def optional_lora_targets(lora_targets: Optional[Sequence[str]], default: Sequence[str]) -> Sequence[str]:
-    """The user's LoRA targets, or the family's defaults."""
-    return list(lora_targets) if lora_targets else list(default)

@@ -29,7 +29,7 @@ from .config import NFTConfig
 from .data import PromptSampler, PromptSource, load_prompts
 from .loss import NFTLoss
 from .pipelines import get_pipeline_adapter, select_conditioning
-from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, default_lora_config
+from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
 from .rewards import WeightedRewards
 from .sampling import is_flow_matching_scheduler, make_sampler, rollout, sigma_grid
 from .schedules import ema_decay, old_policy_decay
@@ -37,7 +37,14 @@ from .timesteps import num_train_timesteps, sample_train_sigmas
 from .visualize import image_grid, plot_reward_curve
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-_LORA_PARTS = ("lora_default.safetensors", "lora_old.safetensors", "lora_ema.safetensors")
+_CHECKPOINT_PARTS = [
+    "lora_default.safetensors",
+    "lora_old.safetensors",
+    "lora_ema.safetensors",
+    "optimizer.pt",
+    "lr_scheduler.pt",
+    "random_states.pt",
+]
 _SEED_STREAMS = {"noise": 1, "train": 2, "eval": 3}
 
 
@@ -111,10 +118,10 @@ class NFTTrainer:
         if args.resume_from_checkpoint:
             self._resume_path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
             if self._resume_path:
-                load_checkpoint(self._resume_path, list(_LORA_PARTS))  # a corrupt checkpoint fails now, not later
+                load_checkpoint(self._resume_path, _CHECKPOINT_PARTS)  # a corrupt checkpoint fails now, not later
         transformer = pipeline.transformer
         if peft_config is None:
-            peft_config = default_lora_config(transformer, self.adapter.default_lora_targets)
+            peft_config = make_lora_config(transformer, default_targets=self.adapter.default_lora_targets)
         check_lora_targets(transformer, peft_config.target_modules)
 
         num_processes = PartialState().num_processes
@@ -367,7 +374,7 @@ class NFTTrainer:
     # ------------------------------------------------------------------ internals
 
     def _load(self, path: str) -> None:
-        parts = load_checkpoint(path, list(_LORA_PARTS))
+        parts = load_checkpoint(path, _CHECKPOINT_PARTS)
         try:
             self.policy.load_state_dict(TRAINED, parts["lora_default.safetensors"])
             self.policy.load_state_dict(OLD, parts["lora_old.safetensors"])

@@ -1,0 +1,69 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house", "a photo of the sea"]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A tiny SD3.5-style pipeline, built offline once and saved like a Hub snapshot."""
+    from diffusers_nft.tiny import build_tiny_sd3_pipeline
+
+    folder = str(tmp_path_factory.mktemp("tiny-sd3"))
+    build_tiny_sd3_pipeline(seed=0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_pipeline(tiny_pipeline_dir):
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_config(output_dir, **overrides):
+    """A config that runs an iteration of the tiny pipeline in well under a second."""
+    from diffusers_nft import NFTConfig
+
+    values = dict(
+        output_dir=str(output_dir),
+        max_steps=2,
+        prompts_per_iteration=2,
+        group_size=4,
+        num_sampling_steps=4,
+        resolution=64,
+        max_sequence_length=16,
+        sample_batch_size=8,
+        train_batch_size=4,
+        learning_rate=1e-3,
+        report_to="none",
+        save_steps=1000,
+        validation_steps=1000,
+        eval_num_steps=4,
+        num_validation_images=2,
+        seed=0,
+    )
+    values.update(overrides)
+    return NFTConfig(**values)
+
+
+def small_lora(transformer, rank=4, alpha=16):
+    from diffusers_nft.pipelines import SD3Adapter
+    from diffusers_nft.policy import make_lora_config
+
+    return make_lora_config(transformer, default_targets=SD3Adapter.default_lora_targets, rank=rank, alpha=alpha)
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

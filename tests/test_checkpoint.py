@@ -1,0 +1,115 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from diffusers import StableDiffusion3Pipeline
+
+from diffusers_nft import NFTTrainer
+from diffusers_nft.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint, save_checkpoint
+
+from conftest import PROMPTS, max_diff, tiny_config
+
+
+def _run(pipeline_dir, output_dir, max_steps, resume=None, **overrides):
+    pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
+    config = tiny_config(output_dir, max_steps=max_steps, save_steps=2, resume_from_checkpoint=resume, **overrides)
+    trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
+    trainer.train()
+    return trainer
+
+
+def test_resume_is_exact(tiny_pipeline_dir, tmp_path):
+    # two optimizer steps per iteration, and the delayed decay, so that every piece of state matters
+    kwargs = dict(gradient_accumulation_steps=3, old_policy_decay="constant", old_policy_decay_constant=0.3)
+    straight = _run(tiny_pipeline_dir, tmp_path / "straight", 4, **kwargs)
+    _run(tiny_pipeline_dir, tmp_path / "split", 2, **kwargs)
+    resumed = _run(tiny_pipeline_dir, tmp_path / "split", 4, resume="latest", **kwargs)
+    assert resumed.global_step == 4 and resumed.optimizer_step == straight.optimizer_step == 8
+    for which in ("default", "old", "ema"):
+        assert max_diff(straight.policy.state_dict(which), resumed.policy.state_dict(which)) <= 1e-6, which
+    assert [m["reward/total/mean"] for m in straight.history] == [m["reward/total/mean"] for m in resumed.history]
+    # and the runs did train: theta moved away from its initial value
+    assert max_diff(straight.policy.state_dict("default"), _initial_lora(tiny_pipeline_dir, tmp_path)) > 1e-3
+
+
+def _initial_lora(pipeline_dir, tmp_path):
+    pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
+    trainer = NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path / "init"), PROMPTS)
+    return trainer.policy.state_dict("default")
+
+
+def test_rotation_and_latest_ignore_incomplete_folders(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(str(tmp_path), step, {"trainer_state.json": {"global_step": step}}, total_limit=2)
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["checkpoint-2", "checkpoint-3"]
+    os.makedirs(tmp_path / ".tmp-checkpoint-4")
+    os.makedirs(tmp_path / "checkpoint-5")  # a folder without its state file is not a checkpoint
+    assert resolve_checkpoint("latest", str(tmp_path)).endswith("checkpoint-3")
+    assert resolve_checkpoint("latest", str(tmp_path / "fresh")) is None
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-5"), str(tmp_path))
+
+
+def test_corrupt_checkpoint_is_reported_before_training(tiny_pipeline_dir, tmp_path):
+    _run(tiny_pipeline_dir, tmp_path, 2)
+    with open(tmp_path / "checkpoint-2" / "lora_old.safetensors", "wb") as f:
+        f.write(b"not a safetensors file")
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+    with pytest.raises(CheckpointError, match="corrupt: cannot read lora_old.safetensors"):
+        NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path, resume_from_checkpoint="latest"), PROMPTS)
+    os.remove(tmp_path / "checkpoint-2" / "optimizer.pt")
+    with pytest.raises(CheckpointError, match=r"incomplete: \['optimizer.pt'\] missing"):
+        NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path, resume_from_checkpoint="latest"), PROMPTS)
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    import diffusers_nft.checkpoint as checkpoint
+    sys.path.insert(0, {tests!r})
+    from conftest import PROMPTS, tiny_config
+    from diffusers import StableDiffusion3Pipeline
+    from diffusers_nft import NFTTrainer
+
+    write_part = checkpoint._write_part
+
+    def slow_write(path, value):
+        write_part(path, value)
+        if ".tmp-checkpoint-4" in path:  # half-way through the second checkpoint
+            open({marker!r}, "w").close()
+            time.sleep(600)
+
+    checkpoint._write_part = slow_write
+    pipe = StableDiffusion3Pipeline.from_pretrained({pipeline!r})
+    config = tiny_config({output!r}, max_steps=6, save_steps=2)
+    NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS).train()
+    """
+)
+
+
+def test_sigkill_during_checkpoint_write_resumes_from_previous(tiny_pipeline_dir, tmp_path):
+    output, marker = tmp_path / "run", tmp_path / "writing"
+    script = tmp_path / "child.py"
+    tests = os.path.dirname(__file__)
+    script.write_text(CHILD.format(tests=tests, marker=str(marker), pipeline=tiny_pipeline_dir, output=str(output)))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert child.poll() is None, child.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "the child never reached the checkpoint write"
+        time.sleep(0.2)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert (output / ".tmp-checkpoint-4").is_dir()
+    assert [os.path.basename(p) for p in list_checkpoints(str(output))] == ["checkpoint-2"]
+
+    resumed = _run(tiny_pipeline_dir, output, 6, resume="latest")
+    assert resumed.history[0]["step"] == 1 and len(resumed.history) == 6  # history came back from checkpoint-2
+    assert not (output / ".tmp-checkpoint-4").exists()
+    assert [os.path.basename(p) for p in list_checkpoints(str(output))] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    straight = _run(tiny_pipeline_dir, tmp_path / "straight", 6)
+    assert max_diff(straight.policy.state_dict("default"), resumed.policy.state_dict("default")) <= 1e-6

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+from datasets import Dataset
+
+from diffusers_nft.data import PromptSampler, load_prompts
+
+
+def test_sources(tmp_path):
+    assert load_prompts(["a", "b"])["prompt"][:] == ["a", "b"]
+    txt = tmp_path / "p.txt"
+    txt.write_text("a cat\n\n a dog \n")
+    assert load_prompts(str(txt))["prompt"][:] == ["a cat", "a dog"]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": f"p{i}", "digit": i}) for i in range(3)))
+    dataset = load_prompts(str(jsonl), prompt_column="text")
+    assert dataset.column_names == ["prompt", "digit"] and dataset["digit"][:] == [0, 1, 2]
+    assert load_prompts(Dataset.from_dict({"prompt": ["x"], "tag": ["t"]}))["tag"][:] == ["t"]
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        load_prompts([])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_prompts(str(empty))
+    with pytest.raises(ValueError, match="no 'prompt' column"):
+        load_prompts([{"caption": "x"}])
+    other = tmp_path / "p.csv"
+    other.write_text("a")
+    with pytest.raises(ValueError, match=".txt, .jsonl or .json"):
+        load_prompts(str(other))
+
+
+def test_sampler_covers_each_epoch_and_resumes():
+    sampler = PromptSampler(5, seed=3)
+    first_epoch = sampler.next(3) + sampler.next(2)
+    assert sorted(first_epoch) == list(range(5))
+    straight = PromptSampler(5, seed=3)
+    expected = [straight.next(4) for _ in range(4)]
+    resumed = PromptSampler(5, seed=3)
+    got = [resumed.next(4) for _ in range(2)]
+    state = resumed.state_dict()
+    fresh = PromptSampler(5, seed=3)
+    fresh.load_state_dict(state)
+    got += [fresh.next(4) for _ in range(2)]
+    assert got == expected
+    with pytest.raises(ValueError, match="same prompt set"):
+        PromptSampler(6, seed=3).load_state_dict(state)

@@ -1,0 +1,52 @@
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from diffusers import StableDiffusion3Pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "examples", "train_nft_sd3.py")
+
+
+def test_accelerate_launch_example_and_load_its_lora(tiny_pipeline_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"caption": p}) for p in ["a red cat", "a blue dog", "a green tree"]))
+    output = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        SCRIPT,
+        "--pretrained_model_name_or_path", tiny_pipeline_dir,
+        "--prompts", str(prompts), "--prompt_column", "caption",
+        "--reward", "jpeg_compressibility:1", "--reward", "jpeg_incompressibility:0.5",
+        "--output_dir", str(output),
+        "--resolution", "64", "--max_sequence_length", "16",
+        "--max_train_steps", "2", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1",
+        "--prompts_per_iteration", "2", "--group_size", "3", "--num_sampling_steps", "3",
+        "--sampler", "unipc", "--rank", "4", "--lora_alpha", "12", "--lora_layers", "attn.to_q,attn.to_v",
+        "--report_to", "tensorboard", "--validation_prompt", "a red cat", "--validation_steps", "2",
+        "--eval_num_steps", "3", "--num_validation_images", "2",
+        "--learning_rate", "0.05",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p for p in os.listdir(output) if p.startswith("checkpoint-")) == ["checkpoint-2"]
+    assert os.listdir(output / "logs")  # tensorboard event files
+    metrics = [json.loads(line) for line in open(output / "metrics.jsonl")]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert set(m for m in metrics[0] if m.startswith("reward/")) >= {
+        "reward/jpeg_compressibility/mean", "reward/jpeg_incompressibility/mean", "reward/total/mean"
+    }
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(latents=latents, num_inference_steps=3, guidance_scale=1.0, max_sequence_length=16, output_type="pt")
+    base = pipe("a red cat", **kwargs).images
+    pipe.load_lora_weights(str(output), weight_name="pytorch_lora_weights.safetensors")
+    tuned = pipe("a red cat", **kwargs).images
+    assert (tuned - base).abs().max() > 1e-4
+    lora_modules = {n.rsplit(".lora_", 1)[0].rsplit(".", 1)[-1] for n, _ in pipe.transformer.named_parameters() if "lora_A" in n}
+    assert lora_modules == {"to_q", "to_v"}

@@ -1,0 +1,126 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from diffusers_nft import NFTLoss
+
+
+def _batch(seed=0, shape=(3, 2, 4, 4)):
+    g = torch.Generator().manual_seed(seed)
+    x0, noise, v_old = (torch.randn(shape, generator=g) for _ in range(3))
+    sigma = torch.tensor([0.2, 0.5, 0.9])
+    r = torch.tensor([1.0, 0.25, 0.5])
+    return x0, noise, v_old, sigma, r
+
+
+def test_velocity_weighting_matches_hand_computation():
+    x0 = torch.tensor([[1.0, 2.0]])
+    noise = torch.tensor([[0.0, 1.0]])
+    v_theta = torch.tensor([[0.5, -1.0]])
+    v_old = torch.tensor([[0.0, 0.0]])
+    sigma, r = torch.tensor([0.5]), torch.tensor([0.75])
+    beta = 0.5
+    # target v = noise - x0 = [-1, -1]
+    # v_pos = 0.5 * v_theta + 0.5 * v_old = [0.25, -0.5]; err = mean([1.5625, 0.25]) = 0.90625
+    # v_neg = 1.5 * v_old - 0.5 * v_theta = [-0.25, 0.5]; err = mean([0.5625, 2.25]) = 1.40625
+    # L = 0.75 * 0.90625 + 0.25 * 1.40625 = 1.03125; scaled by c / beta = 5 / 0.5 = 10
+    out = NFTLoss(nft_beta=beta, weighting="velocity", kl_beta=0)(v_theta, v_old, x0, noise, sigma, r)
+    assert out.loss.item() == pytest.approx(10.3125)
+    assert out.policy_loss.item() == pytest.approx(10.3125)
+    assert out.kl.item() == 0
+    # x0 predicted by v_theta: x_t = [0.5, 1.5]; x0_hat = x_t - 0.5 * v_theta = [0.25, 2.0]
+    assert out.x0_norm.item() == pytest.approx((0.25**2 + 2.0**2) ** 0.5)
+    assert out.deviation.item() == pytest.approx((0.25 + 1.0) ** 0.5)
+
+
+def test_x0_adaptive_weighting_matches_hand_computation():
+    x0 = torch.tensor([[1.0, 2.0]])
+    noise = torch.tensor([[0.0, 1.0]])
+    v_theta = torch.tensor([[0.5, -1.0]])
+    v_old = torch.tensor([[0.0, 0.0]])
+    sigma, r = torch.tensor([0.5]), torch.tensor([0.75])
+    # beta = 1: v_pos = v_theta, v_neg = -v_theta. x_t = [0.5, 1.5]
+    # x0_pos = x_t - 0.5 * v_pos = [0.25, 2.0]; diff = [-0.75, 0]; w = 0.375; mse = 0.28125 -> 0.75
+    # x0_neg = x_t + 0.5 * v_theta = [0.75, 1.0]; diff = [-0.25, -1]; w = 0.625; mse = 0.53125 -> 0.85
+    # L = 0.75 * 0.75 + 0.25 * 0.85 = 0.775; times 5 / 1
+    out = NFTLoss(nft_beta=1.0, weighting="x0_adaptive", kl_beta=0)(v_theta, v_old, x0, noise, sigma, r)
+    assert out.loss.item() == pytest.approx(3.875)
+
+
+def test_kl_term_and_its_weight():
+    x0, noise, v_old, sigma, r = _batch()
+    v_theta = v_old + 0.1
+    v_ref = v_old - 0.2
+    loss_fn = NFTLoss(kl_beta=0.5)
+    without = loss_fn(v_theta, v_old, x0, noise, sigma, r)
+    with_ref = loss_fn(v_theta, v_old, x0, noise, sigma, r, v_ref=v_ref)
+    assert without.kl.item() == 0 and without.loss.item() == pytest.approx(without.policy_loss.item())
+    assert with_ref.kl.item() == pytest.approx(0.09, rel=1e-5)
+    assert with_ref.loss.item() == pytest.approx(with_ref.policy_loss.item() + 0.5 * 0.09, rel=1e-5)
+
+
+@pytest.mark.parametrize("weighting", ["x0_adaptive", "velocity"])
+def test_gradient_at_old_policy_is_the_same_for_every_beta(weighting):
+    x0, noise, v_old, sigma, r = _batch()
+    grads = []
+    for beta in (0.1, 0.5, 1.0, 2.0):
+        v_theta = v_old.clone().requires_grad_(True)
+        NFTLoss(nft_beta=beta, weighting=weighting, kl_beta=0)(v_theta, v_old, x0, noise, sigma, r).loss.backward()
+        grads.append(v_theta.grad)
+    assert grads[0].abs().sum() > 0
+    for grad in grads[1:]:
+        torch.testing.assert_close(grad, grads[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("weighting", ["x0_adaptive", "velocity"])
+def test_r_one_pulls_toward_target_and_r_zero_pushes_away(weighting):
+    x0, noise, v_old, sigma, _ = _batch(seed=1)
+    target = noise - x0
+    for r_value, sign in ((1.0, -1), (0.0, +1)):
+        v_theta = v_old.clone().requires_grad_(True)
+        r = torch.full((3,), r_value)
+        NFTLoss(weighting=weighting, kl_beta=0)(v_theta, v_old, x0, noise, sigma, r).loss.backward()
+        stepped = v_old - 1e-3 * v_theta.grad
+        before = ((v_old - target) ** 2).flatten(1).sum(1)
+        after = ((stepped - target) ** 2).flatten(1).sum(1)
+        assert torch.all(torch.sign(after - before) == sign), (r_value, before, after)
+
+
+def test_equal_r_gives_zero_gradient_at_old_policy():
+    x0, noise, v_old, sigma, _ = _batch(seed=2)
+    v_theta = v_old.clone().requires_grad_(True)
+    NFTLoss(kl_beta=0)(v_theta, v_old, x0, noise, sigma, torch.full((3,), 0.5)).loss.backward()
+    assert v_theta.grad.abs().max() < 1e-6
+
+
+def test_v_old_receives_no_gradient():
+    x0, noise, v_old, sigma, r = _batch()
+    v_old = v_old.clone().requires_grad_(True)
+    v_theta = (v_old.detach() + 0.3).requires_grad_(True)
+    NFTLoss()(v_theta, v_old, x0, noise, sigma, r).loss.backward()
+    assert v_old.grad is None and v_theta.grad is not None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(nft_beta=0), "nft_beta"),
+        (dict(adv_clip_max=-1), "adv_clip_max"),
+        (dict(weighting="x0"), "weighting"),
+        (dict(kl_beta=-1e-3), "kl_beta"),
+    ],
+)
+def test_bad_arguments_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NFTLoss(**kwargs)
+
+
+def test_math_modules_import_no_diffusers():
+    code = (
+        "import sys; import diffusers_nft.loss, diffusers_nft.advantages, diffusers_nft.timesteps, "
+        "diffusers_nft.schedules; from diffusers_nft import NFTLoss, NFTConfig; "
+        "bad = [m for m in ('diffusers', 'accelerate', 'peft') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

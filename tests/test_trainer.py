@@ -1,0 +1,173 @@
+import json
+import math
+import os
+
+import pytest
+import torch
+from diffusers import EulerDiscreteScheduler, StableDiffusion3Pipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffusers_nft import NFTTrainer
+from diffusers_nft.checkpoint import CheckpointError
+from diffusers_nft.rewards import RewardError
+
+from conftest import PROMPTS, max_diff, small_lora, tiny_config
+
+
+def test_iteration_metrics_files_and_metadata(tiny_pipeline, tmp_path):
+    seen_metadata = []
+
+    def brightness(images, prompts, metadata):
+        seen_metadata.extend(metadata)
+        assert images.shape[1:] == (3, 64, 64) and 0 <= images.min() and images.max() <= 1
+        return images.mean(dim=(1, 2, 3))
+
+    prompts = [{"prompt": p, "index": i} for i, p in enumerate(PROMPTS)]
+    config = tiny_config(tmp_path, validation_steps=2, reward_weights=[2.0, 1.0])
+    trainer = NFTTrainer(tiny_pipeline, [brightness, "jpeg_compressibility"], config, prompts)
+    history = trainer.train()
+    assert [m["step"] for m in history] == [1, 2]
+    metrics = history[-1]
+    for key in (
+        "reward/total/mean", "reward/total/std", "reward/brightness/mean", "reward/jpeg_compressibility/std",
+        "r/mean", "r/std", "zero_variance_groups", "loss/policy", "loss/kl", "x0_norm", "old_theta_deviation",
+        "lr", "time/sampling", "time/reward", "time/training", "images_per_second", "sample_x0_norm",
+    ):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["lr"] == pytest.approx(1e-3) and metrics["old_theta_deviation"] > 0
+    assert metrics["reward/total/mean"] == pytest.approx(
+        2 * metrics["reward/brightness/mean"] + metrics["reward/jpeg_compressibility/mean"], rel=1e-5
+    )
+    # r is centred per group: its mean over the whole batch is 0.5
+    assert metrics["r/mean"] == pytest.approx(0.5, abs=1e-6)
+    # metadata columns reach the rewards, the probe's two rows first
+    assert {m["index"] for m in seen_metadata} <= set(range(len(PROMPTS))) and len(seen_metadata) == 2 + 2 * 8
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert [l["step"] for l in lines] == [1, 2]
+    curve = Image.open(tmp_path / "reward_curve.png")
+    assert curve.size[0] > 100
+    grids = sorted(os.listdir(tmp_path / "samples"))
+    assert grids == ["step_000000.png", "step_000002.png"]
+    assert Image.open(tmp_path / "samples" / grids[0]).size[0] >= 2 * 64
+
+
+def test_training_moves_a_latent_reward(tiny_pipeline, tmp_path):
+    """End to end on a reward the tiny random pipeline can express: the red channel of a latent-to-RGB map."""
+    config = tiny_config(tmp_path, max_steps=12, prompts_per_iteration=2, group_size=8, sample_batch_size=16,
+                         train_batch_size=16, gradient_accumulation_steps=1, kl_beta=0.0)
+    trainer = NFTTrainer(tiny_pipeline, lambda images, prompts, metadata: images[:, 0].mean(dim=(1, 2)), config, PROMPTS)
+    trainer.adapter.decode = lambda latents: torch.sigmoid(latents[:, :3])  # a decoder that follows the latents
+    history = trainer.train()
+    first = sum(m["reward/total/mean"] for m in history[:2]) / 2
+    last = sum(m["reward/total/mean"] for m in history[-2:]) / 2
+    spread = history[0]["reward/total/std"]
+    assert last - first > 1.5 * spread, (first, last, spread)
+
+
+def test_kl_beta_zero_skips_the_reference_forward(tiny_pipeline_dir, tmp_path):
+    for kl_beta, forwards_per_micro_step in ((0.0, 2), (1e-4, 3)):
+        pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+        calls = []
+        pipe.transformer.register_forward_hook(lambda *args: calls.append(1))
+        config = tiny_config(tmp_path / str(kl_beta), max_steps=1, kl_beta=kl_beta)
+        trainer = NFTTrainer(pipe, "jpeg_compressibility", config, PROMPTS)
+        calls.clear()
+        metrics = trainer.step()
+        sampling = config.images_per_iteration // config.sample_batch_size * config.num_sampling_steps
+        micro_steps = math.ceil(config.images_per_iteration / config.train_batch_size) * 3  # int(0.99 * 4) = 3
+        assert len(calls) == sampling + forwards_per_micro_step * micro_steps
+        assert metrics["loss/kl"] == 0  # theta equals the base model until the first optimizer step
+        assert (trainer.step()["loss/kl"] > 0) == (kl_beta > 0)
+
+
+@pytest.mark.parametrize("save_ema_weights", [True, False])
+def test_saved_lora_loads_into_a_fresh_pipeline(tiny_pipeline_dir, tmp_path, save_ema_weights):
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+    config = tiny_config(tmp_path, max_steps=3, learning_rate=3e-2, save_ema_weights=save_ema_weights)
+    trainer = NFTTrainer(pipe, "jpeg_compressibility", config, PROMPTS, peft_config=small_lora(pipe.transformer, 4, 16))
+    trainer.train()
+    saved = load_file(tmp_path / "pytorch_lora_weights.safetensors")
+    assert all(k.startswith("transformer.") and "lora" in k for k in saved)
+    expected = trainer.policy.state_dict("ema" if save_ema_weights else "default")
+    assert max_diff({k[len("transformer."):]: v for k, v in saved.items()}, expected) == 0
+
+    def render(pipeline):
+        latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+        return pipeline(["a red cat", "a blue dog"], latents=latents, num_inference_steps=4, guidance_scale=1.0,
+                        max_sequence_length=16, output_type="pt").images
+
+    with trainer.policy.ema_weights(save_ema_weights):
+        trained = render(trainer.pipeline)
+    fresh = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+    fresh.set_progress_bar_config(disable=True)
+    base = render(fresh)
+    fresh.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
+    loaded = render(fresh)
+    assert (trained - base).abs().max() > 1e-3  # the LoRA changes the output...
+    torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-5)  # ...and alpha != r reloads exactly
+
+
+def test_generate_with_each_policy_and_cfg(tiny_pipeline, tmp_path):
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path), PROMPTS)
+    a = trainer.generate(["a red cat"] * 2, [0, 1], policy="reference")
+    b = trainer.generate(["a red cat"] * 2, [0, 1], policy="reference")
+    assert a.shape == (2, 3, 64, 64) and torch.equal(a, b) and not torch.equal(a[0], a[1])
+    cfg = trainer.generate(["a red cat"] * 2, [0, 1], policy="reference", guidance_scale=4.0)
+    assert (cfg - a).abs().max() > 1e-4
+    heun = trainer.generate(["a red cat"], [0], policy="old", sampler="heun", num_steps=3)
+    assert heun.shape == (1, 3, 64, 64)
+
+
+def test_errors_before_any_compute(tiny_pipeline, tmp_path):
+    def build(**overrides):
+        reward = overrides.pop("reward", "jpeg_compressibility")
+        prompts = overrides.pop("prompts", PROMPTS)
+        peft_config = overrides.pop("peft_config", None)
+        return NFTTrainer(tiny_pipeline, reward, tiny_config(tmp_path, **overrides), prompts, peft_config=peft_config)
+
+    with pytest.raises(ValueError, match="empty"):
+        build(prompts=[])
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        build(group_size=1)
+    with pytest.raises(ValueError, match="nft_beta must be > 0"):
+        build(nft_beta=0)
+    with pytest.raises(ValueError, match="adv_clip_max must be > 0"):
+        build(adv_clip_max=-5)
+    with pytest.raises(RewardError, match="Reward '<lambda>' raised ZeroDivisionError"):
+        build(reward=lambda images, prompts, metadata: [1 / 0])
+    with pytest.raises(RewardError, match="returned nan for the image of prompt"):
+        build(reward=lambda images, prompts, metadata: [float("nan")] * len(prompts))
+    with pytest.raises(RewardError, match="returned 3 values for 2 images"):
+        build(reward=lambda images, prompts, metadata: [0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=5 must divide"):
+        build(gradient_accumulation_steps=5)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        build(resume_from_checkpoint=str(tmp_path / "checkpoint-9"))
+    from peft import LoraConfig
+
+    with pytest.raises(ValueError, match="match no linear module"):
+        build(peft_config=LoraConfig(r=4, target_modules=["attn.query"]))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="not writable"):
+        NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(blocker / "out"), PROMPTS)
+    # none of the failures above touched the model
+    assert not any("lora" in n for n, _ in tiny_pipeline.transformer.named_parameters())
+
+
+def test_non_flow_matching_pipeline_is_rejected(tiny_pipeline, tmp_path):
+    tiny_pipeline.scheduler = EulerDiscreteScheduler()
+    with pytest.raises(ValueError, match="not a flow-matching scheduler"):
+        NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path), PROMPTS)
+
+
+def test_unsupported_pipeline_family(tmp_path):
+    class NotAPipeline:
+        scheduler = StableDiffusion3Pipeline  # placeholder, replaced below
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    NotAPipeline.scheduler = FlowMatchEulerDiscreteScheduler()
+    with pytest.raises(ValueError, match="NotAPipeline is not a supported pipeline family"):
+        NFTTrainer(NotAPipeline(), "jpeg_compressibility", tiny_config(tmp_path), PROMPTS)
