@@ -64,7 +64,9 @@ def _train_t5_tokenizer(folder):
     return T5TokenizerFast.from_pretrained(folder, extra_ids=0)
 
 
-def build_tiny_sd3_pipeline(seed: int = 0, width: int = 64, num_layers: int = 2, sample_size: int = 8):
+def build_tiny_sd3_pipeline(
+    seed: int = 0, width: int = 64, num_layers: int = 2, sample_size: int = 8, sd35: bool = True
+):
     """Build a tiny SD3.5-style `StableDiffusion3Pipeline` with random weights, fully offline.
 
     Args:
@@ -72,6 +74,7 @@ def build_tiny_sd3_pipeline(seed: int = 0, width: int = 64, num_layers: int = 2,
         width: Transformer width (`num_attention_heads * attention_head_dim`).
         num_layers: Number of transformer blocks (block 0 uses SD3.5 dual attention).
         sample_size: Latent side length; images are `8 * sample_size` pixels square.
+        sd35: SD3.5 blocks (dual attention in block 0, RMS qk-norm) or plain SD3 blocks.
 
     Returns:
         A `StableDiffusion3Pipeline` in float32 on the CPU.
@@ -135,8 +138,8 @@ def build_tiny_sd3_pipeline(seed: int = 0, width: int = 64, num_layers: int = 2,
         caption_projection_dim=width,
         pooled_projection_dim=32,
         pos_embed_max_size=sample_size // 2 * 2,
-        dual_attention_layers=(0,),
-        qk_norm="rms_norm",
+        dual_attention_layers=(0,) if sd35 else (),
+        qk_norm="rms_norm" if sd35 else None,
     )
     vae = AutoencoderKL(
         in_channels=3,

@@ -154,7 +154,9 @@ class NFTTrainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
-        pipeline.to(device, weight_dtype)
+        pipeline.to(device)
+        if pipeline.transformer.dtype != weight_dtype:
+            pipeline.to(dtype=weight_dtype)
         if args.offload_text_encoders:
             for encoder in self.adapter.text_encoders:
                 encoder.to("cpu")
@@ -190,6 +192,7 @@ class NFTTrainer:
         self.optimizer_step = 0
         self.history: List[Dict[str, float]] = []
         self._uncond = None
+        self._last_plot = -math.inf
         if self._resume_path:
             self._load(self._resume_path)
 
@@ -534,7 +537,10 @@ class NFTTrainer:
         if accelerator.is_main_process:
             with open(os.path.join(self.args.output_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            plot_reward_curve(self.history, os.path.join(self.args.output_dir, "reward_curve.png"))
+            # Redrawn at most every 30 s (a plot costs ~0.1 s), and always at the last step.
+            if time.monotonic() - self._last_plot >= 30 or self.global_step == self.args.max_steps:
+                plot_reward_curve(self.history, os.path.join(self.args.output_dir, "reward_curve.png"))
+                self._last_plot = time.monotonic()
 
 
 def _metadata(rows) -> List[dict]:

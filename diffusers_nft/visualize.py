@@ -45,7 +45,10 @@ def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional
     import matplotlib.pyplot as plt
 
     steps = [h["step"] for h in history]
-    keys = keys or sorted(k[: -len("/mean")] for k in history[-1] if k.startswith("reward/") and k.endswith("/mean"))
+    if keys is None:
+        keys = sorted(k[: -len("/mean")] for k in history[-1] if k.startswith("reward/") and k.endswith("/mean"))
+        if len(keys) == 2:  # one reward: its curve is the total's
+            keys = ["reward/total"]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for key in keys:
         mean = np.array([h.get(f"{key}/mean", np.nan) for h in history])

@@ -9,6 +9,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house", "a photo of the sea"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one global state per process (mixed precision included); tests each get their own."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     """A tiny SD3.5-style pipeline, built offline once and saved like a Hub snapshot."""

@@ -82,3 +82,13 @@ def test_lora_targets_that_match_nothing(tiny_pipeline):
         make_lora_config(tiny_pipeline.transformer, default_targets=["nothing.here"])
     config = make_lora_config(tiny_pipeline.transformer, default_targets=SD3Adapter.default_lora_targets, rank=8, alpha=3)
     assert (config.r, config.lora_alpha, config.init_lora_weights) == (8, 3, "gaussian")
+
+
+def test_default_targets_on_plain_sd3_drop_the_sd35_modules():
+    from diffusers_nft.tiny import build_tiny_sd3_pipeline
+
+    pipe = build_tiny_sd3_pipeline(sd35=False)
+    config = make_lora_config(pipe.transformer, default_targets=SD3Adapter.default_lora_targets)
+    assert sorted(config.target_modules) == sorted(t for t in SD3Adapter.default_lora_targets if "attn2" not in t)
+    assert (config.r, config.lora_alpha) == (32, 64)
+    NFTPolicy(pipe.transformer, config)

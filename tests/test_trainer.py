@@ -171,3 +171,13 @@ def test_unsupported_pipeline_family(tmp_path):
     NotAPipeline.scheduler = FlowMatchEulerDiscreteScheduler()
     with pytest.raises(ValueError, match="NotAPipeline is not a supported pipeline family"):
         NFTTrainer(NotAPipeline(), "jpeg_compressibility", tiny_config(tmp_path), PROMPTS)
+
+
+def test_bf16_mixed_precision_gradient_checkpointing_and_offload(tiny_pipeline, tmp_path):
+    config = tiny_config(tmp_path, mixed_precision="bf16", gradient_checkpointing=True, offload_text_encoders=True)
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
+    metrics = trainer.step()
+    assert tiny_pipeline.transformer.dtype == torch.bfloat16
+    assert {p.dtype for p in trainer.policy.trainable_parameters()} == {torch.float32}
+    assert tiny_pipeline.transformer.is_gradient_checkpointing
+    assert math.isfinite(metrics["loss/policy"]) and metrics["old_theta_deviation"] > 0

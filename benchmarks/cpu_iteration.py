@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Time one NFTTrainer iteration on a small SD3 pipeline against the floor of its bare model calls.
+
+The floor runs the same model calls with the same shapes in a plain loop: prompt encoding, the sampling forwards
+of the old adapter, VAE decoding, the reward, then per training micro-batch the old and reference forwards, the
+trainable forward and backward, and one optimizer step. Whatever the trainer spends above that is overhead.
+
+    python benchmarks/cpu_iteration.py            # prints a markdown table
+    python benchmarks/cpu_iteration.py --repeats 5 --width 128 --layers 4
+"""
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from diffusers_nft import NFTConfig, NFTTrainer
+from diffusers_nft.pipelines import select_conditioning
+from diffusers_nft.rewards import jpeg_compressibility
+from diffusers_nft.tiny import build_tiny_sd3_pipeline
+
+PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house", "a photo of the sea", "a city street"]
+
+
+def floor_iteration(trainer: NFTTrainer) -> dict:
+    """The model calls of one iteration, nothing else."""
+    args, adapter, policy = trainer.args, trainer.adapter, trainer.policy
+    n, steps = args.images_per_iteration, args.num_sampling_steps
+    times = {}
+    start = time.perf_counter()
+    with torch.no_grad():
+        cond = adapter.encode_prompts(PROMPTS[: args.prompts_per_iteration], torch.device("cpu"), args.max_sequence_length)
+    index = torch.arange(n) // args.group_size
+    latents, rewards = [], []
+    reward_time = 0.0
+    policy.use("old")
+    for lo in range(0, n, args.sample_batch_size):
+        batch = index[lo : lo + args.sample_batch_size]
+        c = select_conditioning(cond, batch)
+        x = torch.randn(len(batch), *trainer.latent_shape)
+        with torch.no_grad():
+            for i in range(steps):
+                sigma = torch.full((len(batch),), 1 - i / steps)
+                x = x - adapter.predict_velocity(x, sigma, c) / steps
+            images = adapter.decode(x)
+        latents.append(x)
+        t = time.perf_counter()
+        rewards += jpeg_compressibility(images, None, None)
+        reward_time += time.perf_counter() - t
+    times["sampling"] = time.perf_counter() - start - reward_time
+    times["reward"] = reward_time
+    start = time.perf_counter()
+    x0 = torch.cat(latents)
+    optimizer = trainer.optimizer
+    for lo in range(0, n, args.train_batch_size):
+        batch = torch.arange(lo, min(lo + args.train_batch_size, n))
+        c = select_conditioning(cond, index[batch])
+        for _ in range(trainer.num_train_timesteps):
+            sigma = torch.rand(len(batch))
+            noise = torch.randn_like(x0[batch])
+            x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0[batch] + sigma.view(-1, 1, 1, 1) * noise
+            with torch.no_grad():
+                policy.use("old")
+                v_old = adapter.predict_velocity(x_t, sigma, c)
+                if args.kl_beta > 0:
+                    policy.use("reference")
+                    adapter.predict_velocity(x_t, sigma, c)
+            policy.use("default")
+            v = adapter.predict_velocity(x_t, sigma, c)
+            ((v - v_old - (noise - x0[batch])) ** 2).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    times["training"] = time.perf_counter() - start
+    times["logging and bookkeeping"] = 0.0
+    times["total"] = sum(times.values())
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--group_size", type=int, default=8)
+    parser.add_argument("--prompts_per_iteration", type=int, default=4)
+    parser.add_argument("--kl_beta", type=float, default=1e-4)
+    cli = parser.parse_args()
+    torch.manual_seed(0)
+    pipe = build_tiny_sd3_pipeline(width=cli.width, num_layers=cli.layers)
+    images = cli.group_size * cli.prompts_per_iteration
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = NFTConfig(
+            output_dir=output_dir, resolution=64, max_sequence_length=16, report_to="none",
+            group_size=cli.group_size, prompts_per_iteration=cli.prompts_per_iteration,
+            sample_batch_size=images, train_batch_size=images, num_sampling_steps=10, kl_beta=cli.kl_beta,
+            sampler="dpm_solver", max_steps=1000, logging_steps=1,
+        )
+        trainer = NFTTrainer(pipe, "jpeg_compressibility", config, PROMPTS[: cli.prompts_per_iteration])
+        trainer.step(), floor_iteration(trainer)  # warm-up
+        runs = {"trainer": [], "floor": []}
+        for _ in range(cli.repeats):
+            start = time.perf_counter()
+            m = trainer.step()
+            trainer._log(m)  # metrics.jsonl, trackers and the reward-curve PNG, as train() does each logging step
+            wall = time.perf_counter() - start
+            runs["trainer"].append(
+                {"sampling": m["time/sampling"], "reward": m["time/reward"], "training": m["time/training"],
+                 "logging and bookkeeping": wall - m["time/iteration"], "total": wall}
+            )
+            runs["floor"].append(floor_iteration(trainer))
+    params = sum(p.numel() for p in pipe.transformer.parameters())
+    print(f"\nCPU, {torch.get_num_threads()} threads; SD3 transformer {cli.layers} x {cli.width} ({params / 1e6:.1f} M "
+          f"params with LoRA), 64 px, {images} images/iteration, 10 DPM-Solver steps, "
+          f"{trainer.num_train_timesteps} training timesteps, kl_beta={cli.kl_beta}; best of {cli.repeats} (min, the least noisy on a shared CPU).\n")
+    print("| part | trainer (s) | floor (s) | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    for part in ("sampling", "reward", "training", "logging and bookkeeping", "total"):
+        t = min(r[part] for r in runs["trainer"])
+        f = min(r[part] for r in runs["floor"])
+        ratio = f"{t / f:.2f}" if f > 0 else "-"
+        print(f"| {part} | {t:.3f} | {f:.3f} | {ratio} |")
+    t = min(r["total"] for r in runs["trainer"])
+    f = min(r["total"] for r in runs["floor"])
+    print(f"\noverhead ratio (trainer / floor): {t / f:.3f}  (target <= 1.10)  |  {images / t:.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
