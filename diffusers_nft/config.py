@@ -10,6 +10,7 @@ from .schedules import OLD_POLICY_DECAYS
 from .timesteps import TRAIN_TIMESTEPS
 
 SAMPLERS = ("euler", "heun", "dpm_solver", "unipc")
+SCORING_MODES = ("sync", "thread", "process")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
@@ -82,6 +83,16 @@ class NFTConfig:
 
     # Rewards and advantages
     reward_weights: Optional[List[float]] = field(default=None, metadata={"help": "One weight per reward."})
+    normalize_rewards: bool = field(
+        default=False, metadata={"help": "Divide each reward by its running std before the weighted sum."}
+    )
+    reward_scoring: str = field(
+        default="thread",
+        metadata={"help": f"{SCORING_MODES}: score a batch while the next one samples ('thread', 'process')."},
+    )
+    reward_device: Optional[str] = field(default=None, metadata={"help": "Device of reward models (default: ours)."})
+    reward_dtype: str = field(default="float32", metadata={"help": "dtype of reward models."})
+    reward_batch_size: int = field(default=32, metadata={"help": "Images per reward-model forward."})
     adv_clip_max: float = field(default=5.0, metadata={"help": "Clip of the normalised advantage (c)."})
     advantage_std: str = field(default="global", metadata={"help": f"Std of the advantage, one of {STD_SCOPES}."})
 
@@ -126,6 +137,8 @@ class NFTConfig:
                      "resolution", "max_sequence_length", "num_validation_images"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)}).")
         _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS} (got {self.sampler!r}).")
+        _check(self.reward_scoring in SCORING_MODES, f"reward_scoring must be one of {SCORING_MODES}.")
+        _check(self.reward_batch_size >= 1, "reward_batch_size must be >= 1.")
         _check(self.guidance_scale >= 1.0, f"guidance_scale must be >= 1.0 (got {self.guidance_scale}); 1.0 is CFG-free.")
         _check(self.mixed_precision in MIXED_PRECISIONS, f"mixed_precision must be one of {MIXED_PRECISIONS}.")
         _check(self.advantage_std in STD_SCOPES, f"advantage_std must be one of {STD_SCOPES} (got {self.advantage_std!r}).")

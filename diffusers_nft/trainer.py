@@ -30,7 +30,7 @@ from .data import PromptSampler, PromptSource, load_prompts
 from .loss import NFTLoss
 from .pipelines import get_pipeline_adapter, select_conditioning
 from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
-from .rewards import WeightedRewards
+from .rewards import RewardScorer, WeightedRewards
 from .sampling import is_flow_matching_scheduler, make_sampler, rollout, sigma_grid
 from .schedules import ema_decay, old_policy_decay
 from .timesteps import num_train_timesteps, sample_train_sigmas
@@ -112,7 +112,13 @@ class NFTTrainer:
             raise ValueError("train_dataset is required: a datasets.Dataset, a list of prompts or a prompt file.")
         self.train_dataset = load_prompts(train_dataset)
         self.eval_dataset = load_prompts(eval_dataset) if eval_dataset is not None else None
-        self.rewards = WeightedRewards(reward_funcs, args.reward_weights)
+        reward_options = {
+            "device": args.reward_device or PartialState().device,
+            "dtype": args.reward_dtype,
+            "batch_size": args.reward_batch_size,
+        }
+        self.rewards = WeightedRewards(reward_funcs, args.reward_weights, args.normalize_rewards, **reward_options)
+        self.scorer = RewardScorer(self.rewards, args.reward_scoring)
         _check_writable(args.output_dir)
         self._resume_path = None
         if args.resume_from_checkpoint:
@@ -237,9 +243,10 @@ class NFTTrainer:
         batch = self._collect(iteration, timings)
 
         start = time.perf_counter()
-        all_total = accelerator.gather(batch["rewards"]["total"].to(accelerator.device)).cpu()
+        scores = {k: accelerator.gather(v.to(accelerator.device)).cpu() for k, v in batch["rewards"].items()}
+        scores["total"] = self.rewards.combine(scores)
         all_groups = accelerator.gather(batch["group_ids"].to(accelerator.device)).cpu()
-        optimality = rewards_to_optimality(all_total, all_groups, args.adv_clip_max, args.advantage_std)
+        optimality = rewards_to_optimality(scores["total"], all_groups, args.adv_clip_max, args.advantage_std)
         rank = accelerator.process_index
         r = optimality.r[rank * self.local_images : (rank + 1) * self.local_images]
         timings["reward"] += time.perf_counter() - start
@@ -253,10 +260,9 @@ class NFTTrainer:
         self.global_step += 1
 
         metrics = {"step": self.global_step, "optimizer_step": self.optimizer_step}
-        for name, values in batch["rewards"].items():
-            gathered = accelerator.gather(values.to(accelerator.device)).cpu().double()
-            metrics[f"reward/{name}/mean"] = gathered.mean().item()
-            metrics[f"reward/{name}/std"] = gathered.std(unbiased=False).item()
+        for name, values in scores.items():
+            metrics[f"reward/{name}/mean"] = values.double().mean().item()
+            metrics[f"reward/{name}/std"] = values.double().std(unbiased=False).item()
         metrics.update(
             {
                 "r/mean": optimality.r.mean().item(),
@@ -366,6 +372,7 @@ class NFTTrainer:
                     "global_step": self.global_step,
                     "optimizer_step": self.optimizer_step,
                     "prompt_sampler": self.prompt_sampler.state_dict(),
+                    "reward_normalizer": self.rewards.state_dict(),
                     "history": self.history,
                     "config": args.to_dict(),
                 },
@@ -386,6 +393,7 @@ class NFTTrainer:
             self.lr_scheduler.load_state_dict(parts["lr_scheduler.pt"])
             state = parts["trainer_state.json"]
             self.prompt_sampler.load_state_dict(state["prompt_sampler"])
+            self.rewards.load_state_dict(state["reward_normalizer"])
         except (KeyError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"Cannot resume from {path!r}: {error}") from error
         _set_rng_states(parts.get("random_states.pt"))
@@ -398,7 +406,7 @@ class NFTTrainer:
         """Score two blank images so that a broken reward fails before any sampling."""
         rows = self.train_dataset.select([0, min(1, len(self.train_dataset) - 1)])
         images = torch.zeros(2, 3, self.args.resolution, self.args.resolution)
-        self.rewards(images, list(rows["prompt"]), _metadata(rows))
+        self.scorer.submit(images, list(rows["prompt"]), _metadata(rows)).result()
 
     def _validation_prompts(self) -> List[str]:
         if self.args.validation_prompts:
@@ -450,7 +458,7 @@ class NFTTrainer:
         row_of_image = torch.tensor([local_groups.index(g) for g in group_ids.tolist()])
         prompts = [row_prompts[i] for i in row_of_image.tolist()]
         metadata = [row_metadata[i] for i in row_of_image.tolist()]
-        latents, rewards = [], []
+        latents, futures = [], []
         timings["sampling"] += time.perf_counter() - start
         bar = tqdm(total=self.local_images, desc="sampling", leave=False, disable=not accelerator.is_local_main_process)
         with self.policy.using(OLD):
@@ -469,10 +477,13 @@ class NFTTrainer:
                 timings["sampling"] += time.perf_counter() - start
                 start = time.perf_counter()
                 idx = index.tolist()
-                rewards.append(self.rewards(images, [prompts[i] for i in idx], [metadata[i] for i in idx]))
+                futures.append(self.scorer.submit(images, [prompts[i] for i in idx], [metadata[i] for i in idx]))
                 timings["reward"] += time.perf_counter() - start
                 bar.update(len(index))
         bar.close()
+        start = time.perf_counter()
+        rewards = [future.result() for future in futures]  # scored while the next batches sampled
+        timings["reward"] += time.perf_counter() - start
         return {
             "latents": torch.cat(latents),
             "cond": cond,

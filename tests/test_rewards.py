@@ -32,14 +32,15 @@ def test_weighted_sum_with_names_and_callables():
 
     rewards = WeightedRewards(["jpeg_incompressibility", brightness], weights=[0.5, 2.0])
     scores = rewards(_images(), ["a", "b"], [{}, {}])
-    assert set(scores) == {"jpeg_incompressibility", "brightness", "total"}
-    torch.testing.assert_close(scores["total"], 0.5 * scores["jpeg_incompressibility"] + 2.0 * scores["brightness"])
+    assert set(scores) == {"jpeg_incompressibility", "brightness"}
+    total = rewards.combine(scores)
+    torch.testing.assert_close(total, 0.5 * scores["jpeg_incompressibility"] + 2.0 * scores["brightness"])
 
 
 def test_registry():
     assert {"jpeg_compressibility", "jpeg_incompressibility"} <= set(available_rewards())
     register_reward("constant_one", lambda: (lambda images, prompts, metadata: [1.0] * len(prompts)))
-    assert WeightedRewards("constant_one")(_images(), ["a", "b"], [{}, {}])["total"].tolist() == [1.0, 1.0]
+    assert WeightedRewards("constant_one")(_images(), ["a", "b"], [{}, {}])["constant_one"].tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="Unknown reward 'pickscor'"):
         WeightedRewards("pickscor")
     with pytest.raises(ValueError, match="weight"):

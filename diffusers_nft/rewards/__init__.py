@@ -1,11 +1,22 @@
-"""Rewards. They know images, prompts and metadata; they do not know the trainer."""
+"""Rewards. They know images, prompts and metadata; they do not know the trainer.
 
-from .combine import RewardError, WeightedRewards
+Model rewards (`clipscore`, `pickscore`, `hpsv2`, `aesthetic`, `geneval`, `ocr`) load by name through the
+registry, on first use.
+"""
+
+from .combine import RewardError, RunningStd, WeightedRewards
 from .jpeg import jpeg_compressibility, jpeg_incompressibility
 from .registry import available_rewards, load_reward, register_reward
+from .remote import RemoteReward, RemoteRewardError
+from .scoring import SCORING_MODES, RewardScorer
 
 __all__ = [
+    "RemoteReward",
+    "RemoteRewardError",
     "RewardError",
+    "RewardScorer",
+    "RunningStd",
+    "SCORING_MODES",
     "WeightedRewards",
     "available_rewards",
     "jpeg_compressibility",

@@ -3,6 +3,9 @@
 - `images`: float tensor `(B, 3, H, W)` in [0, 1];
 - `prompts`: list of B strings;
 - `metadata`: list of B dicts, the prompt dataset's other columns.
+
+A reward may also return a dict with the floats under `"scores"` and other per-image floats (logged, not
+optimised), as `geneval` does with `"strict"`.
 """
 
 from typing import Callable, Dict, Union
@@ -11,28 +14,60 @@ from .jpeg import jpeg_compressibility, jpeg_incompressibility
 
 RewardFunc = Callable[..., object]
 
-_REGISTRY: Dict[str, Callable[[], RewardFunc]] = {
-    "jpeg_compressibility": lambda: jpeg_compressibility,
-    "jpeg_incompressibility": lambda: jpeg_incompressibility,
+
+def _model(module: str, name: str):
+    def factory(**kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(**kwargs)
+
+    return factory
+
+
+_REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
+    "jpeg_compressibility": lambda **_: jpeg_compressibility,
+    "jpeg_incompressibility": lambda **_: jpeg_incompressibility,
+    "clipscore": _model("clip", "ClipScore"),
+    "pickscore": _model("clip", "PickScore"),
+    "hpsv2": _model("clip", "HPSv2"),
+    "aesthetic": _model("aesthetic", "Aesthetic"),
+    "geneval": _model("geneval", "GenEval"),
+    "ocr": lambda **_: _model("ocr", "OCRReward")(),  # ONNX Runtime on the CPU
 }
+_LOADED: Dict[tuple, RewardFunc] = {}
 
 
-def register_reward(name: str, factory: Callable[[], RewardFunc]) -> None:
-    """Register `factory` (called with no argument, once, when the reward is first used) under `name`."""
+def register_reward(name: str, factory: Callable[..., RewardFunc]) -> None:
+    """Register `factory` under `name`. It is called once, with the reward options (`device`, `dtype`, ...)."""
     _REGISTRY[name] = factory
+    for key in [k for k in _LOADED if k[0] == name]:
+        del _LOADED[key]
 
 
 def available_rewards():
     return sorted(_REGISTRY)
 
 
-def load_reward(reward: Union[str, RewardFunc]) -> RewardFunc:
-    """A reward callable from a registered name, or the callable itself."""
+def load_reward(reward: Union[str, RewardFunc], **options) -> RewardFunc:
+    """A reward callable from a registered name (built once per process and options), or the callable itself.
+
+    Args:
+        reward: A registered name, or a callable.
+        **options: For model rewards: `device`, `dtype`, `batch_size`, and model ids such as `model_id`.
+    """
     if callable(reward):
         return reward
-    if reward not in _REGISTRY:
+    check_reward(reward)
+    key = (reward, tuple(sorted((k, str(v)) for k, v in options.items())))
+    if key not in _LOADED:
+        _LOADED[key] = _REGISTRY[reward](**options)
+    return _LOADED[key]
+
+
+def check_reward(reward: Union[str, RewardFunc]) -> None:
+    """Raise a clear error for a name that is not registered (without loading anything)."""
+    if not callable(reward) and reward not in _REGISTRY:
         raise ValueError(f"Unknown reward {reward!r}. Registered rewards: {available_rewards()}; or pass a callable.")
-    return _REGISTRY[reward]()
 
 
 def reward_name(reward: Union[str, RewardFunc]) -> str:

@@ -1,0 +1,41 @@
+"""The wire format of remote rewards: images as base64 PNG (lossless 8-bit), with prompts and metadata."""
+
+import base64
+import io
+from typing import List
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..visualize import to_pil
+
+
+def encode_images(images: torch.Tensor) -> List[str]:
+    """Float images `(B, 3, H, W)` in [0, 1] to base64 PNG strings."""
+    encoded = []
+    for image in to_pil(images):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return encoded
+
+
+def decode_images(encoded: List[str]) -> torch.Tensor:
+    """Base64 PNG strings back to a float tensor `(B, 3, H, W)` in [0, 1].
+
+    Raises:
+        ValueError: If a string is not a PNG image, or the images differ in size.
+    """
+    arrays = []
+    for i, text in enumerate(encoded):
+        try:
+            image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
+            if image.format != "PNG":
+                raise ValueError(f"format {image.format}")
+            arrays.append(np.asarray(image.convert("RGB")))
+        except Exception as error:
+            raise ValueError(f"image {i} is not a base64 PNG ({error})") from error
+    if len({a.shape for a in arrays}) > 1:
+        raise ValueError(f"images differ in size: {sorted({a.shape for a in arrays})}")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
