@@ -1,5 +1,9 @@
 from setuptools import find_packages, setup
 
+OCR = ["rapidocr_onnxruntime>=1.3", "rapidfuzz>=3.0"]
+SERVE = ["fastapi>=0.100", "uvicorn>=0.23"]
+TEST = ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0"]
+
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
 
@@ -26,10 +30,14 @@ setup(
         "tqdm",
         "matplotlib>=3.7",
         "tensorboard>=2.14",
+        "httpx>=0.24",
     ],
     extras_require={
-        "test": ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0"],
-        "dev": ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0", "ruff>=0.5"],
+        "ocr": OCR,
+        "serve": SERVE,
+        "rewards": OCR + SERVE,
+        "test": TEST + OCR + SERVE,
+        "dev": TEST + OCR + SERVE + ["ruff>=0.5"],
         "wandb": ["wandb"],
     },
     classifiers=[

@@ -24,21 +24,42 @@ def _corpus():
     return [" ".join(words[i : i + 7]) for i in range(0, len(words))] + words
 
 
+def _bytes_to_unicode():
+    """CLIP's reversible byte -> printable character table."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
 def _train_clip_tokenizer(folder):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A deterministic byte-level BPE vocabulary: every byte, plus merges that spell each corpus word."""
+    import json
+
     from transformers import CLIPTokenizer
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        end_of_word_suffix="</w>",
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer)
-    tokenizer.model.save(folder)
+    alphabet = _bytes_to_unicode()
+    vocab = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
+    merges, known = [], set(vocab)
+    for word in dict.fromkeys(_WORDS):
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(symbols) > 1:
+            merged = symbols[0] + symbols[1]
+            if merged not in known:
+                merges.append(f"{symbols[0]} {symbols[1]}")
+                vocab.append(merged)
+                known.add(merged)
+            symbols = [merged] + symbols[2:]
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump({token: i for i, token in enumerate(vocab)}, f)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
     return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
 
 

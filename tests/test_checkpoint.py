@@ -24,7 +24,8 @@ def _run(pipeline_dir, output_dir, max_steps, resume=None, **overrides):
 
 def test_resume_is_exact(tiny_pipeline_dir, tmp_path):
     # two optimizer steps per iteration, and the delayed decay, so that every piece of state matters
-    kwargs = dict(gradient_accumulation_steps=3, old_policy_decay="constant", old_policy_decay_constant=0.3)
+    kwargs = dict(gradient_accumulation_steps=3, old_policy_decay="constant", old_policy_decay_constant=0.3,
+                  normalize_rewards=True)
     straight = _run(tiny_pipeline_dir, tmp_path / "straight", 4, **kwargs)
     _run(tiny_pipeline_dir, tmp_path / "split", 2, **kwargs)
     resumed = _run(tiny_pipeline_dir, tmp_path / "split", 4, resume="latest", **kwargs)

@@ -70,3 +70,14 @@ def _too_short(images, prompts, metadata):
 def test_bad_reward_outputs_name_the_reward_and_prompt(func, message):
     with pytest.raises(RewardError, match=message):
         WeightedRewards(func)(_images(), ["a cat", "a dog"], [{}, {}])
+
+
+def test_missing_extra_names_the_pip_command():
+    from diffusers_nft.rewards.base import require
+
+    with pytest.raises(ImportError, match=r"pip install 'diffusers-nft\[ocr\]'"):
+        require("a_module_that_is_not_installed", "ocr")
+
+
+def test_registered_model_rewards():
+    assert {"clipscore", "pickscore", "hpsv2", "aesthetic", "ocr", "geneval"} <= set(available_rewards())

@@ -181,3 +181,15 @@ def test_bf16_mixed_precision_gradient_checkpointing_and_offload(tiny_pipeline, 
     assert {p.dtype for p in trainer.policy.trainable_parameters()} == {torch.float32}
     assert tiny_pipeline.transformer.is_gradient_checkpointing
     assert math.isfinite(metrics["loss/policy"]) and metrics["old_theta_deviation"] > 0
+
+
+def test_reward_scoring_modes_give_the_same_rewards(tiny_pipeline_dir, tmp_path):
+    means = {}
+    for mode in ("sync", "thread", "process"):
+        pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+        config = tiny_config(tmp_path / mode, reward_scoring=mode, normalize_rewards=True, reward_weights=[1.0, 2.0])
+        trainer = NFTTrainer(pipe, ["jpeg_incompressibility", "jpeg_compressibility"], config, PROMPTS)
+        metrics = trainer.step()
+        means[mode] = (metrics["reward/total/mean"], metrics["reward/jpeg_incompressibility/mean"], metrics["r/std"])
+        trainer.scorer.close()
+    assert means["sync"] == means["thread"] == means["process"]

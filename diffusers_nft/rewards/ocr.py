@@ -34,14 +34,16 @@ class OCRReward:
     RapidOCR runs ONNX Runtime models that ship inside its wheel: no network. Prompts without a quoted text raise.
 
     Args:
-        det_limit_side_len: RapidOCR's detection size limit; small values are fast for small images.
+        det_limit_side_len: RapidOCR's detection size limit (its default when None); small values such as 64
+            are much faster on small images.
         min_confidence: Readings below this confidence are ignored.
     """
 
-    def __init__(self, det_limit_side_len: int = 64, min_confidence: float = 0.0):
+    def __init__(self, det_limit_side_len: Optional[int] = None, min_confidence: float = 0.0):
         rapidocr = require("rapidocr_onnxruntime", "ocr", "rapidocr_onnxruntime")
         require("rapidfuzz", "ocr")
-        self.engine = rapidocr.RapidOCR(det_limit_side_len=det_limit_side_len)
+        options = {} if det_limit_side_len is None else {"det_limit_side_len": det_limit_side_len}
+        self.engine = rapidocr.RapidOCR(**options)
         self.min_confidence = min_confidence
 
     def read(self, image) -> str:

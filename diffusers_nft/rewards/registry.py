@@ -32,7 +32,7 @@ _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "hpsv2": _model("clip", "HPSv2"),
     "aesthetic": _model("aesthetic", "Aesthetic"),
     "geneval": _model("geneval", "GenEval"),
-    "ocr": lambda **_: _model("ocr", "OCRReward")(),  # ONNX Runtime on the CPU
+    "ocr": lambda det_limit_side_len=None, **_: _model("ocr", "OCRReward")(det_limit_side_len=det_limit_side_len),
 }
 _LOADED: Dict[tuple, RewardFunc] = {}
 
