@@ -15,7 +15,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["diffusers_nft", "diffusers_nft.*"]),
+    packages=find_packages(include=["diffusers_nft", "diffusers_nft.*"]) + ["diffusers_nft.model_cards"],
+    package_dir={"diffusers_nft.model_cards": "model_cards"},
+    package_data={"diffusers_nft.model_cards": ["*.md"]},
     install_requires=[
         "torch>=2.4",
         "diffusers>=0.35",

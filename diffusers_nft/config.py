@@ -74,6 +74,9 @@ class NFTConfig:
     num_sampling_steps: int = field(default=10, metadata={"help": "Solver steps of each rollout."})
     sampler: str = field(default="dpm_solver", metadata={"help": f"Data-collection solver, one of {SAMPLERS}."})
     guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale of rollouts; 1.0 is CFG-free (NFT)."})
+    distilled_guidance_scale: float = field(
+        default=3.5, metadata={"help": "Guidance-embedding value of guidance-distilled models (FLUX.1-dev)."}
+    )
     resolution: int = 512
     max_sequence_length: int = field(default=256, metadata={"help": "T5 tokens per prompt."})
     sample_batch_size: int = field(default=8, metadata={"help": "Images per rollout batch per process."})

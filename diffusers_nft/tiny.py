@@ -1,8 +1,9 @@
-"""A tiny, randomly initialised Stable Diffusion 3.5-style pipeline that is built offline.
+"""Tiny, randomly initialised SD3.5-style and FLUX.1-style pipelines that are built offline.
 
-It has the real classes (`SD3Transformer2DModel` with dual attention and RMS qk-norm, two CLIP text encoders, a T5
-encoder, `AutoencoderKL`, `FlowMatchEulerDiscreteScheduler`) at a size that runs a training iteration on a laptop
-CPU in about a second. Tests and the offline demo use it; nothing here downloads anything.
+They have the real classes (`SD3Transformer2DModel` with dual attention and RMS qk-norm or
+`FluxTransformer2DModel`, CLIP and T5 text encoders, `AutoencoderKL`, `FlowMatchEulerDiscreteScheduler`) at a
+size that runs a training iteration on a laptop CPU in about a second. Tests and the offline demo use them;
+nothing here downloads anything.
 """
 
 import os
@@ -85,6 +86,46 @@ def _train_t5_tokenizer(folder):
     return T5TokenizerFast.from_pretrained(folder, extra_ids=0)
 
 
+def _tiny_text_stack(folder: str, t5_dim: int = 32):
+    """Two CLIP tokenizers, a T5 tokenizer and a tiny T5 encoder."""
+    from transformers import T5Config, T5EncoderModel
+
+    clip_dir, t5_dir = os.path.join(folder, "clip"), os.path.join(folder, "t5")
+    os.makedirs(clip_dir)
+    os.makedirs(t5_dir)
+    tokenizer = _train_clip_tokenizer(clip_dir)
+    t5_tokenizer = _train_t5_tokenizer(t5_dir)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tokenizer), d_model=t5_dim, d_ff=64, d_kv=8, num_layers=1, num_heads=4,
+            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    ).eval()
+    return tokenizer, t5_tokenizer, t5
+
+
+def _tiny_clip_config(tokenizer, hidden: int = 16):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=16,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _tiny_vae(sample_size: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+        sample_size=8 * sample_size, shift_factor=0.0, scaling_factor=1.0,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
 def build_tiny_sd3_pipeline(
     seed: int = 0, width: int = 64, num_layers: int = 2, sample_size: int = 8, sd35: bool = True
 ):
@@ -100,92 +141,61 @@ def build_tiny_sd3_pipeline(
     Returns:
         A `StableDiffusion3Pipeline` in float32 on the CPU.
     """
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
-        clip_dir, t5_dir = os.path.join(folder, "clip"), os.path.join(folder, "t5")
-        os.makedirs(clip_dir)
-        os.makedirs(t5_dir)
-        tokenizer = _train_clip_tokenizer(clip_dir)
-        tokenizer_2 = _train_clip_tokenizer(clip_dir)
-        tokenizer_3 = _train_t5_tokenizer(t5_dir)
-
-    def clip_encoder(hidden):
-        config = CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            projection_dim=16,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        return CLIPTextModelWithProjection(config).eval()
-
-    t5_dim = 32
-    text_encoder_3 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_3),
-            d_model=t5_dim,
-            d_ff=64,
-            d_kv=8,
-            num_layers=1,
-            num_heads=4,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    ).eval()
+        tokenizer, tokenizer_3, text_encoder_3 = _tiny_text_stack(folder)
     heads = 2
     transformer = SD3Transformer2DModel(
-        sample_size=sample_size,
-        patch_size=2,
-        in_channels=4,
-        out_channels=4,
-        num_layers=num_layers,
-        attention_head_dim=width // heads,
-        num_attention_heads=heads,
-        joint_attention_dim=t5_dim,
-        caption_projection_dim=width,
-        pooled_projection_dim=32,
-        pos_embed_max_size=sample_size // 2 * 2,
-        dual_attention_layers=(0,) if sd35 else (),
-        qk_norm="rms_norm" if sd35 else None,
+        sample_size=sample_size, patch_size=2, in_channels=4, out_channels=4, num_layers=num_layers,
+        attention_head_dim=width // heads, num_attention_heads=heads, joint_attention_dim=text_encoder_3.config.d_model,
+        caption_projection_dim=width, pooled_projection_dim=32, pos_embed_max_size=sample_size // 2 * 2,
+        dual_attention_layers=(0,) if sd35 else (), qk_norm="rms_norm" if sd35 else None,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=8 * sample_size,
-        shift_factor=0.0,
-        scaling_factor=1.0,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     return StableDiffusion3Pipeline(
         transformer=transformer,
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=clip_encoder(16),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_tiny_vae(sample_size),
+        text_encoder=CLIPTextModelWithProjection(_tiny_clip_config(tokenizer)).eval(),
         tokenizer=tokenizer,
-        text_encoder_2=clip_encoder(16),
-        tokenizer_2=tokenizer_2,
+        text_encoder_2=CLIPTextModelWithProjection(_tiny_clip_config(tokenizer)).eval(),
+        tokenizer_2=tokenizer,
         text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3,
+    )
+
+
+def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False, sample_size: int = 8):
+    """Build a tiny FLUX.1-style `FluxPipeline` with random weights, fully offline.
+
+    Args:
+        seed: Seed for the random weights.
+        guidance_embeds: A FLUX.1-dev style guidance embedding (True) or schnell style (False).
+        sample_size: Latent side length; images are `8 * sample_size` pixels square.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer, tokenizer_2, text_encoder_2 = _tiny_text_stack(folder)
+    clip_config = _tiny_clip_config(tokenizer, hidden=32)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=text_encoder_2.config.d_model,
+        pooled_projection_dim=clip_config.hidden_size, guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+    )
+    return FluxPipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=_tiny_vae(sample_size),
+        text_encoder=CLIPTextModel(clip_config).eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
     )

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig
@@ -27,6 +27,7 @@ from .advantages import rewards_to_optimality
 from .checkpoint import CheckpointError, clean_incomplete, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import NFTConfig
 from .data import PromptSampler, PromptSource, load_prompts
+from .hub import upload_folder, write_model_card
 from .loss import NFTLoss
 from .pipelines import get_pipeline_adapter, select_conditioning
 from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
@@ -55,7 +56,7 @@ def _seeded(seed: int, *keys: int) -> torch.Generator:
 
 
 def _check_writable(output_dir: str) -> None:
-    probe = os.path.join(output_dir, ".write-test")
+    probe = os.path.join(output_dir, f".write-test-{os.getpid()}")  # one per process: ranks share the folder
     try:
         os.makedirs(output_dir, exist_ok=True)
         with open(probe, "w") as f:
@@ -106,14 +107,21 @@ class NFTTrainer:
                 "DiffusionNFT trains rectified-flow models (SD3/SD3.5, Flux, ...): use a pipeline whose scheduler "
                 "is FlowMatchEulerDiscreteScheduler (or one with use_flow_sigmas=True, prediction_type='flow_prediction')."
             )
-        self.adapter = get_pipeline_adapter(pipeline)
+        self.adapter = get_pipeline_adapter(pipeline, distilled_guidance_scale=args.distilled_guidance_scale)
         self.pipeline = pipeline
         if train_dataset is None:
             raise ValueError("train_dataset is required: a datasets.Dataset, a list of prompts or a prompt file.")
         self.train_dataset = load_prompts(train_dataset)
         self.eval_dataset = load_prompts(eval_dataset) if eval_dataset is not None else None
+        # The Accelerator comes first: it sets up the processes (on CPU too, with ACCELERATE_USE_CPU) that
+        # everything below counts. It only reads the environment; no model is touched yet.
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            log_with=None if args.report_to == "none" else args.report_to,
+            project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
+        )
         reward_options = {
-            "device": args.reward_device or PartialState().device,
+            "device": args.reward_device or self.accelerator.device,
             "dtype": args.reward_dtype,
             "batch_size": args.reward_batch_size,
         }
@@ -130,7 +138,7 @@ class NFTTrainer:
             peft_config = make_lora_config(transformer, default_targets=self.adapter.default_lora_targets)
         check_lora_targets(transformer, peft_config.target_modules)
 
-        num_processes = PartialState().num_processes
+        num_processes = self.accelerator.num_processes
         if args.images_per_iteration % num_processes:
             raise ValueError(
                 f"prompts_per_iteration * group_size = {args.images_per_iteration} images must split evenly over "
@@ -147,14 +155,9 @@ class NFTTrainer:
                 f"timesteps); gradient_accumulation_steps={accumulation} must divide it."
             )
         self.optimizer_steps_per_iteration = micro_steps // accumulation
+        self.accelerator.gradient_accumulation_steps = accumulation
         self._probe_rewards()
 
-        self.accelerator = Accelerator(
-            mixed_precision=args.mixed_precision,
-            gradient_accumulation_steps=accumulation,
-            log_with=None if args.report_to == "none" else args.report_to,
-            project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
-        )
         device = self.accelerator.device
         if args.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -188,11 +191,11 @@ class NFTTrainer:
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(transformer, optimizer, lr_scheduler)
         self.adapter.model = self.model
         self.loss_fn = NFTLoss(args.nft_beta, args.adv_clip_max, args.loss_weighting, args.kl_beta)
-        self.sampler = make_sampler(args.sampler, pipeline.scheduler)
-        self.eval_sampler = make_sampler("euler", pipeline.scheduler)
         self.latent_shape = self.adapter.latent_shape(args.resolution)
-        self.timestep_kwargs = self.adapter.timestep_kwargs(self.latent_shape)
-        self.train_sigma_grid = sigma_grid(self.sampler, args.num_sampling_steps, **self.timestep_kwargs)
+        self.shift = self.adapter.sampling_shift(self.latent_shape)
+        self.sampler = make_sampler(args.sampler, pipeline.scheduler, self.shift)
+        self.eval_sampler = make_sampler("euler", pipeline.scheduler, self.shift)
+        self.train_sigma_grid = sigma_grid(self.sampler, args.num_sampling_steps)
         self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
         self.global_step = 0
         self.optimizer_step = 0
@@ -308,7 +311,7 @@ class NFTTrainer:
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds.")
-        scheduler = self.eval_sampler if sampler == "euler" else make_sampler(sampler, self.pipeline.scheduler)
+        scheduler = self.eval_sampler if sampler == "euler" else make_sampler(sampler, self.pipeline.scheduler, self.shift)
         cond = self._encode(list(prompts))
         noise = torch.stack([torch.randn(self.latent_shape, generator=_seeded(s, _SEED_STREAMS["eval"])) for s in seeds])
         images = []
@@ -354,6 +357,72 @@ class NFTTrainer:
                 weight_name=LORA_WEIGHT_NAME,
             )
         return os.path.join(output_dir, LORA_WEIGHT_NAME)
+
+    def create_model_card(self, repo_id: str) -> str:
+        """Write `README.md` (the model card), the before/after grid and widget images into `output_dir`."""
+        args = self.args
+        prompts = self._validation_prompts()
+        n = min(args.num_validation_images, 4)
+        all_prompts, seeds = [p for p in prompts for _ in range(n)], list(range(n)) * len(prompts)
+        base = self.generate(all_prompts, seeds, policy=REFERENCE)
+        tuned = self.generate(all_prompts, seeds, policy="ema" if args.save_ema_weights else TRAINED)
+        folder = os.path.join(args.output_dir, "images")
+        os.makedirs(folder, exist_ok=True)
+        rows = torch.cat([torch.cat([base[i * n : (i + 1) * n], tuned[i * n : (i + 1) * n]]) for i in range(len(prompts))])
+        labels = [f"{who}: {p}" for p in prompts for who in ("base", "NFT")]
+        scale = max(1, 256 // args.resolution)
+        image_grid(rows, rows=2 * len(prompts), labels=labels, scale=scale).save(os.path.join(folder, "before_after.png"))
+        widget = []
+        for i, prompt in enumerate(prompts):
+            path = f"images/sample_{i}.png"
+            image_grid(tuned[i * n : i * n + 1], rows=1, scale=scale).save(os.path.join(args.output_dir, path))
+            widget.append((prompt, path))
+        if self.history:
+            plot_reward_curve(self.history, os.path.join(args.output_dir, "reward_curve.png"))
+        lora = self.policy.lora_config
+        hyperparameters = {
+            "LoRA rank / alpha": f"{lora.r} / {lora.lora_alpha}",
+            "LoRA targets": ", ".join(sorted(lora.target_modules)),
+            "saved weights": "EMA" if args.save_ema_weights else "raw",
+            **{k: getattr(args, k) for k in (
+                "prompts_per_iteration", "group_size", "images_per_iteration", "num_sampling_steps", "sampler",
+                "resolution", "nft_beta", "kl_beta", "adv_clip_max", "loss_weighting", "train_timesteps",
+                "learning_rate", "old_policy_decay", "ema_decay", "mixed_precision", "seed")},
+        }
+        return write_model_card(
+            args.output_dir,
+            repo_id=repo_id,
+            base_model=getattr(self.pipeline, "name_or_path", None) or "unknown",
+            pipeline_class=type(self.pipeline).__name__,
+            rewards=list(zip(self.rewards.names, self.rewards.weights)),
+            hyperparameters=hyperparameters,
+            history=self.history,
+            widget=widget,
+        )
+
+    def push_to_hub(
+        self, repo_id: Optional[str] = None, token: Optional[str] = None, private: Optional[bool] = None, api=None
+    ) -> Optional[str]:
+        """Save the LoRA and its model card, then upload `output_dir` (no checkpoints, logs or step samples).
+
+        Args:
+            repo_id: Hub repo; default: the name of `output_dir`.
+            token: Hub token, passed to every Hub call; default: the logged-in one.
+            private: Create the repo private.
+            api: A stand-in for `huggingface_hub.HfApi` (for tests and mirrors).
+
+        Returns:
+            The repo URL (None on processes other than the main one).
+
+        Raises:
+            RuntimeError: If the upload fails; `output_dir` stays as it is.
+        """
+        repo_id = repo_id or os.path.basename(os.path.normpath(self.args.output_dir))
+        self.save_lora(self.args.output_dir)
+        if not self.accelerator.is_main_process:
+            return None
+        self.create_model_card(repo_id)
+        return upload_folder(self.args.output_dir, repo_id, token=token, private=private, api=api)
 
     def save_checkpoint(self) -> Optional[str]:
         """Write `output_dir/checkpoint-<step>` atomically with everything an exact resume needs."""
@@ -441,7 +510,7 @@ class NFTTrainer:
             def velocity(x, sigma):
                 return self.adapter.predict_velocity(x, sigma, cond)
 
-        return rollout(velocity, scheduler, noise, num_steps, **self.timestep_kwargs)
+        return rollout(velocity, scheduler, noise, num_steps)
 
     def _collect(self, iteration: int, timings: Dict[str, float]) -> dict:
         """Sample this process's share of the iteration's images with the old policy and score them."""

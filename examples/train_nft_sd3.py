@@ -53,6 +53,9 @@ class ScriptArguments:
     lora_layers: Optional[str] = field(
         default=None, metadata={"help": "Comma-separated module suffixes, e.g. 'attn.to_q,attn.to_k'. Default: release."}
     )
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the LoRA, model card and images."})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Hub repo, default: the output_dir name."})
+    hub_token: Optional[str] = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
 
 
 def parse_rewards(specs: List[str]):
@@ -84,27 +87,27 @@ DEMO_DEFAULTS = dict(
 
 
 def load_pipeline(script_args: ScriptArguments, config: NFTConfig):
+    """The SD3/SD3.5 pipeline to train, or the tiny offline demo pipeline."""
     from diffusers import StableDiffusion3Pipeline
 
     if script_args.pretrained_model_name_or_path is None:
         from diffusers_nft.tiny import build_tiny_sd3_pipeline
 
         return build_tiny_sd3_pipeline(seed=config.seed)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
     return StableDiffusion3Pipeline.from_pretrained(
         script_args.pretrained_model_name_or_path,
         revision=script_args.revision,
         variant=script_args.variant,
-        torch_dtype=dtype,
+        torch_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32),
     )
 
 
-def main(argv=None):
+def main(argv=None, load_pipeline=load_pipeline):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     parser = HfArgumentParser((ScriptArguments, NFTConfig))
     known, _ = parser.parse_known_args(argv)
     if known.pretrained_model_name_or_path is None:
-        logger.info("No --pretrained_model_name_or_path: training the tiny offline SD3.5-style demo pipeline.")
+        logger.info("No --pretrained_model_name_or_path: training the tiny offline demo pipeline.")
         parser.set_defaults(**DEMO_DEFAULTS)
     script_args, config = parser.parse_args_into_dataclasses(args=argv)
     reward_names, reward_weights = parse_rewards(script_args.reward or ["jpeg_compressibility"])
@@ -122,6 +125,8 @@ def main(argv=None):
     trainer = NFTTrainer(pipeline, reward_names, args=config, train_dataset=prompts, peft_config=peft_config)
     trainer.train()
     logger.info("LoRA saved to %s", os.path.join(config.output_dir, "pytorch_lora_weights.safetensors"))
+    if script_args.push_to_hub:
+        logger.info("Pushed to %s", trainer.push_to_hub(script_args.hub_model_id, token=script_args.hub_token))
 
 
 if __name__ == "__main__":

@@ -22,13 +22,16 @@ class FlowPipelineAdapter:
 
     Args:
         pipeline: The diffusers pipeline.
+        distilled_guidance_scale: Guidance value for models with a guidance embedding.
     """
 
     pipeline_class_names: Tuple[str, ...] = ()
     default_lora_targets: Tuple[str, ...] = ()
 
-    def __init__(self, pipeline):
+    def __init__(self, pipeline, distilled_guidance_scale: float = 3.5):
         self.pipeline = pipeline
+        # Fed to the guidance embedding of guidance-distilled models (FLUX.1-dev); ignored by the others.
+        self.distilled_guidance_scale = distilled_guidance_scale
         # What forward passes go through; the trainer swaps in the accelerate-prepared module.
         self.model = pipeline.transformer
 
@@ -50,9 +53,10 @@ class FlowPipelineAdapter:
         """Shape of one sample's latents (without the batch dimension) at a square resolution."""
         raise NotImplementedError
 
-    def timestep_kwargs(self, latent_shape: Tuple[int, ...]) -> dict:
-        """Extra `scheduler.set_timesteps` arguments (for example `mu` for dynamic shifting)."""
-        return {}
+    def sampling_shift(self, latent_shape: Tuple[int, ...]) -> float:
+        """The time shift of sampling at this latent shape: the scheduler's `shift` unless the family shifts by
+        resolution (Flux: `exp(mu)`)."""
+        return self.pipeline.scheduler.config.get("shift", 1.0)
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The transformer's velocity `eps - x0` at noise level `sigma` (shape `(B,)`), in float32."""

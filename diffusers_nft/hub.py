@@ -1,0 +1,105 @@
+"""Publishing a trained LoRA: the model card, and the upload to the Hugging Face Hub."""
+
+import os
+from importlib import resources
+from typing import Dict, List, Optional, Sequence, Tuple
+
+# What never leaves the machine: optimizer checkpoints, half-written folders, logs, per-step sample grids.
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-checkpoint-*", ".tmp-checkpoint-*/**", "logs/**",
+                 "samples/**", "*.tmp.png", ".write-test-*"]
+FAMILY_TAGS = {
+    "StableDiffusion3Pipeline": ["sd3", "sd3.5", "stable-diffusion-3"],
+    "FluxPipeline": ["flux", "flux-diffusers"],
+}
+
+
+def model_card_template() -> str:
+    """Path of the model-card template `model_cards/nft_lora.md`: in the source tree, or in a wheel install."""
+    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_cards", "nft_lora.md")
+    if os.path.isfile(source):
+        return source
+    return str(resources.files("diffusers_nft.model_cards").joinpath("nft_lora.md"))
+
+
+def write_model_card(
+    output_dir: str,
+    repo_id: str,
+    base_model: str,
+    pipeline_class: str,
+    rewards: Sequence[Tuple[str, float]],
+    hyperparameters: Dict[str, object],
+    history: List[Dict[str, float]],
+    widget: Sequence[Tuple[str, str]],
+) -> str:
+    """Write `output_dir/README.md` from the template.
+
+    Args:
+        output_dir: The run's folder (it holds the LoRA, `reward_curve.png` and `images/`).
+        repo_id: The Hub repo the card is for.
+        base_model: Hub id of the base pipeline.
+        pipeline_class: Its diffusers class name.
+        rewards: (name, weight) pairs.
+        hyperparameters: Settings to show in a table.
+        history: Per-iteration metrics (for the first/last reward table).
+        widget: (prompt, image path relative to `output_dir`) pairs for the Hub widget.
+
+    Returns:
+        The path of the card.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    tags = ["diffusers", "lora", "diffusers-nft", "reinforcement-learning", "text-to-image"]
+    tags += FAMILY_TAGS.get(pipeline_class, [])
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        tags=tags,
+        widget=[{"text": prompt, "output": {"url": path}} for prompt, path in widget],
+    )
+    final = []
+    if history:
+        names = [k[len("reward/"):-len("/mean")] for k in history[-1] if k.startswith("reward/") and k.endswith("/mean")]
+        final = [(n, history[0][f"reward/{n}/mean"], history[-1][f"reward/{n}/mean"]) for n in names]
+    card = ModelCard.from_template(
+        card_data,
+        template_path=model_card_template(),
+        title=f"{repo_id.split('/')[-1]}: DiffusionNFT LoRA for {base_model}",
+        base_model=base_model,
+        repo_id=repo_id,
+        pipeline_class=pipeline_class,
+        rewards=list(rewards),
+        iterations=len(history),
+        images_seen=int(hyperparameters.get("images_per_iteration", 0)) * len(history),
+        final_rewards=final,
+        example_prompt=widget[0][0] if widget else "a photo of a cat",
+        hyperparameters=list(hyperparameters.items()),
+    )
+    path = os.path.join(output_dir, "README.md")
+    card.save(path)
+    return path
+
+
+def upload_folder(output_dir: str, repo_id: str, token: Optional[str] = None, private: Optional[bool] = None,
+                  api=None, commit_message: str = "Upload DiffusionNFT LoRA") -> str:
+    """Create the repo if needed and upload `output_dir` without checkpoints, logs and per-step samples.
+
+    Raises:
+        RuntimeError: If the Hub calls fail; the local folder is left as it is.
+    """
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id=repo_id, token=token, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(
+            repo_id=repo_id, folder_path=output_dir, token=token, commit_message=commit_message,
+            ignore_patterns=UPLOAD_IGNORE, repo_type="model",
+        )
+    except Exception as error:
+        raise RuntimeError(
+            f"Uploading {output_dir!r} to the Hub repo {repo_id!r} failed ({type(error).__name__}: {error}). "
+            f"Nothing local was changed: fix the token or network and call push_to_hub again."
+        ) from error
+    return f"https://huggingface.co/{repo_id}"

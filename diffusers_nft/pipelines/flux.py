@@ -1,0 +1,79 @@
+"""FLUX.1 (`FluxPipeline`): packed 2x2 latent patches, rotary image/text ids, resolution-dependent shift, and an
+optional guidance embedding (FLUX.1-dev)."""
+
+import math
+from typing import List, Tuple
+
+import torch
+
+from .base import Conditioning, FlowPipelineAdapter
+
+
+class FluxAdapter(FlowPipelineAdapter):
+    """FLUX.1-dev/schnell style: latents are packed into `(tokens, 4 * channels)` sequences."""
+
+    pipeline_class_names = ("FluxPipeline",)
+    default_lora_targets = (
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+    )
+
+    def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
+        prompt_embeds, pooled, text_ids = self.pipeline.encode_prompt(
+            prompt=prompts, prompt_2=None, device=device, max_sequence_length=max_sequence_length
+        )
+        # text ids are the same for every prompt; kept per row so that conditioning can be indexed by row
+        return {
+            "encoder_hidden_states": prompt_embeds,
+            "pooled_projections": pooled,
+            "txt_ids": text_ids.unsqueeze(0).expand(len(prompts), *text_ids.shape),
+        }
+
+    def _latent_side(self, resolution: int) -> int:
+        return 2 * (resolution // (self.pipeline.vae_scale_factor * 2))
+
+    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
+        side = self._latent_side(resolution)
+        return ((side // 2) ** 2, self.transformer.config.in_channels)
+
+    def sampling_shift(self, latent_shape: Tuple[int, ...]) -> float:
+        config = self.pipeline.scheduler.config
+        if not config.get("use_dynamic_shifting", False):
+            return config.get("shift", 1.0)
+        # mu grows linearly with the number of image tokens; exponential time shift by mu == static shift exp(mu)
+        seq_len, base_len, max_len = latent_shape[0], config.base_image_seq_len, config.max_image_seq_len
+        slope = (config.max_shift - config.base_shift) / (max_len - base_len)
+        mu = config.base_shift + slope * (seq_len - base_len)
+        return math.exp(mu)
+
+    def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        dtype, batch = self.transformer.dtype, latents.shape[0]
+        side = int(math.isqrt(latents.shape[1]))
+        img_ids = self.pipeline._prepare_latent_image_ids(batch, side, side, latents.device, dtype)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((batch,), self.distilled_guidance_scale, device=latents.device, dtype=torch.float32)
+        return self.model(
+            hidden_states=latents.to(dtype),
+            timestep=sigma.to(dtype),
+            guidance=guidance,
+            pooled_projections=cond["pooled_projections"].to(dtype),
+            encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+            txt_ids=cond["txt_ids"][0],
+            img_ids=img_ids,
+            return_dict=False,
+        )[0].float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae, pipe = self.pipeline.vae, self.pipeline
+        pixels = 2 * int(math.isqrt(latents.shape[1])) * pipe.vae_scale_factor
+        latents = pipe._unpack_latents(latents, pixels, pixels, pipe.vae_scale_factor)
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        images = vae.decode(latents, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)

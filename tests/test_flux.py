@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+from diffusers import FluxPipeline
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from safetensors.torch import load_file
+
+from diffusers_nft import NFTTrainer
+from diffusers_nft.pipelines import FluxAdapter, get_pipeline_adapter
+from diffusers_nft.policy import make_lora_config
+
+from conftest import PROMPTS, max_diff, tiny_config
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory):
+    from diffusers_nft.tiny import build_tiny_flux_pipeline
+
+    folder = str(tmp_path_factory.mktemp("tiny-flux"))
+    build_tiny_flux_pipeline(seed=0, guidance_embeds=True).save_pretrained(folder)
+    return folder
+
+
+def _render(pipe, guidance=3.5):
+    latents = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(3))  # packed: 4 x 4 tokens of 16
+    return pipe(["a red cat", "a blue dog"], latents=latents, num_inference_steps=4, guidance_scale=guidance,
+                height=64, width=64, max_sequence_length=16, output_type="pt").images
+
+
+def test_flux_adapter_shapes_and_dynamic_shift(flux_dir):
+    pipe = FluxPipeline.from_pretrained(flux_dir)
+    adapter = get_pipeline_adapter(pipe, distilled_guidance_scale=2.0)
+    assert isinstance(adapter, FluxAdapter) and adapter.distilled_guidance_scale == 2.0
+    shape = adapter.latent_shape(64)
+    assert shape == (16, 16)  # (64 / 8 / 2)^2 tokens of 4 * 4 channels
+    config = pipe.scheduler.config
+    mu = calculate_shift(16, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift)
+    assert adapter.sampling_shift(shape) == pytest.approx(math.exp(mu))
+    cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    assert cond["txt_ids"].shape[0] == 2
+    v = adapter.predict_velocity(torch.randn(2, *shape), torch.tensor([0.3, 0.9]), cond)
+    assert v.shape == (2, *shape) and v.dtype == torch.float32
+    assert adapter.decode(torch.randn(2, *shape)).shape == (2, 3, 64, 64)
+    # the guidance embedding is fed: another value changes the velocity
+    adapter_b = get_pipeline_adapter(pipe, distilled_guidance_scale=6.0)
+    x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    sub = {k: v[:1] for k, v in cond.items()}
+    assert (adapter.predict_velocity(x, torch.tensor([0.5]), sub) - adapter_b.predict_velocity(x, torch.tensor([0.5]), sub)).abs().max() > 1e-6
+
+
+def test_flux_trains_and_its_lora_loads_into_flux_pipeline(flux_dir, tmp_path):
+    pipe = FluxPipeline.from_pretrained(flux_dir)
+    peft_config = make_lora_config(pipe.transformer, default_targets=FluxAdapter.default_lora_targets, rank=4, alpha=12)
+    assert "attn.to_out.0" in peft_config.target_modules
+    config = tiny_config(tmp_path, max_steps=3, learning_rate=3e-2, sampler="dpm_solver")
+    trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS, peft_config=peft_config)
+    history = trainer.train()
+    assert len(history) == 3 and history[-1]["old_theta_deviation"] > 0
+    saved = load_file(tmp_path / "pytorch_lora_weights.safetensors")
+    assert max_diff({k[len("transformer."):]: v for k, v in saved.items()}, trainer.policy.state_dict("ema")) == 0
+
+    with trainer.policy.ema_weights():
+        trained = _render(trainer.pipeline)
+    fresh = FluxPipeline.from_pretrained(flux_dir)
+    fresh.set_progress_bar_config(disable=True)
+    base = _render(fresh)
+    fresh.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
+    loaded = _render(fresh)
+    assert (trained - base).abs().max() > 1e-3
+    torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-5)
+
+
+def test_every_solver_collects_flux_data(flux_dir, tmp_path):
+    for sampler in ("euler", "heun", "unipc"):
+        pipe = FluxPipeline.from_pretrained(flux_dir)
+        trainer = NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path / sampler, sampler=sampler), PROMPTS)
+        metrics = trainer.step()
+        assert math.isfinite(metrics["loss/policy"]) and metrics["reward/total/std"] > 0
