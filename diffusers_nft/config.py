@@ -47,6 +47,7 @@ class NFTConfig:
     mixed_precision: str = field(default="no", metadata={"help": f"One of {MIXED_PRECISIONS}."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     allow_tf32: bool = field(default=True, metadata={"help": "Allow TF32 matmuls on Ampere and newer GPUs."})
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the transformer's forward."})
     save_ema_weights: bool = field(
         default=True, metadata={"help": "Save the EMA of the LoRA (release) rather than the raw trained weights."}
     )

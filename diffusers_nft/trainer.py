@@ -189,7 +189,9 @@ class NFTTrainer:
             num_training_steps=args.max_steps * self.optimizer_steps_per_iteration * num_processes,
         )
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(transformer, optimizer, lr_scheduler)
-        self.adapter.model = self.model
+        # Forward passes go through the prepared (and optionally compiled) module; the policy switches adapters
+        # on the underlying transformer, which compiled graphs guard on.
+        self.adapter.model = torch.compile(self.model) if args.torch_compile else self.model
         self.loss_fn = NFTLoss(args.nft_beta, args.adv_clip_max, args.loss_weighting, args.kl_beta)
         self.latent_shape = self.adapter.latent_shape(args.resolution)
         self.shift = self.adapter.sampling_shift(self.latent_shape)

@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Real NFTTrainer iterations at SD3.5-Medium scale on one GPU: images/s, the time split and peak memory.
+
+A random-init SD3.5-Medium-architecture transformer (config below), LoRA r 32 / alpha 64 on the release targets,
+512 px (1024 image tokens + 333 text tokens), bf16, the release schedule: 10 DPM-Solver steps, training at
+int(0.99 * 10) = 9 timesteps with the old (and, when kl_beta > 0, reference) forwards, a model-free reward.
+The text encoders are tiny stand-ins with the real output widths (the T5 slot is empty, so its 256 tokens are
+zeros, as the SD3 pipeline does without T5): they are off the measured path, which is the transformer and VAE.
+
+    python benchmarks/gpu_iteration.py                      # the table, on the GPU
+    python benchmarks/gpu_iteration.py --compile            # with torch.compile on the transformer
+    python benchmarks/gpu_iteration.py --tiny --device cpu  # a smoke run of this script on a CPU
+
+Reference (issue): bare eager bf16 forward/backward calls of this schedule on an H200 cost ~0.55 s per image
+(~1.8 images/s); the bf16 arithmetic floor is ~0.17 s per image. Target: >= 3 images/s per GPU, peak memory
+<= 40 GiB at 16 images per micro-batch.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from diffusers_nft import NFTConfig, NFTTrainer
+
+SD35_MEDIUM = dict(
+    sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+)
+SD35_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
+)
+
+
+def build_pipeline(tiny: bool):
+    """An SD3 pipeline with the SD3.5-Medium transformer and VAE (random weights) and tiny text encoders."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from diffusers_nft.tiny import _train_clip_tokenizer, build_tiny_sd3_pipeline
+
+    if tiny:
+        return build_tiny_sd3_pipeline(width=128, num_layers=4)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _train_clip_tokenizer(folder)
+
+    def clip(projection_dim):  # real output widths (768 + 1280 = the pooled 2048), tiny insides
+        config = CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=77, projection_dim=projection_dim,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        return CLIPTextModelWithProjection(config)
+
+    torch.manual_seed(0)
+    return StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(**SD35_MEDIUM),
+        vae=AutoencoderKL(**SD35_VAE),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder=clip(768), tokenizer=tokenizer, text_encoder_2=clip(1280), tokenizer_2=tokenizer,
+        text_encoder_3=None, tokenizer_3=None,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=2, help="Timed iterations after one warm-up.")
+    parser.add_argument("--prompts", type=int, default=2, help="Prompt groups per iteration.")
+    parser.add_argument("--group_size", type=int, default=16)
+    parser.add_argument("--micro_batch", type=int, default=16, help="Images per sampling and training micro-batch.")
+    parser.add_argument("--kl_beta", type=float, default=1e-4)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer.")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="A tiny model, for a smoke run of the script.")
+    parser.add_argument("--device", default="cuda")
+    cli = parser.parse_args()
+
+    cuda = cli.device == "cuda" and torch.cuda.is_available()
+    pipe = build_pipeline(cli.tiny)
+    resolution = 64 if cli.tiny else 512
+    prompts = [f"a photo of object number {i}" for i in range(cli.prompts)]
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = NFTConfig(
+            output_dir=output_dir, report_to="none", resolution=resolution, max_sequence_length=16 if cli.tiny else 256,
+            prompts_per_iteration=cli.prompts, group_size=cli.group_size, sample_batch_size=cli.micro_batch,
+            train_batch_size=cli.micro_batch, num_sampling_steps=10, sampler="dpm_solver", kl_beta=cli.kl_beta,
+            mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cli.gradient_checkpointing,
+            torch_compile=cli.compile, max_steps=1000,
+        )
+        trainer = NFTTrainer(pipe, "jpeg_compressibility", config, prompts)
+        start = time.perf_counter()
+        trainer.step()  # warm-up (and compilation)
+        warmup = time.perf_counter() - start
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        runs = []
+        for _ in range(cli.iterations):
+            metrics = trainer.step()
+            if cuda:
+                torch.cuda.synchronize()
+            runs.append(metrics)
+    images = config.images_per_iteration
+    device = torch.cuda.get_device_name() if cuda else "CPU"
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    median = {k: statistics.median(m[k] for m in runs) for k in ("time/sampling", "time/reward", "time/training", "time/iteration")}
+    print(f"\n{device}; {'tiny' if cli.tiny else 'SD3.5-Medium'} transformer "
+          f"({sum(p.numel() for p in pipe.transformer.parameters()) / 1e9:.2f} B params with LoRA), {resolution} px, "
+          f"{images} images/iteration, micro-batch {cli.micro_batch}, kl_beta={cli.kl_beta}, compile={cli.compile}, "
+          f"gradient checkpointing={cli.gradient_checkpointing}; median of {cli.iterations} (warm-up {warmup:.1f} s).\n")
+    print("| part | s / iteration | s / image |")
+    print("| --- | ---: | ---: |")
+    for key in ("time/sampling", "time/reward", "time/training", "time/iteration"):
+        print(f"| {key.split('/')[1]} | {median[key]:.2f} | {median[key] / images:.4f} |")
+    print(f"\nimages/s per GPU: {images / median['time/iteration']:.2f}   peak memory: {peak:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
