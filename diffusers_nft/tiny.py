@@ -199,3 +199,46 @@ def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False, sampl
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
     )
+
+
+def _train_gemma_tokenizer(folder: str):
+    import sentencepiece as spm
+    from transformers import GemmaTokenizerFast
+
+    corpus_file = os.path.join(folder, "corpus.txt")
+    with open(corpus_file, "w") as f:
+        f.write("\n".join(_corpus() * 4))
+    spm.SentencePieceTrainer.train(
+        input=corpus_file, model_prefix=os.path.join(folder, "tokenizer"), vocab_size=100, model_type="unigram",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, minloglevel=2,
+    )
+    os.remove(corpus_file)
+    return GemmaTokenizerFast.from_pretrained(folder)
+
+
+def build_tiny_lumina2_pipeline(seed: int = 0, sample_size: int = 8):
+    """Build a tiny Lumina-Image-2.0-style `Lumina2Pipeline` (Gemma-2 text encoder) with random weights, offline.
+
+    Its prompts carry the pipeline's long system prompt: use `max_sequence_length=256` so they are not cut.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _train_gemma_tokenizer(folder)
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0, bos_token_id=2, eos_token_id=1,
+        )
+    ).eval()
+    transformer = Lumina2Transformer2DModel(
+        sample_size=sample_size, patch_size=2, in_channels=4, hidden_size=32, num_layers=1, num_refiner_layers=1,
+        num_attention_heads=2, num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 6, 6), axes_lens=(300, 32, 32),
+        cap_feat_dim=32,
+    )
+    return Lumina2Pipeline(
+        transformer=transformer, vae=_tiny_vae(sample_size), text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )

@@ -2,9 +2,10 @@
 
 from .base import Conditioning, FlowPipelineAdapter, select_conditioning
 from .flux import FluxAdapter
+from .lumina2 import Lumina2Adapter
 from .sd3 import SD3Adapter
 
-ADAPTERS = (SD3Adapter, FluxAdapter)
+ADAPTERS = (SD3Adapter, FluxAdapter, Lumina2Adapter)
 
 
 def get_pipeline_adapter(pipeline, **options) -> FlowPipelineAdapter:
@@ -23,4 +24,4 @@ def get_pipeline_adapter(pipeline, **options) -> FlowPipelineAdapter:
     )
 
 
-__all__ = ["ADAPTERS", "Conditioning", "FlowPipelineAdapter", "FluxAdapter", "SD3Adapter", "get_pipeline_adapter", "select_conditioning"]
+__all__ = ["ADAPTERS", "Conditioning", "FlowPipelineAdapter", "FluxAdapter", "Lumina2Adapter", "SD3Adapter", "get_pipeline_adapter", "select_conditioning"]

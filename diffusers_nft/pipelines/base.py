@@ -1,5 +1,6 @@
 """What the trainer needs from a pipeline family. One subclass per family, in a file of its own."""
 
+import math
 from typing import Dict, List, Tuple
 
 import torch
@@ -53,10 +54,23 @@ class FlowPipelineAdapter:
         """Shape of one sample's latents (without the batch dimension) at a square resolution."""
         raise NotImplementedError
 
+    def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
+        """Number of image tokens the transformer sees for one sample (2x2 patches of 2-D latents by default)."""
+        return (latent_shape[-1] // 2) * (latent_shape[-2] // 2)
+
     def sampling_shift(self, latent_shape: Tuple[int, ...]) -> float:
-        """The time shift of sampling at this latent shape: the scheduler's `shift` unless the family shifts by
-        resolution (Flux: `exp(mu)`)."""
-        return self.pipeline.scheduler.config.get("shift", 1.0)
+        """The static time shift of sampling at this latent shape.
+
+        The scheduler's `shift`; or, for schedulers with resolution-dependent shifting, `exp(mu)` with `mu`
+        linear in the number of image tokens (an exponential time shift by `mu` is the static shift `exp(mu)`).
+        """
+        config = self.pipeline.scheduler.config
+        if not config.get("use_dynamic_shifting", False):
+            return config.get("shift", 1.0)
+        base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+        base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+        mu = base_shift + (max_shift - base_shift) / (max_len - base_len) * (self.image_tokens(latent_shape) - base_len)
+        return math.exp(mu)
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The transformer's velocity `eps - x0` at noise level `sigma` (shape `(B,)`), in float32."""

@@ -42,15 +42,8 @@ class FluxAdapter(FlowPipelineAdapter):
         side = self._latent_side(resolution)
         return ((side // 2) ** 2, self.transformer.config.in_channels)
 
-    def sampling_shift(self, latent_shape: Tuple[int, ...]) -> float:
-        config = self.pipeline.scheduler.config
-        if not config.get("use_dynamic_shifting", False):
-            return config.get("shift", 1.0)
-        # mu grows linearly with the number of image tokens; exponential time shift by mu == static shift exp(mu)
-        seq_len, base_len, max_len = latent_shape[0], config.base_image_seq_len, config.max_image_seq_len
-        slope = (config.max_shift - config.base_shift) / (max_len - base_len)
-        mu = config.base_shift + slope * (seq_len - base_len)
-        return math.exp(mu)
+    def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
+        return latent_shape[0]  # already packed
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         dtype, batch = self.transformer.dtype, latents.shape[0]

@@ -1,0 +1,42 @@
+"""Lumina-Image 2.0 (`Lumina2Pipeline`): a Gemma-2 text encoder, and a transformer that runs on reversed time
+(`t = 1 - sigma`) and predicts `x0 - eps`, the negated velocity."""
+
+from typing import List, Tuple
+
+import torch
+
+from .base import Conditioning, FlowPipelineAdapter
+
+
+class Lumina2Adapter(FlowPipelineAdapter):
+    """Lumina-Image 2.0: 2-D latents, Gemma-2 prompt embeddings with their attention mask."""
+
+    pipeline_class_names = ("Lumina2Pipeline", "Lumina2Text2ImgPipeline")
+    default_lora_targets = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0")
+
+    def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
+        prompt_embeds, attention_mask, _, _ = self.pipeline.encode_prompt(
+            prompts, do_classifier_free_guidance=False, device=device, max_sequence_length=max_sequence_length
+        )
+        return {"encoder_hidden_states": prompt_embeds, "encoder_attention_mask": attention_mask}
+
+    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
+        side = resolution // self.pipeline.vae_scale_factor
+        return (self.transformer.config.in_channels, side, side)
+
+    def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        dtype = self.transformer.dtype
+        prediction = self.model(
+            hidden_states=latents.to(dtype),
+            timestep=(1 - sigma).to(dtype),
+            encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+            encoder_attention_mask=cond["encoder_attention_mask"],
+            return_dict=False,
+        )[0]
+        return -prediction.float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipeline.vae
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        images = vae.decode(latents, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
