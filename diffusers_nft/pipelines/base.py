@@ -5,6 +5,18 @@ from typing import Dict, List, Tuple
 
 import torch
 
+# The attention projections of MMDiT-style joint blocks (the DiffusionNFT release's LoRA targets for SD3.5).
+JOINT_ATTENTION_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
+
 Conditioning = Dict[str, torch.Tensor]
 """Prompt conditioning of a family: named tensors whose first dimension is the batch."""
 
@@ -17,8 +29,8 @@ def select_conditioning(cond: Conditioning, index: torch.Tensor) -> Conditioning
 class FlowPipelineAdapter:
     """The bridge between `NFTTrainer` and one family of flow-matching diffusers pipelines.
 
-    A subclass names the pipeline classes it serves in `pipeline_class_names`, and implements prompt encoding,
-    the latent shape, the velocity prediction and decoding. Everything else (adapters, sampling, the loss) is
+    A subclass names the pipeline classes it serves in `pipeline_class_names`, and implements prompt encoding
+    and the velocity prediction; the latent shape and decoding default to 2-D `AutoencoderKL` latents. Everything else (adapters, sampling, the loss) is
     shared, so a new family is one small file registered in `diffusers_nft.pipelines`.
 
     Args:
@@ -51,8 +63,10 @@ class FlowPipelineAdapter:
         raise NotImplementedError
 
     def latent_shape(self, resolution: int) -> Tuple[int, ...]:
-        """Shape of one sample's latents (without the batch dimension) at a square resolution."""
-        raise NotImplementedError
+        """Shape of one sample's latents (without the batch dimension) at a square resolution: `(C, h, w)` of
+        the VAE by default."""
+        side = resolution // self.pipeline.vae_scale_factor
+        return (self.transformer.config.in_channels, side, side)
 
     def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
         """Number of image tokens the transformer sees for one sample (2x2 patches of 2-D latents by default)."""
@@ -77,5 +91,9 @@ class FlowPipelineAdapter:
         raise NotImplementedError
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Decode latents to images as a float tensor `(B, 3, H, W)` in [0, 1]."""
-        raise NotImplementedError
+        """Decode latents to images as a float tensor `(B, 3, H, W)` in [0, 1] (an `AutoencoderKL` with its
+        scaling and shift factors by default)."""
+        vae = self.pipeline.vae
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        images = vae.decode(latents, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)

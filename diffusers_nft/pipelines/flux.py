@@ -6,23 +6,14 @@ from typing import List, Tuple
 
 import torch
 
-from .base import Conditioning, FlowPipelineAdapter
+from .base import JOINT_ATTENTION_TARGETS, Conditioning, FlowPipelineAdapter
 
 
 class FluxAdapter(FlowPipelineAdapter):
     """FLUX.1-dev/schnell style: latents are packed into `(tokens, 4 * channels)` sequences."""
 
     pipeline_class_names = ("FluxPipeline",)
-    default_lora_targets = (
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-    )
+    default_lora_targets = JOINT_ATTENTION_TARGETS
 
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
         prompt_embeds, pooled, text_ids = self.pipeline.encode_prompt(

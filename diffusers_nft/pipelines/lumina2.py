@@ -1,7 +1,7 @@
 """Lumina-Image 2.0 (`Lumina2Pipeline`): a Gemma-2 text encoder, and a transformer that runs on reversed time
 (`t = 1 - sigma`) and predicts `x0 - eps`, the negated velocity."""
 
-from typing import List, Tuple
+from typing import List
 
 import torch
 
@@ -20,10 +20,6 @@ class Lumina2Adapter(FlowPipelineAdapter):
         )
         return {"encoder_hidden_states": prompt_embeds, "encoder_attention_mask": attention_mask}
 
-    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
-        side = resolution // self.pipeline.vae_scale_factor
-        return (self.transformer.config.in_channels, side, side)
-
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         dtype = self.transformer.dtype
         prediction = self.model(
@@ -34,9 +30,3 @@ class Lumina2Adapter(FlowPipelineAdapter):
             return_dict=False,
         )[0]
         return -prediction.float()
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.pipeline.vae
-        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        images = vae.decode(latents, return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)

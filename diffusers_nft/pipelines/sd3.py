@@ -1,10 +1,10 @@
 """Stable Diffusion 3 and 3.5 (`StableDiffusion3Pipeline`)."""
 
-from typing import List, Tuple
+from typing import List
 
 import torch
 
-from .base import Conditioning, FlowPipelineAdapter
+from .base import JOINT_ATTENTION_TARGETS, Conditioning, FlowPipelineAdapter
 
 
 class SD3Adapter(FlowPipelineAdapter):
@@ -12,15 +12,7 @@ class SD3Adapter(FlowPipelineAdapter):
 
     pipeline_class_names = ("StableDiffusion3Pipeline",)
     # The release targets, plus the SD3.5 dual-attention (`attn2`) twins where a model has them.
-    default_lora_targets = (
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
+    default_lora_targets = JOINT_ATTENTION_TARGETS + (
         "attn2.to_q",
         "attn2.to_k",
         "attn2.to_v",
@@ -38,10 +30,6 @@ class SD3Adapter(FlowPipelineAdapter):
         )
         return {"encoder_hidden_states": prompt_embeds, "pooled_projections": pooled}
 
-    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
-        side = resolution // self.pipeline.vae_scale_factor
-        return (self.transformer.config.in_channels, side, side)
-
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         dtype = self.transformer.dtype
         return self.model(
@@ -51,9 +39,3 @@ class SD3Adapter(FlowPipelineAdapter):
             pooled_projections=cond["pooled_projections"].to(dtype),
             return_dict=False,
         )[0].float()
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.pipeline.vae
-        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        images = vae.decode(latents, return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
