@@ -2,7 +2,8 @@ from setuptools import find_packages, setup
 
 OCR = ["rapidocr_onnxruntime>=1.3", "rapidfuzz>=3.0"]
 SERVE = ["fastapi>=0.100", "uvicorn>=0.23"]
-TEST = ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0"]
+DEMO = ["scikit-learn>=1.0"]  # the digits of the demo world ship inside scikit-learn
+TEST = ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0"] + DEMO
 
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
@@ -17,7 +18,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["diffusers_nft", "diffusers_nft.*"]) + ["diffusers_nft.model_cards"],
     package_dir={"diffusers_nft.model_cards": "model_cards"},
-    package_data={"diffusers_nft.model_cards": ["*.md"]},
+    package_data={"diffusers_nft.model_cards": ["*.md"], "diffusers_nft.demo": ["weights/*.safetensors"]},
     install_requires=[
         "torch>=2.4",
         "diffusers>=0.35",
@@ -38,6 +39,7 @@ setup(
         "ocr": OCR,
         "serve": SERVE,
         "rewards": OCR + SERVE,
+        "demo": DEMO,
         "test": TEST + OCR + SERVE,
         "dev": TEST + OCR + SERVE + ["ruff>=0.5"],
         "wandb": ["wandb"],

@@ -16,10 +16,12 @@ RewardFunc = Callable[..., object]
 
 
 def _model(module: str, name: str):
+    """A factory that imports `name` from `module` (relative to this package) only when the reward is used."""
+
     def factory(**kwargs):
         import importlib
 
-        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(**kwargs)
+        return getattr(importlib.import_module(module, __package__), name)(**kwargs)
 
     return factory
 
@@ -27,12 +29,13 @@ def _model(module: str, name: str):
 _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "jpeg_compressibility": lambda **_: jpeg_compressibility,
     "jpeg_incompressibility": lambda **_: jpeg_incompressibility,
-    "clipscore": _model("clip", "ClipScore"),
-    "pickscore": _model("clip", "PickScore"),
-    "hpsv2": _model("clip", "HPSv2"),
-    "aesthetic": _model("aesthetic", "Aesthetic"),
-    "geneval": _model("geneval", "GenEval"),
-    "ocr": lambda det_limit_side_len=None, **_: _model("ocr", "OCRReward")(det_limit_side_len=det_limit_side_len),
+    "clipscore": _model(".clip", "ClipScore"),
+    "pickscore": _model(".clip", "PickScore"),
+    "hpsv2": _model(".clip", "HPSv2"),
+    "aesthetic": _model(".aesthetic", "Aesthetic"),
+    "geneval": _model(".geneval", "GenEval"),
+    "digit_eval": _model("..demo.reward", "DigitEval"),  # the bundled demo world's judge
+    "ocr": lambda det_limit_side_len=None, **_: _model(".ocr", "OCRReward")(det_limit_side_len=det_limit_side_len),
 }
 _LOADED: Dict[tuple, RewardFunc] = {}
 

@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from diffusers_nft.demo.world import (
+    COLOR_NAMES,
+    HELD_OUT,
+    PHRASINGS,
+    load_digits_split,
+    prompt_dataset,
+    prompt_records,
+    render,
+)
+from diffusers_nft.rewards import WeightedRewards, load_reward
+
+
+def test_prompt_splits_hold_combinations_out_of_training():
+    train, evaluation, held_out = (prompt_records(s) for s in ("train", "eval", "held_out"))
+    assert len(train) == 50 * len(PHRASINGS) and len(evaluation) == 60 and len(held_out) == 10
+    assert not {(r["digit"], r["color"]) for r in train} & set(HELD_OUT)
+    assert {d for d, _ in HELD_OUT} == set(range(10)) and {c for _, c in HELD_OUT} == set(COLOR_NAMES)
+    assert sum(r["held_out"] for r in evaluation) == 10
+    assert "a handwritten seven in red" in {r["prompt"] for r in evaluation}
+    assert {"the digit 7, red", "a red handwritten digit seven"} <= {r["prompt"] for r in train}
+    dataset = prompt_dataset("train")
+    assert dataset.column_names == ["prompt", "digit", "color", "held_out"]
+    with pytest.raises(ValueError, match="split"):
+        prompt_records("test")
+
+
+def test_digit_split_and_rendering():
+    train_digits, train_labels = load_digits_split("train")
+    held_digits, _ = load_digits_split("held_out")
+    assert len(train_digits) + len(held_digits) == 1797 and len(held_digits) == 360
+    assert len(set(map(int, train_labels))) == 10
+    images = render(held_digits[:2], ["red", "cyan"])
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    assert images[0, 1:].abs().max() == 0 and images[0, 0].max() > 0.5  # red: only the red channel
+    assert images[1, 0].abs().max() == 0 and torch.equal(images[1, 1], images[1, 2])  # cyan = green + blue
+    assert images[:, :, :4].abs().max() == 0 and images[:, :, :, -4:].abs().max() == 0  # black border
+
+
+def test_digit_eval_scores_real_held_out_digits():
+    reward = load_reward("digit_eval", device="cpu")
+    digits, labels = load_digits_split("held_out")
+    for color in COLOR_NAMES:
+        images = render(digits, [color] * len(digits))
+        metadata = [{"digit": int(label), "color": color} for label in labels]
+        out = reward(images, ["p"] * len(digits), metadata)
+        predicted_digits, predicted_colors = reward.predict(images)
+        digit_accuracy = (predicted_digits == torch.as_tensor(labels)).float().mean().item()
+        color_accuracy = sum(c == color for c in predicted_colors) / len(digits)
+        assert digit_accuracy >= 0.95 and color_accuracy >= 0.95, (color, digit_accuracy, color_accuracy)
+        assert sum(out["strict"]) / len(digits) >= 0.9
+
+
+def test_digit_eval_partial_credit():
+    digits, labels = load_digits_split("held_out")
+    images = render(digits[:3], ["red", "red", "red"])
+    right = int(labels[0])
+    metadata = [
+        {"digit": right, "color": "red"},
+        {"digit": (right + 1) % 10, "color": "red"},
+        {"digit": (right + 1) % 10, "color": "blue"},
+    ]
+    metadata[1]["digit"] = (int(labels[1]) + 1) % 10
+    metadata[2]["digit"] = (int(labels[2]) + 1) % 10
+    scores = WeightedRewards("digit_eval")(images, ["a", "b", "c"], metadata)
+    assert scores["digit_eval"].tolist() == [1.0, 0.5, 0.0]
+    assert scores["digit_eval/strict"].tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(Exception, match="needs 'digit' and 'color' metadata"):
+        WeightedRewards("digit_eval")(images[:1], ["a"], [{}])
