@@ -50,3 +50,22 @@ def test_accelerate_launch_example_and_load_its_lora(tiny_pipeline_dir, tmp_path
     assert (tuned - base).abs().max() > 1e-4
     lora_modules = {n.rsplit(".lora_", 1)[0].rsplit(".", 1)[-1] for n, _ in pipe.transformer.named_parameters() if "lora_A" in n}
     assert lora_modules == {"to_q", "to_v"}
+
+
+def test_demo_default_runs_the_bundled_world(tmp_path):
+    """The README's first command, shortened: no model argument -> the bundled digits world and digit_eval."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT,
+        "--output_dir", str(tmp_path / "demo"), "--max_train_steps", "1", "--prompts_per_iteration", "2",
+        "--group_size", "2", "--report_to", "none",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "bundled demo world" in result.stderr
+    output = tmp_path / "demo"
+    results = (output / "results.md").read_text()
+    assert "| strict |" in results and "| strict_held_out |" in results
+    assert (output / "images" / "before_after.png").is_file() and (output / "README.md").is_file()
+    metrics = json.loads((output / "metrics.jsonl").read_text().splitlines()[0])
+    assert "reward/digit_eval/strict/mean" in metrics
