@@ -7,7 +7,8 @@
         --output_dir flux-nft --mixed_precision bf16 --gradient_checkpointing
 
 FLUX.1-dev is guidance-distilled: `--distilled_guidance_scale` feeds its guidance embedding (training and
-sampling stay CFG-free). Without `--pretrained_model_name_or_path`, a tiny offline FLUX.1-style pipeline is trained.
+sampling stay CFG-free). Without `--pretrained_model_name_or_path`, a tiny random FLUX.1-style pipeline is trained
+on the demo world's prompts and reward: it shows the machinery, not learning (the pretrained demo model is SD3).
 """
 
 import torch

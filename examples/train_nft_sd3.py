@@ -139,7 +139,10 @@ def main(argv=None, load_pipeline=load_pipeline):
     known, _ = parser.parse_known_args(argv)
     demo = known.pretrained_model_name_or_path is None
     if demo:
-        logger.info("No --pretrained_model_name_or_path: training the bundled demo world (coloured digits, digit_eval).")
+        logger.info(
+            "No --pretrained_model_name_or_path: offline demo on the bundled demo world (coloured digits, digit_eval "
+            "reward) with this script's demo pipeline."
+        )
         parser.set_defaults(**DEMO_DEFAULTS)
     script_args, config = parser.parse_args_into_dataclasses(args=argv)
     reward_names, reward_weights = parse_rewards(script_args.reward or [DEMO_REWARD if demo else "jpeg_compressibility"])
