@@ -380,7 +380,7 @@ class NFTTrainer:
             image_grid(tuned[i * n : i * n + 1], rows=1, scale=scale).save(os.path.join(args.output_dir, path))
             widget.append((prompt, path))
         if self.history:
-            plot_reward_curve(self.history, os.path.join(args.output_dir, "reward_curve.png"))
+            self._plot_reward_curve()
         lora = self.policy.lora_config
         hyperparameters = {
             "LoRA rank / alpha": f"{lora.r} / {lora.lora_alpha}",
@@ -621,8 +621,12 @@ class NFTTrainer:
                 f.write(json.dumps(metrics) + "\n")
             # Redrawn at most every 30 s (a plot costs ~0.1 s), and always at the last step.
             if time.monotonic() - self._last_plot >= 30 or self.global_step == self.args.max_steps:
-                plot_reward_curve(self.history, os.path.join(self.args.output_dir, "reward_curve.png"))
-                self._last_plot = time.monotonic()
+                self._plot_reward_curve()
+
+
+    def _plot_reward_curve(self) -> None:
+        plot_reward_curve(self.history, os.path.join(self.args.output_dir, "reward_curve.png"))
+        self._last_plot = time.monotonic()
 
 
 def _metadata(rows) -> List[dict]:

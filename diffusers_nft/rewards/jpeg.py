@@ -3,17 +3,16 @@
 import io
 from typing import List
 
-import numpy as np
 import torch
-from PIL import Image
+
+from ..visualize import to_pil
 
 
 def _jpeg_kilobytes(images: torch.Tensor, quality: int = 95) -> List[float]:
-    arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     sizes = []
-    for array in arrays:
+    for image in to_pil(images):
         buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="JPEG", quality=quality)
+        image.save(buffer, format="JPEG", quality=quality)
         sizes.append(buffer.tell() / 1000)
     return sizes
 
