@@ -104,6 +104,9 @@ class NFTConfig:
     nft_beta: float = field(default=1.0, metadata={"help": "Guidance strength of the implicit policies."})
     kl_beta: float = field(default=1e-4, metadata={"help": "Weight of the KL to the base model; 0 skips it."})
     loss_weighting: str = field(default="x0_adaptive", metadata={"help": f"One of {WEIGHTINGS}."})
+    positive_only: bool = field(
+        default=False, metadata={"help": "Ablation: drop the negative term (only r-weighted positive fitting)."}
+    )
     train_batch_size: int = field(default=8, metadata={"help": "Samples per training micro-batch per process."})
     train_timesteps: str = field(default="sampler_grid", metadata={"help": f"One of {TRAIN_TIMESTEPS}."})
     timestep_fraction: float = field(

@@ -192,7 +192,7 @@ class NFTTrainer:
         # Forward passes go through the prepared (and optionally compiled) module; the policy switches adapters
         # on the underlying transformer, which compiled graphs guard on.
         self.adapter.model = torch.compile(self.model) if args.torch_compile else self.model
-        self.loss_fn = NFTLoss(args.nft_beta, args.adv_clip_max, args.loss_weighting, args.kl_beta)
+        self.loss_fn = NFTLoss(args.nft_beta, args.adv_clip_max, args.loss_weighting, args.kl_beta, args.positive_only)
         self.latent_shape = self.adapter.latent_shape(args.resolution)
         self.shift = self.adapter.sampling_shift(self.latent_shape)
         self.sampler = make_sampler(args.sampler, pipeline.scheduler, self.shift)

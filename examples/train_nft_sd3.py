@@ -23,6 +23,7 @@ from transformers import HfArgumentParser
 from diffusers_nft import NFTConfig, NFTTrainer
 from diffusers_nft.pipelines import get_pipeline_adapter
 from diffusers_nft.data import load_prompts
+from diffusers_nft.demo.recipe import DEMO_CONFIG, DEMO_REWARD
 from diffusers_nft.policy import make_lora_config
 
 logger = logging.getLogger("train_nft_sd3")
@@ -68,25 +69,6 @@ def parse_rewards(specs: List[str]):
 
 # Without a model, the script trains the bundled demo world: a tiny pretrained text-to-image model of coloured
 # handwritten digits, judged by the bundled digit/colour classifier (`digit_eval`). About 8 minutes on 2 CPU cores.
-DEMO_DEFAULTS = dict(
-    output_dir="nft-demo",
-    resolution=32,
-    max_sequence_length=32,
-    prompts_per_iteration=16,
-    group_size=8,
-    num_sampling_steps=10,
-    sample_batch_size=128,
-    train_batch_size=128,
-    learning_rate=3e-4,
-    gradient_accumulation_steps=1,  # 9 optimizer steps per iteration: a small batch, so more, smaller steps
-    kl_beta=0.0,
-    max_steps=40,
-    save_steps=20,
-    validation_steps=20,
-    validation_prompts=["a handwritten seven in red", "a handwritten two in magenta", "a handwritten four in green"],
-    num_validation_images=4,
-)
-DEMO_REWARD = "digit_eval"
 
 
 def write_demo_results(trainer) -> str:
@@ -143,7 +125,7 @@ def main(argv=None, load_pipeline=load_pipeline):
             "No --pretrained_model_name_or_path: offline demo on the bundled demo world (coloured digits, digit_eval "
             "reward) with this script's demo pipeline."
         )
-        parser.set_defaults(**DEMO_DEFAULTS)
+        parser.set_defaults(output_dir="nft-demo", **DEMO_CONFIG)
     script_args, config = parser.parse_args_into_dataclasses(args=argv)
     reward_names, reward_weights = parse_rewards(script_args.reward or [DEMO_REWARD if demo else "jpeg_compressibility"])
     config.reward_weights = config.reward_weights or reward_weights

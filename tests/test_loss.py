@@ -49,6 +49,25 @@ def test_x0_adaptive_weighting_matches_hand_computation():
     assert out.loss.item() == pytest.approx(3.875)
 
 
+def test_positive_only_keeps_only_the_r_weighted_positive_term():
+    x0 = torch.tensor([[1.0, 2.0]])
+    noise = torch.tensor([[0.0, 1.0]])
+    v_theta = torch.tensor([[0.5, -1.0]], requires_grad=True)
+    v_old = torch.tensor([[0.0, 0.0]])
+    sigma = torch.tensor([0.5])
+    # same numbers as the velocity test: positive error 0.90625, weighted by r = 0.75, times c / beta = 10
+    out = NFTLoss(nft_beta=0.5, weighting="velocity", kl_beta=0, positive_only=True)(
+        v_theta, v_old, x0, noise, sigma, torch.tensor([0.75])
+    )
+    assert out.loss.item() == pytest.approx(0.75 * 0.90625 * 10)
+    # a sample with r = 0 teaches nothing without the negative term (NFT would push v_theta away from it)
+    v_theta.grad = None
+    NFTLoss(positive_only=True, kl_beta=0)(v_theta, v_old, x0, noise, sigma, torch.tensor([0.0])).loss.backward()
+    assert v_theta.grad.abs().max().item() == 0.0
+    NFTLoss(kl_beta=0)(v_theta, v_old, x0, noise, sigma, torch.tensor([0.0])).loss.backward()
+    assert v_theta.grad.abs().max().item() > 0.0
+
+
 def test_kl_term_and_its_weight():
     x0, noise, v_old, sigma, r = _batch()
     v_theta = v_old + 0.1

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""The paper's claims, reproduced on the bundled demo world, each as mean +- spread over seeds.
+
+    python benchmarks/digits_claims.py                          # all claims, seeds 0 1 2
+    python benchmarks/digits_claims.py --claims a b --seeds 0   # a subset
+
+Every NFT run is the demo recipe (`diffusers_nft.demo.recipe`, what `accelerate launch examples/train_nft_sd3.py`
+trains) with one thing changed. Replicate `k` trains with seed `k` and evaluates on seeds `2k` and `2k + 1` of the 60
+evaluation prompts (40-step Euler, EMA weights, no CFG unless said), so base and NFT see the same noise.
+
+  (a) strict accuracy: base without CFG, base with its best CFG scale, NFT without CFG;
+  (b) NFT vs positive-only training (the r-weighted positive term alone): accuracy and diversity over iterations;
+  (c) data collected with Euler, Heun, DPM-Solver and UniPC;
+  (d) nft_beta 0.1 vs 1.0, and x0_adaptive vs velocity weighting;
+  (e) the held-out (digit, colour) combinations, before and after.
+
+Writes `claims.md` (the table), `claims.json` (every number) and `claims_b.png`, `claims_training.png` (plots)
+to `--output_dir`. Each run is evaluated every `--eval_every` iterations, so (b) has curves.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from typing import Dict, List
+
+import torch
+
+from diffusers_nft import NFTTrainer
+from diffusers_nft.demo import load_demo_pipeline, prompt_dataset
+from diffusers_nft.demo.evaluate import diversity, evaluate
+from diffusers_nft.demo.recipe import DEMO_CONFIG, DEMO_REWARD, demo_config
+from diffusers_nft.pipelines import get_pipeline_adapter
+from diffusers_nft.policy import make_lora_config
+
+# One change to the demo recipe per run; "nft" is the recipe itself (DPM-Solver, nft_beta 1, x0_adaptive).
+RUNS = {
+    "nft": {},
+    "positive_only": {"positive_only": True},
+    "euler": {"sampler": "euler"},
+    "heun": {"sampler": "heun"},
+    "unipc": {"sampler": "unipc"},
+    "nft_beta_0.1": {"nft_beta": 0.1},
+    "velocity": {"loss_weighting": "velocity"},
+}
+CLAIM_RUNS = {
+    "a": ["nft"],
+    "b": ["nft", "positive_only"],
+    "c": ["euler", "heun", "nft", "unipc"],
+    "d": ["nft_beta_0.1", "nft", "velocity"],
+    "e": ["nft"],
+}
+CFG_SCALES = (2.0, 4.0, 7.0)
+
+
+def eval_seeds(replicate: int):
+    return (2 * replicate, 2 * replicate + 1)
+
+
+def measure(pipe, replicate: int, with_diversity: bool, guidance_scale: float = 1.0) -> Dict[str, float]:
+    result = evaluate(pipe, seeds=eval_seeds(replicate), guidance_scale=guidance_scale)
+    if with_diversity:
+        result["diversity"] = diversity(pipe, seeds=[100 * replicate + i for i in range(8)],
+                                        guidance_scale=guidance_scale)
+    return result
+
+
+def base_results(replicate: int) -> Dict[str, Dict[str, float]]:
+    pipe = load_demo_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    results = {"base": measure(pipe, replicate, with_diversity=True)}
+    for scale in CFG_SCALES:
+        results[f"base_cfg_{scale:g}"] = measure(pipe, replicate, with_diversity=False, guidance_scale=scale)
+    return results
+
+
+def nft_run(name: str, replicate: int, iterations: int, eval_every: int, with_diversity: bool) -> dict:
+    """Train the demo recipe with `RUNS[name]` changed; evaluate the EMA weights every `eval_every` iterations."""
+    pipe = load_demo_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    peft_config = make_lora_config(pipe.transformer, default_targets=get_pipeline_adapter(pipe).default_lora_targets,
+                                   rank=32, alpha=64)
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = demo_config(output_dir=output_dir, seed=replicate, max_steps=iterations, report_to="none",
+                           reward_scoring="sync", validation_prompts=None, **RUNS[name])
+        trainer = NFTTrainer(pipe, DEMO_REWARD, args=args, train_dataset=prompt_dataset("train"),
+                             peft_config=peft_config)
+        curve, start = [], time.perf_counter()
+        for iteration in range(1, iterations + 1):
+            trainer.step()
+            if iteration % eval_every == 0 or iteration == iterations:
+                train_time = time.perf_counter() - start
+                with trainer.policy.ema_weights():
+                    point = measure(trainer.pipeline, replicate, with_diversity)
+                point.update(iteration=iteration, train_seconds=train_time)
+                curve.append(point)
+                print(f"  {name} seed {replicate} it {iteration}: strict {point['strict']:.3f}", flush=True)
+                start = time.perf_counter() - train_time
+    reward = [m["reward/total/mean"] for m in trainer.history]
+    return {"curve": curve, "final": curve[-1], "training_reward": reward}
+
+
+def mean_spread(values: List[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def best_cfg(base_by_seed: List[dict]) -> str:
+    """The CFG scale with the best mean strict accuracy over seeds."""
+    return max((f"base_cfg_{s:g}" for s in CFG_SCALES),
+               key=lambda key: statistics.mean(b[key]["strict"] for b in base_by_seed))
+
+
+def table(claims: List[str], base_by_seed: List[dict], runs: Dict[str, List[dict]]) -> str:
+    """The markdown table: one row per model, columns strict / held-out strict / digit / diversity."""
+    def row(label, results):
+        cells = [mean_spread([r[k] for r in results]) if all(k in r for r in results) else "-"
+                 for k in ("strict", "strict_held_out", "digit", "diversity")]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    cfg = best_cfg(base_by_seed)
+    rows = [row("base, no CFG", [b["base"] for b in base_by_seed]),
+            row(f"base, CFG {cfg.rsplit('_', 1)[1]} (best of {', '.join(f'{s:g}' for s in CFG_SCALES)})",
+                [b[cfg] for b in base_by_seed])]
+    labels = {"nft": "NFT (DPM-Solver, nft_beta 1, x0_adaptive), no CFG", "positive_only": "positive-only, no CFG",
+              "euler": "NFT, data from Euler", "heun": "NFT, data from Heun", "unipc": "NFT, data from UniPC",
+              "nft_beta_0.1": "NFT, nft_beta 0.1", "velocity": "NFT, velocity weighting"}
+    for name in RUNS:
+        if name in runs:
+            rows.append(row(labels[name], [r["final"] for r in runs[name]]))
+    head = ("| model (claims " + ", ".join(claims) + ") | strict | held-out strict | digit | diversity |\n"
+            "| --- | ---: | ---: | ---: | ---: |\n")
+    return head + "\n".join(rows) + "\n"
+
+
+def plot(runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def band(ax, name, key, label):
+        points = list(zip(*[[p[key] for p in r["curve"]] for r in runs[name]]))
+        x = [p["iteration"] for p in runs[name][0]["curve"]]
+        mean = [statistics.mean(v) for v in points]
+        low, high = [min(v) for v in points], [max(v) for v in points]
+        ax.plot(x, mean, marker="o", label=label)
+        ax.fill_between(x, low, high, alpha=0.2)
+
+    if "positive_only" in runs and "nft" in runs:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, key, title in zip(axes, ("strict", "diversity"), ("strict accuracy (no CFG)", "diversity")):
+            band(ax, "nft", key, "NFT")
+            band(ax, "positive_only", key, "positive-only")
+            ax.axhline(statistics.mean(b["base"][key] for b in base_by_seed), color="gray", ls="--", label="base")
+            ax.set_xlabel("iteration")
+            ax.set_title(title)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(output_dir, "claims_b.png"), dpi=100)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, results in runs.items():
+        curves = list(zip(*[r["training_reward"] for r in results]))
+        ax.plot(range(1, len(curves) + 1), [statistics.mean(v) for v in curves], label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("mean digit_eval reward of the iteration's samples")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, "claims_training.png"), dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--claims", nargs="+", default=list(CLAIM_RUNS), choices=list(CLAIM_RUNS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=DEMO_CONFIG["max_steps"])
+    parser.add_argument("--eval_every", type=int, default=10)
+    parser.add_argument("--output_dir", default="benchmarks/results/digits_claims")
+    args = parser.parse_args(argv)
+    os.makedirs(args.output_dir, exist_ok=True)
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+    start = time.time()
+    names = [n for n in RUNS if any(n in CLAIM_RUNS[c] for c in args.claims)]
+    base_by_seed = [base_results(k) for k in args.seeds]
+    runs: Dict[str, List[dict]] = {}
+    for name in names:
+        for k in args.seeds:
+            print(f"run {name}, seed {k} ({time.time() - start:.0f}s)", flush=True)
+            runs.setdefault(name, []).append(
+                nft_run(name, k, args.iterations, args.eval_every, with_diversity=name in CLAIM_RUNS["b"]))
+
+    markdown = table(args.claims, base_by_seed, runs)
+    with open(os.path.join(args.output_dir, "claims.md"), "w") as f:
+        f.write(markdown)
+    with open(os.path.join(args.output_dir, "claims.json"), "w") as f:
+        json.dump({"args": vars(args), "base": base_by_seed, "runs": runs, "seconds": time.time() - start}, f, indent=1)
+    plot(runs, base_by_seed, args.output_dir)
+    print(markdown)
+    print(f"{len(names) * len(args.seeds)} NFT runs, {time.time() - start:.0f} s; written to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

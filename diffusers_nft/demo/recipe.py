@@ -1,0 +1,33 @@
+"""The demo world's training recipe: the `NFTConfig` values that `examples/train_nft_sd3.py` uses without a model,
+and that `benchmarks/digits_claims.py` varies one at a time.
+
+    from diffusers_nft.demo.recipe import DEMO_REWARD, demo_config
+    args = demo_config(output_dir="nft-demo", seed=0)
+"""
+
+from ..config import NFTConfig
+
+DEMO_REWARD = "digit_eval"
+
+DEMO_CONFIG = dict(
+    resolution=32,
+    max_sequence_length=32,
+    prompts_per_iteration=16,
+    group_size=8,
+    num_sampling_steps=10,
+    sample_batch_size=128,
+    train_batch_size=128,
+    learning_rate=3e-4,
+    gradient_accumulation_steps=1,  # 9 optimizer steps per iteration: a small batch, so more, smaller steps
+    kl_beta=0.0,
+    max_steps=40,
+    save_steps=20,
+    validation_steps=20,
+    validation_prompts=["a handwritten seven in red", "a handwritten two in magenta", "a handwritten four in green"],
+    num_validation_images=4,
+)
+
+
+def demo_config(**overrides) -> NFTConfig:
+    """`NFTConfig` with the demo recipe, and `overrides` (any `NFTConfig` field) on top."""
+    return NFTConfig(**{**DEMO_CONFIG, **overrides})
