@@ -68,7 +68,7 @@ def parse_rewards(specs: List[str]):
 
 
 # Without a model, the script trains the bundled demo world: a tiny pretrained text-to-image model of coloured
-# handwritten digits, judged by the bundled digit/colour classifier (`digit_eval`). About 8 minutes on 2 CPU cores.
+# handwritten digits, judged by the bundled digit/colour classifier (`digit_eval`). About 7 minutes on 2 CPU cores.
 
 
 def write_demo_results(trainer) -> str:

@@ -5,6 +5,11 @@
 Writes `classifier.safetensors` and `pipeline/` (a `StableDiffusion3Pipeline`: offline tokenizers, frozen random
 text encoders, an `AutoencoderKL` trained on the digit images, and an `SD3Transformer2DModel` trained with flow
 matching and 10% caption dropout, so that CFG is possible).
+
+The transformer stops at 3000 steps, where the base model is mediocre without CFG and good with it, like SD3.5-M on
+GenEval: strict accuracy 0.56 without CFG and 0.87 with CFG 3 (60 evaluation prompts, 40-step Euler). At 2000
+steps it was 0.51 / 0.73 (CFG 4) and never drew a seven; at 4000 steps, 0.69 / 0.99: too good without CFG.
+The build is deterministic on CPU: the same seed and step count give bit-identical weights.
 """
 
 import argparse
@@ -137,7 +142,7 @@ def main(argv=None):
     parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae_steps", type=int, default=800)
-    parser.add_argument("--transformer_steps", type=int, default=2000)
+    parser.add_argument("--transformer_steps", type=int, default=3000)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--skip_classifier", action="store_true")
