@@ -32,8 +32,6 @@ from diffusers_nft import NFTTrainer
 from diffusers_nft.demo import load_demo_pipeline, prompt_dataset
 from diffusers_nft.demo.evaluate import diversity, evaluate
 from diffusers_nft.demo.recipe import DEMO_CONFIG, DEMO_REWARD, demo_config
-from diffusers_nft.pipelines import get_pipeline_adapter
-from diffusers_nft.policy import make_lora_config
 
 # One change to the demo recipe per run; "nft" is the recipe itself (DPM-Solver, nft_beta 0.1, x0_adaptive).
 RUNS = {
@@ -80,13 +78,10 @@ def nft_run(name: str, replicate: int, iterations: int, eval_every: int, with_di
     """Train the demo recipe with `RUNS[name]` changed; evaluate the EMA weights every `eval_every` iterations."""
     pipe = load_demo_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    peft_config = make_lora_config(pipe.transformer, default_targets=get_pipeline_adapter(pipe).default_lora_targets,
-                                   rank=32, alpha=64)
     with tempfile.TemporaryDirectory() as output_dir:
         args = demo_config(output_dir=output_dir, seed=replicate, max_steps=iterations, report_to="none",
                            reward_scoring="sync", validation_prompts=None, **RUNS[name])
-        trainer = NFTTrainer(pipe, DEMO_REWARD, args=args, train_dataset=prompt_dataset("train"),
-                             peft_config=peft_config)
+        trainer = NFTTrainer(pipe, DEMO_REWARD, args=args, train_dataset=prompt_dataset("train"))  # release LoRA
         curve, start = [], time.perf_counter()
         for iteration in range(1, iterations + 1):
             trainer.step()
@@ -176,11 +171,13 @@ def plot(runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str)
 
 
 def write(args, base_by_seed: List[dict], runs: Dict[str, List[dict]], seconds: float) -> None:
+    """claims.json with every run so far; the table and plots with the runs done for every seed."""
+    complete = {k: v for k, v in runs.items() if len(v) == len(args.seeds)}
     with open(os.path.join(args.output_dir, "claims.md"), "w") as f:
-        f.write(table(args.claims, base_by_seed, {k: v for k, v in runs.items() if len(v) == len(args.seeds)}))
+        f.write(table(args.claims, base_by_seed, complete))
     with open(os.path.join(args.output_dir, "claims.json"), "w") as f:
         json.dump({"args": vars(args), "base": base_by_seed, "runs": runs, "seconds": seconds}, f, indent=1)
-    plot({k: v for k, v in runs.items() if len(v) == len(args.seeds)}, base_by_seed, args.output_dir)
+    plot(complete, base_by_seed, args.output_dir)
 
 
 def main(argv=None):

@@ -623,7 +623,6 @@ class NFTTrainer:
             if time.monotonic() - self._last_plot >= 30 or self.global_step == self.args.max_steps:
                 self._plot_reward_curve()
 
-
     def _plot_reward_curve(self) -> None:
         plot_reward_curve(self.history, os.path.join(self.args.output_dir, "reward_curve.png"))
         self._last_plot = time.monotonic()

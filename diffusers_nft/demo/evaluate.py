@@ -30,8 +30,9 @@ def evaluate(pipe, seeds: Sequence[int] = (0, 1), guidance_scale: float = 1.0, n
     `1000 * s + i`. No two images share their noise: with one noise for all prompts, the few noises decide most of
     the digits (seeds 0 and 1 alone would give the base model 0.70, seeds 2 and 3 would give it 0.42).
     """
-    records = [r for r in prompt_records("eval") for _ in seeds]
-    seed_list = [1000 * s + i for i, _ in enumerate(prompt_records("eval")) for s in seeds]
+    prompts = prompt_records("eval")
+    records = [r for r in prompts for _ in seeds]
+    seed_list = [1000 * s + i for i in range(len(prompts)) for s in seeds]
     images = generate(pipe, [r["prompt"] for r in records], seed_list, guidance_scale, num_steps,
                       max_sequence_length, batch_size)
     digits, colors = DigitEval().predict(images)
