@@ -3,6 +3,7 @@
 
     python benchmarks/digits_claims.py                          # all claims, seeds 0 1 2
     python benchmarks/digits_claims.py --claims a b --seeds 0   # a subset
+    python benchmarks/digits_claims.py --resume                 # keep the runs already in claims.json
 
 Every NFT run is the demo recipe (`diffusers_nft.demo.recipe`, what `accelerate launch examples/train_nft_sd3.py`
 trains) with one thing changed. Replicate `k` trains with seed `k` and evaluates on seeds `2k` and `2k + 1` of the 60
@@ -15,7 +16,9 @@ evaluation prompts (40-step Euler, EMA weights, no CFG unless said), so base and
   (e) the held-out (digit, colour) combinations, before and after.
 
 Writes `claims.md` (the table), `claims.json` (every number) and `claims_b.png`, `claims_training.png` (plots)
-to `--output_dir`. Each run is evaluated every `--eval_every` iterations, so (b) has curves.
+to `--output_dir`. Each run is evaluated every `--eval_every` iterations, so (b) has curves. The results are
+written after every run, so a stopped benchmark keeps them: `--resume` reads them back and runs only what is missing
+(the runs are long: about 7 minutes each on 2 CPU cores).
 """
 
 import argparse
@@ -68,7 +71,7 @@ def measure(pipe, replicate: int, with_diversity: bool, guidance_scale: float = 
 def base_results(replicate: int) -> Dict[str, Dict[str, float]]:
     pipe = load_demo_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    results = {"base": measure(pipe, replicate, with_diversity=True)}
+    results = {"seed": replicate, "base": measure(pipe, replicate, with_diversity=True)}
     for scale in CFG_SCALES:
         results[f"base_cfg_{scale:g}"] = measure(pipe, replicate, with_diversity=False, guidance_scale=scale)
     return results
@@ -94,7 +97,7 @@ def nft_run(name: str, replicate: int, iterations: int, eval_every: int, with_di
                 print(f"  {name} seed {replicate} it {iteration}: strict {point['strict']:.3f}", flush=True)
                 start = time.perf_counter() - train_time
     reward = [m["reward/total/mean"] for m in trainer.history]
-    return {"curve": curve, "final": curve[-1], "training_reward": reward}
+    return {"seed": replicate, "curve": curve, "final": curve[-1], "training_reward": reward}
 
 
 def mean_spread(values: List[float]) -> str:
@@ -170,14 +173,30 @@ def plot(runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str)
     plt.close(fig)
 
 
-def write(args, base_by_seed: List[dict], runs: Dict[str, List[dict]], seconds: float) -> None:
-    """claims.json with every run so far; the table and plots with the runs done for every seed."""
-    complete = {k: v for k, v in runs.items() if len(v) == len(args.seeds)}
-    with open(os.path.join(args.output_dir, "claims.md"), "w") as f:
-        f.write(table(args.claims, base_by_seed, complete))
+def load_previous(path: str):
+    """The base results and runs of an earlier claims.json, each tagged with its seed."""
+    with open(path) as f:
+        previous = json.load(f)
+    seeds = previous["args"]["seeds"]  # files written before results carried their seed list them in this order
+    base = [dict(b, seed=b.get("seed", seeds[i])) for i, b in enumerate(previous["base"])]
+    runs = {name: [dict(r, seed=r.get("seed", seeds[i])) for i, r in enumerate(results)]
+            for name, results in previous["runs"].items()}
+    return base, runs
+
+
+def write(args, base: List[dict], runs: Dict[str, List[dict]], seconds: float) -> str:
+    """claims.json with every result so far; the table (returned) and plots with the runs done for all `--seeds`."""
     with open(os.path.join(args.output_dir, "claims.json"), "w") as f:
-        json.dump({"args": vars(args), "base": base_by_seed, "runs": runs, "seconds": seconds}, f, indent=1)
+        json.dump({"args": vars(args), "base": base, "runs": runs, "seconds": seconds}, f, indent=1)
+    names = [n for n in RUNS if any(n in CLAIM_RUNS[c] for c in args.claims)]
+    chosen = {n: [r for r in runs.get(n, []) if r["seed"] in args.seeds] for n in names}
+    complete = {n: v for n, v in chosen.items() if {r["seed"] for r in v} == set(args.seeds)}
+    base_by_seed = [b for b in base if b["seed"] in args.seeds]
+    markdown = table(args.claims, base_by_seed, complete)
+    with open(os.path.join(args.output_dir, "claims.md"), "w") as f:
+        f.write(markdown)
     plot(complete, base_by_seed, args.output_dir)
+    return markdown
 
 
 def main(argv=None):
@@ -187,23 +206,27 @@ def main(argv=None):
     parser.add_argument("--iterations", type=int, default=DEMO_CONFIG["max_steps"])
     parser.add_argument("--eval_every", type=int, default=10)
     parser.add_argument("--output_dir", default="benchmarks/results/digits_claims")
+    parser.add_argument("--resume", action="store_true", help="Keep the runs in --output_dir/claims.json; run the rest.")
     args = parser.parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
 
     start = time.time()
     names = [n for n in RUNS if any(n in CLAIM_RUNS[c] for c in args.claims)]
-    base_by_seed = [base_results(k) for k in args.seeds]
-    runs: Dict[str, List[dict]] = {}
-    for name in names:
-        for k in args.seeds:
-            print(f"run {name}, seed {k} ({time.time() - start:.0f}s)", flush=True)
-            runs.setdefault(name, []).append(
-                nft_run(name, k, args.iterations, args.eval_every, with_diversity=name in CLAIM_RUNS["b"]))
-            write(args, base_by_seed, runs, time.time() - start)  # after every run: a stopped benchmark keeps its results
-    print(table(args.claims, base_by_seed, runs))
-    print(f"{len(names) * len(args.seeds)} NFT runs, {time.time() - start:.0f} s; written to {args.output_dir}")
-
+    base, runs = [], {}  # every result, tagged with its seed
+    if args.resume and os.path.exists(os.path.join(args.output_dir, "claims.json")):
+        base, runs = load_previous(os.path.join(args.output_dir, "claims.json"))
+    base += [base_results(k) for k in args.seeds if k not in {b["seed"] for b in base}]
+    base.sort(key=lambda b: b["seed"])
+    todo = [(name, k) for name in names for k in args.seeds if k not in {r["seed"] for r in runs.get(name, [])}]
+    for name, k in todo:
+        print(f"run {name}, seed {k} ({time.time() - start:.0f}s)", flush=True)
+        runs.setdefault(name, []).append(
+            nft_run(name, k, args.iterations, args.eval_every, with_diversity=name in CLAIM_RUNS["b"]))
+        runs[name].sort(key=lambda r: r["seed"])
+        write(args, base, runs, time.time() - start)  # after every run: a stopped benchmark keeps its results
+    print(write(args, base, runs, time.time() - start))
+    print(f"{len(todo)} NFT runs, {time.time() - start:.0f} s; written to {args.output_dir}")
 
 if __name__ == "__main__":
     main()
