@@ -6,6 +6,9 @@
 - `"reference"`: the frozen base model, every adapter disabled.
 
 An EMA of theta, kept in float32 beside the model, is used for evaluation and for the saved LoRA.
+
+Under FSDP2 every LoRA tensor is sharded alike (a `DTensor`), so the soft update and the EMA run on each process's
+slice; `state_dict` gathers whole tensors and `load_state_dict` slices them again.
 """
 
 import re
@@ -16,6 +19,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import torch
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
+
+from .sharding import full_tensor, shard_like
 
 TRAINED, OLD, REFERENCE = "default", "old", "reference"
 
@@ -104,6 +109,21 @@ class NFTPolicy:
         self.update_old(0.0)
         self.ema = {name: p.detach().float().clone() for name, p in self._params[TRAINED].items()}
 
+    def bind(self) -> None:
+        """Find the LoRA tensors again after the transformer was wrapped for training.
+
+        `accelerator.prepare` under FSDP2 replaces every parameter with a sharded one; the policy must then update
+        those, not the tensors it held before. The EMA is sliced the same way. Without sharding nothing changes.
+        """
+        params = {adapter: self._adapter_params(adapter) for adapter in (TRAINED, OLD)}
+        if params[TRAINED].keys() != self._params[TRAINED].keys():
+            raise RuntimeError(
+                "Wrapping the transformer renamed its LoRA parameters. Use FSDP version 2 (fully_shard), DDP or "
+                "DeepSpeed ZeRO-2; FSDP version 1 is not supported."
+            )
+        self._params = params
+        self.ema = {name: shard_like(self.ema[name], p, torch.float32) for name, p in params[TRAINED].items()}
+
     def _adapter_params(self, adapter: str) -> Dict[str, torch.nn.Parameter]:
         return {
             _canonical(name, adapter): p
@@ -149,7 +169,7 @@ class NFTPolicy:
     def state_dict(self, which: str) -> Dict[str, torch.Tensor]:
         """LoRA tensors of `"default"`, `"old"` or `"ema"`, keyed like `get_peft_model_state_dict`, on the CPU."""
         source = self.ema if which == "ema" else self._params[which]
-        return {name: t.detach().cpu().clone().contiguous() for name, t in source.items()}
+        return {name: full_tensor(t.detach()).cpu().clone().contiguous() for name, t in source.items()}
 
     @torch.no_grad()
     def load_state_dict(self, which: str, tensors: Dict[str, torch.Tensor]) -> None:
@@ -163,7 +183,7 @@ class NFTPolicy:
                 "Was the checkpoint written with another model or LoRA config?"
             )
         for name, tensor in tensors.items():
-            target[name].copy_(tensor)
+            target[name].copy_(shard_like(tensor, target[name]))
 
     @contextmanager
     def ema_weights(self, enabled: bool = True) -> Iterator[None]:
@@ -171,15 +191,21 @@ class NFTPolicy:
         if not enabled:
             yield
             return
-        backup = self.state_dict(TRAINED)
-        self.load_state_dict(TRAINED, self.ema)
+        theta = self._params[TRAINED]
+        with torch.no_grad():
+            backup = {name: p.detach().clone() for name, p in theta.items()}
+            for name, p in theta.items():
+                p.copy_(self.ema[name])
         try:
             yield
         finally:
-            self.load_state_dict(TRAINED, backup)
+            with torch.no_grad():
+                for name, p in theta.items():
+                    p.copy_(backup[name])
 
     @torch.no_grad()
     def deviation(self) -> float:
         """L2 norm of the difference between the trainable and old LoRA tensors."""
-        total = sum(((t.float() - self._params[OLD][n].float()) ** 2).sum() for n, t in self._params[TRAINED].items())
+        total = sum(full_tensor(((t.float() - self._params[OLD][n].float()) ** 2).sum())
+                    for n, t in self._params[TRAINED].items())
         return float(total) ** 0.5 if self._params[TRAINED] else 0.0

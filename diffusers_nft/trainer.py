@@ -34,6 +34,7 @@ from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make
 from .rewards import RewardScorer, WeightedRewards
 from .sampling import is_flow_matching_scheduler, make_sampler, rollout, sigma_grid
 from .schedules import ema_decay, old_policy_decay
+from .sharding import gather_optimizer_state, shard_optimizer_state
 from .timesteps import num_train_timesteps, sample_train_sigmas
 from .visualize import image_grid, plot_reward_curve
 
@@ -189,6 +190,7 @@ class NFTTrainer:
             num_training_steps=args.max_steps * self.optimizer_steps_per_iteration * num_processes,
         )
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(transformer, optimizer, lr_scheduler)
+        self.policy.bind()  # FSDP2 replaced the parameters with sharded ones
         # Forward passes go through the prepared (and optionally compiled) module; the policy switches adapters
         # on the underlying transformer, which compiled graphs guard on.
         self.adapter.model = torch.compile(self.model) if args.torch_compile else self.model
@@ -350,8 +352,8 @@ class NFTTrainer:
         """Write `pytorch_lora_weights.safetensors` (EMA weights unless `save_ema_weights=False`) with its LoRA
         metadata, loadable with `pipe.load_lora_weights(output_dir, weight_name=...)`."""
         self.accelerator.wait_for_everyone()
+        weights = self.policy.state_dict("ema" if self.args.save_ema_weights else TRAINED)  # every process: a gather
         if self.accelerator.is_main_process:
-            weights = self.policy.state_dict("ema" if self.args.save_ema_weights else TRAINED)
             type(self.pipeline).save_lora_weights(
                 output_dir,
                 transformer_lora_layers=weights,
@@ -360,14 +362,19 @@ class NFTTrainer:
             )
         return os.path.join(output_dir, LORA_WEIGHT_NAME)
 
-    def create_model_card(self, repo_id: str) -> str:
-        """Write `README.md` (the model card), the before/after grid and widget images into `output_dir`."""
+    def create_model_card(self, repo_id: str) -> Optional[str]:
+        """Write `README.md` (the model card), the before/after grid and widget images into `output_dir`.
+
+        Every process must call it (they sample together); the main one writes and gets the card's path.
+        """
         args = self.args
         prompts = self._validation_prompts()
         n = min(args.num_validation_images, 4)
         all_prompts, seeds = [p for p in prompts for _ in range(n)], list(range(n)) * len(prompts)
-        base = self.generate(all_prompts, seeds, policy=REFERENCE)
+        base = self.generate(all_prompts, seeds, policy=REFERENCE)  # every process: sharded models sample together
         tuned = self.generate(all_prompts, seeds, policy="ema" if args.save_ema_weights else TRAINED)
+        if not self.accelerator.is_main_process:
+            return None
         folder = os.path.join(args.output_dir, "images")
         os.makedirs(folder, exist_ok=True)
         rows = torch.cat([torch.cat([base[i * n : (i + 1) * n], tuned[i * n : (i + 1) * n]]) for i in range(len(prompts))])
@@ -421,9 +428,9 @@ class NFTTrainer:
         """
         repo_id = repo_id or os.path.basename(os.path.normpath(self.args.output_dir))
         self.save_lora(self.args.output_dir)
+        self.create_model_card(repo_id)
         if not self.accelerator.is_main_process:
             return None
-        self.create_model_card(repo_id)
         return upload_folder(self.args.output_dir, repo_id, token=token, private=private, api=api)
 
     def save_checkpoint(self) -> Optional[str]:
@@ -431,12 +438,13 @@ class NFTTrainer:
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
         path = None
+        # Gathering sharded (FSDP2) tensors takes every process; the main one writes.
+        lora = {f"lora_{which}.safetensors": self.policy.state_dict(which) for which in (TRAINED, OLD, "ema")}
+        optimizer_state = gather_optimizer_state(self.optimizer)
         if accelerator.is_main_process:
             parts = {
-                "lora_default.safetensors": self.policy.state_dict(TRAINED),
-                "lora_old.safetensors": self.policy.state_dict(OLD),
-                "lora_ema.safetensors": self.policy.state_dict("ema"),
-                "optimizer.pt": self.optimizer.state_dict(),
+                **lora,
+                "optimizer.pt": optimizer_state,
                 "lr_scheduler.pt": self.lr_scheduler.state_dict(),
                 "random_states.pt": _rng_states(),
                 "trainer_state.json": {
@@ -460,7 +468,7 @@ class NFTTrainer:
             self.policy.load_state_dict(TRAINED, parts["lora_default.safetensors"])
             self.policy.load_state_dict(OLD, parts["lora_old.safetensors"])
             self.policy.load_state_dict("ema", parts["lora_ema.safetensors"])
-            self.optimizer.load_state_dict(parts["optimizer.pt"])
+            self.optimizer.load_state_dict(shard_optimizer_state(parts["optimizer.pt"], self.optimizer))
             self.lr_scheduler.load_state_dict(parts["lr_scheduler.pt"])
             state = parts["trainer_state.json"]
             self.prompt_sampler.load_state_dict(state["prompt_sampler"])
