@@ -141,7 +141,12 @@ class NFTPolicy:
                 layer.enable_adapters(False)
             else:
                 layer.enable_adapters(True)
-                layer.set_adapter(policy, inference_mode=policy != TRAINED)
+                layer.set_adapter(policy)
+        # PEFT's switch also flips `requires_grad`; keep it fixed (theta trains, old never does). FSDP2 fixes its
+        # gradient dtypes at the first forward, and the first forward runs with the old policy.
+        for adapter, trains in ((TRAINED, True), (OLD, False)):
+            for p in self._params[adapter].values():
+                p.requires_grad_(trains)
 
     @contextmanager
     def using(self, policy: str) -> Iterator[None]:

@@ -89,6 +89,33 @@ def run(transformer, policy, optimizer) -> dict:
     return {k: v.detach().clone() for k, v in record.items()}
 
 
+def mixed_precision_change() -> float:
+    """accelerate's FSDP2 with bf16: base weights bf16, LoRA fp32, bf16 compute. As in the trainer, the first forward
+    collects data with the old policy; then one training step. Returns how far theta moved."""
+    from diffusers import SD3Transformer2DModel
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from diffusers_nft.policy import OLD, TRAINED, NFTPolicy, make_lora_config
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(**TINY_SD3).to(torch.bfloat16)
+    policy = NFTPolicy(transformer, make_lora_config(transformer, default_targets=["attn.to_q", "ff.net.2"]))
+    options = dict(mesh=init_device_mesh("cpu", (dist.get_world_size(),)),
+                   mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
+    for block in transformer.transformer_blocks:
+        fully_shard(block, **options)
+    fully_shard(transformer, **options)
+    policy.bind()
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
+    before = policy.state_dict(TRAINED)
+    with torch.no_grad(), policy.using(OLD):
+        transformer(**inputs(0), return_dict=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        train_step(transformer, optimizer, seed=1)
+    return max((policy.state_dict(TRAINED)[k] - v).abs().max().item() for k, v in before.items())
+
+
 def worker(rank: int, world_size: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("FSDP_TEST_PORT", "29561"))
     torch.set_num_threads(1)
@@ -97,7 +124,8 @@ def worker(rank: int, world_size: int, out_dir: str) -> None:
         whole, sharded = run(*build(sharded=False)), run(*build(sharded=True))
         lora = next(p for n, p in build(sharded=True)[0].named_parameters() if "lora_A.default" in n)
         torch.save({"whole": whole, "sharded": sharded, "local_rows": lora.to_local().shape[0],
-                    "rows": lora.shape[0]}, os.path.join(out_dir, f"rank{rank}.pt"))
+                    "rows": lora.shape[0], "mixed_precision_change": mixed_precision_change()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 

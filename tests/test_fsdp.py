@@ -2,7 +2,8 @@
 
 accelerate runs FSDP only on GPUs, so this drives `fully_shard` directly (tests/fsdp_run.py): the same tiny
 transformer, whole and sharded, goes through a training step, the old-policy and EMA updates, the adapter switch,
-the EMA swap, and a checkpoint round trip (whole tensors out, sliced back in).
+the EMA swap, and a checkpoint round trip (whole tensors out, sliced back in). A last run uses bf16 mixed precision
+as accelerate's FSDP2 config does.
 """
 
 import os
@@ -56,3 +57,10 @@ def test_checkpoint_round_trip_resumes_exactly(ranks):
         for key in [k for k in sharded if k.startswith("resumed/")]:
             torch.testing.assert_close(sharded[key], sharded[key.replace("resumed/", "uninterrupted/")], rtol=0, atol=0)
     torch.testing.assert_close(ranks[0]["sharded"], ranks[1]["sharded"], rtol=0, atol=0)  # every rank saves the same
+
+
+def test_bf16_mixed_precision_trains_after_an_old_policy_forward(ranks):
+    # FSDP2 fixes gradient dtypes at the first forward, which runs the old policy; the switch must not turn off
+    # requires_grad of theta then (it did: "attempting to assign a gradient with dtype BFloat16 ... grad_dtype Float").
+    for rank in ranks:
+        assert rank["mixed_precision_change"] > 1e-4
