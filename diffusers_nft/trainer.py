@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig
 from tqdm.auto import tqdm
@@ -140,6 +140,7 @@ class NFTTrainer:
         check_lora_targets(transformer, peft_config.target_modules)
 
         num_processes = self.accelerator.num_processes
+        _check_checkpoints_supported(self.accelerator.distributed_type, num_processes, args)
         if args.images_per_iteration % num_processes:
             raise ValueError(
                 f"prompts_per_iteration * group_size = {args.images_per_iteration} images must split evenly over "
@@ -644,6 +645,18 @@ def _metadata(rows) -> List[dict]:
 def _tracker_config(args: NFTConfig) -> dict:
     """Config values that every tracker accepts (no None, no lists)."""
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in args.to_dict().items()}
+
+
+def _check_checkpoints_supported(distributed_type, num_processes: int, args: NFTConfig) -> None:
+    """DeepSpeed ZeRO splits the optimizer state over the processes; checkpoints here hold one process's."""
+    checkpoints = args.save_steps <= args.max_steps or args.resume_from_checkpoint
+    if distributed_type == DistributedType.DEEPSPEED and num_processes > 1 and checkpoints:
+        raise ValueError(
+            "Checkpoints are not supported under DeepSpeed with several processes: ZeRO partitions the optimizer "
+            "state and diffusers-nft saves it from one process, so a resume would be wrong. Use FSDP2 "
+            "(examples/accelerate_configs/fsdp.yaml) or DDP for resumable runs, or set save_steps above max_steps "
+            "and no resume_from_checkpoint."
+        )
 
 
 def _rng_states() -> dict:

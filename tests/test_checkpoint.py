@@ -114,3 +114,20 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous(tiny_pipeline_dir
     assert [os.path.basename(p) for p in list_checkpoints(str(output))] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     straight = _run(tiny_pipeline_dir, tmp_path / "straight", 6)
     assert max_diff(straight.policy.state_dict("default"), resumed.policy.state_dict("default")) <= 1e-6
+
+
+def test_deepspeed_with_several_processes_refuses_checkpoints_up_front(tmp_path):
+    from accelerate.utils import DistributedType
+
+    from diffusers_nft.trainer import _check_checkpoints_supported
+
+    saving = tiny_config(tmp_path, max_steps=4, save_steps=2)
+    with pytest.raises(ValueError, match="FSDP2"):
+        _check_checkpoints_supported(DistributedType.DEEPSPEED, 2, saving)
+    with pytest.raises(ValueError, match="resume"):
+        _check_checkpoints_supported(DistributedType.DEEPSPEED, 2,
+                                     tiny_config(tmp_path, max_steps=4, save_steps=10, resume_from_checkpoint="latest"))
+    _check_checkpoints_supported(DistributedType.DEEPSPEED, 2, tiny_config(tmp_path, max_steps=4, save_steps=10))
+    _check_checkpoints_supported(DistributedType.DEEPSPEED, 1, saving)  # one process holds the whole state
+    _check_checkpoints_supported(DistributedType.FSDP, 2, saving)
+    _check_checkpoints_supported(DistributedType.MULTI_GPU, 2, saving)
