@@ -56,6 +56,11 @@ CLAIM_RUNS = {
 CFG_SCALES = (2.0, 4.0, 7.0)
 
 
+def run_names(claims: List[str]) -> List[str]:
+    """The runs that `claims` need, in table order."""
+    return [n for n in RUNS if any(n in CLAIM_RUNS[c] for c in claims)]
+
+
 def eval_seeds(replicate: int):
     return (2 * replicate, 2 * replicate + 1)
 
@@ -188,8 +193,7 @@ def write(args, base: List[dict], runs: Dict[str, List[dict]], seconds: float) -
     """claims.json with every result so far; the table (returned) and plots with the runs done for all `--seeds`."""
     with open(os.path.join(args.output_dir, "claims.json"), "w") as f:
         json.dump({"args": vars(args), "base": base, "runs": runs, "seconds": seconds}, f, indent=1)
-    names = [n for n in RUNS if any(n in CLAIM_RUNS[c] for c in args.claims)]
-    chosen = {n: [r for r in runs.get(n, []) if r["seed"] in args.seeds] for n in names}
+    chosen = {n: [r for r in runs.get(n, []) if r["seed"] in args.seeds] for n in run_names(args.claims)}
     complete = {n: v for n, v in chosen.items() if {r["seed"] for r in v} == set(args.seeds)}
     base_by_seed = [b for b in base if b["seed"] in args.seeds]
     markdown = table(args.claims, base_by_seed, complete)
@@ -212,7 +216,7 @@ def main(argv=None):
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
 
     start = time.time()
-    names = [n for n in RUNS if any(n in CLAIM_RUNS[c] for c in args.claims)]
+    names = run_names(args.claims)
     base, runs = [], {}  # every result, tagged with its seed
     if args.resume and os.path.exists(os.path.join(args.output_dir, "claims.json")):
         base, runs = load_previous(os.path.join(args.output_dir, "claims.json"))
@@ -227,6 +231,7 @@ def main(argv=None):
         write(args, base, runs, time.time() - start)  # after every run: a stopped benchmark keeps its results
     print(write(args, base, runs, time.time() - start))
     print(f"{len(todo)} NFT runs, {time.time() - start:.0f} s; written to {args.output_dir}")
+
 
 if __name__ == "__main__":
     main()

@@ -15,12 +15,14 @@ tiny offline SD3 pipeline:
 prints whether the resumed LoRA equals the uninterrupted one and whether `load_lora_weights` changes the output.
 """
 
+import os
 import sys
 
 import torch
 
 from diffusers_nft import NFTConfig, NFTTrainer
 from diffusers_nft.tiny import build_tiny_sd3_pipeline
+from diffusers_nft.trainer import LORA_WEIGHT_NAME
 
 PROMPTS = ["a red square", "a blue circle", "a green triangle", "a yellow star"]
 
@@ -43,8 +45,8 @@ def train(output_dir: str) -> None:
 def compare(full_dir: str, resumed_dir: str) -> None:
     from safetensors.torch import load_file
 
-    full = load_file(f"{full_dir}/pytorch_lora_weights.safetensors")
-    resumed = load_file(f"{resumed_dir}/pytorch_lora_weights.safetensors")
+    full = load_file(os.path.join(full_dir, LORA_WEIGHT_NAME))
+    resumed = load_file(os.path.join(resumed_dir, LORA_WEIGHT_NAME))
     diff = max((full[k].float() - resumed[k].float()).abs().max().item() for k in full)
     pipe = build_tiny_sd3_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
@@ -54,7 +56,7 @@ def compare(full_dir: str, resumed_dir: str) -> None:
                     generator=torch.Generator().manual_seed(0), output_type="pt").images
 
     base = sample()
-    pipe.load_lora_weights(full_dir, weight_name="pytorch_lora_weights.safetensors")
+    pipe.load_lora_weights(full_dir, weight_name=LORA_WEIGHT_NAME)
     change = (sample() - base).abs().max().item()
     print("| check | value |\n| --- | --- |")
     print(f"| LoRA tensors | {len(full)} |")

@@ -39,10 +39,9 @@ from .timesteps import num_train_timesteps, sample_train_sigmas
 from .visualize import image_grid, plot_reward_curve
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+_LORA_PARTS = (TRAINED, OLD, "ema")  # checkpoint files lora_<which>.safetensors
 _CHECKPOINT_PARTS = [
-    "lora_default.safetensors",
-    "lora_old.safetensors",
-    "lora_ema.safetensors",
+    *(f"lora_{which}.safetensors" for which in _LORA_PARTS),
     "optimizer.pt",
     "lr_scheduler.pt",
     "random_states.pt",
@@ -440,7 +439,7 @@ class NFTTrainer:
         accelerator.wait_for_everyone()
         path = None
         # Gathering sharded (FSDP2) tensors takes every process; the main one writes.
-        lora = {f"lora_{which}.safetensors": self.policy.state_dict(which) for which in (TRAINED, OLD, "ema")}
+        lora = {f"lora_{which}.safetensors": self.policy.state_dict(which) for which in _LORA_PARTS}
         optimizer_state = gather_optimizer_state(self.optimizer)
         if accelerator.is_main_process:
             parts = {
@@ -466,9 +465,8 @@ class NFTTrainer:
     def _load(self, path: str) -> None:
         parts = load_checkpoint(path, _CHECKPOINT_PARTS)
         try:
-            self.policy.load_state_dict(TRAINED, parts["lora_default.safetensors"])
-            self.policy.load_state_dict(OLD, parts["lora_old.safetensors"])
-            self.policy.load_state_dict("ema", parts["lora_ema.safetensors"])
+            for which in _LORA_PARTS:
+                self.policy.load_state_dict(which, parts[f"lora_{which}.safetensors"])
             self.optimizer.load_state_dict(shard_optimizer_state(parts["optimizer.pt"], self.optimizer))
             self.lr_scheduler.load_state_dict(parts["lr_scheduler.pt"])
             state = parts["trainer_state.json"]

@@ -21,21 +21,27 @@ TINY_SD3 = dict(
 )
 
 
-def build(sharded: bool):
+def build(sharded: bool, mixed_precision: bool = False):
+    """The tiny transformer with its NFT policy, sharded over all processes or whole. `mixed_precision`: accelerate's
+    FSDP2 with bf16 (base weights bf16, LoRA fp32, bf16 all-gathers, fp32 gradient reduction)."""
     from diffusers import SD3Transformer2DModel
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from diffusers_nft.policy import NFTPolicy, make_lora_config
 
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(**TINY_SD3)
+    if mixed_precision:
+        transformer.to(torch.bfloat16)
     policy = NFTPolicy(transformer, make_lora_config(transformer, default_targets=["attn.to_q", "attn.to_k", "ff.net.2"]))
     if sharded:
-        mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+        options = dict(mesh=init_device_mesh("cpu", (dist.get_world_size(),)))
+        if mixed_precision:
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for block in transformer.transformer_blocks:
-            fully_shard(block, mesh=mesh)
-        fully_shard(transformer, mesh=mesh)
+            fully_shard(block, **options)
+        fully_shard(transformer, **options)
     policy.bind()
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
     return transformer, policy, optimizer
@@ -90,24 +96,11 @@ def run(transformer, policy, optimizer) -> dict:
 
 
 def mixed_precision_change() -> float:
-    """accelerate's FSDP2 with bf16: base weights bf16, LoRA fp32, bf16 compute. As in the trainer, the first forward
-    collects data with the old policy; then one training step. Returns how far theta moved."""
-    from diffusers import SD3Transformer2DModel
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    """Sharded in bf16 mixed precision, the first forward collects data with the old policy (as in the trainer);
+    then one training step. Returns how far theta moved."""
+    from diffusers_nft.policy import OLD, TRAINED
 
-    from diffusers_nft.policy import OLD, TRAINED, NFTPolicy, make_lora_config
-
-    torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(**TINY_SD3).to(torch.bfloat16)
-    policy = NFTPolicy(transformer, make_lora_config(transformer, default_targets=["attn.to_q", "ff.net.2"]))
-    options = dict(mesh=init_device_mesh("cpu", (dist.get_world_size(),)),
-                   mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
-    for block in transformer.transformer_blocks:
-        fully_shard(block, **options)
-    fully_shard(transformer, **options)
-    policy.bind()
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
+    transformer, policy, optimizer = build(sharded=True, mixed_precision=True)
     before = policy.state_dict(TRAINED)
     with torch.no_grad(), policy.using(OLD):
         transformer(**inputs(0), return_dict=False)
@@ -121,8 +114,9 @@ def worker(rank: int, world_size: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        whole, sharded = run(*build(sharded=False)), run(*build(sharded=True))
-        lora = next(p for n, p in build(sharded=True)[0].named_parameters() if "lora_A.default" in n)
+        sharded_model = build(sharded=True)
+        lora = next(p for n, p in sharded_model[0].named_parameters() if "lora_A.default" in n)
+        whole, sharded = run(*build(sharded=False)), run(*sharded_model)
         torch.save({"whole": whole, "sharded": sharded, "local_rows": lora.to_local().shape[0],
                     "rows": lora.shape[0], "mixed_precision_change": mixed_precision_change()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
