@@ -3,7 +3,8 @@ from setuptools import find_packages, setup
 OCR = ["rapidocr_onnxruntime>=1.3", "rapidfuzz>=3.0"]
 SERVE = ["fastapi>=0.100", "uvicorn>=0.23"]
 DEMO = ["scikit-learn>=1.0"]  # the digits of the demo world ship inside scikit-learn
-TEST = ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0"] + DEMO
+DEEPSPEED = ["deepspeed>=0.16"]
+TEST = ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0"] + DEMO + DEEPSPEED
 
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
@@ -40,6 +41,7 @@ setup(
         "serve": SERVE,
         "rewards": OCR + SERVE,
         "demo": DEMO,
+        "deepspeed": DEEPSPEED,
         "test": TEST + OCR + SERVE,
         "dev": TEST + OCR + SERVE + ["ruff>=0.5"],
         "wandb": ["wandb"],

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Train, checkpoint and resume under a distributed launcher config (DDP, FSDP2, DeepSpeed): the GPU check.
 
-accelerate runs FSDP and DeepSpeed on GPUs only, so what `tests/test_fsdp.py` checks on CPU with `fully_shard`
-directly is checked here through `accelerate launch` and the configs in `examples/accelerate_configs/`, on the
-tiny offline SD3 pipeline:
+accelerate runs FSDP and DeepSpeed on GPUs only. On CPU, `tests/test_fsdp.py` drives `fully_shard` directly and
+`tests/test_deepspeed.py` hands accelerate the gloo backend. Here the same is checked on GPUs through
+`accelerate launch` and the configs in `examples/accelerate_configs/`, on the tiny offline SD3 pipeline
+(CONFIG=examples/accelerate_configs/deepspeed_zero2.yaml for DeepSpeed; --num_processes 2 or more for sharding
+across GPUs):
 
     CONFIG=examples/accelerate_configs/fsdp.yaml
     accelerate launch --config_file $CONFIG --num_processes 1 benchmarks/sharded_check.py train  /tmp/check/full

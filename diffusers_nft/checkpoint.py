@@ -2,7 +2,8 @@
 
 A checkpoint is a folder `checkpoint-<step>` of named parts. The file extension says how a part is stored:
 `.safetensors` (a dict of tensors), `.json` (plain data) or `.pt` (anything `torch.save` takes: optimizer,
-lr scheduler, RNG states). A folder is complete when its rename happened; a crash mid-write leaves only a
+lr scheduler, RNG states). Subfolders belong to whoever wrote them (DeepSpeed's per-process state) and are not
+read as parts. A folder is complete when its rename happened; a crash mid-write leaves only a
 `.tmp-checkpoint-*` folder, which is ignored and cleaned up.
 """
 
@@ -53,17 +54,41 @@ def list_checkpoints(output_dir: str) -> List[str]:
     return [os.path.join(output_dir, name) for _, name in sorted(found)]
 
 
-def save_checkpoint(output_dir: str, step: int, parts: Dict[str, Any], total_limit: Optional[int] = None) -> str:
+def staging_folder(output_dir: str, step: int) -> str:
+    """Where checkpoint `step` is written before its rename (the same path on every process)."""
+    return os.path.join(output_dir, f".tmp-checkpoint-{step}")
+
+
+def start_checkpoint(output_dir: str, step: int) -> str:
+    """Create an empty staging folder for checkpoint `step` (removing a crashed attempt's) and return it.
+
+    Other processes may write their own files into it before `save_checkpoint(..., staged=True)` finishes it.
+    """
+    tmp = staging_folder(output_dir, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def save_checkpoint(
+    output_dir: str, step: int, parts: Dict[str, Any], total_limit: Optional[int] = None, staged: bool = False
+) -> str:
     """Write `parts` to `output_dir/checkpoint-<step>` atomically, then keep only the newest `total_limit`.
 
-    `parts` must include `trainer_state.json`. Returns the checkpoint folder.
+    Args:
+        output_dir: The run's folder.
+        step: The iteration the checkpoint is taken at.
+        parts: File name -> value; must include `trainer_state.json`.
+        total_limit: How many checkpoints to keep, or None for all.
+        staged: True if `start_checkpoint` already created the staging folder (and other processes wrote into it).
+
+    Returns:
+        The checkpoint folder.
     """
     if STATE_FILE not in parts:
         raise ValueError(f"A checkpoint needs a {STATE_FILE} part.")
     final = os.path.join(output_dir, f"checkpoint-{step}")
-    tmp = os.path.join(output_dir, f".tmp-checkpoint-{step}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tmp = staging_folder(output_dir, step) if staged else start_checkpoint(output_dir, step)
     for name, value in parts.items():
         if name != STATE_FILE:
             _write_part(os.path.join(tmp, name), value)
@@ -126,6 +151,8 @@ def load_checkpoint(path: str, required: List[str]) -> Dict[str, Any]:
         raise CheckpointError(f"Checkpoint {path!r} is incomplete: {missing} missing. Resume from another one.")
     parts = {}
     for name in sorted(os.listdir(path)):
+        if os.path.isdir(os.path.join(path, name)):
+            continue
         try:
             parts[name] = _read_part(os.path.join(path, name))
         except Exception as error:

@@ -5,7 +5,10 @@
   update once per iteration.
 - `"reference"`: the frozen base model, every adapter disabled.
 
-An EMA of theta, kept in float32 beside the model, is used for evaluation and for the saved LoRA.
+An EMA of theta, kept in float32 beside the model, is used for evaluation and for the saved LoRA. The old
+adapter's weights are kept in float32 beside the model too, and copied into it after each soft update: under
+DeepSpeed with bf16 the engine casts every weight of the model to bf16, where an update of `(1 - decay)` times a
+small difference would round away.
 
 Under FSDP2 every LoRA tensor is sharded alike (a `DTensor`), so the soft update and the EMA run on each process's
 slice; `state_dict` gathers whole tensors and `load_state_dict` slices them again.
@@ -106,8 +109,9 @@ class NFTPolicy:
         self.use(TRAINED)
         for p in self.trainable_parameters():
             p.data = p.data.float()  # LoRA in fp32 even when the base model is in half precision
-        self.update_old(0.0)
+        self.old = {name: p.detach().float().clone() for name, p in self._params[TRAINED].items()}
         self.ema = {name: p.detach().float().clone() for name, p in self._params[TRAINED].items()}
+        self._write_old()
 
     def bind(self) -> None:
         """Find the LoRA tensors again after the transformer was wrapped for training.
@@ -122,6 +126,7 @@ class NFTPolicy:
                 "DeepSpeed ZeRO-2; FSDP version 1 is not supported."
             )
         self._params = params
+        self.old = {name: shard_like(self.old[name], p, torch.float32) for name, p in params[OLD].items()}
         self.ema = {name: shard_like(self.ema[name], p, torch.float32) for name, p in params[TRAINED].items()}
 
     def _adapter_params(self, adapter: str) -> Dict[str, torch.nn.Parameter]:
@@ -159,10 +164,15 @@ class NFTPolicy:
 
     @torch.no_grad()
     def update_old(self, decay: float) -> None:
-        """Soft update `old <- decay * old + (1 - decay) * theta`."""
+        """Soft update `old <- decay * old + (1 - decay) * theta` (in float32, then into the old adapter)."""
         for name, theta in self._params[TRAINED].items():
-            old = self._params[OLD][name]
-            old.mul_(decay).add_(theta.to(old.dtype), alpha=1 - decay)
+            self.old[name].mul_(decay).add_(theta.detach().float(), alpha=1 - decay)
+        self._write_old()
+
+    @torch.no_grad()
+    def _write_old(self) -> None:
+        for name, p in self._params[OLD].items():
+            p.copy_(self.old[name])
 
     @torch.no_grad()
     def update_ema(self, decay: float) -> None:
@@ -173,13 +183,13 @@ class NFTPolicy:
 
     def state_dict(self, which: str) -> Dict[str, torch.Tensor]:
         """LoRA tensors of `"default"`, `"old"` or `"ema"`, keyed like `get_peft_model_state_dict`, on the CPU."""
-        source = self.ema if which == "ema" else self._params[which]
+        source = self._source(which)
         return {name: full_tensor(t.detach()).cpu().clone().contiguous() for name, t in source.items()}
 
     @torch.no_grad()
     def load_state_dict(self, which: str, tensors: Dict[str, torch.Tensor]) -> None:
         """Load tensors written by `state_dict(which)`."""
-        target = self.ema if which == "ema" else self._params[which]
+        target = self._source(which)
         if tensors.keys() != target.keys():
             missing, extra = target.keys() - tensors.keys(), tensors.keys() - target.keys()
             raise ValueError(
@@ -189,6 +199,12 @@ class NFTPolicy:
             )
         for name, tensor in tensors.items():
             target[name].copy_(shard_like(tensor, target[name]))
+        if which == OLD:
+            self._write_old()
+
+    def _source(self, which: str) -> Dict[str, torch.Tensor]:
+        """Where `which` is kept: theta in the model, the old adapter and the EMA in their float32 copies."""
+        return {TRAINED: self._params[TRAINED], OLD: self.old, "ema": self.ema}[which]
 
     @contextmanager
     def ema_weights(self, enabled: bool = True) -> Iterator[None]:

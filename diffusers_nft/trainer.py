@@ -13,18 +13,27 @@ import math
 import os
 import random
 import time
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig
 from tqdm.auto import tqdm
 
 from .advantages import rewards_to_optimality
-from .checkpoint import CheckpointError, clean_incomplete, load_checkpoint, resolve_checkpoint, save_checkpoint
+from . import zero
+from .checkpoint import (
+    CheckpointError,
+    clean_incomplete,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    staging_folder,
+    start_checkpoint,
+)
 from .config import NFTConfig
 from .data import PromptSampler, PromptSource, load_prompts
 from .hub import upload_folder, write_model_card
@@ -40,12 +49,8 @@ from .visualize import image_grid, plot_reward_curve
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _LORA_PARTS = (TRAINED, OLD, "ema")  # checkpoint files lora_<which>.safetensors
-_CHECKPOINT_PARTS = [
-    *(f"lora_{which}.safetensors" for which in _LORA_PARTS),
-    "optimizer.pt",
-    "lr_scheduler.pt",
-    "random_states.pt",
-]
+_CHECKPOINT_PARTS = [*(f"lora_{which}.safetensors" for which in _LORA_PARTS), "lr_scheduler.pt", "random_states.pt"]
+_OPTIMIZER_PART = "optimizer.pt"  # under DeepSpeed, the engine's own per-process files (see zero.py) instead
 _SEED_STREAMS = {"noise": 1, "train": 2, "eval": 3}
 
 
@@ -131,15 +136,15 @@ class NFTTrainer:
         self._resume_path = None
         if args.resume_from_checkpoint:
             self._resume_path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-            if self._resume_path:
-                load_checkpoint(self._resume_path, _CHECKPOINT_PARTS)  # a corrupt checkpoint fails now, not later
+            if self._resume_path:  # a corrupt or mismatched checkpoint fails now, not later
+                zero.check_resumable(self._resume_path, self.accelerator)
+                load_checkpoint(self._resume_path, self._checkpoint_parts())
         transformer = pipeline.transformer
         if peft_config is None:
             peft_config = make_lora_config(transformer, default_targets=self.adapter.default_lora_targets)
         check_lora_targets(transformer, peft_config.target_modules)
 
         num_processes = self.accelerator.num_processes
-        _check_checkpoints_supported(self.accelerator.distributed_type, num_processes, args)
         if args.images_per_iteration % num_processes:
             raise ValueError(
                 f"prompts_per_iteration * group_size = {args.images_per_iteration} images must split evenly over "
@@ -157,6 +162,8 @@ class NFTTrainer:
             )
         self.optimizer_steps_per_iteration = micro_steps // accumulation
         self.accelerator.gradient_accumulation_steps = accumulation
+        if zero.uses_deepspeed(self.accelerator):
+            zero.configure(self.accelerator, args.train_batch_size, accumulation, args.max_grad_norm)
         self._probe_rewards()
 
         device = self.accelerator.device
@@ -438,13 +445,22 @@ class NFTTrainer:
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
         path = None
-        # Gathering sharded (FSDP2) tensors takes every process; the main one writes.
+        if accelerator.is_main_process:
+            start_checkpoint(args.output_dir, self.global_step)
+        accelerator.wait_for_everyone()
+        # Gathering sharded (FSDP2) tensors and writing ZeRO partitions take every process; the main one writes
+        # the rest, then renames the folder.
         lora = {f"lora_{which}.safetensors": self.policy.state_dict(which) for which in _LORA_PARTS}
-        optimizer_state = gather_optimizer_state(self.optimizer)
+        if zero.uses_deepspeed(accelerator):
+            zero.save(self.model, staging_folder(args.output_dir, self.global_step))
+            optimizer = {}
+        else:
+            optimizer = {_OPTIMIZER_PART: gather_optimizer_state(self.optimizer)}
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             parts = {
                 **lora,
-                "optimizer.pt": optimizer_state,
+                **optimizer,
                 "lr_scheduler.pt": self.lr_scheduler.state_dict(),
                 "random_states.pt": _rng_states(),
                 "trainer_state.json": {
@@ -453,21 +469,29 @@ class NFTTrainer:
                     "prompt_sampler": self.prompt_sampler.state_dict(),
                     "reward_normalizer": self.rewards.state_dict(),
                     "history": self.history,
+                    "distributed_type": str(accelerator.distributed_type),
+                    "num_processes": accelerator.num_processes,
                     "config": args.to_dict(),
                 },
             }
-            path = save_checkpoint(args.output_dir, self.global_step, parts, args.save_total_limit)
+            path = save_checkpoint(args.output_dir, self.global_step, parts, args.save_total_limit, staged=True)
         accelerator.wait_for_everyone()
         return path
 
     # ------------------------------------------------------------------ internals
 
+    def _checkpoint_parts(self) -> List[str]:
+        return _CHECKPOINT_PARTS + ([] if zero.uses_deepspeed(self.accelerator) else [_OPTIMIZER_PART])
+
     def _load(self, path: str) -> None:
-        parts = load_checkpoint(path, _CHECKPOINT_PARTS)
+        parts = load_checkpoint(path, self._checkpoint_parts())
         try:
             for which in _LORA_PARTS:
                 self.policy.load_state_dict(which, parts[f"lora_{which}.safetensors"])
-            self.optimizer.load_state_dict(shard_optimizer_state(parts["optimizer.pt"], self.optimizer))
+            if zero.uses_deepspeed(self.accelerator):
+                zero.load(self.model, path)  # after the LoRA: it also restores the master weights behind them
+            else:
+                self.optimizer.load_state_dict(shard_optimizer_state(parts[_OPTIMIZER_PART], self.optimizer))
             self.lr_scheduler.load_state_dict(parts["lr_scheduler.pt"])
             state = parts["trainer_state.json"]
             self.prompt_sampler.load_state_dict(state["prompt_sampler"])
@@ -605,8 +629,8 @@ class NFTTrainer:
                     v_theta = self.adapter.predict_velocity(x_t, sigma, cond)
                     out = self.loss_fn(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r_batch, v_ref=v_ref)
                     accelerator.backward(out.loss)
-                    if accelerator.sync_gradients:
-                        grad_norm = float(accelerator.clip_grad_norm_(params, args.max_grad_norm))
+                    if accelerator.sync_gradients:  # under DeepSpeed the engine clipped already; this reads the norm
+                        grad_norm = _as_float(accelerator.clip_grad_norm_(params, args.max_grad_norm))
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -645,16 +669,8 @@ def _tracker_config(args: NFTConfig) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in args.to_dict().items()}
 
 
-def _check_checkpoints_supported(distributed_type, num_processes: int, args: NFTConfig) -> None:
-    """DeepSpeed ZeRO splits the optimizer state over the processes; checkpoints here hold one process's."""
-    checkpoints = args.save_steps <= args.max_steps or args.resume_from_checkpoint
-    if distributed_type == DistributedType.DEEPSPEED and num_processes > 1 and checkpoints:
-        raise ValueError(
-            "Checkpoints are not supported under DeepSpeed with several processes: ZeRO partitions the optimizer "
-            "state and diffusers-nft saves it from one process, so a resume would be wrong. Use FSDP2 "
-            "(examples/accelerate_configs/fsdp.yaml) or DDP for resumable runs, or set save_steps above max_steps "
-            "and no resume_from_checkpoint."
-        )
+def _as_float(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _rng_states() -> dict:

@@ -116,18 +116,31 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous(tiny_pipeline_dir
     assert max_diff(straight.policy.state_dict("default"), resumed.policy.state_dict("default")) <= 1e-6
 
 
-def test_deepspeed_with_several_processes_refuses_checkpoints_up_front(tmp_path):
+def test_a_checkpoint_resumes_only_under_the_kind_of_run_that_wrote_it(tmp_path):
+    import json
+    from types import SimpleNamespace
+
     from accelerate.utils import DistributedType
 
-    from diffusers_nft.trainer import _check_checkpoints_supported
+    from diffusers_nft.zero import check_resumable
 
-    saving = tiny_config(tmp_path, max_steps=4, save_steps=2)
-    with pytest.raises(ValueError, match="FSDP2"):
-        _check_checkpoints_supported(DistributedType.DEEPSPEED, 2, saving)
-    with pytest.raises(ValueError, match="resume"):
-        _check_checkpoints_supported(DistributedType.DEEPSPEED, 2,
-                                     tiny_config(tmp_path, max_steps=4, save_steps=10, resume_from_checkpoint="latest"))
-    _check_checkpoints_supported(DistributedType.DEEPSPEED, 2, tiny_config(tmp_path, max_steps=4, save_steps=10))
-    _check_checkpoints_supported(DistributedType.DEEPSPEED, 1, saving)  # one process holds the whole state
-    _check_checkpoints_supported(DistributedType.FSDP, 2, saving)
-    _check_checkpoints_supported(DistributedType.MULTI_GPU, 2, saving)
+    def run(kind, processes):
+        return SimpleNamespace(distributed_type=kind, num_processes=processes)
+
+    def checkpoint(name, processes, deepspeed):
+        folder = tmp_path / name
+        (folder / "deepspeed" if deepspeed else folder).mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(json.dumps({"num_processes": processes}))
+        return str(folder)
+
+    zero = checkpoint("zero", 2, deepspeed=True)
+    whole = checkpoint("whole", 2, deepspeed=False)
+    check_resumable(zero, run(DistributedType.DEEPSPEED, 2))
+    check_resumable(whole, run(DistributedType.MULTI_GPU, 4))  # a whole optimizer state resumes on any count
+    check_resumable(whole, run(DistributedType.NO, 1))
+    with pytest.raises(CheckpointError, match="--num_processes 2"):
+        check_resumable(zero, run(DistributedType.DEEPSPEED, 4))
+    with pytest.raises(CheckpointError, match="written with DeepSpeed"):
+        check_resumable(zero, run(DistributedType.MULTI_GPU, 2))
+    with pytest.raises(CheckpointError, match="written without DeepSpeed"):
+        check_resumable(whole, run(DistributedType.DEEPSPEED, 2))

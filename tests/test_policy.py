@@ -92,3 +92,22 @@ def test_default_targets_on_plain_sd3_drop_the_sd35_modules():
     assert sorted(config.target_modules) == sorted(t for t in SD3Adapter.default_lora_targets if "attn2" not in t)
     assert (config.r, config.lora_alpha) == (32, 64)
     NFTPolicy(pipe.transformer, config)
+
+
+def test_old_policy_keeps_small_updates_when_the_model_is_cast_to_bf16(tiny_pipeline):
+    # DeepSpeed with bf16 casts every weight of the model, both adapters included. A soft update with decay 0.999
+    # moves the old adapter by 1e-3 of a small difference: in bf16 alone it would round away.
+    policy = NFTPolicy(tiny_pipeline.transformer, small_lora(tiny_pipeline.transformer))
+    theta = _perturb(policy.state_dict("default"), scale=0.05)
+    policy.load_state_dict("default", theta)
+    old = {k: v.clone() for k, v in policy.state_dict("old").items()}
+    tiny_pipeline.transformer.to(torch.bfloat16)
+    start = {k: p.detach().float() for k, p in policy._params["old"].items()}
+    for _ in range(20):
+        policy.update_old(0.999)
+        old = {k: 0.999 * old[k] + 0.001 * theta[k].bfloat16().float() for k in old}
+    assert max_diff(policy.state_dict("old"), old) < 1e-6
+    adapter_weights = {k: p.detach().float() for k, p in policy._params["old"].items()}
+    assert max_diff(adapter_weights, {k: v.bfloat16().float() for k, v in old.items()}) == 0
+    # and the forward sees it: updated in bf16 alone, the old adapter would not have moved at all
+    assert max_diff(adapter_weights, start) > 1e-3
