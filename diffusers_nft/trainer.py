@@ -133,12 +133,12 @@ class NFTTrainer:
         self.rewards = WeightedRewards(reward_funcs, args.reward_weights, args.normalize_rewards, **reward_options)
         self.scorer = RewardScorer(self.rewards, args.reward_scoring)
         _check_writable(args.output_dir)
-        self._resume_path = None
+        resume_path, resume_parts = None, None
         if args.resume_from_checkpoint:
-            self._resume_path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-            if self._resume_path:  # a corrupt or mismatched checkpoint fails now, not later
-                zero.check_resumable(self._resume_path, self.accelerator)
-                load_checkpoint(self._resume_path, self._checkpoint_parts())
+            resume_path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+            if resume_path:  # a corrupt or mismatched checkpoint fails now, not later; read once, applied below
+                zero.check_resumable(resume_path, self.accelerator)
+                resume_parts = load_checkpoint(resume_path, self._checkpoint_parts())
         transformer = pipeline.transformer
         if peft_config is None:
             peft_config = make_lora_config(transformer, default_targets=self.adapter.default_lora_targets)
@@ -213,8 +213,8 @@ class NFTTrainer:
         self.history: List[Dict[str, float]] = []
         self._uncond = None
         self._last_plot = -math.inf
-        if self._resume_path:
-            self._load(self._resume_path)
+        if resume_path:
+            self._load(resume_path, resume_parts)
 
     # ------------------------------------------------------------------ public API
 
@@ -483,8 +483,8 @@ class NFTTrainer:
     def _checkpoint_parts(self) -> List[str]:
         return _CHECKPOINT_PARTS + ([] if zero.uses_deepspeed(self.accelerator) else [_OPTIMIZER_PART])
 
-    def _load(self, path: str) -> None:
-        parts = load_checkpoint(path, self._checkpoint_parts())
+    def _load(self, path: str, parts: dict) -> None:
+        """Restore the state of checkpoint `path`, whose parts `load_checkpoint` read."""
         try:
             for which in _LORA_PARTS:
                 self.policy.load_state_dict(which, parts[f"lora_{which}.safetensors"])
