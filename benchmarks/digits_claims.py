@@ -10,7 +10,8 @@ trains) with one thing changed. Replicate `k` trains with seed `k` and evaluates
 evaluation prompts (40-step Euler, EMA weights, no CFG unless said), so base and NFT see the same noise.
 
   (a) strict accuracy: base without CFG, base with its best CFG scale, NFT without CFG;
-  (b) NFT vs positive-only training (the r-weighted positive term alone): accuracy and diversity over iterations;
+  (b) NFT vs dropping the negative loss term (the r-weighted positive term alone, `drop_negative_term`; not the
+      release's `adv_mode="positive_only"`): accuracy and diversity over iterations;
   (c) data collected with Euler, Heun, DPM-Solver and UniPC;
   (d) nft_beta 0.1 (the recipe) vs 1.0, and x0_adaptive vs velocity weighting;
   (e) the held-out (digit, colour) combinations, before and after.
@@ -39,7 +40,7 @@ from diffusers_nft.demo.recipe import DEMO_CONFIG, DEMO_REWARD, demo_config
 # One change to the demo recipe per run; "nft" is the recipe itself (DPM-Solver, nft_beta 0.1, x0_adaptive).
 RUNS = {
     "nft": {},
-    "positive_only": {"positive_only": True},
+    "no_negative_term": {"drop_negative_term": True},
     "euler": {"sampler": "euler"},
     "heun": {"sampler": "heun"},
     "unipc": {"sampler": "unipc"},
@@ -48,7 +49,7 @@ RUNS = {
 }
 CLAIM_RUNS = {
     "a": ["nft"],
-    "b": ["nft", "positive_only"],
+    "b": ["nft", "no_negative_term"],
     "c": ["euler", "heun", "nft", "unipc"],
     "d": ["nft", "nft_beta_1", "velocity"],
     "e": ["nft"],
@@ -128,7 +129,7 @@ def table(claims: List[str], base_by_seed: List[dict], runs: Dict[str, List[dict
     rows = [row("base, no CFG", [b["base"] for b in base_by_seed]),
             row(f"base, CFG {cfg.rsplit('_', 1)[1]} (best of {', '.join(f'{s:g}' for s in CFG_SCALES)})",
                 [b[cfg] for b in base_by_seed])]
-    labels = {"nft": "NFT (the demo recipe: DPM-Solver, nft_beta 0.1, x0_adaptive), no CFG", "positive_only": "positive-only, no CFG",
+    labels = {"nft": "NFT (the demo recipe: DPM-Solver, nft_beta 0.1, x0_adaptive), no CFG", "no_negative_term": "no negative term (r-weighted positive fitting only), no CFG",
               "euler": "NFT, data from Euler", "heun": "NFT, data from Heun", "unipc": "NFT, data from UniPC",
               "nft_beta_1": "NFT, nft_beta 1.0", "velocity": "NFT, velocity weighting"}
     for name in RUNS:
@@ -153,11 +154,11 @@ def plot(runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str)
         ax.plot(x, mean, marker="o", label=label)
         ax.fill_between(x, low, high, alpha=0.2)
 
-    if "positive_only" in runs and "nft" in runs:
+    if "no_negative_term" in runs and "nft" in runs:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, key, title in zip(axes, ("strict", "diversity"), ("strict accuracy (no CFG)", "diversity")):
             band(ax, "nft", key, "NFT")
-            band(ax, "positive_only", key, "positive-only")
+            band(ax, "no_negative_term", key, "no negative term")
             ax.axhline(statistics.mean(b["base"][key] for b in base_by_seed), color="gray", ls="--", label="base")
             ax.set_xlabel("iteration")
             ax.set_title(title)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 
 STD_SCOPES = ("global", "group")
+ADV_MODES = ("all", "positive_only", "negative_only", "one_only", "binary")
 
 
 @dataclass
@@ -28,6 +29,7 @@ def rewards_to_optimality(
     adv_clip_max: float = 5.0,
     std_scope: str = "global",
     eps: float = 1e-4,
+    mode: str = "all",
 ) -> Optimality:
     """Turn rewards into the optimality probability `r` of DiffusionNFT.
 
@@ -42,12 +44,18 @@ def rewards_to_optimality(
         adv_clip_max: Clip value `c` > 0.
         std_scope: `"global"` or `"group"`.
         eps: Added to the standard deviation.
+        mode: The release's advantage modes. `"all"` (default) as above; `"positive_only"` clamps A at >= 0 and
+            `"negative_only"` at <= 0 (r in [0.5, 1] and [0, 0.5]; both loss terms stay); `"one_only"` sets r = 1
+            for every sample; `"binary"` sets r = 1 where A > 0 and 0 where A < 0 (0.5 where A = 0: a group of
+            equal rewards says nothing).
 
     Returns:
         An `Optimality` with `r` and `advantages` of shape `(N,)` in float32.
     """
     if rewards.ndim != 1 or group_ids.shape != rewards.shape:
         raise ValueError(f"rewards and group_ids must be 1-D of equal length, got {rewards.shape} and {group_ids.shape}.")
+    if mode not in ADV_MODES:
+        raise ValueError(f"mode must be one of {ADV_MODES}, got {mode!r}.")
     if std_scope not in STD_SCOPES:
         raise ValueError(f"std_scope must be one of {STD_SCOPES}, got {std_scope!r}.")
     if not adv_clip_max > 0:
@@ -69,5 +77,11 @@ def rewards_to_optimality(
         group_var = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, inverse, centered**2) / counts
         std = group_var.sqrt()[inverse]
     advantages = centered / (std + eps)
-    r = 0.5 + 0.5 * advantages.clamp(-adv_clip_max, adv_clip_max) / adv_clip_max
+    low = 0.0 if mode == "positive_only" else -adv_clip_max
+    high = 0.0 if mode == "negative_only" else adv_clip_max
+    r = 0.5 + 0.5 * advantages.clamp(low, high) / adv_clip_max
+    if mode == "one_only":
+        r = torch.ones_like(r)
+    elif mode == "binary":
+        r = 0.5 + 0.5 * advantages.sign()
     return Optimality(r.float(), advantages.float(), constant.double().mean().item())

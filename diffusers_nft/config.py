@@ -4,12 +4,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
-from .advantages import STD_SCOPES
+from .advantages import ADV_MODES, STD_SCOPES
 from .loss import WEIGHTINGS
 from .schedules import OLD_POLICY_DECAYS
+from .solvers import SAMPLERS
 from .timesteps import TRAIN_TIMESTEPS
 
-SAMPLERS = ("euler", "heun", "dpm_solver", "unipc")
 SCORING_MODES = ("sync", "thread", "process")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
@@ -61,11 +61,16 @@ class NFTConfig:
     max_grad_norm: float = 1.0
     lr_scheduler_type: str = field(default="constant", metadata={"help": "A diffusers.optimization scheduler name."})
     lr_warmup_steps: int = 0
+    optimizer_steps_per_iteration: int = field(
+        default=1,
+        metadata={"help": "Optimizer steps per iteration when gradient_accumulation_steps is not set (release: 1; "
+                  "2 for OCR). The iteration's micro-batches are split evenly between them."},
+    )
     gradient_accumulation_steps: Optional[int] = field(
         default=None,
         metadata={
-            "help": "Micro-batches (train_batch_size samples at one timestep) per optimizer step. Default: all "
-            "micro-batches of an iteration, i.e. one optimizer step per iteration (the release)."
+            "help": "Micro-batches (train_batch_size samples at one timestep) per optimizer step. Default: split "
+            "the micro-batches of an iteration into optimizer_steps_per_iteration steps (the release)."
         },
     )
 
@@ -79,8 +84,14 @@ class NFTConfig:
         default=3.5, metadata={"help": "Guidance-embedding value of guidance-distilled models (FLUX.1-dev)."}
     )
     resolution: int = 512
-    max_sequence_length: int = field(default=256, metadata={"help": "T5 tokens per prompt."})
+    max_sequence_length: Optional[int] = field(
+        default=None,
+        metadata={"help": "Text tokens per prompt (T5 and the like). Default: the family's (SD3: 128, the release)."},
+    )
     sample_batch_size: int = field(default=8, metadata={"help": "Images per rollout batch per process."})
+    upcast_vae: bool = field(
+        default=True, metadata={"help": "Decode in float32 under fp16/bf16 mixed precision (the release)."}
+    )
     offload_text_encoders: bool = field(
         default=False, metadata={"help": "Keep text encoders on the CPU except while encoding prompts."}
     )
@@ -104,8 +115,15 @@ class NFTConfig:
     nft_beta: float = field(default=1.0, metadata={"help": "Guidance strength of the implicit policies."})
     kl_beta: float = field(default=1e-4, metadata={"help": "Weight of the KL to the base model; 0 skips it."})
     loss_weighting: str = field(default="x0_adaptive", metadata={"help": f"One of {WEIGHTINGS}."})
-    positive_only: bool = field(
-        default=False, metadata={"help": "Ablation: drop the negative term (only r-weighted positive fitting)."}
+    adv_mode: str = field(
+        default="all",
+        metadata={"help": f"Advantage mode of the release, one of {ADV_MODES}: 'positive_only' clamps A at >= 0, "
+                  "'negative_only' at <= 0 (both loss terms stay); 'one_only' sets r = 1; 'binary' r = 1 or 0."},
+    )
+    drop_negative_term: bool = field(
+        default=False,
+        metadata={"help": "Ablation (not the release's): drop the negative loss term, keeping only r-weighted "
+                  "positive fitting."},
     )
     train_batch_size: int = field(default=8, metadata={"help": "Samples per training micro-batch per process."})
     train_timesteps: str = field(default="sampler_grid", metadata={"help": f"One of {TRAIN_TIMESTEPS}."})
@@ -141,8 +159,11 @@ class NFTConfig:
         _check(self.learning_rate > 0, f"learning_rate must be > 0 (got {self.learning_rate}).")
         for name in ("max_steps", "prompts_per_iteration", "num_sampling_steps", "sample_batch_size",
                      "train_batch_size", "logging_steps", "save_steps", "validation_steps", "eval_num_steps",
-                     "resolution", "max_sequence_length", "num_validation_images"):
+                     "resolution", "num_validation_images", "optimizer_steps_per_iteration"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)}).")
+        _check(self.max_sequence_length is None or self.max_sequence_length >= 1,
+               f"max_sequence_length must be >= 1 or None (the family's default), got {self.max_sequence_length}.")
+        _check(self.adv_mode in ADV_MODES, f"adv_mode must be one of {ADV_MODES} (got {self.adv_mode!r}).")
         _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS} (got {self.sampler!r}).")
         _check(self.reward_scoring in SCORING_MODES, f"reward_scoring must be one of {SCORING_MODES}.")
         _check(self.reward_batch_size >= 1, "reward_batch_size must be >= 1.")
@@ -163,6 +184,13 @@ class NFTConfig:
             "gradient_accumulation_steps must be >= 1 or None (one optimizer step per iteration).",
         )
         _check(self.resolution % 8 == 0, f"resolution must be a multiple of 8 (got {self.resolution}).")
+
+    @classmethod
+    def from_recipe(cls, name: str, **overrides) -> "NFTConfig":
+        """The release's configuration `name` (see `diffusers_nft.recipes`), with `overrides` on top."""
+        from .recipes import recipe
+
+        return cls(**{**recipe(name)["config"], **overrides})
 
     @property
     def images_per_iteration(self) -> int:

@@ -56,8 +56,9 @@ class NFTLoss(nn.Module):
             mean absolute error) or `"velocity"` (the paper form: squared error of the velocities).
         kl_beta: Weight of `mean((v_theta - v_ref)^2)`. With 0, `v_ref` is not needed and callers should skip the
             reference forward pass entirely.
-        positive_only: Drop the negative term and keep only `r * error(v_pos)`: the ablation of the paper's
-            "negative samples matter" claim (reward-weighted fitting of the policy's own samples). Not for real runs.
+        drop_negative_term: Drop the negative term and keep only `r * error(v_pos)`: the ablation of the paper's
+            "negative samples matter" claim (reward-weighted fitting of the policy's own samples). Not for real runs,
+            and not the release's `adv_mode="positive_only"`, which clamps the advantage and keeps both terms.
 
     Example:
         ```py
@@ -74,7 +75,7 @@ class NFTLoss(nn.Module):
         adv_clip_max: float = 5.0,
         weighting: str = "x0_adaptive",
         kl_beta: float = 1e-4,
-        positive_only: bool = False,
+        drop_negative_term: bool = False,
     ):
         super().__init__()
         if not nft_beta > 0:
@@ -89,7 +90,7 @@ class NFTLoss(nn.Module):
         self.adv_clip_max = adv_clip_max
         self.weighting = weighting
         self.kl_beta = kl_beta
-        self.positive_only = positive_only
+        self.drop_negative_term = drop_negative_term
 
     def forward(
         self,
@@ -134,7 +135,7 @@ class NFTLoss(nn.Module):
         else:
             pos_err = self._adaptive_x0_error(x_t - sigma_b * v_pos, x0)
             neg_err = self._adaptive_x0_error(x_t - sigma_b * v_neg, x0)
-        per_sample = r * pos_err if self.positive_only else r * pos_err + (1 - r) * neg_err
+        per_sample = r * pos_err if self.drop_negative_term else r * pos_err + (1 - r) * neg_err
         policy_loss = per_sample.mean() * (self.adv_clip_max / beta)
 
         kl = torch.zeros((), device=v_theta.device)

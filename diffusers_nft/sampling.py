@@ -1,17 +1,13 @@
-"""CFG-free rollouts with any flow-matching solver of diffusers. Only the final latents are kept."""
+"""CFG-free rollouts on the noise grid of the pipeline's own scheduler. Only the final latents are kept."""
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
-from diffusers import (
-    DPMSolverMultistepScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FlowMatchHeunDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.configuration_utils import ConfigMixin
+from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
-from .config import SAMPLERS
+from .solvers import SAMPLERS, integrate, model_sigmas
+
+__all__ = ["SAMPLERS", "is_flow_matching_scheduler", "model_sigmas", "pipeline_sigmas", "rollout"]
 
 
 def is_flow_matching_scheduler(scheduler) -> bool:
@@ -22,75 +18,54 @@ def is_flow_matching_scheduler(scheduler) -> bool:
     return bool(config.get("use_flow_sigmas")) and config.get("prediction_type") == "flow_prediction"
 
 
-def make_sampler(name: str, pipeline_scheduler: ConfigMixin, shift: Optional[float] = None):
-    """Build the scheduler that collects data, by name, with a static time shift.
+def pipeline_sigmas(
+    scheduler, num_steps: int, sigmas: Optional[Sequence[float]] = None, mu: Optional[float] = None
+) -> torch.Tensor:
+    """The noise grid that a pipeline's flow-matching scheduler produces for `num_steps` steps.
+
+    This is what the pipeline itself would sample on (the release collects its data on it too): for SD3.5-Medium
+    (shift 3) at 10 steps, 1.0, 0.96013, ..., 0.27805, 0.00893, then 0. The scheduler's own settings apply: its
+    shift, resolution-dependent shifting through `mu`, terminal stretching, Karras/exponential/beta spacing.
 
     Args:
-        name: `"euler"` (`FlowMatchEulerDiscreteScheduler`), `"heun"` (`FlowMatchHeunDiscreteScheduler`),
-            `"dpm_solver"` (2nd-order multistep DPM-Solver++ on flow sigmas, the release's solver) or `"unipc"`
-            (`UniPCMultistepScheduler` on flow sigmas).
-        pipeline_scheduler: The pipeline's own flow-matching scheduler; its `num_train_timesteps` is kept.
-        shift: The time shift `sigma' = shift * sigma / (1 + (shift - 1) * sigma)`; by default the scheduler's
-            own `shift`. Resolution-dependent ("dynamic") shifting is this with `shift = exp(mu)`.
+        scheduler: The pipeline's scheduler. A `FlowMatchEulerDiscreteScheduler` is copied; for another
+            flow-matching scheduler, one is built from its config (its `flow_shift` as the shift).
+        num_steps: Number of solver steps.
+        sigmas: The sigmas the pipeline passes to `set_timesteps` (FLUX passes `linspace(1, 1 / n, n)`), or None.
+        mu: The resolution-dependent shift, required when the scheduler uses dynamic shifting.
 
     Returns:
-        A fresh scheduler instance.
+        `num_steps + 1` decreasing noise levels in float64, the last one 0.
     """
-    config = pipeline_scheduler.config
-    if shift is None:
-        shift = config.get("shift", None) or config.get("flow_shift", None) or 1.0
-    num_train_timesteps = config.get("num_train_timesteps", 1000)
-    if name == "euler":
-        return FlowMatchEulerDiscreteScheduler.from_config(
-            config, shift=shift, use_dynamic_shifting=False, stochastic_sampling=False
-        )
-    if name == "heun":
-        return FlowMatchHeunDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
-    flow_kwargs = dict(
-        num_train_timesteps=num_train_timesteps,
-        use_flow_sigmas=True,
-        prediction_type="flow_prediction",
-        flow_shift=shift,
-        solver_order=2,
-    )
-    if name == "dpm_solver":
-        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", final_sigmas_type="zero", **flow_kwargs)
-    if name == "unipc":
-        return UniPCMultistepScheduler(final_sigmas_type="zero", **flow_kwargs)
-    raise ValueError(f"Unknown sampler {name!r}; choose one of {SAMPLERS}.")
+    config = dict(scheduler.config)
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler) and "shift" not in config:
+        config["shift"] = config.get("flow_shift", 1.0)
+    copy = FlowMatchEulerDiscreteScheduler.from_config(config, stochastic_sampling=False)
+    kwargs = {"mu": mu} if copy.config.get("use_dynamic_shifting", False) else {}
+    copy.set_timesteps(None if sigmas is not None else num_steps, device="cpu", sigmas=sigmas, **kwargs)
+    grid = copy.sigmas.double()
+    if len(grid) != num_steps + 1 or float(grid[-1]) != 0:
+        raise ValueError(f"The scheduler gave the grid {grid.tolist()} for {num_steps} steps; expected "
+                         f"{num_steps + 1} values ending at 0. Use a FlowMatchEulerDiscreteScheduler config.")
+    return grid
 
 
-def sigma_grid(scheduler, num_steps: int) -> torch.Tensor:
-    """The distinct noise levels in (0, 1] that a solver visits in `num_steps` steps, from high to low."""
-    scheduler.set_timesteps(num_steps, device="cpu")
-    sigmas = torch.as_tensor(scheduler.sigmas, dtype=torch.float64)
-    sigmas = torch.unique_consecutive(sigmas[sigmas > 0])
-    return sigmas[:num_steps].float()
-
-
-@torch.no_grad()
 def rollout(
     velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    scheduler,
+    sigmas: torch.Tensor,
     noise: torch.Tensor,
-    num_steps: int,
+    sampler: str = "dpm_solver",
 ) -> torch.Tensor:
-    """Integrate the probability-flow ODE from `noise` to clean latents.
+    """Integrate the probability-flow ODE from `noise` to clean latents on the grid `sigmas`.
 
     Args:
-        velocity_fn: Maps `(latents, sigma)` with `sigma` of shape `(B,)` to the velocity `eps - x0`.
-        scheduler: A flow-matching scheduler (see `make_sampler`).
-        noise: Starting latents at sigma = 1.
-        num_steps: Number of solver steps.
+        velocity_fn: Maps `(latents, sigma)`, with `sigma` a float32 tensor of shape `(B,)`, to the velocity
+            `eps - x0`.
+        sigmas: The grid, from `pipeline_sigmas`; the model is called at `model_sigmas(sigmas)`.
+        noise: Starting latents.
+        sampler: One of `SAMPLERS` (see `diffusers_nft.solvers`).
 
     Returns:
         The final latents, in the dtype of `noise`.
     """
-    scheduler.set_timesteps(num_steps, device=noise.device)
-    num_train_timesteps = scheduler.config.num_train_timesteps
-    latents = noise
-    for t in scheduler.timesteps:
-        sigma = (t.float() / num_train_timesteps).expand(latents.shape[0]).to(latents.device)
-        velocity = velocity_fn(latents, sigma)
-        latents = scheduler.step(velocity.to(latents.dtype), t, latents, return_dict=False)[0].to(noise.dtype)
-    return latents
+    return integrate(velocity_fn, noise, sigmas, sampler)

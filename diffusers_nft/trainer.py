@@ -35,13 +35,13 @@ from .checkpoint import (
     start_checkpoint,
 )
 from .config import NFTConfig
-from .data import PromptSampler, PromptSource, load_prompts
+from .data import PromptSampler, PromptSource, load_prompts, row_metadata
 from .hub import upload_folder, write_model_card
 from .loss import NFTLoss
 from .pipelines import get_pipeline_adapter, select_conditioning
 from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
 from .rewards import RewardScorer, WeightedRewards
-from .sampling import is_flow_matching_scheduler, make_sampler, rollout, sigma_grid
+from .sampling import is_flow_matching_scheduler, model_sigmas, rollout
 from .schedules import ema_decay, old_policy_decay
 from .sharding import gather_optimizer_state, shard_optimizer_state
 from .timesteps import num_train_timesteps, sample_train_sigmas
@@ -113,6 +113,7 @@ class NFTTrainer:
                 "is FlowMatchEulerDiscreteScheduler (or one with use_flow_sigmas=True, prediction_type='flow_prediction')."
             )
         self.adapter = get_pipeline_adapter(pipeline, distilled_guidance_scale=args.distilled_guidance_scale)
+        self.max_sequence_length = args.max_sequence_length or self.adapter.default_max_sequence_length
         self.pipeline = pipeline
         if train_dataset is None:
             raise ValueError("train_dataset is required: a datasets.Dataset, a list of prompts or a prompt file.")
@@ -153,7 +154,12 @@ class NFTTrainer:
         self.local_images = args.images_per_iteration // num_processes
         self.num_train_timesteps = num_train_timesteps(args.num_sampling_steps, args.timestep_fraction)
         micro_steps = math.ceil(self.local_images / args.train_batch_size) * self.num_train_timesteps
-        accumulation = args.gradient_accumulation_steps or micro_steps
+        accumulation = args.gradient_accumulation_steps or micro_steps // args.optimizer_steps_per_iteration
+        if args.gradient_accumulation_steps is None and micro_steps % args.optimizer_steps_per_iteration:
+            raise ValueError(
+                f"An iteration has {micro_steps} training micro-batches per process; optimizer_steps_per_iteration="
+                f"{args.optimizer_steps_per_iteration} must divide it (change train_batch_size or the group geometry)."
+            )
         if micro_steps % accumulation:
             raise ValueError(
                 f"An iteration has {micro_steps} training micro-batches per process "
@@ -171,9 +177,13 @@ class NFTTrainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
+        # The frozen base in the low precision; the LoRA stays float32 (NFTPolicy) under accelerate's autocast,
+        # and the VAE decodes in float32 unless upcast_vae is off (the release).
         pipeline.to(device)
         if pipeline.transformer.dtype != weight_dtype:
             pipeline.to(dtype=weight_dtype)
+        if args.upcast_vae and getattr(pipeline, "vae", None) is not None:
+            pipeline.vae.to(dtype=torch.float32)
         if args.offload_text_encoders:
             for encoder in self.adapter.text_encoders:
                 encoder.to("cpu")
@@ -201,12 +211,18 @@ class NFTTrainer:
         # Forward passes go through the prepared (and optionally compiled) module; the policy switches adapters
         # on the underlying transformer, which compiled graphs guard on.
         self.adapter.model = torch.compile(self.model) if args.torch_compile else self.model
-        self.loss_fn = NFTLoss(args.nft_beta, args.adv_clip_max, args.loss_weighting, args.kl_beta, args.positive_only)
+        self.loss_fn = NFTLoss(
+            nft_beta=args.nft_beta,
+            adv_clip_max=args.adv_clip_max,
+            weighting=args.loss_weighting,
+            kl_beta=args.kl_beta,
+            drop_negative_term=args.drop_negative_term,
+        )
         self.latent_shape = self.adapter.latent_shape(args.resolution)
-        self.shift = self.adapter.sampling_shift(self.latent_shape)
-        self.sampler = make_sampler(args.sampler, pipeline.scheduler, self.shift)
-        self.eval_sampler = make_sampler("euler", pipeline.scheduler, self.shift)
-        self.train_sigma_grid = sigma_grid(self.sampler, args.num_sampling_steps)
+        # Every solver runs on the grid of the pipeline's own scheduler, and training draws from exactly the
+        # noise levels the rollouts called the model at.
+        self.sampling_sigmas = self.adapter.sampling_sigmas(args.num_sampling_steps, self.latent_shape)
+        self.train_sigma_grid = model_sigmas(self.sampling_sigmas).float()
         self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
         self.global_step = 0
         self.optimizer_step = 0
@@ -260,7 +276,9 @@ class NFTTrainer:
         scores = {k: accelerator.gather(v.to(accelerator.device)).cpu() for k, v in batch["rewards"].items()}
         scores["total"] = self.rewards.combine(scores)
         all_groups = accelerator.gather(batch["group_ids"].to(accelerator.device)).cpu()
-        optimality = rewards_to_optimality(scores["total"], all_groups, args.adv_clip_max, args.advantage_std)
+        optimality = rewards_to_optimality(
+            scores["total"], all_groups, args.adv_clip_max, std_scope=args.advantage_std, mode=args.adv_mode
+        )
         rank = accelerator.process_index
         r = optimality.r[rank * self.local_images : (rank + 1) * self.local_images]
         timings["reward"] += time.perf_counter() - start
@@ -322,15 +340,14 @@ class NFTTrainer:
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds.")
-        scheduler = self.eval_sampler if sampler == "euler" else make_sampler(sampler, self.pipeline.scheduler, self.shift)
+        sigmas = self.adapter.sampling_sigmas(num_steps or self.args.eval_num_steps, self.latent_shape)
         cond = self._encode(list(prompts))
         noise = torch.stack([torch.randn(self.latent_shape, generator=_seeded(s, _SEED_STREAMS["eval"])) for s in seeds])
         images = []
         with self.policy.ema_weights(policy == "ema"), self.policy.using(TRAINED if policy == "ema" else policy):
             for start in range(0, len(prompts), self.args.sample_batch_size):
                 index = torch.arange(start, min(start + self.args.sample_batch_size, len(prompts)))
-                latents = self._rollout(select_conditioning(cond, index), noise[index], scheduler,
-                                        num_steps or self.args.eval_num_steps, guidance_scale)
+                latents = self._rollout(select_conditioning(cond, index), noise[index], sampler, sigmas, guidance_scale)
                 images.append(self.adapter.decode(latents).cpu())
         return torch.cat(images)
 
@@ -508,7 +525,7 @@ class NFTTrainer:
         """Score two blank images so that a broken reward fails before any sampling."""
         rows = self.train_dataset.select([0, min(1, len(self.train_dataset) - 1)])
         images = torch.zeros(2, 3, self.args.resolution, self.args.resolution)
-        self.scorer.submit(images, list(rows["prompt"]), _metadata(rows)).result()
+        self.scorer.submit(images, list(rows["prompt"]), row_metadata(rows)).result()
 
     def _validation_prompts(self) -> List[str]:
         if self.args.validation_prompts:
@@ -521,12 +538,12 @@ class NFTTrainer:
         for encoder in encoders:
             encoder.to(self.accelerator.device)
         with torch.no_grad():
-            cond = self.adapter.encode_prompts(prompts, self.accelerator.device, self.args.max_sequence_length)
+            cond = self.adapter.encode_prompts(prompts, self.accelerator.device, self.max_sequence_length)
         for encoder in encoders:
             encoder.to("cpu")
         return cond
 
-    def _rollout(self, cond, noise, scheduler, num_steps, guidance_scale):
+    def _rollout(self, cond, noise, sampler: str, sigmas: torch.Tensor, guidance_scale: float):
         noise = noise.to(self.accelerator.device)
         if guidance_scale > 1.0:
             if self._uncond is None:
@@ -543,7 +560,7 @@ class NFTTrainer:
             def velocity(x, sigma):
                 return self.adapter.predict_velocity(x, sigma, cond)
 
-        return rollout(velocity, scheduler, noise, num_steps)
+        return rollout(velocity, sigmas, noise, sampler)
 
     def _collect(self, iteration: int, timings: Dict[str, float]) -> dict:
         """Sample this process's share of the iteration's images with the old policy and score them."""
@@ -555,11 +572,11 @@ class NFTTrainer:
         group_ids = image_ids // args.group_size
         local_groups = sorted(set(group_ids.tolist()))
         rows = self.train_dataset.select([prompt_index[g] for g in local_groups])
-        row_prompts, row_metadata = list(rows["prompt"]), _metadata(rows)
+        row_prompts, row_meta = list(rows["prompt"]), row_metadata(rows)
         cond = self._encode(row_prompts)
         row_of_image = torch.tensor([local_groups.index(g) for g in group_ids.tolist()])
         prompts = [row_prompts[i] for i in row_of_image.tolist()]
-        metadata = [row_metadata[i] for i in row_of_image.tolist()]
+        metadata = [row_meta[i] for i in row_of_image.tolist()]
         latents, futures = [], []
         timings["sampling"] += time.perf_counter() - start
         bar = tqdm(total=self.local_images, desc="sampling", leave=False, disable=not accelerator.is_local_main_process)
@@ -571,8 +588,8 @@ class NFTTrainer:
                     [torch.randn(self.latent_shape, generator=_seeded(args.seed, _SEED_STREAMS["noise"], iteration,
                                                                       int(image_ids[i]))) for i in index]
                 )
-                x0 = self._rollout(select_conditioning(cond, row_of_image[index]), noise, self.sampler,
-                                   args.num_sampling_steps, args.guidance_scale)
+                x0 = self._rollout(select_conditioning(cond, row_of_image[index]), noise, args.sampler,
+                                   self.sampling_sigmas, args.guidance_scale)
                 with torch.no_grad():
                     images = self.adapter.decode(x0)
                 latents.append(x0)
@@ -657,11 +674,6 @@ class NFTTrainer:
     def _plot_reward_curve(self) -> None:
         plot_reward_curve(self.history, os.path.join(self.args.output_dir, "reward_curve.png"))
         self._last_plot = time.monotonic()
-
-
-def _metadata(rows) -> List[dict]:
-    columns = [c for c in rows.column_names if c != "prompt"]
-    return [{c: rows[c][i] for c in columns} for i in range(len(rows))]
 
 
 def _tracker_config(args: NFTConfig) -> dict:

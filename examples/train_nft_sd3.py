@@ -25,6 +25,7 @@ from diffusers_nft.pipelines import get_pipeline_adapter
 from diffusers_nft.data import load_prompts
 from diffusers_nft.demo.recipe import DEMO_CONFIG, DEMO_REWARD
 from diffusers_nft.policy import make_lora_config
+from diffusers_nft.recipes import RECIPES, recipe
 
 logger = logging.getLogger("train_nft_sd3")
 
@@ -40,6 +41,11 @@ class ScriptArguments:
         default=None, metadata={"help": "Prompt file (.txt, .jsonl, .json) or dataset name. Default: demo prompts."}
     )
     prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompts in --prompts."})
+    recipe: Optional[str] = field(
+        default=None,
+        metadata={"help": f"A release configuration, one of {sorted(RECIPES)}: sets its values and rewards; "
+                  "explicit flags still override."},
+    )
     reward: List[str] = field(
         default_factory=list,
         metadata={
@@ -69,6 +75,13 @@ def parse_rewards(specs: List[str]):
 
 # Without a model, the script trains the bundled demo world: a tiny pretrained text-to-image model of coloured
 # handwritten digits, judged by the bundled digit/colour classifier (`digit_eval`). About 7 minutes on 2 CPU cores.
+
+
+def default_rewards(recipe_name: Optional[str], demo: bool) -> List[str]:
+    """The recipe's rewards, else the demo's, else JPEG compressibility."""
+    if recipe_name:
+        return [f"{name}:{weight}" for name, weight in recipe(recipe_name)["rewards"].items()]
+    return [DEMO_REWARD if demo else "jpeg_compressibility"]
 
 
 def write_demo_results(trainer) -> str:
@@ -126,8 +139,12 @@ def main(argv=None, load_pipeline=load_pipeline):
             "reward) with this script's demo pipeline."
         )
         parser.set_defaults(output_dir="nft-demo", **DEMO_CONFIG)
+    if known.recipe:
+        parser.set_defaults(**recipe(known.recipe)["config"])
+        logger.info("Recipe %s: %s; prompts: %s", known.recipe, recipe(known.recipe)["config"],
+                    recipe(known.recipe)["prompts"])
     script_args, config = parser.parse_args_into_dataclasses(args=argv)
-    reward_names, reward_weights = parse_rewards(script_args.reward or [DEMO_REWARD if demo else "jpeg_compressibility"])
+    reward_names, reward_weights = parse_rewards(script_args.reward or default_rewards(script_args.recipe, demo))
     config.reward_weights = config.reward_weights or reward_weights
 
     pipeline = load_pipeline(script_args, config)

@@ -56,3 +56,21 @@ def test_bad_inputs():
         rewards_to_optimality(torch.zeros(3), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="std_scope"):
         rewards_to_optimality(torch.zeros(2), torch.zeros(2, dtype=torch.long), std_scope="batch")
+
+
+def test_release_advantage_modes():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    full = rewards_to_optimality(rewards, groups, adv_clip_max=0.2)  # small c: some advantages clip
+    a = full.advantages
+    positive = rewards_to_optimality(rewards, groups, adv_clip_max=0.2, mode="positive_only")
+    torch.testing.assert_close(positive.r, 0.5 + 0.5 * a.clamp(0, 0.2) / 0.2)
+    assert positive.r.min() == 0.5 and positive.r.max() == 1.0
+    negative = rewards_to_optimality(rewards, groups, adv_clip_max=0.2, mode="negative_only")
+    torch.testing.assert_close(negative.r, 0.5 + 0.5 * a.clamp(-0.2, 0) / 0.2)
+    assert rewards_to_optimality(rewards, groups, mode="one_only").r.tolist() == [1.0] * 6
+    assert rewards_to_optimality(rewards, groups, mode="binary").r.tolist() == [0.0, 1.0, 0.0, 1.0, 0.5, 0.5]
+    # the advantages themselves are reported unchanged whatever the mode
+    torch.testing.assert_close(positive.advantages, a)
+    with pytest.raises(ValueError, match="mode"):
+        rewards_to_optimality(rewards, groups, mode="positive")

@@ -49,20 +49,20 @@ def test_x0_adaptive_weighting_matches_hand_computation():
     assert out.loss.item() == pytest.approx(3.875)
 
 
-def test_positive_only_keeps_only_the_r_weighted_positive_term():
+def test_drop_negative_term_keeps_only_the_r_weighted_positive_term():
     x0 = torch.tensor([[1.0, 2.0]])
     noise = torch.tensor([[0.0, 1.0]])
     v_theta = torch.tensor([[0.5, -1.0]], requires_grad=True)
     v_old = torch.tensor([[0.0, 0.0]])
     sigma = torch.tensor([0.5])
     # same numbers as the velocity test: positive error 0.90625, weighted by r = 0.75, times c / beta = 10
-    out = NFTLoss(nft_beta=0.5, weighting="velocity", kl_beta=0, positive_only=True)(
+    out = NFTLoss(nft_beta=0.5, weighting="velocity", kl_beta=0, drop_negative_term=True)(
         v_theta, v_old, x0, noise, sigma, torch.tensor([0.75])
     )
     assert out.loss.item() == pytest.approx(0.75 * 0.90625 * 10)
     # a sample with r = 0 teaches nothing without the negative term (NFT would push v_theta away from it)
     v_theta.grad = None
-    NFTLoss(positive_only=True, kl_beta=0)(v_theta, v_old, x0, noise, sigma, torch.tensor([0.0])).loss.backward()
+    NFTLoss(drop_negative_term=True, kl_beta=0)(v_theta, v_old, x0, noise, sigma, torch.tensor([0.0])).loss.backward()
     assert v_theta.grad.abs().max().item() == 0.0
     NFTLoss(kl_beta=0)(v_theta, v_old, x0, noise, sigma, torch.tensor([0.0])).loss.backward()
     assert v_theta.grad.abs().max().item() > 0.0
@@ -139,7 +139,7 @@ def test_bad_arguments_are_rejected(kwargs, message):
 def test_math_modules_import_no_diffusers():
     code = (
         "import sys; import diffusers_nft.loss, diffusers_nft.advantages, diffusers_nft.timesteps, "
-        "diffusers_nft.schedules; from diffusers_nft import NFTLoss, NFTConfig; "
+        "diffusers_nft.schedules, diffusers_nft.solvers, diffusers_nft.recipes; from diffusers_nft import NFTLoss, NFTConfig; "
         "bad = [m for m in ('diffusers', 'accelerate', 'peft') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

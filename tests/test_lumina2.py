@@ -24,13 +24,14 @@ def test_lumina2_velocity_convention_matches_the_pipeline(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     adapter = get_pipeline_adapter(pipe)
     assert isinstance(adapter, Lumina2Adapter)
-    # one Euler step from pure noise (sigma 1 -> 0: x0 = x - v) lands where the pipeline's own loop does
-    from diffusers_nft.sampling import make_sampler, rollout
+    # Euler on the adapter's grid lands where the pipeline's own loop does: same grid, same velocity convention
+    from diffusers_nft.sampling import rollout
 
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 256)
-    ours = rollout(lambda x, s: adapter.predict_velocity(x, s, cond), make_sampler("euler", pipe.scheduler), latents, 1)
-    theirs = pipe(["a red cat", "a blue dog"], latents=latents, num_inference_steps=1, guidance_scale=1.0,
+    sigmas = adapter.sampling_sigmas(3, latents.shape[1:])
+    ours = rollout(lambda x, s: adapter.predict_velocity(x, s, cond), sigmas, latents, "euler")
+    theirs = pipe(["a red cat", "a blue dog"], latents=latents, num_inference_steps=3, guidance_scale=1.0,
                   height=64, width=64, max_sequence_length=256, output_type="latent").images
     assert (ours - latents).abs().max() > 1e-2
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)

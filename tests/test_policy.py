@@ -20,12 +20,12 @@ def _perturb(tensors, scale=0.5, seed=0):
     return {k: v + scale * torch.randn(v.shape, generator=g) for k, v in tensors.items()}
 
 
-def test_default_targets_cover_sd35_dual_attention(tiny_pipeline):
-    config = small_lora(tiny_pipeline.transformer)
-    assert "attn2.to_q" in config.target_modules and "attn.add_k_proj" in config.target_modules
+def test_sd35_dual_attention_gets_lora_only_when_named(tiny_pipeline):
+    assert "attn2.to_q" not in small_lora(tiny_pipeline.transformer).target_modules  # the release's 8 by default
+    config = make_lora_config(tiny_pipeline.transformer, targets=["attn.to_q", "attn.add_k_proj", "attn2.to_q"], rank=4)
     policy = NFTPolicy(tiny_pipeline.transformer, config)
     names = policy.state_dict("default").keys()
-    assert any(".attn2.to_q.lora_A" in n for n in names)
+    assert any(".attn2.to_q.lora_A" in n for n in names) and any(".attn.add_k_proj.lora_A" in n for n in names)
     assert all(p.requires_grad and p.dtype == torch.float32 for p in policy.trainable_parameters())
     frozen = [n for n, p in tiny_pipeline.transformer.named_parameters() if p.requires_grad and "lora" not in n]
     assert frozen == []

@@ -54,7 +54,7 @@ def test_iteration_metrics_files_and_metadata(tiny_pipeline, tmp_path):
 
 def test_training_moves_a_latent_reward(tiny_pipeline, tmp_path):
     """End to end on a reward the tiny random pipeline can express: the red channel of a latent-to-RGB map."""
-    config = tiny_config(tmp_path, max_steps=12, prompts_per_iteration=2, group_size=8, sample_batch_size=16,
+    config = tiny_config(tmp_path, max_steps=20, prompts_per_iteration=2, group_size=8, sample_batch_size=16,
                          train_batch_size=16, gradient_accumulation_steps=1, kl_beta=0.0)
     trainer = NFTTrainer(tiny_pipeline, lambda images, prompts, metadata: images[:, 0].mean(dim=(1, 2)), config, PROMPTS)
     trainer.adapter.decode = lambda latents: torch.sigmoid(latents[:, :3])  # a decoder that follows the latents

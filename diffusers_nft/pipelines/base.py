@@ -1,9 +1,12 @@
 """What the trainer needs from a pipeline family. One subclass per family, in a file of its own."""
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
+
+from ..sampling import pipeline_sigmas
 
 # The attention projections of MMDiT-style joint blocks (the DiffusionNFT release's LoRA targets for SD3.5).
 JOINT_ATTENTION_TARGETS = (
@@ -40,6 +43,9 @@ class FlowPipelineAdapter:
 
     pipeline_class_names: Tuple[str, ...] = ()
     default_lora_targets: Tuple[str, ...] = ()
+    # T5-style text length when `NFTConfig.max_sequence_length` is None: the release's where it has one, else
+    # the pipeline's own default.
+    default_max_sequence_length: int = 256
 
     def __init__(self, pipeline, distilled_guidance_scale: float = 3.5):
         self.pipeline = pipeline
@@ -72,19 +78,32 @@ class FlowPipelineAdapter:
         """Number of image tokens the transformer sees for one sample (2x2 patches of 2-D latents by default)."""
         return (latent_shape[-1] // 2) * (latent_shape[-2] // 2)
 
-    def sampling_shift(self, latent_shape: Tuple[int, ...]) -> float:
-        """The static time shift of sampling at this latent shape.
+    def schedule_sigmas(self, num_steps: int) -> Optional[np.ndarray]:
+        """The sigmas the pipeline passes to its scheduler's `set_timesteps`; None lets the scheduler space them
+        (SD3). FLUX-style pipelines override this."""
+        return None
 
-        The scheduler's `shift`; or, for schedulers with resolution-dependent shifting, `exp(mu)` with `mu`
-        linear in the number of image tokens (an exponential time shift by `mu` is the static shift `exp(mu)`).
-        """
+    def sampling_mu(self, latent_shape: Tuple[int, ...]) -> Optional[float]:
+        """The resolution-dependent shift `mu` of schedulers with dynamic shifting (linear in the number of image
+        tokens, as the pipelines compute it), or None for a static shift."""
         config = self.pipeline.scheduler.config
         if not config.get("use_dynamic_shifting", False):
-            return config.get("shift", 1.0)
+            return None
         base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
         base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-        mu = base_shift + (max_shift - base_shift) / (max_len - base_len) * (self.image_tokens(latent_shape) - base_len)
-        return math.exp(mu)
+        return base_shift + (max_shift - base_shift) / (max_len - base_len) * (self.image_tokens(latent_shape) - base_len)
+
+    def sampling_shift(self, latent_shape: Tuple[int, ...]) -> float:
+        """The static time shift equivalent to sampling at this latent shape: the scheduler's `shift`, or `exp(mu)`
+        (an exponential time shift by `mu` is the static shift `exp(mu)`)."""
+        mu = self.sampling_mu(latent_shape)
+        return self.pipeline.scheduler.config.get("shift", 1.0) if mu is None else math.exp(mu)
+
+    def sampling_sigmas(self, num_steps: int, latent_shape: Tuple[int, ...]) -> torch.Tensor:
+        """The noise grid the pipeline itself would sample on in `num_steps` steps (float64, ending at 0)."""
+        return pipeline_sigmas(
+            self.pipeline.scheduler, num_steps, self.schedule_sigmas(num_steps), self.sampling_mu(latent_shape)
+        )
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The transformer's velocity `eps - x0` at noise level `sigma` (shape `(B,)`), in float32."""

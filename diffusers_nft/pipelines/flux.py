@@ -4,6 +4,7 @@ optional guidance embedding (FLUX.1-dev)."""
 import math
 from typing import List, Tuple
 
+import numpy as np
 import torch
 
 from .base import JOINT_ATTENTION_TARGETS, Conditioning, FlowPipelineAdapter
@@ -14,6 +15,10 @@ class FluxAdapter(FlowPipelineAdapter):
 
     pipeline_class_names = ("FluxPipeline",)
     default_lora_targets = JOINT_ATTENTION_TARGETS
+    default_max_sequence_length = 512  # FluxPipeline's default
+
+    def schedule_sigmas(self, num_steps: int) -> np.ndarray:
+        return np.linspace(1.0, 1 / num_steps, num_steps)  # what FluxPipeline passes to its scheduler
 
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
         prompt_embeds, pooled, text_ids = self.pipeline.encode_prompt(
@@ -45,7 +50,7 @@ class FluxAdapter(FlowPipelineAdapter):
             guidance = torch.full((batch,), self.distilled_guidance_scale, device=latents.device, dtype=torch.float32)
         return self.model(
             hidden_states=latents.to(dtype),
-            timestep=sigma.to(dtype),
+            timestep=sigma.float(),  # FluxTransformer2DModel casts it to its own dtype
             guidance=guidance,
             pooled_projections=cond["pooled_projections"].to(dtype),
             encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),

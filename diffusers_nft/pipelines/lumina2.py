@@ -3,6 +3,7 @@
 
 from typing import List
 
+import numpy as np
 import torch
 
 from .base import Conditioning, FlowPipelineAdapter
@@ -13,6 +14,10 @@ class Lumina2Adapter(FlowPipelineAdapter):
 
     pipeline_class_names = ("Lumina2Pipeline", "Lumina2Text2ImgPipeline")
     default_lora_targets = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0")
+    default_max_sequence_length = 256  # Lumina2Pipeline's default
+
+    def schedule_sigmas(self, num_steps: int) -> np.ndarray:
+        return np.linspace(1.0, 1 / num_steps, num_steps)  # what Lumina2Pipeline passes to its scheduler
 
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
         prompt_embeds, attention_mask, _, _ = self.pipeline.encode_prompt(
@@ -24,7 +29,7 @@ class Lumina2Adapter(FlowPipelineAdapter):
         dtype = self.transformer.dtype
         prediction = self.model(
             hidden_states=latents.to(dtype),
-            timestep=(1 - sigma).to(dtype),
+            timestep=1 - sigma.float(),
             encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
             encoder_attention_mask=cond["encoder_attention_mask"],
             return_dict=False,

@@ -11,13 +11,9 @@ class SD3Adapter(FlowPipelineAdapter):
     """SD3/SD3.5: joint-attention MMDiT on 2-D latents, CLIP-L + CLIP-G + T5 conditioning."""
 
     pipeline_class_names = ("StableDiffusion3Pipeline",)
-    # The release targets, plus the SD3.5 dual-attention (`attn2`) twins where a model has them.
-    default_lora_targets = JOINT_ATTENTION_TARGETS + (
-        "attn2.to_q",
-        "attn2.to_k",
-        "attn2.to_v",
-        "attn2.to_out.0",
-    )
+    # The release's 8 projections; SD3.5's dual-attention `attn2` layers get LoRA only when named explicitly.
+    default_lora_targets = JOINT_ATTENTION_TARGETS
+    default_max_sequence_length = 128  # the release's T5 length (SD3 attends over the padding tokens too)
 
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
         prompt_embeds, _, pooled, _ = self.pipeline.encode_prompt(
@@ -34,7 +30,7 @@ class SD3Adapter(FlowPipelineAdapter):
         dtype = self.transformer.dtype
         return self.model(
             hidden_states=latents.to(dtype),
-            timestep=sigma.to(dtype) * 1000,
+            timestep=sigma.float() * 1000,  # float32: bf16 would turn 0.91335 into 916 of 1000
             encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
             pooled_projections=cond["pooled_projections"].to(dtype),
             return_dict=False,
