@@ -46,6 +46,7 @@ setup(
         "dev": TEST + OCR + SERVE + ["ruff>=0.5"],
         "wandb": ["wandb"],
     },
+    entry_points={"console_scripts": ["diffusers-nft-evaluate=diffusers_nft.evaluate:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -8,6 +8,7 @@ import torch
 from datasets import Dataset, load_dataset
 
 PromptSource = Union[Dataset, Sequence[str], Sequence[dict], str, os.PathLike]
+_JSON = ".json"  # suffix of a column that holds nested metadata as JSON text
 
 
 def load_prompts(source: PromptSource, prompt_column: str = "prompt") -> Dataset:
@@ -27,7 +28,7 @@ def load_prompts(source: PromptSource, prompt_column: str = "prompt") -> Dataset
         dataset = source
     else:
         records = [{"prompt": r} if isinstance(r, str) else dict(r) for r in source]
-        dataset = Dataset.from_list(records) if records else Dataset.from_dict({"prompt": []})
+        dataset = records_to_dataset(records) if records else Dataset.from_dict({"prompt": []})
     if prompt_column != "prompt" and prompt_column in dataset.column_names:
         dataset = dataset.rename_column(prompt_column, "prompt")
     if "prompt" not in dataset.column_names:
@@ -43,13 +44,36 @@ def _load_file_or_hub(path: str) -> Dataset:
             return Dataset.from_dict({"prompt": [line.strip() for line in f if line.strip()]})
     if path.endswith(".jsonl"):
         with open(path) as f:
-            return Dataset.from_list([json.loads(line) for line in f if line.strip()])
+            return records_to_dataset([json.loads(line) for line in f if line.strip()])
     if path.endswith(".json"):
         with open(path) as f:
-            return Dataset.from_list(json.load(f))
+            return records_to_dataset(json.load(f))
     if os.path.exists(path):
         raise ValueError(f"Cannot read prompts from {path!r}: use a .txt, .jsonl or .json file.")
     return load_dataset(path, split="train")
+
+
+def records_to_dataset(records: List[dict]) -> Dataset:
+    """Prompt records as a `Dataset`. Nested metadata (lists, dicts) is kept as JSON text in a column named
+    `<key>.json`: Arrow cannot hold GenEval's `"position": ["left of", 0]`. `row_metadata` decodes it."""
+    nested = {k for r in records for k, v in r.items() if isinstance(v, (list, dict))}
+    columns = list(dict.fromkeys(k for r in records for k in r))  # every key, also those the first record lacks
+    encoded = [
+        {(k + _JSON if k in nested else k): (json.dumps(r[k]) if k in nested and k in r else r.get(k)) for k in columns}
+        for r in records
+    ]
+    return Dataset.from_list(encoded)
+
+
+def row_metadata(rows: Dataset) -> List[dict]:
+    """The metadata of each row (every column but `prompt`), nested values decoded, as the rewards receive it."""
+    columns = [c for c in rows.column_names if c != "prompt"]
+    decode = {c: c[: -len(_JSON)] for c in columns if c.endswith(_JSON)}
+    return [
+        {decode.get(c, c): (json.loads(rows[c][i]) if c in decode and rows[c][i] is not None else rows[c][i])
+         for c in columns}
+        for i in range(len(rows))
+    ]
 
 
 class PromptSampler:

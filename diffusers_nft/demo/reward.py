@@ -13,7 +13,7 @@ WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 
 class DigitEval:
     """Partial credit per image, in the GenEval manner: 0.5 for the right digit plus 0.5 for the right colour.
-    `strict` (both right) is returned too, as the accuracy metric.
+    `strict` (both right) is returned too, as the accuracy metric, and `digit` and `color` (each right or not).
 
     Reads the `digit` (int) and `color` (name) metadata that `diffusers_nft.demo.world.prompt_dataset` provides.
 
@@ -34,11 +34,12 @@ class DigitEval:
 
     def __call__(self, images: torch.Tensor, prompts: List[str], metadata: List[dict]) -> Dict[str, List[float]]:
         digits, colors = self.predict(images)
-        scores, strict = [], []
+        scores, strict, digit_right, color_right = [], [], [], []
         for digit, color, meta, prompt in zip(digits.tolist(), colors, metadata, prompts):
             if "digit" not in meta or "color" not in meta:
                 raise ValueError(f"digit_eval needs 'digit' and 'color' metadata for {prompt!r}; use the demo prompts.")
-            digit_right, color_right = digit == int(meta["digit"]), color == meta["color"]
-            scores.append(0.5 * digit_right + 0.5 * color_right)
-            strict.append(float(digit_right and color_right))
-        return {"scores": scores, "strict": strict}
+            digit_right.append(float(digit == int(meta["digit"])))
+            color_right.append(float(color == meta["color"]))
+            scores.append(0.5 * digit_right[-1] + 0.5 * color_right[-1])
+            strict.append(digit_right[-1] * color_right[-1])
+        return {"scores": scores, "strict": strict, "digit": digit_right, "color": color_right}

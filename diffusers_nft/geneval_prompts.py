@@ -1,0 +1,132 @@
+"""GenEval-style prompt sets of our own: six compositional tasks over the 80 COCO classes, with the metadata that
+the `geneval` reward reads.
+
+    python -m diffusers_nft.geneval_prompts --output_dir geneval-prompts --num_train 5000 --num_test 500
+
+writes `train_metadata.jsonl` and `test_metadata.jsonl` (one record a line: `prompt`, `tag`, `include`, optional
+`exclude`, as GenEval's own metadata), which `--prompts` and `load_prompts` read. The two splits share no prompt.
+The tasks follow GenEval's templates: `single_object` ("a photo of a cat"), `two_object` ("a photo of a cat and a
+dog"), `counting` ("a photo of three cats", with an exclude clause for one more), `colors` ("a photo of a red
+cat"), `position` ("a photo of a cat left of a dog") and `color_attr` ("a photo of a red cat and a blue dog").
+"""
+
+import argparse
+import json
+import os
+import random
+from typing import Dict, List, Optional, Sequence, Tuple
+
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
+COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+RELATIONS = ("left of", "right of", "above", "below")
+NUMBERS = {2: "two", 3: "three", 4: "four"}
+TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+# Plurals that adding "s" gets wrong.
+_PLURALS = {"person": "people", "bus": "buses", "sheep": "sheep", "skis": "pairs of skis", "knife": "knives",
+            "sandwich": "sandwiches", "broccoli": "heads of broccoli", "couch": "couches", "mouse": "computer mice",
+            "scissors": "pairs of scissors", "wine glass": "wine glasses", "bench": "benches", "tv": "tvs",
+            "toothbrush": "toothbrushes", "hair drier": "hair driers"}
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def plural(name: str) -> str:
+    """The plural of a COCO class name, as a counting prompt says it."""
+    return _PLURALS.get(name, name + "s")
+
+
+def _two(rng: random.Random, classes: Sequence[str]) -> Tuple[str, str]:
+    a, b = rng.sample(list(classes), 2)
+    return a, b
+
+
+def make_record(task: str, rng: random.Random, classes: Sequence[str] = COCO_CLASSES) -> Dict:
+    """One random prompt of `task` with its GenEval metadata."""
+    if task == "single_object":
+        name = rng.choice(classes)
+        return {"tag": task, "prompt": f"a photo of {_article(name)}", "include": [{"class": name, "count": 1}]}
+    if task == "two_object":
+        a, b = _two(rng, classes)
+        return {"tag": task, "prompt": f"a photo of {_article(a)} and {_article(b)}",
+                "include": [{"class": a, "count": 1}, {"class": b, "count": 1}]}
+    if task == "counting":
+        name, n = rng.choice(classes), rng.choice(sorted(NUMBERS))
+        return {"tag": task, "prompt": f"a photo of {NUMBERS[n]} {plural(name)}",
+                "include": [{"class": name, "count": n}], "exclude": [{"class": name, "count": n + 1}]}
+    if task == "colors":
+        name, color = rng.choice(classes), rng.choice(COLORS)
+        return {"tag": task, "prompt": f"a photo of {_article(color)} {name}",
+                "include": [{"class": name, "count": 1, "color": color}]}
+    if task == "position":
+        a, b = _two(rng, classes)
+        relation = rng.choice(RELATIONS)
+        return {"tag": task, "prompt": f"a photo of {_article(a)} {relation} {_article(b)}",
+                "include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [relation, 0]}]}
+    if task == "color_attr":
+        (a, b), (ca, cb) = _two(rng, classes), rng.sample(COLORS, 2)
+        return {"tag": task, "prompt": f"a photo of {_article(ca)} {a} and {_article(cb)} {b}",
+                "include": [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}]}
+    raise ValueError(f"Unknown GenEval task {task!r}; choose from {TASKS}.")
+
+
+def generate(num_train: int, num_test: int, seed: int = 0, tasks: Sequence[str] = TASKS) -> Dict[str, List[Dict]]:
+    """A train and a test split of distinct prompts, the tasks in equal shares (round robin), seeded.
+
+    Returns:
+        `{"train": records, "test": records}`; no prompt is in both.
+
+    Raises:
+        ValueError: If the tasks cannot give that many distinct prompts.
+    """
+    rng, seen, records = random.Random(seed), set(), []
+    total, attempts = num_train + num_test, 0
+    while len(records) < total:
+        attempts += 1
+        if attempts > 50 * total + 1000:
+            raise ValueError(f"Could not draw {total} distinct prompts of {list(tasks)}; ask for fewer.")
+        record = make_record(tasks[len(records) % len(tasks)], rng)
+        if record["prompt"] not in seen:
+            seen.add(record["prompt"])
+            records.append(record)
+    rng.shuffle(records)
+    return {"train": records[:num_train], "test": records[num_train:]}
+
+
+def write(splits: Dict[str, List[Dict]], output_dir: str) -> List[str]:
+    """Write `<split>_metadata.jsonl` files; returns their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = []
+    for split, records in splits.items():
+        path = os.path.join(output_dir, f"{split}_metadata.jsonl")
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        paths.append(path)
+    return paths
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="geneval-prompts")
+    parser.add_argument("--num_train", type=int, default=5000)
+    parser.add_argument("--num_test", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    args = parser.parse_args(argv)
+    for path in write(generate(args.num_train, args.num_test, args.seed, args.tasks), args.output_dir):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Release recipes by name, the GenEval-style prompt sets, and the evaluation command."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from diffusers_nft import NFTConfig
+from diffusers_nft.geneval_prompts import COCO_CLASSES, TASKS, generate, main as geneval_main
+from diffusers_nft.recipes import RECIPES
+from diffusers_nft.rewards.geneval import geneval_score
+
+
+def test_recipes_set_the_release_values_and_flags_override():
+    ocr = NFTConfig.from_recipe("sd35m_ocr", output_dir="x")
+    assert (ocr.nft_beta, ocr.old_policy_decay, ocr.optimizer_steps_per_iteration) == (0.1, "delayed", 2)
+    multi = NFTConfig.from_recipe("sd35m_multi_reward", num_sampling_steps=12)
+    assert multi.nft_beta == 0.1 and multi.num_sampling_steps == 12
+    assert RECIPES["sd35m_multi_reward"]["config"]["num_sampling_steps"] == 25
+    assert RECIPES["sd35m_multi_reward"]["rewards"] == {"pickscore": 1.0, "hpsv2": 1.0, "clipscore": 1.0}
+    for name in RECIPES:
+        config = NFTConfig.from_recipe(name)
+        assert (config.resolution, config.prompts_per_iteration, config.group_size, config.kl_beta) == (512, 48, 24, 1e-4)
+        assert config.max_sequence_length == 128 and config.guidance_scale == 1.0 and config.sampler == "dpm_solver"
+    with pytest.raises(ValueError, match="sd35m_ocr"):
+        NFTConfig.from_recipe("ocr")
+
+
+def test_script_recipe_sets_values_and_rewards_and_flags_win(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_nft_sd3", "examples/train_nft_sd3.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(script_args, config):
+        seen["config"], seen["args"] = config, script_args
+        raise Stop
+
+    with pytest.raises(Stop):
+        script.main(["--recipe", "sd35m_ocr", "--pretrained_model_name_or_path", "x", "--prompts", "p.txt",
+                     "--nft_beta", "0.5"], load_pipeline=fake_load)
+    config = seen["config"]
+    assert config.nft_beta == 0.5 and config.old_policy_decay == "delayed" and config.optimizer_steps_per_iteration == 2
+    assert script.default_rewards("sd35m_multi_reward", demo=False) == ["pickscore:1.0", "hpsv2:1.0", "clipscore:1.0"]
+
+
+def test_optimizer_steps_per_iteration_splits_the_micro_batches(tiny_pipeline, tmp_path):
+    from diffusers_nft import NFTTrainer
+
+    from conftest import PROMPTS, tiny_config
+
+    config = tiny_config(tmp_path, max_steps=1, optimizer_steps_per_iteration=2)
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
+    assert trainer.optimizer_steps_per_iteration == 2
+    trainer.step()
+    assert trainer.optimizer_step == 2
+
+
+def test_geneval_prompt_sets_are_seeded_disjoint_and_scorable(tmp_path):
+    splits = generate(num_train=300, num_test=60, seed=3)
+    assert len(splits["train"]) == 300 and len(splits["test"]) == 60
+    assert not {r["prompt"] for r in splits["train"]} & {r["prompt"] for r in splits["test"]}
+    assert generate(300, 60, seed=3) == splits and generate(300, 60, seed=4) != splits
+    records = splits["train"] + splits["test"]
+    assert {r["tag"] for r in records} == set(TASKS)
+    for record in records:
+        for clause in record["include"]:
+            assert clause["class"] in COCO_CLASSES
+        # a detector that finds exactly what the prompt asks for gives full, strict credit
+        found = {}
+        for i, clause in enumerate(record["include"]):
+            box = (0.0, 0.0, 10.0, 10.0)
+            if "position" in clause:
+                relation = clause["position"][0]
+                box = {"left of": (-30.0, 0.0, -20.0, 10.0), "right of": (30.0, 0.0, 40.0, 10.0),
+                       "above": (0.0, -30.0, 10.0, -20.0), "below": (0.0, 30.0, 10.0, 40.0)}[relation]
+            found[clause["class"]] = [{"box": box, "color": clause.get("color")}] * clause["count"]
+        result = geneval_score(record, found, lambda name, det: det["color"])
+        assert result == {"score": 1.0, "strict": 1.0}, record
+    geneval_main(["--output_dir", str(tmp_path), "--num_train", "12", "--num_test", "6"])
+    lines = [json.loads(l) for l in open(tmp_path / "test_metadata.jsonl")]
+    assert len(lines) == 6 and {"prompt", "tag", "include"} <= set(lines[0])
+    from diffusers_nft.data import load_prompts, row_metadata
+
+    dataset = load_prompts(str(tmp_path / "train_metadata.jsonl"))  # GenEval's nested metadata survives Arrow
+    written = [json.loads(l) for l in open(tmp_path / "train_metadata.jsonl")]
+    assert len(dataset) == 12 and list(dataset["prompt"]) == [r["prompt"] for r in written]
+    for record, metadata in zip(written, row_metadata(dataset)):
+        assert metadata["include"] == record["include"] and metadata["tag"] == record["tag"]
+        assert metadata.get("exclude") == record.get("exclude")
+
+
+def _demo_lora(folder):
+    """A LoRA on the demo transformer with non-zero weights, saved as the trainer saves one."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from diffusers_nft.demo import load_demo_pipeline
+
+    pipe = load_demo_pipeline()
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=["attn.to_q", "attn.to_v"])
+    pipe.transformer.add_adapter(config)
+    with torch.no_grad():
+        for name, p in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    type(pipe).save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
+                                 transformer_lora_adapter_metadata=config.to_dict(),
+                                 weight_name="pytorch_lora_weights.safetensors")
+
+
+def test_evaluate_command_compares_base_and_lora_offline(tmp_path):
+    from diffusers_nft.evaluate import main
+
+    _demo_lora(str(tmp_path / "lora"))
+    out = tmp_path / "eval"
+    main(["--lora", f"nft={tmp_path / 'lora'}", "--num_prompts", "4", "--seeds", "0", "1", "--num_steps", "4",
+          "--guidance_scale", "1", "--guidance_scale", "3", "--group_by", "held_out", "--output_dir", str(out)])
+    assert sorted(os.listdir(out)) == ["grid.png", "results.json", "results.md"]
+    results = json.load(open(out / "results.json"))["results"]
+    assert list(results) == ["base, CFG 1", "base, CFG 3", "nft, CFG 1", "nft, CFG 3"]
+    for summary in results.values():
+        assert 0 <= summary["digit_eval/mean"] <= 1 and "digit_eval/strict/mean" in summary
+        assert "digit_eval/strict/held_out=False/mean" in summary
+    table = open(out / "results.md").read()
+    rows = [line for line in table.splitlines() if line.startswith(("| base", "| nft"))]
+    assert len(rows) == 4 and "digit_eval/strict" in table.splitlines()[0]
+    grid = Image.open(out / "grid.png")
+    assert grid.size[1] >= 4 * 128  # four labelled rows of upscaled 32 px samples
+    # the LoRA really changes the samples: its grid row differs from the base row
+    rows = torch.tensor(list(grid.getdata()), dtype=torch.float32).view(grid.size[1], grid.size[0], 3)
+    row = grid.size[1] // 4
+    assert (rows[:row] - rows[2 * row : 3 * row]).abs().mean() > 1
+
+
+def test_evaluate_requires_prompts_and_rewards_for_a_real_model(tmp_path):
+    from diffusers_nft.evaluate import main
+
+    with pytest.raises(ValueError, match="--reward"):
+        main(["--pretrained_model_name_or_path", str(tmp_path), "--prompts", "p.txt"])
+    with pytest.raises(ValueError, match="--prompts"):
+        main(["--pretrained_model_name_or_path", str(tmp_path), "--reward", "ocr"])
