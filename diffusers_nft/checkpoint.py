@@ -1,9 +1,10 @@
 """Checkpoint folders, written atomically: a temporary folder, then one rename.
 
 A checkpoint is a folder `checkpoint-<step>` of named parts. The file extension says how a part is stored:
-`.safetensors` (a dict of tensors), `.json` (plain data) or `.pt` (anything `torch.save` takes: optimizer,
-lr scheduler, RNG states). Subfolders belong to whoever wrote them (DeepSpeed's per-process state) and are not
-read as parts. A folder is complete when its rename happened; a crash mid-write leaves only a
+`.safetensors` (a dict of tensors), `.json` (plain data) or `.pt` (tensors, numbers, strings and containers of them:
+optimizer, lr scheduler, RNG states). Reading never runs code: only the parts the caller names are opened, `.pt`
+parts with `torch.load(weights_only=True)`, and any other file in the folder is ignored. Subfolders belong to
+whoever wrote them (DeepSpeed's per-process state) and are not read as parts. A folder is complete when its rename happened; a crash mid-write leaves only a
 `.tmp-checkpoint-*` folder, which is ignored and cleaned up.
 """
 
@@ -13,10 +14,14 @@ import re
 import shutil
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 STATE_FILE = "trainer_state.json"
+# What `np.random.get_state()` pickles to: plain arrays, nothing that can run code.
+_MULTIARRAY = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 renamed it
+_NUMPY_ARRAY_GLOBALS = [_MULTIARRAY._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -42,7 +47,8 @@ def _read_part(path: str) -> Any:
     if path.endswith(".json"):
         with open(path) as f:
             return json.load(f)
-    return torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):  # RNG states of checkpoints written before 0.2
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def list_checkpoints(output_dir: str) -> List[str]:
@@ -141,18 +147,18 @@ def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str) -> Optional
 
 
 def load_checkpoint(path: str, required: List[str]) -> Dict[str, Any]:
-    """Read every part of a checkpoint folder.
+    """Read the parts `required` (and `trainer_state.json`) of a checkpoint folder, and nothing else.
 
     Raises:
-        CheckpointError: If a required part is missing or a part cannot be read.
+        CheckpointError: If a required part is missing or cannot be read as data (a pickle that would run code
+            is refused, never executed).
     """
-    missing = [name for name in required + [STATE_FILE] if not os.path.isfile(os.path.join(path, name))]
+    names = sorted(set(required) | {STATE_FILE})
+    missing = [name for name in names if not os.path.isfile(os.path.join(path, name))]
     if missing:
         raise CheckpointError(f"Checkpoint {path!r} is incomplete: {missing} missing. Resume from another one.")
     parts = {}
-    for name in sorted(os.listdir(path)):
-        if os.path.isdir(os.path.join(path, name)):
-            continue
+    for name in names:
         try:
             parts[name] = _read_part(os.path.join(path, name))
         except Exception as error:

@@ -154,12 +154,12 @@ class NFTTrainer:
         self.local_images = args.images_per_iteration // num_processes
         self.num_train_timesteps = num_train_timesteps(args.num_sampling_steps, args.timestep_fraction)
         micro_steps = math.ceil(self.local_images / args.train_batch_size) * self.num_train_timesteps
-        accumulation = args.gradient_accumulation_steps or micro_steps // args.optimizer_steps_per_iteration
         if args.gradient_accumulation_steps is None and micro_steps % args.optimizer_steps_per_iteration:
             raise ValueError(
                 f"An iteration has {micro_steps} training micro-batches per process; optimizer_steps_per_iteration="
                 f"{args.optimizer_steps_per_iteration} must divide it (change train_batch_size or the group geometry)."
             )
+        accumulation = args.gradient_accumulation_steps or micro_steps // args.optimizer_steps_per_iteration
         if micro_steps % accumulation:
             raise ValueError(
                 f"An iteration has {micro_steps} training micro-batches per process "
@@ -686,7 +686,10 @@ def _as_float(value) -> float:
 
 
 def _rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The RNG states as tensors, numbers and strings, which `torch.load(weights_only=True)` reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -696,7 +699,8 @@ def _set_rng_states(states: Optional[dict]) -> None:
     if not states:
         return
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

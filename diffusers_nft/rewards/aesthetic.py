@@ -61,10 +61,10 @@ class Aesthetic(ModelReward):
 
 def _load_weights(weights: str) -> dict:
     if weights.startswith(("http://", "https://")):
-        return torch.hub.load_state_dict_from_url(weights, map_location="cpu")
+        return torch.hub.load_state_dict_from_url(weights, map_location="cpu", weights_only=True)
     if not os.path.isfile(weights):
         from huggingface_hub import hf_hub_download
 
         repo_id, filename = weights.rsplit("/", 1)
         weights = hf_hub_download(repo_id, filename)
-    return torch.load(weights, map_location="cpu")
+    return torch.load(weights, map_location="cpu", weights_only=True)  # tensors only: a pickle never runs

@@ -108,7 +108,7 @@ def _load_torch_checkpoint(checkpoint: str) -> dict:
 
         repo_id, filename = checkpoint.rsplit("/", 1)
         checkpoint = hf_hub_download(repo_id, filename)
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors only: a pickle never runs
 
 
 _LAYER_NAMES = {
