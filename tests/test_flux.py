@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from diffusers import FluxPipeline
@@ -36,7 +37,10 @@ def test_flux_adapter_shapes_and_dynamic_shift(flux_dir):
     assert shape == (16, 16)  # (64 / 8 / 2)^2 tokens of 4 * 4 channels
     config = pipe.scheduler.config
     mu = calculate_shift(16, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift)
-    assert adapter.sampling_shift(shape) == pytest.approx(math.exp(mu))
+    assert adapter.sampling_mu(shape) == pytest.approx(mu)
+    # the grid is the one FluxPipeline sets: linspace(1, 1/n, n), shifted by mu, then 0
+    pipe.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / 6, 6), mu=mu)
+    torch.testing.assert_close(adapter.sampling_sigmas(6, shape), pipe.scheduler.sigmas.double())
     cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
     assert cond["txt_ids"].shape[0] == 2
     v = adapter.predict_velocity(torch.randn(2, *shape), torch.tensor([0.3, 0.9]), cond)

@@ -1,6 +1,5 @@
 """What the trainer needs from a pipeline family. One subclass per family, in a file of its own."""
 
-import math
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -92,12 +91,6 @@ class FlowPipelineAdapter:
         base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
         base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
         return base_shift + (max_shift - base_shift) / (max_len - base_len) * (self.image_tokens(latent_shape) - base_len)
-
-    def sampling_shift(self, latent_shape: Tuple[int, ...]) -> float:
-        """The static time shift equivalent to sampling at this latent shape: the scheduler's `shift`, or `exp(mu)`
-        (an exponential time shift by `mu` is the static shift `exp(mu)`)."""
-        mu = self.sampling_mu(latent_shape)
-        return self.pipeline.scheduler.config.get("shift", 1.0) if mu is None else math.exp(mu)
 
     def sampling_sigmas(self, num_steps: int, latent_shape: Tuple[int, ...]) -> torch.Tensor:
         """The noise grid the pipeline itself would sample on in `num_steps` steps (float64, ending at 0)."""
