@@ -105,7 +105,10 @@ def save_checkpoint(
     _fsync_dir(output_dir)
     if total_limit is not None:
         for old in list_checkpoints(output_dir)[:-total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            # Renamed first: a deletion cut short leaves a `.tmp-` folder, never a half checkpoint that counts.
+            doomed = os.path.join(output_dir, f".tmp-{os.path.basename(old)}-deleting")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 
@@ -118,10 +121,10 @@ def _fsync_dir(path: str) -> None:
 
 
 def clean_incomplete(output_dir: str) -> None:
-    """Remove temporary folders that a crash during a checkpoint write left behind."""
+    """Remove the temporary folders a crash left behind: checkpoints being written or deleted, a LoRA being saved."""
     if os.path.isdir(output_dir):
         for name in os.listdir(output_dir):
-            if name.startswith(".tmp-checkpoint-"):
+            if name.startswith(".tmp-") and os.path.isdir(os.path.join(output_dir, name)):
                 shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 

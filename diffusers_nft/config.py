@@ -1,5 +1,6 @@
 """`NFTConfig`: every setting of a DiffusionNFT run, with the defaults of the public SD3.5-Medium release."""
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
@@ -11,6 +12,28 @@ from .solvers import SAMPLERS
 from .timesteps import TRAIN_TIMESTEPS
 
 SCORING_MODES = ("sync", "thread", "process")
+
+_INF = math.inf
+# Float settings: (low, low included), (high, high included), and a hint for the message.
+FLOAT_RANGES = {
+    "learning_rate": ((0, False), (1, True), "The release uses 3e-4."),
+    "adam_beta1": ((0, True), (1, False), ""),
+    "adam_beta2": ((0, True), (1, False), ""),
+    "adam_epsilon": ((0, False), (1, True), ""),
+    "weight_decay": ((0, True), (_INF, False), ""),
+    "max_grad_norm": ((0, False), (_INF, False), "The release clips at 1.0."),
+    "guidance_scale": ((1, True), (_INF, False), "1.0 is CFG-free (NFT)."),
+    "distilled_guidance_scale": ((0, True), (_INF, False), ""),
+    "adv_clip_max": ((0, False), (_INF, False), "The release uses 5."),
+    "nft_beta": ((0, False), (_INF, False), "The release uses 1.0 (0.1 for OCR)."),
+    "kl_beta": ((0, True), (_INF, False), "The release uses 1e-4; 0 skips the reference forward."),
+    "timestep_fraction": ((0, False), (1, True), ""),
+    "timestep_shift": ((0, False), (_INF, False), ""),
+    "logit_mean": ((-_INF, False), (_INF, False), ""),
+    "logit_std": ((0, False), (_INF, False), ""),
+    "old_policy_decay_constant": ((0, True), (1, False), ""),
+    "ema_decay": ((0, True), (1, False), ""),
+}
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
@@ -48,6 +71,20 @@ class NFTConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     allow_tf32: bool = field(default=True, metadata={"help": "Allow TF32 matmuls on Ampere and newer GPUs."})
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the transformer's forward."})
+    save_on_interrupt: bool = field(
+        default=False,
+        metadata={"help": "On SIGTERM/SIGINT, write a checkpoint after the current iteration before exiting."},
+    )
+    reward_timeout: Optional[float] = field(
+        default=None,
+        metadata={"help": "Seconds to wait for a batch's rewards (thread/process scoring) before failing; "
+                  "default: no limit."},
+    )
+    skip_nonfinite: bool = field(
+        default=False,
+        metadata={"help": "Skip an optimizer step whose loss or gradient norm is not finite, instead of stopping "
+                  "with an error (not under DeepSpeed, whose engine steps inside backward)."},
+    )
     save_ema_weights: bool = field(
         default=True, metadata={"help": "Save the EMA of the LoRA (release) rather than the raw trained weights."}
     )
@@ -153,10 +190,7 @@ class NFTConfig:
     def validate(self) -> None:
         """Raise `ValueError` with the fix for any bad value, before any compute is spent."""
         _check(self.group_size >= 2, f"group_size must be >= 2 (got {self.group_size}): NFT compares images of one prompt.")
-        _check(self.nft_beta > 0, f"nft_beta must be > 0 (got {self.nft_beta}); the release uses 1.0 (0.1 for OCR).")
-        _check(self.adv_clip_max > 0, f"adv_clip_max must be > 0 (got {self.adv_clip_max}); the release uses 5.")
-        _check(self.kl_beta >= 0, f"kl_beta must be >= 0 (got {self.kl_beta}); the release uses 1e-4.")
-        _check(self.learning_rate > 0, f"learning_rate must be > 0 (got {self.learning_rate}).")
+        self._validate_floats()
         for name in ("max_steps", "prompts_per_iteration", "num_sampling_steps", "sample_batch_size",
                      "train_batch_size", "logging_steps", "save_steps", "validation_steps", "eval_num_steps",
                      "resolution", "num_validation_images", "optimizer_steps_per_iteration"):
@@ -167,23 +201,28 @@ class NFTConfig:
         _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS} (got {self.sampler!r}).")
         _check(self.reward_scoring in SCORING_MODES, f"reward_scoring must be one of {SCORING_MODES}.")
         _check(self.reward_batch_size >= 1, "reward_batch_size must be >= 1.")
-        _check(self.guidance_scale >= 1.0, f"guidance_scale must be >= 1.0 (got {self.guidance_scale}); 1.0 is CFG-free.")
         _check(self.mixed_precision in MIXED_PRECISIONS, f"mixed_precision must be one of {MIXED_PRECISIONS}.")
         _check(self.advantage_std in STD_SCOPES, f"advantage_std must be one of {STD_SCOPES} (got {self.advantage_std!r}).")
         _check(self.loss_weighting in WEIGHTINGS, f"loss_weighting must be one of {WEIGHTINGS} (got {self.loss_weighting!r}).")
         _check(self.train_timesteps in TRAIN_TIMESTEPS, f"train_timesteps must be one of {TRAIN_TIMESTEPS}.")
-        _check(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1] (got {self.timestep_fraction}).")
-        _check(self.timestep_shift > 0, f"timestep_shift must be > 0 (got {self.timestep_shift}).")
         _check(self.old_policy_decay in OLD_POLICY_DECAYS, f"old_policy_decay must be one of {OLD_POLICY_DECAYS}.")
-        _check(0 <= self.old_policy_decay_constant < 1, "old_policy_decay_constant must be in [0, 1).")
-        _check(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (got {self.ema_decay}).")
-        _check(self.max_grad_norm > 0, f"max_grad_norm must be > 0 (got {self.max_grad_norm}).")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit must be >= 1 or None.")
         _check(
             self.gradient_accumulation_steps is None or self.gradient_accumulation_steps >= 1,
             "gradient_accumulation_steps must be >= 1 or None (one optimizer step per iteration).",
         )
         _check(self.resolution % 8 == 0, f"resolution must be a multiple of 8 (got {self.resolution}).")
+
+    def _validate_floats(self) -> None:
+        """Every float setting is a finite number in its range (a NaN or inf would train a NaN LoRA)."""
+        for name, (low, high, hint) in FLOAT_RANGES.items():
+            value = getattr(self, name)
+            inside = math.isfinite(value) and _above(value, low) and _below(value, high)
+            _check(inside, f"{name} must be a finite number in {_interval(low, high)} (got {value}). {hint}".strip())
+        _check(self.reward_timeout is None or (math.isfinite(self.reward_timeout) and self.reward_timeout > 0),
+               f"reward_timeout must be a finite number of seconds > 0, or None (got {self.reward_timeout}).")
+        weights = self.reward_weights or []
+        _check(all(math.isfinite(w) for w in weights), f"reward_weights must be finite numbers (got {weights}).")
 
     @classmethod
     def from_recipe(cls, name: str, **overrides) -> "NFTConfig":
@@ -202,6 +241,18 @@ class NFTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _above(value: float, low) -> bool:
+    return value >= low[0] if low[1] else value > low[0]
+
+
+def _below(value: float, high) -> bool:
+    return value <= high[0] if high[1] else value < high[0]
+
+
+def _interval(low, high) -> str:
+    return f"{'[' if low[1] else '('}{low[0]:g}, {high[0]:g}{']' if high[1] else ')'}"
 
 
 def _check(condition: bool, message: str) -> None:

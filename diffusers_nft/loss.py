@@ -78,14 +78,14 @@ class NFTLoss(nn.Module):
         drop_negative_term: bool = False,
     ):
         super().__init__()
-        if not nft_beta > 0:
-            raise ValueError(f"nft_beta must be > 0, got {nft_beta}. The release uses 1.0 (0.1 for OCR).")
-        if not adv_clip_max > 0:
-            raise ValueError(f"adv_clip_max must be > 0, got {adv_clip_max}. The release uses 5.")
+        if not (0 < nft_beta < float("inf")):
+            raise ValueError(f"nft_beta must be finite and > 0, got {nft_beta}. The release uses 1.0 (0.1 for OCR).")
+        if not (0 < adv_clip_max < float("inf")):
+            raise ValueError(f"adv_clip_max must be finite and > 0, got {adv_clip_max}. The release uses 5.")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
-        if kl_beta < 0:
-            raise ValueError(f"kl_beta must be >= 0, got {kl_beta}.")
+        if not (0 <= kl_beta < float("inf")):
+            raise ValueError(f"kl_beta must be finite and >= 0, got {kl_beta}.")
         self.nft_beta = nft_beta
         self.adv_clip_max = adv_clip_max
         self.weighting = weighting

@@ -12,6 +12,8 @@ import json
 import math
 import os
 import random
+import shutil
+import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -37,7 +39,8 @@ from .checkpoint import (
 from .config import NFTConfig
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
 from .hub import upload_folder, write_model_card
-from .loss import NFTLoss
+from .interrupts import StopSignals, TrainingInterrupted
+from .loss import NFTLoss, NFTLossOutput
 from .pipelines import get_pipeline_adapter, select_conditioning
 from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
 from .rewards import RewardScorer, WeightedRewards
@@ -132,7 +135,7 @@ class NFTTrainer:
             "batch_size": args.reward_batch_size,
         }
         self.rewards = WeightedRewards(reward_funcs, args.reward_weights, args.normalize_rewards, **reward_options)
-        self.scorer = RewardScorer(self.rewards, args.reward_scoring)
+        self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
         _check_writable(args.output_dir)
         resume_path, resume_parts = None, None
         if args.resume_from_checkpoint:
@@ -168,6 +171,9 @@ class NFTTrainer:
             )
         self.optimizer_steps_per_iteration = micro_steps // accumulation
         self.accelerator.gradient_accumulation_steps = accumulation
+        if args.skip_nonfinite and zero.uses_deepspeed(self.accelerator):
+            raise ValueError("skip_nonfinite does not work under DeepSpeed (its engine steps inside backward); "
+                             "drop --skip_nonfinite, or use DDP or FSDP2.")
         if zero.uses_deepspeed(self.accelerator):
             zero.configure(self.accelerator, args.train_batch_size, accumulation, args.max_grad_norm)
         self._probe_rewards()
@@ -226,6 +232,7 @@ class NFTTrainer:
         self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
         self.global_step = 0
         self.optimizer_step = 0
+        self.skipped_steps = 0  # optimizer steps dropped by skip_nonfinite
         self.history: List[Dict[str, float]] = []
         self._uncond = None
         self._last_plot = -math.inf
@@ -249,21 +256,43 @@ class NFTTrainer:
         bar = tqdm(
             total=args.max_steps, initial=self.global_step, desc="NFT", disable=not accelerator.is_local_main_process
         )
-        while self.global_step < args.max_steps:
-            metrics = self.step()
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4g}", loss=f"{metrics['loss/policy']:.3g}")
-            if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
-                self._log(metrics)
-            if self.global_step % args.save_steps == 0:
-                self.save_checkpoint()
-            if self.global_step % args.validation_steps == 0 and self._validation_prompts():
-                self.log_validation()
-        bar.close()
-        self.save_lora(args.output_dir)
+        try:
+            with StopSignals() as stop:
+                while self.global_step < args.max_steps:
+                    metrics = self.step()
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4g}", loss=f"{metrics['loss/policy']:.3g}")
+                    self._after_step(metrics)
+                    self._stop_if_asked(stop)
+            bar.close()
+            self.save_lora(args.output_dir)
+        finally:
+            self.scorer.close()  # the reward worker (a process with reward_scoring="process") never outlives train()
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return self.history
+
+    def _after_step(self, metrics: Dict[str, float]) -> None:
+        """Log, checkpoint and draw the validation grid when their steps come."""
+        args = self.args
+        if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
+            self._log(metrics)
+        if self.global_step % args.save_steps == 0:
+            self.save_checkpoint()
+        if self.global_step % args.validation_steps == 0 and self._validation_prompts():
+            self.log_validation()
+
+    def _stop_if_asked(self, stop: StopSignals) -> None:
+        """After a SIGTERM/SIGINT on any process: a checkpoint if `save_on_interrupt`, then `TrainingInterrupted`."""
+        accelerator = self.accelerator
+        received = torch.tensor([stop.received or 0], device=accelerator.device)
+        signum = int(accelerator.gather(received).max())  # every process stops together, or none does
+        if not signum:
+            return
+        if self.args.save_on_interrupt and self.global_step % self.args.save_steps:
+            self.save_checkpoint()
+        accelerator.end_training()
+        raise TrainingInterrupted(signum)
 
     def step(self) -> Dict[str, float]:
         """One NFT iteration: sample, reward, train, update the old policy. Returns its metrics."""
@@ -377,14 +406,23 @@ class NFTTrainer:
         metadata, loadable with `pipe.load_lora_weights(output_dir, weight_name=...)`."""
         self.accelerator.wait_for_everyone()
         weights = self.policy.state_dict("ema" if self.args.save_ema_weights else TRAINED)  # every process: a gather
-        if self.accelerator.is_main_process:
+        bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
+        if bad:
+            raise NonFiniteError(f"{len(bad)} of {len(weights)} LoRA tensors are not finite (e.g. {bad[0]}); the LoRA "
+                                 f"was not saved to {output_dir}.")
+        path = os.path.join(output_dir, LORA_WEIGHT_NAME)
+        if self.accelerator.is_main_process:  # written beside, then renamed: a crash never leaves half a file
+            os.makedirs(output_dir, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=".tmp-lora-", dir=output_dir)
             type(self.pipeline).save_lora_weights(
-                output_dir,
+                staging,
                 transformer_lora_layers=weights,
                 transformer_lora_adapter_metadata=self.policy.lora_config.to_dict(),
                 weight_name=LORA_WEIGHT_NAME,
             )
-        return os.path.join(output_dir, LORA_WEIGHT_NAME)
+            os.replace(os.path.join(staging, LORA_WEIGHT_NAME), path)
+            shutil.rmtree(staging, ignore_errors=True)
+        return path
 
     def create_model_card(self, repo_id: str) -> Optional[str]:
         """Write `README.md` (the model card), the before/after grid and widget images into `output_dir`.
@@ -519,13 +557,14 @@ class NFTTrainer:
         self.global_step, self.optimizer_step = state["global_step"], state["optimizer_step"]
         self.history = state["history"]
         if self.accelerator.is_main_process:
+            _truncate_metrics(os.path.join(self.args.output_dir, "metrics.jsonl"), self.global_step)
             print(f"Resumed from {path} at iteration {self.global_step} (optimizer step {self.optimizer_step}).")
 
     def _probe_rewards(self) -> None:
         """Score two blank images so that a broken reward fails before any sampling."""
         rows = self.train_dataset.select([0, min(1, len(self.train_dataset) - 1)])
         images = torch.zeros(2, 3, self.args.resolution, self.args.resolution)
-        self.scorer.submit(images, list(rows["prompt"]), row_metadata(rows)).result()
+        self.scorer.wait(self.scorer.submit(images, list(rows["prompt"]), row_metadata(rows)))
 
     def _validation_prompts(self) -> List[str]:
         if self.args.validation_prompts:
@@ -601,7 +640,7 @@ class NFTTrainer:
                 bar.update(len(index))
         bar.close()
         start = time.perf_counter()
-        rewards = [future.result() for future in futures]  # scored while the next batches sampled
+        rewards = [self.scorer.wait(future) for future in futures]  # scored while the next batches sampled
         timings["reward"] += time.perf_counter() - start
         return {
             "latents": torch.cat(latents),
@@ -622,7 +661,7 @@ class NFTTrainer:
         )
         order = torch.randperm(self.local_images, generator=generator)
         totals = {"loss/total": 0.0, "loss/policy": 0.0, "loss/kl": 0.0, "x0_norm": 0.0, "v_deviation": 0.0}
-        count, grad_norm = 0, float("nan")
+        count, grad_norm, window_finite = 0, float("nan"), True
         params = self.policy.trainable_parameters()
         self.model.train()
         for lo in range(0, self.local_images, args.train_batch_size):
@@ -636,19 +675,14 @@ class NFTTrainer:
                 s = sigma.view(-1, *([1] * (x0.ndim - 1)))
                 x_t = (1 - s) * x0 + s * noise
                 with accelerator.accumulate(self.model):
-                    with torch.no_grad():
-                        with self.policy.using(OLD):
-                            v_old = self.adapter.predict_velocity(x_t, sigma, cond)
-                        v_ref = None
-                        if args.kl_beta > 0:
-                            with self.policy.using(REFERENCE):
-                                v_ref = self.adapter.predict_velocity(x_t, sigma, cond)
-                    v_theta = self.adapter.predict_velocity(x_t, sigma, cond)
-                    out = self.loss_fn(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r_batch, v_ref=v_ref)
-                    accelerator.backward(out.loss)
+                    out = self._micro_step(x_t, sigma, cond, x0=x0, noise=noise, r=r_batch)
+                    window_finite &= bool(torch.isfinite(out.loss.detach()))
+                    update = True
                     if accelerator.sync_gradients:  # under DeepSpeed the engine clipped already; this reads the norm
-                        grad_norm = _as_float(accelerator.clip_grad_norm_(params, args.max_grad_norm))
-                    self.optimizer.step()
+                        grad_norm, update = self._end_window(params, window_finite)
+                        window_finite = True
+                    if update:
+                        self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 if accelerator.sync_gradients:
@@ -659,7 +693,45 @@ class NFTTrainer:
                 count += 1
         metrics = {k: v / count for k, v in totals.items()}
         metrics["grad_norm"] = grad_norm
+        metrics["skipped_steps"] = self.skipped_steps
         return metrics
+
+    def _micro_step(self, x_t, sigma, cond, *, x0, noise, r) -> NFTLossOutput:
+        """The old (and reference) predictions without grad, theta's with grad, the loss and its backward."""
+        with torch.no_grad():
+            with self.policy.using(OLD):
+                v_old = self.adapter.predict_velocity(x_t, sigma, cond)
+            v_ref = None
+            if self.args.kl_beta > 0:
+                with self.policy.using(REFERENCE):
+                    v_ref = self.adapter.predict_velocity(x_t, sigma, cond)
+        v_theta = self.adapter.predict_velocity(x_t, sigma, cond)
+        out = self.loss_fn(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r, v_ref=v_ref)
+        self.accelerator.backward(out.loss)
+        return out
+
+    def _end_window(self, params, loss_finite: bool):
+        """Clip at the end of an accumulation window; `(grad_norm, whether to step)`.
+
+        A non-finite loss or gradient norm on any process stops the run (`NonFiniteError`), or with
+        `skip_nonfinite` drops this window's gradients. Under fp16 the gradient scaler skips overflowing steps itself.
+        """
+        accelerator = self.accelerator
+        norm = accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
+        grad_norm = _as_float(norm)
+        grads_checked = norm is not None and getattr(accelerator, "scaler", None) is None
+        ok = loss_finite and (not grads_checked or math.isfinite(grad_norm))
+        ok = bool(accelerator.gather(torch.tensor([float(ok)], device=accelerator.device)).min() > 0)
+        if ok:
+            return grad_norm, True
+        if not self.args.skip_nonfinite:
+            raise NonFiniteError(
+                f"Iteration {self.global_step + 1}, optimizer step {self.optimizer_step + 1}: the loss or the gradient "
+                f"norm ({grad_norm}) is not finite. Nothing was saved from this step. Lower learning_rate, check the "
+                "rewards, or pass --skip_nonfinite to skip such steps."
+            )
+        self.skipped_steps += 1
+        return grad_norm, False
 
     def _log(self, metrics: Dict[str, float]) -> None:
         accelerator = self.accelerator
@@ -674,6 +746,21 @@ class NFTTrainer:
     def _plot_reward_curve(self) -> None:
         plot_reward_curve(self.history, os.path.join(self.args.output_dir, "reward_curve.png"))
         self._last_plot = time.monotonic()
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss, gradient or LoRA weight."""
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drop the rows a run logged after the checkpoint it resumes from: they are logged again."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(rows)
+    os.replace(path + ".tmp", path)
 
 
 def _tracker_config(args: NFTConfig) -> dict:

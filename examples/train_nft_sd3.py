@@ -14,6 +14,7 @@ script trains the bundled demo world (a tiny pretrained digits model and its jud
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -60,7 +61,11 @@ class ScriptArguments:
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the LoRA, model card and images."})
     hub_model_id: Optional[str] = field(default=None, metadata={"help": "Hub repo, default: the output_dir name."})
-    hub_token: Optional[str] = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+    hub_token: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub token. Prefer $HF_TOKEN or `hf auth login`: a flag shows in `ps` and in the "
+                  "launcher's error messages. Default: the logged-in token."},
+    )
 
 
 def parse_rewards(specs: List[str]):
@@ -146,6 +151,10 @@ def main(argv=None, load_pipeline=load_pipeline):
     script_args, config = parser.parse_args_into_dataclasses(args=argv)
     reward_names, reward_weights = parse_rewards(script_args.reward or default_rewards(script_args.recipe, demo))
     config.reward_weights = config.reward_weights or reward_weights
+    config.validate()  # the weights from --reward name:w too, before the model loads
+    if script_args.hub_token:
+        warnings.warn("--hub_token is visible to every user of this machine (`ps`) and in accelerate's failure "
+                      "messages; set $HF_TOKEN or run `hf auth login` instead.")
 
     pipeline = load_pipeline(script_args, config)
     peft_config = make_lora_config(

@@ -1,5 +1,6 @@
 """Several rewards scored together, validated, and combined into one scalar per image by a weighted sum."""
 
+import math
 from collections.abc import Mapping
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -69,6 +70,8 @@ class WeightedRewards:
         self.options = options
         self._funcs: Optional[List[RewardFunc]] = None  # models load on first use, in the process that scores
         self.weights = [float(w) for w in weights]
+        if not all(math.isfinite(w) for w in self.weights):
+            raise ValueError(f"reward weights must be finite numbers, got {self.weights}.")
         self.normalize = normalize
         self.running = {name: RunningStd() for name in self.names}
 
@@ -117,6 +120,11 @@ class WeightedRewards:
                 self.running[name].update(values)
                 values = values / max(self.running[name].std, 1e-8)
             total = total + weight * values
+        if not torch.isfinite(total).all():
+            raise RewardError(
+                f"The weighted sum of the rewards is not finite in float32 (weights {dict(zip(self.names, self.weights))}): "
+                "lower the weights, or use normalize_rewards=True."
+            )
         return total
 
     def state_dict(self) -> dict:
@@ -129,11 +137,14 @@ class WeightedRewards:
 
 def _validate(name: str, values, prompts: List[str]) -> torch.Tensor:
     try:
+        if isinstance(values, torch.Tensor) and (values.is_complex() or values.is_meta):
+            raise TypeError(f"a {'complex' if values.is_complex() else 'meta-device'} tensor")
+        # Checked in float32, the dtype training uses: 1e39 is finite in float64 and inf in float32.
         values = torch.as_tensor(
-            values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=torch.float64
+            values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=torch.float32
         ).flatten()
-    except (TypeError, ValueError) as error:
-        raise RewardError(f"Reward {name!r} must return a sequence of floats, got {type(values).__name__}.") from error
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise RewardError(f"Reward {name!r} must return a sequence of real floats, got {error}.") from error
     if values.numel() != len(prompts):
         raise RewardError(
             f"Reward {name!r} returned {values.numel()} values for {len(prompts)} images "
@@ -144,6 +155,6 @@ def _validate(name: str, values, prompts: List[str]) -> torch.Tensor:
         i = bad[0]
         raise RewardError(
             f"Reward {name!r} returned {values[i].item()} for the image of prompt {prompts[i]!r} "
-            f"({len(bad)} non-finite value(s) in the batch). Rewards must be finite."
+            f"({len(bad)} non-finite value(s) in float32, the dtype training uses). Rewards must be finite."
         )
-    return values.float()
+    return values
