@@ -1,5 +1,6 @@
 """`RemoteReward`: a reward computed by a server (`python -m diffusers_nft.rewards.serve`)."""
 
+import os
 import time
 from typing import List, Optional
 
@@ -24,12 +25,19 @@ class RemoteReward:
         timeout: Seconds per request.
         retries: Extra attempts after a transient failure.
         backoff: Seconds before the first retry, doubled after each.
+        api_key: The server's shared secret, sent as `Authorization: Bearer <key>`; default
+            `$DIFFUSERS_NFT_API_KEY`, or none.
     """
 
-    def __init__(self, url: str, name: str = "remote", timeout: float = 120.0, retries: int = 3, backoff: float = 0.5):
+    def __init__(self, url: str, name: str = "remote", timeout: float = 120.0, retries: int = 3, backoff: float = 0.5,
+                 api_key: Optional[str] = None):
+        if retries < 0 or timeout <= 0 or backoff < 0:
+            raise ValueError(f"retries must be >= 0, timeout > 0 and backoff >= 0 (got {retries}, {timeout}, {backoff}).")
         self.url = url.rstrip("/")
         self.__name__ = name
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        api_key = api_key if api_key is not None else os.environ.get("DIFFUSERS_NFT_API_KEY")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def __call__(self, images: torch.Tensor, prompts: List[str], metadata: Optional[List[dict]] = None):
         import httpx
@@ -40,13 +48,12 @@ class RemoteReward:
         delay, last_error = self.backoff, None
         for attempt in range(self.retries + 1):
             try:
-                response = httpx.post(f"{self.url}/score", json=payload, timeout=self.timeout)
+                response = httpx.post(f"{self.url}/score", json=payload, timeout=self.timeout, headers=self._headers)
             except (httpx.TransportError, httpx.TimeoutException) as error:
                 last_error = f"{type(error).__name__}: {error}"
             else:
                 if response.status_code == 200:
-                    body = response.json()
-                    return {"scores": body["scores"], **body.get("extras", {})} if body.get("extras") else body["scores"]
+                    return self._scores(response)
                 detail = _detail(response)
                 if response.status_code != 503:
                     raise RemoteRewardError(
@@ -57,6 +64,17 @@ class RemoteReward:
                 time.sleep(delay)
                 delay *= 2
         raise RemoteRewardError(f"Reward server {self.url} failed {self.retries + 1} times; last: {last_error}")
+
+
+    def _scores(self, response):
+        try:
+            body = response.json()
+            scores, extras = body["scores"], body.get("extras") or {}
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise RemoteRewardError(
+                f"Reward server {self.url} answered 200 without scores ({type(error).__name__}): {response.text[:200]!r}"
+            ) from error
+        return {"scores": scores, **extras} if extras else scores
 
 
 def _detail(response) -> str:

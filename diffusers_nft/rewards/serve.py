@@ -5,22 +5,118 @@
 `POST /score` takes `{"images": [base64 PNG, ...], "prompts": [...], "metadata": [{...}, ...]}` and answers
 `{"scores": [...], "extras": {"strict": [...]}}`. Bad requests get a 4xx answer with the reason; a reward that
 fails gets a 500 with the reward's error. `GET /health` names the reward. Use `RemoteReward(url)` to train with it.
+
+What a request may cost is bounded: its body size (413), its images (413), each image's pixels, read from the PNG
+header before anything is decoded (413), and the time between two chunks of its body (408). With `--api_key`
+(or `DIFFUSERS_NFT_API_KEY`) every request must carry `Authorization: Bearer <key>` (401 otherwise).
 """
 
 import argparse
+import asyncio
+import hmac
+import ipaddress
+import json
+import os
+import warnings
 from typing import Any, Dict, List, Optional
 
 from .base import require
 from .combine import RewardError, WeightedRewards
-from .wire import decode_images
+from .wire import ImageTooLarge, decode_images
+
+API_KEY_ENV = "DIFFUSERS_NFT_API_KEY"
+DEFAULT_LIMITS = dict(max_body_bytes=64 * 2**20, max_images=256, max_pixels=2048 * 2048, body_timeout=30.0)
 
 
-def create_app(reward, name: Optional[str] = None, **options):
-    """A FastAPI app serving one reward (a registered name or a callable)."""
+class RequestGuard:
+    """ASGI middleware: the API key, then the body read in bounded chunks, before the app sees the request.
+
+    Args:
+        app: The ASGI app to guard.
+        api_key: The shared secret, or None for none.
+        max_body_bytes: Largest body accepted.
+        body_timeout: Seconds to wait for each chunk of the body.
+    """
+
+    def __init__(self, app, api_key: Optional[str], max_body_bytes: int, body_timeout: float):
+        self.app, self.api_key = app, api_key
+        self.max_body_bytes, self.body_timeout = max_body_bytes, body_timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.api_key is not None and not _authorized(headers.get(b"authorization", b""), self.api_key):
+            return await _reject(send, 401, "missing or wrong API key (Authorization: Bearer <key>)")
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await _reject(send, 413, f"body of {int(declared)} bytes: more than {self.max_body_bytes}")
+        chunks, size = [], 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:
+                return await _reject(send, 408, f"no body data for {self.body_timeout:g} s")
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return await _reject(send, 413, f"body of more than {self.max_body_bytes} bytes")
+            if not message.get("more_body"):
+                break
+        return await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+
+def _authorized(header: bytes, api_key: str) -> bool:
+    expected = f"Bearer {api_key}".encode()
+    return hmac.compare_digest(header, expected)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _reject(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(reward, name: Optional[str] = None, api_key: Optional[str] = None,
+               max_images: int = DEFAULT_LIMITS["max_images"], max_pixels: int = DEFAULT_LIMITS["max_pixels"],
+               max_body_bytes: int = DEFAULT_LIMITS["max_body_bytes"],
+               body_timeout: float = DEFAULT_LIMITS["body_timeout"], **options):
+    """An ASGI app serving one reward (a registered name or a callable), with the request limits above.
+
+    Args:
+        reward: A registered reward name or a callable.
+        name: The reward's name in `/health`.
+        api_key: A shared secret every request must send as `Authorization: Bearer <key>`; None for none.
+        max_images: Most images per request.
+        max_pixels: Most pixels per image.
+        max_body_bytes: Largest request body.
+        body_timeout: Seconds to wait for each chunk of a request body.
+        **options: Reward options (`device`, `dtype`, `batch_size`).
+    """
+    app = _score_app(WeightedRewards([reward], **options), name, max_images, max_pixels)
+    return RequestGuard(app, api_key, max_body_bytes, body_timeout)
+
+
+def _score_app(rewards: WeightedRewards, name: Optional[str], max_images: int, max_pixels: int):
     fastapi = require("fastapi", "serve")
     from pydantic import BaseModel, Field
 
-    rewards = WeightedRewards([reward], **options)
     reward_name = name or rewards.names[0]
 
     class ScoreRequest(BaseModel):
@@ -39,13 +135,17 @@ def create_app(reward, name: Optional[str] = None, **options):
         metadata = request.metadata if request.metadata is not None else [{} for _ in request.prompts]
         if not request.images:
             raise fastapi.HTTPException(400, "no images")
+        if len(request.images) > max_images:
+            raise fastapi.HTTPException(413, f"{len(request.images)} images: at most {max_images} per request")
         if not (len(request.images) == len(request.prompts) == len(metadata)):
             raise fastapi.HTTPException(
                 400, f"{len(request.images)} images, {len(request.prompts)} prompts and {len(metadata)} metadata "
                 "entries: give one of each per image"
             )
         try:
-            images = decode_images(request.images)
+            images = decode_images(request.images, max_pixels=max_pixels)
+        except ImageTooLarge as error:
+            raise fastapi.HTTPException(413, str(error)) from error
         except ValueError as error:
             raise fastapi.HTTPException(400, str(error)) from error
         try:
@@ -61,6 +161,13 @@ def create_app(reward, name: Optional[str] = None, **options):
     return app
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Serve a diffusers-nft reward over HTTP.")
     parser.add_argument("--reward", required=True, help="A registered reward name.")
@@ -69,12 +176,20 @@ def main(argv=None):
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--api_key", default=os.environ.get(API_KEY_ENV),
+                        help=f"Shared secret required as 'Authorization: Bearer <key>' (default: ${API_KEY_ENV}).")
+    for flag, default in DEFAULT_LIMITS.items():
+        parser.add_argument(f"--{flag}", type=type(default), default=default, help=f"Request limit (default {default}).")
     args = parser.parse_args(argv)
+    if not _is_loopback(args.host) and not args.api_key:
+        warnings.warn(f"Serving on {args.host} beyond loopback without --api_key: anyone who reaches the port can "
+                      "use the reward model. Set --api_key (or $DIFFUSERS_NFT_API_KEY).")
     uvicorn = require("uvicorn", "serve")
     options = {"dtype": args.dtype, "batch_size": args.batch_size}
     if args.device:
         options["device"] = args.device
-    uvicorn.run(create_app(args.reward, **options), host=args.host, port=args.port)
+    limits = {flag: getattr(args, flag) for flag in DEFAULT_LIMITS}
+    uvicorn.run(create_app(args.reward, api_key=args.api_key, **limits, **options), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

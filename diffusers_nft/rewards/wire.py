@@ -2,7 +2,7 @@
 
 import base64
 import io
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -21,18 +21,33 @@ def encode_images(images: torch.Tensor) -> List[str]:
     return encoded
 
 
-def decode_images(encoded: List[str]) -> torch.Tensor:
+class ImageTooLarge(ValueError):
+    """An image has more pixels than the server allows."""
+
+
+def decode_images(encoded: List[str], max_pixels: Optional[int] = None) -> torch.Tensor:
     """Base64 PNG strings back to a float tensor `(B, 3, H, W)` in [0, 1].
 
+    Args:
+        encoded: The images.
+        max_pixels: Refuse an image with more pixels, from its header, before any pixel is decoded (a 27 KB PNG
+            can declare 13000 x 13000 pixels).
+
     Raises:
+        ImageTooLarge: If an image has more than `max_pixels` pixels.
         ValueError: If a string is not a PNG image, or the images differ in size.
     """
     arrays = []
     for i, text in enumerate(encoded):
         try:
-            image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
+            image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))  # reads the header only
             if image.format != "PNG":
                 raise ValueError(f"format {image.format}")
+        except Exception as error:
+            raise ValueError(f"image {i} is not a base64 PNG ({error})") from error
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageTooLarge(f"image {i} is {image.width}x{image.height}: more than {max_pixels} pixels")
+        try:
             arrays.append(np.asarray(image.convert("RGB")))
         except Exception as error:
             raise ValueError(f"image {i} is not a base64 PNG ({error})") from error

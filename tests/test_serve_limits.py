@@ -1,0 +1,136 @@
+"""The reward server bounds what a request can cost, can require a key, and the client refuses bad answers."""
+
+import base64
+import io
+import socket
+import threading
+import time
+import tracemalloc
+
+import pytest
+import torch
+from PIL import Image
+
+from diffusers_nft.rewards import RemoteReward, RemoteRewardError
+from diffusers_nft.rewards.wire import ImageTooLarge, decode_images, encode_images
+
+
+def brightness(images, prompts, metadata):
+    return images.mean(dim=(1, 2, 3))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(app):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def limited():
+    from diffusers_nft.rewards.serve import create_app
+
+    app = create_app(brightness, name="b", api_key="s3cret", max_images=4, max_pixels=64 * 64,
+                     max_body_bytes=200_000, body_timeout=1.0)
+    server, thread, url = _serve(app)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _bomb(side=13000) -> str:
+    """A tiny 1-bit PNG that declares side x side pixels."""
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_decompression_bomb_is_refused_from_its_header():
+    bomb = _bomb()
+    assert len(bomb) < 60_000
+    tracemalloc.start()
+    with pytest.raises(ImageTooLarge, match="13000x13000"):
+        decode_images([bomb], max_pixels=4096 * 4096)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 * 2**20  # decoding it would take 169 MB as 1-bit, 507 MB as RGB
+
+
+def test_server_limits_and_key(limited):
+    import httpx
+
+    key = {"Authorization": "Bearer s3cret"}
+    small = encode_images(torch.rand(2, 3, 32, 32))
+    ok = httpx.post(f"{limited}/score", json={"images": small, "prompts": ["a", "b"]}, headers=key)
+    assert ok.status_code == 200 and len(ok.json()["scores"]) == 2
+    assert httpx.post(f"{limited}/score", json={"images": small, "prompts": ["a", "b"]}).status_code == 401
+    wrong = httpx.post(f"{limited}/score", json={"images": small, "prompts": ["a", "b"]},
+                       headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "API key" in wrong.json()["detail"]
+    many = httpx.post(f"{limited}/score", json={"images": small * 3, "prompts": ["a"] * 6}, headers=key)
+    assert many.status_code == 413 and "at most 4" in many.json()["detail"]
+    big = encode_images(torch.rand(1, 3, 65, 64))
+    assert httpx.post(f"{limited}/score", json={"images": big, "prompts": ["a"]}, headers=key).status_code == 413
+    bomb = httpx.post(f"{limited}/score", json={"images": [_bomb(9400)], "prompts": ["a"]}, headers=key)
+    assert bomb.status_code == 413 and "9400x9400" in bomb.json()["detail"]
+    huge = httpx.post(f"{limited}/score", content=b"{" + b" " * 300_000 + b"}", headers=key)
+    assert huge.status_code == 413 and "bytes" in huge.json()["detail"]
+    # the client sends the key, and gets the same scores as the reward itself
+    images = torch.rand(2, 3, 32, 32)
+    scores = RemoteReward(limited, api_key="s3cret")(images, ["a", "b"], [{}, {}])
+    assert scores == pytest.approx(brightness((images * 255).round() / 255, None, None).tolist(), abs=1e-6)
+
+
+def test_a_stalled_body_times_out(limited):
+    host, port = limited.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"images\"")
+        start = time.time()
+        answer = conn.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408") and time.time() - start < 8
+
+
+def test_client_refuses_bad_answers_and_settings():
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI()
+    app.post("/score")(lambda: PlainTextResponse("not json"))
+    app.post("/empty/score")(lambda: {"nothing": 1})
+    server, thread, url = _serve(app)
+    try:
+        images = torch.rand(1, 3, 8, 8)
+        with pytest.raises(RemoteRewardError, match="200 without scores"):
+            RemoteReward(url, retries=0)(images, ["a"])
+        with pytest.raises(RemoteRewardError, match="200 without scores"):
+            RemoteReward(f"{url}/empty", retries=0)(images, ["a"])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    with pytest.raises(ValueError, match="retries must be >= 0"):
+        RemoteReward(url, retries=-1)
+
+
+def test_serving_beyond_loopback_without_a_key_warns(monkeypatch):
+    import uvicorn
+
+    from diffusers_nft.rewards import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    monkeypatch.delenv(serve.API_KEY_ENV, raising=False)
+    with pytest.warns(UserWarning, match="beyond loopback"):
+        serve.main(["--reward", "jpeg_compressibility", "--host", "0.0.0.0"])
