@@ -51,6 +51,18 @@ def _read_part(path: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Raise `ValueError` unless `output_dir` can be created and written to (by this process)."""
+    probe = os.path.join(output_dir, f".write-test-{os.getpid()}")  # one per process: ranks share the folder
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"output_dir {output_dir!r} is not writable ({error}). Choose another --output_dir.") from error
+
+
 def list_checkpoints(output_dir: str) -> List[str]:
     """Complete checkpoint folders in `output_dir`, oldest step first."""
     if not os.path.isdir(output_dir):

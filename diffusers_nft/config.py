@@ -243,6 +243,28 @@ class NFTConfig:
         return asdict(self)
 
 
+# Settings that shape an iteration: an exact resume needs the values the checkpoint was written with.
+RESUME_MUST_MATCH = (
+    "seed", "prompts_per_iteration", "group_size", "num_sampling_steps", "sampler", "train_batch_size",
+    "timestep_fraction", "train_timesteps", "gradient_accumulation_steps", "optimizer_steps_per_iteration",
+    "lr_scheduler_type", "lr_warmup_steps", "old_policy_decay",
+)
+# Settings that say how a run is driven rather than what it trains: free to change on resume.
+RESUME_FREE = (
+    "output_dir", "max_steps", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
+    "report_to", "validation_prompts", "validation_steps", "num_validation_images", "save_on_interrupt",
+    "reward_timeout", "reward_scoring", "reward_device", "reward_batch_size", "sample_batch_size", "eval_num_steps",
+)
+
+
+def resume_differences(saved: dict, current: dict):
+    """The settings of a resumed run that differ from its checkpoint's: `(must_match, others)`, each a list of
+    `"name: saved -> current"` lines."""
+    differ = [k for k in current if k in saved and saved[k] != current[k] and k not in RESUME_FREE]
+    lines = {k: f"{k}: {saved[k]!r} -> {current[k]!r}" for k in differ}
+    return [lines[k] for k in differ if k in RESUME_MUST_MATCH], [lines[k] for k in differ if k not in RESUME_MUST_MATCH]
+
+
 def _above(value: float, low) -> bool:
     return value >= low[0] if low[1] else value > low[0]
 

@@ -40,17 +40,42 @@ def load_prompts(source: PromptSource, prompt_column: str = "prompt") -> Dataset
 
 def _load_file_or_hub(path: str) -> Dataset:
     if path.endswith(".txt"):
-        with open(path) as f:
-            return Dataset.from_dict({"prompt": [line.strip() for line in f if line.strip()]})
+        return Dataset.from_dict({"prompt": [line.strip() for line in _read_lines(path) if line.strip()]})
     if path.endswith(".jsonl"):
-        with open(path) as f:
-            return records_to_dataset([json.loads(line) for line in f if line.strip()])
+        return records_to_dataset([_json_line(path, n, line) for n, line in enumerate(_read_lines(path), 1)
+                                   if line.strip()])
     if path.endswith(".json"):
-        with open(path) as f:
-            return records_to_dataset(json.load(f))
+        try:
+            return records_to_dataset(json.loads("".join(_read_lines(path))))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
     if os.path.exists(path):
         raise ValueError(f"Cannot read prompts from {path!r}: use a .txt, .jsonl or .json file.")
     return load_dataset(path, split="train")
+
+
+def _read_lines(path: str) -> List[str]:
+    """The lines of a UTF-8 text file; a byte that is not UTF-8 is reported with its line."""
+    with open(path, "rb") as f:
+        raw = f.read().split(b"\n")
+    lines = []
+    for number, line in enumerate(raw, 1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not UTF-8 ({error.reason} at byte {error.start}). "
+                             "Save the prompt file as UTF-8.") from error
+    return lines
+
+
+def _json_line(path: str, number: int, line: str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {number}: not a JSON record ({error.msg}): {line[:80]!r}") from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}, line {number}: a JSON object with a 'prompt' is needed, got {line[:80]!r}.")
+    return record
 
 
 def records_to_dataset(records: List[dict]) -> Dataset:

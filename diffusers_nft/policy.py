@@ -64,7 +64,16 @@ def make_lora_config(
     else:
         targets = [t for t in default_targets if matching_modules(transformer, [t])] or list(default_targets)
     check_lora_targets(transformer, targets)
+    check_lora_shape(rank, alpha)
     return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=init, target_modules=targets)
+
+
+def check_lora_shape(rank: int, alpha: float) -> None:
+    """Raise `ValueError` for a LoRA rank below 1 or an alpha that is not a positive finite number."""
+    if not (isinstance(rank, int) and rank >= 1):
+        raise ValueError(f"LoRA rank must be an integer >= 1 (got {rank}); the release uses 32.")
+    if not (0 < alpha < float("inf")):
+        raise ValueError(f"lora_alpha must be a finite number > 0 (got {alpha}); the release uses 64.")
 
 
 def check_lora_targets(transformer: torch.nn.Module, targets) -> None:
@@ -196,6 +205,15 @@ class NFTPolicy:
                 f"LoRA tensors for {which!r} do not match this model: {len(missing)} missing "
                 f"(e.g. {sorted(missing)[:2]}), {len(extra)} unexpected (e.g. {sorted(extra)[:2]}). "
                 "Was the checkpoint written with another model or LoRA config?"
+            )
+        shapes = {n: (tuple(t.shape), tuple(full_tensor(target[n]).shape)) for n, t in tensors.items()}
+        wrong = {n: pair for n, pair in shapes.items() if pair[0] != pair[1]}
+        if wrong:
+            name, (saved, here) = sorted(wrong.items())[0]
+            raise ValueError(
+                f"LoRA tensors for {which!r} have other shapes than this model's: {name} is {saved} in the checkpoint "
+                f"and {here} here. The LoRA rank differs (checkpoint {min(saved)}, this run {min(here)}): resume "
+                f"with --rank {min(saved)}."
             )
         for name, tensor in tensors.items():
             target[name].copy_(shard_like(tensor, target[name]))

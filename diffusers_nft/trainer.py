@@ -15,6 +15,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ from .advantages import rewards_to_optimality
 from . import zero
 from .checkpoint import (
     CheckpointError,
+    check_output_dir,
     clean_incomplete,
     load_checkpoint,
     resolve_checkpoint,
@@ -36,7 +38,7 @@ from .checkpoint import (
     staging_folder,
     start_checkpoint,
 )
-from .config import NFTConfig
+from .config import NFTConfig, resume_differences
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
 from .hub import upload_folder, write_model_card
 from .interrupts import StopSignals, TrainingInterrupted
@@ -61,17 +63,6 @@ def _seeded(seed: int, *keys: int) -> torch.Generator:
     """An independent CPU generator for `(seed, *keys)`: noise does not depend on batch or process layout."""
     state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-
-
-def _check_writable(output_dir: str) -> None:
-    probe = os.path.join(output_dir, f".write-test-{os.getpid()}")  # one per process: ranks share the folder
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise ValueError(f"output_dir {output_dir!r} is not writable ({error}). Choose another --output_dir.") from error
 
 
 class NFTTrainer:
@@ -117,6 +108,7 @@ class NFTTrainer:
             )
         self.adapter = get_pipeline_adapter(pipeline, distilled_guidance_scale=args.distilled_guidance_scale)
         self.max_sequence_length = args.max_sequence_length or self.adapter.default_max_sequence_length
+        self.adapter.check_resolution(args.resolution)
         self.pipeline = pipeline
         if train_dataset is None:
             raise ValueError("train_dataset is required: a datasets.Dataset, a list of prompts or a prompt file.")
@@ -136,13 +128,14 @@ class NFTTrainer:
         }
         self.rewards = WeightedRewards(reward_funcs, args.reward_weights, args.normalize_rewards, **reward_options)
         self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
-        _check_writable(args.output_dir)
+        check_output_dir(args.output_dir)
         resume_path, resume_parts = None, None
         if args.resume_from_checkpoint:
             resume_path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
             if resume_path:  # a corrupt or mismatched checkpoint fails now, not later; read once, applied below
                 zero.check_resumable(resume_path, self.accelerator)
                 resume_parts = load_checkpoint(resume_path, self._checkpoint_parts())
+                _check_resume_settings(resume_path, resume_parts["trainer_state.json"].get("config", {}), args)
         transformer = pipeline.transformer
         if peft_config is None:
             peft_config = make_lora_config(transformer, default_targets=self.adapter.default_lora_targets)
@@ -750,6 +743,16 @@ class NFTTrainer:
 
 class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss, gradient or LoRA weight."""
+
+
+def _check_resume_settings(path: str, saved: dict, args: NFTConfig) -> None:
+    """Refuse settings that break an exact resume; warn about the other changes."""
+    must_match, others = resume_differences(saved, args.to_dict())
+    if must_match:
+        raise CheckpointError(f"Cannot resume exactly from {path!r}: these settings differ from the checkpoint's "
+                              f"({'; '.join(must_match)}). Resume with the checkpoint's values.")
+    if others:
+        warnings.warn(f"Resuming from {path!r} with settings that differ from the checkpoint's: {'; '.join(others)}.")
 
 
 def _truncate_metrics(path: str, step: int) -> None:

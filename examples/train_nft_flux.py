@@ -12,7 +12,7 @@ on the demo world's prompts and reward: it shows the machinery, not learning (th
 """
 
 import torch
-from train_nft_sd3 import NFTConfig, ScriptArguments, main
+from train_nft_sd3 import NFTConfig, ScriptArguments, cli
 
 
 def load_flux_pipeline(script_args: ScriptArguments, config: NFTConfig):
@@ -32,4 +32,4 @@ def load_flux_pipeline(script_args: ScriptArguments, config: NFTConfig):
 
 
 if __name__ == "__main__":
-    main(load_pipeline=load_flux_pipeline)
+    cli(load_pipeline=load_flux_pipeline)

@@ -14,6 +14,7 @@ script trains the bundled demo world (a tiny pretrained digits model and its jud
 
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -25,7 +26,9 @@ from diffusers_nft import NFTConfig, NFTTrainer
 from diffusers_nft.pipelines import get_pipeline_adapter
 from diffusers_nft.data import load_prompts
 from diffusers_nft.demo.recipe import DEMO_CONFIG, DEMO_REWARD
-from diffusers_nft.policy import make_lora_config
+from diffusers_nft.checkpoint import check_output_dir, resolve_checkpoint
+from diffusers_nft.policy import check_lora_shape, check_lora_targets, make_lora_config
+from diffusers_nft.rewards.registry import check_reward
 from diffusers_nft.recipes import RECIPES, recipe
 
 logger = logging.getLogger("train_nft_sd3")
@@ -73,8 +76,11 @@ def parse_rewards(specs: List[str]):
     names, weights = [], []
     for spec in specs:
         name, _, weight = spec.partition(":")
+        try:
+            weights.append(float(weight) if weight else 1.0)
+        except ValueError:
+            raise ValueError(f"--reward {spec!r}: the weight {weight!r} is not a number (use name:0.5).") from None
         names.append(name)
-        weights.append(float(weight) if weight else 1.0)
     return names, weights
 
 
@@ -132,7 +138,8 @@ def use_all_cpu_cores() -> None:
         torch.set_num_threads(share)
 
 
-def main(argv=None, load_pipeline=load_pipeline):
+def prepare(argv=None, load_pipeline=load_pipeline):
+    """Parse the flags, check everything that can be checked without the model, then load it and build the trainer."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     use_all_cpu_cores()
     parser = HfArgumentParser((ScriptArguments, NFTConfig))
@@ -149,13 +156,7 @@ def main(argv=None, load_pipeline=load_pipeline):
         logger.info("Recipe %s: %s; prompts: %s", known.recipe, recipe(known.recipe)["config"],
                     recipe(known.recipe)["prompts"])
     script_args, config = parser.parse_args_into_dataclasses(args=argv)
-    reward_names, reward_weights = parse_rewards(script_args.reward or default_rewards(script_args.recipe, demo))
-    config.reward_weights = config.reward_weights or reward_weights
-    config.validate()  # the weights from --reward name:w too, before the model loads
-    if script_args.hub_token:
-        warnings.warn("--hub_token is visible to every user of this machine (`ps`) and in accelerate's failure "
-                      "messages; set $HF_TOKEN or run `hf auth login` instead.")
-
+    reward_names, prompts = check_before_loading(script_args, config, demo)
     pipeline = load_pipeline(script_args, config)
     peft_config = make_lora_config(
         pipeline.transformer,
@@ -164,13 +165,56 @@ def main(argv=None, load_pipeline=load_pipeline):
         rank=script_args.rank,
         alpha=script_args.lora_alpha,
     )
+    trainer = NFTTrainer(pipeline, reward_names, args=config, train_dataset=prompts, peft_config=peft_config)
+    return trainer, script_args, demo
+
+
+def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: bool):
+    """Rewards and their weights, the prompts, the LoRA shape, output_dir and the resume path: before any download.
+
+    Returns:
+        The reward names and the prompt dataset.
+    """
+    reward_names, reward_weights = parse_rewards(script_args.reward or default_rewards(script_args.recipe, demo))
+    for name in reward_names:
+        check_reward(name)
+    config.reward_weights = config.reward_weights or reward_weights
+    config.validate()  # the weights from --reward name:w too
+    check_lora_shape(script_args.rank, script_args.lora_alpha)
+    check_lora_layers(script_args)
+    if script_args.hub_token:
+        warnings.warn("--hub_token is visible to every user of this machine (`ps`) and in accelerate's failure "
+                      "messages; set $HF_TOKEN or run `hf auth login` instead.")
     if script_args.prompts:
         prompts = load_prompts(script_args.prompts, script_args.prompt_column)
     else:
         from diffusers_nft.demo import prompt_dataset
 
         prompts = prompt_dataset("train")
-    trainer = NFTTrainer(pipeline, reward_names, args=config, train_dataset=prompts, peft_config=peft_config)
+    check_output_dir(config.output_dir)
+    if config.resume_from_checkpoint:
+        resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    return reward_names, prompts
+
+
+def check_lora_layers(script_args: ScriptArguments) -> None:
+    """`--lora_layers` against the transformer built from its config alone, on the meta device: no weights load."""
+    if not script_args.lora_layers or script_args.pretrained_model_name_or_path is None:
+        return
+    import diffusers
+
+    # Any model class reads a config.json; only transformer/config.json is read (or downloaded).
+    config = diffusers.SD3Transformer2DModel.load_config(
+        script_args.pretrained_model_name_or_path, subfolder="transformer", revision=script_args.revision
+    )
+    with torch.device("meta"):
+        transformer = getattr(diffusers, config["_class_name"]).from_config(config)
+    check_lora_targets(transformer, script_args.lora_layers.split(","))
+
+
+def run(trainer, script_args: ScriptArguments, demo: bool) -> None:
+    """Train, then write the demo's results and card, and upload when asked."""
+    config = trainer.args
     trainer.train()
     logger.info("LoRA saved to %s", os.path.join(config.output_dir, "pytorch_lora_weights.safetensors"))
     if demo:
@@ -180,5 +224,19 @@ def main(argv=None, load_pipeline=load_pipeline):
         logger.info("Pushed to %s", trainer.push_to_hub(script_args.hub_model_id, token=script_args.hub_token))
 
 
+def main(argv=None, load_pipeline=load_pipeline) -> None:
+    run(*prepare(argv, load_pipeline))
+
+
+def cli(load_pipeline=load_pipeline) -> None:
+    """The command line: a mistake found while setting up is one line on stderr and exit status 2, no traceback."""
+    try:
+        prepared = prepare(None, load_pipeline)
+    except (ValueError, OSError) as error:
+        logger.error("%s", error)
+        sys.exit(2)
+    run(*prepared)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

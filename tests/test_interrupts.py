@@ -128,7 +128,7 @@ def test_a_killed_training_process_takes_its_reward_worker_with_it(tmp_path):
     assert alive == []
 
 
-def test_the_script_warns_about_a_hub_token_flag():
+def test_the_script_warns_about_a_hub_token_flag(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_nft_sd3", "examples/train_nft_sd3.py")
@@ -142,5 +142,6 @@ def test_the_script_warns_about_a_hub_token_flag():
         raise Stop
 
     with pytest.warns(UserWarning, match="HF_TOKEN"), pytest.raises(Stop):
-        script.main(["--pretrained_model_name_or_path", "x", "--prompts", "p.txt", "--hub_token", "hf_secret"],
-                    load_pipeline=stop)
+        (tmp_path / "p.txt").write_text("a cat\n")
+        script.main(["--pretrained_model_name_or_path", "x", "--prompts", str(tmp_path / "p.txt"), "--output_dir",
+                     str(tmp_path / "out"), "--hub_token", "hf_secret"], load_pipeline=stop)

@@ -75,7 +75,7 @@ def test_rewards_are_checked_in_float32_and_their_weighted_sum_too(tiny_pipeline
             ["jpeg_compressibility"], [float("nan")])
 
 
-def test_script_refuses_a_nan_reward_weight_before_loading_the_model():
+def test_script_refuses_a_nan_reward_weight_before_loading_the_model(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_nft_sd3", "examples/train_nft_sd3.py")
@@ -83,8 +83,8 @@ def test_script_refuses_a_nan_reward_weight_before_loading_the_model():
     spec.loader.exec_module(script)
     loaded = []
     with pytest.raises(ValueError, match="reward_weights must be finite"):
-        script.main(["--pretrained_model_name_or_path", "x", "--prompts", "p.txt", "--reward",
-                     "jpeg_compressibility:nan"], load_pipeline=lambda *a: loaded.append(1))
+        script.main(["--pretrained_model_name_or_path", "x", "--prompts", "p.txt", "--output_dir", str(tmp_path),
+                     "--reward", "jpeg_compressibility:nan"], load_pipeline=lambda *a: loaded.append(1))
     assert loaded == []
 
 

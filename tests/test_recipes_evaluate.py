@@ -28,7 +28,7 @@ def test_recipes_set_the_release_values_and_flags_override():
         NFTConfig.from_recipe("ocr")
 
 
-def test_script_recipe_sets_values_and_rewards_and_flags_win(monkeypatch):
+def test_script_recipe_sets_values_and_rewards_and_flags_win(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_nft_sd3", "examples/train_nft_sd3.py")
@@ -44,8 +44,10 @@ def test_script_recipe_sets_values_and_rewards_and_flags_win(monkeypatch):
         raise Stop
 
     with pytest.raises(Stop):
-        script.main(["--recipe", "sd35m_ocr", "--pretrained_model_name_or_path", "x", "--prompts", "p.txt",
-                     "--nft_beta", "0.5"], load_pipeline=fake_load)
+        (tmp_path / "p.txt").write_text('a sign that says "hello"\n')
+        script.main(["--recipe", "sd35m_ocr", "--pretrained_model_name_or_path", "x", "--prompts",
+                     str(tmp_path / "p.txt"), "--output_dir", str(tmp_path / "out"), "--nft_beta", "0.5"],
+                    load_pipeline=fake_load)
     config = seen["config"]
     assert config.nft_beta == 0.5 and config.old_policy_decay == "delayed" and config.optimizer_steps_per_iteration == 2
     assert script.default_rewards("sd35m_multi_reward", demo=False) == ["pickscore:1.0", "hpsv2:1.0", "clipscore:1.0"]

@@ -73,6 +73,22 @@ class FlowPipelineAdapter:
         side = resolution // self.pipeline.vae_scale_factor
         return (self.transformer.config.in_channels, side, side)
 
+    def resolution_multiple(self) -> int:
+        """Image sides must be a multiple of this: the VAE's downscaling times the transformer's patch size."""
+        return self.pipeline.vae_scale_factor * (self.transformer.config.get("patch_size", None) or 1)
+
+    def check_resolution(self, resolution: int) -> None:
+        """Raise `ValueError` with valid sizes when the transformer cannot take latents of this resolution."""
+        multiple = self.resolution_multiple()
+        if resolution % multiple:
+            nearest = sorted({c for c in (resolution // multiple * multiple, (resolution // multiple + 1) * multiple) if c})
+            raise ValueError(f"resolution {resolution} does not suit {type(self.transformer).__name__}: sides must be "
+                             f"multiples of {multiple} (VAE x patch size). Use {' or '.join(map(str, nearest))}.")
+        max_patches = self.transformer.config.get("pos_embed_max_size", None)
+        if max_patches and resolution // multiple > max_patches:
+            raise ValueError(f"resolution {resolution} is larger than {type(self.transformer).__name__}'s position "
+                             f"embedding allows ({max_patches} patches: at most {max_patches * multiple} px).")
+
     def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
         """Number of image tokens the transformer sees for one sample (2x2 patches of 2-D latents by default)."""
         return (latent_shape[-1] // 2) * (latent_shape[-2] // 2)

@@ -31,6 +31,9 @@ class FluxAdapter(FlowPipelineAdapter):
             "txt_ids": text_ids.unsqueeze(0).expand(len(prompts), *text_ids.shape),
         }
 
+    def resolution_multiple(self) -> int:
+        return self.pipeline.vae_scale_factor * 2  # latents are packed in 2x2 patches
+
     def _latent_side(self, resolution: int) -> int:
         return 2 * (resolution // (self.pipeline.vae_scale_factor * 2))
 

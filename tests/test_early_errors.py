@@ -1,0 +1,115 @@
+"""Mistakes are caught before the model loads or computes, with the file, line or setting named."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import StableDiffusion3Pipeline
+
+from diffusers_nft import NFTTrainer
+from diffusers_nft.checkpoint import CheckpointError
+from diffusers_nft.data import load_prompts
+from diffusers_nft.rewards import RewardError, WeightedRewards
+
+from conftest import PROMPTS, small_lora, tiny_config
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "examples", "train_nft_sd3.py")
+
+
+def _script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_nft_sd3", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--reward", "pickscor"], "Unknown reward 'pickscor'"),
+        (["--reward", "pickscore:abc"], "the weight 'abc' is not a number"),
+        (["--lora_alpha", "0"], "lora_alpha must be"),
+        (["--rank", "0"], "LoRA rank must be"),
+        (["--resume_from_checkpoint", "/no/such/checkpoint-3"], "does not exist"),
+        (["--prompts", "/no/such/file.txt"], "No such file|nonexistent|not exist|doesn't exist|cannot find|Couldn't find"),
+    ],
+)
+def test_script_checks_before_loading_the_model(flags, message, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    loaded = []
+    argv = ["--pretrained_model_name_or_path", "x", "--prompts", str(prompts), "--output_dir", str(tmp_path / "o")]
+    with pytest.raises((ValueError, OSError), match=message):
+        _script().main(argv + flags, load_pipeline=lambda *args: loaded.append(1))
+    assert loaded == []
+
+
+def test_script_reports_a_setup_error_in_one_line(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a cat\nb\xff dog\n")
+    result = subprocess.run([sys.executable, SCRIPT, "--pretrained_model_name_or_path", "x", "--prompts", str(bad)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"{bad}, line 2: not UTF-8" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_prompt_files_name_the_bad_line(tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "a cat"}\n{"prompt": "a dog"\n')
+    with pytest.raises(ValueError, match=r"p.jsonl, line 2: not a JSON record"):
+        load_prompts(str(jsonl))
+    listing = tmp_path / "q.jsonl"
+    listing.write_text('{"prompt": "a"}\n["a list"]\n')
+    with pytest.raises(ValueError, match=r"line 2: a JSON object with a 'prompt'"):
+        load_prompts(str(listing))
+
+
+@pytest.mark.parametrize("resolution, message", [(72, "multiples of 16.*64 or 80"), (8, "multiples of 16.*Use 16"),
+                                                 (256, "position embedding allows")])
+def test_resolutions_the_transformer_cannot_take_fail_up_front(tiny_pipeline, tmp_path, resolution, message):
+    with pytest.raises(ValueError, match=message):
+        NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path, resolution=resolution), PROMPTS)
+
+
+def test_rewards_of_the_wrong_kind_are_named():
+    images, prompts = torch.rand(2, 3, 8, 8), ["a", "b"]
+    for output, kind in ((torch.ones(2, dtype=torch.complex64), "complex"), (torch.empty(2, device="meta"), "meta")):
+        with pytest.raises(RewardError, match=kind):
+            WeightedRewards(lambda images, prompts, metadata, output=output: output)(images, prompts, [{}, {}])
+
+
+def test_resume_refuses_other_geometry_and_another_lora_rank(tiny_pipeline_dir, tmp_path):
+    def run(max_steps, resume=None, peft_rank=4, **overrides):
+        pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+        config = tiny_config(tmp_path, max_steps=max_steps, save_steps=1, resume_from_checkpoint=resume, **overrides)
+        trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS,
+                             peft_config=small_lora(pipe.transformer, rank=peft_rank))
+        trainer.train()
+        return trainer
+
+    run(1)
+    with pytest.raises(CheckpointError, match=r"group_size: 4 -> 2"):
+        run(2, resume="latest", group_size=2)
+    with pytest.raises(CheckpointError, match=r"seed: 0 -> 1"):
+        run(2, resume="latest", seed=1)
+    with pytest.raises(CheckpointError, match=r"LoRA rank differs \(checkpoint 4, this run 8\).*--rank 4"):
+        run(2, resume="latest", peft_rank=8)
+    with pytest.warns(UserWarning, match=r"learning_rate: 0.001 -> 0.002"):
+        assert run(2, resume="latest", learning_rate=2e-3).global_step == 2
+
+
+def test_script_checks_lora_layers_from_the_config_before_loading_weights(tiny_pipeline_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    loaded = []
+    argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts", str(prompts),
+            "--output_dir", str(tmp_path / "o"), "--lora_layers", "attn.to_q,attn.nonexistent"]
+    with pytest.raises(ValueError, match=r"\['attn.nonexistent'\] match no linear module"):
+        _script().main(argv, load_pipeline=lambda *args: loaded.append(1))
+    assert loaded == []
