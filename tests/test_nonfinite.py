@@ -117,3 +117,23 @@ def test_a_rotation_cut_short_never_leaves_a_checkpoint_that_counts(tmp_path, mo
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["checkpoint-2", "checkpoint-3"]
     clean_incomplete(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_the_final_lora_is_replaced_whole_or_not_at_all(tiny_pipeline_dir, tmp_path, monkeypatch):
+    trainer = _trainer(tiny_pipeline_dir, tmp_path)
+    path = trainer.save_lora(str(tmp_path))
+    before = open(path, "rb").read()
+    save = type(trainer.pipeline).save_lora_weights
+
+    def crashes_half_way(folder, weight_name, **kwargs):
+        with open(os.path.join(folder, weight_name), "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(trainer.pipeline), "save_lora_weights", crashes_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_lora(str(tmp_path))
+    assert open(path, "rb").read() == before  # the earlier LoRA is untouched
+    monkeypatch.setattr(type(trainer.pipeline), "save_lora_weights", save)
+    clean_incomplete(str(tmp_path))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
