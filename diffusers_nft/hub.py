@@ -1,12 +1,15 @@
 """Publishing a trained LoRA: the model card, and the upload to the Hugging Face Hub."""
 
 import os
+import shutil
 from importlib import resources
 from typing import Dict, List, Optional, Sequence, Tuple
 
 # What never leaves the machine: optimizer checkpoints, half-written folders, logs, per-step sample grids.
-UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-checkpoint-*", ".tmp-checkpoint-*/**", "logs/**",
-                 "samples/**", "*.tmp.png", ".write-test-*"]
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", "samples/**", "*.tmp.png",
+                 ".write-test-*"]
+UPLOAD_STAGING = ".tmp-upload"  # inside output_dir; the card goes here until the upload succeeded
+CARD_FILES = ("README.md", "images", "reward_curve.png", "pytorch_lora_weights.safetensors")
 FAMILY_TAGS = {
     "StableDiffusion3Pipeline": ["sd3", "sd3.5", "stable-diffusion-3"],
     "FluxPipeline": ["flux", "flux-diffusers"],
@@ -78,6 +81,51 @@ def write_model_card(
     path = os.path.join(output_dir, "README.md")
     card.save(path)
     return path
+
+
+def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prompt: int, scale: int):
+    """The same-seed before/after grid and one widget image per prompt, under `folder/images/`.
+
+    Returns:
+        (prompt, image path relative to `folder`) pairs for the card's widget.
+    """
+    import torch
+
+    from .visualize import image_grid
+
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    n = per_prompt
+    rows = torch.cat([torch.cat([base[i * n : (i + 1) * n], tuned[i * n : (i + 1) * n]]) for i in range(len(prompts))])
+    labels = [f"{who}: {p}" for p in prompts for who in ("base", "NFT")]
+    image_grid(rows, rows=2 * len(prompts), labels=labels, scale=scale).save(os.path.join(folder, "images", "before_after.png"))
+    widget = []
+    for i, prompt in enumerate(prompts):
+        path = f"images/sample_{i}.png"
+        image_grid(tuned[i * n : i * n + 1], rows=1, scale=scale).save(os.path.join(folder, path))
+        widget.append((prompt, path))
+    return widget
+
+
+def stage_upload(output_dir: str, staging: str) -> None:
+    """Copy what `output_dir` uploads (its results, not checkpoints, logs or samples) into a fresh `staging`."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    shutil.rmtree(staging, ignore_errors=True)
+    files = [os.path.relpath(os.path.join(d, f), output_dir) for d, _, fs in os.walk(output_dir) for f in fs]
+    for rel in filter_repo_objects(files, ignore_patterns=UPLOAD_IGNORE):
+        os.makedirs(os.path.join(staging, os.path.dirname(rel)), exist_ok=True)
+        shutil.copy2(os.path.join(output_dir, rel), os.path.join(staging, rel))
+    os.makedirs(staging, exist_ok=True)
+
+
+def publish_staged(staging: str, output_dir: str) -> None:
+    """After a successful upload: the card, its images, the curve and the LoRA into `output_dir` too."""
+    for name in CARD_FILES:
+        source, target = os.path.join(staging, name), os.path.join(output_dir, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        elif os.path.isfile(source):
+            shutil.copy2(source, target)
 
 
 def upload_folder(output_dir: str, repo_id: str, token: Optional[str] = None, private: Optional[bool] = None,

@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .config import NFTConfig, resume_differences
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
-from .hub import upload_folder, write_model_card
+from .hub import UPLOAD_STAGING, publish_staged, stage_upload, upload_folder, write_card_images, write_model_card
 from .interrupts import StopSignals, TrainingInterrupted
 from .loss import NFTLoss, NFTLossOutput
 from .pipelines import get_pipeline_adapter, select_conditioning
@@ -417,12 +417,16 @@ class NFTTrainer:
             shutil.rmtree(staging, ignore_errors=True)
         return path
 
-    def create_model_card(self, repo_id: str) -> Optional[str]:
-        """Write `README.md` (the model card), the before/after grid and widget images into `output_dir`.
+    def create_model_card(self, repo_id: str, folder: Optional[str] = None) -> Optional[str]:
+        """Write `README.md` (the model card), the before/after grid, widget images and the reward curve.
 
         Every process must call it (they sample together); the main one writes and gets the card's path.
+
+        Args:
+            repo_id: The Hub repo the card is for.
+            folder: Where to write; `output_dir` by default.
         """
-        args = self.args
+        args, folder = self.args, folder or self.args.output_dir
         prompts = self._validation_prompts()
         n = min(args.num_validation_images, 4)
         all_prompts, seeds = [p for p in prompts for _ in range(n)], list(range(n)) * len(prompts)
@@ -430,21 +434,23 @@ class NFTTrainer:
         tuned = self.generate(all_prompts, seeds, policy="ema" if args.save_ema_weights else TRAINED)
         if not self.accelerator.is_main_process:
             return None
-        folder = os.path.join(args.output_dir, "images")
-        os.makedirs(folder, exist_ok=True)
-        rows = torch.cat([torch.cat([base[i * n : (i + 1) * n], tuned[i * n : (i + 1) * n]]) for i in range(len(prompts))])
-        labels = [f"{who}: {p}" for p in prompts for who in ("base", "NFT")]
-        scale = max(1, 256 // args.resolution)
-        image_grid(rows, rows=2 * len(prompts), labels=labels, scale=scale).save(os.path.join(folder, "before_after.png"))
-        widget = []
-        for i, prompt in enumerate(prompts):
-            path = f"images/sample_{i}.png"
-            image_grid(tuned[i * n : i * n + 1], rows=1, scale=scale).save(os.path.join(args.output_dir, path))
-            widget.append((prompt, path))
+        widget = write_card_images(folder, prompts, base, tuned, per_prompt=n, scale=max(1, 256 // args.resolution))
         if self.history:
-            self._plot_reward_curve()
-        lora = self.policy.lora_config
-        hyperparameters = {
+            plot_reward_curve(self.history, os.path.join(folder, "reward_curve.png"))
+        return write_model_card(
+            folder,
+            repo_id=repo_id,
+            base_model=getattr(self.pipeline, "name_or_path", None) or "unknown",
+            pipeline_class=type(self.pipeline).__name__,
+            rewards=list(zip(self.rewards.names, self.rewards.weights)),
+            hyperparameters=self._card_hyperparameters(),
+            history=self.history,
+            widget=widget,
+        )
+
+    def _card_hyperparameters(self) -> Dict[str, object]:
+        args, lora = self.args, self.policy.lora_config
+        return {
             "LoRA rank / alpha": f"{lora.r} / {lora.lora_alpha}",
             "LoRA targets": ", ".join(sorted(lora.target_modules)),
             "saved weights": "EMA" if args.save_ema_weights else "raw",
@@ -453,21 +459,13 @@ class NFTTrainer:
                 "resolution", "nft_beta", "kl_beta", "adv_clip_max", "loss_weighting", "train_timesteps",
                 "learning_rate", "old_policy_decay", "ema_decay", "mixed_precision", "seed")},
         }
-        return write_model_card(
-            args.output_dir,
-            repo_id=repo_id,
-            base_model=getattr(self.pipeline, "name_or_path", None) or "unknown",
-            pipeline_class=type(self.pipeline).__name__,
-            rewards=list(zip(self.rewards.names, self.rewards.weights)),
-            hyperparameters=hyperparameters,
-            history=self.history,
-            widget=widget,
-        )
 
     def push_to_hub(
         self, repo_id: Optional[str] = None, token: Optional[str] = None, private: Optional[bool] = None, api=None
     ) -> Optional[str]:
-        """Save the LoRA and its model card, then upload `output_dir` (no checkpoints, logs or step samples).
+        """Save the LoRA and its model card, then upload them with `output_dir`'s results (no checkpoints, logs or
+        step samples). Everything is staged in a temporary folder first: the card reaches `output_dir` only once
+        the upload succeeded.
 
         Args:
             repo_id: Hub repo; default: the name of `output_dir`.
@@ -479,14 +477,24 @@ class NFTTrainer:
             The repo URL (None on processes other than the main one).
 
         Raises:
-            RuntimeError: If the upload fails; `output_dir` stays as it is.
+            RuntimeError: If the upload fails; `output_dir` stays exactly as it was.
         """
-        repo_id = repo_id or os.path.basename(os.path.normpath(self.args.output_dir))
-        self.save_lora(self.args.output_dir)
-        self.create_model_card(repo_id)
-        if not self.accelerator.is_main_process:
-            return None
-        return upload_folder(self.args.output_dir, repo_id, token=token, private=private, api=api)
+        output_dir = self.args.output_dir
+        repo_id = repo_id or os.path.basename(os.path.normpath(output_dir))
+        staging = os.path.join(output_dir, UPLOAD_STAGING)  # the same path on every process
+        try:
+            if self.accelerator.is_main_process:
+                stage_upload(output_dir, staging)
+            self.save_lora(staging)
+            self.create_model_card(repo_id, folder=staging)
+            if not self.accelerator.is_main_process:
+                return None
+            url = upload_folder(staging, repo_id, token=token, private=private, api=api)
+            publish_staged(staging, output_dir)
+            return url
+        finally:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(staging, ignore_errors=True)
 
     def save_checkpoint(self) -> Optional[str]:
         """Write `output_dir/checkpoint-<step>` atomically with everything an exact resume needs."""

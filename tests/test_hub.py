@@ -7,35 +7,40 @@ from diffusers import StableDiffusion3Pipeline
 from huggingface_hub import ModelCard
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.hub import UPLOAD_IGNORE
 
 from conftest import PROMPTS, tiny_config
 
 
-class RecordingApi:
-    """Stands in for huggingface_hub.HfApi: records the calls and copies what would be uploaded."""
+def recording_api(destination, fail=False):
+    """A stand-in for `huggingface_hub.HfApi` bound to its real signatures (a call that drifts from them fails):
+    it records the calls and copies what would be uploaded, honouring the ignore patterns as the Hub does."""
+    import shutil
+    from unittest.mock import create_autospec
 
-    def __init__(self, destination, fail=False):
-        self.calls, self.destination, self.fail = [], destination, fail
+    from huggingface_hub.hf_api import HfApi  # the class itself, even where a test replaced huggingface_hub.HfApi
+    from huggingface_hub.utils import filter_repo_objects
 
-    def create_repo(self, **kwargs):
-        self.calls.append(("create_repo", kwargs))
-        if self.fail:
+    api = create_autospec(HfApi, instance=True)
+
+    def create_repo(*args, **kwargs):
+        if fail:
             raise ConnectionError("hub unreachable")
 
-    def upload_folder(self, **kwargs):
-        import fnmatch
-        import shutil
+    def upload_folder(*, folder_path, ignore_patterns=None, **kwargs):
+        files = [os.path.relpath(os.path.join(d, f), folder_path) for d, _, fs in os.walk(folder_path) for f in fs]
+        for rel in filter_repo_objects(files, ignore_patterns=ignore_patterns):
+            os.makedirs(os.path.join(destination, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy(os.path.join(folder_path, rel), os.path.join(destination, rel))
 
-        self.calls.append(("upload_folder", kwargs))
-        root = kwargs["folder_path"]
-        for folder, _, files in os.walk(root):
-            for name in files:
-                rel = os.path.relpath(os.path.join(folder, name), root)
-                if any(fnmatch.fnmatch(rel, pattern) for pattern in kwargs["ignore_patterns"]):
-                    continue
-                os.makedirs(os.path.join(self.destination, os.path.dirname(rel)), exist_ok=True)
-                shutil.copy(os.path.join(folder, name), os.path.join(self.destination, rel))
+    api.create_repo.side_effect = create_repo
+    api.upload_folder.side_effect = upload_folder
+    return api
+
+
+def listing(folder):
+    """Every file under `folder` with its size and modification time."""
+    return sorted((os.path.relpath(os.path.join(d, f), folder), os.stat(os.path.join(d, f)).st_size,
+                   os.stat(os.path.join(d, f)).st_mtime_ns) for d, _, fs in os.walk(folder) for f in fs)
 
 
 @pytest.fixture
@@ -49,13 +54,12 @@ def trained(tiny_pipeline_dir, tmp_path):
 
 
 def test_push_to_hub_uploads_a_loadable_lora_with_a_real_card(trained, tiny_pipeline_dir, tmp_path):
-    api = RecordingApi(str(tmp_path / "hub"))
+    api = recording_api(str(tmp_path / "hub"))
     url = trained.push_to_hub("someone/tiny-nft", token="hf_secret", private=True, api=api)
     assert url == "https://huggingface.co/someone/tiny-nft"
-    (create, create_kwargs), (upload, upload_kwargs) = api.calls
-    assert create == "create_repo" and create_kwargs["token"] == "hf_secret" and create_kwargs["private"] is True
-    assert upload == "upload_folder" and upload_kwargs["token"] == "hf_secret"
-    assert upload_kwargs["repo_id"] == "someone/tiny-nft" and upload_kwargs["ignore_patterns"] == UPLOAD_IGNORE
+    create_kwargs, upload_kwargs = api.create_repo.call_args.kwargs, api.upload_folder.call_args.kwargs
+    assert create_kwargs["token"] == "hf_secret" and create_kwargs["private"] is True
+    assert upload_kwargs["token"] == "hf_secret" and upload_kwargs["repo_id"] == "someone/tiny-nft"
 
     uploaded = tmp_path / "hub"
     files = {os.path.relpath(os.path.join(d, f), uploaded) for d, _, fs in os.walk(uploaded) for f in fs}
@@ -84,9 +88,47 @@ def test_push_to_hub_uploads_a_loadable_lora_with_a_real_card(trained, tiny_pipe
     assert (pipe("a red cat", **kwargs).images - base).abs().max() > 1e-4
 
 
-def test_failed_upload_raises_and_keeps_the_output(trained, tmp_path):
-    before = sorted(os.listdir(trained.args.output_dir))
+def test_failed_upload_raises_and_leaves_the_output_exactly_as_it_was(trained, tmp_path):
+    before = listing(trained.args.output_dir)
+    assert not any(name.startswith(("README.md", "images/")) for name, _, _ in before)
     with pytest.raises(RuntimeError, match="someone/tiny-nft.*failed.*hub unreachable.*Nothing local was changed"):
-        trained.push_to_hub("someone/tiny-nft", api=RecordingApi(str(tmp_path / "hub"), fail=True))
-    after = sorted(os.listdir(trained.args.output_dir))
-    assert set(before) <= set(after) and "pytorch_lora_weights.safetensors" in after
+        trained.push_to_hub("someone/tiny-nft", api=recording_api(str(tmp_path / "hub"), fail=True))
+    assert listing(trained.args.output_dir) == before
+    assert not (tmp_path / "hub").exists()
+
+
+def test_the_upload_sends_results_and_never_checkpoints_logs_or_staging(trained, tmp_path):
+    (tmp_path / "run" / "results.md").write_text("| a | b |")
+    (tmp_path / "run" / "logs").mkdir(exist_ok=True)
+    (tmp_path / "run" / "logs" / "events.out.tfevents").write_text("x")
+    trained.push_to_hub("someone/tiny-nft", api=recording_api(str(tmp_path / "hub")))
+    uploaded = {name for name, _, _ in listing(tmp_path / "hub")}
+    local = {name for name, _, _ in listing(tmp_path / "run")}
+    assert {"results.md", "metrics.jsonl", "README.md", "pytorch_lora_weights.safetensors"} <= uploaded
+    assert any(n.startswith("checkpoint-") for n in local) and any(n.startswith("samples/") for n in local)
+    assert not [n for n in uploaded if n.startswith(("checkpoint-", "logs/", "samples/", ".tmp"))]
+    assert "README.md" in local and not [n for n in local if n.startswith(".tmp")]  # published after success
+
+
+def test_script_pushes_with_the_given_repo_and_token_or_the_output_dir_name(tiny_pipeline_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    import huggingface_hub
+
+    spec = importlib.util.spec_from_file_location("train_nft_sd3", os.path.join(os.path.dirname(__file__), "..",
+                                                                                "examples", "train_nft_sd3.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cat\na blue dog\n")
+    for hub_flags, repo in ((["--hub_model_id", "someone/nft-x"], "someone/nft-x"), ([], "my-run")):
+        api = recording_api(str(tmp_path / "hub" / repo))
+        monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None, api=api: api)
+        script.main(["--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts", str(prompts),
+                     "--output_dir", str(tmp_path / "my-run"), "--resolution", "64", "--max_sequence_length", "16",
+                     "--max_train_steps", "1", "--prompts_per_iteration", "2", "--group_size", "2",
+                     "--num_sampling_steps", "2", "--eval_num_steps", "2", "--num_validation_images", "1",
+                     "--report_to", "none", "--rank", "4", "--push_to_hub", "--hub_token", "hf_from_flag", *hub_flags])
+        assert api.upload_folder.call_args.kwargs["repo_id"] == repo
+        assert api.create_repo.call_args.kwargs["token"] == "hf_from_flag"
+        assert (tmp_path / "hub" / repo / "README.md").is_file()
