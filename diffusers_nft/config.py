@@ -260,7 +260,10 @@ RESUME_FREE = (
 def resume_differences(saved: dict, current: dict):
     """The settings of a resumed run that differ from its checkpoint's: `(must_match, others)`, each a list of
     `"name: saved -> current"` lines."""
-    differ = [k for k in current if k in saved and saved[k] != current[k] and k not in RESUME_FREE]
+    free = set(RESUME_FREE)
+    if current.get("lr_scheduler_type") not in ("constant", "constant_with_warmup"):
+        free.discard("max_steps")  # a decaying schedule is stretched to the new length: worth a warning
+    differ = [k for k in current if k in saved and saved[k] != current[k] and k not in free]
     lines = {k: f"{k}: {saved[k]!r} -> {current[k]!r}" for k in differ}
     return [lines[k] for k in differ if k in RESUME_MUST_MATCH], [lines[k] for k in differ if k not in RESUME_MUST_MATCH]
 

@@ -14,25 +14,31 @@ from diffusers_nft.checkpoint import CheckpointError, list_checkpoints, resolve_
 from conftest import PROMPTS, max_diff, tiny_config
 
 
-def _run(pipeline_dir, output_dir, max_steps, resume=None, **overrides):
+def _run(pipeline_dir, output_dir, max_steps, resume=None, stop_after=None, **overrides):
+    """Train to `max_steps`; or stop after `stop_after` iterations, as an interrupted run of `max_steps` would."""
     pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
     config = tiny_config(output_dir, max_steps=max_steps, save_steps=2, resume_from_checkpoint=resume, **overrides)
     trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
-    trainer.train()
+    if stop_after is None:
+        trainer.train()
+    for _ in range(stop_after or 0):
+        trainer._after_step(trainer.step())
     return trainer
 
 
 def test_resume_is_exact(tiny_pipeline_dir, tmp_path):
     # two optimizer steps per iteration, and the delayed decay, so that every piece of state matters
     kwargs = dict(gradient_accumulation_steps=3, old_policy_decay="constant", old_policy_decay_constant=0.3,
-                  normalize_rewards=True)
+                  normalize_rewards=True, lr_scheduler_type="cosine", lr_warmup_steps=3)  # the lr moves every step
     straight = _run(tiny_pipeline_dir, tmp_path / "straight", 4, **kwargs)
-    _run(tiny_pipeline_dir, tmp_path / "split", 2, **kwargs)
+    _run(tiny_pipeline_dir, tmp_path / "split", 4, stop_after=2, **kwargs)
     resumed = _run(tiny_pipeline_dir, tmp_path / "split", 4, resume="latest", **kwargs)
     assert resumed.global_step == 4 and resumed.optimizer_step == straight.optimizer_step == 8
     for which in ("default", "old", "ema"):
         assert max_diff(straight.policy.state_dict(which), resumed.policy.state_dict(which)) <= 1e-6, which
     assert [m["reward/total/mean"] for m in straight.history] == [m["reward/total/mean"] for m in resumed.history]
+    assert [m["lr"] for m in straight.history] == [m["lr"] for m in resumed.history]
+    assert len({m["lr"] for m in straight.history}) == 4
     # and the runs did train: theta moved away from its initial value
     assert max_diff(straight.policy.state_dict("default"), _initial_lora(tiny_pipeline_dir, tmp_path)) > 1e-3
 

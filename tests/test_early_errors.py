@@ -113,3 +113,12 @@ def test_script_checks_lora_layers_from_the_config_before_loading_weights(tiny_p
     with pytest.raises(ValueError, match=r"\['attn.nonexistent'\] match no linear module"):
         _script().main(argv, load_pipeline=lambda *args: loaded.append(1))
     assert loaded == []
+
+
+def test_resume_warns_that_a_decaying_schedule_is_stretched_to_a_new_length():
+    from diffusers_nft.config import resume_differences
+
+    assert resume_differences({"max_steps": 2, "lr_scheduler_type": "cosine"},
+                              {"max_steps": 4, "lr_scheduler_type": "cosine"}) == ([], ["max_steps: 2 -> 4"])
+    assert resume_differences({"max_steps": 2, "lr_scheduler_type": "constant"},
+                              {"max_steps": 4, "lr_scheduler_type": "constant"}) == ([], [])
