@@ -108,3 +108,58 @@ def test_registry_loads_model_rewards_once(clip_dir):
     first = load_reward("clipscore", model_id=clip_dir, device="cpu")
     assert load_reward("clipscore", model_id=clip_dir, device="cpu") is first
     assert load_reward("clipscore", model_id=clip_dir, device="cpu", batch_size=2) is not first
+
+
+def _open_clip_state(width=32, layers=2, vocab=99, context=77, patch=4, image=16, embed=16):
+    """A state dict with open_clip's own key names and shapes (open_clip.model.CLIP: TextTransformer and
+    VisionTransformer of `transformer.resblocks`), written out here independently of our converter. Every tensor
+    holds distinct values, so that any mix-up of names, halves or transposes shows."""
+    shapes = {"logit_scale": (), "positional_embedding": (context, width), "token_embedding.weight": (vocab, width),
+              "ln_final.weight": (width,), "ln_final.bias": (width,), "text_projection": (width, embed),
+              "visual.class_embedding": (width,), "visual.positional_embedding": ((image // patch) ** 2 + 1, width),
+              "visual.proj": (width, embed), "visual.conv1.weight": (width, 3, patch, patch),
+              "visual.ln_pre.weight": (width,), "visual.ln_pre.bias": (width,),
+              "visual.ln_post.weight": (width,), "visual.ln_post.bias": (width,)}
+    block = {"ln_1.weight": (width,), "ln_1.bias": (width,), "attn.in_proj_weight": (3 * width, width),
+             "attn.in_proj_bias": (3 * width,), "attn.out_proj.weight": (width, width), "attn.out_proj.bias": (width,),
+             "ln_2.weight": (width,), "ln_2.bias": (width,), "mlp.c_fc.weight": (4 * width, width),
+             "mlp.c_fc.bias": (4 * width,), "mlp.c_proj.weight": (width, 4 * width), "mlp.c_proj.bias": (width,)}
+    for tower in ("transformer.resblocks", "visual.transformer.resblocks"):
+        for i in range(layers):
+            shapes.update({f"{tower}.{i}.{name}": shape for name, shape in block.items()})
+    generator = torch.Generator().manual_seed(0)
+    return {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+
+
+def test_open_clip_conversion_against_open_clips_own_key_names():
+    from transformers import CLIPConfig, CLIPModel
+
+    state = _open_clip_state()
+    converted = open_clip_to_transformers(state)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu"),
+        vision_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=16, patch_size=4, hidden_act="gelu"),
+        projection_dim=16,
+    )
+    model = CLIPModel(config)
+    expected = {k: v.shape for k, v in model.state_dict().items() if "position_ids" not in k}
+    assert {k: v.shape for k, v in converted.items()} == expected  # every tensor, and the right shape
+    model.load_state_dict(converted, strict=False)
+    # the fused qkv is split in q, k, v order; the projections are transposed (open_clip multiplies x @ proj)
+    layer = "text_model.encoder.layers.1.self_attn"
+    for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+        assert torch.equal(converted[f"{layer}.{name}.weight"], state["transformer.resblocks.1.attn.in_proj_weight"][32 * i : 32 * (i + 1)])
+        assert torch.equal(converted[f"{layer}.{name}.bias"], state["transformer.resblocks.1.attn.in_proj_bias"][32 * i : 32 * (i + 1)])
+    x = torch.randn(2, 32)
+    torch.testing.assert_close(model.text_projection(x), x @ state["text_projection"])
+    torch.testing.assert_close(model.visual_projection(x), x @ state["visual.proj"])
+    vision = "vision_model.encoder.layers.0"
+    assert torch.equal(converted[f"{vision}.mlp.fc1.weight"], state["visual.transformer.resblocks.0.mlp.c_fc.weight"])
+    assert torch.equal(converted[f"{vision}.layer_norm2.bias"], state["visual.transformer.resblocks.0.ln_2.bias"])
+    assert torch.equal(converted["vision_model.pre_layrnorm.weight"], state["visual.ln_pre.weight"])
+    assert torch.equal(converted["vision_model.embeddings.class_embedding"], state["visual.class_embedding"])
+    # checkpoints saved from DataParallel carry a module. prefix
+    prefixed = open_clip_to_transformers({f"module.{k}": v for k, v in state.items()})
+    assert prefixed.keys() == converted.keys()
