@@ -13,6 +13,8 @@ CARD_FILES = ("README.md", "images", "reward_curve.png", "pytorch_lora_weights.s
 FAMILY_TAGS = {
     "StableDiffusion3Pipeline": ["sd3", "sd3.5", "stable-diffusion-3"],
     "FluxPipeline": ["flux", "flux-diffusers"],
+    "Lumina2Pipeline": ["lumina2", "lumina-image-2.0"],
+    "Lumina2Text2ImgPipeline": ["lumina2", "lumina-image-2.0"],
 }
 
 

@@ -128,12 +128,15 @@ def test_errors_before_any_compute(tiny_pipeline, tmp_path):
 
     with pytest.raises(ValueError, match="empty"):
         build(prompts=[])
-    with pytest.raises(ValueError, match="group_size must be >= 2"):
-        build(group_size=1)
+    # values NFTConfig accepts, that only the trainer can refuse (NFTConfig's own checks are in test_config.py)
+    with pytest.raises(ValueError, match="optimizer_steps_per_iteration=5 must divide it"):
+        build(optimizer_steps_per_iteration=5)
+    with pytest.raises(ValueError, match="resolution 72 does not suit"):
+        build(resolution=72)
+    changed = tiny_config(tmp_path)
+    changed.nft_beta = 0  # a config edited after it was built is checked again
     with pytest.raises(ValueError, match="nft_beta must be a finite number in"):
-        build(nft_beta=0)
-    with pytest.raises(ValueError, match="adv_clip_max must be a finite number in"):
-        build(adv_clip_max=-5)
+        NFTTrainer(tiny_pipeline, "jpeg_compressibility", changed, PROMPTS)
     with pytest.raises(RewardError, match="Reward '<lambda>' raised ZeroDivisionError"):
         build(reward=lambda images, prompts, metadata: [1 / 0])
     with pytest.raises(RewardError, match="returned nan for the image of prompt"):

@@ -1,0 +1,111 @@
+"""Every training option the README names changes what is trained, end to end; and what the README promises
+about checkpoints, rewards and cards holds in a real run."""
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+from diffusers import StableDiffusion3Pipeline
+from huggingface_hub import ModelCard
+
+from diffusers_nft import NFTTrainer
+from diffusers_nft.checkpoint import CheckpointError
+from diffusers_nft.rewards import RewardError
+
+from conftest import PROMPTS, max_diff, tiny_config
+
+
+def _train(pipeline_dir, output_dir, reward="jpeg_incompressibility", **overrides):
+    pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
+    trainer = NFTTrainer(pipe, reward, tiny_config(output_dir, max_steps=2, gradient_accumulation_steps=3,
+                                                   learning_rate=1e-2, **overrides), PROMPTS)
+    trainer.train()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def default_lora(tiny_pipeline_dir, tmp_path_factory):
+    return _train(tiny_pipeline_dir, tmp_path_factory.mktemp("default")).policy.state_dict("default")
+
+
+@pytest.mark.parametrize("option", [
+    dict(advantage_std="group"), dict(train_timesteps="uniform"), dict(train_timesteps="logit_normal"),
+    dict(loss_weighting="velocity"), dict(old_policy_decay="delayed"), dict(adv_mode="positive_only"),
+    dict(adv_mode="binary"), dict(drop_negative_term=True), dict(sampler="heun"), dict(sampler="euler"),
+])
+def test_each_option_changes_what_is_trained(tiny_pipeline_dir, tmp_path, default_lora, option):
+    trainer = _train(tiny_pipeline_dir, tmp_path, **option)
+    lora = trainer.policy.state_dict("default")
+    assert all(torch.isfinite(t).all() for t in lora.values())
+    assert max_diff(lora, default_lora) > 1e-6, option
+
+
+def test_the_delayed_decay_keeps_the_old_policy_fixed_early(tiny_pipeline_dir, tmp_path):
+    trainer = _train(tiny_pipeline_dir, tmp_path, old_policy_decay="delayed")
+    # eta is 0 for the first 75 optimizer steps: old becomes theta after each iteration
+    assert max_diff(trainer.policy.state_dict("old"), trainer.policy.state_dict("default")) == 0
+    assert [m["old_policy_decay"] for m in trainer.history] == [0.0, 0.0]
+
+
+def test_a_reward_that_passes_the_probe_and_fails_later_stops_train(tiny_pipeline_dir, tmp_path):
+    calls = []
+
+    def breaks_after_the_probe(images, prompts, metadata):
+        calls.append(len(prompts))
+        if len(calls) > 1:
+            raise RuntimeError("reward model went away")
+        return [0.0] * len(prompts)
+
+    with pytest.raises(RewardError, match="breaks_after_the_probe.*reward model went away"):
+        _train(tiny_pipeline_dir, tmp_path, reward=breaks_after_the_probe)
+    assert calls[0] == 2 and not os.path.exists(tmp_path / "pytorch_lora_weights.safetensors")
+
+
+def test_the_trainer_refuses_a_deepspeed_checkpoint_before_any_compute(tiny_pipeline_dir, tmp_path):
+    _train(tiny_pipeline_dir, tmp_path, save_steps=2)
+    (tmp_path / "checkpoint-2" / "deepspeed").mkdir()  # as a DeepSpeed run writes it
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+    with pytest.raises(CheckpointError, match="written with DeepSpeed"):
+        NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path, max_steps=3, resume_from_checkpoint="latest",
+                                                              gradient_accumulation_steps=3, learning_rate=1e-2), PROMPTS)
+    assert not any("lora" in n for n, _ in pipe.transformer.named_parameters())
+
+
+def test_reward_device_and_dtype_reach_the_reward(tiny_pipeline_dir, tmp_path):
+    from diffusers_nft.rewards import register_reward
+
+    seen = []
+
+    def factory(**options):
+        seen.append(options)
+        return lambda images, prompts, metadata: images.mean(dim=(1, 2, 3))
+
+    register_reward("options_probe", factory)
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+    NFTTrainer(pipe, "options_probe", tiny_config(tmp_path, reward_device="cpu", reward_dtype="bfloat16",
+                                                  reward_batch_size=3), PROMPTS)
+    assert seen == [{"device": "cpu", "dtype": "bfloat16", "batch_size": 3}]
+
+
+def test_the_model_card_shows_weights_links_and_hyperparameters(tiny_pipeline_dir, tmp_path):
+    trainer = _train(tiny_pipeline_dir, tmp_path, validation_prompts=["a red cat"], reward_weights=[1.0, 0.25],
+                     reward=["jpeg_incompressibility", "jpeg_compressibility"])
+    card = ModelCard.load(trainer.create_model_card("someone/tiny"))
+    for row in ("| `jpeg_incompressibility` | 1.0 |", "| `jpeg_compressibility` | 0.25 |", "| `group_size` | 4 |",
+                "| `sampler` | dpm_solver |", "| `LoRA rank / alpha` | 32 / 64 |", "images/before_after.png",
+                "reward_curve.png"):
+        assert row in card.text, row
+    for link in ("images/before_after.png", "reward_curve.png", card.data.to_dict()["widget"][0]["output"]["url"]):
+        assert (tmp_path / link).is_file(), link
+
+
+def test_lumina2_and_flux_cards_carry_their_family_tags(tmp_path):
+    from diffusers_nft.hub import write_model_card
+
+    for pipeline_class, tag in (("Lumina2Pipeline", "lumina2"), ("FluxPipeline", "flux")):
+        path = write_model_card(str(tmp_path), "someone/x", "base/model", pipeline_class, [("ocr", 1.0)],
+                                {"nft_beta": 1.0}, [], [])
+        meta = yaml.safe_load(open(path).read().split("---")[1])
+        assert tag in meta["tags"] and "lora" in meta["tags"]
