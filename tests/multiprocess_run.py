@@ -15,7 +15,31 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import PROMPTS, tiny_config  # noqa: E402
 
 
+def record_writes(output_dir):
+    """Every file this process creates, writes, renames or removes under `output_dir` (an audit hook)."""
+    root, writes = os.path.realpath(output_dir), []
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes)):
+            mode, flags = args[1], args[2] or 0
+            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & (os.O_WRONLY | os.O_RDWR))
+            paths = [args[0]] if writing else []
+        elif event in ("os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree"):
+            paths = [args[0]]
+        elif event == "os.rename":
+            paths = list(args[:2])
+        else:
+            return
+        for path in paths:
+            if isinstance(path, (str, bytes)) and os.path.realpath(os.fsdecode(path)).startswith(root):
+                writes.append(os.path.relpath(os.path.realpath(os.fsdecode(path)), root))
+
+    sys.addaudithook(hook)
+    return writes
+
+
 def main(pipeline_dir, output_dir, max_steps, resume, dump_dir):
+    writes = record_writes(output_dir)
     recorded = []
     original = trainer_module.rewards_to_optimality
 
@@ -37,7 +61,7 @@ def main(pipeline_dir, output_dir, max_steps, resume, dump_dir):
                os.path.join(dump_dir, f"lora_rank{rank}.pt"))
     with open(os.path.join(dump_dir, f"optimality_rank{rank}.json"), "w") as f:
         json.dump({"recorded": recorded, "local_images": trainer.local_images,
-                   "num_processes": num_processes}, f)
+                   "num_processes": num_processes, "writes": sorted(set(writes))}, f)
 
 
 if __name__ == "__main__":

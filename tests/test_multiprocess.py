@@ -40,6 +40,9 @@ def test_two_processes_match_one_and_resume_exactly(tiny_pipeline_dir, tmp_path)
     # every rank computed r from the rewards of the whole batch, including group 1 split across the ranks
     assert info0["recorded"] == info1["recorded"]
     assert info0["recorded"][0]["groups"] == [0, 0, 1, 1, 2, 2]
+    # only the main process writes files; the other one only makes sure the folder exists and is writable
+    assert [w for w in info1["writes"] if w != "." and not w.startswith(".write-test-")] == []
+    assert {"metrics.jsonl", "pytorch_lora_weights.safetensors", "checkpoint-4"} <= set(info0["writes"])
 
     _launch(1, tiny_pipeline_dir, tmp_path / "one", 1, None, tmp_path / "dump-one")
     _, single = _load(tmp_path / "dump-one", 0)

@@ -134,3 +134,33 @@ def test_serving_beyond_loopback_without_a_key_warns(monkeypatch):
     monkeypatch.delenv(serve.API_KEY_ENV, raising=False)
     with pytest.warns(UserWarning, match="beyond loopback"):
         serve.main(["--reward", "jpeg_compressibility", "--host", "0.0.0.0"])
+
+
+def test_serve_by_name_with_its_options(monkeypatch):
+    """`python -m diffusers_nft.rewards.serve --reward NAME ...`: the registered reward, its options, the limits."""
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    from diffusers_nft.rewards import jpeg_compressibility, register_reward, serve
+
+    seen = []
+
+    def factory(**options):
+        seen.append(options)
+        return jpeg_compressibility
+
+    register_reward("served_probe", factory)
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: served.update(app=app, host=host, port=port))
+    serve.main(["--reward", "served_probe", "--port", "8123", "--dtype", "bf16", "--batch_size", "3",
+                "--max_images", "2", "--api_key", "k"])
+    assert served["host"] == "127.0.0.1" and served["port"] == 8123
+    client = TestClient(served["app"])
+    images = torch.rand(3, 3, 16, 16)
+    headers = {"Authorization": "Bearer k"}
+    assert client.post("/score", json={"images": encode_images(images), "prompts": ["a"] * 3}, headers=headers).status_code == 413
+    answer = client.post("/score", json={"images": encode_images(images[:2]), "prompts": ["a", "b"]}, headers=headers)
+    assert answer.status_code == 200
+    expected = jpeg_compressibility((images[:2] * 255).round() / 255, ["a", "b"], [{}, {}])
+    assert answer.json()["scores"] == pytest.approx([float(v) for v in expected], abs=1e-3)
+    assert seen == [{"dtype": "bf16", "batch_size": 3}]
