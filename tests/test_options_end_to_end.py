@@ -109,3 +109,16 @@ def test_lumina2_and_flux_cards_carry_their_family_tags(tmp_path):
                                 {"nft_beta": 1.0}, [], [])
         meta = yaml.safe_load(open(path).read().split("---")[1])
         assert tag in meta["tags"] and "lora" in meta["tags"]
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(tiny_pipeline_dir, tmp_path):
+    """`--torch_compile`: one tiny iteration through inductor on the CPU (about two minutes, mostly compiling)."""
+    runs = {}
+    for compiled in (False, True):
+        pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+        config = tiny_config(tmp_path / str(compiled), max_steps=1, num_sampling_steps=2, torch_compile=compiled)
+        trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
+        runs[compiled] = (trainer.step(), trainer.policy.state_dict("default"))
+    assert runs[True][0]["reward/total/mean"] == pytest.approx(runs[False][0]["reward/total/mean"], rel=1e-3)
+    assert max_diff(runs[True][1], runs[False][1]) < 1e-4
