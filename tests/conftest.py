@@ -70,6 +70,30 @@ def small_lora(transformer, rank=4, alpha=16):
     return make_lora_config(transformer, default_targets=SD3Adapter.default_lora_targets, rank=rank, alpha=alpha)
 
 
+def serve_in_thread(app):
+    """Serve an ASGI app with uvicorn on a free loopback port in a thread; returns `(server, thread, url)`.
+
+    Stop it with `server.should_exit = True; thread.join()`.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
 def max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)

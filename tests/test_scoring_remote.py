@@ -1,5 +1,4 @@
 import socket
-import threading
 import time
 
 import pytest
@@ -16,6 +15,7 @@ from diffusers_nft.rewards import (
 )
 from diffusers_nft.rewards.wire import decode_images, encode_images
 
+from conftest import serve_in_thread
 from tiny_reward_models import random_images
 
 
@@ -98,8 +98,6 @@ def _free_port():
 
 @pytest.fixture
 def server():
-    import uvicorn
-
     from diffusers_nft.rewards.serve import create_app
 
     def flaky(images, prompts, metadata):
@@ -107,16 +105,8 @@ def server():
             raise RuntimeError("reward model crashed")
         return with_extras(images, prompts, metadata)
 
-    port = _free_port()
-    config = uvicorn.Config(create_app(flaky, name="digits"), host="127.0.0.1", port=port, log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not instance.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    instance, thread, url = serve_in_thread(create_app(flaky, name="digits"))
+    yield url
     instance.should_exit = True
     thread.join(timeout=10)
 

@@ -3,7 +3,6 @@
 import base64
 import io
 import socket
-import threading
 import time
 import tracemalloc
 
@@ -14,29 +13,11 @@ from PIL import Image
 from diffusers_nft.rewards import RemoteReward, RemoteRewardError
 from diffusers_nft.rewards.wire import ImageTooLarge, decode_images, encode_images
 
+from conftest import serve_in_thread
+
 
 def brightness(images, prompts, metadata):
     return images.mean(dim=(1, 2, 3))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(app):
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -45,7 +26,7 @@ def limited():
 
     app = create_app(brightness, name="b", api_key="s3cret", max_images=4, max_pixels=64 * 64,
                      max_body_bytes=200_000, body_timeout=1.0)
-    server, thread, url = _serve(app)
+    server, thread, url = serve_in_thread(app)
     yield url
     server.should_exit = True
     thread.join(timeout=10)
@@ -111,7 +92,7 @@ def test_client_refuses_bad_answers_and_settings():
     app = FastAPI()
     app.post("/score")(lambda: PlainTextResponse("not json"))
     app.post("/empty/score")(lambda: {"nothing": 1})
-    server, thread, url = _serve(app)
+    server, thread, url = serve_in_thread(app)
     try:
         images = torch.rand(1, 3, 8, 8)
         with pytest.raises(RemoteRewardError, match="200 without scores"):
