@@ -9,6 +9,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house", "a photo of the sea"]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="Also run the tests marked slow (what CI runs).")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`python -m pytest tests` runs the fast set; `--runslow` adds the slow end-to-end runs (CI runs both)."""
+    if config.getoption("--runslow"):
+        return
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """accelerate keeps one global state per process (mixed precision included); tests each get their own."""

@@ -98,7 +98,11 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write_resumes_from_previous(tiny_pipeline_dir, tmp_path):
+    """Slow: a subprocess killed mid-write; in miniature: test_checkpoint.py::test_resume_is_exact and
+    test_nonfinite.py::test_a_rotation_cut_short_never_leaves_a_checkpoint_that_counts.
+    """
     output, marker = tmp_path / "run", tmp_path / "writing"
     script = tmp_path / "child.py"
     tests = os.path.dirname(__file__)

@@ -6,6 +6,7 @@ partitioned state through the engine: a resume that only copied the LoRA back in
 by the master weights at the next step.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -21,7 +22,10 @@ ROOT = os.path.dirname(HERE)
 SCRIPT = os.path.join(HERE, "deepspeed_run.py")
 ZERO2 = os.path.join(ROOT, "examples", "accelerate_configs", "deepspeed_zero2.yaml")
 
-pytestmark = pytest.mark.slow
+# Slow: accelerate launch with 2 processes. In miniature: test_checkpoint.py (exact resume on one process) and
+# test_options_end_to_end.py::test_the_trainer_refuses_a_deepspeed_checkpoint_before_any_compute.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                                  reason="DeepSpeed is not installed (pip install -e '.[deepspeed]')")]
 
 
 def _launch(pipeline_dir, output_dir, steps, dump_dir, resume=None, mixed_precision="no", deepspeed=True):

@@ -85,8 +85,12 @@ def test_bundled_pipeline_loads_offline_and_generates():
     assert colors == ["red", "cyan"]  # the base model already gets colours right; digits are its weak point
 
 
+@pytest.mark.slow
 def test_short_nft_run_raises_the_mean_reward(tmp_path):
-    """A few NFT iterations on the prompts of the digit the base model draws worst raise its digit_eval reward."""
+    """A few NFT iterations on the prompts of the digit the base model draws worst raise its digit_eval reward.
+
+    Slow: a real NFT run on the demo world; in miniature: test_trainer.py::test_training_moves_a_latent_reward.
+    """
     from datasets import Dataset
 
     from diffusers_nft import NFTTrainer

@@ -48,7 +48,11 @@ def test_script_checks_before_loading_the_model(flags, message, tmp_path):
     assert loaded == []
 
 
+@pytest.mark.slow
 def test_script_reports_a_setup_error_in_one_line(tmp_path):
+    """Slow: the script as a subprocess; in miniature:
+    test_early_errors.py::test_script_checks_before_loading_the_model.
+    """
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"a cat\nb\xff dog\n")
     result = subprocess.run([sys.executable, SCRIPT, "--pretrained_model_name_or_path", "x", "--prompts", str(bad)],

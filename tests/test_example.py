@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 
@@ -10,7 +11,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "train_nft_sd3.py")
 
 
+@pytest.mark.slow
 def test_accelerate_launch_example_and_load_its_lora(tiny_pipeline_dir, tmp_path):
+    """Slow: an accelerate launch subprocess; in miniature:
+    test_hub.py::test_script_pushes_with_the_given_repo_and_token_or_the_output_dir_name runs the same script
+    in process.
+    """
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"caption": p}) for p in ["a red cat", "a blue dog", "a green tree"]))
     output = tmp_path / "out"
@@ -52,8 +58,13 @@ def test_accelerate_launch_example_and_load_its_lora(tiny_pipeline_dir, tmp_path
     assert lora_modules == {"to_q", "to_v"}
 
 
+@pytest.mark.slow
 def test_demo_default_runs_the_bundled_world(tmp_path):
-    """The README's first command, shortened: no model argument -> the bundled digits world and digit_eval."""
+    """The README's first command, shortened: no model argument -> the bundled digits world and digit_eval.
+
+    Slow: the demo command end to end; in miniature: test_demo_world.py and
+    test_recipes_evaluate.py::test_evaluate_command_compares_base_and_lora_offline.
+    """
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT,

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Slow: two spawned processes. In miniature: test_policy.py (the policy on one process).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,9 @@ def _steps(output):
     return [json.loads(line)["step"] for line in open(output / "metrics.jsonl")]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_non_zero(tiny_pipeline_dir, tmp_path):
+    """Slow; a training subprocess; no in-process twin (signals)."""
     process, output = _start(tmp_path, tiny_pipeline_dir)
     os.kill(process.pid, signal.SIGTERM)
     assert process.wait(timeout=120) == 128 + signal.SIGTERM
@@ -61,7 +63,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_non_zero(tiny_pipeline_dir, tmp_pa
     assert not os.path.exists(output / "pytorch_lora_weights.safetensors")  # not a finished run
 
 
+@pytest.mark.slow
 def test_a_killed_launcher_stops_its_training_child(tiny_pipeline_dir, tmp_path):
+    """Slow; two subprocesses; no in-process twin (signals)."""
     import psutil
 
     launcher, output = _start(tmp_path, tiny_pipeline_dir, launcher=True)
@@ -104,7 +108,9 @@ def test_train_shuts_the_reward_process_down(tiny_pipeline_dir, tmp_path):
     trainer.scorer.close()
 
 
+@pytest.mark.slow
 def test_a_killed_training_process_takes_its_reward_worker_with_it(tmp_path):
+    """Slow; a subprocess and its worker; in miniature: test_interrupts.py::test_train_shuts_the_reward_process_down."""
     import psutil
 
     code = textwrap.dedent(

@@ -113,12 +113,25 @@ def test_lumina2_and_flux_cards_carry_their_family_tags(tmp_path):
 
 @pytest.mark.slow
 def test_torch_compile_trains_like_eager(tiny_pipeline_dir, tmp_path):
-    """`--torch_compile`: one tiny iteration through inductor on the CPU (about two minutes, mostly compiling)."""
+    """`--torch_compile`: one tiny iteration through inductor on the CPU (most of its time is compiling).
+
+    The compiled model predicts what the eager one does; one Adam step from the same start moves the LoRA the
+    same way (Adam's first step is about lr * sign(grad), so tensors are compared on average, not to the last bit).
+    """
     runs = {}
     for compiled in (False, True):
         pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
         config = tiny_config(tmp_path / str(compiled), max_steps=1, num_sampling_steps=2, torch_compile=compiled)
         trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
-        runs[compiled] = (trainer.step(), trainer.policy.state_dict("default"))
-    assert runs[True][0]["reward/total/mean"] == pytest.approx(runs[False][0]["reward/total/mean"], rel=1e-3)
-    assert max_diff(runs[True][1], runs[False][1]) < 1e-4
+        start = trainer.policy.state_dict("default")
+        cond = trainer._encode(["a red cat"])
+        x = torch.randn(1, *trainer.latent_shape, generator=torch.Generator().manual_seed(0))
+        velocity = trainer.adapter.predict_velocity(x, torch.tensor([0.5]), cond).detach()
+        metrics = trainer.step()
+        update = {k: v - start[k] for k, v in trainer.policy.state_dict("default").items()}
+        runs[compiled] = (velocity, metrics, update)
+    torch.testing.assert_close(runs[True][0], runs[False][0], atol=1e-4, rtol=1e-4)
+    assert runs[True][1]["reward/total/mean"] == pytest.approx(runs[False][1]["reward/total/mean"], rel=1e-3)
+    differ = sum((runs[True][2][k] - runs[False][2][k]).abs().mean() for k in runs[False][2])
+    size = sum(v.abs().mean() for v in runs[False][2].values())
+    assert size > 0 and differ < 0.05 * size
