@@ -156,6 +156,7 @@ def plot(runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str)
 
     if "no_negative_term" in runs and "nft" in runs:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig.suptitle(f"Claim (b): negative samples matter (demo world, {_seeds(runs['nft'])})")
         for ax, key, title in zip(axes, ("strict", "diversity"), ("strict accuracy (no CFG)", "diversity")):
             band(ax, "nft", key, "NFT")
             band(ax, "no_negative_term", key, "no negative term")
@@ -173,10 +174,17 @@ def plot(runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str)
         ax.plot(range(1, len(curves) + 1), [statistics.mean(v) for v in curves], label=name)
     ax.set_xlabel("iteration")
     ax.set_ylabel("mean digit_eval reward of the iteration's samples")
-    ax.legend()
+    ax.set_title(f"Training reward of every claims run ({_seeds(next(iter(runs.values())))})")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(output_dir, "claims_training.png"), dpi=100)
     plt.close(fig)
+
+
+def _seeds(results: List[dict]) -> str:
+    """`"seed 0"` or `"seeds 0, 1, 2"`, for plot titles."""
+    return ("seed " if len(results) == 1 else "seeds ") + ", ".join(str(r["seed"]) for r in results)
 
 
 def load_previous(path: str):

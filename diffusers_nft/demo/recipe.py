@@ -18,12 +18,12 @@ DEMO_CONFIG = dict(
     sample_batch_size=128,
     train_batch_size=128,
     # Each image trains at 5 of the 10 sampler noise levels, one optimizer step per 128 (image, level) pairs: 5 steps
-    # per iteration. Half the release's 9 levels makes an iteration 40% cheaper for the same accuracy here.
+    # per iteration. Half the release's 9 levels makes an iteration cheaper for about the same accuracy here.
     timestep_fraction=0.5,
     learning_rate=5e-4,
     gradient_accumulation_steps=1,
-    # The release's strength for OCR and multi-reward runs. With 1.0 the policy moves less per iteration: 0.85 strict
-    # accuracy after 40 iterations instead of 0.95 (claim d of benchmarks/digits_claims.py, seed 0).
+    # The release's strength for OCR and multi-reward runs. With 1.0 the policy moves less per iteration (claim d of
+    # benchmarks/digits_claims.py; the README has the numbers).
     nft_beta=0.1,
     kl_beta=0.0,
     max_steps=40,
