@@ -37,26 +37,36 @@ def image_grid(images: torch.Tensor, rows: int, labels: Optional[Sequence[str]] 
     return grid
 
 
-def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional[Sequence[str]] = None) -> None:
-    """Plot reward means (with a +-std band) against the iteration and save a PNG at `path`."""
+def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional[Sequence[str]] = None,
+                      title: str = "Reward per iteration") -> None:
+    """Plot reward means against the iteration and save a PNG at `path`.
+
+    Each reward gets its mean with a +-std band (the weighted total too, when there are several); extra values a
+    reward reports (such as GenEval's `strict`) are dashed lines without bands.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [h["step"] for h in history]
+    names = sorted(k[len("reward/"):-len("/mean")] for k in history[-1] if k.startswith("reward/") and k.endswith("/mean"))
+    rewards = [n for n in names if "/" not in n and n != "total"]
     if keys is None:
-        keys = sorted(k[: -len("/mean")] for k in history[-1] if k.startswith("reward/") and k.endswith("/mean"))
-        if len(keys) == 2:  # one reward: its curve is the total's
-            keys = ["reward/total"]
+        keys = [f"reward/{n}" for n in rewards + (["total"] if len(rewards) > 1 else [])]
+    extras = [f"reward/{n}" for n in names if "/" in n]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for key in keys:
         mean = np.array([h.get(f"{key}/mean", np.nan) for h in history])
         std = np.array([h.get(f"{key}/std", np.nan) for h in history])
         ax.plot(steps, mean, label=key.split("/", 1)[-1])
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    for key in extras:
+        ax.plot(steps, [h.get(f"{key}/mean", np.nan) for h in history], ls="--", label=key.split("/", 1)[-1])
+    ax.set_title(title)
     ax.set_xlabel("iteration")
     ax.set_ylabel("reward (mean +- std)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
