@@ -48,6 +48,8 @@ def test_a_decompression_bomb_is_refused_from_its_header():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 50 * 2**20  # decoding it would take 169 MB as 1-bit, 507 MB as RGB
+    with pytest.raises(ImageTooLarge):  # past PIL's own bomb limit too: still "too large", not "not a PNG"
+        decode_images([_bomb(20000)], max_pixels=4096 * 4096)
 
 
 def test_server_limits_and_key(limited):
