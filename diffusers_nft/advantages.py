@@ -77,11 +77,16 @@ def rewards_to_optimality(
         group_var = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, inverse, centered**2) / counts
         std = group_var.sqrt()[inverse]
     advantages = centered / (std + eps)
+    r = _optimality(advantages, adv_clip_max, mode)
+    return Optimality(r.float(), advantages.float(), constant.double().mean().item())
+
+
+def _optimality(advantages: torch.Tensor, adv_clip_max: float, mode: str) -> torch.Tensor:
+    """`r = 0.5 + 0.5 * clip(A) / c`, with the clip range or the value of the release's advantage modes."""
+    if mode == "one_only":
+        return torch.ones_like(advantages)
+    if mode == "binary":
+        return 0.5 + 0.5 * advantages.sign()
     low = 0.0 if mode == "positive_only" else -adv_clip_max
     high = 0.0 if mode == "negative_only" else adv_clip_max
-    r = 0.5 + 0.5 * advantages.clamp(low, high) / adv_clip_max
-    if mode == "one_only":
-        r = torch.ones_like(r)
-    elif mode == "binary":
-        r = 0.5 + 0.5 * advantages.sign()
-    return Optimality(r.float(), advantages.float(), constant.double().mean().item())
+    return 0.5 + 0.5 * advantages.clamp(low, high) / adv_clip_max
