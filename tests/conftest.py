@@ -84,6 +84,17 @@ def small_lora(transformer, rank=4, alpha=16):
     return make_lora_config(transformer, default_targets=SD3Adapter.default_lora_targets, rank=rank, alpha=alpha)
 
 
+def load_training_script():
+    """`examples/train_nft_sd3.py` as a module, to call its `main` / `prepare` in-process."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "train_nft_sd3.py")
+    spec = importlib.util.spec_from_file_location("train_nft_sd3", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def serve_in_thread(app):
     """Serve an ASGI app with uvicorn on a free loopback port in a thread; returns `(server, thread, url)`.
 

@@ -13,18 +13,9 @@ from diffusers_nft.checkpoint import CheckpointError
 from diffusers_nft.data import load_prompts
 from diffusers_nft.rewards import RewardError, WeightedRewards
 
-from conftest import PROMPTS, small_lora, tiny_config
+from conftest import PROMPTS, load_training_script, small_lora, tiny_config
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "examples", "train_nft_sd3.py")
-
-
-def _script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_nft_sd3", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(
@@ -44,7 +35,7 @@ def test_script_checks_before_loading_the_model(flags, message, tmp_path):
     loaded = []
     argv = ["--pretrained_model_name_or_path", "x", "--prompts", str(prompts), "--output_dir", str(tmp_path / "o")]
     with pytest.raises((ValueError, OSError), match=message):
-        _script().main(argv + flags, load_pipeline=lambda *args: loaded.append(1))
+        load_training_script().main(argv + flags, load_pipeline=lambda *args: loaded.append(1))
     assert loaded == []
 
 
@@ -115,7 +106,7 @@ def test_script_checks_lora_layers_from_the_config_before_loading_weights(tiny_p
     argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts", str(prompts),
             "--output_dir", str(tmp_path / "o"), "--lora_layers", "attn.to_q,attn.nonexistent"]
     with pytest.raises(ValueError, match=r"\['attn.nonexistent'\] match no linear module"):
-        _script().main(argv, load_pipeline=lambda *args: loaded.append(1))
+        load_training_script().main(argv, load_pipeline=lambda *args: loaded.append(1))
     assert loaded == []
 
 

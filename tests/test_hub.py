@@ -8,7 +8,7 @@ from huggingface_hub import ModelCard
 
 from diffusers_nft import NFTTrainer
 
-from conftest import PROMPTS, tiny_config
+from conftest import PROMPTS, load_training_script, tiny_config
 
 
 def recording_api(destination, fail=False):
@@ -111,14 +111,9 @@ def test_the_upload_sends_results_and_never_checkpoints_logs_or_staging(trained,
 
 
 def test_script_pushes_with_the_given_repo_and_token_or_the_output_dir_name(tiny_pipeline_dir, tmp_path, monkeypatch):
-    import importlib.util
-
     import huggingface_hub
 
-    spec = importlib.util.spec_from_file_location("train_nft_sd3", os.path.join(os.path.dirname(__file__), "..",
-                                                                                "examples", "train_nft_sd3.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_training_script()
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cat\na blue dog\n")
     for hub_flags, repo in ((["--hub_model_id", "someone/nft-x"], "someone/nft-x"), ([], "my-run")):

@@ -16,7 +16,7 @@ from diffusers_nft import NFTTrainer
 from diffusers_nft.checkpoint import list_checkpoints
 from diffusers_nft.rewards import RewardError
 
-from conftest import PROMPTS, tiny_config
+from conftest import PROMPTS, load_training_script, tiny_config
 
 CHILD = textwrap.dedent(
     """
@@ -135,11 +135,7 @@ def test_a_killed_training_process_takes_its_reward_worker_with_it(tmp_path):
 
 
 def test_the_script_warns_about_a_hub_token_flag(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_nft_sd3", "examples/train_nft_sd3.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_training_script()
 
     class Stop(Exception):
         pass

@@ -13,7 +13,7 @@ from diffusers_nft.checkpoint import clean_incomplete, list_checkpoints, save_ch
 from diffusers_nft.rewards import RewardError
 from diffusers_nft.trainer import NonFiniteError
 
-from conftest import PROMPTS, tiny_config
+from conftest import PROMPTS, load_training_script, tiny_config
 
 
 def _trainer(pipeline_dir, output_dir, reward="jpeg_incompressibility", **overrides):
@@ -76,11 +76,7 @@ def test_rewards_are_checked_in_float32_and_their_weighted_sum_too(tiny_pipeline
 
 
 def test_script_refuses_a_nan_reward_weight_before_loading_the_model(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_nft_sd3", "examples/train_nft_sd3.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_training_script()
     loaded = []
     with pytest.raises(ValueError, match="reward_weights must be finite"):
         script.main(["--pretrained_model_name_or_path", "x", "--prompts", "p.txt", "--output_dir", str(tmp_path),

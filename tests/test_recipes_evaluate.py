@@ -12,6 +12,8 @@ from diffusers_nft.geneval_prompts import COCO_CLASSES, TASKS, generate, main as
 from diffusers_nft.recipes import RECIPES
 from diffusers_nft.rewards.geneval import geneval_score
 
+from conftest import load_training_script
+
 
 def test_recipes_set_the_release_values_and_flags_override():
     ocr = NFTConfig.from_recipe("sd35m_ocr", output_dir="x")
@@ -29,11 +31,7 @@ def test_recipes_set_the_release_values_and_flags_override():
 
 
 def test_script_recipe_sets_values_and_rewards_and_flags_win(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_nft_sd3", "examples/train_nft_sd3.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_training_script()
     seen = {}
 
     class Stop(Exception):
