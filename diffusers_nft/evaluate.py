@@ -20,10 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .demo.recipe import DEMO_CONFIG
+from .hub import LORA_WEIGHT_NAME
 from .rewards import load_reward
 from .visualize import image_grid
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
 @dataclass

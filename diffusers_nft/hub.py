@@ -9,7 +9,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", "samples/**", "*.tmp.png",
                  ".write-test-*"]
 UPLOAD_STAGING = ".tmp-upload"  # inside output_dir; the card goes here until the upload succeeded
-CARD_FILES = ("README.md", "images", "reward_curve.png", "pytorch_lora_weights.safetensors")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file `load_lora_weights(..., weight_name=)` reads
+CARD_FILES = ("README.md", "images", "reward_curve.png", LORA_WEIGHT_NAME)
 FAMILY_TAGS = {
     "StableDiffusion3Pipeline": ["sd3", "sd3.5", "stable-diffusion-3"],
     "FluxPipeline": ["flux", "flux-diffusers"],

@@ -40,7 +40,15 @@ from .checkpoint import (
 )
 from .config import NFTConfig, resume_differences
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
-from .hub import UPLOAD_STAGING, publish_staged, stage_upload, upload_folder, write_card_images, write_model_card
+from .hub import (
+    LORA_WEIGHT_NAME,
+    UPLOAD_STAGING,
+    publish_staged,
+    stage_upload,
+    upload_folder,
+    write_card_images,
+    write_model_card,
+)
 from .interrupts import StopSignals, TrainingInterrupted
 from .loss import NFTLoss, NFTLossOutput
 from .pipelines import get_pipeline_adapter, select_conditioning
@@ -52,7 +60,6 @@ from .sharding import gather_optimizer_state, shard_optimizer_state
 from .timesteps import num_train_timesteps, sample_train_sigmas
 from .visualize import image_grid, plot_reward_curve
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _LORA_PARTS = (TRAINED, OLD, "ema")  # checkpoint files lora_<which>.safetensors
 _CHECKPOINT_PARTS = [*(f"lora_{which}.safetensors" for which in _LORA_PARTS), "lr_scheduler.pt", "random_states.pt"]
 _OPTIMIZER_PART = "optimizer.pt"  # under DeepSpeed, the engine's own per-process files (see zero.py) instead
