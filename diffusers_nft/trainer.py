@@ -13,6 +13,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -21,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig
@@ -59,6 +61,8 @@ from .schedules import ema_decay, old_policy_decay
 from .sharding import gather_optimizer_state, shard_optimizer_state
 from .timesteps import num_train_timesteps, sample_train_sigmas
 from .visualize import image_grid, plot_reward_curve
+
+logger = get_logger(__name__)
 
 _LORA_PARTS = (TRAINED, OLD, "ema")  # checkpoint files lora_<which>.safetensors
 _CHECKPOINT_PARTS = [*(f"lora_{which}.safetensors" for which in _LORA_PARTS), "lr_scheduler.pt", "random_states.pt"]
@@ -251,6 +255,7 @@ class NFTTrainer:
         if accelerator.is_main_process:
             clean_incomplete(args.output_dir)
             accelerator.init_trackers("diffusers-nft", config=_tracker_config(args))
+        logger.info(self.describe())
         if self.global_step == 0 and self._validation_prompts():
             self.log_validation()
         bar = tqdm(
@@ -270,7 +275,40 @@ class NFTTrainer:
             self.scorer.close()  # the reward worker (a process with reward_scoring="process") never outlives train()
         accelerator.wait_for_everyone()
         accelerator.end_training()
+        logger.info(self._artifacts())
         return self.history
+
+    def _artifacts(self) -> str:
+        """The end-of-training summary: what `output_dir` holds, and how to look at the curves."""
+        out = self.args.output_dir
+        names = sorted(os.listdir(out)) if os.path.isdir(out) else []
+        checkpoints = [n for n in names if n.startswith("checkpoint-")]
+        lines = [f"Done after {self.global_step} iterations. {os.path.abspath(out)} holds:"]
+        lines += [f"  {n}" for n in names if not n.startswith(("checkpoint-", "."))]
+        if checkpoints:
+            lines.append(f"  {len(checkpoints)} checkpoints: {', '.join(checkpoints)}")
+        if "tensorboard" in self.args.report_to or self.args.report_to == "all":
+            lines.append(f"Curves: tensorboard --logdir {self.args.logging_dir}")
+        return "\n".join(lines)
+
+    def describe(self) -> str:
+        """The start-up block: what `train()` will run, and where it writes and logs."""
+        args = self.args
+        model = getattr(self.pipeline, "name_or_path", None) or type(self.pipeline.transformer).__name__
+        iterations = args.max_steps - self.global_step
+        rows = {
+            "model": f"{model} ({type(self.pipeline).__name__}, {type(self.adapter).__name__})",
+            "iteration": f"{args.prompts_per_iteration} prompts x {args.group_size} images = {args.images_per_iteration} "
+                         f"images ({self.local_images} per process, {self.accelerator.num_processes} processes), "
+                         f"{args.num_sampling_steps} {args.sampler} steps, no CFG",
+            "training": f"{self.num_train_timesteps} noise levels per image, {self.optimizer_steps_per_iteration} "
+                        f"optimizer steps per iteration, {iterations * self.optimizer_steps_per_iteration} in all",
+            "iterations": f"{iterations} (from {self.global_step} to max_steps {args.max_steps})",
+            "rewards": ", ".join(f"{name} x {weight:g}" for name, weight in zip(self.rewards.names, self.rewards.weights)),
+            "output_dir": os.path.abspath(args.output_dir),
+            "trackers": args.report_to if args.report_to != "none" else "none (metrics.jsonl only)",
+        }
+        return "Training DiffusionNFT:\n" + "\n".join(f"  {key:<11} {value}" for key, value in rows.items())
 
     def _after_step(self, metrics: Dict[str, float]) -> None:
         """Log, checkpoint and draw the validation grid when their steps come."""
@@ -392,6 +430,7 @@ class NFTTrainer:
         path = os.path.join(folder, f"step_{self.global_step:06d}.png")
         scale = max(1, 256 // self.args.resolution)
         image_grid(images, rows=len(prompts), labels=prompts, scale=scale).save(path)
+        logger.info("Saved sample grid %s", path)
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.writer.add_images("validation", images.numpy(), self.global_step, dataformats="NCHW")
@@ -422,6 +461,7 @@ class NFTTrainer:
             )
             os.replace(os.path.join(staging, LORA_WEIGHT_NAME), path)
             shutil.rmtree(staging, ignore_errors=True)
+            logger.info("Saved LoRA %s", path)
         return path
 
     def create_model_card(self, repo_id: str, folder: Optional[str] = None) -> Optional[str]:
@@ -444,7 +484,7 @@ class NFTTrainer:
         widget = write_card_images(folder, prompts, base, tuned, per_prompt=n, scale=max(1, 256 // args.resolution))
         if self.history:
             plot_reward_curve(self.history, os.path.join(folder, "reward_curve.png"))
-        return write_model_card(
+        card = write_model_card(
             folder,
             repo_id=repo_id,
             base_model=getattr(self.pipeline, "name_or_path", None) or "unknown",
@@ -454,6 +494,8 @@ class NFTTrainer:
             history=self.history,
             widget=widget,
         )
+        logger.info("Wrote model card %s (with %s)", card, ", ".join(sorted(os.listdir(os.path.join(folder, "images")))))
+        return card
 
     def _card_hyperparameters(self) -> Dict[str, object]:
         args, lora = self.args, self.policy.lora_config
@@ -538,6 +580,7 @@ class NFTTrainer:
                 },
             }
             path = save_checkpoint(args.output_dir, self.global_step, parts, args.save_total_limit, staged=True)
+            logger.info("Saved checkpoint %s", path)
         accelerator.wait_for_everyone()
         return path
 
@@ -626,7 +669,10 @@ class NFTTrainer:
         metadata = [row_meta[i] for i in row_of_image.tolist()]
         latents, futures = [], []
         timings["sampling"] += time.perf_counter() - start
-        bar = tqdm(total=self.local_images, desc="sampling", leave=False, disable=not accelerator.is_local_main_process)
+        # A bar inside the iteration bar: only on a terminal, where it redraws in place; in a log file it would
+        # leave cursor-movement escape codes.
+        nested = accelerator.is_local_main_process and sys.stderr.isatty()
+        bar = tqdm(total=self.local_images, desc="sampling", leave=False, disable=not nested)
         with self.policy.using(OLD):
             for lo in range(0, self.local_images, args.sample_batch_size):
                 start = time.perf_counter()

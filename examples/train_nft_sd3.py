@@ -216,7 +216,6 @@ def run(trainer, script_args: ScriptArguments, demo: bool) -> None:
     """Train, then write the demo's results and card, and upload when asked."""
     config = trainer.args
     trainer.train()
-    logger.info("LoRA saved to %s", os.path.join(config.output_dir, "pytorch_lora_weights.safetensors"))
     if demo:
         write_demo_results(trainer)
         trainer.create_model_card("nft-demo")  # README.md with the reward curve and the before/after grid

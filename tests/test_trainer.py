@@ -196,3 +196,33 @@ def test_reward_scoring_modes_give_the_same_rewards(tiny_pipeline_dir, tmp_path)
         means[mode] = (metrics["reward/total/mean"], metrics["reward/jpeg_incompressibility/mean"], metrics["r/std"])
         trainer.scorer.close()
     assert means["sync"] == means["thread"] == means["process"]
+
+
+def test_startup_block_and_a_log_line_per_artifact(tiny_pipeline, tmp_path, caplog):
+    """What will run is said before the first iteration; each checkpoint, grid and the LoRA get a line; the end lists
+    the artifacts and the tensorboard command."""
+    import logging
+
+    config = tiny_config(tmp_path, save_steps=1, validation_steps=2, report_to="tensorboard")
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
+    with caplog.at_level(logging.INFO, logger="diffusers_nft.trainer"):
+        trainer.train()
+    # accelerate's logger names the process: "[RANK 0] ..."
+    messages = [r.getMessage().removeprefix("[RANK 0] ") for r in caplog.records if r.name == "diffusers_nft.trainer"]
+    block = messages[0]
+    assert block.startswith("Training DiffusionNFT:")
+    assert "2 prompts x 4 images = 8 images" in block and "4 dpm_solver steps, no CFG" in block
+    steps = trainer.optimizer_steps_per_iteration
+    assert f"{steps} optimizer steps per iteration, {2 * steps} in all" in block
+    assert "2 (from 0 to max_steps 2)" in block and "jpeg_compressibility x 1" in block
+    assert str(tmp_path) in block and "tensorboard" in block
+    saved = [m.split()[-1] for m in messages if m.startswith("Saved ")]
+    assert saved == [
+        str(tmp_path / "samples" / "step_000000.png"), str(tmp_path / "checkpoint-1"),
+        str(tmp_path / "checkpoint-2"), str(tmp_path / "samples" / "step_000002.png"),
+        str(tmp_path / "pytorch_lora_weights.safetensors"),
+    ]
+    assert all(os.path.exists(path) for path in saved)
+    summary = messages[-1]
+    assert "pytorch_lora_weights.safetensors" in summary and "2 checkpoints: checkpoint-1, checkpoint-2" in summary
+    assert f"tensorboard --logdir {tmp_path / 'logs'}" in summary
