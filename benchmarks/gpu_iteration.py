@@ -9,11 +9,11 @@ zeros, as the SD3 pipeline does without T5): they are off the measured path, whi
 
     python benchmarks/gpu_iteration.py                      # the table, on the GPU
     python benchmarks/gpu_iteration.py --compile            # with torch.compile on the transformer
+    python benchmarks/gpu_iteration.py --model flux1dev --gradient_checkpointing  # FLUX.1-dev size (12 B)
     python benchmarks/gpu_iteration.py --tiny --device cpu  # a smoke run of this script on a CPU
 
-Reference (issue): bare eager bf16 forward/backward calls of this schedule on an H200 cost ~0.55 s per image
-(~1.8 images/s); the bf16 arithmetic floor is ~0.17 s per image. Target: >= 3 images/s per GPU, peak memory
-<= 40 GiB at 16 images per micro-batch.
+Targets (issue 16), SD3.5-Medium size on one H200: >= 4.0 images/s compiled and >= 2.2 eager, peak memory <= 40 GiB
+at 16 images per micro-batch. `benchmarks/gpu_suite.sh` runs every row in one command.
 """
 
 import argparse
@@ -30,11 +30,40 @@ SD35_MEDIUM = dict(
     num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
     pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
 )
+# FLUX.1-dev's transformer (11.9 B parameters) and VAE, from their published configs.
+FLUX1_DEV = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+)
+FLUX_VAE_SCALING = dict(scaling_factor=0.3611, shift_factor=0.1159)
 SD35_VAE = dict(
     in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
 )
+
+
+def build_flux_pipeline(device: str):
+    """A FLUX.1-dev-size `FluxPipeline` (random weights) with tiny text encoders of the real output widths."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    from diffusers_nft.tiny import _tiny_clip_config, _tiny_text_stack
+
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer, tokenizer_2, text_encoder_2 = _tiny_text_stack(folder, t5_dim=4096)
+    torch.manual_seed(0)
+    with torch.device(device):
+        return FluxPipeline(
+            transformer=FluxTransformer2DModel(**FLUX1_DEV),
+            vae=AutoencoderKL(**{**SD35_VAE, **FLUX_VAE_SCALING}),
+            scheduler=FlowMatchEulerDiscreteScheduler(
+                shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                max_image_seq_len=4096,
+            ),
+            text_encoder=CLIPTextModel(_tiny_clip_config(tokenizer, hidden=768)), tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2.to(device), tokenizer_2=tokenizer_2,
+        )
 
 
 def build_pipeline(tiny: bool, device: str):
@@ -71,6 +100,9 @@ def build_pipeline(tiny: bool, device: str):
         )
 
 
+MODELS = ("sd35m", "flux1dev")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=2, help="Timed iterations after one warm-up.")
@@ -80,12 +112,15 @@ def main():
     parser.add_argument("--kl_beta", type=float, default=1e-4)
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer.")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--model", choices=MODELS, default="sd35m",
+                        help="sd35m: SD3.5-Medium size (2.5 B); flux1dev: FLUX.1-dev size (12 B). Default: sd35m.")
     parser.add_argument("--tiny", action="store_true", help="A tiny model, for a smoke run of the script.")
     parser.add_argument("--device", default="cuda")
     cli = parser.parse_args()
 
     cuda = cli.device == "cuda" and torch.cuda.is_available()
-    pipe = build_pipeline(cli.tiny, "cuda" if cuda else "cpu")
+    device = "cuda" if cuda else "cpu"
+    pipe = build_flux_pipeline(device) if cli.model == "flux1dev" and not cli.tiny else build_pipeline(cli.tiny, device)
     resolution = 64 if cli.tiny else 512
     prompts = [f"a photo of object number {i}" for i in range(cli.prompts)]
     with tempfile.TemporaryDirectory() as output_dir:
@@ -113,7 +148,8 @@ def main():
     device = torch.cuda.get_device_name() if cuda else "CPU"
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     median = {k: statistics.median(m[k] for m in runs) for k in ("time/sampling", "time/reward", "time/training", "time/iteration")}
-    print(f"\n{device}; {'tiny' if cli.tiny else 'SD3.5-Medium'} transformer "
+    name = "tiny" if cli.tiny else {"sd35m": "SD3.5-Medium", "flux1dev": "FLUX.1-dev"}[cli.model]
+    print(f"\n{device}; {name} transformer "
           f"({sum(p.numel() for p in pipe.transformer.parameters()) / 1e9:.2f} B params with LoRA), {resolution} px, "
           f"{images} images/iteration, micro-batch {cli.micro_batch}, kl_beta={cli.kl_beta}, compile={cli.compile}, "
           f"gradient checkpointing={cli.gradient_checkpointing}; median of {cli.iterations} (warm-up {warmup:.1f} s).\n")

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the project in one command that fits one 10-minute run on one GPU:
+#
+#   bash benchmarks/gpu_wheels.sh              # here, once: the wheels the GPU machine lacks, into .whl/
+#   bash benchmarks/gpu_suite.sh [OUT_DIR]     # there: results under OUT_DIR, else $OUT, else gpu-results/
+#
+# Each part has its own time limit and log, so a part that fails or hangs still leaves the others' results.
+# summary.md lists every part with its exit status and the tables the benchmarks printed; card.txt names the GPU.
+set -u
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OUT:-gpu-results}}"
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+PYTHON="${PYTHON:-python3}"
+
+if compgen -G ".whl/*.whl" >/dev/null; then  # the machine has no registry: carried wheels, installed aside
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        >"$OUT_DIR/install.log" 2>&1 || echo "wheel install failed, see install.log" >>"$OUT_DIR/summary.md"
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; "$PYTHON" -c \
+    "import torch, diffusers, peft, accelerate; print('torch', torch.__version__, '| diffusers', diffusers.__version__, \
+'| peft', peft.__version__, '| accelerate', accelerate.__version__)"; } >"$OUT_DIR/card.txt" 2>&1
+
+echo "# GPU suite, $(date -u +%Y-%m-%dT%H:%MZ), $(head -2 "$OUT_DIR/card.txt" | tail -1)" >>"$OUT_DIR/summary.md"
+
+# part NAME SECONDS COMMAND...: run with a time limit, log to NAME.log, and copy its tables into summary.md.
+part() {
+    local name=$1 limit=$2 start status
+    shift 2
+    start=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
+    status=$?
+    {
+        echo; echo "## $name: exit $status in $(( $(date +%s) - start )) s (limit $limit s)"
+        grep -E '^\||images/s|peak memory|resumed|changes the output|SKIPPED' "$OUT_DIR/$name.log" || tail -5 "$OUT_DIR/$name.log"
+    } >>"$OUT_DIR/summary.md"
+}
+
+part sd35m_eager 100 "$PYTHON" benchmarks/gpu_iteration.py
+part sd35m_compiled 200 "$PYTHON" benchmarks/gpu_iteration.py --compile
+part flux1dev_eager 120 "$PYTHON" benchmarks/gpu_iteration.py --model flux1dev --gradient_checkpointing \
+    --prompts 1 --group_size 8 --micro_batch 8 --iterations 1
+
+# FSDP2 and DeepSpeed ZeRO-2: train 4 iterations, resume a copy from checkpoint-2, compare the two LoRAs.
+sharded() {
+    local config=$1 dir
+    dir=$(mktemp -d)
+    accelerate launch --config_file "$config" --num_processes 1 benchmarks/sharded_check.py train "$dir/full" &&
+        mkdir -p "$dir/resumed" && cp -r "$dir/full/checkpoint-2" "$dir/resumed/" &&
+        accelerate launch --config_file "$config" --num_processes 1 benchmarks/sharded_check.py train "$dir/resumed" &&
+        "$PYTHON" benchmarks/sharded_check.py compare "$dir/full" "$dir/resumed"
+}
+part fsdp2_resume 90 sharded examples/accelerate_configs/fsdp.yaml
+if "$PYTHON" -c "import deepspeed" >/dev/null 2>&1; then
+    part deepspeed_zero2_resume 90 sharded examples/accelerate_configs/deepspeed_zero2.yaml
+else
+    echo -e "\n## deepspeed_zero2_resume: SKIPPED, DeepSpeed does not import on this machine" >>"$OUT_DIR/summary.md"
+fi
+cat "$OUT_DIR/summary.md"
