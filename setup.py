@@ -22,7 +22,7 @@ setup(
     package_data={"diffusers_nft.model_cards": ["*.md"], "diffusers_nft.demo": ["weights/*.safetensors", "weights/pipeline/*.json", "weights/pipeline/*/*"]},
     install_requires=[
         "torch>=2.4",
-        "diffusers>=0.35",
+        "diffusers>=0.42",
         "transformers>=4.51",
         "accelerate>=1.0",
         "peft>=0.15",

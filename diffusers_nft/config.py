@@ -1,5 +1,6 @@
 """`NFTConfig`: every setting of a DiffusionNFT run, with the defaults of the public SD3.5-Medium release."""
 
+import importlib.util
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ FLOAT_RANGES = {
     "ema_decay": ((0, True), (1, False), ""),
 }
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
 
 @dataclass
@@ -65,9 +67,14 @@ class NFTConfig:
         default=None, metadata={"help": "A checkpoint-<step> folder, or 'latest' in output_dir."}
     )
     report_to: str = field(
-        default="tensorboard", metadata={"help": "Tracker: 'tensorboard', 'wandb', 'all' or 'none'."}
+        default="tensorboard",
+        metadata={"help": f"Trackers, comma-separated, of {TRACKERS}; or 'all' or 'none'. Default: tensorboard."},
     )
-    mixed_precision: str = field(default="no", metadata={"help": f"One of {MIXED_PRECISIONS}."})
+    mixed_precision: Optional[str] = field(
+        default=None,
+        metadata={"help": f"One of {MIXED_PRECISIONS}. Default: what `accelerate launch --mixed_precision` or the "
+                  "accelerate config says, else 'no'."},
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     allow_tf32: bool = field(default=True, metadata={"help": "Allow TF32 matmuls on Ampere and newer GPUs."})
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the transformer's forward."})
@@ -90,14 +97,16 @@ class NFTConfig:
     )
 
     # Optimizer (release: AdamW 3e-4, betas (0.9, 0.999), wd 1e-4, eps 1e-8, constant lr, clip 1.0)
-    learning_rate: float = 3e-4
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 1.0
+    learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate of the LoRA."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip of the gradient norm, per optimizer step."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "A diffusers.optimization scheduler name."})
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int = field(
+        default=0, metadata={"help": "Warm-up length in optimizer steps (not iterations; see the start-up block)."}
+    )
     optimizer_steps_per_iteration: int = field(
         default=1,
         metadata={"help": "Optimizer steps per iteration when gradient_accumulation_steps is not set (release: 1; "
@@ -120,7 +129,7 @@ class NFTConfig:
     distilled_guidance_scale: float = field(
         default=3.5, metadata={"help": "Guidance-embedding value of guidance-distilled models (FLUX.1-dev)."}
     )
-    resolution: int = 512
+    resolution: int = field(default=512, metadata={"help": "Image side in pixels (square)."})
     max_sequence_length: Optional[int] = field(
         default=None,
         metadata={"help": "Text tokens per prompt (T5 and the like). Default: the family's (SD3: 128, the release)."},
@@ -140,7 +149,7 @@ class NFTConfig:
     )
     reward_scoring: str = field(
         default="thread",
-        metadata={"help": f"{SCORING_MODES}: score a batch while the next one samples ('thread', 'process')."},
+        metadata={"help": f"One of {SCORING_MODES}: 'thread' and 'process' score a batch while the next one samples."},
     )
     reward_device: Optional[str] = field(default=None, metadata={"help": "Device of reward models (default: ours)."})
     reward_dtype: str = field(default="float32", metadata={"help": "dtype of reward models."})
@@ -168,8 +177,8 @@ class NFTConfig:
         default=0.99, metadata={"help": "Each sample trains at int(fraction * num_sampling_steps) noise levels."}
     )
     timestep_shift: float = field(default=3.0, metadata={"help": "Shift of 'uniform'/'logit_normal' draws."})
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
+    logit_mean: float = field(default=0.0, metadata={"help": "Mean of train_timesteps='logit_normal'."})
+    logit_std: float = field(default=1.0, metadata={"help": "Std of train_timesteps='logit_normal'."})
 
     # Old policy and EMA
     old_policy_decay: str = field(default="linear", metadata={"help": f"Schedule, one of {OLD_POLICY_DECAYS}."})
@@ -178,7 +187,9 @@ class NFTConfig:
 
     # Validation
     validation_prompts: Optional[List[str]] = field(
-        default=None, metadata={"help": "Prompts of the sample grid.", "aliases": ["--validation_prompt"]}
+        default=None,
+        metadata={"help": "Prompts of the sample grid; repeat the flag or give several. Default: the first 4 "
+                  "training prompts.", "aliases": ["--validation_prompt"], "action": "extend"},
     )
     validation_steps: int = field(default=10, metadata={"help": "Save a sample grid every this many iterations."})
     num_validation_images: int = field(default=4, metadata={"help": "Fixed-seed images per validation prompt."})
@@ -201,7 +212,9 @@ class NFTConfig:
         _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS} (got {self.sampler!r}).")
         _check(self.reward_scoring in SCORING_MODES, f"reward_scoring must be one of {SCORING_MODES}.")
         _check(self.reward_batch_size >= 1, "reward_batch_size must be >= 1.")
-        _check(self.mixed_precision in MIXED_PRECISIONS, f"mixed_precision must be one of {MIXED_PRECISIONS}.")
+        _check(self.mixed_precision in (None, *MIXED_PRECISIONS),
+               f"mixed_precision must be one of {MIXED_PRECISIONS} or None (accelerate's setting).")
+        self.trackers()
         _check(self.advantage_std in STD_SCOPES, f"advantage_std must be one of {STD_SCOPES} (got {self.advantage_std!r}).")
         _check(self.loss_weighting in WEIGHTINGS, f"loss_weighting must be one of {WEIGHTINGS} (got {self.loss_weighting!r}).")
         _check(self.train_timesteps in TRAIN_TIMESTEPS, f"train_timesteps must be one of {TRAIN_TIMESTEPS}.")
@@ -230,6 +243,27 @@ class NFTConfig:
         from .recipes import recipe
 
         return cls(**{**recipe(name)["config"], **overrides})
+
+    def trackers(self) -> Optional[List[str]]:
+        """`report_to` as accelerate's `log_with`: a list of tracker names, "all", or None for no tracker.
+
+        Raises:
+            ValueError: If a name is unknown or its package is not installed.
+        """
+        names = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        if names in ([], ["none"]):
+            return None
+        if names == ["all"]:
+            return "all"
+        unknown = [name for name in names if name not in TRACKERS]
+        if unknown:
+            raise ValueError(f"report_to: unknown tracker {unknown[0]!r}; use a comma-separated list of {TRACKERS}, "
+                             "'all' or 'none'.")
+        missing = [name for name in names if importlib.util.find_spec(name) is None]  # each package is its name
+        if missing:
+            raise ValueError(f"report_to={self.report_to!r}: {missing[0]} is not installed (pip install {missing[0]}), "
+                             "or drop it from report_to.")
+        return names
 
     @property
     def images_per_iteration(self) -> int:
@@ -278,6 +312,11 @@ def _below(value: float, high) -> bool:
 
 def _interval(low, high) -> str:
     return f"{'[' if low[1] else '('}{low[0]:g}, {high[0]:g}{']' if high[1] else ')'}"
+
+
+def resolved_mixed_precision(value: Optional[str]) -> str:
+    """`mixed_precision` as accelerate will apply it: the value, else `accelerate launch`'s (its environment)."""
+    return value or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
 
 
 def _check(condition: bool, message: str) -> None:

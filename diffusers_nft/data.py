@@ -2,43 +2,69 @@
 
 import json
 import os
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-PromptSource = Union[Dataset, Sequence[str], Sequence[dict], str, os.PathLike]
+PromptSource = Union[Dataset, DatasetDict, Sequence[str], Sequence[dict], str, os.PathLike]
 _JSON = ".json"  # suffix of a column that holds nested metadata as JSON text
+_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
 
 
-def load_prompts(source: PromptSource, prompt_column: str = "prompt") -> Dataset:
+def load_prompts(
+    source: PromptSource,
+    prompt_column: str = "prompt",
+    *,
+    config_name: Optional[str] = None,
+    split: str = "train",
+    cache_dir: Optional[str] = None,
+    max_samples: Optional[int] = None,
+) -> Dataset:
     """Prompts as a `datasets.Dataset` with a `"prompt"` column; other columns are metadata for the rewards.
 
     Args:
-        source: A `datasets.Dataset`; a list of strings; a list of dicts; a `.txt` file (one prompt a line); a
-            `.jsonl`/`.json` file of records; or the name of a dataset to `load_dataset` (train split).
+        source: A `datasets.Dataset` or `DatasetDict`; a list of strings; a list of dicts; a `.txt` file (one prompt
+            a line); a `.jsonl`/`.json` file of records; a `.csv` or `.parquet` file; a `save_to_disk` folder; or
+            the name of a dataset to `load_dataset`.
         prompt_column: The column holding the prompts, renamed to `"prompt"`.
+        config_name: The dataset's configuration, for a Hub dataset.
+        split: The split of a `DatasetDict`, a Hub dataset or a saved folder.
+        cache_dir: Where `load_dataset` caches a Hub dataset.
+        max_samples: Keep only the first `max_samples` prompts.
 
     Raises:
-        ValueError: If the source is empty or has no prompt column.
+        ValueError: If the source is empty, has no prompt column or lacks the split.
     """
     if isinstance(source, (str, os.PathLike)):
-        dataset = _load_file_or_hub(str(source))
-    elif isinstance(source, Dataset):
-        dataset = source
+        dataset = _load_file_or_hub(str(source), config_name, split, cache_dir)
+    elif isinstance(source, (Dataset, DatasetDict)):
+        dataset = _split_of(source, split, "the DatasetDict")
     else:
         records = [{"prompt": r} if isinstance(r, str) else dict(r) for r in source]
         dataset = records_to_dataset(records) if records else Dataset.from_dict({"prompt": []})
     if prompt_column != "prompt" and prompt_column in dataset.column_names:
         dataset = dataset.rename_column(prompt_column, "prompt")
     if "prompt" not in dataset.column_names:
-        raise ValueError(f"The prompt set has no {prompt_column!r} column; its columns are {dataset.column_names}.")
+        raise ValueError(f"The prompt set has no {prompt_column!r} column; its columns are {dataset.column_names}. "
+                         "Name the column with --caption_column (prompt_column=...).")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
     if len(dataset) == 0:
         raise ValueError("The prompt set is empty: give at least one prompt.")
     return dataset
 
 
-def _load_file_or_hub(path: str) -> Dataset:
+def _split_of(dataset, split: str, what: str) -> Dataset:
+    """`dataset` itself, or its split `split` when it is a `DatasetDict` (never the dict's keys as prompts)."""
+    if not isinstance(dataset, DatasetDict):
+        return dataset
+    if split not in dataset:
+        raise ValueError(f"{what} has the splits {sorted(dataset)}, not {split!r}: choose one with --dataset_split.")
+    return dataset[split]
+
+
+def _load_file_or_hub(path: str, config_name: Optional[str], split: str, cache_dir: Optional[str]) -> Dataset:
     if path.endswith(".txt"):
         return Dataset.from_dict({"prompt": [line.strip() for line in _read_lines(path) if line.strip()]})
     if path.endswith(".jsonl"):
@@ -49,9 +75,15 @@ def _load_file_or_hub(path: str) -> Dataset:
             return records_to_dataset(json.loads("".join(_read_lines(path))))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
+    for suffix, builder in ((".csv", "csv"), (".parquet", "parquet")):
+        if path.endswith(suffix):
+            return load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir)
+    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, name)) for name in _SAVED_MARKERS):
+        return _split_of(load_from_disk(path), split, path)
     if os.path.exists(path):
-        raise ValueError(f"Cannot read prompts from {path!r}: use a .txt, .jsonl or .json file.")
-    return load_dataset(path, split="train")
+        raise ValueError(f"Cannot read prompts from {path!r}: use a .txt, .jsonl, .json, .csv or .parquet file, a "
+                         "save_to_disk folder, or a dataset name.")
+    return load_dataset(path, config_name, split=split, cache_dir=cache_dir)
 
 
 def _read_lines(path: str) -> List[str]:

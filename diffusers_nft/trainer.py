@@ -128,8 +128,8 @@ class NFTTrainer:
         # The Accelerator comes first: it sets up the processes (on CPU too, with ACCELERATE_USE_CPU) that
         # everything below counts. It only reads the environment; no model is touched yet.
         self.accelerator = Accelerator(
-            mixed_precision=args.mixed_precision,
-            log_with=None if args.report_to == "none" else args.report_to,
+            mixed_precision=args.mixed_precision,  # None: accelerate's own setting (launcher flag, config file)
+            log_with=args.trackers(),
             project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
         )
         reward_options = {
@@ -186,7 +186,7 @@ class NFTTrainer:
         if args.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
         # The frozen base in the low precision; the LoRA stays float32 (NFTPolicy) under accelerate's autocast,
         # and the VAE decodes in float32 unless upcast_vae is off (the release).
         pipeline.to(device)
@@ -506,7 +506,8 @@ class NFTTrainer:
             **{k: getattr(args, k) for k in (
                 "prompts_per_iteration", "group_size", "images_per_iteration", "num_sampling_steps", "sampler",
                 "resolution", "nft_beta", "kl_beta", "adv_clip_max", "loss_weighting", "train_timesteps",
-                "learning_rate", "old_policy_decay", "ema_decay", "mixed_precision", "seed")},
+                "learning_rate", "old_policy_decay", "ema_decay", "seed")},
+            "mixed_precision": self.accelerator.mixed_precision,
         }
 
     def push_to_hub(

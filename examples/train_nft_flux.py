@@ -12,7 +12,7 @@ on the demo world's prompts and reward: it shows the machinery, not learning (th
 """
 
 import torch
-from train_nft_sd3 import NFTConfig, ScriptArguments, cli
+from train_nft_sd3 import NFTConfig, ScriptArguments, cli, load_dtype
 
 
 def load_flux_pipeline(script_args: ScriptArguments, config: NFTConfig):
@@ -27,7 +27,7 @@ def load_flux_pipeline(script_args: ScriptArguments, config: NFTConfig):
         script_args.pretrained_model_name_or_path,
         revision=script_args.revision,
         variant=script_args.variant,
-        torch_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32),
+        dtype=load_dtype(config),
     )
 
 

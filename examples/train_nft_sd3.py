@@ -27,6 +27,7 @@ from diffusers_nft.pipelines import get_pipeline_adapter
 from diffusers_nft.data import load_prompts
 from diffusers_nft.demo.recipe import DEMO_CONFIG, DEMO_REWARD
 from diffusers_nft.checkpoint import check_output_dir, resolve_checkpoint
+from diffusers_nft.config import resolved_mixed_precision
 from diffusers_nft.policy import check_lora_shape, check_lora_targets, make_lora_config
 from diffusers_nft.rewards.registry import check_reward
 from diffusers_nft.recipes import RECIPES, recipe
@@ -41,10 +42,21 @@ class ScriptArguments:
     )
     revision: Optional[str] = field(default=None, metadata={"help": "Model revision on the Hub."})
     variant: Optional[str] = field(default=None, metadata={"help": "Weights variant, e.g. 'fp16'."})
-    prompts: Optional[str] = field(
-        default=None, metadata={"help": "Prompt file (.txt, .jsonl, .json) or dataset name. Default: demo prompts."}
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Prompts: a Hub dataset name, a save_to_disk folder, or a .txt/.jsonl/.json/.csv/.parquet "
+                  "file. Required with --pretrained_model_name_or_path; default: the demo's prompts.",
+                  "aliases": ["--prompts"]},
     )
-    prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompts in --prompts."})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The dataset's configuration."})
+    dataset_split: str = field(default="train", metadata={"help": "The split to train on. Default: train."})
+    caption_column: str = field(
+        default="prompt", metadata={"help": "The column of the prompts. Default: prompt.", "aliases": ["--prompt_column"]}
+    )
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where Hub datasets are cached."})
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Train on the first N prompts only (for debugging). Default: all."}
+    )
     recipe: Optional[str] = field(
         default=None,
         metadata={"help": f"A release configuration, one of {sorted(RECIPES)}: sets its values and rewards; "
@@ -53,7 +65,8 @@ class ScriptArguments:
     reward: List[str] = field(
         default_factory=list,
         metadata={
-            "help": "Reward as name[:weight]; repeat the flag for several (weighted sum). Default: jpeg_compressibility.",
+            "help": "Reward as name[:weight]; repeat the flag for several (weighted sum). Required with "
+                    "--pretrained_model_name_or_path unless --recipe gives them; default: the demo's digit_eval.",
             "action": "extend",
         },
     )
@@ -89,10 +102,10 @@ def parse_rewards(specs: List[str]):
 
 
 def default_rewards(recipe_name: Optional[str], demo: bool) -> List[str]:
-    """The recipe's rewards, else the demo's, else JPEG compressibility."""
+    """The recipe's rewards, else the demo's (`check_data_and_rewards_given` asked for them outside the demo)."""
     if recipe_name:
         return [f"{name}:{weight}" for name, weight in recipe(recipe_name)["rewards"].items()]
-    return [DEMO_REWARD if demo else "jpeg_compressibility"]
+    return [DEMO_REWARD]
 
 
 def write_demo_results(trainer) -> str:
@@ -112,6 +125,12 @@ def write_demo_results(trainer) -> str:
     return path
 
 
+def load_dtype(config: NFTConfig) -> torch.dtype:
+    """The dtype to load the frozen weights in: that of the mixed precision accelerate will apply."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolved_mixed_precision(config.mixed_precision),
+                                                               torch.float32)
+
+
 def load_pipeline(script_args: ScriptArguments, config: NFTConfig):
     """The SD3/SD3.5 pipeline to train, or the tiny offline demo pipeline."""
     from diffusers import StableDiffusion3Pipeline
@@ -124,7 +143,7 @@ def load_pipeline(script_args: ScriptArguments, config: NFTConfig):
         script_args.pretrained_model_name_or_path,
         revision=script_args.revision,
         variant=script_args.variant,
-        torch_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32),
+        dtype=load_dtype(config),
     )
 
 
@@ -175,6 +194,7 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: 
     Returns:
         The reward names and the prompt dataset.
     """
+    check_data_and_rewards_given(script_args, config, demo)
     reward_names, reward_weights = parse_rewards(script_args.reward or default_rewards(script_args.recipe, demo))
     for name in reward_names:
         check_reward(name)
@@ -185,8 +205,11 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: 
     if script_args.hub_token:
         warnings.warn("--hub_token is visible to every user of this machine (`ps`) and in accelerate's failure "
                       "messages; set $HF_TOKEN or run `hf auth login` instead.")
-    if script_args.prompts:
-        prompts = load_prompts(script_args.prompts, script_args.prompt_column)
+    if script_args.dataset_name:
+        prompts = load_prompts(
+            script_args.dataset_name, script_args.caption_column, config_name=script_args.dataset_config_name,
+            split=script_args.dataset_split, cache_dir=script_args.cache_dir, max_samples=script_args.max_train_samples,
+        )
     else:
         from diffusers_nft.demo import prompt_dataset
 
@@ -195,6 +218,21 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: 
     if config.resume_from_checkpoint:
         resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
     return reward_names, prompts
+
+
+def check_data_and_rewards_given(script_args: ScriptArguments, config: NFTConfig, demo: bool) -> None:
+    """A real model trains on prompts and rewards that were asked for: the demo's are never a silent default."""
+    if demo:
+        return
+    if not script_args.dataset_name:
+        raise ValueError("--pretrained_model_name_or_path needs --dataset_name (or --prompts): a Hub dataset, a "
+                         "save_to_disk folder or a .txt/.jsonl/.json/.csv/.parquet file. The demo's digit prompts are "
+                         "only for the demo.")
+    if not script_args.reward and not script_args.recipe:
+        raise ValueError("--pretrained_model_name_or_path needs --reward name[:weight] (repeat it for several), or "
+                         "--recipe with its rewards; there is no default reward for a real model.")
+    if script_args.reward and config.reward_weights:
+        raise ValueError("Give the weights once: either --reward name:weight or --reward_weights, not both.")
 
 
 def check_lora_layers(script_args: ScriptArguments) -> None:

@@ -36,7 +36,7 @@ def test_ddp_config_launches_the_script_on_two_cpu_processes(tiny_pipeline_dir, 
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(CONFIGS, "ddp.yaml"),
                "--num_processes", "2", "--mixed_precision", "no", os.path.join(ROOT, "examples", "train_nft_sd3.py"),
                "--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts", str(prompts),
-               "--output_dir", str(tmp_path / "out"), "--resolution", "64", "--max_sequence_length", "16",
+               "--reward", "jpeg_compressibility", "--output_dir", str(tmp_path / "out"), "--resolution", "64", "--max_sequence_length", "16",
                "--max_train_steps", "1", "--prompts_per_iteration", "2", "--group_size", "2",
                "--num_sampling_steps", "2", "--eval_num_steps", "2", "--report_to", "none", "--rank", "4",
                "--validation_steps", "5", "--sample_batch_size", "2", "--train_batch_size", "2"]

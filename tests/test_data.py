@@ -27,9 +27,9 @@ def test_errors(tmp_path):
         load_prompts(str(empty))
     with pytest.raises(ValueError, match="no 'prompt' column"):
         load_prompts([{"caption": "x"}])
-    other = tmp_path / "p.csv"
+    other = tmp_path / "p.yaml"
     other.write_text("a")
-    with pytest.raises(ValueError, match=".txt, .jsonl or .json"):
+    with pytest.raises(ValueError, match=r".txt, .jsonl, .json, .csv or .parquet file, a save_to_disk folder"):
         load_prompts(str(other))
 
 

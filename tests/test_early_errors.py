@@ -33,7 +33,8 @@ def test_script_checks_before_loading_the_model(flags, message, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
     loaded = []
-    argv = ["--pretrained_model_name_or_path", "x", "--prompts", str(prompts), "--output_dir", str(tmp_path / "o")]
+    argv = ["--pretrained_model_name_or_path", "x", "--prompts", str(prompts), "--output_dir", str(tmp_path / "o"),
+            "--reward", "jpeg_compressibility"]
     with pytest.raises((ValueError, OSError), match=message):
         load_training_script().main(argv + flags, load_pipeline=lambda *args: loaded.append(1))
     assert loaded == []
@@ -46,7 +47,8 @@ def test_script_reports_a_setup_error_in_one_line(tmp_path):
     """
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"a cat\nb\xff dog\n")
-    result = subprocess.run([sys.executable, SCRIPT, "--pretrained_model_name_or_path", "x", "--prompts", str(bad)],
+    result = subprocess.run([sys.executable, SCRIPT, "--pretrained_model_name_or_path", "x", "--prompts", str(bad),
+                             "--reward", "jpeg_compressibility"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
@@ -103,7 +105,7 @@ def test_script_checks_lora_layers_from_the_config_before_loading_weights(tiny_p
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
     loaded = []
-    argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts", str(prompts),
+    argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts", str(prompts), "--reward", "jpeg_compressibility",
             "--output_dir", str(tmp_path / "o"), "--lora_layers", "attn.to_q,attn.nonexistent"]
     with pytest.raises(ValueError, match=r"\['attn.nonexistent'\] match no linear module"):
         load_training_script().main(argv, load_pipeline=lambda *args: loaded.append(1))

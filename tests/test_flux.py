@@ -94,7 +94,7 @@ def test_flux_script_feeds_distilled_guidance_from_the_command_line(flux_dir, tm
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cat\na blue dog\n")
     argv = ["--pretrained_model_name_or_path", flux_dir, "--prompts", str(prompts), "--output_dir", str(tmp_path / "o"),
-            "--distilled_guidance_scale", "2.5", "--resolution", "64", "--max_sequence_length", "16",
+            "--reward", "jpeg_compressibility", "--distilled_guidance_scale", "2.5", "--resolution", "64", "--max_sequence_length", "16",
             "--max_train_steps", "1", "--prompts_per_iteration", "2", "--group_size", "2", "--num_sampling_steps", "2",
             "--eval_num_steps", "2", "--report_to", "none", "--rank", "4", "--validation_steps", "5"]
     trainer, script_args, demo = train_nft_sd3.prepare(argv, load_pipeline=train_nft_flux.load_flux_pipeline)

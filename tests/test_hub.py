@@ -120,7 +120,7 @@ def test_script_pushes_with_the_given_repo_and_token_or_the_output_dir_name(tiny
         api = recording_api(str(tmp_path / "hub" / repo))
         monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None, api=api: api)
         script.main(["--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts", str(prompts),
-                     "--output_dir", str(tmp_path / "my-run"), "--resolution", "64", "--max_sequence_length", "16",
+                     "--reward", "jpeg_compressibility", "--output_dir", str(tmp_path / "my-run"), "--resolution", "64", "--max_sequence_length", "16",
                      "--max_train_steps", "1", "--prompts_per_iteration", "2", "--group_size", "2",
                      "--num_sampling_steps", "2", "--eval_num_steps", "2", "--num_validation_images", "1",
                      "--report_to", "none", "--rank", "4", "--push_to_hub", "--hub_token", "hf_from_flag", *hub_flags])

@@ -146,4 +146,4 @@ def test_the_script_warns_about_a_hub_token_flag(tmp_path):
     with pytest.warns(UserWarning, match="HF_TOKEN"), pytest.raises(Stop):
         (tmp_path / "p.txt").write_text("a cat\n")
         script.main(["--pretrained_model_name_or_path", "x", "--prompts", str(tmp_path / "p.txt"), "--output_dir",
-                     str(tmp_path / "out"), "--hub_token", "hf_secret"], load_pipeline=stop)
+                     str(tmp_path / "out"), "--reward", "jpeg_compressibility", "--hub_token", "hf_secret"], load_pipeline=stop)

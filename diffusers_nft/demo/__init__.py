@@ -18,7 +18,7 @@ def load_demo_pipeline():
     import torch
     from diffusers import StableDiffusion3Pipeline
 
-    return StableDiffusion3Pipeline.from_pretrained(PIPELINE, torch_dtype=torch.float32)
+    return StableDiffusion3Pipeline.from_pretrained(PIPELINE, dtype=torch.float32)
 
 
 __all__ = ["HELD_OUT", "PIPELINE", "WEIGHTS", "load_demo_pipeline", "prompt_dataset", "prompt_records"]
