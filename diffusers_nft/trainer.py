@@ -52,6 +52,7 @@ from .hub import (
     write_model_card,
 )
 from .interrupts import StopSignals, TrainingInterrupted
+from .lora_file import write_lora_file
 from .loss import NFTLoss, NFTLossOutput
 from .pipelines import get_pipeline_adapter, select_conditioning
 from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
@@ -453,12 +454,7 @@ class NFTTrainer:
         if self.accelerator.is_main_process:  # written beside, then renamed: a crash never leaves half a file
             os.makedirs(output_dir, exist_ok=True)
             staging = tempfile.mkdtemp(prefix=".tmp-lora-", dir=output_dir)
-            type(self.pipeline).save_lora_weights(
-                staging,
-                transformer_lora_layers=weights,
-                transformer_lora_adapter_metadata=self.policy.lora_config.to_dict(),
-                weight_name=LORA_WEIGHT_NAME,
-            )
+            write_lora_file(type(self.pipeline), staging, weights, self.policy.lora_config)
             os.replace(os.path.join(staging, LORA_WEIGHT_NAME), path)
             shutil.rmtree(staging, ignore_errors=True)
             logger.info("Saved LoRA %s", path)
@@ -500,7 +496,7 @@ class NFTTrainer:
     def _card_hyperparameters(self) -> Dict[str, object]:
         args, lora = self.args, self.policy.lora_config
         return {
-            "LoRA rank / alpha": f"{lora.r} / {lora.lora_alpha}",
+            "LoRA rank / alpha": f"{lora.r} / {lora.lora_alpha} (the file folds alpha / r into lora_B and says alpha = r)",
             "LoRA targets": ", ".join(sorted(lora.target_modules)),
             "saved weights": "EMA" if args.save_ema_weights else "raw",
             **{k: getattr(args, k) for k in (
@@ -564,6 +560,10 @@ class NFTTrainer:
             optimizer = {_OPTIMIZER_PART: gather_optimizer_state(self.optimizer)}
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            # Beside the resume state, the LoRA as the final file holds it: `load_lora_weights(checkpoint-N)` works.
+            published = lora[f"lora_{'ema' if args.save_ema_weights else TRAINED}.safetensors"]
+            write_lora_file(type(self.pipeline), staging_folder(args.output_dir, self.global_step), published,
+                            self.policy.lora_config)
             parts = {
                 **lora,
                 **optimizer,

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from diffusers_nft import NFTTrainer
 from diffusers_nft.pipelines import FluxAdapter, get_pipeline_adapter
 from diffusers_nft.policy import make_lora_config
+from diffusers_nft.lora_file import portable_lora
 
 from conftest import PROMPTS, max_diff, tiny_config
 
@@ -62,7 +63,8 @@ def test_flux_trains_and_its_lora_loads_into_flux_pipeline(flux_dir, tmp_path):
     history = trainer.train()
     assert len(history) == 3 and history[-1]["old_theta_deviation"] > 0
     saved = load_file(tmp_path / "pytorch_lora_weights.safetensors")
-    assert max_diff({k[len("transformer."):]: v for k, v in saved.items()}, trainer.policy.state_dict("ema")) == 0
+    folded, _ = portable_lora(trainer.policy.state_dict("ema"), peft_config)  # alpha / r in lora_B
+    assert max_diff({k[len("transformer."):]: v for k, v in saved.items()}, folded) == 0
 
     with trainer.policy.ema_weights():
         trained = _render(trainer.pipeline)

@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from diffusers_nft import NFTTrainer
 from diffusers_nft.pipelines import Lumina2Adapter, get_pipeline_adapter
 from diffusers_nft.policy import make_lora_config
+from diffusers_nft.lora_file import portable_lora
 
 from conftest import PROMPTS, max_diff, tiny_config
 
@@ -48,7 +49,8 @@ def test_lumina2_trains_and_its_lora_loads(tmp_path):
     trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS, peft_config=peft_config)
     trainer.train()
     saved = load_file(tmp_path / "run" / "pytorch_lora_weights.safetensors")
-    assert max_diff({k[len("transformer."):]: v for k, v in saved.items()}, trainer.policy.state_dict("ema")) == 0
+    folded, _ = portable_lora(trainer.policy.state_dict("ema"), peft_config)  # alpha / r in lora_B
+    assert max_diff({k[len("transformer."):]: v for k, v in saved.items()}, folded) == 0
     with trainer.policy.ema_weights():
         trained = _render(trainer.pipeline)
     fresh = Lumina2Pipeline.from_pretrained(folder)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from diffusers_nft import NFTTrainer
 from diffusers_nft.checkpoint import CheckpointError
 from diffusers_nft.rewards import RewardError
+from diffusers_nft.lora_file import portable_lora
 
 from conftest import PROMPTS, max_diff, small_lora, tiny_config
 
@@ -89,7 +90,8 @@ def test_saved_lora_loads_into_a_fresh_pipeline(tiny_pipeline_dir, tmp_path, sav
     trainer.train()
     saved = load_file(tmp_path / "pytorch_lora_weights.safetensors")
     assert all(k.startswith("transformer.") and "lora" in k for k in saved)
-    expected = trainer.policy.state_dict("ema" if save_ema_weights else "default")
+    expected, _ = portable_lora(trainer.policy.state_dict("ema" if save_ema_weights else "default"),
+                                trainer.policy.lora_config)  # alpha / r folded into lora_B
     assert max_diff({k[len("transformer."):]: v for k, v in saved.items()}, expected) == 0
 
     def render(pipeline):
