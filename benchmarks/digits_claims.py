@@ -168,6 +168,8 @@ def plot(runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str)
         fig.savefig(os.path.join(output_dir, "claims_b.png"), dpi=100)
         plt.close(fig)
 
+    if not runs:  # no run has every seed yet
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, results in runs.items():
         curves = list(zip(*[r["training_reward"] for r in results]))
