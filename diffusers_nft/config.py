@@ -92,6 +92,25 @@ class NFTConfig:
         metadata={"help": "Skip an optimizer step whose loss or gradient norm is not finite, instead of stopping "
                   "with an error (not under DeepSpeed, whose engine steps inside backward)."},
     )
+    # The Hub (TRL's names)
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "After training, upload the LoRA, model card and images (the script)."}
+    )
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Hub repo. Default: the output_dir name."})
+    hub_private_repo: Optional[bool] = field(default=None, metadata={"help": "Create the repo private."})
+    hub_token: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub token. Prefer $HF_TOKEN or `hf auth login`: a flag shows in `ps` and in the "
+                  "launcher's error messages. Never saved in checkpoints or trackers. Default: the logged-in token."},
+    )
+    base_model_id: Optional[str] = field(
+        default=None,
+        metadata={"help": "The base model's Hub id for the model card, when the pipeline came from a local folder. "
+                  "Default: the id the pipeline was loaded from, else none (the card then has no base_model)."},
+    )
+    license: Optional[str] = field(
+        default=None, metadata={"help": "The model card's license. Default: the base model's, read from the Hub."}
+    )
     save_ema_weights: bool = field(
         default=True, metadata={"help": "Save the EMA of the LoRA (release) rather than the raw trained weights."}
     )
@@ -274,7 +293,10 @@ class NFTConfig:
         return os.path.join(self.output_dir, "logs")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every setting but the Hub token: what checkpoints, trackers and the card record."""
+        values = asdict(self)
+        values.pop("hub_token")
+        return values
 
 
 # Settings that shape an iteration: an exact resume needs the values the checkpoint was written with.
@@ -288,6 +310,7 @@ RESUME_FREE = (
     "output_dir", "max_steps", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
     "report_to", "validation_prompts", "validation_steps", "num_validation_images", "save_on_interrupt",
     "reward_timeout", "reward_scoring", "reward_device", "reward_batch_size", "sample_batch_size", "eval_num_steps",
+    "push_to_hub", "hub_model_id", "hub_private_repo", "base_model_id", "license",
 )
 
 

@@ -1,6 +1,8 @@
 """Publishing a trained LoRA: the model card, and the upload to the Hugging Face Hub."""
 
+import json
 import os
+import re
 import shutil
 from importlib import resources
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -27,63 +29,139 @@ def model_card_template() -> str:
     return str(resources.files("diffusers_nft.model_cards").joinpath("nft_lora.md"))
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def hub_base_model(name_or_path: Optional[str], base_model_id: Optional[str] = None) -> Optional[str]:
+    """The base model's Hub id for a card, or None when it has none: a local path never goes into a card.
+
+    Args:
+        name_or_path: What the pipeline was loaded from (`pipe.name_or_path`): a Hub id or a local folder.
+        base_model_id: The Hub id the user named (`NFTConfig.base_model_id`); it wins.
+    """
+    if base_model_id:
+        if not _HUB_ID.match(base_model_id) or os.path.exists(base_model_id):
+            raise ValueError(f"base_model_id must be a Hub id such as 'org/name', got {base_model_id!r}.")
+        return base_model_id
+    if not name_or_path:
+        return None
+    if os.path.exists(name_or_path):  # a local folder: the Hub id it was saved from, if it says one
+        index = os.path.join(name_or_path, "model_index.json")
+        if not os.path.isfile(index):
+            return None
+        with open(index) as f:
+            name_or_path = json.load(f).get("_name_or_path")
+        if not name_or_path or os.path.exists(name_or_path):
+            return None
+    return name_or_path if _HUB_ID.match(name_or_path) and "/" in name_or_path else None
+
+
+def base_model_license(base_model: Optional[str]) -> Optional[str]:
+    """The license of `base_model` on the Hub, or None when the Hub cannot say (offline, no card)."""
+    if base_model is None:
+        return None
+    try:
+        from huggingface_hub import model_info
+
+        data = model_info(base_model, timeout=10).card_data
+        return data.get("license") if data else None
+    except Exception:  # offline or unknown: the card then says the license is the base model's, unnamed
+        return None
+
+
+def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, prompt: str, call_kwargs: dict) -> str:
+    """Python that loads the base pipeline and this LoRA and generates as the run evaluated, on the user's device."""
+    base = base_model or "path/to/the/base/pipeline"
+    arguments = "".join(f"    {key}={_literal(value)},\n" for key, value in call_kwargs.items())
+    return (
+        "import torch\n"
+        f"from diffusers import {pipeline_class}\n\n"
+        'device = "cuda" if torch.cuda.is_available() else "cpu"\n'
+        'dtype = torch.bfloat16 if device == "cuda" else torch.float32\n'
+        f"pipe = {pipeline_class}.from_pretrained({_literal(base)}, dtype=dtype).to(device)\n"
+        f"pipe.load_lora_weights({_literal(repo_id)}, weight_name={_literal(LORA_WEIGHT_NAME)})\n"
+        "image = pipe(\n"
+        f"    {_literal(prompt)},\n{arguments}"
+        "    generator=torch.Generator().manual_seed(0),\n"
+        ").images[0]\n"
+        'image.save("sample.png")\n'
+    )
+
+
+def _literal(value) -> str:
+    """A Python literal in the style of the card's code: double-quoted strings."""
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
 def write_model_card(
     output_dir: str,
+    *,
     repo_id: str,
-    base_model: str,
+    base_model: Optional[str],
     pipeline_class: str,
     rewards: Sequence[Tuple[str, float]],
     hyperparameters: Dict[str, object],
     history: List[Dict[str, float]],
     widget: Sequence[Tuple[str, str]],
+    call_kwargs: Dict[str, object],
+    license: Optional[str] = None,
+    evaluation: Optional[str] = None,
 ) -> str:
     """Write `output_dir/README.md` from the template.
 
     Args:
         output_dir: The run's folder (it holds the LoRA, `reward_curve.png` and `images/`).
-        repo_id: The Hub repo the card is for.
-        base_model: Hub id of the base pipeline.
+        repo_id: The Hub repo the card is for, e.g. `"user/sd35-nft"`.
+        base_model: Hub id of the base pipeline (see `hub_base_model`), or None to leave the field out.
         pipeline_class: Its diffusers class name.
         rewards: (name, weight) pairs.
         hyperparameters: Settings to show in a table.
         history: Per-iteration metrics (for the first/last reward table).
-        widget: (prompt, image path relative to `output_dir`) pairs for the Hub widget.
+        widget: (prompt, image path relative to `output_dir`) pairs for the Hub widget and gallery.
+        call_kwargs: The pipeline-call arguments the run evaluated with (resolution, steps, guidance, text length).
+        license: The card's license; default: the base model's on the Hub, when it can be read.
+        evaluation: A markdown table of an evaluation run, shown in the card.
 
     Returns:
         The path of the card.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    tags = ["diffusers", "lora", "diffusers-nft", "reinforcement-learning", "text-to-image"]
+    tags = ["diffusers", "lora", "template:sd-lora", "diffusers-nft", "reinforcement-learning", "text-to-image"]
     tags += FAMILY_TAGS.get(pipeline_class, [])
     card_data = ModelCardData(
         base_model=base_model,
+        license=license or base_model_license(base_model),
         library_name="diffusers",
         pipeline_tag="text-to-image",
         tags=tags,
         widget=[{"text": prompt, "output": {"url": path}} for prompt, path in widget],
     )
-    final = []
-    if history:
-        names = [k[len("reward/"):-len("/mean")] for k in history[-1] if k.startswith("reward/") and k.endswith("/mean")]
-        final = [(n, history[0][f"reward/{n}/mean"], history[-1][f"reward/{n}/mean"]) for n in names]
     card = ModelCard.from_template(
         card_data,
         template_path=model_card_template(),
-        title=f"{repo_id.split('/')[-1]}: DiffusionNFT LoRA for {base_model}",
+        title=f"{repo_id.split('/')[-1]}: DiffusionNFT LoRA for {base_model or pipeline_class}",
         base_model=base_model,
-        repo_id=repo_id,
         pipeline_class=pipeline_class,
         rewards=list(rewards),
         iterations=len(history),
         images_seen=int(hyperparameters.get("images_per_iteration", 0)) * len(history),
-        final_rewards=final,
-        example_prompt=widget[0][0] if widget else "a photo of a cat",
+        final_rewards=_first_and_last(history),
+        snippet=call_snippet(pipeline_class, base_model, repo_id, widget[0][0] if widget else "a photo of a cat",
+                             call_kwargs),
+        evaluation=evaluation,
         hyperparameters=list(hyperparameters.items()),
     )
     path = os.path.join(output_dir, "README.md")
     card.save(path)
     return path
+
+
+def _first_and_last(history: List[Dict[str, float]]) -> List[Tuple[str, float, float]]:
+    if not history:
+        return []
+    names = [k[len("reward/"):-len("/mean")] for k in history[-1] if k.startswith("reward/") and k.endswith("/mean")]
+    return [(n, history[0][f"reward/{n}/mean"], history[-1][f"reward/{n}/mean"]) for n in names]
 
 
 def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prompt: int, scale: int):
@@ -131,6 +209,21 @@ def publish_staged(staging: str, output_dir: str) -> None:
             shutil.copy2(source, target)
 
 
+def validate_card(path: str) -> None:
+    """Ask the Hub whether it accepts the card's metadata, before anything is uploaded.
+
+    Raises:
+        RuntimeError: Naming the Hub's objection (or why it could not be asked).
+    """
+    from huggingface_hub import ModelCard
+
+    try:
+        ModelCard.load(path).validate()
+    except Exception as error:
+        raise RuntimeError(f"The Hub did not accept the model card {path} ({type(error).__name__}: {error}); nothing "
+                           "was uploaded. Fix the card's metadata (base_model_id, license) or the network.") from error
+
+
 def upload_folder(output_dir: str, repo_id: str, token: Optional[str] = None, private: Optional[bool] = None,
                   api=None, commit_message: str = "Upload DiffusionNFT LoRA") -> str:
     """Create the repo if needed and upload `output_dir` without checkpoints, logs and per-step samples.
@@ -138,6 +231,7 @@ def upload_folder(output_dir: str, repo_id: str, token: Optional[str] = None, pr
     Raises:
         RuntimeError: If the Hub calls fail; the local folder is left as it is.
     """
+    validate_card(os.path.join(output_dir, "README.md"))
     if api is None:
         from huggingface_hub import HfApi
 

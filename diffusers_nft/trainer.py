@@ -48,6 +48,7 @@ from .hub import (
     publish_staged,
     stage_upload,
     upload_folder,
+    hub_base_model,
     write_card_images,
     write_model_card,
 )
@@ -460,14 +461,17 @@ class NFTTrainer:
             logger.info("Saved LoRA %s", path)
         return path
 
-    def create_model_card(self, repo_id: str, folder: Optional[str] = None) -> Optional[str]:
+    def create_model_card(
+        self, repo_id: Optional[str] = None, folder: Optional[str] = None, evaluation: Optional[str] = None
+    ) -> Optional[str]:
         """Write `README.md` (the model card), the before/after grid, widget images and the reward curve.
 
         Every process must call it (they sample together); the main one writes and gets the card's path.
 
         Args:
-            repo_id: The Hub repo the card is for.
+            repo_id: The Hub repo the card is for; default: `hub_model_id`, else the name of `output_dir`.
             folder: Where to write; `output_dir` by default.
+            evaluation: A markdown table of results to show; default: `output_dir/results.md` when there is one.
         """
         args, folder = self.args, folder or self.args.output_dir
         prompts = self._validation_prompts()
@@ -480,18 +484,35 @@ class NFTTrainer:
         widget = write_card_images(folder, prompts, base, tuned, per_prompt=n, scale=max(1, 256 // args.resolution))
         if self.history:
             plot_reward_curve(self.history, os.path.join(folder, "reward_curve.png"))
+        results = os.path.join(args.output_dir, "results.md")
+        if evaluation is None and os.path.isfile(results):
+            with open(results) as f:
+                evaluation = f.read()
         card = write_model_card(
             folder,
-            repo_id=repo_id,
-            base_model=getattr(self.pipeline, "name_or_path", None) or "unknown",
+            repo_id=self._repo_id(repo_id),
+            base_model=hub_base_model(getattr(self.pipeline, "name_or_path", None), args.base_model_id),
             pipeline_class=type(self.pipeline).__name__,
             rewards=list(zip(self.rewards.names, self.rewards.weights)),
             hyperparameters=self._card_hyperparameters(),
             history=self.history,
             widget=widget,
+            call_kwargs=self.evaluation_call_kwargs(),
+            license=args.license,
+            evaluation=evaluation,
         )
         logger.info("Wrote model card %s (with %s)", card, ", ".join(sorted(os.listdir(os.path.join(folder, "images")))))
         return card
+
+    def evaluation_call_kwargs(self) -> Dict[str, object]:
+        """The pipeline-call arguments that generate as the evaluation does: CFG-free, `eval_num_steps` Euler steps
+        at the trained resolution and text length (SD3 attends over the padding, so the length matters)."""
+        args = self.args
+        return {"height": args.resolution, "width": args.resolution, "num_inference_steps": args.eval_num_steps,
+                "max_sequence_length": self.max_sequence_length, **self.adapter.cfg_free_call_kwargs()}
+
+    def _repo_id(self, repo_id: Optional[str]) -> str:
+        return repo_id or self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
 
     def _card_hyperparameters(self) -> Dict[str, object]:
         args, lora = self.args, self.policy.lora_config
@@ -514,9 +535,9 @@ class NFTTrainer:
         the upload succeeded.
 
         Args:
-            repo_id: Hub repo; default: the name of `output_dir`.
-            token: Hub token, passed to every Hub call; default: the logged-in one.
-            private: Create the repo private.
+            repo_id: Hub repo; default: `hub_model_id`, else the name of `output_dir`.
+            token: Hub token, passed to every Hub call; default: `hub_token`, else the logged-in one.
+            private: Create the repo private; default: `hub_private_repo`.
             api: A stand-in for `huggingface_hub.HfApi` (for tests and mirrors).
 
         Returns:
@@ -526,7 +547,9 @@ class NFTTrainer:
             RuntimeError: If the upload fails; `output_dir` stays exactly as it was.
         """
         output_dir = self.args.output_dir
-        repo_id = repo_id or os.path.basename(os.path.normpath(output_dir))
+        repo_id = self._repo_id(repo_id)
+        token = token or self.args.hub_token
+        private = self.args.hub_private_repo if private is None else private
         staging = os.path.join(output_dir, UPLOAD_STAGING)  # the same path on every process
         try:
             if self.accelerator.is_main_process:

@@ -75,13 +75,6 @@ class ScriptArguments:
     lora_layers: Optional[str] = field(
         default=None, metadata={"help": "Comma-separated module suffixes, e.g. 'attn.to_q,attn.to_k'. Default: release."}
     )
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the LoRA, model card and images."})
-    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Hub repo, default: the output_dir name."})
-    hub_token: Optional[str] = field(
-        default=None,
-        metadata={"help": "Hub token. Prefer $HF_TOKEN or `hf auth login`: a flag shows in `ps` and in the "
-                  "launcher's error messages. Default: the logged-in token."},
-    )
 
 
 def parse_rewards(specs: List[str]):
@@ -202,7 +195,7 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: 
     config.validate()  # the weights from --reward name:w too
     check_lora_shape(script_args.rank, script_args.lora_alpha)
     check_lora_layers(script_args)
-    if script_args.hub_token:
+    if config.hub_token:
         warnings.warn("--hub_token is visible to every user of this machine (`ps`) and in accelerate's failure "
                       "messages; set $HF_TOKEN or run `hf auth login` instead.")
     if script_args.dataset_name:
@@ -257,8 +250,8 @@ def run(trainer, script_args: ScriptArguments, demo: bool) -> None:
     if demo:
         write_demo_results(trainer)
         trainer.create_model_card("nft-demo")  # README.md with the reward curve and the before/after grid
-    if script_args.push_to_hub:
-        logger.info("Pushed to %s", trainer.push_to_hub(script_args.hub_model_id, token=script_args.hub_token))
+    if config.push_to_hub:
+        logger.info("Pushed to %s", trainer.push_to_hub())
 
 
 def main(argv=None, load_pipeline=load_pipeline) -> None:

@@ -43,11 +43,20 @@ def listing(folder):
                    os.stat(os.path.join(d, f)).st_mtime_ns) for d, _, fs in os.walk(folder) for f in fs)
 
 
+@pytest.fixture(autouse=True)
+def validations(monkeypatch):
+    """The Hub's card validation, offline: each call is recorded with the card's metadata, and accepted."""
+    seen = []
+    monkeypatch.setattr(ModelCard, "validate", lambda card, repo_type=None: seen.append(card.data.to_dict()))
+    return seen
+
+
 @pytest.fixture
 def trained(tiny_pipeline_dir, tmp_path):
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
     config = tiny_config(tmp_path / "run", max_steps=2, save_steps=1, learning_rate=3e-2,
-                         validation_prompts=["a red cat", "a blue dog"], validation_steps=1, reward_weights=[1.0, 0.5])
+                         validation_prompts=["a red cat", "a blue dog"], validation_steps=1, reward_weights=[1.0, 0.5],
+                         base_model_id="someone/tiny-sd3", license="openrail++")
     trainer = NFTTrainer(pipe, ["jpeg_compressibility", "jpeg_incompressibility"], config, PROMPTS)
     trainer.train()
     return trainer
@@ -70,13 +79,15 @@ def test_push_to_hub_uploads_a_loadable_lora_with_a_real_card(trained, tiny_pipe
 
     card = ModelCard.load(uploaded / "README.md")
     meta = card.data.to_dict()
-    assert meta["library_name"] == "diffusers" and meta["base_model"]
-    assert {"diffusers", "lora", "diffusers-nft", "reinforcement-learning", "text-to-image", "sd3"} <= set(meta["tags"])
+    assert meta["library_name"] == "diffusers" and meta["base_model"] == "someone/tiny-sd3"
+    assert meta["license"] == "openrail++" and "<Gallery />" in card.text
+    assert {"diffusers", "lora", "template:sd-lora", "diffusers-nft", "reinforcement-learning", "text-to-image",
+            "sd3"} <= set(meta["tags"])
     assert [w["text"] for w in meta["widget"]] == ["a red cat", "a blue dog"]
     assert all((uploaded / w["output"]["url"]).is_file() for w in meta["widget"])
     yaml.safe_load(open(uploaded / "README.md").read().split("---")[1])
     for text in ("jpeg_compressibility", "load_lora_weights(\"someone/tiny-nft\", weight_name=\"pytorch_lora_weights.safetensors\")",
-                 "guidance_scale=1.0", "arXiv 2509.16117", "@inproceedings", "| `nft_beta` | 1.0 |", "## Limitations"):
+                 "guidance_scale=1.0", "max_sequence_length=16", "height=64", "arXiv 2509.16117", "@inproceedings", "| `nft_beta` | 1.0 |", "## Limitations"):
         assert text in card.text, text
 
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
@@ -86,6 +97,20 @@ def test_push_to_hub_uploads_a_loadable_lora_with_a_real_card(trained, tiny_pipe
     base = pipe("a red cat", **kwargs).images
     pipe.load_lora_weights(str(uploaded), weight_name="pytorch_lora_weights.safetensors")
     assert (pipe("a red cat", **kwargs).images - base).abs().max() > 1e-4
+
+
+def test_the_card_is_validated_before_anything_is_uploaded(trained, tmp_path, validations, monkeypatch):
+    trained.push_to_hub("someone/tiny-nft", api=recording_api(str(tmp_path / "hub")))
+    assert [v["base_model"] for v in validations] == ["someone/tiny-sd3"]
+
+    def refuse(card, repo_type=None):
+        raise ValueError("Invalid metadata in README.md: 'license' must be one of [...]")
+
+    monkeypatch.setattr(ModelCard, "validate", refuse)
+    api = recording_api(str(tmp_path / "hub2"))
+    with pytest.raises(RuntimeError, match=r"did not accept the model card .*'license' must be one of"):
+        trained.push_to_hub("someone/tiny-nft", api=api)
+    assert not api.create_repo.called and not (tmp_path / "hub2").exists()
 
 
 def test_failed_upload_raises_and_leaves_the_output_exactly_as_it_was(trained, tmp_path):

@@ -94,7 +94,7 @@ def test_the_model_card_shows_weights_links_and_hyperparameters(tiny_pipeline_di
                      reward=["jpeg_incompressibility", "jpeg_compressibility"])
     card = ModelCard.load(trainer.create_model_card("someone/tiny"))
     for row in ("| `jpeg_incompressibility` | 1.0 |", "| `jpeg_compressibility` | 0.25 |", "| `group_size` | 4 |",
-                "| `sampler` | dpm_solver |", "| `LoRA rank / alpha` | 32 / 64 |", "images/before_after.png",
+                "| `sampler` | dpm_solver |", "| `LoRA rank / alpha` | 32 / 64 (the file folds", "images/before_after.png",
                 "reward_curve.png"):
         assert row in card.text, row
     for link in ("images/before_after.png", "reward_curve.png", card.data.to_dict()["widget"][0]["output"]["url"]):
@@ -105,8 +105,9 @@ def test_lumina2_and_flux_cards_carry_their_family_tags(tmp_path):
     from diffusers_nft.hub import write_model_card
 
     for pipeline_class, tag in (("Lumina2Pipeline", "lumina2"), ("FluxPipeline", "flux")):
-        path = write_model_card(str(tmp_path), "someone/x", "base/model", pipeline_class, [("ocr", 1.0)],
-                                {"nft_beta": 1.0}, [], [])
+        path = write_model_card(str(tmp_path), repo_id="someone/x", base_model="base/model",
+                                pipeline_class=pipeline_class, rewards=[("ocr", 1.0)], hyperparameters={"nft_beta": 1.0},
+                                history=[], widget=[], call_kwargs={"guidance_scale": 1.0}, license="other")
         meta = yaml.safe_load(open(path).read().split("---")[1])
         assert tag in meta["tags"] and "lora" in meta["tags"]
 

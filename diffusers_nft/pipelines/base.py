@@ -118,6 +118,10 @@ class FlowPipelineAdapter:
         """The transformer's velocity `eps - x0` at noise level `sigma` (shape `(B,)`), in float32."""
         raise NotImplementedError
 
+    def cfg_free_call_kwargs(self) -> dict:
+        """The pipeline-call arguments that turn classifier-free guidance off (how a CFG-free LoRA is used)."""
+        return {"guidance_scale": 1.0}
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode latents to images as a float tensor `(B, 3, H, W)` in [0, 1] (an `AutoencoderKL` with its
         scaling and shift factors by default)."""

@@ -62,6 +62,11 @@ class FluxAdapter(FlowPipelineAdapter):
             return_dict=False,
         )[0].float()
 
+    def cfg_free_call_kwargs(self) -> dict:
+        # FluxPipeline has no CFG unless true_cfg_scale > 1; its guidance_scale is FLUX.1-dev's embedded guidance,
+        # which the LoRA was trained with.
+        return {"guidance_scale": self.distilled_guidance_scale}
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae, pipe = self.pipeline.vae, self.pipeline
         pixels = 2 * int(math.isqrt(latents.shape[1])) * pipe.vae_scale_factor
