@@ -164,7 +164,8 @@ def _first_and_last(history: List[Dict[str, float]]) -> List[Tuple[str, float, f
     return [(n, history[0][f"reward/{n}/mean"], history[-1][f"reward/{n}/mean"]) for n in names]
 
 
-def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prompt: int, scale: int):
+def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prompt: int, scale: int,
+                      settings: str = ""):
     """The same-seed before/after grid and one widget image per prompt, under `folder/images/`.
 
     Returns:
@@ -178,7 +179,9 @@ def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prom
     n = per_prompt
     rows = torch.cat([torch.cat([base[i * n : (i + 1) * n], tuned[i * n : (i + 1) * n]]) for i in range(len(prompts))])
     labels = [f"{who}: {p}" for p in prompts for who in ("base", "NFT")]
-    image_grid(rows, rows=2 * len(prompts), labels=labels, scale=scale).save(os.path.join(folder, "images", "before_after.png"))
+    grid = image_grid(rows, rows=2 * len(prompts), labels=labels, scale=scale,
+                      column_labels=[f"seed {k}" for k in range(n)], caption=settings)
+    grid.save(os.path.join(folder, "images", "before_after.png"))
     widget = []
     for i, prompt in enumerate(prompts):
         path = f"images/sample_{i}.png"

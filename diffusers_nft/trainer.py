@@ -364,6 +364,7 @@ class NFTTrainer:
         for name, values in scores.items():
             metrics[f"reward/{name}/mean"] = values.double().mean().item()
             metrics[f"reward/{name}/std"] = values.double().std(unbiased=False).item()
+            metrics[f"reward/{name}/min"], metrics[f"reward/{name}/max"] = values.min().item(), values.max().item()
         metrics.update(
             {
                 "r/mean": optimality.r.mean().item(),
@@ -481,7 +482,10 @@ class NFTTrainer:
         tuned = self.generate(all_prompts, seeds, policy="ema" if args.save_ema_weights else TRAINED)
         if not self.accelerator.is_main_process:
             return None
-        widget = write_card_images(folder, prompts, base, tuned, per_prompt=n, scale=max(1, 256 // args.resolution))
+        weights = "EMA weights" if args.save_ema_weights else "trained weights"
+        settings = f"NFT: {weights}; both: {args.eval_num_steps} Euler steps, no CFG, same seeds"
+        widget = write_card_images(folder, prompts, base, tuned, per_prompt=n, scale=max(1, 256 // args.resolution),
+                                   settings=settings)
         if self.history:
             plot_reward_curve(self.history, os.path.join(folder, "reward_curve.png"))
         results = os.path.join(args.output_dir, "results.md")

@@ -14,27 +14,55 @@ def to_pil(images: torch.Tensor) -> List[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
 
 
-def image_grid(images: torch.Tensor, rows: int, labels: Optional[Sequence[str]] = None, scale: int = 1) -> Image.Image:
-    """Tile images row by row into one picture, optionally with a text label above each row.
+def image_grid(
+    images: torch.Tensor,
+    rows: int,
+    labels: Optional[Sequence[str]] = None,
+    scale: int = 1,
+    column_labels: Optional[Sequence[str]] = None,
+    caption: Optional[str] = None,
+    font_size: int = 14,
+) -> Image.Image:
+    """Tile images row by row into one picture, with optional labels above each row and column and a caption.
 
     Args:
         images: `(rows * cols, 3, H, W)` in [0, 1].
         rows: Number of rows.
-        labels: One label per row.
+        labels: One label per row, written above it.
         scale: Nearest-neighbour upscaling of each tile, for tiny images.
+        column_labels: One label per column (such as the seed), written above the first row.
+        caption: A line under the grid (such as the sampling settings).
+        font_size: Text height in pixels.
     """
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=font_size)
     tiles = to_pil(images)
     cols = len(tiles) // rows
     w, h = tiles[0].width * scale, tiles[0].height * scale
-    label_h = 12 if labels else 0
-    grid = Image.new("RGB", (cols * w, rows * (h + label_h)), "white")
+    line = font_size + 6
+    label_h, top, bottom = (line if labels else 0), (line if column_labels else 0), (line if caption else 0)
+    grid = Image.new("RGB", (max(cols * w, 8 * font_size), top + rows * (h + label_h) + bottom), "white")
     draw = ImageDraw.Draw(grid)
     for i, tile in enumerate(tiles[: rows * cols]):
         row, col = divmod(i, cols)
-        grid.paste(tile.resize((w, h), Image.NEAREST), (col * w, row * (h + label_h) + label_h))
+        grid.paste(tile.resize((w, h), Image.NEAREST), (col * w, top + row * (h + label_h) + label_h))
+    for col, label in enumerate(column_labels or []):
+        draw.text((col * w + 2, 2), str(label), fill="black", font=font)
     for row, label in enumerate(labels or []):
-        draw.text((2, row * (h + label_h)), str(label)[: max(8, cols * w // 6)], fill="black")
+        draw.text((2, top + row * (h + label_h) + 2), _fit(draw, str(label), font, grid.width - 4), fill="black", font=font)
+    if caption:
+        draw.text((2, grid.height - line + 2), _fit(draw, caption, font, grid.width - 4), fill="dimgray", font=font)
     return grid
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """`text`, cut with an ellipsis to fit in `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
 
 
 def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional[Sequence[str]] = None,
@@ -59,16 +87,26 @@ def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional
     for key in keys:
         mean = np.array([h.get(f"{key}/mean", np.nan) for h in history])
         std = np.array([h.get(f"{key}/std", np.nan) for h in history])
+        # A +-std band never leaves the values the reward took (a 0/1 reward's band stays within [0, 1]).
+        low = np.array([h.get(f"{key}/min", -np.inf) for h in history])
+        high = np.array([h.get(f"{key}/max", np.inf) for h in history])
         ax.plot(steps, mean, label=key.split("/", 1)[-1])
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    for key in extras:
-        ax.plot(steps, [h.get(f"{key}/mean", np.nan) for h in history], ls="--", label=key.split("/", 1)[-1])
+        ax.fill_between(steps, np.maximum(mean - std, low), np.minimum(mean + std, high), alpha=0.2)
     ax.set_title(title)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("reward (mean +- std)")
+    ax.set_ylabel("trained reward (mean +- std)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    handles, names = ax.get_legend_handles_labels()
+    if extras:  # logged, not trained on: their own axis, so their scale does not flatten the reward's
+        other = ax.twinx()
+        for i, key in enumerate(extras):
+            other.plot(steps, [h.get(f"{key}/mean", np.nan) for h in history], ls="--", color=f"C{len(keys) + i}",
+                       label=key.split("/", 1)[-1] + " (logged only)")
+        other.set_ylabel("logged only (mean)")
+        more, more_names = other.get_legend_handles_labels()
+        handles, names = handles + more, names + more_names
+    ax.legend(handles, names, loc="best", fontsize=8)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp)

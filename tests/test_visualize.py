@@ -1,0 +1,52 @@
+"""The pictures: labelled grids and reward curves whose bands stay within the values the reward took."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffusers_nft.visualize import image_grid, plot_reward_curve
+
+
+def test_grid_labels_rows_columns_and_settings_in_a_readable_font():
+    images = torch.zeros(4, 3, 32, 32)  # black tiles: any dark pixel in a label strip is text
+    plain = image_grid(images, rows=2, scale=2)
+    labelled = image_grid(images, rows=2, labels=["base: a cat", "NFT: a cat"], scale=2,
+                          column_labels=["seed 0", "seed 1"], caption="40 Euler steps, no CFG", font_size=14)
+    assert plain.size == (128, 128)
+    line = 14 + 6
+    assert labelled.size == (128, 128 + 2 * line + line + line)  # header, two row labels, caption
+    pixels = np.asarray(labelled.convert("L"))
+    header, caption = pixels[:line], pixels[-line:]
+    assert (header < 128).sum() > 50 and (caption < 200).sum() > 50  # text drawn, several pixels tall
+    ink_rows = np.where((header < 128).any(axis=1))[0]
+    assert ink_rows.max() - ink_rows.min() >= 8  # a 14 px font, not the 6 px bitmap default
+
+
+def test_reward_band_is_clipped_to_the_rewards_range_and_logged_values_get_their_own_axis(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    bands, axes_used = [], []
+    fill = matplotlib.axes.Axes.fill_between
+    plot = matplotlib.axes.Axes.plot
+
+    def record_fill(self, x, low, high, **kwargs):
+        bands.append((np.asarray(low), np.asarray(high)))
+        return fill(self, x, low, high, **kwargs)
+
+    def record_plot(self, *args, **kwargs):
+        axes_used.append((kwargs.get("label"), id(self)))
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", record_fill)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record_plot)
+    history = [{"step": i + 1, "reward/digit_eval/mean": m, "reward/digit_eval/std": 0.45, "reward/digit_eval/min": 0.0,
+                "reward/digit_eval/max": 1.0, "reward/digit_eval/strict/mean": 30 * m}
+               for i, m in enumerate([0.5, 0.8, 0.95])]
+    plot_reward_curve(history, str(tmp_path / "curve.png"))
+    (low, high), = bands  # one reward: one band, no duplicate "total"
+    np.testing.assert_allclose(low, [0.05, 0.35, 0.5])
+    np.testing.assert_allclose(high, [0.95, 1.0, 1.0])
+    labels = dict(axes_used)
+    assert set(labels) == {"digit_eval", "digit_eval/strict (logged only)"}
+    assert labels["digit_eval"] != labels["digit_eval/strict (logged only)"]  # a second axis
+    assert Image.open(tmp_path / "curve.png").size[0] >= 600
