@@ -141,7 +141,9 @@ class NFTConfig:
 
     # Sampling
     prompts_per_iteration: int = field(default=48, metadata={"help": "Prompt groups per iteration (all processes)."})
-    group_size: int = field(default=24, metadata={"help": "Images per prompt (K); at least 2."})
+    group_size: int = field(
+        default=24, metadata={"help": "Images per prompt (K); at least 2. TRL's name: num_generations."}
+    )
     num_sampling_steps: int = field(default=10, metadata={"help": "Solver steps of each rollout."})
     sampler: str = field(default="dpm_solver", metadata={"help": f"Data-collection solver, one of {SAMPLERS}."})
     guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale of rollouts; 1.0 is CFG-free (NFT)."})
@@ -213,8 +215,28 @@ class NFTConfig:
     validation_steps: int = field(default=10, metadata={"help": "Save a sample grid every this many iterations."})
     num_validation_images: int = field(default=4, metadata={"help": "Fixed-seed images per validation prompt."})
     eval_num_steps: int = field(default=40, metadata={"help": "Euler steps of evaluation samples."})
+    eval_steps: Optional[int] = field(
+        default=None,
+        metadata={"help": "Score eval_dataset every this many iterations, and at the last one. Default: "
+                  "validation_steps."},
+    )
+
+    num_generations: Optional[int] = field(
+        default=None, metadata={"help": "TRL's name for group_size; sets it when given."}
+    )
+    scale_rewards: Optional[str] = field(
+        default=None,
+        metadata={"help": "TRL's name: 'group' or 'batch' set advantage_std to 'group' or 'global'."},
+    )
 
     def __post_init__(self):
+        if self.num_generations is not None:
+            self.group_size = self.num_generations
+        if self.scale_rewards is not None:
+            scopes = {"group": "group", "batch": "global"}
+            _check(self.scale_rewards in scopes, f"scale_rewards must be 'group' or 'batch' (got {self.scale_rewards!r}); "
+                   "DiffusionNFT always divides by a std, so TRL's 'none' has no counterpart (see advantage_std).")
+            self.advantage_std = scopes[self.scale_rewards]
         self.validate()
 
     def validate(self) -> None:
@@ -239,6 +261,7 @@ class NFTConfig:
         _check(self.train_timesteps in TRAIN_TIMESTEPS, f"train_timesteps must be one of {TRAIN_TIMESTEPS}.")
         _check(self.old_policy_decay in OLD_POLICY_DECAYS, f"old_policy_decay must be one of {OLD_POLICY_DECAYS}.")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit must be >= 1 or None.")
+        _check(self.eval_steps is None or self.eval_steps >= 1, "eval_steps must be >= 1 or None (validation_steps).")
         _check(
             self.gradient_accumulation_steps is None or self.gradient_accumulation_steps >= 1,
             "gradient_accumulation_steps must be >= 1 or None (one optimizer step per iteration).",
@@ -310,6 +333,7 @@ RESUME_FREE = (
     "output_dir", "max_steps", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
     "report_to", "validation_prompts", "validation_steps", "num_validation_images", "save_on_interrupt",
     "reward_timeout", "reward_scoring", "reward_device", "reward_batch_size", "sample_batch_size", "eval_num_steps",
+    "eval_steps", "num_generations", "scale_rewards",
     "push_to_hub", "hub_model_id", "hub_private_repo", "base_model_id", "license",
 )
 

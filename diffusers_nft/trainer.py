@@ -52,6 +52,7 @@ from .hub import (
     write_card_images,
     write_model_card,
 )
+from .callbacks import CallbackList, TrainerControl, TrainerState
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
 from .loss import NFTLoss, NFTLossOutput
@@ -89,9 +90,14 @@ class NFTTrainer:
         args: The `NFTConfig`.
         train_dataset: Prompts: a `datasets.Dataset` with a `"prompt"` column (other columns reach the rewards as
             metadata), a list of strings, or a `.txt`/`.jsonl` file.
-        eval_dataset: Prompts for the validation grid when `args.validation_prompts` is not set.
+        eval_dataset: Held-out prompts, never trained on: scored with the training rewards every `eval_steps`
+            iterations (`eval/<reward>/mean` in the metrics and the reward curve), and the validation grid's
+            prompts when `args.validation_prompts` is not set.
         peft_config: The LoRA (`peft.LoraConfig`). Default: rank 32, alpha 64, gaussian init, on the family's
             attention projections (the release).
+        callbacks: Objects with `on_step_end`, `on_log`, `on_evaluate`, `on_save`, ... hooks (see
+            `diffusers_nft.callbacks`; `transformers.TrainerCallback` subclasses work); one may end training with
+            `control.should_training_stop = True`.
 
     Example:
         ```py
@@ -109,10 +115,12 @@ class NFTTrainer:
         train_dataset: PromptSource = None,
         eval_dataset: Optional[PromptSource] = None,
         peft_config: Optional[LoraConfig] = None,
+        callbacks: Optional[Sequence] = None,
     ):
         # Everything that can be wrong with the inputs is checked before any model compute.
         self.args = args = args if args is not None else NFTConfig()
         args.validate()
+        self.callbacks = CallbackList(callbacks or [])
         if not is_flow_matching_scheduler(pipeline.scheduler):
             raise ValueError(
                 f"The pipeline's scheduler is {type(pipeline.scheduler).__name__}, not a flow-matching scheduler. "
@@ -142,13 +150,8 @@ class NFTTrainer:
         self.rewards = WeightedRewards(reward_funcs, args.reward_weights, args.normalize_rewards, **reward_options)
         self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
         check_output_dir(args.output_dir)
-        resume_path, resume_parts = None, None
-        if args.resume_from_checkpoint:
-            resume_path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-            if resume_path:  # a corrupt or mismatched checkpoint fails now, not later; read once, applied below
-                zero.check_resumable(resume_path, self.accelerator)
-                resume_parts = load_checkpoint(resume_path, self._checkpoint_parts())
-                _check_resume_settings(resume_path, resume_parts["trainer_state.json"].get("config", {}), args)
+        # A corrupt or mismatched checkpoint fails now, not later; read once, applied at the end.
+        resume_path, resume_parts = self._read_checkpoint(args.resume_from_checkpoint)
         transformer = pipeline.transformer
         if peft_config is None:
             peft_config = make_lora_config(transformer, default_targets=self.adapter.default_lora_targets)
@@ -236,10 +239,10 @@ class NFTTrainer:
         self.sampling_sigmas = self.adapter.sampling_sigmas(args.num_sampling_steps, self.latent_shape)
         self.train_sigma_grid = model_sigmas(self.sampling_sigmas).float()
         self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
-        self.global_step = 0
+        self.state = TrainerState(max_steps=args.max_steps)  # global_step and log_history live here
+        self.control = TrainerControl()
         self.optimizer_step = 0
         self.skipped_steps = 0  # optimizer steps dropped by skip_nonfinite
-        self.history: List[Dict[str, float]] = []
         self._uncond = None
         self._last_plot = -math.inf
         if resume_path:
@@ -247,13 +250,39 @@ class NFTTrainer:
 
     # ------------------------------------------------------------------ public API
 
-    def train(self) -> List[Dict[str, float]]:
+    @property
+    def global_step(self) -> int:
+        """NFT iterations done (TRL's `state.global_step`; an iteration holds several optimizer steps)."""
+        return self.state.global_step
+
+    @global_step.setter
+    def global_step(self, value: int) -> None:
+        self.state.global_step = value
+
+    @property
+    def history(self) -> List[Dict[str, float]]:
+        """The metrics of every iteration so far; TRL's name for it, `state.log_history`, is the same list."""
+        return self.state.log_history
+
+    @history.setter
+    def history(self, value: List[Dict[str, float]]) -> None:
+        self.state.log_history = value
+
+    def train(self, resume_from_checkpoint: Optional[str] = None) -> List[Dict[str, float]]:
         """Run NFT iterations until `max_steps`, with logging, checkpoints, sample grids and the final LoRA.
+
+        Args:
+            resume_from_checkpoint: A `checkpoint-<step>` folder, or `"latest"` in `output_dir`, to continue from
+                exactly (as `NFTConfig.resume_from_checkpoint`, which is read when the trainer is built).
 
         Returns:
             The metrics of every iteration.
         """
         args, accelerator = self.args, self.accelerator
+        if resume_from_checkpoint:
+            path, parts = self._read_checkpoint(resume_from_checkpoint)
+            if path:
+                self._load(path, parts)
         if accelerator.is_main_process:
             clean_incomplete(args.output_dir)
             accelerator.init_trackers("diffusers-nft", config=_tracker_config(args))
@@ -264,8 +293,9 @@ class NFTTrainer:
             total=args.max_steps, initial=self.global_step, desc="NFT", disable=not accelerator.is_local_main_process
         )
         try:
+            self.callbacks.call("on_train_begin", args, self.state, self.control)
             with StopSignals() as stop:
-                while self.global_step < args.max_steps:
+                while self.global_step < args.max_steps and not self.control.should_training_stop:
                     metrics = self.step()
                     bar.update(1)
                     bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4g}", loss=f"{metrics['loss/policy']:.3g}")
@@ -277,8 +307,13 @@ class NFTTrainer:
             self.scorer.close()  # the reward worker (a process with reward_scoring="process") never outlives train()
         accelerator.wait_for_everyone()
         accelerator.end_training()
+        self.callbacks.call("on_train_end", args, self.state, self.control)
         logger.info(self._artifacts())
         return self.history
+
+    def save_model(self, output_dir: Optional[str] = None) -> str:
+        """TRL's name: write the LoRA (`save_lora`) to `output_dir` (the run's, by default)."""
+        return self.save_lora(output_dir or self.args.output_dir)
 
     def _artifacts(self) -> str:
         """The end-of-training summary: what `output_dir` holds, and how to look at the curves."""
@@ -313,14 +348,32 @@ class NFTTrainer:
         return "Training DiffusionNFT:\n" + "\n".join(f"  {key:<11} {value}" for key, value in rows.items())
 
     def _after_step(self, metrics: Dict[str, float]) -> None:
-        """Log, checkpoint and draw the validation grid when their steps come."""
-        args = self.args
-        if self.global_step % args.logging_steps == 0 or self.global_step == args.max_steps:
+        """Evaluate, log, checkpoint and draw the validation grid when their steps come; tell the callbacks."""
+        args, step, hooks = self.args, self.global_step, self.callbacks
+        last = step == args.max_steps
+        if self.eval_dataset is not None and (step % (args.eval_steps or args.validation_steps) == 0 or last):
+            results = self.evaluate()
+            metrics.update(results)  # into this iteration's row of metrics.jsonl and the trackers
+            hooks.call("on_evaluate", args, self.state, self.control, metrics=results)
+        if step % args.logging_steps == 0 or last:
             self._log(metrics)
-        if self.global_step % args.save_steps == 0:
-            self.save_checkpoint()
-        if self.global_step % args.validation_steps == 0 and self._validation_prompts():
+            hooks.call("on_log", args, self.state, self.control, logs=metrics)
+        if step % args.save_steps == 0:
+            hooks.call("on_save", args, self.state, self.control, checkpoint=self.save_checkpoint())
+        if step % args.validation_steps == 0 and self._validation_prompts():
             self.log_validation()
+        hooks.call("on_step_end", args, self.state, self.control, metrics=metrics)
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, float]:
+        """The training rewards on `eval_dataset`, never trained on: one image per prompt with a fixed seed, the
+        saved (EMA) weights, CFG-free, `eval_num_steps` Euler steps. Returns `eval/<reward>/mean` values."""
+        if self.eval_dataset is None:
+            raise ValueError("evaluate() needs prompts: pass eval_dataset to NFTTrainer.")
+        prompts, metadata = list(self.eval_dataset["prompt"]), row_metadata(self.eval_dataset)
+        images = self.generate(prompts, list(range(len(prompts))), policy="ema" if self.args.save_ema_weights else TRAINED)
+        scores = self.rewards(images.to(self.accelerator.device), prompts, metadata)
+        return {f"eval/{name}/mean": values.double().mean().item() for name, values in scores.items()}
 
     def _stop_if_asked(self, stop: StopSignals) -> None:
         """After a SIGTERM/SIGINT on any process: a checkpoint if `save_on_interrupt`, then `TrainingInterrupted`."""
@@ -613,6 +666,16 @@ class NFTTrainer:
         return path
 
     # ------------------------------------------------------------------ internals
+
+    def _read_checkpoint(self, value: Optional[str]):
+        """`(path, parts)` of the checkpoint `value` names, checked against this run; `(None, None)` for none."""
+        path = resolve_checkpoint(value, self.args.output_dir) if value else None
+        if not path:
+            return None, None
+        zero.check_resumable(path, self.accelerator)
+        parts = load_checkpoint(path, self._checkpoint_parts())
+        _check_resume_settings(path, parts["trainer_state.json"].get("config", {}), self.args)
+        return path, parts
 
     def _checkpoint_parts(self) -> List[str]:
         return _CHECKPOINT_PARTS + ([] if zero.uses_deepspeed(self.accelerator) else [_OPTIMIZER_PART])

@@ -92,6 +92,11 @@ def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional
         high = np.array([h.get(f"{key}/max", np.inf) for h in history])
         ax.plot(steps, mean, label=key.split("/", 1)[-1])
         ax.fill_between(steps, np.maximum(mean - std, low), np.minimum(mean + std, high), alpha=0.2)
+    for i, key in enumerate(keys):  # the held-out evaluation (eval_dataset), where it ran
+        points = [(h["step"], h[f"eval/{key[len('reward/'):]}/mean"]) for h in history
+                  if f"eval/{key[len('reward/'):]}/mean" in h]
+        if points:
+            ax.plot(*zip(*points), marker="o", ls=":", color=f"C{i}", label=f"{key[len('reward/'):]} (eval prompts)")
     ax.set_title(title)
     ax.set_xlabel("iteration")
     ax.set_ylabel("trained reward (mean +- std)")
