@@ -11,6 +11,7 @@ default, the release's evaluation). Writes `results.md`, `results.json` and `gri
 """
 
 import json
+import logging
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,8 @@ from .demo.recipe import DEMO_CONFIG
 from .hub import LORA_WEIGHT_NAME
 from .rewards import load_reward
 from .visualize import image_grid
+
+logger = logging.getLogger(__name__)
 
 
 
@@ -218,6 +221,7 @@ def load_records(args: EvaluationArguments, demo: bool) -> List[dict]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """The command line (`python -m diffusers_nft.evaluate`, `diffusers-nft-evaluate`)."""
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
     from transformers import HfArgumentParser
 
     (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
@@ -241,7 +245,7 @@ def run(args: EvaluationArguments) -> Dict[str, Dict[str, float]]:
         batch_size=args.batch_size, group_by=args.group_by,
     )
     for path in write_report(results, images, records, args.seeds, args.output_dir, args.grid_prompts, asdict(args)):
-        print(f"wrote {path}")
+        logger.info("Wrote %s", path)
     print(markdown_table(results))
     return results
 

@@ -12,9 +12,12 @@ cat"), `position` ("a photo of a cat left of a dog") and `color_attr` ("a photo 
 
 import argparse
 import json
+import logging
 import os
 import random
 from typing import Dict, List, Optional, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
 
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -117,6 +120,7 @@ def write(splits: Dict[str, List[Dict]], output_dir: str) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="geneval-prompts")
     parser.add_argument("--num_train", type=int, default=5000)
@@ -125,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     args = parser.parse_args(argv)
     for path in write(generate(args.num_train, args.num_test, args.seed, args.tasks), args.output_dir):
-        print(f"wrote {path}")
+        logger.info("Wrote %s", path)
 
 
 if __name__ == "__main__":

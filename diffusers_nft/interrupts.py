@@ -55,6 +55,7 @@ class StopSignals:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         self.received = signum
+        # print, not logging: a handler that runs while the main thread holds the logging lock would deadlock on it
         print(f"Received {signal.Signals(signum).name}: stopping after this iteration.", file=sys.stderr, flush=True)
 
 

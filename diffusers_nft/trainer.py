@@ -700,7 +700,7 @@ class NFTTrainer:
         self.history = state["history"]
         if self.accelerator.is_main_process:
             _truncate_metrics(os.path.join(self.args.output_dir, "metrics.jsonl"), self.global_step)
-            print(f"Resumed from {path} at iteration {self.global_step} (optimizer step {self.optimizer_step}).")
+            logger.info("Resumed from %s at iteration %d (optimizer step %d).", path, self.global_step, self.optimizer_step)
 
     def _probe_rewards(self) -> None:
         """Score two blank images so that a broken reward fails before any sampling."""

@@ -228,3 +228,19 @@ def test_startup_block_and_a_log_line_per_artifact(tiny_pipeline, tmp_path, capl
     summary = messages[-1]
     assert "pytorch_lora_weights.safetensors" in summary and "2 checkpoints: checkpoint-1, checkpoint-2" in summary
     assert f"tensorboard --logdir {tmp_path / 'logs'}" in summary
+
+
+def test_output_to_a_file_has_no_nested_bar_escape_codes(tiny_pipeline, tmp_path, capfd, monkeypatch):
+    """Off a terminal the inner sampling bar is off, so a log file never holds cursor-movement codes; on a
+    terminal it is drawn."""
+    import sys
+
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path), PROMPTS)
+    trainer.train()
+    err = capfd.readouterr().err
+    assert "NFT:" in err and "sampling" not in err and "\x1b[" not in err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    trainer.args.max_steps = 3
+    trainer.state.max_steps = 3
+    trainer.train()
+    assert "sampling" in capfd.readouterr().err
