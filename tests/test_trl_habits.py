@@ -127,3 +127,12 @@ def test_trls_names_on_the_command_line(tmp_path):
                                     load_pipeline=fake_load)
     config = seen["config"]
     assert config.group_size == 3 and config.push_to_hub and config.hub_private_repo is True
+
+
+def test_the_hub_token_is_never_written(tiny_pipeline, tmp_path):
+    config = tiny_config(tmp_path, max_steps=1, save_steps=1, hub_token="hf_secret_value", report_to="tensorboard")
+    assert "hub_token" not in config.to_dict()
+    NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS).train()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"hf_secret_value" not in path.read_bytes(), path
