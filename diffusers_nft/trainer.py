@@ -617,6 +617,7 @@ class NFTTrainer:
                 return None
             url = upload_folder(staging, repo_id, token=token, private=private, api=api)
             publish_staged(staging, output_dir)
+            logger.info("Uploaded the LoRA, its model card and images to %s", url)
             return url
         finally:
             if self.accelerator.is_main_process:

@@ -244,3 +244,21 @@ def test_output_to_a_file_has_no_nested_bar_escape_codes(tiny_pipeline, tmp_path
     trainer.state.max_steps = 3
     trainer.train()
     assert "sampling" in capfd.readouterr().err
+
+
+def test_our_own_calls_raise_no_deprecation_warning(tmp_path):
+    """Loading the demo pipeline, training, the card: no library tells us that a call of ours is deprecated."""
+    import warnings
+
+    from diffusers_nft.demo import load_demo_pipeline
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = load_demo_pipeline()
+        config = tiny_config(tmp_path, resolution=32, max_sequence_length=32, max_steps=1, validation_prompts=["a cat"])
+        trainer = NFTTrainer(pipe, "jpeg_compressibility", config, PROMPTS)
+        trainer.train()
+        trainer.create_model_card("someone/x")
+    deprecations = [f"{w.category.__name__}: {w.message}" for w in caught
+                    if issubclass(w.category, (DeprecationWarning, FutureWarning)) or "deprecat" in str(w.message).lower()]
+    assert deprecations == []
