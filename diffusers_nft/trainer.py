@@ -57,12 +57,13 @@ from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
 from .loss import NFTLoss, NFTLossOutput
 from .pipelines import get_pipeline_adapter, select_conditioning
+from .plan import IterationPlan
 from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
 from .rewards import RewardScorer, WeightedRewards
 from .sampling import is_flow_matching_scheduler, model_sigmas, rollout
 from .schedules import ema_decay, old_policy_decay
 from .sharding import gather_optimizer_state, shard_optimizer_state
-from .timesteps import num_train_timesteps, sample_train_sigmas
+from .timesteps import sample_train_sigmas
 from .visualize import image_grid, plot_reward_curve
 
 logger = get_logger(__name__)
@@ -158,27 +159,8 @@ class NFTTrainer:
         check_lora_targets(transformer, peft_config.target_modules)
 
         num_processes = self.accelerator.num_processes
-        if args.images_per_iteration % num_processes:
-            raise ValueError(
-                f"prompts_per_iteration * group_size = {args.images_per_iteration} images must split evenly over "
-                f"{num_processes} processes."
-            )
-        self.local_images = args.images_per_iteration // num_processes
-        self.num_train_timesteps = num_train_timesteps(args.num_sampling_steps, args.timestep_fraction)
-        micro_steps = math.ceil(self.local_images / args.train_batch_size) * self.num_train_timesteps
-        if args.gradient_accumulation_steps is None and micro_steps % args.optimizer_steps_per_iteration:
-            raise ValueError(
-                f"An iteration has {micro_steps} training micro-batches per process; optimizer_steps_per_iteration="
-                f"{args.optimizer_steps_per_iteration} must divide it (change train_batch_size or the group geometry)."
-            )
-        accumulation = args.gradient_accumulation_steps or micro_steps // args.optimizer_steps_per_iteration
-        if micro_steps % accumulation:
-            raise ValueError(
-                f"An iteration has {micro_steps} training micro-batches per process "
-                f"(ceil({self.local_images} / train_batch_size {args.train_batch_size}) x {self.num_train_timesteps} "
-                f"timesteps); gradient_accumulation_steps={accumulation} must divide it."
-            )
-        self.optimizer_steps_per_iteration = micro_steps // accumulation
+        self.plan = IterationPlan.from_config(args, num_processes)
+        accumulation = self.plan.accumulation
         self.accelerator.gradient_accumulation_steps = accumulation
         if args.skip_nonfinite and zero.uses_deepspeed(self.accelerator):
             raise ValueError("skip_nonfinite does not work under DeepSpeed (its engine steps inside backward); "
@@ -219,7 +201,7 @@ class NFTTrainer:
             args.lr_scheduler_type,
             optimizer=optimizer,
             num_warmup_steps=args.lr_warmup_steps * num_processes,
-            num_training_steps=args.max_steps * self.optimizer_steps_per_iteration * num_processes,
+            num_training_steps=args.max_steps * self.plan.optimizer_steps * num_processes,
         )
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(transformer, optimizer, lr_scheduler)
         self.policy.bind()  # FSDP2 replaced the parameters with sharded ones
@@ -336,10 +318,10 @@ class NFTTrainer:
         rows = {
             "model": f"{model} ({type(self.pipeline).__name__}, {type(self.adapter).__name__})",
             "iteration": f"{args.prompts_per_iteration} prompts x {args.group_size} images = {args.images_per_iteration} "
-                         f"images ({self.local_images} per process, {self.accelerator.num_processes} processes), "
+                         f"images ({self.plan.local_images} per process, {self.accelerator.num_processes} processes), "
                          f"{args.num_sampling_steps} {args.sampler} steps, no CFG",
-            "training": f"{self.num_train_timesteps} noise levels per image, {self.optimizer_steps_per_iteration} "
-                        f"optimizer steps per iteration, {iterations * self.optimizer_steps_per_iteration} in all",
+            "training": f"{self.plan.train_timesteps} noise levels per image, {self.plan.optimizer_steps} "
+                        f"optimizer steps per iteration, {iterations * self.plan.optimizer_steps} in all",
             "iterations": f"{iterations} (from {self.global_step} to max_steps {args.max_steps})",
             "rewards": ", ".join(f"{name} x {weight:g}" for name, weight in zip(self.rewards.names, self.rewards.weights)),
             "output_dir": os.path.abspath(args.output_dir),
@@ -402,7 +384,7 @@ class NFTTrainer:
             scores["total"], all_groups, args.adv_clip_max, std_scope=args.advantage_std, mode=args.adv_mode
         )
         rank = accelerator.process_index
-        r = optimality.r[rank * self.local_images : (rank + 1) * self.local_images]
+        r = optimality.r[self.plan.images_of(rank)]
         timings["reward"] += time.perf_counter() - start
 
         start = time.perf_counter()
@@ -749,8 +731,8 @@ class NFTTrainer:
         args, accelerator = self.args, self.accelerator
         start = time.perf_counter()
         prompt_index = self.prompt_sampler.next(args.prompts_per_iteration)
-        first = accelerator.process_index * self.local_images
-        image_ids = torch.arange(first, first + self.local_images)
+        mine = self.plan.images_of(accelerator.process_index)
+        image_ids = torch.arange(mine.start, mine.stop)
         group_ids = image_ids // args.group_size
         local_groups = sorted(set(group_ids.tolist()))
         rows = self.train_dataset.select([prompt_index[g] for g in local_groups])
@@ -764,11 +746,11 @@ class NFTTrainer:
         # A bar inside the iteration bar: only on a terminal, where it redraws in place; in a log file it would
         # leave cursor-movement escape codes.
         nested = accelerator.is_local_main_process and sys.stderr.isatty()
-        bar = tqdm(total=self.local_images, desc="sampling", leave=False, disable=not nested)
+        bar = tqdm(total=self.plan.local_images, desc="sampling", leave=False, disable=not nested)
         with self.policy.using(OLD):
-            for lo in range(0, self.local_images, args.sample_batch_size):
+            for lo in range(0, self.plan.local_images, args.sample_batch_size):
                 start = time.perf_counter()
-                index = torch.arange(lo, min(lo + args.sample_batch_size, self.local_images))
+                index = torch.arange(lo, min(lo + args.sample_batch_size, self.plan.local_images))
                 noise = torch.stack(
                     [torch.randn(self.latent_shape, generator=_seeded(args.seed, _SEED_STREAMS["noise"], iteration,
                                                                       int(image_ids[i]))) for i in index]
@@ -802,20 +784,20 @@ class NFTTrainer:
         device = accelerator.device
         generator = _seeded(args.seed, _SEED_STREAMS["train"], iteration, accelerator.process_index)
         sigmas = sample_train_sigmas(
-            self.local_images, self.num_train_timesteps, args.train_timesteps, self.train_sigma_grid,
+            self.plan.local_images, self.plan.train_timesteps, args.train_timesteps, self.train_sigma_grid,
             args.timestep_shift, args.logit_mean, args.logit_std, generator,
         )
-        order = torch.randperm(self.local_images, generator=generator)
+        order = torch.randperm(self.plan.local_images, generator=generator)
         totals = {"loss/total": 0.0, "loss/policy": 0.0, "loss/kl": 0.0, "x0_norm": 0.0, "v_deviation": 0.0}
         count, grad_norm, window_finite = 0, float("nan"), True
         params = self.policy.trainable_parameters()
         self.model.train()
-        for lo in range(0, self.local_images, args.train_batch_size):
+        for lo in range(0, self.plan.local_images, args.train_batch_size):
             index = order[lo : lo + args.train_batch_size]
             x0 = batch["latents"][index.to(batch["latents"].device)]
             cond = select_conditioning(batch["cond"], batch["row_of_image"][index])
             r_batch = r[index].to(device)
-            for j in range(self.num_train_timesteps):
+            for j in range(self.plan.train_timesteps):
                 sigma = sigmas[index, j].to(device)
                 noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
                 s = sigma.view(-1, *([1] * (x0.ndim - 1)))

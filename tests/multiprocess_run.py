@@ -60,7 +60,7 @@ def main(pipeline_dir, output_dir, max_steps, resume, dump_dir):
     torch.save({k: trainer.policy.state_dict(k) for k in ("default", "old", "ema")},
                os.path.join(dump_dir, f"lora_rank{rank}.pt"))
     with open(os.path.join(dump_dir, f"optimality_rank{rank}.json"), "w") as f:
-        json.dump({"recorded": recorded, "local_images": trainer.local_images,
+        json.dump({"recorded": recorded, "local_images": trainer.plan.local_images,
                    "num_processes": num_processes, "writes": sorted(set(writes))}, f)
 
 

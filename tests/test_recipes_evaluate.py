@@ -58,7 +58,7 @@ def test_optimizer_steps_per_iteration_splits_the_micro_batches(tiny_pipeline, t
 
     config = tiny_config(tmp_path, max_steps=1, optimizer_steps_per_iteration=2)
     trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
-    assert trainer.optimizer_steps_per_iteration == 2
+    assert trainer.plan.optimizer_steps == 2
     trainer.step()
     assert trainer.optimizer_step == 2
 

@@ -33,10 +33,10 @@ def test_training_draws_exactly_the_noise_levels_the_rollouts_called_the_model_a
         torch.testing.assert_close(grid.double(), model_sigmas(trainer.sampling_sigmas), atol=1e-7, rtol=0)
         # and the training step forms x_t from, and feeds the model, exactly those float32 values
         called.clear()
-        r = torch.full((trainer.local_images,), 0.5)
+        r = torch.full((trainer.plan.local_images,), 0.5)
         trainer._train_on(batch, r, iteration=0)
         trained = torch.unique(torch.cat(called))
-        assert set(trained.tolist()) <= set(grid.tolist()) and len(trained) >= trainer.num_train_timesteps
+        assert set(trained.tolist()) <= set(grid.tolist()) and len(trained) >= trainer.plan.train_timesteps
 
 
 def test_default_lora_targets_are_the_release_eight_without_attn2(tiny_pipeline, tmp_path):

@@ -214,7 +214,7 @@ def test_startup_block_and_a_log_line_per_artifact(tiny_pipeline, tmp_path, capl
     block = messages[0]
     assert block.startswith("Training DiffusionNFT:")
     assert "2 prompts x 4 images = 8 images" in block and "4 dpm_solver steps, no CFG" in block
-    steps = trainer.optimizer_steps_per_iteration
+    steps = trainer.plan.optimizer_steps
     assert f"{steps} optimizer steps per iteration, {2 * steps} in all" in block
     assert "2 (from 0 to max_steps 2)" in block and "jpeg_compressibility x 1" in block
     assert str(tmp_path) in block and "tensorboard" in block
