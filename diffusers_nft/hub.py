@@ -7,6 +7,8 @@ import shutil
 from importlib import resources
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .metrics import reward_key, reward_names
+
 # What never leaves the machine: optimizer checkpoints, half-written folders, logs, per-step sample grids.
 UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", "samples/**", "*.tmp.png",
                  ".write-test-*"]
@@ -160,8 +162,7 @@ def write_model_card(
 def _first_and_last(history: List[Dict[str, float]]) -> List[Tuple[str, float, float]]:
     if not history:
         return []
-    names = [k[len("reward/"):-len("/mean")] for k in history[-1] if k.startswith("reward/") and k.endswith("/mean")]
-    return [(n, history[0][f"reward/{n}/mean"], history[-1][f"reward/{n}/mean"]) for n in names]
+    return [(n, history[0][reward_key(n)], history[-1][reward_key(n)]) for n in reward_names(history[-1])]
 
 
 def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prompt: int, scale: int,

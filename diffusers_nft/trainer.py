@@ -56,6 +56,7 @@ from .callbacks import CallbackList, TrainerControl, TrainerState
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
 from .loss import NFTLoss, NFTLossOutput
+from .metrics import TOTAL, eval_key, reward_key, reward_stats, time_key
 from .pipelines import get_pipeline_adapter, select_conditioning
 from .plan import IterationPlan
 from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
@@ -280,7 +281,7 @@ class NFTTrainer:
                 while self.global_step < args.max_steps and not self.control.should_training_stop:
                     metrics = self.step()
                     bar.update(1)
-                    bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4g}", loss=f"{metrics['loss/policy']:.3g}")
+                    bar.set_postfix(reward=f"{metrics[reward_key(TOTAL)]:.4g}", loss=f"{metrics['loss/policy']:.3g}")
                     self._after_step(metrics)
                     self._stop_if_asked(stop)
             bar.close()
@@ -355,7 +356,7 @@ class NFTTrainer:
         prompts, metadata = list(self.eval_dataset["prompt"]), row_metadata(self.eval_dataset)
         images = self.generate(prompts, list(range(len(prompts))), policy="ema" if self.args.save_ema_weights else TRAINED)
         scores = self.rewards(images.to(self.accelerator.device), prompts, metadata)
-        return {f"eval/{name}/mean": values.double().mean().item() for name, values in scores.items()}
+        return {eval_key(name): values.double().mean().item() for name, values in scores.items()}
 
     def _stop_if_asked(self, stop: StopSignals) -> None:
         """After a SIGTERM/SIGINT on any process: a checkpoint if `save_on_interrupt`, then `TrainingInterrupted`."""
@@ -378,10 +379,10 @@ class NFTTrainer:
 
         start = time.perf_counter()
         scores = {k: accelerator.gather(v.to(accelerator.device)).cpu() for k, v in batch["rewards"].items()}
-        scores["total"] = self.rewards.combine(scores)
+        scores[TOTAL] = self.rewards.combine(scores)
         all_groups = accelerator.gather(batch["group_ids"].to(accelerator.device)).cpu()
         optimality = rewards_to_optimality(
-            scores["total"], all_groups, args.adv_clip_max, std_scope=args.advantage_std, mode=args.adv_mode
+            scores[TOTAL], all_groups, args.adv_clip_max, std_scope=args.advantage_std, mode=args.adv_mode
         )
         rank = accelerator.process_index
         r = optimality.r[self.plan.images_of(rank)]
@@ -397,9 +398,7 @@ class NFTTrainer:
 
         metrics = {"step": self.global_step, "optimizer_step": self.optimizer_step}
         for name, values in scores.items():
-            metrics[f"reward/{name}/mean"] = values.double().mean().item()
-            metrics[f"reward/{name}/std"] = values.double().std(unbiased=False).item()
-            metrics[f"reward/{name}/min"], metrics[f"reward/{name}/max"] = values.min().item(), values.max().item()
+            metrics.update(reward_stats(name, values))
         metrics.update(
             {
                 "r/mean": optimality.r.mean().item(),
@@ -414,8 +413,8 @@ class NFTTrainer:
             }
         )
         total_time = sum(timings.values())
-        metrics.update({f"time/{k}": v for k, v in timings.items()})
-        metrics["time/iteration"] = total_time
+        metrics.update({time_key(k): v for k, v in timings.items()})
+        metrics[time_key("iteration")] = total_time
         metrics["images_per_second"] = args.images_per_iteration / max(total_time, 1e-9)
         self.history.append(metrics)
         return metrics

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .metrics import TOTAL, eval_key, reward_key, reward_names
+
 
 def to_pil(images: torch.Tensor) -> List[Image.Image]:
     """Float images `(B, 3, H, W)` in [0, 1] to PIL images."""
@@ -69,8 +71,15 @@ def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional
                       title: str = "Reward per iteration") -> None:
     """Plot reward means against the iteration and save a PNG at `path`.
 
-    Each reward gets its mean with a +-std band (the weighted total too, when there are several); extra values a
-    reward reports (such as GenEval's `strict`) are dashed lines without bands.
+    Each reward gets its mean with a +-std band clipped to the values it took (the weighted total too, when there
+    are several), and its held-out evaluation as dots where one ran; extra values a reward reports (such as
+    GenEval's `strict`) are dashed lines on an axis of their own.
+
+    Args:
+        history: Metrics rows, one per iteration (see `diffusers_nft.metrics`).
+        path: Where the PNG goes (written beside, then renamed).
+        keys: Reward names to draw with bands; default: every reward, and the total when there are several.
+        title: The plot's title.
     """
     import matplotlib
 
@@ -78,25 +87,22 @@ def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional
     import matplotlib.pyplot as plt
 
     steps = [h["step"] for h in history]
-    names = sorted(k[len("reward/"):-len("/mean")] for k in history[-1] if k.startswith("reward/") and k.endswith("/mean"))
-    rewards = [n for n in names if "/" not in n and n != "total"]
+    names = sorted(reward_names(history[-1]))
+    rewards = [n for n in names if "/" not in n and n != TOTAL]
     if keys is None:
-        keys = [f"reward/{n}" for n in rewards + (["total"] if len(rewards) > 1 else [])]
-    extras = [f"reward/{n}" for n in names if "/" in n]
+        keys = [n for n in rewards + ([TOTAL] if len(rewards) > 1 else [])]
+    extras = [n for n in names if "/" in n]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for key in keys:
-        mean = np.array([h.get(f"{key}/mean", np.nan) for h in history])
-        std = np.array([h.get(f"{key}/std", np.nan) for h in history])
+        mean, std, low, high = (np.array([h.get(reward_key(key, stat), fill) for h in history]) for stat, fill in
+                                (("mean", np.nan), ("std", np.nan), ("min", -np.inf), ("max", np.inf)))
         # A +-std band never leaves the values the reward took (a 0/1 reward's band stays within [0, 1]).
-        low = np.array([h.get(f"{key}/min", -np.inf) for h in history])
-        high = np.array([h.get(f"{key}/max", np.inf) for h in history])
-        ax.plot(steps, mean, label=key.split("/", 1)[-1])
+        ax.plot(steps, mean, label=key)
         ax.fill_between(steps, np.maximum(mean - std, low), np.minimum(mean + std, high), alpha=0.2)
     for i, key in enumerate(keys):  # the held-out evaluation (eval_dataset), where it ran
-        points = [(h["step"], h[f"eval/{key[len('reward/'):]}/mean"]) for h in history
-                  if f"eval/{key[len('reward/'):]}/mean" in h]
+        points = [(h["step"], h[eval_key(key)]) for h in history if eval_key(key) in h]
         if points:
-            ax.plot(*zip(*points), marker="o", ls=":", color=f"C{i}", label=f"{key[len('reward/'):]} (eval prompts)")
+            ax.plot(*zip(*points), marker="o", ls=":", color=f"C{i}", label=f"{key} (eval prompts)")
     ax.set_title(title)
     ax.set_xlabel("iteration")
     ax.set_ylabel("trained reward (mean +- std)")
@@ -106,8 +112,8 @@ def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional
     if extras:  # logged, not trained on: their own axis, so their scale does not flatten the reward's
         other = ax.twinx()
         for i, key in enumerate(extras):
-            other.plot(steps, [h.get(f"{key}/mean", np.nan) for h in history], ls="--", color=f"C{len(keys) + i}",
-                       label=key.split("/", 1)[-1] + " (logged only)")
+            other.plot(steps, [h.get(reward_key(key), np.nan) for h in history], ls="--", color=f"C{len(keys) + i}",
+                       label=f"{key} (logged only)")
         other.set_ylabel("logged only (mean)")
         more, more_names = other.get_legend_handles_labels()
         handles, names = handles + more, names + more_names

@@ -50,3 +50,20 @@ def test_reward_band_is_clipped_to_the_rewards_range_and_logged_values_get_their
     assert set(labels) == {"digit_eval", "digit_eval/strict (logged only)"}
     assert labels["digit_eval"] != labels["digit_eval/strict (logged only)"]  # a second axis
     assert Image.open(tmp_path / "curve.png").size[0] >= 600
+
+
+def test_metric_names_are_built_and_read_by_one_module(tiny_pipeline, tmp_path):
+    """The trainer's rows hold exactly the keys metrics.py builds, and the card and plot read them back."""
+    from diffusers_nft import NFTTrainer
+    from diffusers_nft.metrics import REWARD_STATS, TOTAL, reward_key, reward_names, time_key
+
+    from conftest import PROMPTS, tiny_config
+
+    trainer = NFTTrainer(tiny_pipeline, ["jpeg_compressibility", "jpeg_incompressibility"],
+                         tiny_config(tmp_path, max_steps=1, reward_weights=[1.0, 0.5]), PROMPTS)
+    row = trainer.train()[0]
+    assert reward_names(row) == ["jpeg_compressibility", "jpeg_incompressibility", TOTAL]
+    for name in reward_names(row):
+        assert all(reward_key(name, stat) in row for stat in REWARD_STATS)
+        assert row[reward_key(name, "min")] <= row[reward_key(name)] <= row[reward_key(name, "max")]
+    assert all(time_key(part) in row for part in ("sampling", "reward", "training", "iteration"))
