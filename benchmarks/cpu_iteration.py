@@ -18,7 +18,7 @@ import torch
 from diffusers_nft import NFTConfig, NFTTrainer
 from diffusers_nft.pipelines import select_conditioning
 from diffusers_nft.rewards import jpeg_compressibility
-from diffusers_nft.tiny import build_tiny_sd3_pipeline
+from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
 
 PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house", "a photo of the sea", "a city street"]
 

@@ -48,7 +48,7 @@ def build_flux_pipeline(device: str):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    from diffusers_nft.tiny import _tiny_clip_config, _tiny_text_stack
+    from diffusers_nft.testing_utils import _tiny_clip_config, _tiny_text_stack
 
     with tempfile.TemporaryDirectory() as folder:
         tokenizer, tokenizer_2, text_encoder_2 = _tiny_text_stack(folder, t5_dim=4096)
@@ -74,7 +74,7 @@ def build_pipeline(tiny: bool, device: str):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from diffusers_nft.tiny import _train_clip_tokenizer, build_tiny_sd3_pipeline
+    from diffusers_nft.testing_utils import _train_clip_tokenizer, build_tiny_sd3_pipeline
 
     if tiny:
         return build_tiny_sd3_pipeline(width=128, num_layers=4)

@@ -30,7 +30,7 @@ CLIP_H = dict(text=(1024, 24, 16, 4096), vision=(1280, 32, 16, 5120), projection
 def save_clip(folder, spec):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from diffusers_nft.tiny import _train_clip_tokenizer
+    from diffusers_nft.testing_utils import _train_clip_tokenizer
 
     os.makedirs(folder, exist_ok=True)
     tokenizer = _train_clip_tokenizer(folder)

@@ -20,7 +20,7 @@ def load_flux_pipeline(script_args: ScriptArguments, config: NFTConfig):
     from diffusers import FluxPipeline
 
     if script_args.pretrained_model_name_or_path is None:
-        from diffusers_nft.tiny import build_tiny_flux_pipeline
+        from diffusers_nft.testing_utils import build_tiny_flux_pipeline
 
         return build_tiny_flux_pipeline(seed=config.seed, guidance_embeds=True)
     return FluxPipeline.from_pretrained(

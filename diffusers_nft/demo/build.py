@@ -68,7 +68,7 @@ def build_pipeline_shell(seed: int, vae, width: int, layers: int):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
-    from ..tiny import _tiny_clip_config, _tiny_text_stack
+    from ..testing_utils import _tiny_clip_config, _tiny_text_stack
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:

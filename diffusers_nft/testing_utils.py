@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised SD3.5-style and FLUX.1-style pipelines that are built offline.
+"""Testing utilities, as diffusers keeps them: tiny, randomly initialised SD3.5-, FLUX.1- and Lumina-2-style
+pipelines, built offline.
 
 They have the real classes (`SD3Transformer2DModel` with dual attention and RMS qk-norm or
 `FluxTransformer2DModel`, CLIP and T5 text encoders, `AutoencoderKL`, `FlowMatchEulerDiscreteScheduler`) at a
