@@ -8,11 +8,11 @@ from typing import List, Optional
 
 from .advantages import ADV_MODES, STD_SCOPES
 from .loss import WEIGHTINGS
+from .rewards.scoring import SCORING_MODES
 from .schedules import OLD_POLICY_DECAYS
 from .solvers import SAMPLERS
 from .timesteps import TRAIN_TIMESTEPS
 
-SCORING_MODES = ("sync", "thread", "process")
 
 _INF = math.inf
 # Float settings: (low, low included), (high, high included), and a hint for the message.

@@ -12,8 +12,10 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..config import SCORING_MODES
 from .combine import RewardError, WeightedRewards
+
+# "sync" scores at submit; "thread" and "process" score one batch while the next one samples.
+SCORING_MODES = ("sync", "thread", "process")
 
 _WORKER_REWARDS = None
 
