@@ -29,6 +29,7 @@ from peft import LoraConfig
 from tqdm.auto import tqdm
 
 from .advantages import rewards_to_optimality
+from .callbacks import CallbackList, TrainerControl, TrainerState
 from . import zero
 from .checkpoint import (
     CheckpointError,
@@ -45,14 +46,13 @@ from .data import PromptSampler, PromptSource, load_prompts, row_metadata
 from .hub import (
     LORA_WEIGHT_NAME,
     UPLOAD_STAGING,
+    hub_base_model,
     publish_staged,
     stage_upload,
     upload_folder,
-    hub_base_model,
     write_card_images,
     write_model_card,
 )
-from .callbacks import CallbackList, TrainerControl, TrainerState
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
 from .loss import NFTLoss, NFTLossOutput
@@ -61,6 +61,7 @@ from .pipelines import get_pipeline_adapter, select_conditioning
 from .plan import IterationPlan
 from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
 from .rewards import RewardScorer, WeightedRewards
+from .rollouts import Rollouts
 from .sampling import is_flow_matching_scheduler, model_sigmas, rollout
 from .schedules import ema_decay, old_policy_decay
 from .sharding import gather_optimizer_state, shard_optimizer_state
@@ -375,12 +376,12 @@ class NFTTrainer:
         args, accelerator = self.args, self.accelerator
         iteration = self.global_step
         timings = {"sampling": 0.0, "reward": 0.0}
-        batch = self._collect(iteration, timings)
+        rollouts = self._collect(iteration, timings)
 
         start = time.perf_counter()
-        scores = {k: accelerator.gather(v.to(accelerator.device)).cpu() for k, v in batch["rewards"].items()}
+        scores = {k: accelerator.gather(v.to(accelerator.device)).cpu() for k, v in rollouts.rewards.items()}
         scores[TOTAL] = self.rewards.combine(scores)
-        all_groups = accelerator.gather(batch["group_ids"].to(accelerator.device)).cpu()
+        all_groups = accelerator.gather(rollouts.group_ids.to(accelerator.device)).cpu()
         optimality = rewards_to_optimality(
             scores[TOTAL], all_groups, args.adv_clip_max, std_scope=args.advantage_std, mode=args.adv_mode
         )
@@ -389,7 +390,7 @@ class NFTTrainer:
         timings["reward"] += time.perf_counter() - start
 
         start = time.perf_counter()
-        train_metrics = self._train_on(batch, r, iteration)
+        train_metrics = self._train_on(rollouts, r, iteration)
         deviation = self.policy.deviation()
         eta = old_policy_decay(self.optimizer_step, args.old_policy_decay, args.old_policy_decay_constant)
         self.policy.update_old(eta)
@@ -405,7 +406,7 @@ class NFTTrainer:
                 "r/std": optimality.r.std(unbiased=False).item(),
                 "r/clipped_fraction": (optimality.advantages.abs() >= args.adv_clip_max).float().mean().item(),
                 "zero_variance_groups": optimality.zero_variance_fraction,
-                "sample_x0_norm": batch["latents"].flatten(1).norm(dim=1).mean().item(),
+                "sample_x0_norm": rollouts.latents.flatten(1).norm(dim=1).mean().item(),
                 "old_theta_deviation": deviation,
                 "old_policy_decay": eta,
                 "lr": self.lr_scheduler.get_last_lr()[0],
@@ -725,7 +726,7 @@ class NFTTrainer:
 
         return rollout(velocity, sigmas, noise, sampler)
 
-    def _collect(self, iteration: int, timings: Dict[str, float]) -> dict:
+    def _collect(self, iteration: int, timings: Dict[str, float]) -> Rollouts:
         """Sample this process's share of the iteration's images with the old policy and score them."""
         args, accelerator = self.args, self.accelerator
         start = time.perf_counter()
@@ -769,15 +770,15 @@ class NFTTrainer:
         start = time.perf_counter()
         rewards = [self.scorer.wait(future) for future in futures]  # scored while the next batches sampled
         timings["reward"] += time.perf_counter() - start
-        return {
-            "latents": torch.cat(latents),
-            "cond": cond,
-            "row_of_image": row_of_image,
-            "group_ids": group_ids,
-            "rewards": {k: torch.cat([r[k] for r in rewards]) for k in rewards[0]},
-        }
+        return Rollouts(
+            latents=torch.cat(latents),
+            cond=cond,
+            row_of_image=row_of_image,
+            group_ids=group_ids,
+            rewards={k: torch.cat([r[k] for r in rewards]) for k in rewards[0]},
+        )
 
-    def _train_on(self, batch: dict, r: torch.Tensor, iteration: int) -> Dict[str, float]:
+    def _train_on(self, rollouts: Rollouts, r: torch.Tensor, iteration: int) -> Dict[str, float]:
         """Train on the collected clean latents: every sample at `num_train_timesteps` noise levels."""
         args, accelerator = self.args, self.accelerator
         device = accelerator.device
@@ -793,8 +794,7 @@ class NFTTrainer:
         self.model.train()
         for lo in range(0, self.plan.local_images, args.train_batch_size):
             index = order[lo : lo + args.train_batch_size]
-            x0 = batch["latents"][index.to(batch["latents"].device)]
-            cond = select_conditioning(batch["cond"], batch["row_of_image"][index])
+            x0, cond = rollouts.select(index)
             r_batch = r[index].to(device)
             for j in range(self.plan.train_timesteps):
                 sigma = sigmas[index, j].to(device)

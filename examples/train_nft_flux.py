@@ -11,7 +11,6 @@ sampling stay CFG-free). Without `--pretrained_model_name_or_path`, a tiny rando
 on the demo world's prompts and reward: it shows the machinery, not learning (the pretrained demo model is SD3).
 """
 
-import torch
 from train_nft_sd3 import NFTConfig, ScriptArguments, cli, load_dtype
 
 

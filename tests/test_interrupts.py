@@ -9,7 +9,6 @@ import textwrap
 import time
 
 import pytest
-import torch
 from diffusers import StableDiffusion3Pipeline
 
 from diffusers_nft import NFTTrainer

@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from diffusers import StableDiffusion3Pipeline
 from huggingface_hub import ModelCard
 

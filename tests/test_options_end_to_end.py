@@ -1,7 +1,6 @@
 """Every training option the README names changes what is trained, end to end; and what the README promises
 about checkpoints, rewards and cards holds in a real run."""
 
-import json
 import os
 
 import pytest

@@ -1,6 +1,5 @@
 """What a run trains matches the release: grid, LoRA targets, text length, precision, timestep dtype."""
 
-import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 
@@ -24,7 +23,7 @@ def test_training_draws_exactly_the_noise_levels_the_rollouts_called_the_model_a
             return predict(latents, sigma, cond)
 
         trainer.adapter.predict_velocity = recording
-        batch = trainer._collect(0, {"sampling": 0.0, "reward": 0.0})
+        rollouts = trainer._collect(0, {"sampling": 0.0, "reward": 0.0})
         sampled = torch.unique(torch.cat(called))
         grid = trainer.train_sigma_grid
         assert sampled.dtype == torch.float32 and torch.equal(sampled.sort(descending=True).values, grid)
@@ -34,7 +33,7 @@ def test_training_draws_exactly_the_noise_levels_the_rollouts_called_the_model_a
         # and the training step forms x_t from, and feeds the model, exactly those float32 values
         called.clear()
         r = torch.full((trainer.plan.local_images,), 0.5)
-        trainer._train_on(batch, r, iteration=0)
+        trainer._train_on(rollouts, r, iteration=0)
         trained = torch.unique(torch.cat(called))
         assert set(trained.tolist()) <= set(grid.tolist()) and len(trained) >= trainer.plan.train_timesteps
 

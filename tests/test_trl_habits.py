@@ -4,7 +4,6 @@ stop training, an evaluation curve on eval_dataset, and TRL's names for the same
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
