@@ -127,20 +127,10 @@ def write_model_card(
     Returns:
         The path of the card.
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
-    tags = ["diffusers", "lora", "template:sd-lora", "diffusers-nft", "reinforcement-learning", "text-to-image"]
-    tags += FAMILY_TAGS.get(pipeline_class, [])
-    card_data = ModelCardData(
-        base_model=base_model,
-        license=license or base_model_license(base_model),
-        library_name="diffusers",
-        pipeline_tag="text-to-image",
-        tags=tags,
-        widget=[{"text": prompt, "output": {"url": path}} for prompt, path in widget],
-    )
     card = ModelCard.from_template(
-        card_data,
+        _card_data(base_model, pipeline_class, widget, license),
         template_path=model_card_template(),
         title=f"{repo_id.split('/')[-1]}: DiffusionNFT LoRA for {base_model or pipeline_class}",
         base_model=base_model,
@@ -157,6 +147,21 @@ def write_model_card(
     path = os.path.join(output_dir, "README.md")
     card.save(path)
     return path
+
+
+def _card_data(base_model: Optional[str], pipeline_class: str, widget, license: Optional[str]):
+    """The card's metadata block: what the Hub indexes."""
+    from huggingface_hub import ModelCardData
+
+    tags = ["diffusers", "lora", "template:sd-lora", "diffusers-nft", "reinforcement-learning", "text-to-image"]
+    return ModelCardData(
+        base_model=base_model,
+        license=license or base_model_license(base_model),
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        tags=tags + FAMILY_TAGS.get(pipeline_class, []),
+        widget=[{"text": prompt, "output": {"url": path}} for prompt, path in widget],
+    )
 
 
 def _first_and_last(history: List[Dict[str, float]]) -> List[Tuple[str, float, float]]:

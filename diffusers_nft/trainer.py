@@ -743,10 +743,7 @@ class NFTTrainer:
         metadata = [row_meta[i] for i in row_of_image.tolist()]
         latents, futures = [], []
         timings["sampling"] += time.perf_counter() - start
-        # A bar inside the iteration bar: only on a terminal, where it redraws in place; in a log file it would
-        # leave cursor-movement escape codes.
-        nested = accelerator.is_local_main_process and sys.stderr.isatty()
-        bar = tqdm(total=self.plan.local_images, desc="sampling", leave=False, disable=not nested)
+        bar = self._nested_bar(self.plan.local_images, "sampling")
         with self.policy.using(OLD):
             for lo in range(0, self.plan.local_images, args.sample_batch_size):
                 start = time.perf_counter()
@@ -777,6 +774,12 @@ class NFTTrainer:
             group_ids=group_ids,
             rewards={k: torch.cat([r[k] for r in rewards]) for k in rewards[0]},
         )
+
+    def _nested_bar(self, total: int, desc: str) -> tqdm:
+        """A bar inside the iteration bar: only on a terminal, where it redraws in place (in a log file it would
+        leave cursor-movement escape codes), and on the local main process."""
+        on = self.accelerator.is_local_main_process and sys.stderr.isatty()
+        return tqdm(total=total, desc=desc, leave=False, disable=not on)
 
     def _train_on(self, rollouts: Rollouts, r: torch.Tensor, iteration: int) -> Dict[str, float]:
         """Train on the collected clean latents: every sample at `num_train_timesteps` noise levels."""

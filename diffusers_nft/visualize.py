@@ -110,12 +110,7 @@ def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional
     ax.grid(alpha=0.3)
     handles, names = ax.get_legend_handles_labels()
     if extras:  # logged, not trained on: their own axis, so their scale does not flatten the reward's
-        other = ax.twinx()
-        for i, key in enumerate(extras):
-            other.plot(steps, [h.get(reward_key(key), np.nan) for h in history], ls="--", color=f"C{len(keys) + i}",
-                       label=f"{key} (logged only)")
-        other.set_ylabel("logged only (mean)")
-        more, more_names = other.get_legend_handles_labels()
+        more, more_names = _plot_extras(ax.twinx(), history, extras, first_color=len(keys))
         handles, names = handles + more, names + more_names
     ax.legend(handles, names, loc="best", fontsize=8)
     fig.tight_layout()
@@ -123,3 +118,13 @@ def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _plot_extras(ax, history: List[Dict[str, float]], extras: Sequence[str], first_color: int):
+    """Dashed lines of the logged-only values on `ax`; returns its legend handles and labels."""
+    steps = [h["step"] for h in history]
+    for i, key in enumerate(extras):
+        ax.plot(steps, [h.get(reward_key(key), np.nan) for h in history], ls="--", color=f"C{first_color + i}",
+                label=f"{key} (logged only)")
+    ax.set_ylabel("logged only (mean)")
+    return ax.get_legend_handles_labels()
