@@ -11,12 +11,10 @@ One iteration (`NFTTrainer.step`):
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -30,18 +28,10 @@ from tqdm.auto import tqdm
 
 from .advantages import rewards_to_optimality
 from .callbacks import CallbackList, TrainerControl, TrainerState
+from .checkpointer import Checkpointer
 from . import zero
-from .checkpoint import (
-    CheckpointError,
-    check_output_dir,
-    clean_incomplete,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-    staging_folder,
-    start_checkpoint,
-)
-from .config import NFTConfig, resume_differences
+from .checkpoint import CheckpointError, check_output_dir, clean_incomplete
+from .config import NFTConfig
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
 from .hub import (
     LORA_WEIGHT_NAME,
@@ -64,15 +54,11 @@ from .rewards import RewardScorer, WeightedRewards
 from .rollouts import Rollouts
 from .sampling import is_flow_matching_scheduler, model_sigmas, rollout
 from .schedules import ema_decay, old_policy_decay
-from .sharding import gather_optimizer_state, shard_optimizer_state
 from .timesteps import sample_train_sigmas
 from .visualize import image_grid, plot_reward_curve
 
 logger = get_logger(__name__)
 
-_LORA_PARTS = (TRAINED, OLD, "ema")  # checkpoint files lora_<which>.safetensors
-_CHECKPOINT_PARTS = [*(f"lora_{which}.safetensors" for which in _LORA_PARTS), "lr_scheduler.pt", "random_states.pt"]
-_OPTIMIZER_PART = "optimizer.pt"  # under DeepSpeed, the engine's own per-process files (see zero.py) instead
 _SEED_STREAMS = {"noise": 1, "train": 2, "eval": 3}
 
 
@@ -153,8 +139,9 @@ class NFTTrainer:
         self.rewards = WeightedRewards(reward_funcs, args.reward_weights, args.normalize_rewards, **reward_options)
         self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
         check_output_dir(args.output_dir)
+        self.checkpointer = Checkpointer(self.accelerator, args)
         # A corrupt or mismatched checkpoint fails now, not later; read once, applied at the end.
-        resume_path, resume_parts = self._read_checkpoint(args.resume_from_checkpoint)
+        resume_path, resume_parts = self.checkpointer.read(args.resume_from_checkpoint)
         transformer = pipeline.transformer
         if peft_config is None:
             peft_config = make_lora_config(transformer, default_targets=self.adapter.default_lora_targets)
@@ -164,11 +151,7 @@ class NFTTrainer:
         self.plan = IterationPlan.from_config(args, num_processes)
         accumulation = self.plan.accumulation
         self.accelerator.gradient_accumulation_steps = accumulation
-        if args.skip_nonfinite and zero.uses_deepspeed(self.accelerator):
-            raise ValueError("skip_nonfinite does not work under DeepSpeed (its engine steps inside backward); "
-                             "drop --skip_nonfinite, or use DDP or FSDP2.")
-        if zero.uses_deepspeed(self.accelerator):
-            zero.configure(self.accelerator, args.train_batch_size, accumulation, args.max_grad_norm)
+        zero.prepare(self.accelerator, args, accumulation)
         self._probe_rewards()
 
         device = self.accelerator.device
@@ -264,7 +247,7 @@ class NFTTrainer:
         """
         args, accelerator = self.args, self.accelerator
         if resume_from_checkpoint:
-            path, parts = self._read_checkpoint(resume_from_checkpoint)
+            path, parts = self.checkpointer.read(resume_from_checkpoint)
             if path:
                 self._load(path, parts)
         if accelerator.is_main_process:
@@ -606,80 +589,41 @@ class NFTTrainer:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def save_checkpoint(self) -> Optional[str]:
-        """Write `output_dir/checkpoint-<step>` atomically with everything an exact resume needs."""
+        """Write `output_dir/checkpoint-<step>` atomically with everything an exact resume needs, and the LoRA as
+        the final file holds it, so that `load_lora_weights(checkpoint-N)` works. Every process calls it."""
         args, accelerator = self.args, self.accelerator
-        accelerator.wait_for_everyone()
-        path = None
-        if accelerator.is_main_process:
-            start_checkpoint(args.output_dir, self.global_step)
-        accelerator.wait_for_everyone()
-        # Gathering sharded (FSDP2) tensors and writing ZeRO partitions take every process; the main one writes
-        # the rest, then renames the folder.
-        lora = {f"lora_{which}.safetensors": self.policy.state_dict(which) for which in _LORA_PARTS}
-        if zero.uses_deepspeed(accelerator):
-            zero.save(self.model, staging_folder(args.output_dir, self.global_step))
-            optimizer = {}
-        else:
-            optimizer = {_OPTIMIZER_PART: gather_optimizer_state(self.optimizer)}
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            # Beside the resume state, the LoRA as the final file holds it: `load_lora_weights(checkpoint-N)` works.
-            published = lora[f"lora_{'ema' if args.save_ema_weights else TRAINED}.safetensors"]
-            write_lora_file(type(self.pipeline), staging_folder(args.output_dir, self.global_step), published,
-                            self.policy.lora_config)
-            parts = {
-                **lora,
-                **optimizer,
-                "lr_scheduler.pt": self.lr_scheduler.state_dict(),
-                "random_states.pt": _rng_states(),
-                "trainer_state.json": {
-                    "global_step": self.global_step,
-                    "optimizer_step": self.optimizer_step,
-                    "prompt_sampler": self.prompt_sampler.state_dict(),
-                    "reward_normalizer": self.rewards.state_dict(),
-                    "history": self.history,
-                    "distributed_type": str(accelerator.distributed_type),
-                    "num_processes": accelerator.num_processes,
-                    "config": args.to_dict(),
-                },
-            }
-            path = save_checkpoint(args.output_dir, self.global_step, parts, args.save_total_limit, staged=True)
+        state = {
+            "global_step": self.global_step,
+            "optimizer_step": self.optimizer_step,
+            "prompt_sampler": self.prompt_sampler.state_dict(),
+            "reward_normalizer": self.rewards.state_dict(),
+            "history": self.history,
+            "distributed_type": str(accelerator.distributed_type),
+            "num_processes": accelerator.num_processes,
+            "config": args.to_dict(),
+        }
+        published = self.policy.state_dict("ema" if args.save_ema_weights else TRAINED)  # every process: a gather
+        path = self.checkpointer.save(
+            self.global_step, policy=self.policy, model=self.model, optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler, state=state,
+            extra=lambda folder: write_lora_file(type(self.pipeline), folder, published, self.policy.lora_config),
+        )
+        if path:
             logger.info("Saved checkpoint %s", path)
-        accelerator.wait_for_everyone()
         return path
 
     # ------------------------------------------------------------------ internals
 
-    def _read_checkpoint(self, value: Optional[str]):
-        """`(path, parts)` of the checkpoint `value` names, checked against this run; `(None, None)` for none."""
-        path = resolve_checkpoint(value, self.args.output_dir) if value else None
-        if not path:
-            return None, None
-        zero.check_resumable(path, self.accelerator)
-        parts = load_checkpoint(path, self._checkpoint_parts())
-        _check_resume_settings(path, parts["trainer_state.json"].get("config", {}), self.args)
-        return path, parts
-
-    def _checkpoint_parts(self) -> List[str]:
-        return _CHECKPOINT_PARTS + ([] if zero.uses_deepspeed(self.accelerator) else [_OPTIMIZER_PART])
-
     def _load(self, path: str, parts: dict) -> None:
-        """Restore the state of checkpoint `path`, whose parts `load_checkpoint` read."""
+        """Restore the state of checkpoint `path`, whose parts the checkpointer read."""
+        state = self.checkpointer.restore(path, parts, policy=self.policy, model=self.model, optimizer=self.optimizer,
+                                          lr_scheduler=self.lr_scheduler)
         try:
-            for which in _LORA_PARTS:
-                self.policy.load_state_dict(which, parts[f"lora_{which}.safetensors"])
-            if zero.uses_deepspeed(self.accelerator):
-                zero.load(self.model, path)  # after the LoRA: it also restores the master weights behind them
-            else:
-                self.optimizer.load_state_dict(shard_optimizer_state(parts[_OPTIMIZER_PART], self.optimizer))
-            self.lr_scheduler.load_state_dict(parts["lr_scheduler.pt"])
-            state = parts["trainer_state.json"]
             self.prompt_sampler.load_state_dict(state["prompt_sampler"])
             self.rewards.load_state_dict(state["reward_normalizer"])
-        except (KeyError, ValueError, RuntimeError) as error:
+            self.global_step, self.optimizer_step = state["global_step"], state["optimizer_step"]
+        except (KeyError, ValueError) as error:
             raise CheckpointError(f"Cannot resume from {path!r}: {error}") from error
-        _set_rng_states(parts.get("random_states.pt"))
-        self.global_step, self.optimizer_step = state["global_step"], state["optimizer_step"]
         self.history = state["history"]
         if self.accelerator.is_main_process:
             _truncate_metrics(os.path.join(self.args.output_dir, "metrics.jsonl"), self.global_step)
@@ -882,16 +826,6 @@ class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss, gradient or LoRA weight."""
 
 
-def _check_resume_settings(path: str, saved: dict, args: NFTConfig) -> None:
-    """Refuse settings that break an exact resume; warn about the other changes."""
-    must_match, others = resume_differences(saved, args.to_dict())
-    if must_match:
-        raise CheckpointError(f"Cannot resume exactly from {path!r}: these settings differ from the checkpoint's "
-                              f"({'; '.join(must_match)}). Resume with the checkpoint's values.")
-    if others:
-        warnings.warn(f"Resuming from {path!r} with settings that differ from the checkpoint's: {'; '.join(others)}.")
-
-
 def _truncate_metrics(path: str, step: int) -> None:
     """Drop the rows a run logged after the checkpoint it resumes from: they are logged again."""
     if not os.path.isfile(path):
@@ -910,24 +844,3 @@ def _tracker_config(args: NFTConfig) -> dict:
 
 def _as_float(value) -> float:
     return float("nan") if value is None else float(value)
-
-
-def _rng_states() -> dict:
-    """The RNG states as tensors, numbers and strings, which `torch.load(weights_only=True)` reads back."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
-    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: Optional[dict]) -> None:
-    if not states:
-        return
-    random.setstate(states["python"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])

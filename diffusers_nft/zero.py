@@ -25,6 +25,17 @@ def uses_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
+def prepare(accelerator, config, gradient_accumulation_steps: int) -> None:
+    """Before `accelerator.prepare`: under DeepSpeed, refuse what its engine cannot do and write the run's batch
+    geometry into its config; under DDP and FSDP2, nothing."""
+    if not uses_deepspeed(accelerator):
+        return
+    if config.skip_nonfinite:
+        raise ValueError("skip_nonfinite does not work under DeepSpeed (its engine steps inside backward); "
+                         "drop --skip_nonfinite, or use DDP or FSDP2.")
+    configure(accelerator, config.train_batch_size, gradient_accumulation_steps, config.max_grad_norm)
+
+
 def configure(accelerator, micro_batch_size: int, gradient_accumulation_steps: int, max_grad_norm: float) -> None:
     """Write the trainer's batch geometry and clipping into the DeepSpeed config, before `accelerator.prepare`.
 

@@ -154,3 +154,18 @@ def test_a_checkpoint_resumes_only_under_the_kind_of_run_that_wrote_it(tmp_path)
         check_resumable(zero, run(DistributedType.MULTI_GPU, 2))
     with pytest.raises(CheckpointError, match="written without DeepSpeed"):
         check_resumable(whole, run(DistributedType.DEEPSPEED, 2))
+
+
+def test_the_checkpointer_owns_part_names_and_the_backend(tiny_pipeline, tmp_path):
+    """One object knows what a checkpoint holds for this backend; the trainer asks it and has no backend branch."""
+    import inspect
+
+    from diffusers_nft import trainer as trainer_module
+    from diffusers_nft.checkpointer import Checkpointer
+
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path, max_steps=1, save_steps=1), PROMPTS)
+    assert isinstance(trainer.checkpointer, Checkpointer) and not trainer.checkpointer.deepspeed
+    trainer.train()
+    written = set(os.listdir(tmp_path / "checkpoint-1"))
+    assert set(trainer.checkpointer.part_names()) | {"trainer_state.json", "pytorch_lora_weights.safetensors"} == written
+    assert "uses_deepspeed" not in inspect.getsource(trainer_module)

@@ -1,0 +1,139 @@
+"""The run's checkpoints: what a `checkpoint-<step>` folder holds, how each backend saves and restores the
+optimizer (whole state under DDP and FSDP2, the engine's own partitions under DeepSpeed), and the checks before a
+resume. The trainer asks it to save and to restore, and has no backend branch of its own.
+
+`checkpoint.py` below it makes each folder atomic (staged, then renamed) and reads only the named parts.
+"""
+
+import random
+import warnings
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import zero
+from .checkpoint import (
+    STATE_FILE,
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    staging_folder,
+    start_checkpoint,
+)
+from .config import NFTConfig, resume_differences
+from .policy import OLD, TRAINED
+from .sharding import gather_optimizer_state, shard_optimizer_state
+
+LORA_PARTS = (TRAINED, OLD, "ema")  # lora_<which>.safetensors
+OPTIMIZER_PART = "optimizer.pt"  # under DeepSpeed, the engine's per-process files (see zero.py) instead
+SCHEDULER_PART, RNG_PART = "lr_scheduler.pt", "random_states.pt"
+
+
+def lora_part(which: str) -> str:
+    return f"lora_{which}.safetensors"
+
+
+class Checkpointer:
+    """Saves and restores everything an exact resume needs.
+
+    Args:
+        accelerator: The run's `Accelerator`; its distributed type picks the backend.
+        config: The run's `NFTConfig` (output folder, rotation, the settings a resume must match).
+    """
+
+    def __init__(self, accelerator, config: NFTConfig):
+        self.accelerator, self.config = accelerator, config
+        self.deepspeed = zero.uses_deepspeed(accelerator)
+
+    def part_names(self) -> List[str]:
+        """The files a checkpoint of this backend must hold (the state file aside)."""
+        names = [lora_part(which) for which in LORA_PARTS] + [SCHEDULER_PART, RNG_PART]
+        return names if self.deepspeed else names + [OPTIMIZER_PART]
+
+    def read(self, value: Optional[str]) -> Tuple[Optional[str], Optional[dict]]:
+        """`(path, parts)` of the checkpoint `value` names (a folder or `"latest"`), checked against this run before
+        any compute: its kind of run, its parts, and the settings an exact resume needs. `(None, None)` for none."""
+        path = resolve_checkpoint(value, self.config.output_dir) if value else None
+        if not path:
+            return None, None
+        zero.check_resumable(path, self.accelerator)
+        parts = load_checkpoint(path, self.part_names())
+        check_resume_settings(path, parts[STATE_FILE].get("config", {}), self.config)
+        return path, parts
+
+    def save(self, step: int, *, policy, model, optimizer, lr_scheduler, state: dict,
+             extra: Callable[[str], None] = lambda folder: None) -> Optional[str]:
+        """Write `checkpoint-<step>` atomically; every process calls it (gathering FSDP2 tensors and writing ZeRO
+        partitions take all of them). `extra(folder)` adds files beside the parts, on the main process.
+
+        Returns:
+            The checkpoint folder (None on other processes).
+        """
+        accelerator, output_dir = self.accelerator, self.config.output_dir
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            start_checkpoint(output_dir, step)
+        accelerator.wait_for_everyone()
+        lora = {lora_part(which): policy.state_dict(which) for which in LORA_PARTS}
+        if self.deepspeed:
+            zero.save(model, staging_folder(output_dir, step))
+            optimizer_part = {}
+        else:
+            optimizer_part = {OPTIMIZER_PART: gather_optimizer_state(optimizer)}
+        accelerator.wait_for_everyone()
+        path = None
+        if accelerator.is_main_process:
+            extra(staging_folder(output_dir, step))
+            parts = {**lora, **optimizer_part, SCHEDULER_PART: lr_scheduler.state_dict(), RNG_PART: rng_states(),
+                     STATE_FILE: state}
+            path = save_checkpoint(output_dir, step, parts, self.config.save_total_limit, staged=True)
+        accelerator.wait_for_everyone()
+        return path
+
+    def restore(self, path: str, parts: dict, *, policy, model, optimizer, lr_scheduler) -> dict:
+        """Load the LoRA adapters, optimizer, lr scheduler and RNG states of `parts`; returns the trainer state."""
+        try:
+            for which in LORA_PARTS:
+                policy.load_state_dict(which, parts[lora_part(which)])
+            if self.deepspeed:
+                zero.load(model, path)  # after the LoRA: it also restores the master weights behind them
+            else:
+                optimizer.load_state_dict(shard_optimizer_state(parts[OPTIMIZER_PART], optimizer))
+            lr_scheduler.load_state_dict(parts[SCHEDULER_PART])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"Cannot resume from {path!r}: {error}") from error
+        set_rng_states(parts.get(RNG_PART))
+        return parts[STATE_FILE]
+
+
+def check_resume_settings(path: str, saved: Dict[str, object], config: NFTConfig) -> None:
+    """Refuse settings that break an exact resume; warn about the other changes."""
+    must_match, others = resume_differences(saved, config.to_dict())
+    if must_match:
+        raise CheckpointError(f"Cannot resume exactly from {path!r}: these settings differ from the checkpoint's "
+                              f"({'; '.join(must_match)}). Resume with the checkpoint's values.")
+    if others:
+        warnings.warn(f"Resuming from {path!r} with settings that differ from the checkpoint's: {'; '.join(others)}.")
+
+
+def rng_states() -> dict:
+    """The RNG states as tensors, numbers and strings, which `torch.load(weights_only=True)` reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Optional[dict]) -> None:
+    if not states:
+        return
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
