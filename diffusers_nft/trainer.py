@@ -47,6 +47,7 @@ from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
 from .loss import NFTLoss, NFTLossOutput
 from .metrics import TOTAL, eval_key, reward_key, reward_stats, time_key
+from .objectives import NFTObjective
 from .pipelines import get_pipeline_adapter, select_conditioning
 from .plan import IterationPlan
 from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
@@ -193,13 +194,14 @@ class NFTTrainer:
         # Forward passes go through the prepared (and optionally compiled) module; the policy switches adapters
         # on the underlying transformer, which compiled graphs guard on.
         self.adapter.model = torch.compile(self.model) if args.torch_compile else self.model
-        self.loss_fn = NFTLoss(
+        loss = NFTLoss(
             nft_beta=args.nft_beta,
             adv_clip_max=args.adv_clip_max,
             weighting=args.loss_weighting,
             kl_beta=args.kl_beta,
             drop_negative_term=args.drop_negative_term,
         )
+        self.objective = NFTObjective(adapter=self.adapter, policy=self.policy, loss=loss)
         self.latent_shape = self.adapter.latent_shape(args.resolution)
         # Every solver runs on the grid of the pipeline's own scheduler, and training draws from exactly the
         # noise levels the rollouts called the model at.
@@ -771,16 +773,8 @@ class NFTTrainer:
         return metrics
 
     def _micro_step(self, x_t, sigma, cond, *, x0, noise, r) -> NFTLossOutput:
-        """The old (and reference) predictions without grad, theta's with grad, the loss and its backward."""
-        with torch.no_grad():
-            with self.policy.using(OLD):
-                v_old = self.adapter.predict_velocity(x_t, sigma, cond)
-            v_ref = None
-            if self.args.kl_beta > 0:
-                with self.policy.using(REFERENCE):
-                    v_ref = self.adapter.predict_velocity(x_t, sigma, cond)
-        v_theta = self.adapter.predict_velocity(x_t, sigma, cond)
-        out = self.loss_fn(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r, v_ref=v_ref)
+        """The objective's loss on one micro-batch, and its backward."""
+        out = self.objective(x_t, sigma, cond, x0=x0, noise=noise, r=r)
         self.accelerator.backward(out.loss)
         return out
 
