@@ -111,20 +111,12 @@ class NFTTrainer:
         self.args = args = args if args is not None else NFTConfig()
         args.validate()
         self.callbacks = CallbackList(callbacks or [])
-        if not is_flow_matching_scheduler(pipeline.scheduler):
-            raise ValueError(
-                f"The pipeline's scheduler is {type(pipeline.scheduler).__name__}, not a flow-matching scheduler. "
-                "DiffusionNFT trains rectified-flow models (SD3/SD3.5, Flux, ...): use a pipeline whose scheduler "
-                "is FlowMatchEulerDiscreteScheduler (or one with use_flow_sigmas=True, prediction_type='flow_prediction')."
-            )
+        _check_flow_matching(pipeline)
         self.adapter = get_pipeline_adapter(pipeline, distilled_guidance_scale=args.distilled_guidance_scale)
         self.max_sequence_length = args.max_sequence_length or self.adapter.default_max_sequence_length
         self.adapter.check_resolution(args.resolution)
         self.pipeline = pipeline
-        if train_dataset is None:
-            raise ValueError("train_dataset is required: a datasets.Dataset, a list of prompts or a prompt file.")
-        self.train_dataset = load_prompts(train_dataset)
-        self.eval_dataset = load_prompts(eval_dataset) if eval_dataset is not None else None
+        self.train_dataset, self.eval_dataset = _prompt_sets(train_dataset, eval_dataset)
         # The Accelerator comes first: it sets up the processes (on CPU too, with ACCELERATE_USE_CPU) that
         # everything below counts. It only reads the environment; no model is touched yet.
         self.accelerator = Accelerator(
@@ -132,12 +124,10 @@ class NFTTrainer:
             log_with=args.trackers(),
             project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
         )
-        reward_options = {
-            "device": args.reward_device or self.accelerator.device,
-            "dtype": args.reward_dtype,
-            "batch_size": args.reward_batch_size,
-        }
-        self.rewards = WeightedRewards(reward_funcs, args.reward_weights, args.normalize_rewards, **reward_options)
+        self.rewards = WeightedRewards(
+            reward_funcs, args.reward_weights, args.normalize_rewards, device=args.reward_device or
+            self.accelerator.device, dtype=args.reward_dtype, batch_size=args.reward_batch_size,
+        )
         self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
         check_output_dir(args.output_dir)
         self.checkpointer = Checkpointer(self.accelerator, args)
@@ -147,21 +137,41 @@ class NFTTrainer:
         if peft_config is None:
             peft_config = make_lora_config(transformer, default_targets=self.adapter.default_lora_targets)
         check_lora_targets(transformer, peft_config.target_modules)
-
-        num_processes = self.accelerator.num_processes
-        self.plan = IterationPlan.from_config(args, num_processes)
-        accumulation = self.plan.accumulation
-        self.accelerator.gradient_accumulation_steps = accumulation
-        zero.prepare(self.accelerator, args, accumulation)
+        self.plan = IterationPlan.from_config(args, self.accelerator.num_processes)
+        self.accelerator.gradient_accumulation_steps = self.plan.accumulation
+        zero.prepare(self.accelerator, args, self.plan.accumulation)
         self._probe_rewards()
+        self._place_pipeline()
+        self._build_training(transformer, peft_config)
+        self._init_loop()
+        if resume_path:
+            self._load(resume_path, resume_parts)
 
+    def _init_loop(self) -> None:
+        """The noise grids, the prompt order and the counters of a fresh run (a resume then overwrites them)."""
+        args = self.args
+        self.latent_shape = self.adapter.latent_shape(args.resolution)
+        # Every solver runs on the grid of the pipeline's own scheduler, and training draws from exactly the
+        # noise levels the rollouts called the model at.
+        self.sampling_sigmas = self.adapter.sampling_sigmas(args.num_sampling_steps, self.latent_shape)
+        self.train_sigma_grid = model_sigmas(self.sampling_sigmas).float()
+        self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
+        self.state = TrainerState(max_steps=args.max_steps)  # global_step and log_history live here
+        self.control = TrainerControl()
+        self.optimizer_step = 0
+        self.skipped_steps = 0  # optimizer steps dropped by skip_nonfinite
+        self._uncond = None
+        self._last_plot = -math.inf
+
+    def _place_pipeline(self) -> None:
+        """The frozen base in the low precision on the device; the LoRA stays float32 (NFTPolicy) under accelerate's
+        autocast, and the VAE decodes in float32 unless upcast_vae is off (the release)."""
+        args, pipeline = self.args, self.pipeline
         device = self.accelerator.device
         if args.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
-        # The frozen base in the low precision; the LoRA stays float32 (NFTPolicy) under accelerate's autocast,
-        # and the VAE decodes in float32 unless upcast_vae is off (the release).
         pipeline.to(device)
         if pipeline.transformer.dtype != weight_dtype:
             pipeline.to(dtype=weight_dtype)
@@ -172,6 +182,9 @@ class NFTTrainer:
                 encoder.to("cpu")
         pipeline.set_progress_bar_config(disable=True)
 
+    def _build_training(self, transformer, peft_config: LoraConfig) -> None:
+        """The LoRA policy, optimizer and lr schedule through `accelerator.prepare`, and the objective."""
+        args, num_processes = self.args, self.accelerator.num_processes
         set_seed(args.seed)  # the LoRA init draws from the global generator
         self.policy = NFTPolicy(transformer, peft_config)
         if args.gradient_checkpointing:
@@ -202,20 +215,6 @@ class NFTTrainer:
             drop_negative_term=args.drop_negative_term,
         )
         self.objective = NFTObjective(adapter=self.adapter, policy=self.policy, loss=loss)
-        self.latent_shape = self.adapter.latent_shape(args.resolution)
-        # Every solver runs on the grid of the pipeline's own scheduler, and training draws from exactly the
-        # noise levels the rollouts called the model at.
-        self.sampling_sigmas = self.adapter.sampling_sigmas(args.num_sampling_steps, self.latent_shape)
-        self.train_sigma_grid = model_sigmas(self.sampling_sigmas).float()
-        self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
-        self.state = TrainerState(max_steps=args.max_steps)  # global_step and log_history live here
-        self.control = TrainerControl()
-        self.optimizer_step = 0
-        self.skipped_steps = 0  # optimizer steps dropped by skip_nonfinite
-        self._uncond = None
-        self._last_plot = -math.inf
-        if resume_path:
-            self._load(resume_path, resume_parts)
 
     # ------------------------------------------------------------------ public API
 
@@ -829,6 +828,21 @@ def _truncate_metrics(path: str, step: int) -> None:
     with open(path + ".tmp", "w") as f:
         f.writelines(rows)
     os.replace(path + ".tmp", path)
+
+
+def _prompt_sets(train_dataset: PromptSource, eval_dataset: Optional[PromptSource]):
+    if train_dataset is None:
+        raise ValueError("train_dataset is required: a datasets.Dataset, a list of prompts or a prompt file.")
+    return load_prompts(train_dataset), load_prompts(eval_dataset) if eval_dataset is not None else None
+
+
+def _check_flow_matching(pipeline) -> None:
+    if not is_flow_matching_scheduler(pipeline.scheduler):
+        raise ValueError(
+            f"The pipeline's scheduler is {type(pipeline.scheduler).__name__}, not a flow-matching scheduler. "
+            "DiffusionNFT trains rectified-flow models (SD3/SD3.5, Flux, ...): use a pipeline whose scheduler "
+            "is FlowMatchEulerDiscreteScheduler (or one with use_flow_sigmas=True, prediction_type='flow_prediction')."
+        )
 
 
 def _tracker_config(args: NFTConfig) -> dict:
