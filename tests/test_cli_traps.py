@@ -49,6 +49,11 @@ def test_a_real_model_needs_prompts_and_a_reward(real):
     assert config.reward_weights == [1.0]
 
 
+def test_an_unknown_recipe_is_refused_before_loading(real):
+    base, prompts = real
+    _refused(base + ["--prompts", prompts, "--recipe", "sd35m_ocrr"], r"Unknown recipe 'sd35m_ocrr'; choose one of")
+
+
 def test_reward_weights_given_twice_are_refused(real):
     base, prompts = real
     _refused(base + ["--prompts", prompts, "--reward", "pickscore:1", "--reward_weights", "2"], "Give the weights once")
