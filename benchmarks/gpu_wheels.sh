@@ -10,7 +10,7 @@ download() {
         "${PLATFORMS[@]}" -d .whl "$@"
 }
 download "diffusers==$(python3 -c 'import diffusers; print(diffusers.__version__)')"
-download "datasets==$(python3 -c 'import datasets; print(datasets.__version__)')" dill multiprocess
+download "datasets==$(python3 -c 'import datasets; print(datasets.__version__)')" dill multiprocess importlib_metadata
 # The version the tests use; PyPI has DeepSpeed as a source archive only, so this usually finds no wheel.
 download "deepspeed==$(python3 -c 'import deepspeed; print(deepspeed.__version__)' 2>/dev/null)" 2>/dev/null ||
     echo "No DeepSpeed wheel on the registry: the suite skips its DeepSpeed part."
