@@ -304,7 +304,7 @@ class NFTTrainer:
         rows = {
             "model": f"{model} ({type(self.pipeline).__name__}, {type(self.adapter).__name__})",
             "iteration": f"{args.prompts_per_iteration} prompts x {args.group_size} images = {args.images_per_iteration} "
-                         f"images ({self.plan.local_images} per process, {self.accelerator.num_processes} processes), "
+                         f"images ({self.plan.local_images} per process, {_count(self.plan.num_processes, 'process')}), "
                          f"{args.num_sampling_steps} {args.sampler} steps, no CFG",
             "training": f"{self.plan.train_timesteps} noise levels per image, {self.plan.optimizer_steps} "
                         f"optimizer steps per iteration, {iterations * self.plan.optimizer_steps} in all",
@@ -828,6 +828,11 @@ def _truncate_metrics(path: str, step: int) -> None:
     with open(path + ".tmp", "w") as f:
         f.writelines(rows)
     os.replace(path + ".tmp", path)
+
+
+def _count(n: int, noun: str) -> str:
+    """`"1 process"`, `"2 processes"`."""
+    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith('s') else 's'}"
 
 
 def _prompt_sets(train_dataset: PromptSource, eval_dataset: Optional[PromptSource]):

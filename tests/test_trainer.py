@@ -213,7 +213,7 @@ def test_startup_block_and_a_log_line_per_artifact(tiny_pipeline, tmp_path, capl
     messages = [r.getMessage().removeprefix("[RANK 0] ") for r in caplog.records if r.name == "diffusers_nft.trainer"]
     block = messages[0]
     assert block.startswith("Training DiffusionNFT:")
-    assert "2 prompts x 4 images = 8 images" in block and "4 dpm_solver steps, no CFG" in block
+    assert "2 prompts x 4 images = 8 images (8 per process, 1 process)" in block and "4 dpm_solver steps, no CFG" in block
     steps = trainer.plan.optimizer_steps
     assert f"{steps} optimizer steps per iteration, {2 * steps} in all" in block
     assert "2 (from 0 to max_steps 2)" in block and "jpeg_compressibility x 1" in block
