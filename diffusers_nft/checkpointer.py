@@ -64,9 +64,10 @@ class Checkpointer:
         return path, parts
 
     def save(self, step: int, *, policy, model, optimizer, lr_scheduler, state: dict,
-             extra: Callable[[str], None] = lambda folder: None) -> Optional[str]:
+             extra: Callable[[str, Dict[str, dict]], None] = lambda folder, lora: None) -> Optional[str]:
         """Write `checkpoint-<step>` atomically; every process calls it (gathering FSDP2 tensors and writing ZeRO
-        partitions take all of them). `extra(folder)` adds files beside the parts, on the main process.
+        partitions take all of them). `extra(folder, lora)` adds files beside the parts, on the main process;
+        `lora` maps each of `LORA_PARTS` to the tensors just gathered.
 
         Returns:
             The checkpoint folder (None on other processes).
@@ -85,7 +86,7 @@ class Checkpointer:
         accelerator.wait_for_everyone()
         path = None
         if accelerator.is_main_process:
-            extra(staging_folder(output_dir, step))
+            extra(staging_folder(output_dir, step), {which: lora[lora_part(which)] for which in LORA_PARTS})
             parts = {**lora, **optimizer_part, SCHEDULER_PART: lr_scheduler.state_dict(), RNG_PART: rng_states(),
                      STATE_FILE: state}
             path = save_checkpoint(output_dir, step, parts, self.config.save_total_limit, staged=True)

@@ -6,6 +6,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
+import torch
+
 from .advantages import ADV_MODES, STD_SCOPES
 from .loss import WEIGHTINGS
 from .rewards.scoring import SCORING_MODES
@@ -364,6 +366,11 @@ def _interval(low, high) -> str:
 def resolved_mixed_precision(value: Optional[str]) -> str:
     """`mixed_precision` as accelerate will apply it: the value, else `accelerate launch`'s (its environment)."""
     return value or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+
+
+def weight_dtype(mixed_precision: Optional[str]) -> torch.dtype:
+    """The dtype of the frozen weights under `mixed_precision` (None: accelerate's setting)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(resolved_mixed_precision(mixed_precision), torch.float32)
 
 
 def _check(condition: bool, message: str) -> None:

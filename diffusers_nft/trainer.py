@@ -31,7 +31,7 @@ from .callbacks import CallbackList, TrainerControl, TrainerState
 from .checkpointer import Checkpointer
 from . import zero
 from .checkpoint import CheckpointError, check_output_dir, clean_incomplete
-from .config import NFTConfig
+from .config import NFTConfig, weight_dtype
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
 from .hub import (
     LORA_WEIGHT_NAME,
@@ -171,10 +171,10 @@ class NFTTrainer:
         if args.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
+        dtype = weight_dtype(self.accelerator.mixed_precision)
         pipeline.to(device)
-        if pipeline.transformer.dtype != weight_dtype:
-            pipeline.to(dtype=weight_dtype)
+        if pipeline.transformer.dtype != dtype:
+            pipeline.to(dtype=dtype)
         if args.upcast_vae and getattr(pipeline, "vae", None) is not None:
             pipeline.vae.to(dtype=torch.float32)
         if args.offload_text_encoders:
@@ -292,7 +292,8 @@ class NFTTrainer:
         lines += [f"  {n}" for n in names if not n.startswith(("checkpoint-", "."))]
         if checkpoints:
             lines.append(f"  {len(checkpoints)} checkpoints: {', '.join(checkpoints)}")
-        if "tensorboard" in self.args.report_to or self.args.report_to == "all":
+        trackers = self.args.trackers()
+        if trackers == "all" or "tensorboard" in (trackers or []):
             lines.append(f"Curves: tensorboard --logdir {self.args.logging_dir}")
         return "\n".join(lines)
 
@@ -339,7 +340,7 @@ class NFTTrainer:
         if self.eval_dataset is None:
             raise ValueError("evaluate() needs prompts: pass eval_dataset to NFTTrainer.")
         prompts, metadata = list(self.eval_dataset["prompt"]), row_metadata(self.eval_dataset)
-        images = self.generate(prompts, list(range(len(prompts))), policy="ema" if self.args.save_ema_weights else TRAINED)
+        images = self.generate(prompts, list(range(len(prompts))), policy=self._saved_adapter)
         scores = self.rewards(images.to(self.accelerator.device), prompts, metadata)
         return {eval_key(name): values.double().mean().item() for name, values in scores.items()}
 
@@ -466,7 +467,7 @@ class NFTTrainer:
         """Write `pytorch_lora_weights.safetensors` (EMA weights unless `save_ema_weights=False`) with its LoRA
         metadata, loadable with `pipe.load_lora_weights(output_dir, weight_name=...)`."""
         self.accelerator.wait_for_everyone()
-        weights = self.policy.state_dict("ema" if self.args.save_ema_weights else TRAINED)  # every process: a gather
+        weights = self.policy.state_dict(self._saved_adapter)  # every process: a gather
         bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
         if bad:
             raise NonFiniteError(f"{len(bad)} of {len(weights)} LoRA tensors are not finite (e.g. {bad[0]}); the LoRA "
@@ -498,7 +499,7 @@ class NFTTrainer:
         n = min(args.num_validation_images, 4)
         all_prompts, seeds = [p for p in prompts for _ in range(n)], list(range(n)) * len(prompts)
         base = self.generate(all_prompts, seeds, policy=REFERENCE)  # every process: sharded models sample together
-        tuned = self.generate(all_prompts, seeds, policy="ema" if args.save_ema_weights else TRAINED)
+        tuned = self.generate(all_prompts, seeds, policy=self._saved_adapter)
         if not self.accelerator.is_main_process:
             return None
         weights = "EMA weights" if args.save_ema_weights else "trained weights"
@@ -533,6 +534,12 @@ class NFTTrainer:
         args = self.args
         return {"height": args.resolution, "width": args.resolution, "num_inference_steps": args.eval_num_steps,
                 "max_sequence_length": self.max_sequence_length, **self.adapter.cfg_free_call_kwargs()}
+
+    @property
+    def _saved_adapter(self) -> str:
+        """The weights the run publishes (LoRA file, checkpoint LoRA, card, evaluation): the EMA unless
+        `save_ema_weights=False`."""
+        return "ema" if self.args.save_ema_weights else TRAINED
 
     def _repo_id(self, repo_id: Optional[str]) -> str:
         return repo_id or self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
@@ -603,11 +610,11 @@ class NFTTrainer:
             "num_processes": accelerator.num_processes,
             "config": args.to_dict(),
         }
-        published = self.policy.state_dict("ema" if args.save_ema_weights else TRAINED)  # every process: a gather
         path = self.checkpointer.save(
             self.global_step, policy=self.policy, model=self.model, optimizer=self.optimizer,
             lr_scheduler=self.lr_scheduler, state=state,
-            extra=lambda folder: write_lora_file(type(self.pipeline), folder, published, self.policy.lora_config),
+            extra=lambda folder, lora: write_lora_file(type(self.pipeline), folder, lora[self._saved_adapter],
+                                                       self.policy.lora_config),
         )
         if path:
             logger.info("Saved checkpoint %s", path)

@@ -11,7 +11,9 @@ sampling stay CFG-free). Without `--pretrained_model_name_or_path`, a tiny rando
 on the demo world's prompts and reward: it shows the machinery, not learning (the pretrained demo model is SD3).
 """
 
-from train_nft_sd3 import NFTConfig, ScriptArguments, cli, load_dtype
+from train_nft_sd3 import NFTConfig, ScriptArguments, cli
+
+from diffusers_nft.config import weight_dtype
 
 
 def load_flux_pipeline(script_args: ScriptArguments, config: NFTConfig):
@@ -26,7 +28,7 @@ def load_flux_pipeline(script_args: ScriptArguments, config: NFTConfig):
         script_args.pretrained_model_name_or_path,
         revision=script_args.revision,
         variant=script_args.variant,
-        dtype=load_dtype(config),
+        dtype=weight_dtype(config.mixed_precision),
     )
 
 

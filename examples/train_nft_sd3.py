@@ -27,7 +27,7 @@ from diffusers_nft.pipelines import get_pipeline_adapter
 from diffusers_nft.data import load_prompts
 from diffusers_nft.demo.recipe import DEMO_CONFIG, DEMO_REWARD
 from diffusers_nft.checkpoint import check_output_dir, resolve_checkpoint
-from diffusers_nft.config import resolved_mixed_precision
+from diffusers_nft.config import weight_dtype
 from diffusers_nft.policy import check_lora_shape, check_lora_targets, make_lora_config
 from diffusers_nft.rewards.registry import check_reward
 from diffusers_nft.recipes import RECIPES, recipe
@@ -118,12 +118,6 @@ def write_demo_results(trainer) -> str:
     return path
 
 
-def load_dtype(config: NFTConfig) -> torch.dtype:
-    """The dtype to load the frozen weights in: that of the mixed precision accelerate will apply."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolved_mixed_precision(config.mixed_precision),
-                                                               torch.float32)
-
-
 def load_pipeline(script_args: ScriptArguments, config: NFTConfig):
     """The SD3/SD3.5 pipeline to train, or the tiny offline demo pipeline."""
     from diffusers import StableDiffusion3Pipeline
@@ -136,7 +130,7 @@ def load_pipeline(script_args: ScriptArguments, config: NFTConfig):
         script_args.pretrained_model_name_or_path,
         revision=script_args.revision,
         variant=script_args.variant,
-        dtype=load_dtype(config),
+        dtype=weight_dtype(config.mixed_precision),  # that of the mixed precision accelerate will apply
     )
 
 
