@@ -63,9 +63,25 @@ def make_lora_config(
         targets = list(targets)
     else:
         targets = [t for t in default_targets if matching_modules(transformer, [t])] or list(default_targets)
+        targets = _linear_only(transformer, targets)
     check_lora_targets(transformer, targets)
     check_lora_shape(rank, alpha)
     return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=init, target_modules=targets)
+
+
+def _linear_only(transformer: torch.nn.Module, targets: Sequence[str]) -> List[str]:
+    """Targets with each suffix that also names a non-linear module replaced by the linear modules' full names.
+
+    PEFT matches suffixes on every module: FLUX.2's `attn.to_out` is a linear layer in its single-stream blocks
+    but a `ModuleList` in its double-stream blocks, which PEFT refuses.
+    """
+    names = [name for name, _ in transformer.named_modules()]
+    expanded = []
+    for target in targets:
+        matched = [n for n in names if n == target or n.endswith("." + target)]
+        linear = matching_modules(transformer, [target])
+        expanded += [target] if len(matched) == len(linear) else linear
+    return expanded
 
 
 def check_lora_shape(rank: int, alpha: float) -> None:

@@ -243,3 +243,130 @@ def build_tiny_lumina2_pipeline(seed: int = 0, sample_size: int = 8):
         transformer=transformer, vae=_tiny_vae(sample_size), text_encoder=text_encoder, tokenizer=tokenizer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
     )
+
+
+# The chat template Qwen tokenizers carry, reduced to what the pipelines use (roles, generation prompt).
+_QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _train_qwen_tokenizer(folder: str):
+    """A GPT-2-style byte-level BPE tokenizer with Qwen's special tokens and a chat template, built offline.
+
+    The merges are learnt from the corpus and the Qwen-Image prompt template, so that the template tokenizes to
+    about as many tokens as with Qwen's own tokenizer (Qwen-Image drops the template's first 34 tokens) and prompts
+    are not cut by a short `max_sequence_length`.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    template = ("Describe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+                "relationships of the objects and background: system user assistant")
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_corpus() * 4 + [template] * 16, trainer)
+    bpe.model.save(folder)
+    tokenizer = Qwen2TokenizerFast.from_pretrained(
+        folder, pad_token="<|endoftext|>", eos_token="<|im_end|>", unk_token=None, model_max_length=1024,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_qwenimage_pipeline(seed: int = 0, sample_size: int = 8):
+    """Build a tiny `QwenImagePipeline` (Qwen2.5-VL text encoder, Qwen-Image VAE) with random weights, offline.
+
+    Shapes follow diffusers' own tests of the pipeline; images are `8 * sample_size` pixels square.
+    """
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+    from diffusers import QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _train_qwen_tokenizer(folder)
+    vocab = len(tokenizer)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "rope_theta": 1000000.0, "vocab_size": vocab + 3,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        hidden_size=16, vocab_size=vocab + 3,
+        vision_start_token_id=vocab, vision_end_token_id=vocab + 1, vision_token_id=vocab + 2,
+    )
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192,
+        shift_terminal=0.02, time_shift_type="exponential",
+    )
+    return QwenImagePipeline(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
+                             tokenizer=tokenizer)
+
+
+def _tiny_qwen3(tokenizer, causal_lm: bool, num_layers: int = 2):
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    config = Qwen3Config(hidden_size=16, intermediate_size=16, num_hidden_layers=num_layers, num_attention_heads=2,
+                         num_key_value_heads=2, head_dim=8, vocab_size=len(tokenizer), max_position_embeddings=512,
+                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return (Qwen3ForCausalLM if causal_lm else Qwen3Model)(config).eval()
+
+
+def build_tiny_flux2_klein_pipeline(seed: int = 0, sample_size: int = 8):
+    """Build a tiny `Flux2KleinPipeline` (Qwen3 text encoder, FLUX.2 VAE with its batch-norm latents), offline.
+
+    The text encoder has 27 narrow layers so that the pipeline's default hidden-state layers (9, 18, 27) exist.
+    """
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+    from diffusers import Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _train_qwen_tokenizer(folder)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False,
+    )
+    vae = AutoencoderKLFlux2(
+        sample_size=8 * sample_size, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0)
+    return Flux2KleinPipeline(scheduler=scheduler, text_encoder=_tiny_qwen3(tokenizer, True, num_layers=27),
+                              tokenizer=tokenizer, transformer=transformer, vae=vae, is_distilled=False)
+
+
+def build_tiny_zimage_pipeline(seed: int = 0, sample_size: int = 8):
+    """Build a tiny `ZImagePipeline` (Qwen3 text encoder, single-stream DiT on reversed time), offline."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _train_qwen_tokenizer(folder)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2,
+        n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0,
+        axes_dims=[8, 4, 4], axes_lens=[256, 32, 32],
+    )
+    with torch.no_grad():  # allocated with torch.empty: random memory would leak into the outputs
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0)
+    return ZImagePipeline(scheduler=scheduler, vae=_tiny_vae(sample_size), text_encoder=_tiny_qwen3(tokenizer, False),
+                          tokenizer=tokenizer, transformer=transformer)

@@ -664,11 +664,13 @@ class NFTTrainer:
         if guidance_scale > 1.0:
             if self._uncond is None:
                 self._uncond = self._encode([""])
-            uncond = {k: v.expand(len(noise), *v.shape[1:]) for k, v in self._uncond.items()}
-            both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+            # Two calls rather than one of twice the batch: the empty prompt's text may be shorter than the
+            # prompts' (masked text encoders), so the rows cannot always be stacked.
+            uncond = select_conditioning(self._uncond, torch.zeros(len(noise), dtype=torch.long))
 
             def velocity(x, sigma):
-                v_uncond, v_cond = self.adapter.predict_velocity(torch.cat([x, x]), sigma.repeat(2), both).chunk(2)
+                v_uncond = self.adapter.predict_velocity(x, sigma, uncond)
+                v_cond = self.adapter.predict_velocity(x, sigma, cond)
                 return v_uncond + guidance_scale * (v_cond - v_uncond)
 
         else:

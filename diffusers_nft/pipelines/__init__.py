@@ -1,11 +1,14 @@
 """Pipeline families. Each family is one adapter file, registered here by pipeline class name."""
 
-from .base import Conditioning, FlowPipelineAdapter, select_conditioning
+from .base import Conditioning, FlowPipelineAdapter, Shared, select_conditioning
 from .flux import FluxAdapter
+from .flux2 import Flux2Adapter
 from .lumina2 import Lumina2Adapter
+from .qwenimage import QwenImageAdapter
 from .sd3 import SD3Adapter
+from .z_image import ZImageAdapter
 
-ADAPTERS = (SD3Adapter, FluxAdapter, Lumina2Adapter)
+ADAPTERS = (SD3Adapter, FluxAdapter, Lumina2Adapter, QwenImageAdapter, Flux2Adapter, ZImageAdapter)
 
 
 def get_pipeline_adapter(pipeline, **options) -> FlowPipelineAdapter:
@@ -24,4 +27,7 @@ def get_pipeline_adapter(pipeline, **options) -> FlowPipelineAdapter:
     )
 
 
-__all__ = ["ADAPTERS", "Conditioning", "FlowPipelineAdapter", "FluxAdapter", "Lumina2Adapter", "SD3Adapter", "get_pipeline_adapter", "select_conditioning"]
+__all__ = [
+    "ADAPTERS", "Conditioning", "FlowPipelineAdapter", "Flux2Adapter", "FluxAdapter", "Lumina2Adapter", "QwenImageAdapter",
+    "SD3Adapter", "Shared", "ZImageAdapter", "get_pipeline_adapter", "select_conditioning",
+]

@@ -1,6 +1,7 @@
 """What the trainer needs from a pipeline family. One subclass per family, in a file of its own."""
 
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -19,13 +20,35 @@ JOINT_ATTENTION_TARGETS = (
     "attn.to_add_out",
 )
 
-Conditioning = Dict[str, torch.Tensor]
-"""Prompt conditioning of a family: named tensors whose first dimension is the batch."""
+Conditioning = Dict[str, Any]
+"""Prompt conditioning of a family: named values with one row per prompt. A tensor's first dimension and a list's
+items are rows; `Shared` values are the same for every row."""
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A conditioning value that every row shares (such as a text-position table), passed on as it is."""
+
+    value: Any
 
 
 def select_conditioning(cond: Conditioning, index: torch.Tensor) -> Conditioning:
-    """Rows `index` of every conditioning tensor."""
-    return {key: value[index.to(value.device)] for key, value in cond.items()}
+    """Rows `index` of every conditioning value: tensors are indexed, lists picked item by item, `Shared` kept."""
+    rows = index.tolist()
+    selected = {}
+    for key, value in cond.items():
+        if isinstance(value, torch.Tensor):
+            selected[key] = value[index.to(value.device)]
+        elif isinstance(value, list):
+            selected[key] = [value[i] for i in rows]
+        else:
+            selected[key] = value
+    return selected
+
+
+def unshared(value: Any) -> Any:
+    """The value of a `Shared` conditioning entry, any other value as it is."""
+    return value.value if isinstance(value, Shared) else value
 
 
 class FlowPipelineAdapter:

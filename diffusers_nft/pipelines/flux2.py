@@ -1,0 +1,87 @@
+"""FLUX.2 (`Flux2Pipeline`, `Flux2KleinPipeline`): 2x2-patchified latents that the transformer sees as token
+sequences with 4-axis rotary ids, a batch-normalised VAE latent space, and a shift that depends on the resolution
+and the number of steps."""
+
+from typing import List, Tuple
+
+import numpy as np
+import torch
+
+from ..sampling import pipeline_sigmas
+from .base import JOINT_ATTENTION_TARGETS, Conditioning, FlowPipelineAdapter
+
+# The single-stream blocks fuse q, k, v and the MLP input into one projection.
+FLUX2_TARGETS = JOINT_ATTENTION_TARGETS + ("attn.to_qkv_mlp_proj", "attn.to_out")
+
+
+def empirical_mu(image_tokens: int, num_steps: int) -> float:
+    """FLUX.2's shift: linear in the number of image tokens, interpolated between fits at 10 and 200 steps."""
+    at_200 = 0.00016927 * image_tokens + 0.45666666
+    if image_tokens > 4300:
+        return float(at_200)
+    at_10 = 8.73809524e-05 * image_tokens + 1.89833333
+    slope = (at_200 - at_10) / 190.0
+    return float(slope * num_steps + at_200 - 200.0 * slope)
+
+
+class Flux2Adapter(FlowPipelineAdapter):
+    """FLUX.2 [dev] (Mistral-3 text encoder, guidance embedding) and FLUX.2 [klein] (Qwen3, no embedding).
+
+    Latents are kept as the pipeline's `latents=` argument takes them, `(4 * channels, h / 2, w / 2)`, and packed
+    into tokens for each forward.
+    """
+
+    pipeline_class_names = ("Flux2Pipeline", "Flux2KleinPipeline")
+    default_lora_targets = FLUX2_TARGETS
+    default_max_sequence_length = 512  # the pipelines' default
+
+    def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
+        embeds, text_ids = self.pipeline.encode_prompt(prompts, device=device, max_sequence_length=max_sequence_length)
+        return {"encoder_hidden_states": embeds, "txt_ids": text_ids}
+
+    def resolution_multiple(self) -> int:
+        return self.pipeline.vae_scale_factor * 2
+
+    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
+        side = resolution // (self.pipeline.vae_scale_factor * 2)
+        return (self.transformer.config.in_channels, side, side)
+
+    def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
+        return latent_shape[1] * latent_shape[2]
+
+    def sampling_sigmas(self, num_steps: int, latent_shape: Tuple[int, ...]) -> torch.Tensor:
+        mu = empirical_mu(self.image_tokens(latent_shape), num_steps)
+        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)  # what the pipelines pass to their scheduler
+        if self.pipeline.scheduler.config.get("use_flow_sigmas", False):
+            sigmas = None
+        return pipeline_sigmas(self.pipeline.scheduler, num_steps, sigmas, mu)
+
+    def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        dtype, batch = self.transformer.dtype, latents.shape[0]
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((batch,), self.distilled_guidance_scale, device=latents.device, dtype=torch.float32)
+        tokens = latents.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h * w, C), as the pipelines pack
+        prediction = self.model(
+            hidden_states=tokens.to(dtype),
+            timestep=sigma.float(),  # the pipelines pass timestep / 1000, that is sigma
+            guidance=guidance,
+            encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+            txt_ids=cond["txt_ids"],
+            img_ids=self.pipeline._prepare_latent_ids(latents).to(latents.device),
+            return_dict=False,
+        )[0]
+        return prediction.float().transpose(1, 2).reshape(latents.shape)
+
+    def cfg_free_call_kwargs(self) -> dict:
+        if self.transformer.config.guidance_embeds:  # FLUX.2 [dev]: embedded guidance, which the LoRA trained with
+            return {"guidance_scale": self.distilled_guidance_scale}
+        return {"guidance_scale": 1.0}
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae, pipe = self.pipeline.vae, self.pipeline
+        latents = latents.to(vae.dtype)
+        mean = vae.bn.running_mean.view(1, -1, 1, 1).to(latents)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(latents)
+        images = vae.decode(pipe._unpatchify_latents(latents * std + mean), return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
