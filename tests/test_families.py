@@ -43,7 +43,7 @@ def _load(folder):
 
 def _render(pipe, adapter, steps=4):
     noise = torch.randn(2, *adapter.latent_shape(64), generator=torch.Generator().manual_seed(5))
-    return pipe(prompt=["a red cat", "a blue dog"], latents=noise, num_inference_steps=steps, height=64, width=64,
+    return pipe(prompt=["a red cat", "a blue dog"], latents=adapter.pipeline_latents(noise), num_inference_steps=steps, height=64, width=64,
                 max_sequence_length=16, output_type="pt", **adapter.cfg_free_call_kwargs()).images
 
 

@@ -137,6 +137,10 @@ class FlowPipelineAdapter:
             self.pipeline.scheduler, num_steps, self.schedule_sigmas(num_steps), self.sampling_mu(latent_shape)
         )
 
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """These latents in the layout of the pipeline's `latents=` argument (the same one for most families)."""
+        return latents
+
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The transformer's velocity `eps - x0` at noise level `sigma` (shape `(B,)`), in float32."""
         raise NotImplementedError

@@ -2,6 +2,7 @@
 sequences with 4-axis rotary ids, a batch-normalised VAE latent space, and a shift that depends on the resolution
 and the number of steps."""
 
+import math
 from typing import List, Tuple
 
 import numpy as np
@@ -27,8 +28,8 @@ def empirical_mu(image_tokens: int, num_steps: int) -> float:
 class Flux2Adapter(FlowPipelineAdapter):
     """FLUX.2 [dev] (Mistral-3 text encoder, guidance embedding) and FLUX.2 [klein] (Qwen3, no embedding).
 
-    Latents are kept as the pipeline's `latents=` argument takes them, `(4 * channels, h / 2, w / 2)`, and packed
-    into tokens for each forward.
+    Latents are the token sequences the scheduler steps, `(h / 2 * w / 2, 4 * channels)`; the pipelines' `latents=`
+    argument takes them unpacked (`pipeline_latents`).
     """
 
     pipeline_class_names = ("Flux2Pipeline", "Flux2KleinPipeline")
@@ -44,10 +45,15 @@ class Flux2Adapter(FlowPipelineAdapter):
 
     def latent_shape(self, resolution: int) -> Tuple[int, ...]:
         side = resolution // (self.pipeline.vae_scale_factor * 2)
-        return (self.transformer.config.in_channels, side, side)
+        return (side * side, self.transformer.config.in_channels)
 
     def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
-        return latent_shape[1] * latent_shape[2]
+        return latent_shape[0]  # already packed
+
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """`(B, tokens, C)` -> `(B, C, h, w)`, the layout of the pipelines' `latents=` argument."""
+        side = math.isqrt(latents.shape[1])
+        return latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], side, side)
 
     def sampling_sigmas(self, num_steps: int, latent_shape: Tuple[int, ...]) -> torch.Tensor:
         mu = empirical_mu(self.image_tokens(latent_shape), num_steps)
@@ -61,17 +67,16 @@ class Flux2Adapter(FlowPipelineAdapter):
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((batch,), self.distilled_guidance_scale, device=latents.device, dtype=torch.float32)
-        tokens = latents.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h * w, C), as the pipelines pack
         prediction = self.model(
-            hidden_states=tokens.to(dtype),
+            hidden_states=latents.to(dtype),
             timestep=sigma.float(),  # the pipelines pass timestep / 1000, that is sigma
             guidance=guidance,
             encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
             txt_ids=cond["txt_ids"],
-            img_ids=self.pipeline._prepare_latent_ids(latents).to(latents.device),
+            img_ids=self.pipeline._prepare_latent_ids(self.pipeline_latents(latents)).to(latents.device),
             return_dict=False,
         )[0]
-        return prediction.float().transpose(1, 2).reshape(latents.shape)
+        return prediction.float()
 
     def cfg_free_call_kwargs(self) -> dict:
         if self.transformer.config.guidance_embeds:  # FLUX.2 [dev]: embedded guidance, which the LoRA trained with
@@ -80,7 +85,7 @@ class Flux2Adapter(FlowPipelineAdapter):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae, pipe = self.pipeline.vae, self.pipeline
-        latents = latents.to(vae.dtype)
+        latents = self.pipeline_latents(latents).to(vae.dtype)
         mean = vae.bn.running_mean.view(1, -1, 1, 1).to(latents)
         std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(latents)
         images = vae.decode(pipe._unpatchify_latents(latents * std + mean), return_dict=False)[0]

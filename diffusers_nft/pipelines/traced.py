@@ -1,0 +1,419 @@
+"""An adapter for any flow-matching pipeline, learnt by watching one short call of the pipeline itself.
+
+One 3-step call (CFG off, batch 1) with hooks on the transformer and on `scheduler.step` tells:
+
+- which transformer argument is the latents, and their layout: the tensor the scheduler steps, or a list of
+  per-sample tensors (Z-Image);
+- which argument is the timestep, and the affine map from the scheduler's sigma to it (SD3: 1000 sigma, FLUX:
+  sigma, Lumina and Z-Image: 1 - sigma), checked on the third step;
+- the sign the pipeline applies to the transformer's output before `scheduler.step` (+1, or -1 for models that
+  predict `x0 - eps`);
+- the latent shape the scheduler steps, so packed latents stay packed.
+
+Everything else the transformer receives is prompt conditioning. It is read, for any batch of prompts, from a
+pipeline call stopped at its first transformer call (no transformer compute); so is the noise grid for a number
+of steps. Images are decoded by the pipeline's own tail: a one-step call whose transformer and `scheduler.step`
+are replaced so that the pipeline unpacks, denormalises and decodes the given latents.
+
+What cannot be traced is refused before any training compute, with the reason: image-conditioned pipelines, a
+second expert (`transformer_2`), several transformer calls per step with CFG off, no latent or timestep argument,
+a timestep that is not affine in sigma, an output that is not +-velocity.
+"""
+
+import inspect
+from contextlib import ExitStack as contextlib_exit_stack
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from .base import Conditioning, FlowPipelineAdapter, Shared, unshared
+
+TRACE_PROMPT = "a photo"
+TRACE_STEPS = 3
+PROBE_STEPS = 2  # calls that stop early or skip the transformer; 1 step would divide by 0 in terminal stretching
+# Suffixes of attention projections across diffusers' transformers; those a model lacks are dropped.
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+# Call arguments that make a pipeline image-conditioned when they have no default.
+IMAGE_INPUTS = ("image", "control_image", "mask_image", "video", "reference_image")
+
+
+class TraceError(ValueError):
+    """A pipeline that the traced adapter cannot serve, with the reason."""
+
+
+class _Stop(Exception):
+    """Raised inside the transformer to end a probing pipeline call at its first transformer call."""
+
+
+@dataclass
+class Trace:
+    """What one short pipeline call showed about the transformer call."""
+
+    latent_name: str
+    latent_layout: str  # "tensor" or "list"
+    latent_shape: Tuple[int, ...]  # of one sample, as the scheduler steps it
+    frame_shape: Optional[Tuple[int, ...]]  # of one list item (the "list" layout)
+    latent_dtype: torch.dtype
+    timestep_name: str
+    timestep_scale: float
+    timestep_offset: float
+    timestep_dtype: torch.dtype
+    timestep_extra: Tuple[int, ...]  # timestep dims after the batch (Wan 2.2's per-token timesteps)
+    sign: float
+    output_is_list: bool
+
+
+def _bind(signature: inspect.Signature, args, kwargs) -> Dict[str, Any]:
+    """The transformer call's arguments by name (Z-Image passes some positionally)."""
+    return dict(signature.bind(*args, **kwargs).arguments)
+
+
+@contextmanager
+def _patched(obj, name: str, value) -> Iterator[None]:
+    """Set an instance attribute for the block (a method replaced on one object), then remove it again."""
+    had = name in vars(obj)
+    old = vars(obj).get(name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(obj, name, old)
+        else:
+            delattr(obj, name)
+
+
+def _as_batch(value, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """A tensor or a list of per-sample tensors as one tensor of `like`'s shape, or None if it is not that."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        if len(value) != like.shape[0] or sum(v.numel() for v in value) != like.numel():
+            return None
+        return torch.stack([v.float() for v in value]).reshape(like.shape)
+    if isinstance(value, torch.Tensor) and value.numel() == like.numel() and value.shape[0] == like.shape[0]:
+        return value.float().reshape(like.shape)
+    return None
+
+
+def _copy(value):
+    """A detached copy of a tensor or a list of tensors (the transformer may change its inputs in place)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, list) and all(isinstance(v, torch.Tensor) for v in value):
+        return [v.detach().clone() for v in value]
+    return value
+
+
+def _first_output(output):
+    """The prediction in a transformer's output: `(sample,)` with `return_dict=False`, else `.sample`."""
+    return output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+
+
+def _snap(value: float) -> float:
+    """The nearest integer when the fit is that within float32 noise: the maps are 1000, 1, -1 and 0 in practice."""
+    return float(round(value)) if abs(value - round(value)) < 1e-3 * max(1.0, abs(value)) else value
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3))
+
+
+class TracedAdapter(FlowPipelineAdapter):
+    """The adapter of a flow-matching pipeline that has no adapter file, traced from the pipeline's own calls.
+
+    Args:
+        pipeline: Any diffusers text-to-image (or text-to-video) pipeline with a flow-matching scheduler, a
+            `transformer` and `callback_on_step_end`-style keyword arguments.
+        distilled_guidance_scale: The guidance value of guidance-distilled models (a `guidance_embeds` config),
+            passed as the call's `guidance_scale`.
+        call_kwargs: Extra arguments for every traced call (for a video pipeline, `{"num_frames": 5}`).
+
+    Raises:
+        TraceError: If the pipeline cannot be traced, with the reason.
+    """
+
+    pipeline_class_names = ()
+
+    def __init__(self, pipeline, distilled_guidance_scale: float = 3.5, call_kwargs: Optional[dict] = None):
+        super().__init__(pipeline, distilled_guidance_scale)
+        self._check_traceable()
+        self.call_kwargs = dict(call_kwargs or {})
+        self._parameters = inspect.signature(type(pipeline).__call__).parameters
+        self._signature = inspect.signature(self.transformer.forward)  # before decode() replaces the forward
+        self._cfg_off: Optional[dict] = None
+        self._traces: Dict[int, Trace] = {}
+        self._grids: Dict[Tuple[int, Tuple[int, ...]], torch.Tensor] = {}
+        self._per_row: Optional[set] = None
+        self._encoder_outputs: Dict[int, list] = {}
+
+    @property
+    def default_lora_targets(self) -> Tuple[str, ...]:
+        return ATTENTION_TARGETS
+
+    @property
+    def default_max_sequence_length(self) -> int:
+        parameter = inspect.signature(type(self.pipeline).__call__).parameters.get("max_sequence_length")
+        return parameter.default if parameter is not None and isinstance(parameter.default, int) else 256
+
+    def _check_traceable(self) -> None:
+        pipe, name = self.pipeline, type(self.pipeline).__name__
+        if getattr(pipe, "transformer", None) is None:
+            raise TraceError(f"{name} has no `transformer` to train.")
+        if getattr(pipe, "transformer_2", None) is not None:
+            raise TraceError(f"{name} has a second expert (`transformer_2`): sampling must switch experts by sigma, "
+                             "which a trace of one expert cannot follow. Use its explicit adapter.")
+        parameters = inspect.signature(type(pipe).__call__).parameters
+        required = [p for p in IMAGE_INPUTS if p in parameters and parameters[p].default is inspect.Parameter.empty]
+        if required:
+            raise TraceError(f"{name} is image-conditioned (its call requires {required}); the traced adapter "
+                             "serves text-to-image and text-to-video pipelines.")
+        if "callback_on_step_end" not in parameters or "output_type" not in parameters:
+            raise TraceError(f"{name} takes no `callback_on_step_end`/`output_type`: not a standard diffusers loop.")
+        if not {"num_images_per_prompt", "num_videos_per_prompt"} & set(parameters):
+            raise TraceError(f"{name} takes no `num_images_per_prompt`: its tail cannot decode a batch.")
+
+    # --- calling the pipeline -------------------------------------------------------------------------------------
+
+    def _call(self, prompts: List[str], resolution: int, num_steps: int, **extra):
+        kwargs = dict(self.call_kwargs, **(self._cfg_off or {}), **extra)
+        # A generator of its own, so that tracing leaves the global random state (and so training) as it was.
+        kwargs.update(prompt=list(prompts), height=resolution, width=resolution, num_inference_steps=num_steps,
+                      return_dict=False, generator=torch.Generator().manual_seed(0))
+        if "output_type" not in kwargs:
+            kwargs["output_type"] = "latent"
+        return self.pipeline(**kwargs)
+
+    def _cfg_off_candidates(self) -> List[dict]:
+        """Call arguments that switch CFG off, tried in turn: most pipelines guide when `guidance_scale > 1`,
+        Z-Image when it is > 0, Qwen-Image through `true_cfg_scale`; distilled models take their embedded value."""
+        off = {"true_cfg_scale": 1.0} if "true_cfg_scale" in self._parameters else {}
+        if "guidance_scale" in self._parameters and self.transformer.config.get("guidance_embeds", False):
+            return [dict(off, guidance_scale=self.distilled_guidance_scale)]
+        if off or "guidance_scale" not in self._parameters:
+            return [off]
+        return [{"guidance_scale": 1.0}, {"guidance_scale": 0.0}]
+
+    def cfg_free_call_kwargs(self) -> dict:
+        if self._cfg_off is None:
+            self._trace(self._any_resolution())
+        return dict(self._cfg_off)
+
+    def _any_resolution(self) -> int:
+        """The resolution traced last, else the pipeline's default size."""
+        if self._traces:
+            return next(reversed(self._traces))
+        return getattr(self.pipeline, "default_sample_size", 64) * getattr(self.pipeline, "vae_scale_factor", 8)
+
+    # --- the trace ------------------------------------------------------------------------------------------------
+
+    def _record(self, resolution: int) -> Tuple[list, list]:
+        """Run a 3-step call with CFG off and return the transformer calls and the scheduler steps it made."""
+        calls, steps = [], []
+        scheduler = self.pipeline.scheduler
+        original_step = scheduler.step
+
+        def step(model_output, timestep, sample, *args, **kwargs):
+            steps.append({"output": model_output.detach().clone(), "sample": sample.detach().clone(),
+                          "sigma": float(scheduler.sigmas[len(steps)]), "calls": len(calls)})
+            return original_step(model_output, timestep, sample, *args, **kwargs)
+
+        def pre(module, args, kwargs):
+            calls.append({"inputs": {k: _copy(v) for k, v in _bind(self._signature, args, kwargs).items()}})
+
+        def post(module, args, kwargs, output):
+            calls[-1]["output"] = output
+
+        handles = [self.transformer.register_forward_pre_hook(pre, with_kwargs=True),
+                   self.transformer.register_forward_hook(post, with_kwargs=True)]
+        handles += [self._record_encoder(i, e) for i, e in enumerate(self.text_encoders)]
+        try:
+            with _patched(scheduler, "step", step), torch.no_grad():
+                self._call([TRACE_PROMPT], resolution, TRACE_STEPS)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return calls, steps
+
+    def _record_encoder(self, index: int, encoder: torch.nn.Module):
+        self._encoder_outputs[index] = []
+        return encoder.register_forward_hook(lambda m, a, o: self._encoder_outputs[index].append(o))
+
+    def _trace(self, resolution: int) -> Trace:
+        reasons = []
+        for cfg_off in self._cfg_off_candidates():  # a wrong CFG switch shows as 2 calls or a doubled batch
+            self._cfg_off = cfg_off
+            calls, steps = self._record(resolution)
+            if len(steps) != TRACE_STEPS or len(calls) != TRACE_STEPS:
+                reasons.append(f"with {cfg_off}: {len(calls)} transformer calls in {len(steps)} steps")
+                continue
+            try:
+                trace = self._analyse(calls, steps)
+            except TraceError as error:
+                reasons.append(f"with {cfg_off}: {error}")
+                continue
+            self._traces[resolution] = trace
+            return trace
+        raise TraceError(f"{type(self.pipeline).__name__} cannot be traced: {'; '.join(reasons)}. The traced adapter "
+                         "needs one transformer call per step, on the latents the scheduler steps, with CFG off.")
+
+    def _analyse(self, calls: list, steps: list) -> Trace:
+        name = type(self.pipeline).__name__
+        sample = steps[0]["sample"]
+        inputs = calls[0]["inputs"]
+        latent_name = next((k for k, v in inputs.items() if (b := _as_batch(v, sample)) is not None
+                            and _close(b, sample)), None)
+        if latent_name is None:
+            raise TraceError(f"{name}: no transformer argument holds the latents the scheduler steps.")
+        value = inputs[latent_name]
+        layout = "list" if isinstance(value, (list, tuple)) else "tensor"
+        timestep_name, scale, offset = self._timestep_map(calls, steps, exclude=latent_name)
+        output = _first_output(calls[0]["output"])
+        as_batch = _as_batch(output, sample)
+        if as_batch is None:
+            raise TraceError(f"{name}: the transformer's output does not have the latents' shape.")
+        sign = 1.0 if _close(steps[0]["output"], as_batch) else -1.0 if _close(steps[0]["output"], -as_batch) else 0
+        if not sign:
+            raise TraceError(f"{name} changes the transformer's output before `scheduler.step` in a way other than "
+                             "its sign (a guidance or rescaling step that CFG-off arguments did not switch off).")
+        timestep = calls[0]["inputs"][timestep_name]
+        return Trace(
+            latent_name=latent_name, latent_layout=layout, latent_shape=tuple(sample.shape[1:]),
+            frame_shape=tuple(value[0].shape) if layout == "list" else None,
+            latent_dtype=(value[0] if layout == "list" else value).dtype, timestep_name=timestep_name,
+            timestep_scale=scale, timestep_offset=offset, timestep_dtype=timestep.dtype,
+            timestep_extra=tuple(timestep.shape[1:]), sign=sign, output_is_list=isinstance(output, (list, tuple)),
+        )
+
+    def _timestep_map(self, calls: list, steps: list, exclude: str) -> Tuple[str, float, float]:
+        """The argument that changes from step to step besides the latents, and `timestep = scale * sigma + offset`
+        fitted on the first two steps and checked on the third."""
+        name = type(self.pipeline).__name__
+        first, second = calls[0]["inputs"], calls[1]["inputs"]
+        changing = [k for k, v in first.items() if k != exclude and isinstance(v, torch.Tensor)
+                    and isinstance(second.get(k), torch.Tensor) and v.shape == second[k].shape
+                    and not torch.equal(v, second[k])]
+        if len(changing) != 1:
+            raise TraceError(f"{name}: expected one timestep argument to change between steps, found {changing}.")
+        key = changing[0]
+        values = [float(call["inputs"][key].flatten()[0]) for call in calls]
+        sigmas = [s["sigma"] for s in steps]
+        scale = (values[1] - values[0]) / (sigmas[1] - sigmas[0])
+        offset = values[0] - scale * sigmas[0]
+        if abs(scale * sigmas[2] + offset - values[2]) > 1e-3 * max(1.0, abs(scale)):
+            raise TraceError(f"{name}: the timestep {values} is not affine in sigma {sigmas}.")
+        return key, _snap(scale), _snap(offset)
+
+    # --- what the trainer calls -----------------------------------------------------------------------------------
+
+    def _trace_of(self, latent_shape: Tuple[int, ...]) -> Trace:
+        for trace in self._traces.values():
+            if trace.latent_shape == tuple(latent_shape):
+                return trace
+        raise TraceError(f"No trace has latents of shape {tuple(latent_shape)}: call latent_shape(resolution) first.")
+
+    def _resolution_of(self, latent_shape: Tuple[int, ...]) -> int:
+        return next(r for r, t in self._traces.items() if t.latent_shape == tuple(latent_shape))
+
+    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
+        trace = self._traces.get(resolution) or self._trace(resolution)
+        return trace.latent_shape
+
+    def _probe(self, prompts: List[str], resolution: int, num_steps: int, **extra) -> Dict[str, Any]:
+        """The transformer's arguments and the scheduler's sigmas of a call stopped at its first transformer call."""
+        seen = {}
+
+        def stop(module, args, kwargs):
+            seen.update(_bind(self._signature, args, kwargs))
+            raise _Stop
+
+        handle = self.transformer.register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                self._call(prompts, resolution, num_steps, **extra)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        seen["__sigmas__"] = self.pipeline.scheduler.sigmas.detach().double().cpu().clone()
+        return seen
+
+    def sampling_sigmas(self, num_steps: int, latent_shape: Tuple[int, ...]) -> torch.Tensor:
+        key = (num_steps, tuple(latent_shape))
+        if key not in self._grids:
+            grid = self._probe([TRACE_PROMPT], self._resolution_of(latent_shape), num_steps)["__sigmas__"]
+            if len(grid) != num_steps + 1 or float(grid[-1]) != 0 or not bool((grid[1:] < grid[:-1]).all()):
+                raise TraceError(f"{type(self.pipeline).__name__}'s scheduler gave the grid {grid.tolist()} for "
+                                 f"{num_steps} steps; expected {num_steps + 1} decreasing values ending at 0.")
+            self._grids[key] = grid
+        return self._grids[key]
+
+    def _rows(self, resolution: int) -> set:
+        """The conditioning arguments with one row per prompt: those that grow from 2 to 3 rows with the batch."""
+        if self._per_row is None:
+            two = self._probe(["a photo", "a red cat on a blue sea"], resolution, PROBE_STEPS)
+            three = self._probe(["a photo", "a red cat on a blue sea", "a dog"], resolution, PROBE_STEPS)
+            self._per_row = {k for k, v in two.items() if _rows(v) == 2 and _rows(three.get(k)) == 3}
+        return self._per_row
+
+    def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
+        # Conditioning may hold latent-sized values (FLUX's image ids): those of the resolution traced last.
+        resolution = self._any_resolution()
+        trace = self._traces.get(resolution) or self._trace(resolution)
+        extra = {"max_sequence_length": max_sequence_length} if "max_sequence_length" in self._parameters else {}
+        seen = self._probe(list(prompts), resolution, PROBE_STEPS, **extra)
+        per_row = self._rows(resolution)
+        skip = {trace.latent_name, trace.timestep_name, "return_dict", "__sigmas__"}
+        return {k: (v if k in per_row else Shared(v)) for k, v in seen.items() if k not in skip}
+
+    def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        trace = self._trace_of(latents.shape[1:])
+        x = latents.to(trace.latent_dtype)
+        if trace.latent_layout == "list":
+            x = list(x.reshape(len(x), *trace.frame_shape).unbind(0))
+        t = (trace.timestep_scale * sigma.double() + trace.timestep_offset).to(trace.timestep_dtype)
+        t = t.view(-1, *[1] * len(trace.timestep_extra)).expand(len(latents), *trace.timestep_extra)
+        kwargs = {k: unshared(v) for k, v in cond.items()}
+        kwargs.update({trace.latent_name: x, trace.timestep_name: t.to(latents.device), "return_dict": False})
+        output = _as_batch(_first_output(self.model(**kwargs)), latents)
+        return trace.sign * output
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The pipeline's own tail on `latents`: a short call in which the transformer returns zeros,
+        `scheduler.step` returns `latents`, and the text encoders replay what they gave for the trace prompt."""
+        trace = self._trace_of(latents.shape[1:])
+        resolution = self._resolution_of(latents.shape[1:])
+
+        def transformer(*args, **kwargs):
+            value = _bind(self._signature, args, kwargs)[trace.latent_name]
+            zeros = [torch.zeros_like(v) for v in value] if isinstance(value, (list, tuple)) else torch.zeros_like(value)
+            return (zeros,)
+
+        def step(model_output, timestep, sample, *args, **kwargs):
+            return (latents.to(sample.dtype),)
+
+        with self._replaying_encoders(), _patched(self.transformer, "forward", transformer), \
+                _patched(self.pipeline.scheduler, "step", step), torch.no_grad():
+            images = self._call([TRACE_PROMPT], resolution, PROBE_STEPS, output_type="pt",
+                                **{self._batch_argument(): len(latents)})[0]
+        return images.float().clamp(0, 1)
+
+    def _batch_argument(self) -> str:
+        return next(n for n in ("num_images_per_prompt", "num_videos_per_prompt") if n in self._parameters)
+
+    @contextmanager
+    def _replaying_encoders(self) -> Iterator[None]:
+        with contextlib_exit_stack() as stack:
+            for index, encoder in enumerate(self.text_encoders):
+                outputs = iter(self._encoder_outputs.get(index, []))
+                stack.enter_context(_patched(encoder, "forward", lambda *a, _o=outputs, **k: next(_o)))
+            yield
+
+
+def _rows(value) -> Optional[int]:
+    """The number of rows of a per-prompt value (a tensor's first dimension, a list's length), else None."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value.shape[0]
+    if isinstance(value, list):
+        return len(value)
+    return None
