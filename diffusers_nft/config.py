@@ -10,6 +10,7 @@ import torch
 
 from .advantages import ADV_MODES, STD_SCOPES
 from .loss import WEIGHTINGS
+from .pipelines import ADAPTER_MODES
 from .rewards.scoring import SCORING_MODES
 from .schedules import OLD_POLICY_DECAYS
 from .solvers import SAMPLERS
@@ -152,6 +153,11 @@ class NFTConfig:
     distilled_guidance_scale: float = field(
         default=3.5, metadata={"help": "Guidance-embedding value of guidance-distilled models (FLUX.1-dev)."}
     )
+    adapter: str = field(
+        default="auto",
+        metadata={"help": f"One of {ADAPTER_MODES}: 'auto' uses the family's adapter file, else traces the pipeline; "
+                          "'traced' always traces it."},
+    )
     resolution: int = field(default=512, metadata={"help": "Image side in pixels (square)."})
     max_sequence_length: Optional[int] = field(
         default=None,
@@ -253,6 +259,7 @@ class NFTConfig:
                f"max_sequence_length must be >= 1 or None (the family's default), got {self.max_sequence_length}.")
         _check(self.adv_mode in ADV_MODES, f"adv_mode must be one of {ADV_MODES} (got {self.adv_mode!r}).")
         _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS} (got {self.sampler!r}).")
+        _check(self.adapter in ADAPTER_MODES, f"adapter must be one of {ADAPTER_MODES} (got {self.adapter!r}).")
         _check(self.reward_scoring in SCORING_MODES, f"reward_scoring must be one of {SCORING_MODES}.")
         _check(self.reward_batch_size >= 1, "reward_batch_size must be >= 1.")
         _check(self.mixed_precision in (None, *MIXED_PRECISIONS),

@@ -112,7 +112,7 @@ class NFTTrainer:
         args.validate()
         self.callbacks = CallbackList(callbacks or [])
         _check_flow_matching(pipeline)
-        self.adapter = get_pipeline_adapter(pipeline, distilled_guidance_scale=args.distilled_guidance_scale)
+        self.adapter = get_pipeline_adapter(pipeline, args.adapter, distilled_guidance_scale=args.distilled_guidance_scale)
         self.max_sequence_length = args.max_sequence_length or self.adapter.default_max_sequence_length
         self.adapter.check_resolution(args.resolution)
         self.pipeline = pipeline
@@ -124,6 +124,7 @@ class NFTTrainer:
             log_with=args.trackers(),
             project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
         )
+        self.adapter.check_accelerator(self.accelerator)
         self.rewards = WeightedRewards(
             reward_funcs, args.reward_weights, args.normalize_rewards, device=args.reward_device or
             self.accelerator.device, dtype=args.reward_dtype, batch_size=args.reward_batch_size,

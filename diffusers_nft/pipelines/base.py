@@ -86,6 +86,9 @@ class FlowPipelineAdapter:
         names = ("text_encoder", "text_encoder_2", "text_encoder_3")
         return [getattr(self.pipeline, n) for n in names if getattr(self.pipeline, n, None) is not None]
 
+    def check_accelerator(self, accelerator) -> None:
+        """Raise `ValueError` before any compute if this adapter cannot run under the accelerator's backend."""
+
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
         """Encode prompts once; the result is reused for every image of the prompt and for training."""
         raise NotImplementedError

@@ -173,6 +173,15 @@ class TracedAdapter(FlowPipelineAdapter):
         if not {"num_images_per_prompt", "num_videos_per_prompt"} & set(parameters):
             raise TraceError(f"{name} takes no `num_images_per_prompt`: its tail cannot decode a batch.")
 
+    def check_accelerator(self, accelerator) -> None:
+        if accelerator.distributed_type.value == "FSDP":
+            raise ValueError(f"The traced adapter of {type(self.pipeline).__name__} calls the pipeline around the "
+                             "transformer, which FSDP2 shards in place. Use DDP or DeepSpeed ZeRO-2, or a family "
+                             "with an adapter file (diffusers_nft.pipelines.ADAPTERS).")
+
+    def check_resolution(self, resolution: int) -> None:
+        """Nothing to check before the trace: the trace itself refuses a size the pipeline cannot take."""
+
     # --- calling the pipeline -------------------------------------------------------------------------------------
 
     def _call(self, prompts: List[str], resolution: int, num_steps: int, **extra):
@@ -182,7 +191,21 @@ class TracedAdapter(FlowPipelineAdapter):
                       return_dict=False, generator=torch.Generator().manual_seed(0))
         if "output_type" not in kwargs:
             kwargs["output_type"] = "latent"
-        return self.pipeline(**kwargs)
+        with self._encoders_beside_transformer(enabled=kwargs["output_type"] == "latent"):
+            return self.pipeline(**kwargs)
+
+    @contextmanager
+    def _encoders_beside_transformer(self, enabled: bool) -> Iterator[None]:
+        """Text encoders offloaded to the CPU join the transformer's device for a call that encodes prompts."""
+        device = self.transformer.device
+        moved = [e for e in self.text_encoders if enabled and e.device != device]
+        for encoder in moved:
+            encoder.to(device)
+        try:
+            yield
+        finally:
+            for encoder in moved:
+                encoder.to("cpu")
 
     def _cfg_off_candidates(self) -> List[dict]:
         """Call arguments that switch CFG off, tried in turn: most pipelines guide when `guidance_scale > 1`,
@@ -230,6 +253,11 @@ class TracedAdapter(FlowPipelineAdapter):
         try:
             with _patched(scheduler, "step", step), torch.no_grad():
                 self._call([TRACE_PROMPT], resolution, TRACE_STEPS)
+        except Exception as error:  # the pipeline's own refusal, explained
+            images = [p for p in IMAGE_INPUTS if p in self._parameters]
+            what = f"it takes {images}: image-conditioned pipelines are not traced; " if images else ""
+            raise TraceError(f"{type(self.pipeline).__name__} failed a text-only call at {resolution} px ({what}"
+                             f"{type(error).__name__}: {error})") from error
         finally:
             for handle in handles:
                 handle.remove()
