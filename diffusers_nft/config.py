@@ -159,6 +159,12 @@ class NFTConfig:
                           "'traced' always traces it."},
     )
     resolution: int = field(default=512, metadata={"help": "Image side in pixels (square)."})
+    num_frames: Optional[int] = field(
+        default=None, metadata={"help": "Frames per video for video pipelines (Wan: 4 k + 1). Default: the family's."}
+    )
+    reward_frames: int = field(
+        default=3, metadata={"help": "Frames of each video an image reward scores (evenly spaced; their mean counts)."}
+    )
     max_sequence_length: Optional[int] = field(
         default=None,
         metadata={"help": "Text tokens per prompt (T5 and the like). Default: the family's (SD3: 128, the release)."},
@@ -262,6 +268,8 @@ class NFTConfig:
         _check(self.adapter in ADAPTER_MODES, f"adapter must be one of {ADAPTER_MODES} (got {self.adapter!r}).")
         _check(self.reward_scoring in SCORING_MODES, f"reward_scoring must be one of {SCORING_MODES}.")
         _check(self.reward_batch_size >= 1, "reward_batch_size must be >= 1.")
+        _check(self.reward_frames >= 1, "reward_frames must be >= 1.")
+        _check(self.num_frames is None or self.num_frames >= 1, "num_frames must be >= 1.")
         _check(self.mixed_precision in (None, *MIXED_PRECISIONS),
                f"mixed_precision must be one of {MIXED_PRECISIONS} or None (accelerate's setting).")
         self.trackers()

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .demo.recipe import DEMO_CONFIG
 from .hub import LORA_WEIGHT_NAME
 from .rewards import load_reward
-from .visualize import image_grid
+from .visualize import save_grid
 
 logger = logging.getLogger(__name__)
 
@@ -157,17 +157,20 @@ def markdown_table(results: Dict[str, Dict[str, float]]) -> str:
 
 def write_report(results, images, records: Sequence[dict], seeds: Sequence[int], output_dir: str,
                  grid_prompts: int = 4, config: Optional[dict] = None) -> List[str]:
-    """`results.md`, `results.json` and `grid.png` (a row per model, the first prompts at the first seed)."""
+    """`results.md`, `results.json` and `grid.png` (a row per model, the first prompts at the first seed; an
+    animated `grid.webp` for videos)."""
     os.makedirs(output_dir, exist_ok=True)
     shown = min(grid_prompts, len(records))
     columns = [i * len(seeds) for i in range(shown)]  # the first seed of each of the first prompts
     grid = torch.cat([out[columns] for out in images.values()])
     side = grid.shape[-1]
-    paths = [os.path.join(output_dir, name) for name in ("results.md", "results.json", "grid.png")]
-    image_grid(grid, rows=len(images), labels=list(images), scale=max(1, 128 // side)).save(paths[2])
+    paths = [os.path.join(output_dir, name) for name in ("results.md", "results.json")]
+    paths.append(save_grid(grid, os.path.join(output_dir, "grid"), rows=len(images), labels=list(images),
+                           scale=max(1, 128 // side)))  # grid.png, or an animated grid.webp of videos
+    name = os.path.basename(paths[2])
     prompts = "\n".join(f"{i + 1}. {records[i]['prompt']}" for i in range(shown))
     with open(paths[0], "w") as f:
-        f.write(markdown_table(results) + f"\n![samples](grid.png)\n\nColumns of grid.png (seed {seeds[0]}):\n{prompts}\n")
+        f.write(markdown_table(results) + f"\n![samples]({name})\n\nColumns of {name} (seed {seeds[0]}):\n{prompts}\n")
     with open(paths[1], "w") as f:
         json.dump({"results": results, "config": config or {}}, f, indent=1)
     return paths

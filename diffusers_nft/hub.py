@@ -179,20 +179,18 @@ def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prom
     """
     import torch
 
-    from .visualize import image_grid
+    from .visualize import save_grid
 
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     n = per_prompt
     rows = torch.cat([torch.cat([base[i * n : (i + 1) * n], tuned[i * n : (i + 1) * n]]) for i in range(len(prompts))])
     labels = [f"{who}: {p}" for p in prompts for who in ("base", "NFT")]
-    grid = image_grid(rows, rows=2 * len(prompts), labels=labels, scale=scale,
-                      column_labels=[f"seed {k}" for k in range(n)], caption=settings)
-    grid.save(os.path.join(folder, "images", "before_after.png"))
+    save_grid(rows, os.path.join(folder, "images", "before_after"), rows=2 * len(prompts), labels=labels,
+              scale=scale, column_labels=[f"seed {k}" for k in range(n)], caption=settings)
     widget = []
-    for i, prompt in enumerate(prompts):
-        path = f"images/sample_{i}.png"
-        image_grid(tuned[i * n : i * n + 1], rows=1, scale=scale).save(os.path.join(folder, path))
-        widget.append((prompt, path))
+    for i, prompt in enumerate(prompts):  # videos become animated WebP (GIF without WebP support)
+        path = save_grid(tuned[i * n : i * n + 1], os.path.join(folder, "images", f"sample_{i}"), rows=1, scale=scale)
+        widget.append((prompt, os.path.relpath(path, folder)))
     return widget
 
 

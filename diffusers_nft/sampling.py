@@ -28,8 +28,8 @@ def pipeline_sigmas(
     shift, resolution-dependent shifting through `mu`, terminal stretching, Karras/exponential/beta spacing.
 
     Args:
-        scheduler: The pipeline's scheduler. A `FlowMatchEulerDiscreteScheduler` is copied; for another
-            flow-matching scheduler, one is built from its config (its `flow_shift` as the shift).
+        scheduler: The pipeline's scheduler, copied from its config (UniPC and DPM-Solver with flow sigmas too:
+            Wan samples on UniPC's grid, 1 - 1e-6, 0.9376, ... at 6 steps and shift 3).
         num_steps: Number of solver steps.
         sigmas: The sigmas the pipeline passes to `set_timesteps` (FLUX passes `linspace(1, 1 / n, n)`), or None.
         mu: The resolution-dependent shift, required when the scheduler uses dynamic shifting.
@@ -37,12 +37,14 @@ def pipeline_sigmas(
     Returns:
         `num_steps + 1` decreasing noise levels in float64, the last one 0.
     """
-    config = dict(scheduler.config)
-    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler) and "shift" not in config:
-        config["shift"] = config.get("flow_shift", 1.0)
-    copy = FlowMatchEulerDiscreteScheduler.from_config(config, stochastic_sampling=False)
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        copy = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, stochastic_sampling=False)
+    else:  # UniPC / DPM-Solver with flow sigmas (Wan): their own grid, which differs from Euler's at the same shift
+        copy = type(scheduler).from_config(scheduler.config)
     kwargs = {"mu": mu} if copy.config.get("use_dynamic_shifting", False) else {}
-    copy.set_timesteps(None if sigmas is not None else num_steps, device="cpu", sigmas=sigmas, **kwargs)
+    if sigmas is not None:
+        kwargs["sigmas"] = sigmas
+    copy.set_timesteps(None if sigmas is not None else num_steps, device="cpu", **kwargs)
     grid = copy.sigmas.double()
     if len(grid) != num_steps + 1 or float(grid[-1]) != 0:
         raise ValueError(f"The scheduler gave the grid {grid.tolist()} for {num_steps} steps; expected "

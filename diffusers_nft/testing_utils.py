@@ -354,7 +354,7 @@ def build_tiny_flux2_klein_pipeline(seed: int = 0, sample_size: int = 8):
 
 def build_tiny_zimage_pipeline(seed: int = 0, sample_size: int = 8):
     """Build a tiny `ZImagePipeline` (Qwen3 text encoder, single-stream DiT on reversed time), offline."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
@@ -370,3 +370,35 @@ def build_tiny_zimage_pipeline(seed: int = 0, sample_size: int = 8):
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0)
     return ZImagePipeline(scheduler=scheduler, vae=_tiny_vae(sample_size), text_encoder=_tiny_qwen3(tokenizer, False),
                           tokenizer=tokenizer, transformer=transformer)
+
+
+def build_tiny_wan_pipeline(seed: int = 0, two_experts: bool = False, boundary_ratio: float = 0.875):
+    """Build a tiny Wan text-to-video `WanPipeline` (T5 encoder, Wan VAE, UniPC flow scheduler), offline.
+
+    Args:
+        seed: Seed for the random weights.
+        two_experts: Wan 2.2 style: a second transformer (`transformer_2`) for the low-noise steps.
+        boundary_ratio: Where Wan 2.2 switches experts, as a fraction of the 1000 training timesteps.
+
+    Videos of `4 k + 1` frames at `8 n` pixels: 64 x 64 x 5 frames gives latents `(16, 2, 8, 8)`.
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        _, tokenizer, text_encoder = _tiny_text_stack(folder)
+
+    def transformer():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=text_encoder.config.d_model, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        )
+
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer(),
+        transformer_2=transformer() if two_experts else None, boundary_ratio=boundary_ratio if two_experts else None,
+    )

@@ -56,7 +56,7 @@ from .rollouts import Rollouts
 from .sampling import is_flow_matching_scheduler, model_sigmas, rollout
 from .schedules import ema_decay, old_policy_decay
 from .timesteps import sample_train_sigmas
-from .visualize import image_grid, plot_reward_curve
+from .visualize import plot_reward_curve, save_grid
 
 logger = get_logger(__name__)
 
@@ -112,7 +112,8 @@ class NFTTrainer:
         args.validate()
         self.callbacks = CallbackList(callbacks or [])
         _check_flow_matching(pipeline)
-        self.adapter = get_pipeline_adapter(pipeline, args.adapter, distilled_guidance_scale=args.distilled_guidance_scale)
+        self.adapter = get_pipeline_adapter(pipeline, args.adapter, distilled_guidance_scale=args.distilled_guidance_scale,
+                                            num_frames=args.num_frames)
         self.max_sequence_length = args.max_sequence_length or self.adapter.default_max_sequence_length
         self.adapter.check_resolution(args.resolution)
         self.pipeline = pipeline
@@ -128,6 +129,7 @@ class NFTTrainer:
         self.rewards = WeightedRewards(
             reward_funcs, args.reward_weights, args.normalize_rewards, device=args.reward_device or
             self.accelerator.device, dtype=args.reward_dtype, batch_size=args.reward_batch_size,
+            video_frames=args.reward_frames,
         )
         self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
         check_output_dir(args.output_dir)
@@ -451,13 +453,14 @@ class NFTTrainer:
             return None
         folder = os.path.join(self.args.output_dir, "samples")
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"step_{self.global_step:06d}.png")
         scale = max(1, 256 // self.args.resolution)
-        image_grid(images, rows=len(prompts), labels=prompts, scale=scale).save(path)
+        path = save_grid(images, os.path.join(folder, f"step_{self.global_step:06d}"), rows=len(prompts),
+                         labels=prompts, scale=scale)
         logger.info("Saved sample grid %s", path)
+        stills = images[:, images.shape[1] // 2] if images.dim() == 5 else images  # videos: their middle frames
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
-                tracker.writer.add_images("validation", images.numpy(), self.global_step, dataformats="NCHW")
+                tracker.writer.add_images("validation", stills.numpy(), self.global_step, dataformats="NCHW")
             elif tracker.name == "wandb":
                 import wandb
 
@@ -641,7 +644,8 @@ class NFTTrainer:
     def _probe_rewards(self) -> None:
         """Score two blank images so that a broken reward fails before any sampling."""
         rows = self.train_dataset.select([0, min(1, len(self.train_dataset) - 1)])
-        images = torch.zeros(2, 3, self.args.resolution, self.args.resolution)
+        frames = self.adapter.video_frames()
+        images = torch.zeros(2, *([frames] if frames else []), 3, self.args.resolution, self.args.resolution)
         self.scorer.wait(self.scorer.submit(images, list(rows["prompt"]), row_metadata(rows)))
 
     def _validation_prompts(self) -> List[str]:

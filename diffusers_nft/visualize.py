@@ -58,6 +58,22 @@ def image_grid(
     return grid
 
 
+def save_grid(images: torch.Tensor, stem: str, rows: int, fps: int = 8, **grid_kwargs) -> str:
+    """Write `image_grid` of images `(N, 3, H, W)` to `stem.png`, or of videos `(N, F, 3, H, W)` to an animated
+    `stem.webp` (`stem.gif` where Pillow lacks animated WebP), one grid per frame. Returns the path written."""
+    if images.dim() == 4:
+        path = stem + ".png"
+        image_grid(images, rows=rows, **grid_kwargs).save(path)
+        return path
+    from PIL import features
+
+    frames = [image_grid(images[:, f], rows=rows, **grid_kwargs) for f in range(images.shape[1])]
+    path = stem + (".webp" if features.check("webp") else ".gif")
+    options = {"lossless": True} if path.endswith(".webp") else {}
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0, **options)
+    return path
+
+
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     """`text`, cut with an ellipsis to fit in `width` pixels."""
     if draw.textlength(text, font=font) <= width:

@@ -7,9 +7,10 @@ from .lumina2 import Lumina2Adapter
 from .qwenimage import QwenImageAdapter
 from .sd3 import SD3Adapter
 from .traced import TraceError, TracedAdapter
+from .wan import WanAdapter
 from .z_image import ZImageAdapter
 
-ADAPTERS = (SD3Adapter, FluxAdapter, Lumina2Adapter, QwenImageAdapter, Flux2Adapter, ZImageAdapter)
+ADAPTERS = (SD3Adapter, FluxAdapter, Lumina2Adapter, QwenImageAdapter, Flux2Adapter, ZImageAdapter, WanAdapter)
 
 
 ADAPTER_MODES = ("auto", "traced")
@@ -40,6 +41,6 @@ def get_pipeline_adapter(pipeline, mode: str = "auto", **options) -> FlowPipelin
 
 __all__ = [
     "ADAPTERS", "Conditioning", "FlowPipelineAdapter", "Flux2Adapter", "FluxAdapter", "Lumina2Adapter", "QwenImageAdapter",
-    "ADAPTER_MODES", "SD3Adapter", "Shared", "TraceError", "TracedAdapter", "ZImageAdapter", "get_pipeline_adapter",
+    "ADAPTER_MODES", "SD3Adapter", "Shared", "TraceError", "TracedAdapter", "WanAdapter", "ZImageAdapter", "get_pipeline_adapter",
     "select_conditioning",
 ]

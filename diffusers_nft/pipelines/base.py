@@ -61,6 +61,7 @@ class FlowPipelineAdapter:
     Args:
         pipeline: The diffusers pipeline.
         distilled_guidance_scale: Guidance value for models with a guidance embedding.
+        num_frames: Frames per video, for video families.
     """
 
     pipeline_class_names: Tuple[str, ...] = ()
@@ -69,8 +70,10 @@ class FlowPipelineAdapter:
     # the pipeline's own default.
     default_max_sequence_length: int = 256
 
-    def __init__(self, pipeline, distilled_guidance_scale: float = 3.5):
+    def __init__(self, pipeline, distilled_guidance_scale: float = 3.5, num_frames: Optional[int] = None):
         self.pipeline = pipeline
+        # Frames per video for video families (None: the family's default); image families have none.
+        self.num_frames = num_frames
         # Fed to the guidance embedding of guidance-distilled models (FLUX.1-dev); ignored by the others.
         self.distilled_guidance_scale = distilled_guidance_scale
         # What forward passes go through; the trainer swaps in the accelerate-prepared module.
@@ -85,6 +88,10 @@ class FlowPipelineAdapter:
         """The text encoders, for moving them off the accelerator once prompts are encoded."""
         names = ("text_encoder", "text_encoder_2", "text_encoder_3")
         return [getattr(self.pipeline, n) for n in names if getattr(self.pipeline, n, None) is not None]
+
+    def video_frames(self) -> Optional[int]:
+        """Frames per sample for video families (their `decode` gives `(B, F, 3, H, W)`); None for images."""
+        return None
 
     def check_accelerator(self, accelerator) -> None:
         """Raise `ValueError` before any compute if this adapter cannot run under the accelerator's backend."""

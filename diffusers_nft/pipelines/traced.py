@@ -127,7 +127,8 @@ class TracedAdapter(FlowPipelineAdapter):
             `transformer` and `callback_on_step_end`-style keyword arguments.
         distilled_guidance_scale: The guidance value of guidance-distilled models (a `guidance_embeds` config),
             passed as the call's `guidance_scale`.
-        call_kwargs: Extra arguments for every traced call (for a video pipeline, `{"num_frames": 5}`).
+        num_frames: Frames per video, passed to video pipelines' calls.
+        call_kwargs: Extra arguments for every traced call.
 
     Raises:
         TraceError: If the pipeline cannot be traced, with the reason.
@@ -135,11 +136,14 @@ class TracedAdapter(FlowPipelineAdapter):
 
     pipeline_class_names = ()
 
-    def __init__(self, pipeline, distilled_guidance_scale: float = 3.5, call_kwargs: Optional[dict] = None):
-        super().__init__(pipeline, distilled_guidance_scale)
+    def __init__(self, pipeline, distilled_guidance_scale: float = 3.5, num_frames: Optional[int] = None,
+                 call_kwargs: Optional[dict] = None):
+        super().__init__(pipeline, distilled_guidance_scale, num_frames)
         self._check_traceable()
-        self.call_kwargs = dict(call_kwargs or {})
         self._parameters = inspect.signature(type(pipeline).__call__).parameters
+        self.call_kwargs = dict(call_kwargs or {})
+        if num_frames is not None and "num_frames" in self._parameters:
+            self.call_kwargs["num_frames"] = num_frames
         self._signature = inspect.signature(self.transformer.forward)  # before decode() replaces the forward
         self._cfg_off: Optional[dict] = None
         self._traces: Dict[int, Trace] = {}
@@ -172,6 +176,12 @@ class TracedAdapter(FlowPipelineAdapter):
             raise TraceError(f"{name} takes no `callback_on_step_end`/`output_type`: not a standard diffusers loop.")
         if not {"num_images_per_prompt", "num_videos_per_prompt"} & set(parameters):
             raise TraceError(f"{name} takes no `num_images_per_prompt`: its tail cannot decode a batch.")
+
+    def video_frames(self) -> Optional[int]:
+        """The call's `num_frames` (given, else its default) for pipelines that take one."""
+        if "num_frames" not in self._parameters:
+            return None
+        return self.call_kwargs.get("num_frames", self._parameters["num_frames"].default)
 
     def check_accelerator(self, accelerator) -> None:
         if accelerator.distributed_type.value == "FSDP":
@@ -238,7 +248,7 @@ class TracedAdapter(FlowPipelineAdapter):
 
         def step(model_output, timestep, sample, *args, **kwargs):
             steps.append({"output": model_output.detach().clone(), "sample": sample.detach().clone(),
-                          "sigma": float(scheduler.sigmas[len(steps)]), "calls": len(calls)})
+                          "t": float(timestep), "calls": len(calls)})
             return original_step(model_output, timestep, sample, *args, **kwargs)
 
         def pre(module, args, kwargs):
@@ -309,13 +319,19 @@ class TracedAdapter(FlowPipelineAdapter):
             latent_name=latent_name, latent_layout=layout, latent_shape=tuple(sample.shape[1:]),
             frame_shape=tuple(value[0].shape) if layout == "list" else None,
             latent_dtype=(value[0] if layout == "list" else value).dtype, timestep_name=timestep_name,
-            timestep_scale=scale, timestep_offset=offset, timestep_dtype=timestep.dtype,
+            timestep_scale=scale, timestep_offset=offset,
+            # integer timesteps (UniPC's) would round training's continuous sigmas: float32 keeps them
+            timestep_dtype=timestep.dtype if timestep.dtype.is_floating_point else torch.float32,
             timestep_extra=tuple(timestep.shape[1:]), sign=sign, output_is_list=isinstance(output, (list, tuple)),
         )
 
     def _timestep_map(self, calls: list, steps: list, exclude: str) -> Tuple[str, float, float]:
-        """The argument that changes from step to step besides the latents, and `timestep = scale * sigma + offset`
-        fitted on the first two steps and checked on the third."""
+        """The argument that changes from step to step besides the latents, and `timestep = scale * sigma + offset`.
+
+        The map is fitted against the scheduler's own timesteps `t` on the first two steps and checked on the third,
+        then written in sigma through `t = num_train_timesteps * sigma`: schedulers that round `t` to integers
+        (UniPC, Wan's) would otherwise bend the fit.
+        """
         name = type(self.pipeline).__name__
         first, second = calls[0]["inputs"], calls[1]["inputs"]
         changing = [k for k, v in first.items() if k != exclude and isinstance(v, torch.Tensor)
@@ -325,12 +341,13 @@ class TracedAdapter(FlowPipelineAdapter):
             raise TraceError(f"{name}: expected one timestep argument to change between steps, found {changing}.")
         key = changing[0]
         values = [float(call["inputs"][key].flatten()[0]) for call in calls]
-        sigmas = [s["sigma"] for s in steps]
-        scale = (values[1] - values[0]) / (sigmas[1] - sigmas[0])
-        offset = values[0] - scale * sigmas[0]
-        if abs(scale * sigmas[2] + offset - values[2]) > 1e-3 * max(1.0, abs(scale)):
-            raise TraceError(f"{name}: the timestep {values} is not affine in sigma {sigmas}.")
-        return key, _snap(scale), _snap(offset)
+        ts = [s["t"] for s in steps]
+        scale = (values[1] - values[0]) / (ts[1] - ts[0])
+        offset = values[0] - scale * ts[0]
+        if abs(scale * ts[2] + offset - values[2]) > 1e-4 * max(1.0, abs(values[2])):
+            raise TraceError(f"{name}: the transformer's timestep {values} is not affine in the scheduler's {ts}.")
+        train_timesteps = self.pipeline.scheduler.config.get("num_train_timesteps", 1000)
+        return key, _snap(scale * train_timesteps), _snap(offset)
 
     # --- what the trainer calls -----------------------------------------------------------------------------------
 

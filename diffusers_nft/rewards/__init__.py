@@ -9,6 +9,7 @@ from .jpeg import jpeg_compressibility, jpeg_incompressibility
 from .registry import available_rewards, load_reward, register_reward
 from .remote import RemoteReward, RemoteRewardError
 from .scoring import SCORING_MODES, RewardScorer
+from .video import temporal_consistency, video_reward
 
 __all__ = [
     "RemoteReward",
@@ -23,4 +24,6 @@ __all__ = [
     "jpeg_incompressibility",
     "load_reward",
     "register_reward",
+    "temporal_consistency",
+    "video_reward",
 ]

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
+from .video import score_frames, takes_video
 from .registry import RewardFunc, check_reward, load_reward, reward_name
 
 
@@ -45,6 +46,8 @@ class WeightedRewards:
         weights: One weight per reward; 1.0 each by default.
         normalize: Divide each reward by its running standard deviation (over every image seen so far) before
             the weighted sum, so that rewards on different scales weigh as their weights say.
+        video_frames: For videos `(B, F, 3, H, W)`: how many frames an image reward scores (their mean is the
+            video's score); rewards marked with `video_reward` get the whole videos.
         **options: Passed to named model rewards: `device`, `dtype`, `batch_size`.
     """
 
@@ -53,6 +56,7 @@ class WeightedRewards:
         reward_funcs: Union[str, RewardFunc, Sequence],
         weights: Optional[Sequence[float]] = None,
         normalize: bool = False,
+        video_frames: int = 3,
         **options,
     ):
         if isinstance(reward_funcs, str) or callable(reward_funcs):
@@ -68,6 +72,9 @@ class WeightedRewards:
         self.names = [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
         self.specs = list(reward_funcs)
         self.options = options
+        if video_frames < 1:
+            raise ValueError(f"video_frames must be >= 1 (got {video_frames}).")
+        self.video_frames = video_frames
         self._funcs: Optional[List[RewardFunc]] = None  # models load on first use, in the process that scores
         self.weights = [float(w) for w in weights]
         if not all(math.isfinite(w) for w in self.weights):
@@ -88,7 +95,7 @@ class WeightedRewards:
         scores = {}
         for name, func in zip(self.names, self.funcs):
             try:
-                output = func(images, prompts, metadata)
+                output = self._score(func, images, prompts, metadata)
             except Exception as error:
                 raise RewardError(
                     f"Reward {name!r} raised {type(error).__name__}: {error} (batch of {len(prompts)} images; "
@@ -104,6 +111,13 @@ class WeightedRewards:
             for key, values in extras.items():
                 scores[f"{name}/{key}"] = _validate(f"{name}/{key}", values, prompts)
         return scores
+
+    def _score(self, func: RewardFunc, images: torch.Tensor, prompts: List[str], metadata: List[dict]):
+        if images.dim() == 5 and not takes_video(func):
+            return score_frames(func, images, prompts, metadata, self.video_frames)
+        if images.dim() == 4 and takes_video(func):
+            raise ValueError("it scores videos, and this pipeline makes images")
+        return func(images, prompts, metadata)
 
     @property
     def funcs(self) -> List[RewardFunc]:

@@ -11,6 +11,7 @@ optimised), as `geneval` does with `"strict"`.
 from typing import Callable, Dict, Union
 
 from .jpeg import jpeg_compressibility, jpeg_incompressibility
+from .video import temporal_consistency
 
 RewardFunc = Callable[..., object]
 
@@ -29,6 +30,7 @@ def _model(module: str, name: str):
 _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "jpeg_compressibility": lambda **_: jpeg_compressibility,
     "jpeg_incompressibility": lambda **_: jpeg_incompressibility,
+    "temporal_consistency": lambda **_: temporal_consistency,
     "clipscore": _model(".clip", "ClipScore"),
     "pickscore": _model(".clip", "PickScore"),
     "hpsv2": _model(".clip", "HPSv2"),

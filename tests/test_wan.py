@@ -1,0 +1,132 @@
+"""Wan text-to-video: 5-D latents, rewards on videos, animated sample grids and card media, LoRA round trip."""
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffusers_nft import NFTTrainer, testing_utils
+from diffusers_nft.pipelines import WanAdapter, get_pipeline_adapter
+from diffusers_nft.rewards import WeightedRewards, temporal_consistency, video_reward
+from diffusers_nft.rewards.video import frame_indices
+from diffusers_nft.sampling import rollout
+
+from conftest import PROMPTS, tiny_config
+
+FRAMES = 5  # 2 latent frames
+
+
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny-wan"))
+    testing_utils.build_tiny_wan_pipeline().save_pretrained(folder)
+    return folder
+
+
+def _load(folder):
+    pipe = WanPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _render(pipe, adapter, steps=4):
+    noise = torch.randn(2, *adapter.latent_shape(64), generator=torch.Generator().manual_seed(5))
+    return pipe(prompt=["a red cat", "a blue dog"], latents=noise, num_frames=FRAMES, num_inference_steps=steps,
+                height=64, width=64, max_sequence_length=16, output_type="pt", guidance_scale=1.0).frames
+
+
+def test_wan_latents_grid_and_velocity_follow_the_pipeline(wan_dir):
+    pipe = _load(wan_dir)
+    # with an Euler scheduler the pipeline's loop is an Euler rollout: ours must land on the same video
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    adapter = get_pipeline_adapter(pipe, num_frames=FRAMES)
+    assert isinstance(adapter, WanAdapter) and adapter.video_frames() == FRAMES
+    shape = adapter.latent_shape(64)
+    assert shape == (16, 2, 8, 8)
+    noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
+    cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    with torch.no_grad():
+        ours = rollout(lambda x, s: adapter.predict_velocity(x, s, cond), adapter.sampling_sigmas(4, shape), noise,
+                       "euler")
+        videos = adapter.decode(ours)
+    assert videos.shape == (2, FRAMES, 3, 64, 64)
+    torch.testing.assert_close(videos, _render(pipe, adapter), atol=1e-4, rtol=0)
+
+
+def test_wan_samples_on_unipcs_own_grid(wan_dir):
+    pipe = _load(wan_dir)
+    adapter = get_pipeline_adapter(pipe, num_frames=FRAMES)
+    pipe.scheduler.set_timesteps(6)
+    torch.testing.assert_close(adapter.sampling_sigmas(6, adapter.latent_shape(64)), pipe.scheduler.sigmas.double())
+
+
+def test_image_rewards_score_frames_and_video_rewards_get_videos():
+    videos = torch.rand(2, 9, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    seen = {}
+
+    def brightness(images, prompts, metadata):
+        seen["image"] = (tuple(images.shape), list(prompts))
+        return images.mean(dim=(1, 2, 3))
+
+    @video_reward
+    def length(videos, prompts, metadata):
+        seen["video"] = tuple(videos.shape)
+        return torch.full((len(videos),), float(videos.shape[1]))
+
+    scores = WeightedRewards([brightness, length], video_frames=3)(videos, ["a", "b"], [{}, {}])
+    assert frame_indices(9, 3) == [0, 4, 8]
+    assert seen["image"] == ((6, 3, 16, 16), ["a", "a", "a", "b", "b", "b"])
+    assert seen["video"] == (2, 9, 3, 16, 16)
+    torch.testing.assert_close(scores["brightness"], videos[:, [0, 4, 8]].mean(dim=(1, 2, 3, 4)))
+    assert scores["length"].tolist() == [9.0, 9.0]
+    still = videos[:, :1].expand(2, 9, 3, 16, 16)
+    assert temporal_consistency(still, None, None).tolist() == [1.0, 1.0]
+    assert (temporal_consistency(videos, None, None) < 0.8).all()
+    with pytest.raises(Exception, match="scores videos"):
+        WeightedRewards([length])(videos[:, 0], ["a", "b"], [{}, {}])
+
+
+@pytest.mark.parametrize("sampler", ["dpm_solver", "euler", "heun", "unipc"])
+def test_wan_trains_on_videos_with_every_solver(wan_dir, sampler, tmp_path):
+    config = tiny_config(tmp_path, max_steps=1, sampler=sampler, num_frames=FRAMES, prompts_per_iteration=1,
+                         group_size=4, reward_frames=2)
+    trainer = NFTTrainer(_load(wan_dir), ["jpeg_incompressibility", "temporal_consistency"], config, PROMPTS)
+    last = trainer.train()[-1]
+    assert last["old_theta_deviation"] > 0 and last["grad_norm"] > 0
+    assert 0 < last["reward/temporal_consistency/mean"] <= 1
+
+
+def test_wan_lora_loads_into_wan_pipeline_and_grids_are_animated(wan_dir, tmp_path):
+    config = tiny_config(tmp_path, max_steps=3, learning_rate=3e-2, num_frames=FRAMES, validation_steps=3)
+    trainer = NFTTrainer(_load(wan_dir), "jpeg_incompressibility", config, PROMPTS)
+    trainer.train()
+    grid = Image.open(tmp_path / "samples" / "step_000003.webp")
+    assert grid.n_frames == FRAMES
+    adapter = trainer.adapter
+    with trainer.policy.ema_weights(), torch.no_grad():
+        trained = _render(trainer.pipeline, adapter)
+    fresh = _load(wan_dir)
+    base = _render(fresh, adapter)
+    fresh.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
+    assert any("attn2" in key for key in load_file(tmp_path / "pytorch_lora_weights.safetensors"))  # cross-attention
+    assert (trained - base).abs().max() > 1e-3
+    torch.testing.assert_close(_render(fresh, adapter), trained, atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_video_training(wan_dir, tmp_path):
+    runs = {}
+    for checkpointing in (False, True):
+        config = tiny_config(tmp_path / str(checkpointing), max_steps=1, num_frames=FRAMES,
+                             gradient_checkpointing=checkpointing)
+        trainer = NFTTrainer(_load(wan_dir), "jpeg_incompressibility", config, PROMPTS)
+        assert trainer.pipeline.transformer.gradient_checkpointing == checkpointing
+        runs[checkpointing] = trainer.train()[-1]
+    for key in ("loss/total", "grad_norm", "old_theta_deviation"):
+        assert runs[True][key] == pytest.approx(runs[False][key], rel=1e-5)
+
+
+def test_two_expert_wan_is_refused_with_the_way_out():
+    pipe = testing_utils.build_tiny_wan_pipeline(two_experts=True)
+    with pytest.raises(ValueError, match="transformer_2=None"):
+        get_pipeline_adapter(pipe)
