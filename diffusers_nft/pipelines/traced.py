@@ -221,11 +221,15 @@ class TracedAdapter(FlowPipelineAdapter):
         """Call arguments that switch CFG off, tried in turn: most pipelines guide when `guidance_scale > 1`,
         Z-Image when it is > 0, Qwen-Image through `true_cfg_scale`; distilled models take their embedded value."""
         off = {"true_cfg_scale": 1.0} if "true_cfg_scale" in self._parameters else {}
-        if "guidance_scale" in self._parameters and self.transformer.config.get("guidance_embeds", False):
-            return [dict(off, guidance_scale=self.distilled_guidance_scale)]
-        if off or "guidance_scale" not in self._parameters:
+        if "pag_scale" in self._parameters:  # perturbed-attention guidance doubles the batch too
+            off["pag_scale"] = 0.0
+        if "guidance_scale" not in self._parameters:
             return [off]
-        return [{"guidance_scale": 1.0}, {"guidance_scale": 0.0}]
+        if self.transformer.config.get("guidance_embeds", False):
+            return [dict(off, guidance_scale=self.distilled_guidance_scale)]
+        if "true_cfg_scale" in self._parameters:  # guidance_scale is only for distilled models there
+            return [off]
+        return [dict(off, guidance_scale=1.0), dict(off, guidance_scale=0.0)]
 
     def cfg_free_call_kwargs(self) -> dict:
         if self._cfg_off is None:

@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""Which of the installed diffusers' text-to-image and text-to-video flow pipelines train, offline.
+
+Candidates are every `*Pipeline` class diffusers exports whose scheduler is a flow-matching one and whose call
+takes a prompt and no required image or video (edit, inpaint, control, image-to-video and audio classes are left
+out). Each candidate is built tiny from the components of a `diffusers_nft.testing_utils` pipeline of its own
+diffusers package (FLUX.1 components for `FluxPipeline`, SD3 ones for `StableDiffusion3PAGPipeline`, ...); a
+class with no such build is reported as such. Each built one runs 2 NFT iterations through its adapter (the
+family's file, else traced) and a `load_lora_weights` round trip: a fresh instance of the class, given the saved
+LoRA, must change its output and reproduce the trained policy's.
+
+    python benchmarks/family_matrix.py                       # prints the table
+    python benchmarks/family_matrix.py --out benchmarks/results/family_matrix.md
+"""
+
+import argparse
+import inspect
+import os
+import tempfile
+import time
+import traceback
+
+import torch
+
+from diffusers_nft import NFTConfig, NFTTrainer, testing_utils
+from diffusers_nft.pipelines import TracedAdapter, get_pipeline_adapter
+
+PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house"]
+NOT_TEXT_TO_X = ("Img2Img", "Inpaint", "Control", "Edit", "ImageToVideo", "VideoToVideo", "I2V", "I2I", "Fill",
+                 "Kontext", "Refiner", "SR", "Framepack", "Condition", "Cloze", "Omni", "Layered", "VACE", "WM",
+                 "Audio", "AceStep", "InContext", "DFR", "HDR", "MultiPrompt", "TI2VA")
+IMAGE_INPUTS = ("image", "control_image", "mask_image", "video", "image_embeds")
+# The tiny builds, by the diffusers package of the pipeline they build, with their call options.
+BUILDS = {
+    "stable_diffusion_3": ("build_tiny_sd3_pipeline", {}),
+    "pag": ("build_tiny_sd3_pipeline", {}),
+    "flux": ("build_tiny_flux_pipeline", {}),
+    "lumina2": ("build_tiny_lumina2_pipeline", {"max_sequence_length": 256}),
+    "qwenimage": ("build_tiny_qwenimage_pipeline", {}),
+    "flux2": ("build_tiny_flux2_klein_pipeline", {}),
+    "z_image": ("build_tiny_zimage_pipeline", {}),
+    "wan": ("build_tiny_wan_pipeline", {"num_frames": 5}),
+}
+
+
+def candidates():
+    """(name, class) of each text-to-image / text-to-video flow-matching pipeline class diffusers exports."""
+    import diffusers
+
+    found = []
+    for name in sorted(n for n in dir(diffusers) if n.endswith("Pipeline")):
+        try:
+            cls = getattr(diffusers, name)
+            init = inspect.signature(cls.__init__).parameters
+            call = inspect.signature(cls.__call__).parameters
+        except Exception:  # a class whose optional dependency is missing
+            continue
+        scheduler = init.get("scheduler")
+        annotation = str(getattr(scheduler, "annotation", ""))
+        if scheduler is None or "FlowMatch" not in annotation or "prompt" not in call:
+            continue
+        required_images = [p for p in IMAGE_INPUTS if p in call and call[p].default is inspect.Parameter.empty]
+        if required_images or any(marker in name for marker in NOT_TEXT_TO_X):
+            continue
+        found.append((name, cls))
+    return found
+
+
+def package(cls) -> str:
+    """`flux` for `diffusers.pipelines.flux.pipeline_flux.FluxPipeline`."""
+    parts = cls.__module__.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == "pipelines" else ""
+
+
+def build(cls):
+    """A tiny instance of `cls` from its package's tiny components, with its call options, or a reason."""
+    entry = BUILDS.get(package(cls))
+    if entry is None:
+        return None, None, f"no offline tiny build for diffusers.pipelines.{package(cls)}"
+    builder, options = entry
+    components = getattr(testing_utils, builder)().components
+    init = inspect.signature(cls.__init__).parameters
+    missing = [k for k, p in init.items() if k != "self" and p.default is inspect.Parameter.empty
+               and p.kind is p.POSITIONAL_OR_KEYWORD and k not in components]
+    if missing:
+        return None, None, f"needs components {missing} that the {builder} build lacks"
+    pipe = cls(**{k: v for k, v in components.items() if k in init})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, options, ""
+
+
+def render(adapter, noise, options):
+    """Euler on the adapter's grid, decoded: the same numbers whichever pipeline instance the adapter wraps."""
+    from diffusers_nft.sampling import rollout
+
+    cond = adapter.encode_prompts(["a red cat", "a blue dog"], noise.device, options.get("max_sequence_length", 16))
+    with torch.no_grad():
+        sigmas = adapter.sampling_sigmas(3, tuple(noise.shape[1:]))
+        latents = rollout(lambda x, s: adapter.predict_velocity(x, s, cond), sigmas, noise, "euler")
+        return adapter.decode(latents)
+
+
+def run_one(cls, folder: str) -> dict:
+    """Build, train 2 iterations, save, reload the LoRA into a fresh instance; the row of the table."""
+    row = {"pipeline": cls.__name__, "adapter": "", "result": "fail", "reason": "", "seconds": 0.0}
+    start = time.perf_counter()
+    try:
+        pipe, options, reason = build(cls)
+        if pipe is None:
+            row["reason"] = reason
+            return row
+        frames = options.get("num_frames")
+        adapter = get_pipeline_adapter(pipe, num_frames=frames)
+        row["adapter"] = "traced" if isinstance(adapter, TracedAdapter) else type(adapter).__name__
+        config = NFTConfig(output_dir=folder, max_steps=2, prompts_per_iteration=2, group_size=4, resolution=64,
+                           num_sampling_steps=4, max_sequence_length=options.get("max_sequence_length", 16),
+                           sample_batch_size=8, train_batch_size=4, learning_rate=3e-2, report_to="none",
+                           save_steps=1000, validation_steps=1000, eval_num_steps=4, num_frames=frames, seed=0)
+        trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
+        trainer.train()
+        noise = torch.randn(2, *trainer.latent_shape, generator=torch.Generator().manual_seed(5))
+        with trainer.policy.ema_weights():
+            trained = render(trainer.adapter, noise, options)
+        fresh, _, _ = build(cls)
+        fresh_adapter = get_pipeline_adapter(fresh, num_frames=frames)
+        fresh_adapter.latent_shape(64)
+        base = render(fresh_adapter, noise, options)
+        fresh.load_lora_weights(folder, weight_name="pytorch_lora_weights.safetensors")
+        loaded = render(fresh_adapter, noise, options)
+        moved, error = (trained - base).abs().max().item(), (loaded - trained).abs().max().item()
+        if moved <= 1e-3 or error > 1e-4:
+            row["reason"] = f"the loaded LoRA moved the output by {moved:.2g}, {error:.2g} from the trained policy"
+        else:
+            row["result"], row["reason"] = "pass", f"LoRA round trip within {error:.1g}"
+    except Exception as exc:  # the table reports every failure with its reason
+        row["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        if os.environ.get("FAMILY_MATRIX_DEBUG"):
+            traceback.print_exc()
+    finally:
+        row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def table(rows) -> str:
+    passed = sum(r["result"] == "pass" for r in rows)
+    lines = [f"{passed} of {len(rows)} text-to-image / text-to-video flow-matching pipeline classes of diffusers "
+             "train offline (2 NFT iterations and a `load_lora_weights` round trip).", "",
+             "| pipeline | adapter | result | reason | s |", "| --- | --- | --- | --- | ---: |"]
+    lines += [f"| `{r['pipeline']}` | {r['adapter'] or '-'} | {r['result']} | {r['reason'].replace('|', '/')} | "
+              f"{r['seconds']:.1f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help="Also write the table to this markdown file.")
+    parser.add_argument("--only", nargs="*", default=None, help="Only these pipeline class names.")
+    args = parser.parse_args()
+    import diffusers
+
+    rows = []
+    for name, cls in candidates():
+        if args.only and name not in args.only:
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            rows.append(run_one(cls, folder))
+        print(f"{name}: {rows[-1]['result']} ({rows[-1]['reason']})", flush=True)
+    text = f"diffusers {diffusers.__version__}, torch {torch.__version__}, CPU.\n\n" + table(rows)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
