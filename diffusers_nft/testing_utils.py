@@ -402,3 +402,43 @@ def build_tiny_wan_pipeline(seed: int = 0, two_experts: bool = False, boundary_r
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer(),
         transformer_2=transformer() if two_experts else None, boundary_ratio=boundary_ratio if two_experts else None,
     )
+
+
+def build_tiny_auraflow_pipeline(seed: int = 0, sample_size: int = 8):
+    """Build a tiny `AuraFlowPipeline` (UMT5 encoder, MMDiT + single DiT layers), offline. No adapter file: the
+    traced adapter serves it."""
+    from diffusers import AuraFlowPipeline, AuraFlowTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        _, tokenizer, _ = _tiny_text_stack(folder)
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=4, pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0,
+    )).eval()
+    transformer = AuraFlowTransformer2DModel(
+        sample_size=sample_size, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=1,
+        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
+        out_channels=4, pos_embed_max_size=64,
+    )
+    return AuraFlowPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_tiny_vae(sample_size),
+                            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler())
+
+
+def build_tiny_chroma_pipeline(seed: int = 0, sample_size: int = 8):
+    """Build a tiny `ChromaPipeline` (T5 only, FLUX-style packed latents, a modulation approximator), offline."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        _, tokenizer, text_encoder = _tiny_text_stack(folder)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=text_encoder.config.d_model, axes_dims_rope=[4, 4, 8],
+        approximator_hidden_dim=32, approximator_layers=1, approximator_num_channels=16,
+    )
+    return ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=text_encoder, tokenizer=tokenizer,
+                          transformer=transformer, vae=_tiny_vae(sample_size), image_encoder=None,
+                          feature_extractor=None)
+
