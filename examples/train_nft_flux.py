@@ -11,9 +11,8 @@ sampling stay CFG-free). Without `--pretrained_model_name_or_path`, a tiny rando
 on the demo world's prompts and reward: it shows the machinery, not learning (the pretrained demo model is SD3).
 """
 
-from train_nft_sd3 import NFTConfig, ScriptArguments, cli
-
-from diffusers_nft.config import weight_dtype
+from diffusers_nft import NFTConfig
+from diffusers_nft.scripts import ScriptArguments, cli, from_pretrained_kwargs
 
 
 def load_flux_pipeline(script_args: ScriptArguments, config: NFTConfig):
@@ -25,12 +24,9 @@ def load_flux_pipeline(script_args: ScriptArguments, config: NFTConfig):
 
         return build_tiny_flux_pipeline(seed=config.seed, guidance_embeds=True)
     return FluxPipeline.from_pretrained(
-        script_args.pretrained_model_name_or_path,
-        revision=script_args.revision,
-        variant=script_args.variant,
-        dtype=weight_dtype(config.mixed_precision),
+        script_args.pretrained_model_name_or_path, **from_pretrained_kwargs(script_args, config)
     )
 
 
 if __name__ == "__main__":
-    cli(load_pipeline=load_flux_pipeline)
+    cli(load_flux_pipeline)

@@ -12,110 +12,11 @@ defaults of the public release. The diffusers names `--max_train_steps`, `--chec
 script trains the bundled demo world (a tiny pretrained digits model and its judge), on a laptop CPU.
 """
 
-import logging
-import os
-import sys
-import warnings
-from dataclasses import dataclass, field
-from typing import List, Optional
+from diffusers_nft import NFTConfig
+from diffusers_nft import scripts
+from diffusers_nft.scripts import ScriptArguments, from_pretrained_kwargs, run
 
-import torch
-from transformers import HfArgumentParser
-
-from diffusers_nft import NFTConfig, NFTTrainer
-from diffusers_nft.pipelines import get_pipeline_adapter
-from diffusers_nft.data import load_prompts
-from diffusers_nft.demo.recipe import DEMO_CONFIG, DEMO_REWARD
-from diffusers_nft.checkpoint import check_output_dir, resolve_checkpoint
-from diffusers_nft.config import weight_dtype
-from diffusers_nft.policy import check_lora_shape, check_lora_targets, make_lora_config
-from diffusers_nft.rewards.registry import check_reward
-from diffusers_nft.recipes import RECIPES, recipe
-
-logger = logging.getLogger("train_nft_sd3")
-
-
-@dataclass
-class ScriptArguments:
-    pretrained_model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Hub id or local folder of an SD3/SD3.5 pipeline. Default: the offline demo."}
-    )
-    revision: Optional[str] = field(default=None, metadata={"help": "Model revision on the Hub."})
-    variant: Optional[str] = field(default=None, metadata={"help": "Weights variant, e.g. 'fp16'."})
-    dataset_name: Optional[str] = field(
-        default=None,
-        metadata={"help": "Prompts: a Hub dataset name, a save_to_disk folder, or a .txt/.jsonl/.json/.csv/.parquet "
-                  "file. Required with --pretrained_model_name_or_path; default: the demo's prompts.",
-                  "aliases": ["--prompts"]},
-    )
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The dataset's configuration."})
-    dataset_split: str = field(default="train", metadata={"help": "The split to train on. Default: train."})
-    caption_column: str = field(
-        default="prompt", metadata={"help": "The column of the prompts. Default: prompt.", "aliases": ["--prompt_column"]}
-    )
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where Hub datasets are cached."})
-    max_train_samples: Optional[int] = field(
-        default=None, metadata={"help": "Train on the first N prompts only (for debugging). Default: all."}
-    )
-    recipe: Optional[str] = field(
-        default=None,
-        metadata={"help": f"A release configuration, one of {sorted(RECIPES)}: sets its values and rewards; "
-                  "explicit flags still override."},
-    )
-    reward: List[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Reward as name[:weight]; repeat the flag for several (weighted sum). Required with "
-                    "--pretrained_model_name_or_path unless --recipe gives them; default: the demo's digit_eval.",
-            "action": "extend",
-        },
-    )
-    rank: int = field(default=32, metadata={"help": "LoRA rank."})
-    lora_alpha: float = field(default=64, metadata={"help": "LoRA alpha."})
-    lora_layers: Optional[str] = field(
-        default=None, metadata={"help": "Comma-separated module suffixes, e.g. 'attn.to_q,attn.to_k'. Default: release."}
-    )
-
-
-def parse_rewards(specs: List[str]):
-    """`["pickscore:1", "ocr:0.5"]` -> names and weights."""
-    names, weights = [], []
-    for spec in specs:
-        name, _, weight = spec.partition(":")
-        try:
-            weights.append(float(weight) if weight else 1.0)
-        except ValueError:
-            raise ValueError(f"--reward {spec!r}: the weight {weight!r} is not a number (use name:0.5).") from None
-        names.append(name)
-    return names, weights
-
-
-# Without a model, the script trains the bundled demo world: a tiny pretrained text-to-image model of coloured
-# handwritten digits, judged by the bundled digit/colour classifier (`digit_eval`). About 7 minutes on 2 CPU cores.
-
-
-def default_rewards(recipe_name: Optional[str], demo: bool) -> List[str]:
-    """The recipe's rewards, else the demo's (`check_data_and_rewards_given` asked for them outside the demo)."""
-    if recipe_name:
-        return [f"{name}:{weight}" for name, weight in recipe(recipe_name)["rewards"].items()]
-    return [DEMO_REWARD]
-
-
-def write_demo_results(trainer) -> str:
-    """Strict accuracy on the 60 evaluation prompts (2 seeds, 40-step Euler, no CFG), base vs NFT, as a table."""
-    from diffusers_nft.demo.evaluate import evaluate
-
-    with trainer.policy.using("reference"):
-        base = evaluate(trainer.pipeline)
-    with trainer.policy.ema_weights():
-        tuned = evaluate(trainer.pipeline)
-    rows = [f"| {key} | {base[key]:.3f} | {tuned[key]:.3f} |" for key in ("strict", "digit", "color", "strict_held_out")]
-    table = "| accuracy (no CFG) | base | NFT |\n| --- | ---: | ---: |\n" + "\n".join(rows) + "\n"
-    path = os.path.join(trainer.args.output_dir, "results.md")
-    with open(path, "w") as f:
-        f.write(table)
-    logger.info("Demo results (also in %s):\n%s", path, table)
-    return path
+__all__ = ["NFTConfig", "ScriptArguments", "load_pipeline", "main", "prepare", "run"]
 
 
 def load_pipeline(script_args: ScriptArguments, config: NFTConfig):
@@ -127,140 +28,17 @@ def load_pipeline(script_args: ScriptArguments, config: NFTConfig):
 
         return load_demo_pipeline()
     return StableDiffusion3Pipeline.from_pretrained(
-        script_args.pretrained_model_name_or_path,
-        revision=script_args.revision,
-        variant=script_args.variant,
-        dtype=weight_dtype(config.mixed_precision),  # that of the mixed precision accelerate will apply
+        script_args.pretrained_model_name_or_path, **from_pretrained_kwargs(script_args, config)
     )
-
-
-def use_all_cpu_cores() -> None:
-    """`accelerate launch` sets OMP_NUM_THREADS=1; on a CPU-only machine give each process its share of cores."""
-    if torch.cuda.is_available():
-        return
-    share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("WORLD_SIZE", "1")))
-    if torch.get_num_threads() < share:
-        logger.info("CPU run: using %d threads per process (the launcher set %d).", share, torch.get_num_threads())
-        torch.set_num_threads(share)
 
 
 def prepare(argv=None, load_pipeline=load_pipeline):
-    """Parse the flags, check everything that can be checked without the model, then load it and build the trainer."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    use_all_cpu_cores()
-    parser = HfArgumentParser((ScriptArguments, NFTConfig))
-    known, _ = parser.parse_known_args(argv)
-    demo = known.pretrained_model_name_or_path is None
-    if demo:
-        logger.info(
-            "No --pretrained_model_name_or_path: offline demo on the bundled demo world (coloured digits, digit_eval "
-            "reward) with this script's demo pipeline."
-        )
-        parser.set_defaults(output_dir="nft-demo", **DEMO_CONFIG)
-    if known.recipe:
-        parser.set_defaults(**recipe(known.recipe)["config"])
-        logger.info("Recipe %s: %s; prompts: %s", known.recipe, recipe(known.recipe)["config"],
-                    recipe(known.recipe)["prompts"])
-    script_args, config = parser.parse_args_into_dataclasses(args=argv)
-    reward_names, prompts = check_before_loading(script_args, config, demo)
-    pipeline = load_pipeline(script_args, config)
-    peft_config = make_lora_config(
-        pipeline.transformer,
-        targets=script_args.lora_layers.split(",") if script_args.lora_layers else None,
-        default_targets=get_pipeline_adapter(pipeline).default_lora_targets,
-        rank=script_args.rank,
-        alpha=script_args.lora_alpha,
-    )
-    trainer = NFTTrainer(pipeline, reward_names, args=config, train_dataset=prompts, peft_config=peft_config)
-    return trainer, script_args, demo
-
-
-def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: bool):
-    """Rewards and their weights, the prompts, the LoRA shape, output_dir and the resume path: before any download.
-
-    Returns:
-        The reward names and the prompt dataset.
-    """
-    check_data_and_rewards_given(script_args, config, demo)
-    reward_names, reward_weights = parse_rewards(script_args.reward or default_rewards(script_args.recipe, demo))
-    for name in reward_names:
-        check_reward(name)
-    config.reward_weights = config.reward_weights or reward_weights
-    config.validate()  # the weights from --reward name:w too
-    check_lora_shape(script_args.rank, script_args.lora_alpha)
-    check_lora_layers(script_args)
-    if config.hub_token:
-        warnings.warn("--hub_token is visible to every user of this machine (`ps`) and in accelerate's failure "
-                      "messages; set $HF_TOKEN or run `hf auth login` instead.")
-    if script_args.dataset_name:
-        prompts = load_prompts(
-            script_args.dataset_name, script_args.caption_column, config_name=script_args.dataset_config_name,
-            split=script_args.dataset_split, cache_dir=script_args.cache_dir, max_samples=script_args.max_train_samples,
-        )
-    else:
-        from diffusers_nft.demo import prompt_dataset
-
-        prompts = prompt_dataset("train")
-    check_output_dir(config.output_dir)
-    if config.resume_from_checkpoint:
-        resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
-    return reward_names, prompts
-
-
-def check_data_and_rewards_given(script_args: ScriptArguments, config: NFTConfig, demo: bool) -> None:
-    """A real model trains on prompts and rewards that were asked for: the demo's are never a silent default."""
-    if demo:
-        return
-    if not script_args.dataset_name:
-        raise ValueError("--pretrained_model_name_or_path needs --dataset_name (or --prompts): a Hub dataset, a "
-                         "save_to_disk folder or a .txt/.jsonl/.json/.csv/.parquet file. The demo's digit prompts are "
-                         "only for the demo.")
-    if not script_args.reward and not script_args.recipe:
-        raise ValueError("--pretrained_model_name_or_path needs --reward name[:weight] (repeat it for several), or "
-                         "--recipe with its rewards; there is no default reward for a real model.")
-    if script_args.reward and config.reward_weights:
-        raise ValueError("Give the weights once: either --reward name:weight or --reward_weights, not both.")
-
-
-def check_lora_layers(script_args: ScriptArguments) -> None:
-    """`--lora_layers` against the transformer built from its config alone, on the meta device: no weights load."""
-    if not script_args.lora_layers or script_args.pretrained_model_name_or_path is None:
-        return
-    import diffusers
-
-    # Any model class reads a config.json; only transformer/config.json is read (or downloaded).
-    config = diffusers.SD3Transformer2DModel.load_config(
-        script_args.pretrained_model_name_or_path, subfolder="transformer", revision=script_args.revision
-    )
-    with torch.device("meta"):
-        transformer = getattr(diffusers, config["_class_name"]).from_config(config)
-    check_lora_targets(transformer, script_args.lora_layers.split(","))
-
-
-def run(trainer, script_args: ScriptArguments, demo: bool) -> None:
-    """Train, then write the demo's results and card, and upload when asked."""
-    config = trainer.args
-    trainer.train()
-    if demo:
-        write_demo_results(trainer)
-        trainer.create_model_card("nft-demo")  # README.md with the reward curve and the before/after grid
-    if config.push_to_hub:
-        logger.info("Pushed to %s", trainer.push_to_hub())
+    return scripts.prepare(argv, load_pipeline)
 
 
 def main(argv=None, load_pipeline=load_pipeline) -> None:
-    run(*prepare(argv, load_pipeline))
-
-
-def cli(load_pipeline=load_pipeline) -> None:
-    """The command line: a mistake found while setting up is one line on stderr and exit status 2, no traceback."""
-    try:
-        prepared = prepare(None, load_pipeline)
-    except (ValueError, OSError) as error:
-        logger.error("%s", error)
-        sys.exit(2)
-    run(*prepared)
+    scripts.main(argv, load_pipeline)
 
 
 if __name__ == "__main__":
-    cli()
+    scripts.cli(load_pipeline)

@@ -91,7 +91,8 @@ def test_flux_script_feeds_distilled_guidance_from_the_command_line(flux_dir, tm
 
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "examples"))
     import train_nft_flux
-    import train_nft_sd3
+
+    from diffusers_nft import scripts
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cat\na blue dog\n")
@@ -99,12 +100,12 @@ def test_flux_script_feeds_distilled_guidance_from_the_command_line(flux_dir, tm
             "--reward", "jpeg_compressibility", "--distilled_guidance_scale", "2.5", "--resolution", "64", "--max_sequence_length", "16",
             "--max_train_steps", "1", "--prompts_per_iteration", "2", "--group_size", "2", "--num_sampling_steps", "2",
             "--eval_num_steps", "2", "--report_to", "none", "--rank", "4", "--validation_steps", "5"]
-    trainer, script_args, demo = train_nft_sd3.prepare(argv, load_pipeline=train_nft_flux.load_flux_pipeline)
+    trainer, script_args, demo = scripts.prepare(argv, train_nft_flux.load_flux_pipeline)
     assert type(trainer.pipeline).__name__ == "FluxPipeline" and not demo
     fed = []
     trainer.pipeline.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(kwargs["guidance"]), with_kwargs=True)
-    train_nft_sd3.run(trainer, script_args, demo)
+    scripts.run(trainer, script_args, demo)
     assert fed and all(torch.all(g == 2.5) for g in fed)
     assert json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
     assert (tmp_path / "o" / "pytorch_lora_weights.safetensors").is_file()

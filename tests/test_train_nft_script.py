@@ -1,0 +1,44 @@
+"""`examples/train_nft.py`: any supported pipeline from a folder, through DiffusionPipeline.from_pretrained."""
+
+import json
+import os
+
+import pytest
+from safetensors.torch import load_file
+
+from diffusers_nft import scripts, testing_utils
+from diffusers_nft.pipelines import TracedAdapter
+
+FLAGS = ["--reward", "jpeg_compressibility", "--resolution", "64", "--max_sequence_length", "16",
+         "--max_train_steps", "1", "--prompts_per_iteration", "2", "--group_size", "2", "--num_sampling_steps", "2",
+         "--eval_num_steps", "2", "--report_to", "none", "--rank", "4", "--validation_steps", "5"]
+
+
+@pytest.mark.parametrize("builder, cls, traced", [
+    ("build_tiny_zimage_pipeline", "ZImagePipeline", False),
+    ("build_tiny_auraflow_pipeline", "AuraFlowPipeline", True),  # no adapter file: traced
+])
+def test_train_nft_trains_any_pipeline_from_its_folder(builder, cls, traced, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import train_nft
+
+    folder = str(tmp_path / "model")
+    getattr(testing_utils, builder)().save_pretrained(folder)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cat\na blue dog\n")
+    argv = ["--pretrained_model_name_or_path", folder, "--prompts", str(prompts), "--output_dir",
+            str(tmp_path / "out")] + FLAGS
+    trainer, script_args, demo = scripts.prepare(argv, train_nft.load_pipeline)
+    assert type(trainer.pipeline).__name__ == cls and not demo
+    assert isinstance(trainer.adapter, TracedAdapter) == traced
+    scripts.run(trainer, script_args, demo)
+    assert json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+    assert any("lora_B" in k for k in load_file(tmp_path / "out" / "pytorch_lora_weights.safetensors"))
+
+
+def test_the_family_scripts_are_thin_and_share_the_scripts_module():
+    root = os.path.join(os.path.dirname(__file__), "..", "examples")
+    for name in ("train_nft.py", "train_nft_sd3.py", "train_nft_flux.py"):
+        text = open(os.path.join(root, name)).read()
+        assert "from diffusers_nft.scripts import" in text and "import train_nft_sd3" not in text
+        assert len(text.splitlines()) < 60
