@@ -77,15 +77,24 @@ def package(cls) -> str:
 def build(cls):
     """A tiny instance of `cls` from its package's tiny components, with its call options, or a reason."""
     entry = BUILDS.get(package(cls))
+    if package(cls) == "pag" and not cls.__name__.startswith("StableDiffusion3"):
+        entry = None  # diffusers.pipelines.pag holds PAG variants of many families; the SD3 build serves SD3's
     if entry is None:
         return None, None, f"no offline tiny build for diffusers.pipelines.{package(cls)}"
     builder, options = entry
-    components = getattr(testing_utils, builder)().components
+    built = getattr(testing_utils, builder)()
+    components = built.components
     init = inspect.signature(cls.__init__).parameters
     missing = [k for k, p in init.items() if k != "self" and p.default is inspect.Parameter.empty
                and p.kind is p.POSITIONAL_OR_KEYWORD and k not in components]
     if missing:
         return None, None, f"needs components {missing} that the {builder} build lacks"
+    # A sibling class (FLUX.2 [dev] beside the Klein build) must take the build's models as they are.
+    wrong = [f"{k} is {type(components[k]).__name__}, {cls.__name__} takes {init[k].annotation.__name__}"
+             for k in init if type(built) is not cls and isinstance(components.get(k), torch.nn.Module)
+             and inspect.isclass(init[k].annotation) and not isinstance(components[k], init[k].annotation)]
+    if wrong:
+        return None, None, f"the {builder} build does not fit: {'; '.join(wrong)}"
     pipe = cls(**{k: v for k, v in components.items() if k in init})
     pipe.set_progress_bar_config(disable=True)
     return pipe, options, ""
