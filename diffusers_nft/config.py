@@ -10,7 +10,6 @@ import torch
 
 from .advantages import ADV_MODES, STD_SCOPES
 from .loss import WEIGHTINGS
-from .pipelines import ADAPTER_MODES
 from .rewards.scoring import SCORING_MODES
 from .schedules import OLD_POLICY_DECAYS
 from .solvers import SAMPLERS
@@ -155,8 +154,8 @@ class NFTConfig:
     )
     adapter: str = field(
         default="auto",
-        metadata={"help": f"One of {ADAPTER_MODES}: 'auto' uses the family's adapter file, else traces the pipeline; "
-                          "'traced' always traces it."},
+        metadata={"help": "'auto' uses the family's adapter file, else traces the pipeline; 'traced' always traces "
+                          "it (diffusers_nft.pipelines.ADAPTER_MODES)."},
     )
     resolution: int = field(default=512, metadata={"help": "Image side in pixels (square)."})
     num_frames: Optional[int] = field(
@@ -265,6 +264,8 @@ class NFTConfig:
                f"max_sequence_length must be >= 1 or None (the family's default), got {self.max_sequence_length}.")
         _check(self.adv_mode in ADV_MODES, f"adv_mode must be one of {ADV_MODES} (got {self.adv_mode!r}).")
         _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS} (got {self.sampler!r}).")
+        from .pipelines import ADAPTER_MODES  # here, not at the top: NFTConfig imports without diffusers
+
         _check(self.adapter in ADAPTER_MODES, f"adapter must be one of {ADAPTER_MODES} (got {self.adapter!r}).")
         _check(self.reward_scoring in SCORING_MODES, f"reward_scoring must be one of {SCORING_MODES}.")
         _check(self.reward_batch_size >= 1, "reward_batch_size must be >= 1.")

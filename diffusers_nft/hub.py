@@ -71,17 +71,23 @@ def base_model_license(base_model: Optional[str]) -> Optional[str]:
         return None
 
 
-def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, prompt: str, call_kwargs: dict) -> str:
+def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, prompt: str, call_kwargs: dict,
+                 lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None) -> str:
     """Python that loads the base pipeline and this LoRA and generates as the run evaluated, on the user's device."""
     base = base_model or "path/to/the/base/pipeline"
     arguments = "".join(f"    {key}={_literal(value)},\n" for key, value in call_kwargs.items())
+    loads = "".join(
+        f"pipe.load_lora_weights({_literal(repo_id)}, weight_name={_literal(name)}"
+        + "".join(f", {k}={_literal(v)}" for k, v in load_kwargs.items()) + ")\n"
+        for name, (_, load_kwargs) in (lora_layout or {LORA_WEIGHT_NAME: ("", {})}).items()
+    )
     return (
         "import torch\n"
         f"from diffusers import {pipeline_class}\n\n"
         'device = "cuda" if torch.cuda.is_available() else "cpu"\n'
         'dtype = torch.bfloat16 if device == "cuda" else torch.float32\n'
         f"pipe = {pipeline_class}.from_pretrained({_literal(base)}, dtype=dtype).to(device)\n"
-        f"pipe.load_lora_weights({_literal(repo_id)}, weight_name={_literal(LORA_WEIGHT_NAME)})\n"
+        f"{loads}"
         "image = pipe(\n"
         f"    {_literal(prompt)},\n{arguments}"
         "    generator=torch.Generator().manual_seed(0),\n"
@@ -108,6 +114,7 @@ def write_model_card(
     call_kwargs: Dict[str, object],
     license: Optional[str] = None,
     evaluation: Optional[str] = None,
+    lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None,
 ) -> str:
     """Write `output_dir/README.md` from the template.
 
@@ -123,6 +130,7 @@ def write_model_card(
         call_kwargs: The pipeline-call arguments the run evaluated with (resolution, steps, guidance, text length).
         license: The card's license; default: the base model's on the Hub, when it can be read.
         evaluation: A markdown table of an evaluation run, shown in the card.
+        lora_layout: The LoRA files and how each loads (`FlowPipelineAdapter.lora_layout`), for the snippet.
 
     Returns:
         The path of the card.
@@ -140,7 +148,7 @@ def write_model_card(
         images_seen=int(hyperparameters.get("images_per_iteration", 0)) * len(history),
         final_rewards=_first_and_last(history),
         snippet=call_snippet(pipeline_class, base_model, repo_id, widget[0][0] if widget else "a photo of a cat",
-                             call_kwargs),
+                             call_kwargs, lora_layout),
         evaluation=evaluation,
         hyperparameters=list(hyperparameters.items()),
     )

@@ -7,7 +7,7 @@ folded into `lora_B` and says alpha = r, so every loader applies exactly the tra
 """
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from peft import LoraConfig
@@ -44,10 +44,19 @@ def portable_lora(weights: Dict[str, torch.Tensor], config: LoraConfig) -> Tuple
     return folded, metadata
 
 
-def write_lora_file(pipeline_class, folder: str, weights: Dict[str, torch.Tensor], config: LoraConfig) -> str:
-    """Write `folder/pytorch_lora_weights.safetensors` with the pipeline class's own LoRA writer; returns its path."""
-    folded, metadata = portable_lora(weights, config)
-    pipeline_class.save_lora_weights(
-        folder, transformer_lora_layers=folded, transformer_lora_adapter_metadata=metadata, weight_name=LORA_WEIGHT_NAME
-    )
-    return f"{folder}/{LORA_WEIGHT_NAME}"
+def write_lora_file(pipeline_class, folder: str, weights: Dict[str, torch.Tensor], config: LoraConfig,
+                    layout: Optional[Dict[str, Tuple[str, dict]]] = None) -> List[str]:
+    """Write the LoRA with the pipeline class's own LoRA writer; returns the paths written.
+
+    Args:
+        layout: File name -> (the prefix of the tensors it holds, the `load_lora_weights` arguments that load it):
+            one `pytorch_lora_weights.safetensors` by default; Wan 2.2's two experts get a file each.
+    """
+    paths = []
+    for name, (prefix, _) in (layout or {LORA_WEIGHT_NAME: ("", {})}).items():
+        part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        folded, metadata = portable_lora(part, config)
+        pipeline_class.save_lora_weights(folder, transformer_lora_layers=folded,
+                                         transformer_lora_adapter_metadata=metadata, weight_name=name)
+        paths.append(f"{folder}/{name}")
+    return paths

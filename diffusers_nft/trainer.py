@@ -136,7 +136,7 @@ class NFTTrainer:
         self.checkpointer = Checkpointer(self.accelerator, args)
         # A corrupt or mismatched checkpoint fails now, not later; read once, applied at the end.
         resume_path, resume_parts = self.checkpointer.read(args.resume_from_checkpoint)
-        transformer = pipeline.transformer
+        transformer = self.adapter.denoiser
         if peft_config is None:
             peft_config = make_lora_config(transformer, default_targets=self.adapter.default_lora_targets)
         check_lora_targets(transformer, peft_config.target_modules)
@@ -480,10 +480,11 @@ class NFTTrainer:
         if self.accelerator.is_main_process:  # written beside, then renamed: a crash never leaves half a file
             os.makedirs(output_dir, exist_ok=True)
             staging = tempfile.mkdtemp(prefix=".tmp-lora-", dir=output_dir)
-            write_lora_file(type(self.pipeline), staging, weights, self.policy.lora_config)
-            os.replace(os.path.join(staging, LORA_WEIGHT_NAME), path)
+            for written in write_lora_file(type(self.pipeline), staging, weights, self.policy.lora_config,
+                                           self.adapter.lora_layout()):
+                os.replace(written, os.path.join(output_dir, os.path.basename(written)))
+                logger.info("Saved LoRA %s", os.path.join(output_dir, os.path.basename(written)))
             shutil.rmtree(staging, ignore_errors=True)
-            logger.info("Saved LoRA %s", path)
         return path
 
     def create_model_card(
@@ -526,6 +527,7 @@ class NFTTrainer:
             history=self.history,
             widget=widget,
             call_kwargs=self.evaluation_call_kwargs(),
+            lora_layout=self.adapter.lora_layout(),
             license=args.license,
             evaluation=evaluation,
         )
@@ -618,7 +620,7 @@ class NFTTrainer:
             self.global_step, policy=self.policy, model=self.model, optimizer=self.optimizer,
             lr_scheduler=self.lr_scheduler, state=state,
             extra=lambda folder, lora: write_lora_file(type(self.pipeline), folder, lora[self._saved_adapter],
-                                                       self.policy.lora_config),
+                                                       self.policy.lora_config, self.adapter.lora_layout()),
         )
         if path:
             logger.info("Saved checkpoint %s", path)

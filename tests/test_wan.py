@@ -33,7 +33,7 @@ def _load(folder):
 def _render(pipe, adapter, steps=4):
     noise = torch.randn(2, *adapter.latent_shape(64), generator=torch.Generator().manual_seed(5))
     return pipe(prompt=["a red cat", "a blue dog"], latents=noise, num_frames=FRAMES, num_inference_steps=steps,
-                height=64, width=64, max_sequence_length=16, output_type="pt", guidance_scale=1.0).frames
+                height=64, width=64, max_sequence_length=16, output_type="pt", **adapter.cfg_free_call_kwargs()).frames
 
 
 def test_wan_latents_grid_and_velocity_follow_the_pipeline(wan_dir):
@@ -126,7 +126,50 @@ def test_gradient_checkpointing_gives_the_same_video_training(wan_dir, tmp_path)
         assert runs[True][key] == pytest.approx(runs[False][key], rel=1e-5)
 
 
-def test_two_expert_wan_is_refused_with_the_way_out():
-    pipe = testing_utils.build_tiny_wan_pipeline(two_experts=True)
-    with pytest.raises(ValueError, match="transformer_2=None"):
-        get_pipeline_adapter(pipe)
+def test_wan22_uses_the_expert_the_pipeline_uses_at_each_sigma():
+    pipe = testing_utils.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # the pipeline's loop becomes an Euler rollout
+    adapter = get_pipeline_adapter(pipe, num_frames=FRAMES)
+    shape = adapter.latent_shape(64)
+    cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mixed = adapter.predict_velocity(x, torch.tensor([0.9, 0.3]), cond)
+        for row, (sigma, expert) in enumerate(((0.9, pipe.transformer), (0.3, pipe.transformer_2))):
+            alone = expert(hidden_states=x[row:row + 1], timestep=torch.tensor([1000 * sigma]),
+                           encoder_hidden_states=cond["encoder_hidden_states"][row:row + 1], return_dict=False)[0]
+            torch.testing.assert_close(mixed[row:row + 1], alone, atol=1e-6, rtol=0)
+        sigmas = adapter.sampling_sigmas(4, shape)
+        assert (sigmas[:-1] >= 0.6).any() and (sigmas[:-1] < 0.6).any()  # both experts sample
+        ours = adapter.decode(rollout(lambda v, s: adapter.predict_velocity(v, s, cond), sigmas, x, "euler"))
+    theirs = pipe(prompt=["a red cat", "a blue dog"], latents=x, num_frames=FRAMES, num_inference_steps=4, height=64,
+                  width=64, max_sequence_length=16, output_type="pt", **adapter.cfg_free_call_kwargs()).frames
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_wan22_trains_both_experts_and_both_loras_load(tmp_path):
+    folder = str(tmp_path / "wan22")
+    testing_utils.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6).save_pretrained(folder)
+    config = tiny_config(tmp_path / "run", max_steps=3, learning_rate=3e-2, num_frames=FRAMES,
+                         gradient_checkpointing=True)
+    trainer = NFTTrainer(_load(folder), "jpeg_incompressibility", config, PROMPTS)
+    trainer.train()
+    high = load_file(tmp_path / "run" / "pytorch_lora_weights.safetensors")
+    low = load_file(tmp_path / "run" / "pytorch_lora_weights_transformer_2.safetensors")
+    assert high.keys() == low.keys() and all(k.startswith("transformer.") for k in high)
+    for weights in (high, low):  # each expert trained
+        assert max(v.abs().max().item() for k, v in weights.items() if "lora_B" in k) > 1e-4
+    assert any((high[k] - low[k]).abs().max() > 1e-6 for k in high)
+    adapter = trainer.adapter
+    with trainer.policy.ema_weights(), torch.no_grad():
+        trained = _render(trainer.pipeline, adapter)
+    fresh = _load(folder)
+    base = _render(fresh, adapter)
+    fresh.load_lora_weights(str(tmp_path / "run"), weight_name="pytorch_lora_weights.safetensors")
+    fresh.load_lora_weights(str(tmp_path / "run"), weight_name="pytorch_lora_weights_transformer_2.safetensors",
+                            load_into_transformer_2=True)
+    assert (trained - base).abs().max() > 1e-3
+    torch.testing.assert_close(_render(fresh, adapter), trained, atol=1e-5, rtol=1e-5)
+    card = open(trainer.create_model_card("user/wan22-nft")).read()
+    assert 'weight_name="pytorch_lora_weights_transformer_2.safetensors", load_into_transformer_2=True' in card

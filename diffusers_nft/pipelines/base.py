@@ -84,6 +84,15 @@ class FlowPipelineAdapter:
         return self.pipeline.transformer
 
     @property
+    def denoiser(self) -> torch.nn.Module:
+        """The module that gets LoRA and trains: the transformer (Wan 2.2: both experts in one module)."""
+        return self.pipeline.transformer
+
+    def lora_layout(self) -> Dict[str, Tuple[str, dict]]:
+        """LoRA file name -> (prefix of the LoRA tensors it holds, the `load_lora_weights` arguments that load it)."""
+        return {"pytorch_lora_weights.safetensors": ("", {})}
+
+    @property
     def text_encoders(self) -> List[torch.nn.Module]:
         """The text encoders, for moving them off the accelerator once prompts are encoded."""
         names = ("text_encoder", "text_encoder_2", "text_encoder_3")

@@ -11,11 +11,50 @@ from .base import Conditioning, FlowPipelineAdapter
 WAN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # self- and cross-attention of every block
 
 
-class WanAdapter(FlowPipelineAdapter):
-    """Wan text-to-video with one expert. Videos have `num_frames = 4 k + 1` frames (81 by default).
+class WanExperts(torch.nn.Module):
+    """Wan 2.2's two experts as one trainable module: rows at `sigma >= boundary` go through `high`
+    (`transformer`), the others through `low` (`transformer_2`), as `WanPipeline` switches them by timestep.
 
-    Raises:
-        ValueError: For a Wan 2.2 pipeline with two experts (`transformer_2`), which is not supported yet.
+    Both get the same LoRA config; their tensors are named `high.*` and `low.*`.
+    """
+
+    def __init__(self, high: torch.nn.Module, low: torch.nn.Module, boundary: float):
+        super().__init__()
+        self.high, self.low, self.boundary = high, low, boundary
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.high.dtype
+
+    def add_adapter(self, config, adapter_name: str = "default") -> None:
+        self.high.add_adapter(config, adapter_name=adapter_name)
+        self.low.add_adapter(config, adapter_name=adapter_name)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.high.enable_gradient_checkpointing()
+        self.low.enable_gradient_checkpointing()
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, sigma, return_dict=False):
+        high = sigma >= self.boundary
+        out = None
+        for expert, rows in ((self.high, high), (self.low, ~high)):
+            if not bool(rows.any()):
+                continue
+            index = rows.nonzero().squeeze(1)
+            prediction = expert(hidden_states=hidden_states[index], timestep=timestep[index],
+                                encoder_hidden_states=encoder_hidden_states[index], return_dict=False)[0]
+            if out is None:
+                out = prediction.new_zeros(hidden_states.shape[:1] + prediction.shape[1:])
+            out = out.index_put((index,), prediction)
+        return (out,)
+
+
+class WanAdapter(FlowPipelineAdapter):
+    """Wan text-to-video. Videos have `num_frames = 4 k + 1` frames (81 by default).
+
+    Wan 2.2 A14B checkpoints have two experts (`transformer` for high noise, `transformer_2` below the pipeline's
+    `boundary_ratio`): sampling and training use the expert the pipeline would use at each sigma, both get LoRA,
+    and the LoRA is two files, the second loaded with `load_into_transformer_2=True`.
     """
 
     pipeline_class_names = ("WanPipeline",)
@@ -25,15 +64,26 @@ class WanAdapter(FlowPipelineAdapter):
 
     def __init__(self, pipeline, distilled_guidance_scale: float = 3.5, num_frames: Optional[int] = None):
         super().__init__(pipeline, distilled_guidance_scale, num_frames)
+        self._experts = None
         if getattr(pipeline, "transformer_2", None) is not None:
-            raise ValueError(
-                "This WanPipeline has two experts (Wan 2.2: `transformer_2` for the low-noise steps). Training both "
-                "is not supported yet: load it with transformer_2=None and boundary_ratio=None to train the "
-                "high-noise expert on every step, or train a Wan 2.1 / Wan 2.2 TI2V-5B checkpoint."
-            )
+            if pipeline.transformer is None or pipeline.config.get("boundary_ratio") is None:
+                raise ValueError("This WanPipeline has `transformer_2` but not both experts and a `boundary_ratio`; "
+                                 "load the full Wan 2.2 checkpoint (or one expert alone, as `transformer`).")
+            self._experts = WanExperts(pipeline.transformer, pipeline.transformer_2, pipeline.config.boundary_ratio)
+            self.model = self._experts
         frames = self.num_frames or self.default_num_frames
         if (frames - 1) % pipeline.vae_scale_factor_temporal:
             raise ValueError(f"num_frames {frames} must be 4 k + 1 for Wan's VAE (e.g. 5, 9, 33, 81).")
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self._experts if self._experts is not None else self.pipeline.transformer
+
+    def lora_layout(self):
+        if self._experts is None:
+            return super().lora_layout()
+        return {"pytorch_lora_weights.safetensors": ("high.", {}),
+                "pytorch_lora_weights_transformer_2.safetensors": ("low.", {"load_into_transformer_2": True})}
 
     @property
     def frames(self) -> int:
@@ -61,12 +111,16 @@ class WanAdapter(FlowPipelineAdapter):
         if self.pipeline.config.get("expand_timesteps", False):  # Wan 2.2 TI2V: one timestep per 2x2 token
             tokens = latents.shape[2] * (latents.shape[3] // 2) * (latents.shape[4] // 2)
             timestep = timestep[:, None].expand(len(latents), tokens)
-        return self.model(
-            hidden_states=latents.to(dtype),
-            timestep=timestep,
-            encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
-            return_dict=False,
-        )[0].float()
+        inputs = dict(hidden_states=latents.to(dtype), timestep=timestep,
+                      encoder_hidden_states=cond["encoder_hidden_states"].to(dtype), return_dict=False)
+        if self._experts is not None:
+            inputs["sigma"] = sigma.float()  # which expert each row goes to
+        return self.model(**inputs)[0].float()
+
+    def cfg_free_call_kwargs(self) -> dict:
+        if self._experts is not None:
+            return {"guidance_scale": 1.0, "guidance_scale_2": 1.0}
+        return {"guidance_scale": 1.0}
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Videos `(B, frames, 3, H, W)` in [0, 1]."""
