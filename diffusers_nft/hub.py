@@ -102,19 +102,10 @@ def _literal(value) -> str:
 
 
 def write_model_card(
-    output_dir: str,
-    *,
-    repo_id: str,
-    base_model: Optional[str],
-    pipeline_class: str,
-    rewards: Sequence[Tuple[str, float]],
-    hyperparameters: Dict[str, object],
-    history: List[Dict[str, float]],
-    widget: Sequence[Tuple[str, str]],
-    call_kwargs: Dict[str, object],
-    license: Optional[str] = None,
-    evaluation: Optional[str] = None,
-    lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None,
+    output_dir: str, *, repo_id: str, base_model: Optional[str], pipeline_class: str,
+    rewards: Sequence[Tuple[str, float]], hyperparameters: Dict[str, object], history: List[Dict[str, float]],
+    widget: Sequence[Tuple[str, str]], call_kwargs: Dict[str, object], license: Optional[str] = None,
+    evaluation: Optional[str] = None, lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None,
 ) -> str:
     """Write `output_dir/README.md` from the template.
 
@@ -147,8 +138,8 @@ def write_model_card(
         iterations=len(history),
         images_seen=int(hyperparameters.get("images_per_iteration", 0)) * len(history),
         final_rewards=_first_and_last(history),
-        snippet=call_snippet(pipeline_class, base_model, repo_id, widget[0][0] if widget else "a photo of a cat",
-                             call_kwargs, lora_layout),
+        snippet=call_snippet(pipeline_class, base_model, repo_id, widget[0][0] if widget else "a photo", call_kwargs,
+                             lora_layout),
         evaluation=evaluation,
         hyperparameters=list(hyperparameters.items()),
     )

@@ -111,12 +111,8 @@ class NFTTrainer:
         self.args = args = args if args is not None else NFTConfig()
         args.validate()
         self.callbacks = CallbackList(callbacks or [])
-        _check_flow_matching(pipeline)
-        self.adapter = get_pipeline_adapter(pipeline, args.adapter, distilled_guidance_scale=args.distilled_guidance_scale,
-                                            num_frames=args.num_frames)
+        self.pipeline, self.adapter = pipeline, _adapter(pipeline, args)
         self.max_sequence_length = args.max_sequence_length or self.adapter.default_max_sequence_length
-        self.adapter.check_resolution(args.resolution)
-        self.pipeline = pipeline
         self.train_dataset, self.eval_dataset = _prompt_sets(train_dataset, eval_dataset)
         # The Accelerator comes first: it sets up the processes (on CPU too, with ACCELERATE_USE_CPU) that
         # everything below counts. It only reads the environment; no model is touched yet.
@@ -855,6 +851,15 @@ def _prompt_sets(train_dataset: PromptSource, eval_dataset: Optional[PromptSourc
     if train_dataset is None:
         raise ValueError("train_dataset is required: a datasets.Dataset, a list of prompts or a prompt file.")
     return load_prompts(train_dataset), load_prompts(eval_dataset) if eval_dataset is not None else None
+
+
+def _adapter(pipeline, args: NFTConfig):
+    """The pipeline's adapter, once its scheduler and the resolution are known to suit it."""
+    _check_flow_matching(pipeline)
+    adapter = get_pipeline_adapter(pipeline, args.adapter, distilled_guidance_scale=args.distilled_guidance_scale,
+                                   num_frames=args.num_frames)
+    adapter.check_resolution(args.resolution)
+    return adapter
 
 
 def _check_flow_matching(pipeline) -> None:

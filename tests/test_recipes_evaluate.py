@@ -48,7 +48,9 @@ def test_script_recipe_sets_values_and_rewards_and_flags_win(tmp_path):
                     load_pipeline=fake_load)
     config = seen["config"]
     assert config.nft_beta == 0.5 and config.old_policy_decay == "delayed" and config.optimizer_steps_per_iteration == 2
-    assert script.default_rewards("sd35m_multi_reward", demo=False) == ["pickscore:1.0", "hpsv2:1.0", "clipscore:1.0"]
+    from diffusers_nft.scripts import default_rewards
+
+    assert default_rewards("sd35m_multi_reward", demo=False) == ["pickscore:1.0", "hpsv2:1.0", "clipscore:1.0"]
 
 
 def test_optimizer_steps_per_iteration_splits_the_micro_batches(tiny_pipeline, tmp_path):

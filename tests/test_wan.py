@@ -173,3 +173,24 @@ def test_wan22_trains_both_experts_and_both_loras_load(tmp_path):
     torch.testing.assert_close(_render(fresh, adapter), trained, atol=1e-5, rtol=1e-5)
     card = open(trainer.create_model_card("user/wan22-nft")).read()
     assert 'weight_name="pytorch_lora_weights_transformer_2.safetensors", load_into_transformer_2=True' in card
+
+
+def test_an_idle_expert_still_gets_a_zero_gradient():
+    """A micro-batch on one side of the boundary: DDP needs every trained parameter in the graph."""
+    from peft import LoraConfig
+
+    from diffusers_nft.pipelines.wan import WanExperts
+
+    pipe = testing_utils.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6)
+    experts = WanExperts(pipe.transformer, pipe.transformer_2, 0.6)
+    experts.add_adapter(LoraConfig(r=2, target_modules=["to_q"]))
+    experts.requires_grad_(False)
+    lora = [p for n, p in experts.named_parameters() if "lora_" in n]
+    for p in lora:
+        p.requires_grad_(True)
+    x = torch.randn(2, 16, 2, 8, 8)
+    text = torch.randn(2, 16, 32)
+    out = experts(x, torch.tensor([900.0, 800.0]), text, sigma=torch.tensor([0.9, 0.8]))[0]
+    out.sum().backward()
+    low = [p for n, p in experts.named_parameters() if n.startswith("low.") and "lora_" in n]
+    assert low and all(p.grad is not None and p.grad.abs().max() == 0 for p in low)

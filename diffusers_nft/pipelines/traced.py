@@ -138,8 +138,9 @@ class TracedAdapter(FlowPipelineAdapter):
 
     def __init__(self, pipeline, distilled_guidance_scale: float = 3.5, num_frames: Optional[int] = None,
                  call_kwargs: Optional[dict] = None):
+        self.pipeline = pipeline
+        self._check_traceable()  # before the base class reads pipeline.transformer
         super().__init__(pipeline, distilled_guidance_scale, num_frames)
-        self._check_traceable()
         self._parameters = inspect.signature(type(pipeline).__call__).parameters
         self.call_kwargs = dict(call_kwargs or {})
         if num_frames is not None and "num_frames" in self._parameters:
@@ -163,7 +164,12 @@ class TracedAdapter(FlowPipelineAdapter):
     def _check_traceable(self) -> None:
         pipe, name = self.pipeline, type(self.pipeline).__name__
         if getattr(pipe, "transformer", None) is None:
-            raise TraceError(f"{name} has no `transformer` to train.")
+            from . import ADAPTERS
+
+            served = sorted(n for adapter in ADAPTERS for n in adapter.pipeline_class_names)
+            raise TraceError(f"{name} has no `transformer` to train, so it cannot be traced; adapter files serve "
+                             f"{served}, and the traced adapter any diffusers pipeline with a flow-matching "
+                             "transformer.")
         if getattr(pipe, "transformer_2", None) is not None:
             raise TraceError(f"{name} has a second expert (`transformer_2`): sampling must switch experts by sigma, "
                              "which a trace of one expert cannot follow. Use its explicit adapter.")

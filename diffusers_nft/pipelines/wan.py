@@ -36,9 +36,10 @@ class WanExperts(torch.nn.Module):
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, sigma, return_dict=False):
         high = sigma >= self.boundary
-        out = None
+        out, idle = None, []
         for expert, rows in ((self.high, high), (self.low, ~high)):
             if not bool(rows.any()):
+                idle.append(expert)
                 continue
             index = rows.nonzero().squeeze(1)
             prediction = expert(hidden_states=hidden_states[index], timestep=timestep[index],
@@ -46,6 +47,10 @@ class WanExperts(torch.nn.Module):
             if out is None:
                 out = prediction.new_zeros(hidden_states.shape[:1] + prediction.shape[1:])
             out = out.index_put((index,), prediction)
+        # An expert no row used still joins the graph (with zero gradients), so DDP's reducer sees every parameter.
+        trained = [p for expert in idle for p in expert.parameters() if p.requires_grad]
+        if trained and torch.is_grad_enabled():
+            out = out + 0.0 * sum(p.sum() for p in trained)
         return (out,)
 
 
