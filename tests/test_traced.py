@@ -55,15 +55,25 @@ def test_the_traced_adapter_equals_the_explicit_one(name):
     assert (v_t - v_e).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux2_klein", "zimage"])
+def _brightness(images, prompts, metadata):
+    return images.flatten(1).mean(dim=1)
+
+
+# Wan's traced velocity differs from its adapter file's by ~5e-7 (float32 noise). Its tiny decoder gives nearly
+# constant rewards (group std ~2.5e-4), so the normalised advantages and then Adam's sign-like first steps blow
+# that noise up to ~1e-3 in the LoRA: its runs are compared on their metrics instead (below).
+@pytest.mark.parametrize("name", [f for f in FAMILIES if f != "wan"])
 def test_a_two_iteration_run_gives_the_same_lora_traced_or_explicit(name, tmp_path):
     loras = {}
     for mode in ("auto", "traced"):
         pipe = _build(name)
-        targets = get_pipeline_adapter(pipe).default_lora_targets  # the same LoRA for both
-        config = tiny_config(tmp_path / mode, max_steps=2, adapter=mode, max_sequence_length=_text_length(name))
+        targets = get_pipeline_adapter(pipe, **OPTIONS.get(name, {})).default_lora_targets  # the same LoRA for both
+        config = tiny_config(tmp_path / mode, max_steps=2, adapter=mode, max_sequence_length=_text_length(name),
+                             **OPTIONS.get(name, {}))
         peft_config = make_lora_config(pipe.transformer, default_targets=targets, rank=4, alpha=8)
-        trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS, peft_config=peft_config)
+        # a smooth reward: JPEG sizes jump when a pixel crosses a rounding step, and decoding through the
+        # pipeline's own tail differs from the adapter file's by up to 1e-6 (Wan)
+        trainer = NFTTrainer(pipe, _brightness, config, PROMPTS, peft_config=peft_config)
         assert isinstance(trainer.adapter, TracedAdapter) == (mode == "traced")
         trainer.train()
         loras[mode] = load_file(tmp_path / mode / "pytorch_lora_weights.safetensors")
@@ -105,3 +115,14 @@ def test_the_traced_adapter_refuses_fsdp_before_any_compute():
     with pytest.raises(ValueError, match="FSDP2 shards in place"):
         traced.check_accelerator(SimpleNamespace(distributed_type=DistributedType.FSDP))
     assert not traced._traces  # nothing was traced yet
+
+
+def test_a_traced_wan_run_matches_its_adapter_files_metrics(tmp_path):
+    runs = {}
+    for mode in ("auto", "traced"):
+        pipe = _build("wan")
+        config = tiny_config(tmp_path / mode, max_steps=2, adapter=mode, num_frames=5)
+        runs[mode] = NFTTrainer(pipe, _brightness, config, PROMPTS).train()
+    for step in range(2):
+        for key in ("reward/total/mean", "loss/total", "grad_norm"):
+            assert runs["traced"][step][key] == pytest.approx(runs["auto"][step][key], rel=1e-3), key

@@ -426,7 +426,8 @@ class TracedAdapter(FlowPipelineAdapter):
         x = latents.to(trace.latent_dtype)
         if trace.latent_layout == "list":
             x = list(x.reshape(len(x), *trace.frame_shape).unbind(0))
-        t = (trace.timestep_scale * sigma.double() + trace.timestep_offset).to(trace.timestep_dtype)
+        # float32 arithmetic, as the adapter files compute `1000 * sigma` or `1 - sigma`
+        t = (sigma.float() * trace.timestep_scale + trace.timestep_offset).to(trace.timestep_dtype)
         t = t.view(-1, *[1] * len(trace.timestep_extra)).expand(len(latents), *trace.timestep_extra)
         kwargs = {k: unshared(v) for k, v in cond.items()}
         kwargs.update({trace.latent_name: x, trace.timestep_name: t.to(latents.device), "return_dict": False})

@@ -132,6 +132,7 @@ class WanAdapter(FlowPipelineAdapter):
         vae = self.pipeline.vae
         shape = (1, vae.config.z_dim, 1, 1, 1)
         mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, vae.dtype)
-        std = torch.tensor(vae.config.latents_std).view(shape).to(latents.device, vae.dtype)
-        videos = vae.decode(latents.to(vae.dtype) * std + mean, return_dict=False)[0]  # (B, 3, F, H, W)
+        inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, vae.dtype)
+        # divided by 1 / std, as WanPipeline does: multiplying by std differs in the last bit
+        videos = vae.decode(latents.to(vae.dtype) / inverse_std + mean, return_dict=False)[0]  # (B, 3, F, H, W)
         return (videos.float().permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
