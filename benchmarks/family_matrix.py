@@ -43,6 +43,10 @@ BUILDS = {
     "aura_flow": ("build_tiny_auraflow_pipeline", {}),
     "chroma": ("build_tiny_chroma_pipeline", {}),
 }
+# Classes whose package's build is another class's (FLUX.2 [dev] beside the Klein build).
+CLASS_BUILDS = {
+    "Flux2Pipeline": ("build_tiny_flux2_pipeline", {}),
+}
 
 
 def candidates():
@@ -76,7 +80,7 @@ def package(cls) -> str:
 
 def build(cls):
     """A tiny instance of `cls` from its package's tiny components, with its call options, or a reason."""
-    entry = BUILDS.get(package(cls))
+    entry = CLASS_BUILDS.get(cls.__name__) or BUILDS.get(package(cls))
     if package(cls) == "pag" and not cls.__name__.startswith("StableDiffusion3"):
         entry = None  # diffusers.pipelines.pag holds PAG variants of many families; the SD3 build serves SD3's
     if entry is None:

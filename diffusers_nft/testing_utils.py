@@ -442,3 +442,49 @@ def build_tiny_chroma_pipeline(seed: int = 0, sample_size: int = 8):
                           transformer=transformer, vae=_tiny_vae(sample_size), image_encoder=None,
                           feature_extractor=None)
 
+
+
+# A chat template over content lists (`[{"type": "text", "text": ...}]`), as FLUX.2 [dev] formats its prompts.
+_CONTENT_LIST_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'text' %}"
+    "{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+)
+
+
+def build_tiny_flux2_pipeline(seed: int = 0, sample_size: int = 8):
+    """Build a tiny FLUX.2 [dev] `Flux2Pipeline` (Mistral-3 text encoder, guidance embedding), offline.
+
+    The pipeline's `tokenizer` is a Mistral-3 `PixtralProcessor`, whose offline build needs torchvision (which
+    breaks diffusers here); a byte-level tokenizer with a content-list chat template stands in: the pipeline only
+    calls its `apply_chat_template`. The text encoder has 30 narrow layers for the default layers (10, 20, 30).
+    """
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Pipeline, Flux2Transformer2DModel
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _train_qwen_tokenizer(folder)
+    tokenizer.chat_template = _CONTENT_LIST_TEMPLATE
+    vocab = len(tokenizer)
+    config = Mistral3Config(
+        text_config={"model_type": "mistral", "vocab_size": vocab + 1, "hidden_size": 16, "intermediate_size": 32,
+                     "max_position_embeddings": 512, "num_attention_heads": 2, "num_hidden_layers": 30,
+                     "num_key_value_heads": 1, "head_dim": 8, "sliding_window": None,
+                     "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id},
+        vision_config={"model_type": "pixtral", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "intermediate_size": 32, "image_size": 32, "patch_size": 16, "num_channels": 3},
+        image_token_index=vocab, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    text_encoder = Mistral3ForConditionalGeneration(config).eval()
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=True,
+    )
+    vae = AutoencoderKLFlux2(
+        sample_size=8 * sample_size, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0)
+    return Flux2Pipeline(scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+                         vae=vae)

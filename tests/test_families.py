@@ -1,4 +1,4 @@
-"""The families people train now, one adapter file each: Qwen-Image, FLUX.2 [klein] and Z-Image.
+"""The families people train now, one adapter file each: Qwen-Image, FLUX.2 [dev] and [klein], and Z-Image.
 
 For each: the adapter's Euler rollout, decoded, is the pipeline's own image (same grid, timestep map, velocity
 sign, packing and decoding); training runs with every solver; the LoRA loads with the pipeline class's own
@@ -20,6 +20,7 @@ from conftest import PROMPTS, max_diff, tiny_config
 
 FAMILIES = {
     "qwenimage": QwenImageAdapter,
+    "flux2": Flux2Adapter,  # FLUX.2 [dev]: Mistral-3 encoder, guidance embedding
     "flux2_klein": Flux2Adapter,
     "zimage": ZImageAdapter,
 }

@@ -11,7 +11,7 @@ from diffusers_nft.policy import make_lora_config
 
 from conftest import PROMPTS, max_diff, tiny_config
 
-FAMILIES = ["sd3", "flux", "lumina2", "qwenimage", "flux2_klein", "zimage", "wan"]
+FAMILIES = ["sd3", "flux", "lumina2", "qwenimage", "flux2", "flux2_klein", "zimage", "wan"]
 OPTIONS = {"wan": {"num_frames": 5}}
 
 
@@ -62,7 +62,7 @@ def _brightness(images, prompts, metadata):
 # Wan's traced velocity differs from its adapter file's by ~5e-7 (float32 noise). Its tiny decoder gives nearly
 # constant rewards (group std ~2.5e-4), so the normalised advantages and then Adam's sign-like first steps blow
 # that noise up to ~1e-3 in the LoRA: its runs are compared on their metrics instead (below).
-@pytest.mark.parametrize("name", [f for f in FAMILIES if f != "wan"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_a_two_iteration_run_gives_the_same_lora_traced_or_explicit(name, tmp_path):
     loras = {}
     for mode in ("auto", "traced"):
@@ -71,8 +71,7 @@ def test_a_two_iteration_run_gives_the_same_lora_traced_or_explicit(name, tmp_pa
         config = tiny_config(tmp_path / mode, max_steps=2, adapter=mode, max_sequence_length=_text_length(name),
                              **OPTIONS.get(name, {}))
         peft_config = make_lora_config(pipe.transformer, default_targets=targets, rank=4, alpha=8)
-        # a smooth reward: JPEG sizes jump when a pixel crosses a rounding step, and decoding through the
-        # pipeline's own tail differs from the adapter file's by up to 1e-6 (Wan)
+        # a smooth reward: JPEG sizes jump when a pixel crosses a rounding step
         trainer = NFTTrainer(pipe, _brightness, config, PROMPTS, peft_config=peft_config)
         assert isinstance(trainer.adapter, TracedAdapter) == (mode == "traced")
         trainer.train()
@@ -116,13 +115,3 @@ def test_the_traced_adapter_refuses_fsdp_before_any_compute():
         traced.check_accelerator(SimpleNamespace(distributed_type=DistributedType.FSDP))
     assert not traced._traces  # nothing was traced yet
 
-
-def test_a_traced_wan_run_matches_its_adapter_files_metrics(tmp_path):
-    runs = {}
-    for mode in ("auto", "traced"):
-        pipe = _build("wan")
-        config = tiny_config(tmp_path / mode, max_steps=2, adapter=mode, num_frames=5)
-        runs[mode] = NFTTrainer(pipe, _brightness, config, PROMPTS).train()
-    for step in range(2):
-        for key in ("reward/total/mean", "loss/total", "grad_norm"):
-            assert runs["traced"][step][key] == pytest.approx(runs["auto"][step][key], rel=1e-3), key
