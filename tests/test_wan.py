@@ -171,8 +171,12 @@ def test_wan22_trains_both_experts_and_both_loras_load(tmp_path):
                             load_into_transformer_2=True)
     assert (trained - base).abs().max() > 1e-3
     torch.testing.assert_close(_render(fresh, adapter), trained, atol=1e-5, rtol=1e-5)
-    card = open(trainer.create_model_card("user/wan22-nft")).read()
+    card_path = trainer.create_model_card("user/wan22-nft")
+    card = open(card_path).read()
     assert 'weight_name="pytorch_lora_weights_transformer_2.safetensors", load_into_transformer_2=True' in card
+    media = tmp_path / "run" / "images"
+    assert Image.open(media / "before_after.webp").n_frames == FRAMES  # card media are animations
+    assert "images/sample_0.webp" in card and Image.open(media / "sample_0.webp").n_frames == FRAMES
 
 
 def test_an_idle_expert_still_gets_a_zero_gradient():
