@@ -161,6 +161,11 @@ class NFTConfig:
     num_frames: Optional[int] = field(
         default=None, metadata={"help": "Frames per video for video pipelines (Wan: 4 k + 1). Default: the family's."}
     )
+    monitors: bool = field(
+        default=True,
+        metadata={"help": "Drift monitors every iteration (monitor/*: brightness, saturation, within-group diversity, "
+                          "theta/reference velocity-norm ratio, KL estimate); off saves one reference forward."},
+    )
     reward_frames: int = field(
         default=3, metadata={"help": "Frames of each video an image reward scores (evenly spaced; their mean counts)."}
     )

@@ -3,6 +3,7 @@
     reward/<name>/{mean,std,min,max}   the iteration's samples, per reward and for the weighted "total"
     eval/<name>/mean                   the held-out evaluation on eval_dataset
     time/{sampling,reward,training,iteration}
+    monitor/{brightness,saturation,diversity,velocity_norm_ratio,kl}   drift monitors (see `monitors`)
 """
 
 from typing import Dict, List
@@ -24,6 +25,11 @@ def eval_key(name: str) -> str:
 def time_key(part: str) -> str:
     """`time/<part>`, in seconds per iteration."""
     return f"time/{part}"
+
+
+def monitor_key(name: str) -> str:
+    """`monitor/<name>`: a drift monitor of `diffusers_nft.monitors`."""
+    return f"monitor/{name}"
 
 
 def reward_names(metrics: Dict[str, float]) -> List[str]:

@@ -8,16 +8,23 @@ reference's) velocity without grad, theta's with grad, and the contrastive loss 
 import torch
 
 from .loss import NFTLoss, NFTLossOutput
+from .monitors import velocity_stats
 from .policy import OLD, REFERENCE
 
 
 class Objective:
-    """The interface: `needs` lists the `Rollouts` fields it reads; calling it returns a loss output with `.loss`."""
+    """The interface: `needs` lists the `Rollouts` fields it reads; calling it returns a loss output with `.loss`.
+
+    With `monitor=True` it also fills `monitors` (name -> value, see `diffusers_nft.monitors`) for that call.
+    """
 
     name: str = ""
     needs: tuple = ()
 
-    def __call__(self, x_t: torch.Tensor, sigma: torch.Tensor, cond, **batch):
+    def __init__(self):
+        self.monitors = {}
+
+    def __call__(self, x_t: torch.Tensor, sigma: torch.Tensor, cond, *, monitor: bool = False, **batch):
         raise NotImplementedError
 
 
@@ -34,16 +41,23 @@ class NFTObjective(Objective):
     needs = ("latents", "cond", "rewards")
 
     def __init__(self, *, adapter, policy, loss: NFTLoss):
+        super().__init__()
         self.adapter, self.policy, self.loss = adapter, policy, loss
 
-    def __call__(self, x_t, sigma, cond, *, x0, noise, r) -> NFTLossOutput:
-        """The old (and reference) predictions without grad, theta's with grad, and the loss (not yet backward)."""
+    def __call__(self, x_t, sigma, cond, *, x0, noise, r, monitor: bool = False) -> NFTLossOutput:
+        """The old (and reference) predictions without grad, theta's with grad, and the loss (not yet backward).
+
+        With `monitor`, the reference runs even without a KL term, for the velocity-norm ratio and the KL estimate.
+        """
         with torch.no_grad():
             with self.policy.using(OLD):
                 v_old = self.adapter.predict_velocity(x_t, sigma, cond)
             v_ref = None
-            if self.loss.kl_beta > 0:
+            if self.loss.kl_beta > 0 or monitor:
                 with self.policy.using(REFERENCE):
                     v_ref = self.adapter.predict_velocity(x_t, sigma, cond)
         v_theta = self.adapter.predict_velocity(x_t, sigma, cond)
-        return self.loss(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r, v_ref=v_ref)
+        if monitor:
+            self.monitors = velocity_stats(v_theta, v_ref)
+        kl_ref = v_ref if self.loss.kl_beta > 0 else None  # the monitor's reference forward adds no loss term
+        return self.loss(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r, v_ref=kl_ref)

@@ -1,7 +1,7 @@
 """What one process collected in an iteration: clean samples, their prompts' conditioning, groups and rewards."""
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -18,6 +18,7 @@ class Rollouts:
         row_of_image: `(N,)`: the row of `cond` each sample was drawn for.
         group_ids: `(N,)`: the prompt group of each sample, over the whole iteration (groups may straddle processes).
         rewards: Reward name -> `(N,)` scores of this process's samples.
+        thumbnails: `(N, 3, 32, 32)` images for the drift monitors, or None with `monitors=False`.
     """
 
     latents: torch.Tensor
@@ -25,6 +26,7 @@ class Rollouts:
     row_of_image: torch.Tensor
     group_ids: torch.Tensor
     rewards: Dict[str, torch.Tensor]
+    thumbnails: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.latents)

@@ -46,7 +46,8 @@ from .hub import (
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
 from .loss import NFTLoss, NFTLossOutput
-from .metrics import TOTAL, eval_key, reward_key, reward_stats, time_key
+from .monitors import group_diversity, image_stats, thumbnails
+from .metrics import TOTAL, eval_key, monitor_key, reward_key, reward_stats, time_key
 from .objectives import NFTObjective
 from .pipelines import get_pipeline_adapter, select_conditioning
 from .plan import IterationPlan
@@ -375,6 +376,7 @@ class NFTTrainer:
 
         start = time.perf_counter()
         train_metrics = self._train_on(rollouts, r, iteration)
+        monitors = self._image_monitors(rollouts, all_groups) if args.monitors else {}
         deviation = self.policy.deviation()
         eta = old_policy_decay(self.optimizer_step, args.old_policy_decay, args.old_policy_decay_constant)
         self.policy.update_old(eta)
@@ -395,6 +397,7 @@ class NFTTrainer:
                 "old_policy_decay": eta,
                 "lr": self.lr_scheduler.get_last_lr()[0],
                 **train_metrics,
+                **monitors,
             }
         )
         total_time = sum(timings.values())
@@ -403,6 +406,12 @@ class NFTTrainer:
         metrics["images_per_second"] = args.images_per_iteration / max(total_time, 1e-9)
         self.history.append(metrics)
         return metrics
+
+    def _image_monitors(self, rollouts: Rollouts, all_groups: torch.Tensor) -> Dict[str, float]:
+        """Brightness, saturation and within-group diversity of the iteration's images (all processes')."""
+        images = self.accelerator.gather(rollouts.thumbnails.to(self.accelerator.device)).cpu()
+        stats = {**image_stats(images), "diversity": group_diversity(images, all_groups)}
+        return {monitor_key(k): v for k, v in stats.items()}
 
     @torch.no_grad()
     def generate(
@@ -698,7 +707,7 @@ class NFTTrainer:
         row_of_image = torch.tensor([local_groups.index(g) for g in group_ids.tolist()])
         prompts = [row_prompts[i] for i in row_of_image.tolist()]
         metadata = [row_meta[i] for i in row_of_image.tolist()]
-        latents, futures = [], []
+        latents, futures, thumbs = [], [], []
         timings["sampling"] += time.perf_counter() - start
         bar = self._nested_bar(self.plan.local_images, "sampling")
         with self.policy.using(OLD):
@@ -714,6 +723,8 @@ class NFTTrainer:
                 with torch.no_grad():
                     images = self.adapter.decode(x0)
                 latents.append(x0)
+                if args.monitors:
+                    thumbs.append(thumbnails(images).cpu())
                 timings["sampling"] += time.perf_counter() - start
                 start = time.perf_counter()
                 idx = index.tolist()
@@ -730,6 +741,7 @@ class NFTTrainer:
             row_of_image=row_of_image,
             group_ids=group_ids,
             rewards={k: torch.cat([r[k] for r in rewards]) for k in rewards[0]},
+            thumbnails=torch.cat(thumbs) if thumbs else None,
         )
 
     def _nested_bar(self, total: int, desc: str) -> tqdm:
@@ -762,7 +774,9 @@ class NFTTrainer:
                 s = sigma.view(-1, *([1] * (x0.ndim - 1)))
                 x_t = (1 - s) * x0 + s * noise
                 with accelerator.accumulate(self.model):
-                    out = self._micro_step(x_t, sigma, cond, x0=x0, noise=noise, r=r_batch)
+                    # the velocity monitors on the first micro-step: one reference forward per iteration at most
+                    monitor = args.monitors and lo == 0 and j == 0
+                    out = self._micro_step(x_t, sigma, cond, x0=x0, noise=noise, r=r_batch, monitor=monitor)
                     window_finite &= bool(torch.isfinite(out.loss.detach()))
                     update = True
                     if accelerator.sync_gradients:  # under DeepSpeed the engine clipped already; this reads the norm
@@ -781,11 +795,12 @@ class NFTTrainer:
         metrics = {k: v / count for k, v in totals.items()}
         metrics["grad_norm"] = grad_norm
         metrics["skipped_steps"] = self.skipped_steps
+        metrics.update({monitor_key(k): v for k, v in self.objective.monitors.items()})
         return metrics
 
-    def _micro_step(self, x_t, sigma, cond, *, x0, noise, r) -> NFTLossOutput:
+    def _micro_step(self, x_t, sigma, cond, *, x0, noise, r, monitor: bool = False) -> NFTLossOutput:
         """The objective's loss on one micro-batch, and its backward."""
-        out = self.objective(x_t, sigma, cond, x0=x0, noise=noise, r=r)
+        out = self.objective(x_t, sigma, cond, x0=x0, noise=noise, r=r, monitor=monitor)
         self.accelerator.backward(out.loss)
         return out
 

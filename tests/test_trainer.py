@@ -67,17 +67,19 @@ def test_training_moves_a_latent_reward(tiny_pipeline, tmp_path):
 
 
 def test_kl_beta_zero_skips_the_reference_forward(tiny_pipeline_dir, tmp_path):
-    for kl_beta, forwards_per_micro_step in ((0.0, 2), (1e-4, 3)):
+    # the drift monitors add one reference forward per iteration without a KL term, none with one
+    for kl_beta, monitors, forwards_per_micro_step, monitor_forwards in ((0.0, False, 2, 0), (0.0, True, 2, 1),
+                                                                         (1e-4, True, 3, 0)):
         pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
         calls = []
         pipe.transformer.register_forward_hook(lambda *args: calls.append(1))
-        config = tiny_config(tmp_path / str(kl_beta), max_steps=1, kl_beta=kl_beta)
+        config = tiny_config(tmp_path / f"{kl_beta}-{monitors}", max_steps=1, kl_beta=kl_beta, monitors=monitors)
         trainer = NFTTrainer(pipe, "jpeg_compressibility", config, PROMPTS)
         calls.clear()
         metrics = trainer.step()
         sampling = config.images_per_iteration // config.sample_batch_size * config.num_sampling_steps
         micro_steps = math.ceil(config.images_per_iteration / config.train_batch_size) * 3  # int(0.99 * 4) = 3
-        assert len(calls) == sampling + forwards_per_micro_step * micro_steps
+        assert len(calls) == sampling + forwards_per_micro_step * micro_steps + monitor_forwards
         assert metrics["loss/kl"] == 0  # theta equals the base model until the first optimizer step
         assert (trainer.step()["loss/kl"] > 0) == (kl_beta > 0)
 
