@@ -6,7 +6,8 @@ from .advantages import Optimality, rewards_to_optimality
 from .config import NFTConfig
 from .loss import NFTLoss, NFTLossOutput
 
-__all__ = ["NFTConfig", "NFTLoss", "NFTLossOutput", "NFTTrainer", "Optimality", "rewards_to_optimality"]
+__all__ = ["HackingGuard", "NFTConfig", "NFTLoss", "NFTLossOutput", "NFTTrainer", "Optimality",
+           "rewards_to_optimality"]
 
 
 def __getattr__(name):
@@ -15,4 +16,8 @@ def __getattr__(name):
         from .trainer import NFTTrainer
 
         return NFTTrainer
+    if name == "HackingGuard":
+        from .guard import HackingGuard
+
+        return HackingGuard
     raise AttributeError(name)

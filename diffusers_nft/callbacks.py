@@ -59,8 +59,9 @@ class NFTCallback:
 class CallbackList:
     """Calls each callback's hook, in order; a callback without the hook is skipped."""
 
-    def __init__(self, callbacks: Sequence = ()):
+    def __init__(self, callbacks: Sequence = (), trainer=None):
         self.callbacks = [c() if isinstance(c, type) else c for c in callbacks]  # classes, as transformers allows
+        self.trainer = trainer  # passed to every hook as `trainer=`, as transformers passes the model
         for callback in self.callbacks:
             if not any(callable(getattr(callback, event, None)) for event in EVENTS):
                 raise TypeError(f"{type(callback).__name__} has none of the callback methods {EVENTS}.")
@@ -69,5 +70,5 @@ class CallbackList:
         for callback in self.callbacks:
             hook = getattr(callback, event, None)
             if callable(hook):
-                hook(args, state, control, **kwargs)
+                hook(args, state, control, trainer=self.trainer, **kwargs)
         return control

@@ -96,6 +96,29 @@ def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, p
     )
 
 
+def _before_after(output_dir: str) -> str:
+    """The before/after grid's path in the card: a PNG, or an animated WebP/GIF for videos."""
+    images = os.path.join(output_dir, "images")
+    found = sorted(f for f in os.listdir(images) if f.startswith("before_after.")) if os.path.isdir(images) else []
+    return f"images/{found[0]}" if found else "images/before_after.png"
+
+
+def guard_summary(output_dir: str) -> str:
+    """What `HackingGuard` kept and saw, for the card; empty without `best/best.json`."""
+    path = os.path.join(output_dir, "best", "best.json")
+    if not os.path.isfile(path):
+        return ""
+    with open(path) as f:
+        best = json.load(f)
+    lines = [f"`{LORA_WEIGHT_NAME}` is the LoRA of the last iteration. `best/{LORA_WEIGHT_NAME}` is the one the "
+             f"held-out judge `{best['judge']}` scored highest: {best['value']:.4g} at iteration {best['step']} "
+             f"(training reward {best['training_reward']:.4g} then)."]
+    events = best.get("events") or []
+    lines.append("The reward-hacking guard fired: " + "; ".join(f"iteration {e['step']}: {e['message']}" for e in events)
+                 + "." if events else "The reward-hacking guard did not fire.")
+    return " ".join(lines)
+
+
 def _literal(value) -> str:
     """A Python literal in the style of the card's code: double-quoted strings."""
     return json.dumps(value) if isinstance(value, str) else repr(value)
@@ -138,6 +161,8 @@ def write_model_card(
         iterations=len(history),
         images_seen=int(hyperparameters.get("images_per_iteration", 0)) * len(history),
         final_rewards=_first_and_last(history),
+        before_after=_before_after(output_dir),
+        guard=guard_summary(output_dir),
         snippet=call_snippet(pipeline_class, base_model, repo_id, widget[0][0] if widget else "a photo", call_kwargs,
                              lora_layout),
         evaluation=evaluation,

@@ -64,6 +64,21 @@ class ScriptArguments:
             "action": "extend",
         },
     )
+    eval_dataset_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Held-out prompts, never trained on (same forms as --dataset_name), scored every "
+                  "--eval_steps by the judges.", "aliases": ["--eval_prompts"]},
+    )
+    eval_reward: List[str] = field(
+        default_factory=list,
+        metadata={"help": "A held-out judge (a reward name); repeat for several. Default: the training rewards.",
+                  "action": "extend"},
+    )
+    guard: str = field(
+        default="warn,save_best",
+        metadata={"help": "Reward-hacking guard actions with --eval_dataset_name: any of warn, save_best, stop, "
+                  "comma-separated, or 'none'."},
+    )
     rank: int = field(default=32, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=64, metadata={"help": "LoRA alpha."})
     lora_layers: Optional[str] = field(
@@ -149,8 +164,24 @@ def prepare(argv, load_pipeline: Callable):
         rank=script_args.rank,
         alpha=script_args.lora_alpha,
     )
-    trainer = NFTTrainer(pipeline, reward_names, args=config, train_dataset=prompts, peft_config=peft_config)
+    trainer = NFTTrainer(pipeline, reward_names, args=config, train_dataset=prompts, peft_config=peft_config,
+                         **held_out(script_args))
     return trainer, script_args, demo
+
+
+def held_out(script_args: ScriptArguments) -> dict:
+    """`eval_dataset`, `eval_reward_funcs` and the guard callback of the flags (nothing without eval prompts)."""
+    if not script_args.eval_dataset_name:
+        return {}
+    from .guard import HackingGuard
+
+    actions = [] if script_args.guard == "none" else [a for a in script_args.guard.split(",") if a]
+    return {
+        "eval_dataset": load_prompts(script_args.eval_dataset_name, script_args.caption_column,
+                                     cache_dir=script_args.cache_dir),
+        "eval_reward_funcs": list(script_args.eval_reward) or None,
+        "callbacks": [HackingGuard(actions=actions)] if actions else None,
+    }
 
 
 def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: bool):
@@ -165,6 +196,14 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: 
         check_reward(name)
     config.reward_weights = config.reward_weights or reward_weights
     config.validate()  # the weights from --reward name:w too
+    for name in script_args.eval_reward:
+        check_reward(name)
+    if script_args.guard != "none":
+        from .guard import GUARD_ACTIONS
+
+        unknown = [a for a in script_args.guard.split(",") if a and a not in GUARD_ACTIONS]
+        if unknown:
+            raise ValueError(f"--guard {script_args.guard}: unknown actions {unknown}; use {GUARD_ACTIONS} or 'none'.")
     check_lora_shape(script_args.rank, script_args.lora_alpha)
     check_lora_layers(script_args)
     if config.hub_token:

@@ -81,14 +81,16 @@ class NFTTrainer:
         args: The `NFTConfig`.
         train_dataset: Prompts: a `datasets.Dataset` with a `"prompt"` column (other columns reach the rewards as
             metadata), a list of strings, or a `.txt`/`.jsonl` file.
-        eval_dataset: Held-out prompts, never trained on: scored with the training rewards every `eval_steps`
-            iterations (`eval/<reward>/mean` in the metrics and the reward curve), and the validation grid's
-            prompts when `args.validation_prompts` is not set.
+        eval_dataset: Held-out prompts, never trained on: scored by the judges every `eval_steps` iterations
+            (`eval/<judge>/mean` in the metrics and the reward curve), and the validation grid's prompts when
+            `args.validation_prompts` is not set.
         peft_config: The LoRA (`peft.LoraConfig`). Default: rank 32, alpha 64, gaussian init, on the family's
             attention projections (the release).
         callbacks: Objects with `on_step_end`, `on_log`, `on_evaluate`, `on_save`, ... hooks (see
             `diffusers_nft.callbacks`; `transformers.TrainerCallback` subclasses work); one may end training with
-            `control.should_training_stop = True`.
+            `control.should_training_stop = True`. Hooks get `trainer=` too. `diffusers_nft.HackingGuard` is one.
+        eval_reward_funcs: Judges for `eval_dataset` that are never trained on (names or callables, as
+            `reward_funcs`); default: the training rewards.
 
     Example:
         ```py
@@ -107,11 +109,12 @@ class NFTTrainer:
         eval_dataset: Optional[PromptSource] = None,
         peft_config: Optional[LoraConfig] = None,
         callbacks: Optional[Sequence] = None,
+        eval_reward_funcs=None,
     ):
         # Everything that can be wrong with the inputs is checked before any model compute.
         self.args = args = args if args is not None else NFTConfig()
         args.validate()
-        self.callbacks = CallbackList(callbacks or [])
+        self.callbacks = CallbackList(callbacks or [], trainer=self)
         self.pipeline, self.adapter = pipeline, _adapter(pipeline, args)
         self.max_sequence_length = args.max_sequence_length or self.adapter.default_max_sequence_length
         self.train_dataset, self.eval_dataset = _prompt_sets(train_dataset, eval_dataset)
@@ -123,11 +126,9 @@ class NFTTrainer:
             project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
         )
         self.adapter.check_accelerator(self.accelerator)
-        self.rewards = WeightedRewards(
-            reward_funcs, args.reward_weights, args.normalize_rewards, device=args.reward_device or
-            self.accelerator.device, dtype=args.reward_dtype, batch_size=args.reward_batch_size,
-            video_frames=args.reward_frames,
-        )
+        self.rewards = self._weighted_rewards(reward_funcs, args.reward_weights, args.normalize_rewards)
+        # judges never trained on; None: evaluate() scores with the training rewards
+        self.eval_rewards = self._weighted_rewards(eval_reward_funcs) if eval_reward_funcs else None
         self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
         check_output_dir(args.output_dir)
         self.checkpointer = Checkpointer(self.accelerator, args)
@@ -335,13 +336,15 @@ class NFTTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
-        """The training rewards on `eval_dataset`, never trained on: one image per prompt with a fixed seed, the
-        saved (EMA) weights, CFG-free, `eval_num_steps` Euler steps. Returns `eval/<reward>/mean` values."""
+        """The judges (`eval_reward_funcs`, else the training rewards) on `eval_dataset`, never trained on: one
+        image per prompt with a fixed seed, the saved (EMA) weights, CFG-free, `eval_num_steps` Euler steps.
+        Returns `eval/<judge>/mean` values."""
         if self.eval_dataset is None:
             raise ValueError("evaluate() needs prompts: pass eval_dataset to NFTTrainer.")
         prompts, metadata = list(self.eval_dataset["prompt"]), row_metadata(self.eval_dataset)
         images = self.generate(prompts, list(range(len(prompts))), policy=self._saved_adapter)
-        scores = self.rewards(images.to(self.accelerator.device), prompts, metadata)
+        judges = self.eval_rewards or self.rewards
+        scores = judges(images.to(self.accelerator.device), prompts, metadata)
         return {eval_key(name): values.double().mean().item() for name, values in scores.items()}
 
     def _stop_if_asked(self, stop: StopSignals) -> None:
@@ -648,12 +651,20 @@ class NFTTrainer:
             _truncate_metrics(os.path.join(self.args.output_dir, "metrics.jsonl"), self.global_step)
             logger.info("Resumed from %s at iteration %d (optimizer step %d).", path, self.global_step, self.optimizer_step)
 
+    def _weighted_rewards(self, funcs, weights=None, normalize: bool = False) -> WeightedRewards:
+        args = self.args
+        return WeightedRewards(funcs, weights, normalize, device=args.reward_device or self.accelerator.device,
+                               dtype=args.reward_dtype, batch_size=args.reward_batch_size,
+                               video_frames=args.reward_frames)
+
     def _probe_rewards(self) -> None:
-        """Score two blank images so that a broken reward fails before any sampling."""
+        """Score two blank images so that a broken reward (or judge) fails before any sampling."""
         rows = self.train_dataset.select([0, min(1, len(self.train_dataset) - 1)])
         frames = self.adapter.video_frames()
         images = torch.zeros(2, *([frames] if frames else []), 3, self.args.resolution, self.args.resolution)
         self.scorer.wait(self.scorer.submit(images, list(rows["prompt"]), row_metadata(rows)))
+        if self.eval_rewards is not None:
+            self.eval_rewards(images.to(self.accelerator.device), list(rows["prompt"]), row_metadata(rows))
 
     def _validation_prompts(self) -> List[str]:
         if self.args.validation_prompts:
@@ -697,8 +708,7 @@ class NFTTrainer:
         args, accelerator = self.args, self.accelerator
         start = time.perf_counter()
         prompt_index = self.prompt_sampler.next(args.prompts_per_iteration)
-        mine = self.plan.images_of(accelerator.process_index)
-        image_ids = torch.arange(mine.start, mine.stop)
+        image_ids = torch.arange(args.images_per_iteration)[self.plan.images_of(accelerator.process_index)]
         group_ids = image_ids // args.group_size
         local_groups = sorted(set(group_ids.tolist()))
         rows = self.train_dataset.select([prompt_index[g] for g in local_groups])

@@ -42,3 +42,28 @@ def test_the_family_scripts_are_thin_and_share_the_scripts_module():
         text = open(os.path.join(root, name)).read()
         assert "from diffusers_nft.scripts import" in text and "import train_nft_sd3" not in text
         assert len(text.splitlines()) < 60
+
+
+def test_the_command_line_takes_held_out_judges_and_the_guard(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import train_nft
+
+    from diffusers_nft.guard import HackingGuard
+
+    folder = str(tmp_path / "model")
+    testing_utils.build_tiny_sd3_pipeline().save_pretrained(folder)
+    (tmp_path / "p.txt").write_text("a red cat\na blue dog\n")
+    (tmp_path / "held.txt").write_text("a green tree\na yellow house\n")
+    base = ["--pretrained_model_name_or_path", folder, "--prompts", str(tmp_path / "p.txt"), "--output_dir",
+            str(tmp_path / "out"), "--eval_prompts", str(tmp_path / "held.txt"), "--eval_reward",
+            "jpeg_incompressibility", "--eval_steps", "1"] + FLAGS
+    with pytest.raises(ValueError, match="unknown actions"):
+        scripts.prepare(base + ["--guard", "warn,panic"], train_nft.load_pipeline)
+    trainer, script_args, demo = scripts.prepare(base, train_nft.load_pipeline)
+    assert list(trainer.eval_dataset["prompt"]) == ["a green tree", "a yellow house"]
+    assert trainer.eval_rewards.names == ["jpeg_incompressibility"]
+    assert any(isinstance(c, HackingGuard) for c in trainer.callbacks.callbacks)
+    scripts.run(trainer, script_args, demo)
+    first = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "eval/jpeg_incompressibility/mean" in first and "monitor/diversity" in first
+    assert json.loads((tmp_path / "out" / "best" / "best.json").read_text())["judge"] == "jpeg_incompressibility"

@@ -1,0 +1,89 @@
+"""The reward-hacking guard: a training reward that climbs while a held-out judge falls must trigger each action."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusers_nft import HackingGuard, NFTTrainer
+from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
+
+from conftest import PROMPTS, tiny_config
+
+HELD_OUT = ["a red car", "a blue house"]
+
+
+def _climbing():
+    """A training reward that rises by 0.1 at each call, whatever the images."""
+    calls = itertools.count()
+
+    def reward(images, prompts, metadata):
+        return torch.full((len(images),), 0.1 * next(calls)) + 1e-3 * images.mean(dim=(1, 2, 3))
+
+    return reward
+
+
+def _falling():
+    """A judge that falls by 0.1 at each evaluation."""
+    calls = itertools.count()
+
+    def judge(images, prompts, metadata):
+        return torch.full((len(images),), 1.0 - 0.1 * next(calls))
+
+    return judge
+
+
+def _train(tmp_path, guard, max_steps=5, judge=None):
+    config = tiny_config(tmp_path, max_steps=max_steps, eval_steps=1, learning_rate=3e-2)
+    trainer = NFTTrainer(build_tiny_sd3_pipeline(), _climbing(), config, PROMPTS, eval_dataset=HELD_OUT,
+                         eval_reward_funcs=[judge or _falling()], callbacks=[guard])
+    return trainer, trainer.train()
+
+
+def test_warn_and_save_best_keep_the_judges_best_lora(tmp_path, caplog):
+    guard = HackingGuard(judge_drop=0.15)
+    with caplog.at_level("WARNING"):
+        trainer, history = _train(tmp_path, guard)
+    assert len(history) == 5  # warn and save_best do not stop
+    assert [e["rule"] for e in guard.events] == ["judge_drop"]
+    # the judge's first evaluation (the probe scored once) is its best; it has fallen by 0.2 two iterations later
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best["step"] == 1 and best["judge"] == "judge" and best["events"][0]["step"] == 3
+    assert "fell from" in caplog.text
+    kept = load_file(tmp_path / "best" / "pytorch_lora_weights.safetensors")
+    last = load_file(tmp_path / "pytorch_lora_weights.safetensors")
+    assert kept.keys() == last.keys() and max((kept[k] - last[k]).abs().max().item() for k in kept) > 1e-4
+    card = open(trainer.create_model_card("user/guarded")).read()
+    assert "## Which LoRA" in card and "scored highest" in card and "iteration 3" in card
+
+
+def test_stop_ends_training_when_the_judge_falls(tmp_path):
+    guard = HackingGuard(judge_drop=0.15, actions=("warn", "stop"))
+    _, history = _train(tmp_path, guard, max_steps=8)
+    assert len(history) == 3 and guard.events[0]["rule"] == "judge_drop"
+    assert not (tmp_path / "best").exists()
+
+
+def test_a_steady_judge_does_not_fire(tmp_path):
+    guard = HackingGuard(judge_drop=0.05)
+    _, history = _train(tmp_path, guard, max_steps=4, judge=lambda images, prompts, metadata: torch.ones(len(images)))
+    assert len(history) == 4 and guard.events == []
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 1
+
+
+def test_diversity_and_brightness_rules():
+    guard = HackingGuard(diversity_floor=0.5, brightness_drift=0.1, actions=("warn",))
+    from diffusers_nft.callbacks import TrainerControl, TrainerState
+
+    state, control = TrainerState(), TrainerControl()
+    guard.on_log(None, state, control, logs={"step": 1, "monitor/diversity": 0.2, "monitor/brightness": 0.5})
+    guard.on_log(None, state, control, logs={"step": 2, "monitor/diversity": 0.15, "monitor/brightness": 0.55})
+    assert guard.events == []
+    guard.on_log(None, state, control, logs={"step": 3, "monitor/diversity": 0.09, "monitor/brightness": 0.65})
+    assert [e["rule"] for e in guard.events] == ["diversity", "brightness"]
+    guard.on_log(None, state, control, logs={"step": 4, "monitor/diversity": 0.01, "monitor/brightness": 0.9})
+    assert len(guard.events) == 2 and not control.should_training_stop  # each rule fires once; warn only
+    with pytest.raises(ValueError, match="Unknown guard actions"):
+        HackingGuard(actions=("panic",))
