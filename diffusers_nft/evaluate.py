@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .demo.recipe import DEMO_CONFIG
 from .hub import LORA_WEIGHT_NAME
+from .pipelines.wan import SECOND_EXPERT_LORA
 from .rewards import load_reward
 from .visualize import save_grid
 
@@ -186,6 +187,10 @@ def lora_models(pipe, specs: Sequence[str]) -> Dict[str, Callable[[], ContextMan
         folder, weight = (os.path.dirname(path) or ".", os.path.basename(path)) if path.endswith(".safetensors") \
             else (path, LORA_WEIGHT_NAME)
         pipe.load_lora_weights(folder, weight_name=weight, adapter_name=label)
+        second = os.path.join(folder, SECOND_EXPERT_LORA)  # Wan 2.2's low-noise expert, saved beside
+        if weight == LORA_WEIGHT_NAME and os.path.isfile(second) and getattr(pipe, "transformer_2", None) is not None:
+            pipe.load_lora_weights(folder, weight_name=SECOND_EXPERT_LORA, adapter_name=label,
+                                   load_into_transformer_2=True)
         labels.append(label)
 
     @contextmanager

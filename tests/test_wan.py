@@ -171,6 +171,12 @@ def test_wan22_trains_both_experts_and_both_loras_load(tmp_path):
                             load_into_transformer_2=True)
     assert (trained - base).abs().max() > 1e-3
     torch.testing.assert_close(_render(fresh, adapter), trained, atol=1e-5, rtol=1e-5)
+    from diffusers_nft.evaluate import lora_models
+
+    judged = _load(folder)
+    models = lora_models(judged, [f"nft={tmp_path / 'run'}"])  # the evaluation CLI loads both experts' files
+    with models["nft"](), torch.no_grad():
+        torch.testing.assert_close(_render(judged, adapter), trained, atol=1e-5, rtol=1e-5)
     card_path = trainer.create_model_card("user/wan22-nft")
     card = open(card_path).read()
     assert 'weight_name="pytorch_lora_weights_transformer_2.safetensors", load_into_transformer_2=True' in card

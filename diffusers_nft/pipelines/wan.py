@@ -8,6 +8,8 @@ import torch
 
 from .base import Conditioning, FlowPipelineAdapter
 
+SECOND_EXPERT_LORA = "pytorch_lora_weights_transformer_2.safetensors"  # loaded with load_into_transformer_2=True
+
 WAN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # self- and cross-attention of every block
 
 
@@ -88,7 +90,7 @@ class WanAdapter(FlowPipelineAdapter):
         if self._experts is None:
             return super().lora_layout()
         return {"pytorch_lora_weights.safetensors": ("high.", {}),
-                "pytorch_lora_weights_transformer_2.safetensors": ("low.", {"load_into_transformer_2": True})}
+                SECOND_EXPERT_LORA: ("low.", {"load_into_transformer_2": True})}
 
     @property
     def frames(self) -> int:
