@@ -14,6 +14,8 @@ UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs
                  ".write-test-*"]
 UPLOAD_STAGING = ".tmp-upload"  # inside output_dir; the card goes here until the upload succeeded
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file `load_lora_weights(..., weight_name=)` reads
+# LoRA file name -> (prefix of the tensors it holds, `load_lora_weights` arguments): one file of every tensor.
+SINGLE_LORA_LAYOUT = {LORA_WEIGHT_NAME: ("", {})}
 CARD_FILES = ("README.md", "images", "reward_curve.png", LORA_WEIGHT_NAME)
 FAMILY_TAGS = {
     "StableDiffusion3Pipeline": ["sd3", "sd3.5", "stable-diffusion-3"],
@@ -79,7 +81,7 @@ def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, p
     loads = "".join(
         f"pipe.load_lora_weights({_literal(repo_id)}, weight_name={_literal(name)}"
         + "".join(f", {k}={_literal(v)}" for k, v in load_kwargs.items()) + ")\n"
-        for name, (_, load_kwargs) in (lora_layout or {LORA_WEIGHT_NAME: ("", {})}).items()
+        for name, (_, load_kwargs) in (lora_layout or SINGLE_LORA_LAYOUT).items()
     )
     return (
         "import torch\n"

@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig
 from peft.utils.other import get_pattern_key
 
-from .hub import LORA_WEIGHT_NAME
+from .hub import SINGLE_LORA_LAYOUT
 
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
@@ -53,7 +53,7 @@ def write_lora_file(pipeline_class, folder: str, weights: Dict[str, torch.Tensor
             one `pytorch_lora_weights.safetensors` by default; Wan 2.2's two experts get a file each.
     """
     paths = []
-    for name, (prefix, _) in (layout or {LORA_WEIGHT_NAME: ("", {})}).items():
+    for name, (prefix, _) in (layout or SINGLE_LORA_LAYOUT).items():
         part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         folded, metadata = portable_lora(part, config)
         pipeline_class.save_lora_weights(folder, transformer_lora_layers=folded,

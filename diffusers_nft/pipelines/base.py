@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..hub import SINGLE_LORA_LAYOUT
 from ..sampling import pipeline_sigmas
 
 # The attention projections of MMDiT-style joint blocks (the DiffusionNFT release's LoRA targets for SD3.5).
@@ -90,7 +91,7 @@ class FlowPipelineAdapter:
 
     def lora_layout(self) -> Dict[str, Tuple[str, dict]]:
         """LoRA file name -> (prefix of the LoRA tensors it holds, the `load_lora_weights` arguments that load it)."""
-        return {"pytorch_lora_weights.safetensors": ("", {})}
+        return dict(SINGLE_LORA_LAYOUT)
 
     @property
     def text_encoders(self) -> List[torch.nn.Module]:
@@ -175,3 +176,18 @@ class FlowPipelineAdapter:
         latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
         images = vae.decode(latents, return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+class PackedLatentsAdapter(FlowPipelineAdapter):
+    """Families whose scheduler steps 2x2-packed token sequences `(h / 2 * w / 2, 4 * channels)` (FLUX.1,
+    Qwen-Image, FLUX.2): image sides are multiples of twice the VAE's downscaling."""
+
+    def resolution_multiple(self) -> int:
+        return self.pipeline.vae_scale_factor * 2
+
+    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
+        side = resolution // self.resolution_multiple()
+        return (side * side, self.transformer.config.in_channels)
+
+    def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
+        return latent_shape[0]  # already packed

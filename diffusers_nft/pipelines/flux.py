@@ -2,15 +2,15 @@
 optional guidance embedding (FLUX.1-dev)."""
 
 import math
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 import torch
 
-from .base import JOINT_ATTENTION_TARGETS, Conditioning, FlowPipelineAdapter
+from .base import JOINT_ATTENTION_TARGETS, Conditioning, PackedLatentsAdapter
 
 
-class FluxAdapter(FlowPipelineAdapter):
+class FluxAdapter(PackedLatentsAdapter):
     """FLUX.1-dev/schnell style: latents are packed into `(tokens, 4 * channels)` sequences."""
 
     pipeline_class_names = ("FluxPipeline",)
@@ -30,19 +30,6 @@ class FluxAdapter(FlowPipelineAdapter):
             "pooled_projections": pooled,
             "txt_ids": text_ids.unsqueeze(0).expand(len(prompts), *text_ids.shape),
         }
-
-    def resolution_multiple(self) -> int:
-        return self.pipeline.vae_scale_factor * 2  # latents are packed in 2x2 patches
-
-    def _latent_side(self, resolution: int) -> int:
-        return 2 * (resolution // (self.pipeline.vae_scale_factor * 2))
-
-    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
-        side = self._latent_side(resolution)
-        return ((side // 2) ** 2, self.transformer.config.in_channels)
-
-    def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
-        return latent_shape[0]  # already packed
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         dtype, batch = self.transformer.dtype, latents.shape[0]

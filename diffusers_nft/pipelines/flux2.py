@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..sampling import pipeline_sigmas
-from .base import JOINT_ATTENTION_TARGETS, Conditioning, FlowPipelineAdapter
+from .base import JOINT_ATTENTION_TARGETS, Conditioning, PackedLatentsAdapter
 
 # The single-stream blocks fuse q, k, v and the MLP input into one projection.
 FLUX2_TARGETS = JOINT_ATTENTION_TARGETS + ("attn.to_qkv_mlp_proj", "attn.to_out")
@@ -25,7 +25,7 @@ def empirical_mu(image_tokens: int, num_steps: int) -> float:
     return float(slope * num_steps + at_200 - 200.0 * slope)
 
 
-class Flux2Adapter(FlowPipelineAdapter):
+class Flux2Adapter(PackedLatentsAdapter):
     """FLUX.2 [dev] (Mistral-3 text encoder, guidance embedding) and FLUX.2 [klein] (Qwen3, no embedding).
 
     Latents are the token sequences the scheduler steps, `(h / 2 * w / 2, 4 * channels)`; the pipelines' `latents=`
@@ -39,16 +39,6 @@ class Flux2Adapter(FlowPipelineAdapter):
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
         embeds, text_ids = self.pipeline.encode_prompt(prompts, device=device, max_sequence_length=max_sequence_length)
         return {"encoder_hidden_states": embeds, "txt_ids": text_ids}
-
-    def resolution_multiple(self) -> int:
-        return self.pipeline.vae_scale_factor * 2
-
-    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
-        side = resolution // (self.pipeline.vae_scale_factor * 2)
-        return (side * side, self.transformer.config.in_channels)
-
-    def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
-        return latent_shape[0]  # already packed
 
     def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """`(B, tokens, C)` -> `(B, C, h, w)`, the layout of the pipelines' `latents=` argument."""

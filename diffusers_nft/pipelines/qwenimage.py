@@ -1,17 +1,16 @@
 """Qwen-Image (`QwenImagePipeline`): Qwen2.5-VL prompt embeddings with their mask, 2x2-packed latents of a
 video-shaped VAE (one frame), the image shapes the rotary embedding needs, and the resolution-dependent shift."""
 
-from typing import List, Tuple
-
 import math
+from typing import List
 
 import numpy as np
 import torch
 
-from .base import JOINT_ATTENTION_TARGETS, Conditioning, FlowPipelineAdapter
+from .base import JOINT_ATTENTION_TARGETS, Conditioning, PackedLatentsAdapter
 
 
-class QwenImageAdapter(FlowPipelineAdapter):
+class QwenImageAdapter(PackedLatentsAdapter):
     """Qwen-Image: an MMDiT on packed latents `(tokens, 4 * channels)`, conditioned on masked Qwen2.5-VL states."""
 
     pipeline_class_names = ("QwenImagePipeline",)
@@ -26,16 +25,6 @@ class QwenImageAdapter(FlowPipelineAdapter):
         if mask is None:  # the pipeline drops an all-ones mask; rows are kept with theirs so they can be regrouped
             mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         return {"encoder_hidden_states": embeds, "encoder_hidden_states_mask": mask}
-
-    def resolution_multiple(self) -> int:
-        return self.pipeline.vae_scale_factor * 2  # latents are packed in 2x2 patches
-
-    def latent_shape(self, resolution: int) -> Tuple[int, ...]:
-        side = resolution // (self.pipeline.vae_scale_factor * 2)
-        return (side * side, self.transformer.config.in_channels)
-
-    def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
-        return latent_shape[0]  # already packed
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         dtype, batch = self.transformer.dtype, latents.shape[0]

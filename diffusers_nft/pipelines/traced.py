@@ -62,7 +62,6 @@ class Trace:
     timestep_dtype: torch.dtype
     timestep_extra: Tuple[int, ...]  # timestep dims after the batch (Wan 2.2's per-token timesteps)
     sign: float
-    output_is_list: bool
 
 
 def _bind(signature: inspect.Signature, args, kwargs) -> Dict[str, Any]:
@@ -332,7 +331,7 @@ class TracedAdapter(FlowPipelineAdapter):
             timestep_scale=scale, timestep_offset=offset,
             # integer timesteps (UniPC's) would round training's continuous sigmas: float32 keeps them
             timestep_dtype=timestep.dtype if timestep.dtype.is_floating_point else torch.float32,
-            timestep_extra=tuple(timestep.shape[1:]), sign=sign, output_is_list=isinstance(output, (list, tuple)),
+            timestep_extra=tuple(timestep.shape[1:]), sign=sign,
         )
 
     def _timestep_map(self, calls: list, steps: list, exclude: str) -> Tuple[str, float, float]:
