@@ -332,15 +332,24 @@ def build_tiny_flux2_klein_pipeline(seed: int = 0, sample_size: int = 8):
 
     The text encoder has 27 narrow layers so that the pipeline's default hidden-state layers (9, 18, 27) exist.
     """
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
-    from diffusers import Flux2Transformer2DModel
+    from diffusers import Flux2KleinPipeline
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = _train_qwen_tokenizer(folder)
+    parts = _tiny_flux2_parts(sample_size, guidance_embeds=False)  # drawn before the text encoder, as always
+    return Flux2KleinPipeline(text_encoder=_tiny_qwen3(tokenizer, True, num_layers=27), tokenizer=tokenizer,
+                              is_distilled=False, **parts)
+
+
+def _tiny_flux2_parts(sample_size: int, guidance_embeds: bool) -> dict:
+    """The transformer, VAE (with its batch-norm latent statistics) and scheduler both FLUX.2 builds share."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+
     transformer = Flux2Transformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False,
+        joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=guidance_embeds,
     )
     vae = AutoencoderKLFlux2(
         sample_size=8 * sample_size, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -348,8 +357,7 @@ def build_tiny_flux2_klein_pipeline(seed: int = 0, sample_size: int = 8):
         latent_channels=4, norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0)
-    return Flux2KleinPipeline(scheduler=scheduler, text_encoder=_tiny_qwen3(tokenizer, True, num_layers=27),
-                              tokenizer=tokenizer, transformer=transformer, vae=vae, is_distilled=False)
+    return {"transformer": transformer, "vae": vae, "scheduler": scheduler}
 
 
 def build_tiny_zimage_pipeline(seed: int = 0, sample_size: int = 8):
@@ -458,7 +466,7 @@ def build_tiny_flux2_pipeline(seed: int = 0, sample_size: int = 8):
     breaks diffusers here); a byte-level tokenizer with a content-list chat template stands in: the pipeline only
     calls its `apply_chat_template`. The text encoder has 30 narrow layers for the default layers (10, 20, 30).
     """
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Pipeline, Flux2Transformer2DModel
+    from diffusers import Flux2Pipeline
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -476,15 +484,5 @@ def build_tiny_flux2_pipeline(seed: int = 0, sample_size: int = 8):
         image_token_index=vocab, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     text_encoder = Mistral3ForConditionalGeneration(config).eval()
-    transformer = Flux2Transformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=True,
-    )
-    vae = AutoencoderKLFlux2(
-        sample_size=8 * sample_size, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
-        latent_channels=4, norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False,
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0)
-    return Flux2Pipeline(scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
-                         vae=vae)
+    return Flux2Pipeline(text_encoder=text_encoder, tokenizer=tokenizer,
+                         **_tiny_flux2_parts(sample_size, guidance_embeds=True))

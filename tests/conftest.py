@@ -77,6 +77,15 @@ def tiny_config(output_dir, **overrides):
     return NFTConfig(**values)
 
 
+def load_saved(folder):
+    """A pipeline saved with `save_pretrained`, of the class its `model_index.json` names, without progress bars."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def small_lora(transformer, rank=4, alpha=16):
     from diffusers_nft.pipelines import SD3Adapter
     from diffusers_nft.policy import make_lora_config

@@ -16,7 +16,7 @@ from diffusers_nft.pipelines import Flux2Adapter, QwenImageAdapter, ZImageAdapte
 from diffusers_nft.policy import make_lora_config
 from diffusers_nft.sampling import rollout
 
-from conftest import PROMPTS, max_diff, tiny_config
+from conftest import PROMPTS, load_saved, max_diff, tiny_config
 
 FAMILIES = {
     "qwenimage": QwenImageAdapter,
@@ -34,14 +34,6 @@ def family(request, tmp_path_factory):
     return request.param, folder
 
 
-def _load(folder):
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _render(pipe, adapter, steps=4):
     noise = torch.randn(2, *adapter.latent_shape(64), generator=torch.Generator().manual_seed(5))
     return pipe(prompt=["a red cat", "a blue dog"], latents=adapter.pipeline_latents(noise), num_inference_steps=steps, height=64, width=64,
@@ -50,7 +42,7 @@ def _render(pipe, adapter, steps=4):
 
 def test_the_adapter_samples_what_the_pipeline_samples(family):
     name, folder = family
-    pipe = _load(folder)
+    pipe = load_saved(folder)
     adapter = get_pipeline_adapter(pipe)
     assert type(adapter) is FAMILIES[name]
     shape = adapter.latent_shape(64)
@@ -69,7 +61,7 @@ def test_the_adapter_samples_what_the_pipeline_samples(family):
 @pytest.mark.parametrize("sampler", ["dpm_solver", "euler", "heun", "unipc"])
 def test_each_family_trains_with_every_solver(family, sampler, tmp_path):
     _, folder = family
-    pipe = _load(folder)
+    pipe = load_saved(folder)
     config = tiny_config(tmp_path, max_steps=1, sampler=sampler, prompts_per_iteration=1, group_size=4)
     trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
     history = trainer.train()
@@ -79,7 +71,7 @@ def test_each_family_trains_with_every_solver(family, sampler, tmp_path):
 
 def test_the_lora_loads_into_the_pipeline_class_and_reproduces_the_policy(family, tmp_path):
     _, folder = family
-    pipe = _load(folder)
+    pipe = load_saved(folder)
     adapter = get_pipeline_adapter(pipe)
     peft_config = make_lora_config(pipe.transformer, default_targets=adapter.default_lora_targets, rank=4, alpha=12)
     config = tiny_config(tmp_path, max_steps=3, learning_rate=3e-2)
@@ -90,7 +82,7 @@ def test_the_lora_loads_into_the_pipeline_class_and_reproduces_the_policy(family
     assert max_diff({k[len("transformer."):]: v for k, v in saved.items()}, folded) == 0
     with trainer.policy.ema_weights(), torch.no_grad():
         trained = _render(trainer.pipeline, adapter)
-    fresh = _load(folder)
+    fresh = load_saved(folder)
     base = _render(fresh, adapter)
     fresh.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
     assert (trained - base).abs().max() > 1e-3

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -12,7 +12,7 @@ from diffusers_nft.rewards import WeightedRewards, temporal_consistency, video_r
 from diffusers_nft.rewards.video import frame_indices
 from diffusers_nft.sampling import rollout
 
-from conftest import PROMPTS, tiny_config
+from conftest import PROMPTS, load_saved, tiny_config
 
 FRAMES = 5  # 2 latent frames
 
@@ -24,12 +24,6 @@ def wan_dir(tmp_path_factory):
     return folder
 
 
-def _load(folder):
-    pipe = WanPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _render(pipe, adapter, steps=4):
     noise = torch.randn(2, *adapter.latent_shape(64), generator=torch.Generator().manual_seed(5))
     return pipe(prompt=["a red cat", "a blue dog"], latents=noise, num_frames=FRAMES, num_inference_steps=steps,
@@ -37,7 +31,7 @@ def _render(pipe, adapter, steps=4):
 
 
 def test_wan_latents_grid_and_velocity_follow_the_pipeline(wan_dir):
-    pipe = _load(wan_dir)
+    pipe = load_saved(wan_dir)
     # with an Euler scheduler the pipeline's loop is an Euler rollout: ours must land on the same video
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     adapter = get_pipeline_adapter(pipe, num_frames=FRAMES)
@@ -55,7 +49,7 @@ def test_wan_latents_grid_and_velocity_follow_the_pipeline(wan_dir):
 
 
 def test_wan_samples_on_unipcs_own_grid(wan_dir):
-    pipe = _load(wan_dir)
+    pipe = load_saved(wan_dir)
     adapter = get_pipeline_adapter(pipe, num_frames=FRAMES)
     pipe.scheduler.set_timesteps(6)
     torch.testing.assert_close(adapter.sampling_sigmas(6, adapter.latent_shape(64)), pipe.scheduler.sigmas.double())
@@ -91,7 +85,7 @@ def test_image_rewards_score_frames_and_video_rewards_get_videos():
 def test_wan_trains_on_videos_with_every_solver(wan_dir, sampler, tmp_path):
     config = tiny_config(tmp_path, max_steps=1, sampler=sampler, num_frames=FRAMES, prompts_per_iteration=1,
                          group_size=4, reward_frames=2)
-    trainer = NFTTrainer(_load(wan_dir), ["jpeg_incompressibility", "temporal_consistency"], config, PROMPTS)
+    trainer = NFTTrainer(load_saved(wan_dir), ["jpeg_incompressibility", "temporal_consistency"], config, PROMPTS)
     last = trainer.train()[-1]
     assert last["old_theta_deviation"] > 0 and last["grad_norm"] > 0
     assert 0 < last["reward/temporal_consistency/mean"] <= 1
@@ -99,14 +93,14 @@ def test_wan_trains_on_videos_with_every_solver(wan_dir, sampler, tmp_path):
 
 def test_wan_lora_loads_into_wan_pipeline_and_grids_are_animated(wan_dir, tmp_path):
     config = tiny_config(tmp_path, max_steps=3, learning_rate=3e-2, num_frames=FRAMES, validation_steps=3)
-    trainer = NFTTrainer(_load(wan_dir), "jpeg_incompressibility", config, PROMPTS)
+    trainer = NFTTrainer(load_saved(wan_dir), "jpeg_incompressibility", config, PROMPTS)
     trainer.train()
     grid = Image.open(tmp_path / "samples" / "step_000003.webp")
     assert grid.n_frames == FRAMES
     adapter = trainer.adapter
     with trainer.policy.ema_weights(), torch.no_grad():
         trained = _render(trainer.pipeline, adapter)
-    fresh = _load(wan_dir)
+    fresh = load_saved(wan_dir)
     base = _render(fresh, adapter)
     fresh.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
     assert any("attn2" in key for key in load_file(tmp_path / "pytorch_lora_weights.safetensors"))  # cross-attention
@@ -119,7 +113,7 @@ def test_gradient_checkpointing_gives_the_same_video_training(wan_dir, tmp_path)
     for checkpointing in (False, True):
         config = tiny_config(tmp_path / str(checkpointing), max_steps=1, num_frames=FRAMES,
                              gradient_checkpointing=checkpointing)
-        trainer = NFTTrainer(_load(wan_dir), "jpeg_incompressibility", config, PROMPTS)
+        trainer = NFTTrainer(load_saved(wan_dir), "jpeg_incompressibility", config, PROMPTS)
         assert trainer.pipeline.transformer.gradient_checkpointing == checkpointing
         runs[checkpointing] = trainer.train()[-1]
     for key in ("loss/total", "grad_norm", "old_theta_deviation"):
@@ -148,12 +142,12 @@ def test_wan22_uses_the_expert_the_pipeline_uses_at_each_sigma():
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
-def test_wan22_trains_both_experts_and_both_loras_load(tmp_path):
+def test_wan22_trains_both_experts_and_both_lorasload_saved(tmp_path):
     folder = str(tmp_path / "wan22")
     testing_utils.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6).save_pretrained(folder)
     config = tiny_config(tmp_path / "run", max_steps=3, learning_rate=3e-2, num_frames=FRAMES,
                          gradient_checkpointing=True)
-    trainer = NFTTrainer(_load(folder), "jpeg_incompressibility", config, PROMPTS)
+    trainer = NFTTrainer(load_saved(folder), "jpeg_incompressibility", config, PROMPTS)
     trainer.train()
     high = load_file(tmp_path / "run" / "pytorch_lora_weights.safetensors")
     low = load_file(tmp_path / "run" / "pytorch_lora_weights_transformer_2.safetensors")
@@ -164,7 +158,7 @@ def test_wan22_trains_both_experts_and_both_loras_load(tmp_path):
     adapter = trainer.adapter
     with trainer.policy.ema_weights(), torch.no_grad():
         trained = _render(trainer.pipeline, adapter)
-    fresh = _load(folder)
+    fresh = load_saved(folder)
     base = _render(fresh, adapter)
     fresh.load_lora_weights(str(tmp_path / "run"), weight_name="pytorch_lora_weights.safetensors")
     fresh.load_lora_weights(str(tmp_path / "run"), weight_name="pytorch_lora_weights_transformer_2.safetensors",
@@ -173,7 +167,7 @@ def test_wan22_trains_both_experts_and_both_loras_load(tmp_path):
     torch.testing.assert_close(_render(fresh, adapter), trained, atol=1e-5, rtol=1e-5)
     from diffusers_nft.evaluate import lora_models
 
-    judged = _load(folder)
+    judged = load_saved(folder)
     models = lora_models(judged, [f"nft={tmp_path / 'run'}"])  # the evaluation CLI loads both experts' files
     with models["nft"](), torch.no_grad():
         torch.testing.assert_close(_render(judged, adapter), trained, atol=1e-5, rtol=1e-5)
