@@ -21,7 +21,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from .callbacks import NFTCallback
-from .metrics import TOTAL, eval_key, monitor_key, reward_key
+from .metrics import TOTAL, eval_key, eval_names, monitor_key, reward_key
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,10 @@ class HackingGuard(NFTCallback):
 
     def _judge_value(self, logs: Dict[str, float]) -> Optional[float]:
         if self.judge is None:
-            names = [k for k in logs if k.startswith("eval/") and k.endswith("/mean")]
+            names = eval_names(logs)
             if not names:
                 return None
-            self.judge = names[0][len("eval/"):-len("/mean")]
+            self.judge = names[0]
         return logs.get(eval_key(self.judge))
 
     def check(self, logs: Dict[str, float], judge: Optional[float]):

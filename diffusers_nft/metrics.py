@@ -32,6 +32,12 @@ def monitor_key(name: str) -> str:
     return f"monitor/{name}"
 
 
+def eval_names(metrics: Dict[str, float]) -> List[str]:
+    """The judges a metrics row has an `eval/<name>/mean` for, in its order."""
+    prefix, suffix = "eval/", "/mean"
+    return [k[len(prefix) : -len(suffix)] for k in metrics if k.startswith(prefix) and k.endswith(suffix)]
+
+
 def reward_names(metrics: Dict[str, float]) -> List[str]:
     """The rewards a metrics row has a mean for, in its order: each reward, extras such as `geneval/strict`, the
     total."""
