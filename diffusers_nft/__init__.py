@@ -6,16 +6,16 @@ from .advantages import Optimality, rewards_to_optimality
 from .config import NFTConfig
 from .loss import NFTLoss, NFTLossOutput
 
-__all__ = ["HackingGuard", "NFTConfig", "NFTLoss", "NFTLossOutput", "NFTTrainer", "Optimality",
+__all__ = ["FlowGRPOTrainer", "HackingGuard", "NFTConfig", "NFTLoss", "NFTLossOutput", "NFTTrainer", "Optimality",
            "rewards_to_optimality"]
 
 
 def __getattr__(name):
     # The trainer pulls in diffusers and accelerate; the math above stays importable without them.
-    if name == "NFTTrainer":
-        from .trainer import NFTTrainer
+    if name in ("NFTTrainer", "FlowGRPOTrainer"):
+        from . import trainer
 
-        return NFTTrainer
+        return getattr(trainer, name)
     if name == "HackingGuard":
         from .guard import HackingGuard
 

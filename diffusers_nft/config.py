@@ -31,6 +31,10 @@ FLOAT_RANGES = {
     "nft_beta": ((0, False), (_INF, False), "The release uses 1.0 (0.1 for OCR)."),
     "kl_beta": ((0, True), (_INF, False), "The release uses 1e-4; 0 skips the reference forward."),
     "timestep_fraction": ((0, False), (1, True), ""),
+    "grpo_noise_level": ((0, False), (_INF, False), "Flow-GRPO uses 0.7."),
+    "grpo_clip_range": ((0, False), (1, False), "Flow-GRPO uses 1e-4."),
+    "grpo_kl_beta": ((0, True), (_INF, False), "Flow-GRPO uses 0.04; 0 skips the reference forward."),
+    "grpo_guidance_scale": ((1, True), (_INF, False), "Flow-GRPO samples with CFG 4.5; 1.0 is CFG-free."),
     "timestep_shift": ((0, False), (_INF, False), ""),
     "logit_mean": ((-_INF, False), (_INF, False), ""),
     "logit_std": ((0, False), (_INF, False), ""),
@@ -219,6 +223,21 @@ class NFTConfig:
     logit_mean: float = field(default=0.0, metadata={"help": "Mean of train_timesteps='logit_normal'."})
     logit_std: float = field(default=1.0, metadata={"help": "Std of train_timesteps='logit_normal'."})
 
+    # The objective: DiffusionNFT, or Flow-GRPO on the same adapters, rewards, LoRA and checkpoints
+    objective: str = field(
+        default="nft",
+        metadata={"help": "'nft' (DiffusionNFT) or 'flow_grpo' (Flow-GRPO, arXiv 2505.05470; the grpo_* settings) "
+                          "(diffusers_nft.objectives.OBJECTIVES)."},
+    )
+    grpo_noise_level: float = field(default=0.7, metadata={"help": "Flow-GRPO: noise level a of the SDE sampler."})
+    grpo_clip_range: float = field(default=1e-4, metadata={"help": "Flow-GRPO: PPO clip range of the ratio."})
+    grpo_kl_beta: float = field(
+        default=0.04, metadata={"help": "Flow-GRPO: weight of the KL to the base model on the SDE means; 0 skips it."}
+    )
+    grpo_guidance_scale: float = field(
+        default=4.5, metadata={"help": "Flow-GRPO: CFG scale while sampling and training (1.0: none)."}
+    )
+
     # Old policy and EMA
     old_policy_decay: str = field(default="linear", metadata={"help": f"Schedule, one of {OLD_POLICY_DECAYS}."})
     old_policy_decay_constant: float = field(default=0.0, metadata={"help": "eta of the 'constant' schedule."})
@@ -269,9 +288,11 @@ class NFTConfig:
                f"max_sequence_length must be >= 1 or None (the family's default), got {self.max_sequence_length}.")
         _check(self.adv_mode in ADV_MODES, f"adv_mode must be one of {ADV_MODES} (got {self.adv_mode!r}).")
         _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS} (got {self.sampler!r}).")
-        from .pipelines import ADAPTER_MODES  # here, not at the top: NFTConfig imports without diffusers
+        from .objectives import OBJECTIVES  # here, not at the top: NFTConfig imports without diffusers
+        from .pipelines import ADAPTER_MODES
 
         _check(self.adapter in ADAPTER_MODES, f"adapter must be one of {ADAPTER_MODES} (got {self.adapter!r}).")
+        _check(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES} (got {self.objective!r}).")
         _check(self.reward_scoring in SCORING_MODES, f"reward_scoring must be one of {SCORING_MODES}.")
         _check(self.reward_batch_size >= 1, "reward_batch_size must be >= 1.")
         _check(self.reward_frames >= 1, "reward_frames must be >= 1.")
@@ -349,7 +370,7 @@ class NFTConfig:
 RESUME_MUST_MATCH = (
     "seed", "prompts_per_iteration", "group_size", "num_sampling_steps", "sampler", "train_batch_size",
     "timestep_fraction", "train_timesteps", "gradient_accumulation_steps", "optimizer_steps_per_iteration",
-    "lr_scheduler_type", "lr_warmup_steps", "old_policy_decay",
+    "lr_scheduler_type", "lr_warmup_steps", "old_policy_decay", "objective",
 )
 # Settings that say how a run is driven rather than what it trains: free to change on resume.
 RESUME_FREE = (

@@ -2,6 +2,7 @@
 
     reward/<name>/{mean,std,min,max}   the iteration's samples, per reward and for the weighted "total"
     eval/<name>/mean                   the held-out evaluation on eval_dataset
+    loss/{total,policy,kl}             the objective's loss terms, averaged over the iteration's micro-steps
     time/{sampling,reward,training,iteration}
     monitor/{brightness,saturation,diversity,velocity_norm_ratio,kl}   drift monitors (see `monitors`)
 """
@@ -20,6 +21,11 @@ def reward_key(name: str, stat: str = "mean") -> str:
 def eval_key(name: str) -> str:
     """`eval/<name>/mean`: the held-out evaluation of reward `name`."""
     return f"eval/{name}/mean"
+
+
+def loss_key(part: str) -> str:
+    """`loss/<part>`: `total`, `policy` or `kl`."""
+    return f"loss/{part}"
 
 
 def time_key(part: str) -> str:

@@ -1,23 +1,24 @@
-"""`NFTTrainer`: the DiffusionNFT loop on accelerate.
+"""`NFTTrainer`: the DiffusionNFT loop on accelerate (and Flow-GRPO's, with `objective="flow_grpo"`).
 
 One iteration (`NFTTrainer.step`):
 1. draw `prompts_per_iteration` prompts, encode each once;
-2. sample `group_size` images per prompt with the old policy, CFG-free, keeping only the final latents;
-3. score the decoded images, gather rewards from every process and turn them into optimality probabilities r;
-4. train the LoRA on the clean latents with the NFT loss at several noise levels per sample;
+2. sample `group_size` images per prompt as the objective asks (NFT: the old policy, CFG-free, keeping only the
+   final latents; Flow-GRPO: the current policy's SDE with CFG, keeping the trajectory) (`collect.Collector`);
+3. score the decoded images, gather rewards from every process and turn them into the objective's weights
+   (NFT: optimality probabilities r; Flow-GRPO: group-normalised advantages);
+4. train the LoRA on the objective's micro-batches (`objectives`);
 5. soft-update the old policy toward the trained one.
 """
 
+import dataclasses
 import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -26,11 +27,11 @@ from diffusers.optimization import get_scheduler
 from peft import LoraConfig
 from tqdm.auto import tqdm
 
-from .advantages import rewards_to_optimality
 from .callbacks import CallbackList, TrainerControl, TrainerState
 from .checkpointer import Checkpointer
 from . import zero
 from .checkpoint import CheckpointError, check_output_dir, clean_incomplete
+from .collect import SEED_STREAMS, Collector, seeded
 from .config import NFTConfig, weight_dtype
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
 from .hub import (
@@ -45,29 +46,26 @@ from .hub import (
 )
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
-from .loss import NFTLoss, NFTLossOutput
-from .monitors import group_diversity, image_stats, thumbnails
-from .metrics import TOTAL, eval_key, monitor_key, reward_key, reward_stats, time_key
-from .objectives import NFTObjective
+from .monitors import group_diversity, image_stats
+from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
+from .objectives import build_objective
 from .pipelines import get_pipeline_adapter, select_conditioning
 from .plan import IterationPlan
-from .policy import OLD, REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
+from .policy import REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
 from .rewards import RewardScorer, WeightedRewards
 from .rollouts import Rollouts
-from .sampling import is_flow_matching_scheduler, model_sigmas, rollout
+from .sampling import is_flow_matching_scheduler
 from .schedules import ema_decay, old_policy_decay
-from .timesteps import sample_train_sigmas
 from .visualize import plot_reward_curve, save_grid
 
 logger = get_logger(__name__)
 
-_SEED_STREAMS = {"noise": 1, "train": 2, "eval": 3}
-
-
-def _seeded(seed: int, *keys: int) -> torch.Generator:
-    """An independent CPU generator for `(seed, *keys)`: noise does not depend on batch or process layout."""
-    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+_BAR_NAMES = {"nft": "NFT", "flow_grpo": "Flow-GRPO"}
+# The settings of each objective that the model card lists.
+_OBJECTIVE_SETTINGS = {
+    "nft": ("sampler", "nft_beta", "kl_beta", "loss_weighting", "train_timesteps", "old_policy_decay"),
+    "flow_grpo": ("grpo_noise_level", "grpo_clip_range", "grpo_kl_beta", "grpo_guidance_scale", "timestep_fraction"),
+}
 
 
 class NFTTrainer:
@@ -91,6 +89,8 @@ class NFTTrainer:
             `control.should_training_stop = True`. Hooks get `trainer=` too. `diffusers_nft.HackingGuard` is one.
         eval_reward_funcs: Judges for `eval_dataset` that are never trained on (names or callables, as
             `reward_funcs`); default: the training rewards.
+        objective: `"nft"` or `"flow_grpo"` (`diffusers_nft.objectives.OBJECTIVES`); overrides `args.objective`.
+            Everything else (adapters, rewards, LoRA, checkpoints, logging, card) is shared.
 
     Example:
         ```py
@@ -110,9 +110,13 @@ class NFTTrainer:
         peft_config: Optional[LoraConfig] = None,
         callbacks: Optional[Sequence] = None,
         eval_reward_funcs=None,
+        objective: Optional[str] = None,
     ):
         # Everything that can be wrong with the inputs is checked before any model compute.
-        self.args = args = args if args is not None else NFTConfig()
+        args = args if args is not None else NFTConfig()
+        if objective is not None:
+            args = dataclasses.replace(args, objective=objective)  # validated again by __post_init__
+        self.args = args
         args.validate()
         self.callbacks = CallbackList(callbacks or [], trainer=self)
         self.pipeline, self.adapter = pipeline, _adapter(pipeline, args)
@@ -149,19 +153,22 @@ class NFTTrainer:
             self._load(resume_path, resume_parts)
 
     def _init_loop(self) -> None:
-        """The noise grids, the prompt order and the counters of a fresh run (a resume then overwrites them)."""
+        """The grid, objective, collector, prompt order and counters of a fresh run (a resume overwrites the last)."""
         args = self.args
         self.latent_shape = self.adapter.latent_shape(args.resolution)
-        # Every solver runs on the grid of the pipeline's own scheduler, and training draws from exactly the
+        # Every solver runs on the grid of the pipeline's own scheduler, and NFT's training draws from exactly the
         # noise levels the rollouts called the model at.
         self.sampling_sigmas = self.adapter.sampling_sigmas(args.num_sampling_steps, self.latent_shape)
-        self.train_sigma_grid = model_sigmas(self.sampling_sigmas).float()
+        self.objective = build_objective(args, adapter=self.adapter, policy=self.policy,
+                                         sampling_sigmas=self.sampling_sigmas)
+        self.collector = Collector(adapter=self.adapter, policy=self.policy, scorer=self.scorer,
+                                   accelerator=self.accelerator, args=args, plan=self.plan, dataset=self.train_dataset,
+                                   latent_shape=self.latent_shape, max_sequence_length=self.max_sequence_length)
         self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
         self.state = TrainerState(max_steps=args.max_steps)  # global_step and log_history live here
         self.control = TrainerControl()
         self.optimizer_step = 0
         self.skipped_steps = 0  # optimizer steps dropped by skip_nonfinite
-        self._uncond = None
         self._last_plot = -math.inf
 
     def _place_pipeline(self) -> None:
@@ -184,7 +191,7 @@ class NFTTrainer:
         pipeline.set_progress_bar_config(disable=True)
 
     def _build_training(self, transformer, peft_config: LoraConfig) -> None:
-        """The LoRA policy, optimizer and lr schedule through `accelerator.prepare`, and the objective."""
+        """The LoRA policy, optimizer and lr schedule through `accelerator.prepare`."""
         args, num_processes = self.args, self.accelerator.num_processes
         set_seed(args.seed)  # the LoRA init draws from the global generator
         self.policy = NFTPolicy(transformer, peft_config)
@@ -208,14 +215,6 @@ class NFTTrainer:
         # Forward passes go through the prepared (and optionally compiled) module; the policy switches adapters
         # on the underlying transformer, which compiled graphs guard on.
         self.adapter.model = torch.compile(self.model) if args.torch_compile else self.model
-        loss = NFTLoss(
-            nft_beta=args.nft_beta,
-            adv_clip_max=args.adv_clip_max,
-            weighting=args.loss_weighting,
-            kl_beta=args.kl_beta,
-            drop_negative_term=args.drop_negative_term,
-        )
-        self.objective = NFTObjective(adapter=self.adapter, policy=self.policy, loss=loss)
 
     # ------------------------------------------------------------------ public API
 
@@ -259,7 +258,7 @@ class NFTTrainer:
         if self.global_step == 0 and self._validation_prompts():
             self.log_validation()
         bar = tqdm(
-            total=args.max_steps, initial=self.global_step, desc="NFT", disable=not accelerator.is_local_main_process
+            total=args.max_steps, initial=self.global_step, desc=_BAR_NAMES[args.objective], disable=not accelerator.is_local_main_process
         )
         try:
             self.callbacks.call("on_train_begin", args, self.state, self.control)
@@ -267,7 +266,7 @@ class NFTTrainer:
                 while self.global_step < args.max_steps and not self.control.should_training_stop:
                     metrics = self.step()
                     bar.update(1)
-                    bar.set_postfix(reward=f"{metrics[reward_key(TOTAL)]:.4g}", loss=f"{metrics['loss/policy']:.3g}")
+                    bar.set_postfix(reward=f"{metrics[reward_key(TOTAL)]:.4g}", loss=f"{metrics[loss_key('policy')]:.3g}")
                     self._after_step(metrics)
                     self._stop_if_asked(stop)
             bar.close()
@@ -307,7 +306,7 @@ class NFTTrainer:
             "model": f"{model} ({type(self.pipeline).__name__}, {type(self.adapter).__name__})",
             "iteration": f"{args.prompts_per_iteration} prompts x {args.group_size} images = {args.images_per_iteration} "
                          f"images ({self.plan.local_images} per process, {_count(self.plan.num_processes, 'process')}), "
-                         f"{args.num_sampling_steps} {args.sampler} steps, no CFG",
+                         f"{self._sampling_words()}",
             "training": f"{self.plan.train_timesteps} noise levels per image, {self.plan.optimizer_steps} "
                         f"optimizer steps per iteration, {iterations * self.plan.optimizer_steps} in all",
             "iterations": f"{iterations} (from {self.global_step} to max_steps {args.max_steps})",
@@ -315,7 +314,18 @@ class NFTTrainer:
             "output_dir": os.path.abspath(args.output_dir),
             "trackers": args.report_to if args.report_to != "none" else "none (metrics.jsonl only)",
         }
-        return "Training DiffusionNFT:\n" + "\n".join(f"  {key:<11} {value}" for key, value in rows.items())
+        title = "Flow-GRPO" if args.objective == "flow_grpo" else "DiffusionNFT"
+        return f"Training {title}:\n" + "\n".join(f"  {key:<11} {value}" for key, value in rows.items())
+
+    def _sampling_words(self) -> str:
+        """How rollouts sample, in words: `"10 dpm_solver steps, no CFG"`, `"10 SDE steps (a = 0.7), CFG 4.5"`."""
+        args, objective = self.args, self.objective
+        if args.objective == "flow_grpo":
+            steps = f"{args.num_sampling_steps} SDE steps (a = {args.grpo_noise_level:g})"
+        else:
+            steps = f"{args.num_sampling_steps} {args.sampler} steps"
+        cfg = f"CFG {objective.guidance_scale:g}" if objective.guidance_scale > 1 else "no CFG"
+        return f"{steps}, {cfg}"
 
     def _after_step(self, metrics: Dict[str, float]) -> None:
         """Evaluate, log, checkpoint and draw the validation grid when their steps come; tell the callbacks."""
@@ -364,21 +374,19 @@ class NFTTrainer:
         args, accelerator = self.args, self.accelerator
         iteration = self.global_step
         timings = {"sampling": 0.0, "reward": 0.0}
-        rollouts = self._collect(iteration, timings)
+        prompt_index = self.prompt_sampler.next(args.prompts_per_iteration)
+        rollouts = self.collector.collect(prompt_index, iteration=iteration, objective=self.objective, timings=timings)
 
         start = time.perf_counter()
         scores = {k: accelerator.gather(v.to(accelerator.device)).cpu() for k, v in rollouts.rewards.items()}
         scores[TOTAL] = self.rewards.combine(scores)
         all_groups = accelerator.gather(rollouts.group_ids.to(accelerator.device)).cpu()
-        optimality = rewards_to_optimality(
-            scores[TOTAL], all_groups, args.adv_clip_max, std_scope=args.advantage_std, mode=args.adv_mode
-        )
-        rank = accelerator.process_index
-        r = optimality.r[self.plan.images_of(rank)]
+        weights, weight_metrics = self.objective.weights(scores[TOTAL], all_groups)
+        weights = weights[self.plan.images_of(accelerator.process_index)]
         timings["reward"] += time.perf_counter() - start
 
         start = time.perf_counter()
-        train_metrics = self._train_on(rollouts, r, iteration)
+        train_metrics = self._train_on(rollouts, weights, iteration)
         monitors = self._image_monitors(rollouts, all_groups) if args.monitors else {}
         deviation = self.policy.deviation()
         eta = old_policy_decay(self.optimizer_step, args.old_policy_decay, args.old_policy_decay_constant)
@@ -391,10 +399,7 @@ class NFTTrainer:
             metrics.update(reward_stats(name, values))
         metrics.update(
             {
-                "r/mean": optimality.r.mean().item(),
-                "r/std": optimality.r.std(unbiased=False).item(),
-                "r/clipped_fraction": (optimality.advantages.abs() >= args.adv_clip_max).float().mean().item(),
-                "zero_variance_groups": optimality.zero_variance_fraction,
+                **weight_metrics,
                 "sample_x0_norm": rollouts.latents.flatten(1).norm(dim=1).mean().item(),
                 "old_theta_deviation": deviation,
                 "old_policy_decay": eta,
@@ -442,13 +447,14 @@ class NFTTrainer:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds.")
         sigmas = self.adapter.sampling_sigmas(num_steps or self.args.eval_num_steps, self.latent_shape)
-        cond = self._encode(list(prompts))
-        noise = torch.stack([torch.randn(self.latent_shape, generator=_seeded(s, _SEED_STREAMS["eval"])) for s in seeds])
+        cond = self.collector.encode(list(prompts))
+        noise = torch.stack([torch.randn(self.latent_shape, generator=seeded(s, SEED_STREAMS["eval"])) for s in seeds])
         images = []
         with self.policy.ema_weights(policy == "ema"), self.policy.using(TRAINED if policy == "ema" else policy):
             for start in range(0, len(prompts), self.args.sample_batch_size):
                 index = torch.arange(start, min(start + self.args.sample_batch_size, len(prompts)))
-                latents = self._rollout(select_conditioning(cond, index), noise[index], sampler, sigmas, guidance_scale)
+                latents = self.collector.rollout(select_conditioning(cond, index), noise[index], sampler=sampler,
+                                                 sigmas=sigmas, guidance_scale=guidance_scale)
                 images.append(self.adapter.decode(latents).cpu())
         return torch.cat(images)
 
@@ -565,9 +571,9 @@ class NFTTrainer:
             "LoRA targets": ", ".join(sorted(lora.target_modules)),
             "saved weights": "EMA" if args.save_ema_weights else "raw",
             **{k: getattr(args, k) for k in (
-                "prompts_per_iteration", "group_size", "images_per_iteration", "num_sampling_steps", "sampler",
-                "resolution", "nft_beta", "kl_beta", "adv_clip_max", "loss_weighting", "train_timesteps",
-                "learning_rate", "old_policy_decay", "ema_decay", "seed")},
+                "objective", "prompts_per_iteration", "group_size", "images_per_iteration", "num_sampling_steps",
+                *_OBJECTIVE_SETTINGS[args.objective], "resolution", "adv_clip_max", "learning_rate", "ema_decay",
+                "seed")},
             "mixed_precision": self.accelerator.mixed_precision,
         }
 
@@ -672,145 +678,43 @@ class NFTTrainer:
         source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
         return list(source["prompt"][:4])
 
-    def _encode(self, prompts: List[str]):
-        encoders = self.adapter.text_encoders if self.args.offload_text_encoders else []
-        for encoder in encoders:
-            encoder.to(self.accelerator.device)
-        with torch.no_grad():
-            cond = self.adapter.encode_prompts(prompts, self.accelerator.device, self.max_sequence_length)
-        for encoder in encoders:
-            encoder.to("cpu")
-        return cond
-
-    def _rollout(self, cond, noise, sampler: str, sigmas: torch.Tensor, guidance_scale: float):
-        noise = noise.to(self.accelerator.device)
-        if guidance_scale > 1.0:
-            if self._uncond is None:
-                self._uncond = self._encode([""])
-            # Two calls rather than one of twice the batch: the empty prompt's text may be shorter than the
-            # prompts' (masked text encoders), so the rows cannot always be stacked.
-            uncond = select_conditioning(self._uncond, torch.zeros(len(noise), dtype=torch.long))
-
-            def velocity(x, sigma):
-                v_uncond = self.adapter.predict_velocity(x, sigma, uncond)
-                v_cond = self.adapter.predict_velocity(x, sigma, cond)
-                return v_uncond + guidance_scale * (v_cond - v_uncond)
-
-        else:
-
-            def velocity(x, sigma):
-                return self.adapter.predict_velocity(x, sigma, cond)
-
-        return rollout(velocity, sigmas, noise, sampler)
-
-    def _collect(self, iteration: int, timings: Dict[str, float]) -> Rollouts:
-        """Sample this process's share of the iteration's images with the old policy and score them."""
+    def _train_on(self, rollouts: Rollouts, weights: torch.Tensor, iteration: int) -> Dict[str, float]:
+        """Train on the objective's micro-batches of this iteration's rollouts; their mean metrics."""
         args, accelerator = self.args, self.accelerator
-        start = time.perf_counter()
-        prompt_index = self.prompt_sampler.next(args.prompts_per_iteration)
-        image_ids = torch.arange(args.images_per_iteration)[self.plan.images_of(accelerator.process_index)]
-        group_ids = image_ids // args.group_size
-        local_groups = sorted(set(group_ids.tolist()))
-        rows = self.train_dataset.select([prompt_index[g] for g in local_groups])
-        row_prompts, row_meta = list(rows["prompt"]), row_metadata(rows)
-        cond = self._encode(row_prompts)
-        row_of_image = torch.tensor([local_groups.index(g) for g in group_ids.tolist()])
-        prompts = [row_prompts[i] for i in row_of_image.tolist()]
-        metadata = [row_meta[i] for i in row_of_image.tolist()]
-        latents, futures, thumbs = [], [], []
-        timings["sampling"] += time.perf_counter() - start
-        bar = self._nested_bar(self.plan.local_images, "sampling")
-        with self.policy.using(OLD):
-            for lo in range(0, self.plan.local_images, args.sample_batch_size):
-                start = time.perf_counter()
-                index = torch.arange(lo, min(lo + args.sample_batch_size, self.plan.local_images))
-                noise = torch.stack(
-                    [torch.randn(self.latent_shape, generator=_seeded(args.seed, _SEED_STREAMS["noise"], iteration,
-                                                                      int(image_ids[i]))) for i in index]
-                )
-                x0 = self._rollout(select_conditioning(cond, row_of_image[index]), noise, args.sampler,
-                                   self.sampling_sigmas, args.guidance_scale)
-                with torch.no_grad():
-                    images = self.adapter.decode(x0)
-                latents.append(x0)
-                if args.monitors:
-                    thumbs.append(thumbnails(images).cpu())
-                timings["sampling"] += time.perf_counter() - start
-                start = time.perf_counter()
-                idx = index.tolist()
-                futures.append(self.scorer.submit(images, [prompts[i] for i in idx], [metadata[i] for i in idx]))
-                timings["reward"] += time.perf_counter() - start
-                bar.update(len(index))
-        bar.close()
-        start = time.perf_counter()
-        rewards = [self.scorer.wait(future) for future in futures]  # scored while the next batches sampled
-        timings["reward"] += time.perf_counter() - start
-        return Rollouts(
-            latents=torch.cat(latents),
-            cond=cond,
-            row_of_image=row_of_image,
-            group_ids=group_ids,
-            rewards={k: torch.cat([r[k] for r in rewards]) for k in rewards[0]},
-            thumbnails=torch.cat(thumbs) if thumbs else None,
-        )
-
-    def _nested_bar(self, total: int, desc: str) -> tqdm:
-        """A bar inside the iteration bar: only on a terminal, where it redraws in place (in a log file it would
-        leave cursor-movement escape codes), and on the local main process."""
-        on = self.accelerator.is_local_main_process and sys.stderr.isatty()
-        return tqdm(total=total, desc=desc, leave=False, disable=not on)
-
-    def _train_on(self, rollouts: Rollouts, r: torch.Tensor, iteration: int) -> Dict[str, float]:
-        """Train on the collected clean latents: every sample at `num_train_timesteps` noise levels."""
-        args, accelerator = self.args, self.accelerator
-        device = accelerator.device
-        generator = _seeded(args.seed, _SEED_STREAMS["train"], iteration, accelerator.process_index)
-        sigmas = sample_train_sigmas(
-            self.plan.local_images, self.plan.train_timesteps, args.train_timesteps, self.train_sigma_grid,
-            args.timestep_shift, args.logit_mean, args.logit_std, generator,
-        )
-        order = torch.randperm(self.plan.local_images, generator=generator)
-        totals = {"loss/total": 0.0, "loss/policy": 0.0, "loss/kl": 0.0, "x0_norm": 0.0, "v_deviation": 0.0}
-        count, grad_norm, window_finite = 0, float("nan"), True
+        generator = seeded(args.seed, SEED_STREAMS["train"], iteration, accelerator.process_index)
+        batches = self.objective.micro_batches(rollouts, weights, batch_size=args.train_batch_size,
+                                               levels=self.plan.train_timesteps, generator=generator)
+        totals, count, grad_norm, window_finite = {}, 0, float("nan"), True
         params = self.policy.trainable_parameters()
         self.model.train()
-        for lo in range(0, self.plan.local_images, args.train_batch_size):
-            index = order[lo : lo + args.train_batch_size]
-            x0, cond = rollouts.select(index)
-            r_batch = r[index].to(device)
-            for j in range(self.plan.train_timesteps):
-                sigma = sigmas[index, j].to(device)
-                noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
-                s = sigma.view(-1, *([1] * (x0.ndim - 1)))
-                x_t = (1 - s) * x0 + s * noise
-                with accelerator.accumulate(self.model):
-                    # the velocity monitors on the first micro-step: one reference forward per iteration at most
-                    monitor = args.monitors and lo == 0 and j == 0
-                    out = self._micro_step(x_t, sigma, cond, x0=x0, noise=noise, r=r_batch, monitor=monitor)
-                    window_finite &= bool(torch.isfinite(out.loss.detach()))
-                    update = True
-                    if accelerator.sync_gradients:  # under DeepSpeed the engine clipped already; this reads the norm
-                        grad_norm, update = self._end_window(params, window_finite)
-                        window_finite = True
-                    if update:
-                        self.optimizer.step()
-                    self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                if accelerator.sync_gradients:
-                    self.optimizer_step += 1
-                    self.policy.update_ema(ema_decay(self.optimizer_step, args.ema_decay))
-                for key, value in zip(totals, (out.loss.detach(), out.policy_loss, out.kl, out.x0_norm, out.deviation)):
-                    totals[key] += float(value)
-                count += 1
+        for batch in batches:
+            with accelerator.accumulate(self.model):
+                # the velocity monitors on the first micro-step: one reference forward per iteration at most
+                out = self._micro_step(batch, monitor=args.monitors and count == 0)
+                window_finite &= bool(torch.isfinite(out.loss.detach()))
+                update = True
+                if accelerator.sync_gradients:  # under DeepSpeed the engine clipped already; this reads the norm
+                    grad_norm, update = self._end_window(params, window_finite)
+                    window_finite = True
+                if update:
+                    self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                self.optimizer_step += 1
+                self.policy.update_ema(ema_decay(self.optimizer_step, args.ema_decay))
+            for key, value in self.objective.metrics(out).items():
+                totals[key] = totals.get(key, 0.0) + value
+            count += 1
         metrics = {k: v / count for k, v in totals.items()}
         metrics["grad_norm"] = grad_norm
         metrics["skipped_steps"] = self.skipped_steps
         metrics.update({monitor_key(k): v for k, v in self.objective.monitors.items()})
         return metrics
 
-    def _micro_step(self, x_t, sigma, cond, *, x0, noise, r, monitor: bool = False) -> NFTLossOutput:
+    def _micro_step(self, batch: dict, monitor: bool = False):
         """The objective's loss on one micro-batch, and its backward."""
-        out = self.objective(x_t, sigma, cond, x0=x0, noise=noise, r=r, monitor=monitor)
+        out = self.objective(**batch, monitor=monitor)
         self.accelerator.backward(out.loss)
         return out
 
@@ -903,3 +807,20 @@ def _tracker_config(args: NFTConfig) -> dict:
 
 def _as_float(value) -> float:
     return float("nan") if value is None else float(value)
+
+
+class FlowGRPOTrainer(NFTTrainer):
+    """`NFTTrainer` with `objective="flow_grpo"`: Flow-GRPO (arXiv 2505.05470) on the same adapters, rewards, LoRA,
+    checkpoints and card. The `grpo_*` settings of `NFTConfig` apply (SDE noise level 0.7, clip 1e-4, KL 0.04,
+    CFG 4.5).
+
+    Example:
+        ```py
+        trainer = FlowGRPOTrainer(pipe, "jpeg_compressibility", NFTConfig(output_dir="grpo"), ["a cat", "a dog"])
+        trainer.train()
+        ```
+    """
+
+    def __init__(self, pipeline, reward_funcs, args: Optional[NFTConfig] = None, train_dataset: PromptSource = None,
+                 **kwargs):
+        super().__init__(pipeline, reward_funcs, args, train_dataset, objective="flow_grpo", **kwargs)

@@ -124,7 +124,7 @@ def test_torch_compile_trains_like_eager(tiny_pipeline_dir, tmp_path):
         config = tiny_config(tmp_path / str(compiled), max_steps=1, num_sampling_steps=2, torch_compile=compiled)
         trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
         start = trainer.policy.state_dict("default")
-        cond = trainer._encode(["a red cat"])
+        cond = trainer.collector.encode(["a red cat"])
         x = torch.randn(1, *trainer.latent_shape, generator=torch.Generator().manual_seed(0))
         velocity = trainer.adapter.predict_velocity(x, torch.tensor([0.5]), cond).detach()
         metrics = trainer.step()

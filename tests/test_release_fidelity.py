@@ -23,13 +23,14 @@ def test_training_draws_exactly_the_noise_levels_the_rollouts_called_the_model_a
             return predict(latents, sigma, cond)
 
         trainer.adapter.predict_velocity = recording
-        rollouts = trainer._collect(0, {"sampling": 0.0, "reward": 0.0})
+        prompt_index = trainer.prompt_sampler.next(trainer.args.prompts_per_iteration)
+        rollouts = trainer.collector.collect(prompt_index, iteration=0, objective=trainer.objective,
+                                             timings={"sampling": 0.0, "reward": 0.0})
         sampled = torch.unique(torch.cat(called))
-        grid = trainer.train_sigma_grid
+        grid = model_sigmas(trainer.sampling_sigmas).float()
         assert sampled.dtype == torch.float32 and torch.equal(sampled.sort(descending=True).values, grid)
         # the pipeline's own 4-step grid (shift 3): it starts at pure noise and ends close to 0, not at 0.25
         assert grid[0] == 1.0 and grid[-1] < 0.02 and len(grid) == 4
-        torch.testing.assert_close(grid.double(), model_sigmas(trainer.sampling_sigmas), atol=1e-7, rtol=0)
         # and the training step forms x_t from, and feeds the model, exactly those float32 values
         called.clear()
         r = torch.full((trainer.plan.local_images,), 0.5)
@@ -60,7 +61,7 @@ def test_text_length_defaults_to_the_family_value(tiny_pipeline_dir, tmp_path):
         pipe.encode_prompt = lambda *args, **kwargs: seen.append(kwargs["max_sequence_length"]) or encode(*args, **kwargs)
         trainer = NFTTrainer(pipe, "jpeg_compressibility", tiny_config(tmp_path / str(value), max_sequence_length=value),
                              PROMPTS)
-        trainer._encode(["a red cat"])
+        trainer.collector.encode(["a red cat"])
         assert seen == [expected]
 
 
@@ -74,7 +75,7 @@ def test_bf16_keeps_lora_and_vae_in_float32_and_feeds_a_float32_timestep(tiny_pi
     hook = tiny_pipeline.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(kwargs["timestep"]), with_kwargs=True)
     sigma = torch.tensor([0.91335, 0.00893])
-    cond = trainer._encode(["a red cat", "a blue dog"])
+    cond = trainer.collector.encode(["a red cat", "a blue dog"])
     trainer.adapter.predict_velocity(torch.randn(2, *trainer.latent_shape), sigma, cond)
     hook.remove()
     assert fed[0].dtype == torch.float32

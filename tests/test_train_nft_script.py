@@ -67,3 +67,26 @@ def test_the_command_line_takes_held_out_judges_and_the_guard(tmp_path, monkeypa
     first = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     assert "eval/jpeg_incompressibility/mean" in first and "monitor/diversity" in first
     assert json.loads((tmp_path / "out" / "best" / "best.json").read_text())["judge"] == "jpeg_incompressibility"
+
+
+def test_the_command_line_trains_flow_grpo_and_the_card_says_so(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import train_nft
+
+    from diffusers_nft.objectives import FlowGRPOObjective
+
+    folder = str(tmp_path / "model")
+    testing_utils.build_tiny_sd3_pipeline().save_pretrained(folder)
+    (tmp_path / "p.txt").write_text("a red cat\na blue dog\n")
+    argv = ["--pretrained_model_name_or_path", folder, "--prompts", str(tmp_path / "p.txt"), "--output_dir",
+            str(tmp_path / "out"), "--objective", "flow_grpo", "--grpo_guidance_scale", "3", "--grpo_kl_beta",
+            "0.1"] + FLAGS
+    trainer, script_args, demo = scripts.prepare(argv, train_nft.load_pipeline)
+    assert isinstance(trainer.objective, FlowGRPOObjective)
+    assert (trainer.objective.guidance_scale, trainer.objective.kl_beta, trainer.objective.clip_range) == (3, 0.1, 1e-4)
+    scripts.run(trainer, script_args, demo)
+    first = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "grpo/clip_fraction" in first and "r/mean" not in first
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "grpo_clip_range" in card and "nft_beta" not in card

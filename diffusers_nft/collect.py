@@ -1,0 +1,166 @@
+"""Data collection: one process's share of an iteration's images, sampled as the objective asks (its policy, CFG
+scale and sampler), decoded, and scored while the next batch samples."""
+
+import sys
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import row_metadata
+from .monitors import thumbnails
+from .pipelines import select_conditioning
+from .rollouts import Rollouts
+from .sampling import rollout
+
+# Independent random streams of one run: changing how one is drawn leaves the others as they were.
+SEED_STREAMS = {"noise": 1, "train": 2, "eval": 3, "sde": 4}
+
+
+def seeded(seed: int, *keys: int) -> torch.Generator:
+    """An independent CPU generator for `(seed, *keys)`: noise does not depend on batch or process layout."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def nested_bar(accelerator, total: int, desc: str) -> tqdm:
+    """A bar inside the iteration bar: only on a terminal, where it redraws in place (in a log file it would leave
+    cursor-movement escape codes), and on the local main process."""
+    on = accelerator.is_local_main_process and sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, leave=False, disable=not on)
+
+
+class Collector:
+    """Encodes prompts, builds the (optionally guided) velocity, and collects an iteration's rollouts.
+
+    Args:
+        adapter: The pipeline family's adapter.
+        policy: The `NFTPolicy`; collection samples with `objective.sampling_policy`.
+        scorer: The `RewardScorer` that scores a batch while the next one samples.
+        accelerator: The run's `Accelerator` (device, process index).
+        args: The `NFTConfig`.
+        plan: The `IterationPlan` (this process's images).
+        dataset: The training prompts (a `datasets.Dataset`).
+        latent_shape: The latent shape of one sample.
+        max_sequence_length: Text tokens per prompt.
+    """
+
+    def __init__(self, *, adapter, policy, scorer, accelerator, args, plan, dataset, latent_shape, max_sequence_length):
+        self.adapter, self.policy, self.scorer, self.accelerator = adapter, policy, scorer, accelerator
+        self.args, self.plan, self.dataset = args, plan, dataset
+        self.latent_shape, self.max_sequence_length = latent_shape, max_sequence_length
+        self._uncond = None
+
+    def encode(self, prompts: List[str]):
+        """The prompts' conditioning, without gradients (offloaded text encoders visit the device meanwhile)."""
+        device = self.accelerator.device
+        encoders = self.adapter.text_encoders if self.args.offload_text_encoders else []
+        for encoder in encoders:
+            encoder.to(device)
+        with torch.no_grad():
+            cond = self.adapter.encode_prompts(prompts, device, self.max_sequence_length)
+        for encoder in encoders:
+            encoder.to("cpu")
+        return cond
+
+    def uncond(self):
+        """The empty prompt's conditioning (one row), encoded once."""
+        if self._uncond is None:
+            self._uncond = self.encode([""])
+        return self._uncond
+
+    def velocity(self, cond, num_rows: int, guidance_scale: float = 1.0):
+        """`(x, sigma) -> velocity` of the active policy for `num_rows` samples; with `guidance_scale > 1`,
+        classifier-free guided.
+
+        Two calls rather than one of twice the batch: the empty prompt's text may be shorter than the prompts'
+        (masked text encoders), so the rows cannot always be stacked.
+        """
+        predict = self.adapter.predict_velocity
+        if guidance_scale <= 1.0:
+            return lambda x, sigma: predict(x, sigma, cond)
+        uncond = select_conditioning(self.uncond(), torch.zeros(num_rows, dtype=torch.long))
+
+        def guided(x, sigma):
+            v_uncond = predict(x, sigma, uncond)
+            v_cond = predict(x, sigma, cond)
+            return v_uncond + guidance_scale * (v_cond - v_uncond)
+
+        return guided
+
+    def rollout(self, cond, noise, *, sampler: str, sigmas: torch.Tensor, guidance_scale: float = 1.0):
+        """Integrate the ODE from `noise` with one of the solvers: the final latents."""
+        velocity = self.velocity(cond, len(noise), guidance_scale)
+        return rollout(velocity, sigmas, noise.to(self.accelerator.device), sampler)
+
+    def collect(self, prompt_index: Sequence[int], *, iteration: int, objective, timings: Dict[str, float]) -> Rollouts:
+        """Sample this process's share of the iteration's images as `objective` asks, and score them.
+
+        Args:
+            prompt_index: The iteration's prompt rows of `dataset`, one per group.
+            iteration: The iteration number (seeds the noise).
+            objective: The `Objective`: its `sampling_policy`, `guidance_scale` and `sample`.
+            timings: `"sampling"` and `"reward"` seconds, added to.
+        """
+        args, start = self.args, time.perf_counter()
+        image_ids = torch.arange(args.images_per_iteration)[self.plan.images_of(self.accelerator.process_index)]
+        group_ids = image_ids // args.group_size
+        local_groups = sorted(set(group_ids.tolist()))
+        rows = self.dataset.select([prompt_index[g] for g in local_groups])
+        row_prompts, row_meta = list(rows["prompt"]), row_metadata(rows)
+        cond = self.encode(row_prompts)
+        row_of_image = torch.tensor([local_groups.index(g) for g in group_ids.tolist()])
+        prompts = [row_prompts[i] for i in row_of_image.tolist()]
+        metadata = [row_meta[i] for i in row_of_image.tolist()]
+        timings["sampling"] += time.perf_counter() - start
+        batches = self._sample_batches(cond, row_of_image, image_ids, iteration, objective, timings,
+                                       prompts=prompts, metadata=metadata)
+        start = time.perf_counter()
+        rewards = [self.scorer.wait(future) for future in batches.pop("futures")]  # scored while sampling went on
+        timings["reward"] += time.perf_counter() - start
+        return Rollouts(
+            cond=cond, row_of_image=row_of_image, group_ids=group_ids,
+            rewards={k: torch.cat([r[k] for r in rewards]) for k in rewards[0]},
+            uncond=self.uncond() if objective.guidance_scale > 1.0 else None,
+            **{k: torch.cat(v) if v else None for k, v in batches.items()},
+        )
+
+    def _sample_batches(self, cond, row_of_image, image_ids, iteration, objective, timings, *, prompts, metadata):
+        """Sample, decode and submit for scoring every batch of `sample_batch_size` images."""
+        args, shape = self.args, self.latent_shape
+        out = {"latents": [], "states": [], "log_probs": [], "thumbnails": [], "futures": []}
+        bar = nested_bar(self.accelerator, self.plan.local_images, "sampling")
+        with self.policy.using(objective.sampling_policy):
+            for lo in range(0, self.plan.local_images, args.sample_batch_size):
+                start = time.perf_counter()
+                index = torch.arange(lo, min(lo + args.sample_batch_size, self.plan.local_images))
+                ids = [int(image_ids[i]) for i in index]
+                noise = torch.stack([torch.randn(shape, generator=seeded(args.seed, SEED_STREAMS["noise"], iteration, i))
+                                     for i in ids])
+
+                def step_noise(k, ids=ids):  # the SDE's noise of step k, per image
+                    return torch.stack([torch.randn(shape, generator=seeded(args.seed, SEED_STREAMS["sde"], iteration,
+                                                                            i, k)) for i in ids])
+
+                row_cond = select_conditioning(cond, row_of_image[index])
+                velocity = self.velocity(row_cond, len(index), objective.guidance_scale)
+                with torch.no_grad():
+                    sample = objective.sample(velocity, noise.to(self.accelerator.device), step_noise)
+                    images = self.adapter.decode(sample.latents)
+                out["latents"].append(sample.latents)
+                for key in ("states", "log_probs"):
+                    if getattr(sample, key) is not None:
+                        out[key].append(getattr(sample, key))
+                if args.monitors:
+                    out["thumbnails"].append(thumbnails(images).cpu())
+                timings["sampling"] += time.perf_counter() - start
+                start = time.perf_counter()
+                out["futures"].append(self.scorer.submit(images, [prompts[i] for i in index.tolist()],
+                                                         [metadata[i] for i in index.tolist()]))
+                timings["reward"] += time.perf_counter() - start
+                bar.update(len(index))
+        bar.close()
+        return out
+

@@ -1,0 +1,125 @@
+"""Flow-GRPO beside NFT: the SDE's log-probabilities, PPO's clip, the ratio of the first update, and the loop on the
+tiny SD3 and FLUX pipelines."""
+
+import math
+
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from diffusers_nft import FlowGRPOTrainer, NFTTrainer
+from diffusers_nft.grpo import clipped_surrogate, sde_rollout, sde_std, sde_step
+from diffusers_nft.metrics import loss_key
+
+from conftest import PROMPTS, tiny_config
+
+
+def test_a_transitions_log_probability_is_the_closed_form_gaussian():
+    g = torch.Generator().manual_seed(0)
+    x, v, prev = (torch.randn(3, 4, 5, 5, generator=g) for _ in range(3))
+    sigma, sigma_next, a = torch.tensor([0.9, 0.5, 0.2]), torch.tensor([0.8, 0.3, 0.0]), 0.7
+    step = sde_step(x, v, sigma, sigma_next, noise_level=a, sigma_max=0.95, prev_sample=prev)
+    s, dt = sigma.view(-1, 1, 1, 1), (sigma_next - sigma).view(-1, 1, 1, 1)
+    std = a * (s / (1 - s)).sqrt()
+    mean = x + (v + std**2 / (2 * s) * (x + (1 - s) * v)) * dt  # the reverse SDE's drift
+    expected = torch.distributions.Normal(mean, std * (-dt).sqrt()).log_prob(prev).flatten(1).mean(1)
+    torch.testing.assert_close(step.log_prob, expected)
+    torch.testing.assert_close(step.mean, mean)
+    # at sigma = 1 the std divides by the grid's largest level below 1 instead of 0
+    assert sde_std(torch.tensor(1.0), 0.95, a) == pytest.approx(a * math.sqrt(1 / 0.05))
+
+
+def test_the_sde_keeps_the_odes_marginals():
+    """Gaussian data N(0, c^2) has a closed-form velocity; the SDE's samples keep the flow's variance at each level."""
+    c = 0.5
+
+    def velocity(x, sigma):
+        s = sigma.view(-1, 1)
+        var = (1 - s) ** 2 * c**2 + s**2
+        return (s - (1 - s) * c**2) / var * x  # E[eps | x] - E[x0 | x]
+
+    sigmas = torch.linspace(1, 0, 401)[:-1].double()
+    sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(20000, 1, generator=g)
+    states, log_probs = sde_rollout(velocity, sigmas, noise, lambda k: torch.randn(20000, 1, generator=g),
+                                    noise_level=0.7)
+    for k in (100, 200, 300, 400):
+        s = float(sigmas[k])
+        assert states[:, k].var().item() == pytest.approx((1 - s) ** 2 * c**2 + s**2, rel=0.04)
+    assert log_probs.shape == (20000, 400) and torch.isfinite(log_probs).all()
+
+
+def test_the_clipped_surrogates_gradient_vanishes_outside_the_clip_range():
+    clip = 1e-4
+    old = torch.zeros(4)
+    # ratios: inside the range, above it, below it, above it with a negative advantage (that side is not clipped)
+    log_prob = torch.log(torch.tensor([1.00005, 1.01, 0.99, 1.01])).requires_grad_()
+    advantages = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    loss, ratio = clipped_surrogate(log_prob, old, advantages, clip)
+    loss.backward()
+    grad = log_prob.grad
+    assert grad[1] == 0 and grad[2] == 0  # pushed past the range in the advantage's direction: no gradient
+    torch.testing.assert_close(grad[0], -advantages[0] * ratio[0].detach() / 4)
+    torch.testing.assert_close(grad[3], -advantages[3] * ratio[3].detach() / 4)
+
+
+def _first_micro_step(trainer):
+    prompt_index = trainer.prompt_sampler.next(trainer.args.prompts_per_iteration)
+    rollouts = trainer.collector.collect(prompt_index, iteration=0, objective=trainer.objective,
+                                         timings={"sampling": 0.0, "reward": 0.0})
+    scores = rollouts.rewards["jpeg_incompressibility"]
+    weights, _ = trainer.objective.weights(scores, rollouts.group_ids)
+    batches = trainer.objective.micro_batches(rollouts, weights, batch_size=trainer.args.train_batch_size,
+                                              levels=trainer.plan.train_timesteps, generator=torch.Generator())
+    return rollouts, weights, next(batches)
+
+
+def test_the_ratio_is_one_on_the_first_update_and_the_rollouts_hold_the_trajectory(tiny_pipeline, tmp_path):
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_incompressibility", tiny_config(tmp_path, train_batch_size=8),
+                         PROMPTS, objective="flow_grpo")
+    rollouts, weights, batch = _first_micro_step(trainer)
+    steps = trainer.args.num_sampling_steps
+    assert rollouts.states.shape == (8, steps + 1, *trainer.latent_shape) and rollouts.log_probs.shape == (8, steps)
+    assert torch.equal(rollouts.states[:, 0].float(), rollouts.states[:, 0])
+    assert torch.equal(rollouts.latents, rollouts.states[:, -1]) and rollouts.uncond is not None
+    # the advantages are group-normalised: mean 0 within each prompt's group
+    for group in rollouts.group_ids.unique():
+        assert abs(weights[rollouts.group_ids == group].mean().item()) < 1e-5
+    out = trainer.objective(**batch)
+    assert out.ratio.item() == pytest.approx(1.0, abs=1e-5) and out.clip_fraction.item() == 0
+    assert out.kl.item() == pytest.approx(0.0, abs=1e-10)  # theta is still the reference
+    out.loss.backward()
+    grads = [p.grad for p in trainer.policy.trainable_parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_flow_grpo_trains_the_tiny_sd3_and_its_lora_moves_away_from_the_base(tiny_pipeline, tmp_path):
+    # 3 optimizer steps per iteration: the later micro-batches see a policy that moved since it sampled
+    config = tiny_config(tmp_path, max_steps=3, learning_rate=3e-2, objective="flow_grpo",
+                         optimizer_steps_per_iteration=3, train_batch_size=8)
+    trainer = FlowGRPOTrainer(tiny_pipeline, "jpeg_incompressibility", config, PROMPTS)
+    assert "Flow-GRPO" in trainer.describe() and "SDE steps (a = 0.7), CFG 4.5" in trainer.describe()
+    history = trainer.train()
+    assert len(history) == 3
+    for row in history:
+        assert math.isfinite(row[loss_key("total")]) and row["grpo/clip_fraction"] >= 0
+    assert history[-1]["grpo/clip_fraction"] > 0  # the policy moved past the 1e-4 clip range
+    assert history[-1][loss_key("kl")] > 0
+    saved = (tmp_path / "pytorch_lora_weights.safetensors")
+    assert saved.is_file()
+    deltas = [p.detach().abs().max() for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert max(deltas) > 0
+
+
+def test_flow_grpo_runs_the_tiny_flux_loop(tmp_path):
+    from diffusers_nft.testing_utils import build_tiny_flux_pipeline
+
+    pipe = build_tiny_flux_pipeline(seed=0, guidance_embeds=True)
+    pipe.set_progress_bar_config(disable=True)
+    config = tiny_config(tmp_path, max_steps=2, objective="flow_grpo", grpo_guidance_scale=1.0)
+    trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
+    history = trainer.train()
+    assert len(history) == 2 and all(math.isfinite(row[loss_key("policy")]) for row in history)
+    assert "no CFG" in trainer.describe()
+    assert isinstance(pipe, FluxPipeline)
