@@ -126,11 +126,48 @@ def _literal(value) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
+# What the card says of each training objective (`NFTConfig.objective`).
+METHODS = {
+    "nft": {
+        "name": "DiffusionNFT", "paper": "arXiv 2509.16117", "url": "https://arxiv.org/abs/2509.16117",
+        "about": "DiffusionNFT is online reinforcement learning on the *forward* process: each iteration samples "
+                 "images from the current policy without classifier-free guidance, scores them, and trains a "
+                 "contrastive flow-matching loss on the clean samples (an implicit positive policy is pulled toward "
+                 "high-reward images, an implicit negative one toward low-reward images). The guidance ends up "
+                 "inside the model, so **this LoRA is meant to be used without CFG** (`guidance_scale=1.0`).",
+        "cfg_limit": "It was trained CFG-free: adding CFG on top of it over-saturates images.",
+        "bibtex": "@inproceedings{zheng2026diffusionnft,\n"
+                  "  title     = {DiffusionNFT: Online Diffusion Reinforcement with Forward Process},\n"
+                  "  author    = {Zheng, Kaiwen and Chen, Huayu and Ye, Haotian and Wang, Haoxiang and Zhang, Qinsheng and\n"
+                  "               Jiang, Kai and Su, Hang and Ermon, Stefano and Zhu, Jun and Liu, Ming-Yu},\n"
+                  "  booktitle = {International Conference on Learning Representations},\n"
+                  "  year      = {2026}\n"
+                  "}",
+    },
+    "flow_grpo": {
+        "name": "Flow-GRPO", "paper": "arXiv 2505.05470", "url": "https://arxiv.org/abs/2505.05470",
+        "about": "Flow-GRPO is online reinforcement learning on the *reverse* process: each iteration samples images "
+                 "with an SDE that has the ODE's marginals, with classifier-free guidance, records every denoising "
+                 "transition and its Gaussian log-probability, and trains PPO's clipped surrogate on the "
+                 "transitions with group-normalised advantages and a KL to the base model.",
+        "cfg_limit": "It was trained with CFG (see `grpo_guidance_scale` below) and is usually used with it; the "
+                     "images and the call on this card are CFG-free, as the run's evaluations were.",
+        "bibtex": "@article{liu2025flowgrpo,\n"
+                  "  title   = {Flow-GRPO: Training Flow Matching Models via Online RL},\n"
+                  "  author  = {Liu, Jie and others},\n"
+                  "  journal = {arXiv preprint arXiv:2505.05470},\n"
+                  "  year    = {2025}\n"
+                  "}",
+    },
+}
+
+
 def write_model_card(
     output_dir: str, *, repo_id: str, base_model: Optional[str], pipeline_class: str,
     rewards: Sequence[Tuple[str, float]], hyperparameters: Dict[str, object], history: List[Dict[str, float]],
     widget: Sequence[Tuple[str, str]], call_kwargs: Dict[str, object], license: Optional[str] = None,
     evaluation: Optional[str] = None, lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None,
+    objective: str = "nft",
 ) -> str:
     """Write `output_dir/README.md` from the template.
 
@@ -147,6 +184,7 @@ def write_model_card(
         license: The card's license; default: the base model's on the Hub, when it can be read.
         evaluation: A markdown table of an evaluation run, shown in the card.
         lora_layout: The LoRA files and how each loads (`FlowPipelineAdapter.lora_layout`), for the snippet.
+        objective: The training objective (`"nft"` or `"flow_grpo"`): the card's method text (`METHODS`).
 
     Returns:
         The path of the card.
@@ -156,7 +194,8 @@ def write_model_card(
     card = ModelCard.from_template(
         _card_data(base_model, pipeline_class, widget, license),
         template_path=model_card_template(),
-        title=f"{repo_id.split('/')[-1]}: DiffusionNFT LoRA for {base_model or pipeline_class}",
+        title=f"{repo_id.split('/')[-1]}: {METHODS[objective]['name']} LoRA for {base_model or pipeline_class}",
+        method=METHODS[objective],
         base_model=base_model,
         pipeline_class=pipeline_class,
         rewards=list(rewards),
@@ -197,7 +236,7 @@ def _first_and_last(history: List[Dict[str, float]]) -> List[Tuple[str, float, f
 
 
 def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prompt: int, scale: int,
-                      settings: str = ""):
+                      settings: str = "", tuned_label: str = "NFT"):
     """The same-seed before/after grid and one widget image per prompt, under `folder/images/`.
 
     Returns:
@@ -210,7 +249,7 @@ def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prom
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     n = per_prompt
     rows = torch.cat([torch.cat([base[i * n : (i + 1) * n], tuned[i * n : (i + 1) * n]]) for i in range(len(prompts))])
-    labels = [f"{who}: {p}" for p in prompts for who in ("base", "NFT")]
+    labels = [f"{who}: {p}" for p in prompts for who in ("base", tuned_label)]
     save_grid(rows, os.path.join(folder, "images", "before_after"), rows=2 * len(prompts), labels=labels,
               scale=scale, column_labels=[f"seed {k}" for k in range(n)], caption=settings)
     widget = []

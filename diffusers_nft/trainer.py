@@ -522,9 +522,10 @@ class NFTTrainer:
         if not self.accelerator.is_main_process:
             return None
         weights = "EMA weights" if args.save_ema_weights else "trained weights"
-        settings = f"NFT: {weights}; both: {args.eval_num_steps} Euler steps, no CFG, same seeds"
+        label = _BAR_NAMES[args.objective]
+        settings = f"{label}: {weights}; both: {args.eval_num_steps} Euler steps, no CFG, same seeds"
         widget = write_card_images(folder, prompts, base, tuned, per_prompt=n, scale=max(1, 256 // args.resolution),
-                                   settings=settings)
+                                   settings=settings, tuned_label=label)
         if self.history:
             plot_reward_curve(self.history, os.path.join(folder, "reward_curve.png"))
         results = os.path.join(args.output_dir, "results.md")
@@ -544,6 +545,7 @@ class NFTTrainer:
             lora_layout=self.adapter.lora_layout(),
             license=args.license,
             evaluation=evaluation,
+            objective=args.objective,
         )
         logger.info("Wrote model card %s (with %s)", card, ", ".join(sorted(os.listdir(os.path.join(folder, "images")))))
         return card

@@ -90,3 +90,4 @@ def test_the_command_line_trains_flow_grpo_and_the_card_says_so(tmp_path, monkey
     trainer.create_model_card()
     card = (tmp_path / "out" / "README.md").read_text()
     assert "grpo_clip_range" in card and "nft_beta" not in card
+    assert "trained with **Flow-GRPO**" in card and "DiffusionNFT" not in card
