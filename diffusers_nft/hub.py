@@ -7,7 +7,11 @@ import shutil
 from importlib import resources
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from accelerate.logging import get_logger
+
 from .metrics import reward_key, reward_names
+
+logger = get_logger(__name__)
 
 # What never leaves the machine: optimizer checkpoints, half-written folders, logs, per-step sample grids.
 UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", "samples/**", "*.tmp.png",
@@ -129,7 +133,7 @@ def _literal(value) -> str:
 # What the card says of each training objective (`NFTConfig.objective`).
 METHODS = {
     "nft": {
-        "name": "DiffusionNFT", "paper": "arXiv 2509.16117", "url": "https://arxiv.org/abs/2509.16117",
+        "name": "DiffusionNFT", "short": "NFT", "paper": "arXiv 2509.16117", "url": "https://arxiv.org/abs/2509.16117",
         "about": "DiffusionNFT is online reinforcement learning on the *forward* process: each iteration samples "
                  "images from the current policy without classifier-free guidance, scores them, and trains a "
                  "contrastive flow-matching loss on the clean samples (an implicit positive policy is pulled toward "
@@ -145,7 +149,7 @@ METHODS = {
                   "}",
     },
     "flow_grpo": {
-        "name": "Flow-GRPO", "paper": "arXiv 2505.05470", "url": "https://arxiv.org/abs/2505.05470",
+        "name": "Flow-GRPO", "short": "Flow-GRPO", "paper": "arXiv 2505.05470", "url": "https://arxiv.org/abs/2505.05470",
         "about": "Flow-GRPO is online reinforcement learning on the *reverse* process: each iteration samples images "
                  "with an SDE that has the ODE's marginals, with classifier-free guidance, records every denoising "
                  "transition and its Gaussian log-probability, and trains PPO's clipped surrogate on the "
@@ -160,6 +164,64 @@ METHODS = {
                   "}",
     },
 }
+
+
+# The settings of each objective that the card lists, beside the shared ones.
+CARD_SETTINGS = {
+    "nft": ("sampler", "nft_beta", "kl_beta", "loss_weighting", "train_timesteps", "old_policy_decay"),
+    "flow_grpo": ("grpo_noise_level", "grpo_clip_range", "grpo_kl_beta", "grpo_guidance_scale", "timestep_fraction"),
+}
+
+
+def card_hyperparameters(args, lora, mixed_precision: str) -> Dict[str, object]:
+    """The card's settings table: the LoRA, the objective's settings (`CARD_SETTINGS`) and the shared ones."""
+    return {
+        "LoRA rank / alpha": f"{lora.r} / {lora.lora_alpha} (the file folds alpha / r into lora_B and says alpha = r)",
+        "LoRA targets": ", ".join(sorted(lora.target_modules)),
+        "saved weights": "EMA" if args.save_ema_weights else "raw",
+        **{k: getattr(args, k) for k in (
+            "objective", "prompts_per_iteration", "group_size", "images_per_iteration", "num_sampling_steps",
+            *CARD_SETTINGS[args.objective], "resolution", "adv_clip_max", "learning_rate", "ema_decay", "seed")},
+        "mixed_precision": mixed_precision,
+    }
+
+
+def create_model_card(trainer, *, repo_id: str, folder: str, evaluation: Optional[str] = None) -> Optional[str]:
+    """Compose a run's card: same-seed base and tuned images (every process samples), then on the main process the
+    grid, widget images, reward curve and `README.md`. See `NFTTrainer.create_model_card`."""
+    from .policy import REFERENCE
+    from .visualize import plot_reward_curve
+
+    args, accelerator = trainer.args, trainer.accelerator
+    prompts = trainer._validation_prompts()
+    n = min(args.num_validation_images, 4)
+    all_prompts, seeds = [p for p in prompts for _ in range(n)], list(range(n)) * len(prompts)
+    base = trainer.generate(all_prompts, seeds, policy=REFERENCE)  # every process: sharded models sample together
+    tuned = trainer.generate(all_prompts, seeds, policy=trainer._saved_adapter)
+    if not accelerator.is_main_process:
+        return None
+    label = METHODS[args.objective]["short"]
+    weights = "EMA weights" if args.save_ema_weights else "trained weights"
+    widget = write_card_images(folder, prompts, base, tuned, per_prompt=n, scale=max(1, 256 // args.resolution),
+                               settings=f"{label}: {weights}; both: {args.eval_num_steps} Euler steps, no CFG, "
+                                        "same seeds", tuned_label=label)
+    if trainer.history:
+        plot_reward_curve(trainer.history, os.path.join(folder, "reward_curve.png"))
+    results = os.path.join(args.output_dir, "results.md")
+    if evaluation is None and os.path.isfile(results):
+        with open(results) as f:
+            evaluation = f.read()
+    card = write_model_card(
+        folder, repo_id=repo_id, pipeline_class=type(trainer.pipeline).__name__,
+        base_model=hub_base_model(getattr(trainer.pipeline, "name_or_path", None), args.base_model_id),
+        rewards=list(zip(trainer.rewards.names, trainer.rewards.weights)),
+        hyperparameters=card_hyperparameters(args, trainer.policy.lora_config, accelerator.mixed_precision),
+        history=trainer.history, widget=widget, call_kwargs=trainer.evaluation_call_kwargs(),
+        lora_layout=trainer.adapter.lora_layout(), license=args.license, evaluation=evaluation,
+        objective=args.objective,
+    )
+    logger.info("Wrote model card %s (with %s)", card, ", ".join(sorted(os.listdir(os.path.join(folder, "images")))))
+    return card
 
 
 def write_model_card(
@@ -186,8 +248,7 @@ def write_model_card(
         lora_layout: The LoRA files and how each loads (`FlowPipelineAdapter.lora_layout`), for the snippet.
         objective: The training objective (`"nft"` or `"flow_grpo"`): the card's method text (`METHODS`).
 
-    Returns:
-        The path of the card.
+    Returns: The path of the card.
     """
     from huggingface_hub import ModelCard
 

@@ -23,7 +23,7 @@ from .demo.recipe import DEMO_CONFIG, DEMO_REWARD
 from .checkpoint import check_output_dir, resolve_checkpoint
 from .config import weight_dtype
 from .policy import check_lora_shape, check_lora_targets, make_lora_config
-from .rewards.registry import check_reward
+from .rewards.registry import check_reward, register_reward
 from .recipes import RECIPES, recipe
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,16 @@ class ScriptArguments:
         default_factory=list,
         metadata={"help": "A held-out judge (a reward name); repeat for several. Default: the training rewards.",
                   "action": "extend"},
+    )
+    vlm_judge_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "The model of the vlm_judge reward (an AutoModelForImageTextToText Hub id or folder). "
+                  "Default: Qwen/Qwen2.5-VL-7B-Instruct."},
+    )
+    vlm_judge_question: Optional[str] = field(
+        default=None,
+        metadata={"help": "The vlm_judge question, a template over {prompt} and the metadata columns. Default: "
+                  "'Does this image show {prompt}? Answer yes or no.'"},
     )
     guard: str = field(
         default="warn,save_best",
@@ -191,6 +201,7 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: 
         The reward names and the prompt dataset.
     """
     check_data_and_rewards_given(script_args, config, demo)
+    configure_vlm_judge(script_args)
     reward_names, reward_weights = parse_rewards(script_args.reward or default_rewards(script_args.recipe, demo))
     for name in reward_names:
         check_reward(name)
@@ -222,6 +233,23 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: 
     if config.resume_from_checkpoint:
         resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
     return reward_names, prompts
+
+
+def configure_vlm_judge(script_args: ScriptArguments) -> None:
+    """`vlm_judge` with the model and question of the flags, wherever the name is used (training or judging)."""
+    settings = {k: v for k, v in (("model_id", script_args.vlm_judge_model),
+                                  ("question", script_args.vlm_judge_question)) if v}
+    if not settings:
+        return
+    if "question" in settings and "{prompt}" not in settings["question"]:
+        raise ValueError(f"--vlm_judge_question must contain '{{prompt}}' (got {settings['question']!r}).")
+
+    def factory(**options):
+        from .rewards.vlm import VLMJudge
+
+        return VLMJudge(**{**options, **settings})
+
+    register_reward("vlm_judge", factory)
 
 
 def check_data_and_rewards_given(script_args: ScriptArguments, config: NFTConfig, demo: bool) -> None:

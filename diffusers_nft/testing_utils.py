@@ -486,3 +486,87 @@ def build_tiny_flux2_pipeline(seed: int = 0, sample_size: int = 8):
     text_encoder = Mistral3ForConditionalGeneration(config).eval()
     return Flux2Pipeline(text_encoder=text_encoder, tokenizer=tokenizer,
                          **_tiny_flux2_parts(sample_size, guidance_embeds=True))
+
+
+# A chat template that renders image content parts as `image_text` and text parts as themselves.
+_VL_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}IMAGE{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _vl_tokenizer(folder: str, image_tokens: list):
+    """The offline Qwen tokenizer with `image_tokens` added and a chat template that places them."""
+    tokenizer = _train_qwen_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", *image_tokens]})
+    tokenizer.chat_template = _VL_CHAT_TEMPLATE.replace("IMAGE", "".join(image_tokens[:3]))
+    return tokenizer
+
+
+def _qwen_vl_processor_class():
+    """`Qwen2_5_VLProcessor` without its video processor. transformers checks each part's class against
+    `BaseVideoProcessor`, which needs torchvision (not installed here, and it breaks diffusers' imports); the image
+    path, the part a judge uses, is the real processor's."""
+    from transformers import Qwen2_5_VLProcessor
+
+    class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            return type(argument)
+
+    return ImageOnlyQwen2_5_VLProcessor
+
+
+def build_tiny_qwen2_5_vl_judge(folder: str, seed: int = 0):
+    """Save a tiny random `Qwen2_5_VLForConditionalGeneration` to `folder` (loadable by
+    `AutoModelForImageTextToText`) and return its processor (Qwen's image processor, a tokenizer built offline)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    torch.manual_seed(seed)
+    specials = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = _vl_tokenizer(scratch, specials)
+    ids = dict(zip(("vision_start_token_id", "image_token_id", "vision_end_token_id", "video_token_id"),
+                   tokenizer.convert_tokens_to_ids(specials)))
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, merge_size=2,
+                                      temporal_patch_size=2)
+    processor = _qwen_vl_processor_class()(image_processor=images, tokenizer=tokenizer,
+                                           chat_template=tokenizer.chat_template)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "rope_theta": 1000000.0, "vocab_size": len(tokenizer),
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        vocab_size=len(tokenizer), **ids,
+    )
+    Qwen2_5_VLForConditionalGeneration(config).eval().save_pretrained(folder)
+    return processor
+
+
+def build_tiny_llava_judge(folder: str, seed: int = 0) -> None:
+    """Save a tiny random `LlavaForConditionalGeneration` and its `LlavaProcessor` to `folder`: both load with
+    `AutoModelForImageTextToText` / `AutoProcessor`, as a Hub model does."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = _vl_tokenizer(scratch, ["<image>"])
+    images = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=tokenizer.chat_template)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       image_size=28, patch_size=14, projection_dim=16),
+        text_config=LlamaConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                num_key_value_heads=2, vocab_size=len(tokenizer), bos_token_id=None,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+    )
+    LlavaForConditionalGeneration(config).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)

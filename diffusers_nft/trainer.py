@@ -34,16 +34,7 @@ from .checkpoint import CheckpointError, check_output_dir, clean_incomplete
 from .collect import SEED_STREAMS, Collector, seeded
 from .config import NFTConfig, weight_dtype
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
-from .hub import (
-    LORA_WEIGHT_NAME,
-    UPLOAD_STAGING,
-    hub_base_model,
-    publish_staged,
-    stage_upload,
-    upload_folder,
-    write_card_images,
-    write_model_card,
-)
+from .hub import LORA_WEIGHT_NAME, METHODS, UPLOAD_STAGING, create_model_card, publish_staged, stage_upload, upload_folder
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
 from .monitors import group_diversity, image_stats
@@ -51,7 +42,7 @@ from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_
 from .objectives import build_objective
 from .pipelines import get_pipeline_adapter, select_conditioning
 from .plan import IterationPlan
-from .policy import REFERENCE, TRAINED, NFTPolicy, check_lora_targets, make_lora_config
+from .policy import TRAINED, NFTPolicy, check_lora_targets, make_lora_config
 from .rewards import RewardScorer, WeightedRewards
 from .rollouts import Rollouts
 from .sampling import is_flow_matching_scheduler
@@ -60,12 +51,6 @@ from .visualize import plot_reward_curve, save_grid
 
 logger = get_logger(__name__)
 
-_BAR_NAMES = {"nft": "NFT", "flow_grpo": "Flow-GRPO"}
-# The settings of each objective that the model card lists.
-_OBJECTIVE_SETTINGS = {
-    "nft": ("sampler", "nft_beta", "kl_beta", "loss_weighting", "train_timesteps", "old_policy_decay"),
-    "flow_grpo": ("grpo_noise_level", "grpo_clip_range", "grpo_kl_beta", "grpo_guidance_scale", "timestep_fraction"),
-}
 
 
 class NFTTrainer:
@@ -113,11 +98,7 @@ class NFTTrainer:
         objective: Optional[str] = None,
     ):
         # Everything that can be wrong with the inputs is checked before any model compute.
-        args = args if args is not None else NFTConfig()
-        if objective is not None:
-            args = dataclasses.replace(args, objective=objective)  # validated again by __post_init__
-        self.args = args
-        args.validate()
+        self.args = args = _resolved_config(args, objective)
         self.callbacks = CallbackList(callbacks or [], trainer=self)
         self.pipeline, self.adapter = pipeline, _adapter(pipeline, args)
         self.max_sequence_length = args.max_sequence_length or self.adapter.default_max_sequence_length
@@ -258,7 +239,7 @@ class NFTTrainer:
         if self.global_step == 0 and self._validation_prompts():
             self.log_validation()
         bar = tqdm(
-            total=args.max_steps, initial=self.global_step, desc=_BAR_NAMES[args.objective], disable=not accelerator.is_local_main_process
+            total=args.max_steps, initial=self.global_step, desc=METHODS[args.objective]["short"], disable=not accelerator.is_local_main_process
         )
         try:
             self.callbacks.call("on_train_begin", args, self.state, self.control)
@@ -314,8 +295,7 @@ class NFTTrainer:
             "output_dir": os.path.abspath(args.output_dir),
             "trackers": args.report_to if args.report_to != "none" else "none (metrics.jsonl only)",
         }
-        title = "Flow-GRPO" if args.objective == "flow_grpo" else "DiffusionNFT"
-        return f"Training {title}:\n" + "\n".join(f"  {key:<11} {value}" for key, value in rows.items())
+        return f"Training {METHODS[args.objective]['name']}:\n" + "\n".join(f"  {key:<11} {value}" for key, value in rows.items())
 
     def _sampling_words(self) -> str:
         """How rollouts sample, in words: `"10 dpm_solver steps, no CFG"`, `"10 SDE steps (a = 0.7), CFG 4.5"`."""
@@ -504,7 +484,8 @@ class NFTTrainer:
     def create_model_card(
         self, repo_id: Optional[str] = None, folder: Optional[str] = None, evaluation: Optional[str] = None
     ) -> Optional[str]:
-        """Write `README.md` (the model card), the before/after grid, widget images and the reward curve.
+        """Write `README.md` (the model card), the before/after grid, widget images and the reward curve
+        (`hub.create_model_card`).
 
         Every process must call it (they sample together); the main one writes and gets the card's path.
 
@@ -513,42 +494,8 @@ class NFTTrainer:
             folder: Where to write; `output_dir` by default.
             evaluation: A markdown table of results to show; default: `output_dir/results.md` when there is one.
         """
-        args, folder = self.args, folder or self.args.output_dir
-        prompts = self._validation_prompts()
-        n = min(args.num_validation_images, 4)
-        all_prompts, seeds = [p for p in prompts for _ in range(n)], list(range(n)) * len(prompts)
-        base = self.generate(all_prompts, seeds, policy=REFERENCE)  # every process: sharded models sample together
-        tuned = self.generate(all_prompts, seeds, policy=self._saved_adapter)
-        if not self.accelerator.is_main_process:
-            return None
-        weights = "EMA weights" if args.save_ema_weights else "trained weights"
-        label = _BAR_NAMES[args.objective]
-        settings = f"{label}: {weights}; both: {args.eval_num_steps} Euler steps, no CFG, same seeds"
-        widget = write_card_images(folder, prompts, base, tuned, per_prompt=n, scale=max(1, 256 // args.resolution),
-                                   settings=settings, tuned_label=label)
-        if self.history:
-            plot_reward_curve(self.history, os.path.join(folder, "reward_curve.png"))
-        results = os.path.join(args.output_dir, "results.md")
-        if evaluation is None and os.path.isfile(results):
-            with open(results) as f:
-                evaluation = f.read()
-        card = write_model_card(
-            folder,
-            repo_id=self._repo_id(repo_id),
-            base_model=hub_base_model(getattr(self.pipeline, "name_or_path", None), args.base_model_id),
-            pipeline_class=type(self.pipeline).__name__,
-            rewards=list(zip(self.rewards.names, self.rewards.weights)),
-            hyperparameters=self._card_hyperparameters(),
-            history=self.history,
-            widget=widget,
-            call_kwargs=self.evaluation_call_kwargs(),
-            lora_layout=self.adapter.lora_layout(),
-            license=args.license,
-            evaluation=evaluation,
-            objective=args.objective,
-        )
-        logger.info("Wrote model card %s (with %s)", card, ", ".join(sorted(os.listdir(os.path.join(folder, "images")))))
-        return card
+        return create_model_card(self, repo_id=self._repo_id(repo_id), folder=folder or self.args.output_dir,
+                                 evaluation=evaluation)
 
     def evaluation_call_kwargs(self) -> Dict[str, object]:
         """The pipeline-call arguments that generate as the evaluation does: CFG-free, `eval_num_steps` Euler steps
@@ -565,19 +512,6 @@ class NFTTrainer:
 
     def _repo_id(self, repo_id: Optional[str]) -> str:
         return repo_id or self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
-
-    def _card_hyperparameters(self) -> Dict[str, object]:
-        args, lora = self.args, self.policy.lora_config
-        return {
-            "LoRA rank / alpha": f"{lora.r} / {lora.lora_alpha} (the file folds alpha / r into lora_B and says alpha = r)",
-            "LoRA targets": ", ".join(sorted(lora.target_modules)),
-            "saved weights": "EMA" if args.save_ema_weights else "raw",
-            **{k: getattr(args, k) for k in (
-                "objective", "prompts_per_iteration", "group_size", "images_per_iteration", "num_sampling_steps",
-                *_OBJECTIVE_SETTINGS[args.objective], "resolution", "adv_clip_max", "learning_rate", "ema_decay",
-                "seed")},
-            "mixed_precision": self.accelerator.mixed_precision,
-        }
 
     def push_to_hub(
         self, repo_id: Optional[str] = None, token: Optional[str] = None, private: Optional[bool] = None, api=None
@@ -776,6 +710,15 @@ def _truncate_metrics(path: str, step: int) -> None:
 def _count(n: int, noun: str) -> str:
     """`"1 process"`, `"2 processes"`."""
     return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith('s') else 's'}"
+
+
+def _resolved_config(args: Optional[NFTConfig], objective: Optional[str]) -> NFTConfig:
+    """The config (the default one when None), with `objective` when given, validated."""
+    args = args if args is not None else NFTConfig()
+    if objective is not None:
+        args = dataclasses.replace(args, objective=objective)
+    args.validate()
+    return args
 
 
 def _prompt_sets(train_dataset: PromptSource, eval_dataset: Optional[PromptSource]):

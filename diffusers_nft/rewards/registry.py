@@ -36,6 +36,7 @@ _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "hpsv2": _model(".clip", "HPSv2"),
     "aesthetic": _model(".aesthetic", "Aesthetic"),
     "geneval": _model(".geneval", "GenEval"),
+    "vlm_judge": _model(".vlm", "VLMJudge"),  # options: model_id, question, normalize
     "digit_eval": _model("..demo.reward", "DigitEval"),  # the bundled demo world's judge
     "ocr": lambda det_limit_side_len=None, **_: _model(".ocr", "OCRReward")(det_limit_side_len=det_limit_side_len),
 }

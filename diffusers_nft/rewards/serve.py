@@ -107,7 +107,7 @@ def create_app(reward, name: Optional[str] = None, api_key: Optional[str] = None
         max_pixels: Most pixels per image.
         max_body_bytes: Largest request body.
         body_timeout: Seconds to wait for each chunk of a request body.
-        **options: Reward options (`device`, `dtype`, `batch_size`).
+        **options: Reward options (`device`, `dtype`, `batch_size`, and a model reward's own: `model_id`, ...).
     """
     app = _score_app(WeightedRewards([reward], **options), name, max_images, max_pixels)
     return RequestGuard(app, api_key, max_body_bytes, body_timeout)
@@ -176,6 +176,9 @@ def main(argv=None):
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--model_id", default=None, help="The reward's model (Hub id or folder), for model rewards.")
+    parser.add_argument("--question", default=None,
+                        help="vlm_judge: the question template, e.g. 'Does this image show {prompt}? Answer yes or no.'")
     parser.add_argument("--api_key", default=os.environ.get(API_KEY_ENV),
                         help=f"Shared secret required as 'Authorization: Bearer <key>' (default: ${API_KEY_ENV}).")
     for flag, default in DEFAULT_LIMITS.items():
@@ -186,8 +189,7 @@ def main(argv=None):
                       "use the reward model. Set --api_key (or $DIFFUSERS_NFT_API_KEY).")
     uvicorn = require("uvicorn", "serve")
     options = {"dtype": args.dtype, "batch_size": args.batch_size}
-    if args.device:
-        options["device"] = args.device
+    options.update({k: getattr(args, k) for k in ("device", "model_id", "question") if getattr(args, k)})
     limits = {flag: getattr(args, flag) for flag in DEFAULT_LIMITS}
     uvicorn.run(create_app(args.reward, api_key=args.api_key, **limits, **options), host=args.host, port=args.port)
 
