@@ -121,15 +121,18 @@ def default_rewards(recipe_name: Optional[str], demo: bool) -> List[str]:
 
 
 def write_demo_results(trainer) -> str:
-    """Strict accuracy on the 60 evaluation prompts (2 seeds, 40-step Euler, no CFG), base vs NFT, as a table."""
+    """Strict accuracy on the 60 evaluation prompts (2 seeds, 40-step Euler, no CFG), base vs NFT, as a table: by
+    the training reward and by the held-out judge (`diffusers_nft.demo.judge`)."""
     from .demo.evaluate import evaluate
 
     with trainer.policy.using("reference"):
         base = evaluate(trainer.pipeline)
     with trainer.policy.ema_weights():
         tuned = evaluate(trainer.pipeline)
-    rows = [f"| {key} | {base[key]:.3f} | {tuned[key]:.3f} |" for key in ("strict", "digit", "color", "strict_held_out")]
-    table = "| accuracy (no CFG) | base | NFT |\n| --- | ---: | ---: |\n" + "\n".join(rows) + "\n"
+    rows = [f"| {key} | {base[key]:.3f} | {tuned[key]:.3f} | {base['judge_' + key]:.3f} | {tuned['judge_' + key]:.3f} |"
+            for key in ("strict", "digit", "color", "strict_held_out")]
+    table = ("| accuracy (no CFG) | base (digit_eval, trained on) | NFT (digit_eval) | base (digit_judge, held out) "
+             "| NFT (digit_judge) |\n| --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n")
     path = os.path.join(trainer.args.output_dir, "results.md")
     with open(path, "w") as f:
         f.write(table)

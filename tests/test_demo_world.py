@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,32 @@ def test_short_nft_run_raises_the_mean_reward(tmp_path):
     print(f"mean digit_eval reward of the zeros: base {before:.3f}, after 6 NFT iterations {after:.3f}")
     assert before < 0.8, before  # the base model draws few zeros without CFG
     assert after >= before + 0.1, (before, after)
+
+
+def test_the_held_out_judge_reads_real_held_out_digits_in_every_colour():
+    judge = load_reward("digit_judge")
+    digits, labels = load_digits_split("held_out")
+    generator = torch.Generator().manual_seed(0)
+    for color in COLOR_NAMES:
+        offsets = torch.randint(-3, 4, (len(digits), 2), generator=generator).numpy()
+        images = render(digits, [color] * len(digits), offsets)
+        images = images * (0.6 + 0.4 * torch.rand(len(images), 1, 1, 1, generator=generator))  # dimmer strokes
+        out = judge(images, ["p"] * len(digits), [{"digit": int(label), "color": color} for label in labels])
+        assert sum(out["digit"]) / len(digits) >= 0.97 and sum(out["color"]) == len(digits), color
+
+
+def test_the_held_out_judge_shares_no_model_or_features_with_the_reward():
+    from sklearn.svm import SVC
+
+    from diffusers_nft.demo.judge import digit_features
+
+    judge = load_reward("digit_judge")
+    assert isinstance(judge.reader.steps[-1][1], SVC)  # not the bundled CNN
+    digits, _ = load_digits_split("held_out")
+    red, cyan = render(digits[:5], ["red"] * 5), render(digits[:5], ["cyan"] * 5)
+    shifted = render(digits[:5], ["red"] * 5, [[3, -2]] * 5)
+    # colour-free and crop-aligned: the same stroke gives the same digit features in any colour or position
+    assert np.allclose(digit_features(red), digit_features(cyan)) and np.allclose(digit_features(red), digit_features(shifted))
+    assert digit_features(torch.zeros(1, 3, 32, 32)).max() == 0  # a blank image is no digit
+    with pytest.raises(ValueError, match="needs 'digit' and 'color' metadata"):
+        judge(red[:1], ["a"], [{}])

@@ -6,6 +6,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from ..evaluate import evaluate_models, generate_images
+from .judge import DigitJudge
 from .reward import DigitEval
 from .world import COLOR_NAMES, prompt_for, prompt_records
 
@@ -19,26 +20,31 @@ def generate(pipe, prompts: List[str], seeds: List[int], guidance_scale: float =
 
 def evaluate(pipe, seeds: Sequence[int] = (0, 1), guidance_scale: float = 1.0, num_steps: int = 40,
              max_sequence_length: int = 32, batch_size: int = 120) -> Dict[str, float]:
-    """Strict accuracy (digit and colour right), digit and colour accuracy, overall and on held-out combinations.
+    """Strict accuracy (digit and colour right), digit and colour accuracy, overall and on held-out combinations,
+    by the training reward (`digit_eval`: `strict`, `digit`, ...) and by the held-out judge that no recipe trains on
+    (`digit_judge`: `judge_strict`, `judge_digit`, ...).
 
-    `diffusers_nft.evaluate` on the 60 evaluation prompts with `digit_eval`: each prompt is generated once per
-    seed `s`, at 32 px, and prompt `i` uses the noise of seed `1000 * s + i`. No two images share their noise: with
-    one noise for all prompts, the few noises decide most of the digits (seeds 0 and 1 alone would give the base
-    model 0.70, seeds 2 and 3 would give it 0.42).
+    `diffusers_nft.evaluate` on the 60 evaluation prompts: each prompt is generated once per seed `s`, at 32 px, and
+    prompt `i` uses the noise of seed `1000 * s + i`. No two images share their noise: with one noise for all
+    prompts, the few noises decide most of the digits (seeds 0 and 1 alone would give the base model 0.70, seeds 2
+    and 3 would give it 0.42).
     """
+    judges = {"digit_eval": DigitEval(), "digit_judge": DigitJudge()}
     results, _ = evaluate_models(
-        pipe, {"model": nullcontext}, prompt_records("eval"), {"digit_eval": DigitEval()}, seeds=seeds,
+        pipe, {"model": nullcontext}, prompt_records("eval"), judges, seeds=seeds,
         guidance_scales=(guidance_scale,), num_steps=num_steps, resolution=32,
         max_sequence_length=max_sequence_length, batch_size=batch_size, group_by="held_out",
     )
     summary = next(iter(results.values()))
-    return {
-        "strict": summary["digit_eval/strict/mean"],
-        "digit": summary["digit_eval/digit/mean"],
-        "color": summary["digit_eval/color/mean"],
-        "strict_held_out": summary["digit_eval/strict/held_out=True/mean"],
-        "images": len(seeds) * len(prompt_records("eval")),
-    }
+    out = {"images": len(seeds) * len(prompt_records("eval"))}
+    for judge, prefix in (("digit_eval", ""), ("digit_judge", "judge_")):
+        out.update({
+            f"{prefix}strict": summary[f"{judge}/strict/mean"],
+            f"{prefix}digit": summary[f"{judge}/digit/mean"],
+            f"{prefix}color": summary[f"{judge}/color/mean"],
+            f"{prefix}strict_held_out": summary[f"{judge}/strict/held_out=True/mean"],
+        })
+    return out
 
 
 def diversity(pipe, seeds: Sequence[int] = tuple(range(8)), guidance_scale: float = 1.0, num_steps: int = 40,

@@ -37,7 +37,8 @@ _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "aesthetic": _model(".aesthetic", "Aesthetic"),
     "geneval": _model(".geneval", "GenEval"),
     "vlm_judge": _model(".vlm", "VLMJudge"),  # options: model_id, question, normalize
-    "digit_eval": _model("..demo.reward", "DigitEval"),  # the bundled demo world's judge
+    "digit_eval": _model("..demo.reward", "DigitEval"),  # the bundled demo world's reward
+    "digit_judge": _model("..demo.judge", "DigitJudge"),  # its held-out judge: another model, never trained on
     "ocr": lambda det_limit_side_len=None, **_: _model(".ocr", "OCRReward")(det_limit_side_len=det_limit_side_len),
 }
 _LOADED: Dict[tuple, RewardFunc] = {}
