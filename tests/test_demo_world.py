@@ -151,3 +151,17 @@ def test_the_held_out_judge_shares_no_model_or_features_with_the_reward():
     assert digit_features(torch.zeros(1, 3, 32, 32)).max() == 0  # a blank image is no digit
     with pytest.raises(ValueError, match="needs 'digit' and 'color' metadata"):
         judge(red[:1], ["a"], [{}])
+
+
+def test_the_robust_reward_gives_probabilities_that_real_digits_earn_and_noise_does_not():
+    reward = load_reward("digit_eval_robust", device="cpu")
+    digits, labels = load_digits_split("held_out")
+    images = render(digits[:60], ["magenta"] * 60)
+    right = reward(images, ["p"] * 60, [{"digit": int(label), "color": "magenta"} for label in labels[:60]])
+    wrong = reward(images, ["p"] * 60, [{"digit": (int(label) + 1) % 10, "color": "cyan"} for label in labels[:60]])
+    noise = reward(torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)), ["p"] * 8,
+                   [{"digit": 3, "color": "red"}] * 8)
+    assert all(0 <= s <= 1 for s in right["scores"] + wrong["scores"])
+    assert sum(right["scores"]) / 60 > 0.85 and sum(wrong["scores"]) / 60 < 0.1 and max(noise["scores"]) < 0.3
+    # the score is graded, not the 0 / 0.5 / 1 of digit_eval
+    assert len({round(s, 3) for s in right["scores"]}) > 10

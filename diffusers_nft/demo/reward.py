@@ -43,3 +43,44 @@ class DigitEval:
             scores.append(0.5 * digit_right[-1] + 0.5 * color_right[-1])
             strict.append(digit_right[-1] * color_right[-1])
         return {"scores": scores, "strict": strict, "digit": digit_right, "color": color_right}
+
+
+def _views(images: torch.Tensor) -> torch.Tensor:
+    """`(8, B, 3, H, W)`: the images as rendered, moved by 2 pixels four ways, dimmed, blurred, and thickened."""
+    shifted = [torch.roll(images, shifts=s, dims=d) for s, d in ((2, 2), (-2, 2), (2, 3), (-2, 3))]
+    blurred = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1)
+    thick = torch.nn.functional.max_pool2d(images, 3, stride=1, padding=1)
+    return torch.stack([images, *shifted, images * 0.7, blurred, thick])
+
+
+class RobustDigitEval(DigitEval):
+    """`digit_eval_robust`: the bundled classifier's *probabilities* of the prompt's digit and colour, averaged over
+    eight views of each image (moved, dimmed, blurred, thickened): `0.5 P(digit) + 0.5 P(colour)`.
+
+    A pattern that fools the classifier at one alignment and contrast, with a confident argmax, earns little here:
+    the reward asks for a digit that reads as one in every view. `strict`, `digit` and `color` are the argmax
+    decisions of the averaged probabilities, as `digit_eval` logs them.
+    """
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor):
+        """`(B, 10)` digit and `(B, 6)` colour probabilities, averaged over the views."""
+        views = _views(images.to(self.device, torch.float32).clamp(0, 1))
+        digit_logits, color_logits = self.model(views.flatten(0, 1))
+        n = len(views)
+        return (digit_logits.softmax(-1).view(n, len(images), -1).mean(0).cpu(),
+                color_logits.softmax(-1).view(n, len(images), -1).mean(0).cpu())
+
+    def __call__(self, images: torch.Tensor, prompts: List[str], metadata: List[dict]) -> Dict[str, List[float]]:
+        for meta, prompt in zip(metadata, prompts):
+            if "digit" not in meta or "color" not in meta:
+                raise ValueError(f"digit_eval_robust needs 'digit' and 'color' metadata for {prompt!r}.")
+        digits, colors = self.probabilities(images)
+        want_digit = torch.tensor([int(m["digit"]) for m in metadata])
+        want_color = torch.tensor([COLOR_NAMES.index(m["color"]) for m in metadata])
+        rows = torch.arange(len(metadata))
+        p_digit, p_color = digits[rows, want_digit], colors[rows, want_color]
+        digit_right = (digits.argmax(1) == want_digit).float()
+        color_right = (colors.argmax(1) == want_color).float()
+        return {"scores": (0.5 * p_digit + 0.5 * p_color).tolist(), "strict": (digit_right * color_right).tolist(),
+                "digit": digit_right.tolist(), "color": color_right.tolist()}

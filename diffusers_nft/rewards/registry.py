@@ -38,6 +38,7 @@ _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "geneval": _model(".geneval", "GenEval"),
     "vlm_judge": _model(".vlm", "VLMJudge"),  # options: model_id, question, normalize
     "digit_eval": _model("..demo.reward", "DigitEval"),  # the bundled demo world's reward
+    "digit_eval_robust": _model("..demo.reward", "RobustDigitEval"),  # its probabilities over 8 views of each image
     "digit_judge": _model("..demo.judge", "DigitJudge"),  # its held-out judge: another model, never trained on
     "ocr": lambda det_limit_side_len=None, **_: _model(".ocr", "OCRReward")(det_limit_side_len=det_limit_side_len),
 }
