@@ -51,6 +51,8 @@ from .visualize import plot_reward_curve, save_grid
 
 logger = get_logger(__name__)
 
+_TRAINED_ON = {"nft": "noise levels", "flow_grpo": "recorded transitions"}  # what a micro-step trains, per objective
+
 
 
 class NFTTrainer:
@@ -288,7 +290,7 @@ class NFTTrainer:
             "iteration": f"{args.prompts_per_iteration} prompts x {args.group_size} images = {args.images_per_iteration} "
                          f"images ({self.plan.local_images} per process, {_count(self.plan.num_processes, 'process')}), "
                          f"{self._sampling_words()}",
-            "training": f"{self.plan.train_timesteps} noise levels per image, {self.plan.optimizer_steps} "
+            "training": f"{self.plan.train_timesteps} {_TRAINED_ON[args.objective]} per image, {self.plan.optimizer_steps} "
                         f"optimizer steps per iteration, {iterations * self.plan.optimizer_steps} in all",
             "iterations": f"{iterations} (from {self.global_step} to max_steps {args.max_steps})",
             "rewards": ", ".join(f"{name} x {weight:g}" for name, weight in zip(self.rewards.names, self.rewards.weights)),

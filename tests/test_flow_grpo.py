@@ -100,6 +100,7 @@ def test_flow_grpo_trains_the_tiny_sd3_and_its_lora_moves_away_from_the_base(tin
                          optimizer_steps_per_iteration=3, train_batch_size=8)
     trainer = FlowGRPOTrainer(tiny_pipeline, "jpeg_incompressibility", config, PROMPTS)
     assert "Flow-GRPO" in trainer.describe() and "SDE steps (a = 0.7), CFG 4.5" in trainer.describe()
+    assert "3 recorded transitions per image" in trainer.describe()
     history = trainer.train()
     assert len(history) == 3
     for row in history:
