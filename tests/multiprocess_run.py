@@ -8,7 +8,7 @@ import torch
 from accelerate.state import PartialState
 from diffusers import StableDiffusion3Pipeline
 
-import diffusers_nft.trainer as trainer_module
+import diffusers_nft.objectives as objectives_module
 from diffusers_nft import NFTTrainer
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -41,14 +41,14 @@ def record_writes(output_dir):
 def main(pipeline_dir, output_dir, max_steps, resume, dump_dir):
     writes = record_writes(output_dir)
     recorded = []
-    original = trainer_module.rewards_to_optimality
+    original = objectives_module.rewards_to_optimality
 
     def recording(*args, **kwargs):
         out = original(*args, **kwargs)
         recorded.append({"rewards": args[0].tolist(), "groups": args[1].tolist(), "r": out.r.tolist()})
         return out
 
-    trainer_module.rewards_to_optimality = recording
+    objectives_module.rewards_to_optimality = recording
     pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
     config = tiny_config(output_dir, max_steps=max_steps, prompts_per_iteration=3, group_size=2,
                          sample_batch_size=2, train_batch_size=2, save_steps=2,
