@@ -187,21 +187,7 @@ def plot(runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str)
         plt.close(fig)
 
     if "robust" in runs and "nft" in runs and all("judge_strict" in p for p in runs["nft"][0]["curve"]):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-        fig.suptitle(f"Claim (f): strict accuracy by each judge, no CFG ({_seeds(runs['nft'])}; band: min-max)")
-        for ax, key, judge in zip(axes, ("strict", "judge_strict"), ("digit_eval (the reward)", "digit_judge (held out)")):
-            band(ax, "nft", key, "NFT on digit_eval")
-            band(ax, "robust", key, "NFT on digit_eval_robust")
-            cfg = best_cfg(base_by_seed, key)
-            ax.axhline(statistics.mean(b[cfg][key] for b in base_by_seed), color="gray", ls="--",
-                       label=f"base, CFG {cfg.rsplit('_', 1)[1]} (its best)")
-            ax.axhline(statistics.mean(b["base"][key] for b in base_by_seed), color="gray", ls=":", label="base, no CFG")
-            ax.set_xlabel("iteration")
-            ax.set_title(f"judged by {judge}")
-            ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        fig.savefig(os.path.join(output_dir, "claims_f.png"), dpi=100)
-        plt.close(fig)
+        plot_claim_f(plt, band, runs, base_by_seed, output_dir)
 
     if not runs:  # no run has every seed yet
         return
@@ -216,6 +202,25 @@ def plot(runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(output_dir, "claims_training.png"), dpi=100)
+    plt.close(fig)
+
+
+def plot_claim_f(plt, band, runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str) -> None:
+    """Strict accuracy over iterations by each judge: NFT on digit_eval and on digit_eval_robust, and the base."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig.suptitle(f"Claim (f): strict accuracy by each judge, no CFG ({_seeds(runs['nft'])}; band: min-max)")
+    for ax, key, judge in zip(axes, ("strict", "judge_strict"), ("digit_eval (the reward)", "digit_judge (held out)")):
+        band(ax, "nft", key, "NFT on digit_eval")
+        band(ax, "robust", key, "NFT on digit_eval_robust")
+        cfg = best_cfg(base_by_seed, key)
+        ax.axhline(statistics.mean(b[cfg][key] for b in base_by_seed), color="gray", ls="--",
+                   label=f"base, CFG {cfg.rsplit('_', 1)[1]} (its best)")
+        ax.axhline(statistics.mean(b["base"][key] for b in base_by_seed), color="gray", ls=":", label="base, no CFG")
+        ax.set_xlabel("iteration")
+        ax.set_title(f"judged by {judge}")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, "claims_f.png"), dpi=100)
     plt.close(fig)
 
 
