@@ -139,7 +139,7 @@ def test_bad_arguments_are_rejected(kwargs, message):
 def test_math_modules_import_no_diffusers():
     code = (
         "import sys; import diffusers_nft.loss, diffusers_nft.advantages, diffusers_nft.timesteps, "
-        "diffusers_nft.schedules, diffusers_nft.solvers, diffusers_nft.recipes, diffusers_nft.monitors; from diffusers_nft import NFTLoss, NFTConfig; "
+        "diffusers_nft.schedules, diffusers_nft.solvers, diffusers_nft.recipes, diffusers_nft.monitors, diffusers_nft.grpo; from diffusers_nft import NFTLoss, NFTConfig; "
         "bad = [m for m in ('diffusers', 'accelerate', 'peft') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
