@@ -77,6 +77,22 @@ def tiny_config(output_dir, **overrides):
     return NFTConfig(**values)
 
 
+def run_tiny(pipeline_dir, output_dir, max_steps, resume=None, stop_after=None, **overrides):
+    """Train to `max_steps`; or stop after `stop_after` iterations, as an interrupted run of `max_steps` would."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from diffusers_nft import NFTTrainer
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
+    config = tiny_config(output_dir, max_steps=max_steps, save_steps=2, resume_from_checkpoint=resume, **overrides)
+    trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
+    if stop_after is None:
+        trainer.train()
+    for _ in range(stop_after or 0):
+        trainer._after_step(trainer.step())
+    return trainer
+
+
 def load_saved(folder):
     """A pipeline saved with `save_pretrained`, of the class its `model_index.json` names, without progress bars."""
     from diffusers import DiffusionPipeline

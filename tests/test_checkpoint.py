@@ -11,19 +11,7 @@ from diffusers import StableDiffusion3Pipeline
 from diffusers_nft import NFTTrainer
 from diffusers_nft.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint, save_checkpoint
 
-from conftest import PROMPTS, max_diff, tiny_config
-
-
-def _run(pipeline_dir, output_dir, max_steps, resume=None, stop_after=None, **overrides):
-    """Train to `max_steps`; or stop after `stop_after` iterations, as an interrupted run of `max_steps` would."""
-    pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
-    config = tiny_config(output_dir, max_steps=max_steps, save_steps=2, resume_from_checkpoint=resume, **overrides)
-    trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
-    if stop_after is None:
-        trainer.train()
-    for _ in range(stop_after or 0):
-        trainer._after_step(trainer.step())
-    return trainer
+from conftest import PROMPTS, max_diff, run_tiny as _run, tiny_config
 
 
 def test_resume_is_exact(tiny_pipeline_dir, tmp_path):

@@ -127,20 +127,12 @@ def test_flow_grpo_runs_the_tiny_flux_loop(tmp_path):
 
 
 def test_flow_grpo_resumes_exactly_from_its_checkpoint(tiny_pipeline_dir, tmp_path):
-    from diffusers import StableDiffusion3Pipeline
+    from conftest import max_diff, run_tiny
 
-    from conftest import max_diff
+    kwargs = dict(objective="flow_grpo", optimizer_steps_per_iteration=3, train_batch_size=8, learning_rate=3e-2)
 
     def run(output_dir, resume=None, stop_after=None):
-        pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
-        config = tiny_config(output_dir, max_steps=4, save_steps=2, resume_from_checkpoint=resume, objective="flow_grpo",
-                             optimizer_steps_per_iteration=3, train_batch_size=8, learning_rate=3e-2)
-        trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
-        if stop_after is None:
-            trainer.train()
-        for _ in range(stop_after or 0):
-            trainer._after_step(trainer.step())
-        return trainer
+        return run_tiny(tiny_pipeline_dir, output_dir, 4, resume=resume, stop_after=stop_after, **kwargs)
 
     straight = run(tmp_path / "straight")
     run(tmp_path / "split", stop_after=2)
