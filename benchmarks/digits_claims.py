@@ -53,6 +53,8 @@ RUNS = {
     "nft_beta_1": {"nft_beta": 1.0},
     "velocity": {"loss_weighting": "velocity"},
     "robust": {"reward": "digit_eval_robust"},
+    "ensemble": {"reward": "digit_eval_ensemble"},
+    "ensemble_velocity": {"reward": "digit_eval_ensemble", "loss_weighting": "velocity"},
 }
 CLAIM_RUNS = {
     "a": ["nft"],
@@ -60,7 +62,7 @@ CLAIM_RUNS = {
     "c": ["euler", "heun", "nft", "unipc"],
     "d": ["nft", "nft_beta_1", "velocity"],
     "e": ["nft"],
-    "f": ["nft", "robust"],
+    "f": ["nft", "robust", "ensemble", "ensemble_velocity"],
 }
 CFG_SCALES = (2.0, 4.0, 7.0)
 
@@ -149,7 +151,9 @@ def table(claims: List[str], base_by_seed: List[dict], runs: Dict[str, List[dict
     labels = {"nft": "NFT (the demo recipe: DPM-Solver, nft_beta 0.1, x0_adaptive), no CFG", "no_negative_term": "no negative term (r-weighted positive fitting only), no CFG",
               "euler": "NFT, data from Euler", "heun": "NFT, data from Heun", "unipc": "NFT, data from UniPC",
               "nft_beta_1": "NFT, nft_beta 1.0", "velocity": "NFT, velocity weighting",
-              "robust": "NFT trained on digit_eval_robust, no CFG"}
+              "robust": "NFT trained on digit_eval_robust, no CFG",
+              "ensemble": "NFT trained on digit_eval_ensemble, no CFG",
+              "ensemble_velocity": "NFT trained on digit_eval_ensemble, velocity weighting, no CFG"}
     for name in RUNS:
         if name in runs:
             rows.append(row(labels[name], [r["final"] for r in runs[name]]))

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import row_metadata
+from .guidance import empty_prompt_rows, guided_velocity
 from .monitors import thumbnails
 from .pipelines import select_conditioning
 from .rollouts import Rollouts
@@ -73,22 +74,12 @@ class Collector:
 
     def velocity(self, cond, num_rows: int, guidance_scale: float = 1.0):
         """`(x, sigma) -> velocity` of the active policy for `num_rows` samples; with `guidance_scale > 1`,
-        classifier-free guided.
-
-        Two calls rather than one of twice the batch: the empty prompt's text may be shorter than the prompts'
-        (masked text encoders), so the rows cannot always be stacked.
-        """
+        classifier-free guided."""
         predict = self.adapter.predict_velocity
         if guidance_scale <= 1.0:
             return lambda x, sigma: predict(x, sigma, cond)
-        uncond = select_conditioning(self.uncond(), torch.zeros(num_rows, dtype=torch.long))
-
-        def guided(x, sigma):
-            v_uncond = predict(x, sigma, uncond)
-            v_cond = predict(x, sigma, cond)
-            return v_uncond + guidance_scale * (v_cond - v_uncond)
-
-        return guided
+        uncond = empty_prompt_rows(self.uncond(), num_rows)
+        return lambda x, sigma: guided_velocity(predict, x, sigma, cond, uncond, guidance_scale)
 
     def rollout(self, cond, noise, *, sampler: str, sigmas: torch.Tensor, guidance_scale: float = 1.0):
         """Integrate the ODE from `noise` with one of the solvers: the final latents."""

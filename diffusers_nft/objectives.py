@@ -16,6 +16,7 @@ from typing import Dict, Iterator, Optional
 import torch
 
 from .advantages import rewards_to_optimality
+from .guidance import guided_velocity
 from .grpo import clipped_surrogate, sde_rollout, sde_step
 from .loss import NFTLoss, NFTLossOutput
 from .metrics import loss_key
@@ -228,11 +229,7 @@ class FlowGRPOObjective(Objective):
                            cond=cond, uncond=uncond)
 
     def _velocity(self, x, sigma, cond, uncond):
-        v_cond = self.adapter.predict_velocity(x, sigma, cond)
-        if uncond is None:
-            return v_cond
-        v_uncond = self.adapter.predict_velocity(x, sigma, uncond)
-        return v_uncond + self.guidance_scale * (v_cond - v_uncond)
+        return guided_velocity(self.adapter.predict_velocity, x, sigma, cond, uncond, self.guidance_scale)
 
     def _step(self, x, velocity, j, prev_sample):
         return sde_step(x, velocity, self.grid[j], self.grid[j + 1], noise_level=self.noise_level,

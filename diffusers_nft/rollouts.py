@@ -6,6 +6,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .guidance import empty_prompt_rows
 from .pipelines import Conditioning, select_conditioning
 
 
@@ -46,4 +47,4 @@ class Rollouts:
         """The empty prompt's conditioning for `n` samples (None without CFG)."""
         if self.uncond is None:
             return None
-        return select_conditioning(self.uncond, torch.zeros(n, dtype=torch.long))
+        return empty_prompt_rows(self.uncond, n)

@@ -165,3 +165,34 @@ def test_the_robust_reward_gives_probabilities_that_real_digits_earn_and_noise_d
     assert sum(right["scores"]) / 60 > 0.85 and sum(wrong["scores"]) / 60 < 0.1 and max(noise["scores"]) < 0.3
     # the score is graded, not the 0 / 0.5 / 1 of digit_eval
     assert len({round(s, 3) for s in right["scores"]}) > 10
+
+
+def test_the_ensemble_reward_averages_five_classifiers_and_reads_real_digits():
+    from diffusers_nft.demo.reward import DigitEval
+
+    ensemble, single = load_reward("digit_eval_ensemble", device="cpu"), DigitEval()
+    assert len(ensemble.members) == 5 and ensemble.members[0] is ensemble.model
+    members = [dict(m.named_parameters())["digit.weight"] for m in ensemble.members]
+    assert all(not torch.equal(members[0], other) for other in members[1:])  # trained apart, not copies
+    digits, labels = load_digits_split("held_out")
+    images = render(digits[:120], ["cyan"] * 120)
+    probabilities, _ = ensemble.probabilities(images)
+    by_member = torch.stack([m(images)[0].softmax(-1) for m in ensemble.members]).mean(0)
+    assert torch.allclose(probabilities, by_member, atol=1e-6) and torch.allclose(probabilities.sum(1), torch.ones(120))
+    metadata = [{"digit": int(label), "color": "cyan"} for label in labels[:120]]
+    result = ensemble(images, ["p"] * 120, metadata)
+    assert set(result["scores"]) <= {0.0, 0.5, 1.0}  # digit_eval's credit, from the averaged probabilities
+    assert sum(result["strict"]) / 120 >= 0.95 and sum(single(images, ["p"] * 120, metadata)["strict"]) / 120 >= 0.9
+
+
+def test_ensemble_augmentation_shears_changes_contrast_and_blacks_out_a_patch():
+    from diffusers_nft.demo.classifier import AUGMENTATIONS
+
+    digits, _ = load_digits_split("train")
+    standard, colors = AUGMENTATIONS["standard"](digits[:16], torch.Generator().manual_seed(0))
+    strong, colors_too = AUGMENTATIONS["ensemble"](digits[:16], torch.Generator().manual_seed(0))
+    assert torch.equal(colors, colors_too) and strong.shape == standard.shape == (16, 3, 32, 32)
+    assert 0 <= strong.min() and strong.max() <= 1 and not torch.allclose(strong, standard)
+    # every image has an 8 x 8 window of zeros (the blacked-out patch)
+    windows = torch.nn.functional.max_pool2d(strong.amax(1, keepdim=True), 8, stride=1)
+    assert (windows.flatten(1).min(1).values == 0).all()

@@ -2,7 +2,8 @@
 
     python -m diffusers_nft.demo.build --output diffusers_nft/demo/weights
 
-Writes `classifier.safetensors` and `pipeline/` (a `StableDiffusion3Pipeline`: offline tokenizers, frozen random
+Writes `classifier.safetensors`, `ensemble/member_{1..4}.safetensors` (the `digit_eval_ensemble` members: the
+classifier's class from seeds `seed + 1 ...`, with stronger augmentation) and `pipeline/` (a `StableDiffusion3Pipeline`: offline tokenizers, frozen random
 text encoders, an `AutoencoderKL` trained on the digit images, and an `SD3Transformer2DModel` trained with flow
 matching and 10% caption dropout, so that CFG is possible).
 
@@ -146,6 +147,7 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--skip_classifier", action="store_true")
+    parser.add_argument("--ensemble_members", type=int, default=4, help="Classifiers for digit_eval_ensemble.")
     args = parser.parse_args(argv)
     start = time.time()
 
@@ -156,6 +158,11 @@ def main(argv=None):
     if not args.skip_classifier:
         classifier = train_classifier(seed=args.seed, log=log)
         save_file(classifier.state_dict(), os.path.join(args.output, "classifier.safetensors"))
+        os.makedirs(os.path.join(args.output, "ensemble"), exist_ok=True)
+        for member in range(1, args.ensemble_members + 1):
+            model = train_classifier(seed=args.seed + member, augment="ensemble", log=log)
+            save_file(model.state_dict(), os.path.join(args.output, "ensemble", f"member_{member}.safetensors"))
+            log(f"wrote ensemble/member_{member}.safetensors")
     vae = build_vae(args.vae_steps, args.seed, log)
     pipe = build_pipeline_shell(args.seed, vae, args.width, args.layers)
     train_transformer(pipe, args.transformer_steps, args.seed, log)

@@ -27,10 +27,15 @@ class DigitEval:
         self.model = load_classifier(folder or WEIGHTS).to(self.device)
 
     @torch.no_grad()
+    def probabilities(self, images: torch.Tensor):
+        """`(B, 10)` digit and `(B, 6)` colour probabilities of images `(B, 3, H, W)` in [0, 1]."""
+        digit_logits, color_logits = self.model(images.to(self.device, torch.float32))
+        return digit_logits.softmax(-1).cpu(), color_logits.softmax(-1).cpu()
+
     def predict(self, images: torch.Tensor):
         """Predicted digits and colour names of images `(B, 3, H, W)` in [0, 1]."""
-        digit_logits, color_logits = self.model(images.to(self.device, torch.float32))
-        return digit_logits.argmax(1).cpu(), [COLOR_NAMES[i] for i in color_logits.argmax(1).tolist()]
+        digits, colors = self.probabilities(images)
+        return digits.argmax(1), [COLOR_NAMES[i] for i in colors.argmax(1).tolist()]
 
     def __call__(self, images: torch.Tensor, prompts: List[str], metadata: List[dict]) -> Dict[str, List[float]]:
         digits, colors = self.predict(images)
@@ -84,3 +89,30 @@ class RobustDigitEval(DigitEval):
         color_right = (colors.argmax(1) == want_color).float()
         return {"scores": (0.5 * p_digit + 0.5 * p_color).tolist(), "strict": (digit_right * color_right).tolist(),
                 "digit": digit_right.tolist(), "color": color_right.tolist()}
+
+
+class EnsembleDigitEval(DigitEval):
+    """`digit_eval_ensemble`: `digit_eval`'s credit, read from the mean probabilities of the bundled classifier and
+    four more of its class, each trained from its own seed with stronger augmentation (shear, stroke contrast, a
+    blacked-out patch; `train_classifier(augment="ensemble")`).
+
+    A pattern that fools one network seldom fools five trained apart, so the policy has to draw what they agree on.
+
+    Args:
+        folder: Folder of `classifier.safetensors` and `ensemble/member_*.safetensors` (default: the bundled one).
+        device: Where the classifiers run.
+    """
+
+    def __init__(self, folder: Optional[str] = None, device=None, **_):
+        super().__init__(folder=folder, device=device)
+        members = os.path.join(folder or WEIGHTS, "ensemble")
+        names = sorted(n for n in os.listdir(members) if n.startswith("member_") and n.endswith(".safetensors"))
+        self.members = [self.model] + [load_classifier(members, n).to(self.device) for n in names]
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor):
+        images = images.to(self.device, torch.float32)
+        outputs = [model(images) for model in self.members]
+        digits = torch.stack([d.softmax(-1) for d, _ in outputs]).mean(0)
+        colors = torch.stack([c.softmax(-1) for _, c in outputs]).mean(0)
+        return digits.cpu(), colors.cpu()

@@ -39,6 +39,7 @@ _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "vlm_judge": _model(".vlm", "VLMJudge"),  # options: model_id, question, normalize
     "digit_eval": _model("..demo.reward", "DigitEval"),  # the bundled demo world's reward
     "digit_eval_robust": _model("..demo.reward", "RobustDigitEval"),  # its probabilities over 8 views of each image
+    "digit_eval_ensemble": _model("..demo.reward", "EnsembleDigitEval"),  # five classifiers of its class, averaged
     "digit_judge": _model("..demo.judge", "DigitJudge"),  # its held-out judge: another model, never trained on
     "ocr": lambda det_limit_side_len=None, **_: _model(".ocr", "OCRReward")(det_limit_side_len=det_limit_side_len),
 }
