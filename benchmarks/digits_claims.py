@@ -16,13 +16,16 @@ evaluation prompts (40-step Euler, EMA weights, no CFG unless said), so base and
   (d) nft_beta 0.1 (the recipe) vs 1.0, and x0_adaptive vs velocity weighting;
   (e) the held-out (digit, colour) combinations, before and after;
   (f) an honest win: NFT trained on the sturdier `digit_eval_robust` (the classifier's probabilities over 8 views
-      of each image) against the base with its best CFG, by the held-out judge.
+      of each image) and `digit_eval_ensemble` (five classifiers of its class trained apart) against the base
+      with its best CFG, by the held-out judge;
+  (screen) variants of (f) tried on one seed: velocity weighting, and a KL to the base model.
 
 Every accuracy is reported by the training reward (`digit_eval`, the bundled CNN) and by the held-out judge
 (`digit_judge`, `diffusers_nft.demo.judge`: another model class and features, never trained on); the table's last
 two columns are the judge's.
 
-Writes `claims.md` (the table), `claims.json` (every number) and `claims_b.png`, `claims_training.png` (plots)
+Writes `claims.md` (the table), `claims.json` (every number) and `claims_b.png`, `claims_f.png`,
+`claims_screen.png`, `claims_training.png` (plots, for the claims run)
 to `--output_dir`. Each run is evaluated every `--eval_every` iterations, so (b) has curves. The results are
 written after every run, so a stopped benchmark keeps them: `--resume` reads them back and runs only what is missing
 (the runs are long: about 7 minutes each on 2 CPU cores).
@@ -55,6 +58,13 @@ RUNS = {
     "robust": {"reward": "digit_eval_robust"},
     "ensemble": {"reward": "digit_eval_ensemble"},
     "ensemble_velocity": {"reward": "digit_eval_ensemble", "loss_weighting": "velocity"},
+    "ensemble_kl_0p01": {"reward": "digit_eval_ensemble", "kl_beta": 0.01},
+    "ensemble_kl_0p1": {"reward": "digit_eval_ensemble", "kl_beta": 0.1},
+    "ensemble_kl_1": {"reward": "digit_eval_ensemble", "kl_beta": 1.0},
+    "ensemble_kl_100": {"reward": "digit_eval_ensemble", "kl_beta": 100.0},
+    # Half the recipe's learning rate for twice its iterations: a slower policy may leave the reward's blind spots
+    # alone for longer.
+    "ensemble_slow": {"reward": "digit_eval_ensemble", "learning_rate": 3.5e-4, "iterations": 80},
 }
 CLAIM_RUNS = {
     "a": ["nft"],
@@ -62,7 +72,9 @@ CLAIM_RUNS = {
     "c": ["euler", "heun", "nft", "unipc"],
     "d": ["nft", "nft_beta_1", "velocity"],
     "e": ["nft"],
-    "f": ["nft", "robust", "ensemble", "ensemble_velocity"],
+    "f": ["nft", "robust", "ensemble"],
+    "screen": ["ensemble_velocity", "ensemble_kl_0p01", "ensemble_kl_0p1", "ensemble_kl_1", "ensemble_kl_100",
+               "ensemble_slow"],
 }
 CFG_SCALES = (2.0, 4.0, 7.0)
 
@@ -100,6 +112,7 @@ def nft_run(name: str, replicate: int, iterations: int, eval_every: int, with_di
     with tempfile.TemporaryDirectory() as output_dir:
         change = dict(RUNS[name])
         reward = change.pop("reward", DEMO_REWARD)
+        iterations = change.pop("iterations", iterations)
         args = demo_config(output_dir=output_dir, seed=replicate, max_steps=iterations, report_to="none",
                            reward_scoring="sync", validation_prompts=None, **change)
         trainer = NFTTrainer(pipe, reward, args=args, train_dataset=prompt_dataset("train"))  # release LoRA
@@ -153,7 +166,10 @@ def table(claims: List[str], base_by_seed: List[dict], runs: Dict[str, List[dict
               "nft_beta_1": "NFT, nft_beta 1.0", "velocity": "NFT, velocity weighting",
               "robust": "NFT trained on digit_eval_robust, no CFG",
               "ensemble": "NFT trained on digit_eval_ensemble, no CFG",
-              "ensemble_velocity": "NFT trained on digit_eval_ensemble, velocity weighting, no CFG"}
+              "ensemble_velocity": "NFT trained on digit_eval_ensemble, velocity weighting, no CFG",
+              **{f"ensemble_kl_{k}": f"NFT trained on digit_eval_ensemble, kl_beta {k.replace('p', '.')}, no CFG"
+                 for k in ("0p01", "0p1", "1", "100")},
+              "ensemble_slow": "NFT trained on digit_eval_ensemble, learning rate 3.5e-4 for 80 iterations, no CFG"}
     for name in RUNS:
         if name in runs:
             rows.append(row(labels[name], [r["final"] for r in runs[name]]))
@@ -192,6 +208,8 @@ def plot(runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str)
 
     if "robust" in runs and "nft" in runs and all("judge_strict" in p for p in runs["nft"][0]["curve"]):
         plot_claim_f(plt, band, runs, base_by_seed, output_dir)
+    if any(name in runs for name in CLAIM_RUNS["screen"]):
+        plot_screen(plt, band, runs, base_by_seed, output_dir)
 
     if not runs:  # no run has every seed yet
         return
@@ -214,8 +232,9 @@ def plot_claim_f(plt, band, runs: Dict[str, List[dict]], base_by_seed: List[dict
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     fig.suptitle(f"Claim (f): strict accuracy by each judge, no CFG ({_seeds(runs['nft'])}; band: min-max)")
     for ax, key, judge in zip(axes, ("strict", "judge_strict"), ("digit_eval (the reward)", "digit_judge (held out)")):
-        band(ax, "nft", key, "NFT on digit_eval")
-        band(ax, "robust", key, "NFT on digit_eval_robust")
+        for name in CLAIM_RUNS["f"]:
+            if name in runs:
+                band(ax, name, key, "NFT on " + {"nft": "digit_eval"}.get(name, RUNS[name].get("reward", name)))
         cfg = best_cfg(base_by_seed, key)
         ax.axhline(statistics.mean(b[cfg][key] for b in base_by_seed), color="gray", ls="--",
                    label=f"base, CFG {cfg.rsplit('_', 1)[1]} (its best)")
@@ -225,6 +244,26 @@ def plot_claim_f(plt, band, runs: Dict[str, List[dict]], base_by_seed: List[dict
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(os.path.join(output_dir, "claims_f.png"), dpi=100)
+    plt.close(fig)
+
+
+def plot_screen(plt, band, runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str) -> None:
+    """The held-out judge's strict accuracy over iterations for each screened variant, against the base."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = [n for n in CLAIM_RUNS["screen"] if n in runs]
+    ax.set_title(f"Screen: held-out judge (digit_judge), no CFG ({_seeds(runs[names[0]])})")
+    for name in names:
+        band(ax, name, "judge_strict", name.replace("ensemble_", "ensemble, ").replace("0p", "0."))
+    cfg = best_cfg(base_by_seed, "judge_strict")
+    ax.axhline(statistics.mean(b[cfg]["judge_strict"] for b in base_by_seed), color="gray", ls="--",
+               label=f"base, CFG {cfg.rsplit('_', 1)[1]} (its best)")
+    ax.axhline(statistics.mean(b["base"]["judge_strict"] for b in base_by_seed), color="gray", ls=":",
+               label="base, no CFG")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("strict accuracy by the judge")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, "claims_screen.png"), dpi=100)
     plt.close(fig)
 
 
