@@ -24,6 +24,7 @@ import time
 import torch
 
 from diffusers_nft import NFTConfig, NFTTrainer
+from diffusers_nft.metrics import time_key
 
 SD35_MEDIUM = dict(
     sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
@@ -103,7 +104,7 @@ def build_pipeline(tiny: bool, device: str):
 MODELS = ("sd35m", "flux1dev")
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=2, help="Timed iterations after one warm-up.")
     parser.add_argument("--prompts", type=int, default=2, help="Prompt groups per iteration.")
@@ -116,12 +117,11 @@ def main():
                         help="sd35m: SD3.5-Medium size (2.5 B); flux1dev: FLUX.1-dev size (12 B). Default: sd35m.")
     parser.add_argument("--tiny", action="store_true", help="A tiny model, for a smoke run of the script.")
     parser.add_argument("--device", default="cuda")
-    cli = parser.parse_args()
+    return parser.parse_args()
 
-    cuda = cli.device == "cuda" and torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    pipe = build_flux_pipeline(device) if cli.model == "flux1dev" and not cli.tiny else build_pipeline(cli.tiny, device)
-    resolution = 64 if cli.tiny else 512
+
+def time_iterations(pipe, cli, cuda: bool, resolution: int):
+    """One warm-up iteration, then `cli.iterations` timed ones: (their metrics, the warm-up's seconds)."""
     prompts = [f"a photo of object number {i}" for i in range(cli.prompts)]
     with tempfile.TemporaryDirectory() as output_dir:
         config = NFTConfig(
@@ -140,14 +140,24 @@ def main():
             torch.cuda.reset_peak_memory_stats()
         runs = []
         for _ in range(cli.iterations):
-            metrics = trainer.step()
+            runs.append(trainer.step())
             if cuda:
                 torch.cuda.synchronize()
-            runs.append(metrics)
-    images = config.images_per_iteration
+    return runs, warmup
+
+
+def main():
+    cli = parse_args()
+    cuda = cli.device == "cuda" and torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    pipe = build_flux_pipeline(device) if cli.model == "flux1dev" and not cli.tiny else build_pipeline(cli.tiny, device)
+    resolution = 64 if cli.tiny else 512
+    runs, warmup = time_iterations(pipe, cli, cuda, resolution)
+    images = cli.prompts * cli.group_size
     device = torch.cuda.get_device_name() if cuda else "CPU"
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    median = {k: statistics.median(m[k] for m in runs) for k in ("time/sampling", "time/reward", "time/training", "time/iteration")}
+    parts = ("sampling", "reward", "training", "iteration")
+    median = {part: statistics.median(m[time_key(part)] for m in runs) for part in parts}
     name = "tiny" if cli.tiny else {"sd35m": "SD3.5-Medium", "flux1dev": "FLUX.1-dev"}[cli.model]
     print(f"\n{device}; {name} transformer "
           f"({sum(p.numel() for p in pipe.transformer.parameters()) / 1e9:.2f} B params with LoRA), {resolution} px, "
@@ -155,10 +165,9 @@ def main():
           f"gradient checkpointing={cli.gradient_checkpointing}; median of {cli.iterations} (warm-up {warmup:.1f} s).\n")
     print("| part | s / iteration | s / image |")
     print("| --- | ---: | ---: |")
-    for key in ("time/sampling", "time/reward", "time/training", "time/iteration"):
-        print(f"| {key.split('/')[1]} | {median[key]:.2f} | {median[key] / images:.4f} |")
-    print(f"\nimages/s per GPU: {images / median['time/iteration']:.2f}   peak memory: {peak:.1f} GiB")
-
+    for part in parts:
+        print(f"| {part} | {median[part]:.2f} | {median[part] / images:.4f} |")
+    print(f"\nimages/s per GPU: {images / median['iteration']:.2f}   peak memory: {peak:.1f} GiB")
 
 if __name__ == "__main__":
     main()
