@@ -23,19 +23,12 @@ from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
 PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house", "a photo of the sea", "a city street"]
 
 
-def floor_iteration(trainer: NFTTrainer) -> dict:
-    """The model calls of one iteration, nothing else."""
-    args, adapter, policy = trainer.args, trainer.adapter, trainer.policy
-    n, steps = args.images_per_iteration, args.num_sampling_steps
-    times = {}
-    start = time.perf_counter()
-    with torch.no_grad():
-        cond = adapter.encode_prompts(PROMPTS[: args.prompts_per_iteration], torch.device("cpu"), args.max_sequence_length)
-    index = torch.arange(n) // args.group_size
-    latents, rewards = [], []
-    reward_time = 0.0
-    policy.use("old")
-    for lo in range(0, n, args.sample_batch_size):
+def _floor_sampling(trainer: NFTTrainer, cond, index):
+    """Euler sampling with the old policy and the reward: (x0 latents, sampling seconds, reward seconds)."""
+    args, adapter, steps = trainer.args, trainer.adapter, trainer.args.num_sampling_steps
+    latents, reward_time, start = [], 0.0, time.perf_counter()
+    trainer.policy.use("old")
+    for lo in range(0, len(index), args.sample_batch_size):
         batch = index[lo : lo + args.sample_batch_size]
         c = select_conditioning(cond, batch)
         x = torch.randn(len(batch), *trainer.latent_shape)
@@ -46,13 +39,15 @@ def floor_iteration(trainer: NFTTrainer) -> dict:
             images = adapter.decode(x)
         latents.append(x)
         t = time.perf_counter()
-        rewards += jpeg_compressibility(images, None, None)
+        jpeg_compressibility(images, None, None)
         reward_time += time.perf_counter() - t
-    times["sampling"] = time.perf_counter() - start - reward_time
-    times["reward"] = reward_time
+    return torch.cat(latents), time.perf_counter() - start - reward_time, reward_time
+
+
+def _floor_training(trainer: NFTTrainer, cond, index, x0) -> float:
+    """The old, reference and trained forwards and the backward of one iteration; its seconds."""
+    args, adapter, policy, n = trainer.args, trainer.adapter, trainer.policy, len(index)
     start = time.perf_counter()
-    x0 = torch.cat(latents)
-    optimizer = trainer.optimizer
     for lo in range(0, n, args.train_batch_size):
         batch = torch.arange(lo, min(lo + args.train_batch_size, n))
         c = select_conditioning(cond, index[batch])
@@ -69,13 +64,25 @@ def floor_iteration(trainer: NFTTrainer) -> dict:
             policy.use("default")
             v = adapter.predict_velocity(x_t, sigma, c)
             ((v - v_old - (noise - x0[batch])) ** 2).mean().backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    times["training"] = time.perf_counter() - start
-    times["logging and bookkeeping"] = 0.0
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad()
+    return time.perf_counter() - start
+
+
+def floor_iteration(trainer: NFTTrainer) -> dict:
+    """The model calls of one iteration, nothing else."""
+    args = trainer.args
+    start = time.perf_counter()
+    with torch.no_grad():
+        cond = trainer.adapter.encode_prompts(PROMPTS[: args.prompts_per_iteration], torch.device("cpu"),
+                                              args.max_sequence_length)
+    encode_time = time.perf_counter() - start
+    index = torch.arange(args.images_per_iteration) // args.group_size
+    x0, sampling, reward = _floor_sampling(trainer, cond, index)
+    times = {"sampling": encode_time + sampling, "reward": reward,
+             "training": _floor_training(trainer, cond, index, x0), "logging and bookkeeping": 0.0}
     times["total"] = sum(times.values())
     return times
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
