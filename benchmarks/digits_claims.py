@@ -72,7 +72,7 @@ CLAIM_RUNS = {
     "c": ["euler", "heun", "nft", "unipc"],
     "d": ["nft", "nft_beta_1", "velocity"],
     "e": ["nft"],
-    "f": ["nft", "robust", "ensemble"],
+    "f": ["nft", "robust", "ensemble", "ensemble_kl_0p01"],
     "screen": ["ensemble_velocity", "ensemble_kl_0p01", "ensemble_kl_0p1", "ensemble_kl_1", "ensemble_kl_100",
                "ensemble_slow"],
 }
@@ -234,7 +234,7 @@ def plot_claim_f(plt, band, runs: Dict[str, List[dict]], base_by_seed: List[dict
     for ax, key, judge in zip(axes, ("strict", "judge_strict"), ("digit_eval (the reward)", "digit_judge (held out)")):
         for name in CLAIM_RUNS["f"]:
             if name in runs:
-                band(ax, name, key, "NFT on " + {"nft": "digit_eval"}.get(name, RUNS[name].get("reward", name)))
+                band(ax, name, key, _short_label(name))
         cfg = best_cfg(base_by_seed, key)
         ax.axhline(statistics.mean(b[cfg][key] for b in base_by_seed), color="gray", ls="--",
                    label=f"base, CFG {cfg.rsplit('_', 1)[1]} (its best)")
@@ -253,7 +253,7 @@ def plot_screen(plt, band, runs: Dict[str, List[dict]], base_by_seed: List[dict]
     names = [n for n in CLAIM_RUNS["screen"] if n in runs]
     ax.set_title(f"Screen: held-out judge (digit_judge), no CFG ({_seeds(runs[names[0]])})")
     for name in names:
-        band(ax, name, "judge_strict", name.replace("ensemble_", "ensemble, ").replace("0p", "0."))
+        band(ax, name, "judge_strict", _short_label(name))
     cfg = best_cfg(base_by_seed, "judge_strict")
     ax.axhline(statistics.mean(b[cfg]["judge_strict"] for b in base_by_seed), color="gray", ls="--",
                label=f"base, CFG {cfg.rsplit('_', 1)[1]} (its best)")
@@ -265,6 +265,13 @@ def plot_screen(plt, band, runs: Dict[str, List[dict]], base_by_seed: List[dict]
     fig.tight_layout()
     fig.savefig(os.path.join(output_dir, "claims_screen.png"), dpi=100)
     plt.close(fig)
+
+
+def _short_label(name: str) -> str:
+    """`"NFT on digit_eval_ensemble, kl_beta 0.01"`: the run's reward and what else it changes, for legends."""
+    change = dict(RUNS[name])
+    label = "NFT on " + change.pop("reward", DEMO_REWARD)
+    return ", ".join([label] + [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in change.items()])
 
 
 def _seeds(results: List[dict]) -> str:
