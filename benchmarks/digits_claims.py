@@ -249,7 +249,7 @@ def plot_claim_f(plt, band, runs: Dict[str, List[dict]], base_by_seed: List[dict
 
 def plot_screen(plt, band, runs: Dict[str, List[dict]], base_by_seed: List[dict], output_dir: str) -> None:
     """The held-out judge's strict accuracy over iterations for each screened variant, against the base."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     names = [n for n in CLAIM_RUNS["screen"] if n in runs]
     ax.set_title(f"Screen: held-out judge (digit_judge), no CFG ({_seeds(runs[names[0]])})")
     for name in names:
@@ -261,7 +261,7 @@ def plot_screen(plt, band, runs: Dict[str, List[dict]], base_by_seed: List[dict]
                label="base, no CFG")
     ax.set_xlabel("iteration")
     ax.set_ylabel("strict accuracy by the judge")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: the curves fill the axes
     fig.tight_layout()
     fig.savefig(os.path.join(output_dir, "claims_screen.png"), dpi=100)
     plt.close(fig)
