@@ -84,6 +84,7 @@ def floor_iteration(trainer: NFTTrainer) -> dict:
     times["total"] = sum(times.values())
     return times
 
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=128)

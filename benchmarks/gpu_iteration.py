@@ -121,7 +121,8 @@ def parse_args():
 
 
 def time_iterations(pipe, cli, cuda: bool, resolution: int):
-    """One warm-up iteration, then `cli.iterations` timed ones: (their metrics, the warm-up's seconds)."""
+    """One warm-up iteration, then `cli.iterations` timed ones: (their metrics, the warm-up's seconds, images per
+    iteration)."""
     prompts = [f"a photo of object number {i}" for i in range(cli.prompts)]
     with tempfile.TemporaryDirectory() as output_dir:
         config = NFTConfig(
@@ -143,7 +144,7 @@ def time_iterations(pipe, cli, cuda: bool, resolution: int):
             runs.append(trainer.step())
             if cuda:
                 torch.cuda.synchronize()
-    return runs, warmup
+    return runs, warmup, config.images_per_iteration
 
 
 def main():
@@ -152,8 +153,7 @@ def main():
     device = "cuda" if cuda else "cpu"
     pipe = build_flux_pipeline(device) if cli.model == "flux1dev" and not cli.tiny else build_pipeline(cli.tiny, device)
     resolution = 64 if cli.tiny else 512
-    runs, warmup = time_iterations(pipe, cli, cuda, resolution)
-    images = cli.prompts * cli.group_size
+    runs, warmup, images = time_iterations(pipe, cli, cuda, resolution)
     device = torch.cuda.get_device_name() if cuda else "CPU"
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     parts = ("sampling", "reward", "training", "iteration")
@@ -168,6 +168,7 @@ def main():
     for part in parts:
         print(f"| {part} | {median[part]:.2f} | {median[part] / images:.4f} |")
     print(f"\nimages/s per GPU: {images / median['iteration']:.2f}   peak memory: {peak:.1f} GiB")
+
 
 if __name__ == "__main__":
     main()
