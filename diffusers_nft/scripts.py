@@ -131,7 +131,9 @@ def write_demo_results(trainer) -> str:
         tuned = evaluate(trainer.pipeline)
     rows = [f"| {key} | {base[key]:.3f} | {tuned[key]:.3f} | {base['judge_' + key]:.3f} | {tuned['judge_' + key]:.3f} |"
             for key in ("strict", "digit", "color", "strict_held_out")]
-    table = ("| accuracy (no CFG) | base (digit_eval, trained on) | NFT (digit_eval) | base (digit_judge, held out) "
+    names = trainer.rewards.names  # `--reward digit_eval_ensemble` trains on another reward than the one scored here
+    role = "trained on" if names == [DEMO_REWARD] else "the run trained on " + " + ".join(names)
+    table = (f"| accuracy (no CFG) | base ({DEMO_REWARD}, {role}) | NFT ({DEMO_REWARD}) | base (digit_judge, held out) "
              "| NFT (digit_judge) |\n| --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n")
     path = os.path.join(trainer.args.output_dir, "results.md")
     with open(path, "w") as f:

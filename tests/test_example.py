@@ -77,6 +77,7 @@ def test_demo_default_runs_the_bundled_world(tmp_path):
     output = tmp_path / "demo"
     results = (output / "results.md").read_text()
     assert "| strict |" in results and "| strict_held_out |" in results
+    assert "| base (digit_eval, trained on) |" in results  # the demo's reward is the one it scores
     assert (output / "images" / "before_after.png").is_file() and (output / "README.md").is_file()
     metrics = json.loads((output / "metrics.jsonl").read_text().splitlines()[0])
     assert "reward/digit_eval/strict/mean" in metrics
