@@ -25,7 +25,7 @@ PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house", "a photo
 
 def _floor_sampling(trainer: NFTTrainer, cond, index):
     """Euler sampling with the old policy and the reward: (x0 latents, sampling seconds, reward seconds)."""
-    args, adapter, steps = trainer.args, trainer.adapter, trainer.args.num_sampling_steps
+    args, family, steps = trainer.args, trainer.family, trainer.args.num_sampling_steps
     latents, reward_time, start = [], 0.0, time.perf_counter()
     trainer.policy.use("old")
     for lo in range(0, len(index), args.sample_batch_size):
@@ -35,8 +35,8 @@ def _floor_sampling(trainer: NFTTrainer, cond, index):
         with torch.no_grad():
             for i in range(steps):
                 sigma = torch.full((len(batch),), 1 - i / steps)
-                x = x - adapter.predict_velocity(x, sigma, c) / steps
-            images = adapter.decode(x)
+                x = x - family.predict_velocity(x, sigma, c) / steps
+            images = family.decode(x)
         latents.append(x)
         t = time.perf_counter()
         jpeg_compressibility(images, None, None)
@@ -46,7 +46,7 @@ def _floor_sampling(trainer: NFTTrainer, cond, index):
 
 def _floor_training(trainer: NFTTrainer, cond, index, x0) -> float:
     """The old, reference and trained forwards and the backward of one iteration; its seconds."""
-    args, adapter, policy, n = trainer.args, trainer.adapter, trainer.policy, len(index)
+    args, family, policy, n = trainer.args, trainer.family, trainer.policy, len(index)
     start = time.perf_counter()
     for lo in range(0, n, args.train_batch_size):
         batch = torch.arange(lo, min(lo + args.train_batch_size, n))
@@ -57,12 +57,12 @@ def _floor_training(trainer: NFTTrainer, cond, index, x0) -> float:
             x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0[batch] + sigma.view(-1, 1, 1, 1) * noise
             with torch.no_grad():
                 policy.use("old")
-                v_old = adapter.predict_velocity(x_t, sigma, c)
+                v_old = family.predict_velocity(x_t, sigma, c)
                 if args.kl_beta > 0:
                     policy.use("reference")
-                    adapter.predict_velocity(x_t, sigma, c)
+                    family.predict_velocity(x_t, sigma, c)
             policy.use("default")
-            v = adapter.predict_velocity(x_t, sigma, c)
+            v = family.predict_velocity(x_t, sigma, c)
             ((v - v_old - (noise - x0[batch])) ** 2).mean().backward()
     trainer.optimizer.step()
     trainer.optimizer.zero_grad()
@@ -74,7 +74,7 @@ def floor_iteration(trainer: NFTTrainer) -> dict:
     args = trainer.args
     start = time.perf_counter()
     with torch.no_grad():
-        cond = trainer.adapter.encode_prompts(PROMPTS[: args.prompts_per_iteration], torch.device("cpu"),
+        cond = trainer.family.encode_prompts(PROMPTS[: args.prompts_per_iteration], torch.device("cpu"),
                                               args.max_sequence_length)
     encode_time = time.perf_counter() - start
     index = torch.arange(args.images_per_iteration) // args.group_size

@@ -5,7 +5,7 @@ Candidates are every `*Pipeline` class diffusers exports whose scheduler is a fl
 takes a prompt and no required image or video (edit, inpaint, control, image-to-video and audio classes are left
 out). Each candidate is built tiny from the components of a `diffusers_nft.testing_utils` pipeline of its own
 diffusers package (FLUX.1 components for `FluxPipeline`, SD3 ones for `StableDiffusion3PAGPipeline`, ...); a
-class with no such build is reported as such. Each built one runs 2 NFT iterations through its adapter (the
+class with no such build is reported as such. Each built one runs 2 NFT iterations through its family (the
 family's file, else traced) and a `load_lora_weights` round trip: a fresh instance of the class, given the saved
 LoRA, must change its output and reproduce the trained policy's.
 
@@ -23,7 +23,7 @@ import traceback
 import torch
 
 from diffusers_nft import NFTConfig, NFTTrainer, testing_utils
-from diffusers_nft.pipelines import TracedAdapter, get_pipeline_adapter
+from diffusers_nft.pipelines import TracedFamily, get_family
 
 PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house"]
 NOT_TEXT_TO_X = ("Img2Img", "Inpaint", "Control", "Edit", "ImageToVideo", "VideoToVideo", "I2V", "I2I", "Fill",
@@ -104,22 +104,22 @@ def build(cls):
     return pipe, options, ""
 
 
-def render(adapter, noise, options):
-    """Euler on the adapter's grid: the same latents whichever pipeline instance the adapter wraps (the LoRA
+def render(family, noise, options):
+    """Euler on the family's grid: the same latents whichever pipeline instance the family wraps (the LoRA
     changes the transformer only, so latents are where a round trip shows)."""
     from diffusers_nft.sampling import rollout
 
-    cond = adapter.encode_prompts(["a red cat", "a blue dog"], noise.device, options.get("max_sequence_length", 16))
+    cond = family.encode_prompts(["a red cat", "a blue dog"], noise.device, options.get("max_sequence_length", 16))
     with torch.no_grad():
-        sigmas = adapter.sampling_sigmas(3, tuple(noise.shape[1:]))
-        latents = rollout(lambda x, s: adapter.predict_velocity(x, s, cond), sigmas, noise, "euler")
-        adapter.decode(latents[:1])  # the pipeline's decoding runs too
+        sigmas = family.sampling_sigmas(3, tuple(noise.shape[1:]))
+        latents = rollout(lambda x, s: family.predict_velocity(x, s, cond), sigmas, noise, "euler")
+        family.decode(latents[:1])  # the pipeline's decoding runs too
         return latents
 
 
 def run_one(cls, folder: str) -> dict:
     """Build, train 2 iterations, save, reload the LoRA into a fresh instance; the row of the table."""
-    row = {"pipeline": cls.__name__, "adapter": "", "result": "fail", "reason": "", "seconds": 0.0}
+    row = {"pipeline": cls.__name__, "family": "", "result": "fail", "reason": "", "seconds": 0.0}
     start = time.perf_counter()
     try:
         pipe, options, reason = build(cls)
@@ -127,8 +127,8 @@ def run_one(cls, folder: str) -> dict:
             row["reason"] = reason
             return row
         frames = options.get("num_frames")
-        adapter = get_pipeline_adapter(pipe, num_frames=frames)
-        row["adapter"] = "traced" if isinstance(adapter, TracedAdapter) else type(adapter).__name__
+        family = get_family(pipe, num_frames=frames)
+        row["family"] = "traced" if isinstance(family, TracedFamily) else type(family).__name__
         config = NFTConfig(output_dir=folder, max_steps=2, prompts_per_iteration=2, group_size=4, resolution=64,
                            num_sampling_steps=4, max_sequence_length=options.get("max_sequence_length", 16),
                            sample_batch_size=8, train_batch_size=4, learning_rate=3e-2, report_to="none",
@@ -137,9 +137,9 @@ def run_one(cls, folder: str) -> dict:
         trainer.train()
         noise = torch.randn(2, *trainer.latent_shape, generator=torch.Generator().manual_seed(5))
         with trainer.policy.ema_weights():
-            trained = render(trainer.adapter, noise, options)
+            trained = render(trainer.family, noise, options)
         fresh, _, _ = build(cls)
-        fresh_adapter = get_pipeline_adapter(fresh, num_frames=frames)
+        fresh_adapter = get_family(fresh, num_frames=frames)
         fresh_adapter.latent_shape(64)
         base = render(fresh_adapter, noise, options)
         fresh.load_lora_weights(folder, weight_name="pytorch_lora_weights.safetensors")
@@ -162,8 +162,8 @@ def table(rows) -> str:
     passed = sum(r["result"] == "pass" for r in rows)
     lines = [f"{passed} of {len(rows)} text-to-image / text-to-video flow-matching pipeline classes of diffusers "
              "train offline (2 NFT iterations and a `load_lora_weights` round trip).", "",
-             "| pipeline | adapter | result | reason | s |", "| --- | --- | --- | --- | ---: |"]
-    lines += [f"| `{r['pipeline']}` | {r['adapter'] or '-'} | {r['result']} | {r['reason'].replace('|', '/')} | "
+             "| pipeline | family | result | reason | s |", "| --- | --- | --- | --- | ---: |"]
+    lines += [f"| `{r['pipeline']}` | {r['family'] or '-'} | {r['result']} | {r['reason'].replace('|', '/')} | "
               f"{r['seconds']:.1f} |" for r in rows]
     return "\n".join(lines) + "\n"
 

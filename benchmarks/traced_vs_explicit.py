@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How far the traced adapter is from each family's adapter file, on the tiny offline models (float32).
+"""How far the traced family is from each family's family file, on the tiny offline models (float32).
 
 For 3 prompts and 3 noise levels: the largest velocity difference, the largest decoded-pixel difference, and
 whether the noise grids (6 steps), latent shapes and CFG-off arguments agree.
@@ -10,7 +10,7 @@ whether the noise grids (6 steps), latent shapes and CFG-off arguments agree.
 import torch
 
 from diffusers_nft import testing_utils
-from diffusers_nft.pipelines import get_pipeline_adapter
+from diffusers_nft.pipelines import get_family
 
 FAMILIES = {"sd3": {}, "flux": {"guidance_embeds": True}, "lumina2": {}, "qwenimage": {}, "flux2": {}, "flux2_klein": {},
             "zimage": {}, "wan": {}}
@@ -21,7 +21,7 @@ def compare(name: str, options: dict) -> str:
     pipe = getattr(testing_utils, f"build_tiny_{name}_pipeline")(**options)
     pipe.set_progress_bar_config(disable=True)
     extra = {"num_frames": 5} if name == "wan" else {}
-    explicit, traced = get_pipeline_adapter(pipe, **extra), get_pipeline_adapter(pipe, "traced", **extra)
+    explicit, traced = get_family(pipe, **extra), get_family(pipe, "traced", **extra)
     shape = traced.latent_shape(64)
     length = 256 if name == "lumina2" else 16
     with torch.no_grad():  # as the trainer encodes (with gradients on, CPU kernels differ in the last bits)
@@ -42,7 +42,7 @@ def compare(name: str, options: dict) -> str:
 
 
 def main():
-    print("| pipeline | adapter file | traced timestep map | max velocity diff | max pixel diff | grid | latents | "
+    print("| pipeline | family file | traced timestep map | max velocity diff | max pixel diff | grid | latents | "
           "CFG off |")
     print("| --- | --- | --- | ---: | ---: | --- | --- | --- |")
     for name, options in FAMILIES.items():

@@ -37,7 +37,7 @@ class Collector:
     """Encodes prompts, builds the (optionally guided) velocity, and collects an iteration's rollouts.
 
     Args:
-        adapter: The pipeline family's adapter.
+        family: The pipeline family's family.
         policy: The `NFTPolicy`; collection samples with `objective.sampling_policy`.
         scorer: The `RewardScorer` that scores a batch while the next one samples.
         accelerator: The run's `Accelerator` (device, process index).
@@ -48,8 +48,8 @@ class Collector:
         max_sequence_length: Text tokens per prompt.
     """
 
-    def __init__(self, *, adapter, policy, scorer, accelerator, args, plan, dataset, latent_shape, max_sequence_length):
-        self.adapter, self.policy, self.scorer, self.accelerator = adapter, policy, scorer, accelerator
+    def __init__(self, *, family, policy, scorer, accelerator, args, plan, dataset, latent_shape, max_sequence_length):
+        self.family, self.policy, self.scorer, self.accelerator = family, policy, scorer, accelerator
         self.args, self.plan, self.dataset = args, plan, dataset
         self.latent_shape, self.max_sequence_length = latent_shape, max_sequence_length
         self._uncond = None
@@ -57,11 +57,11 @@ class Collector:
     def encode(self, prompts: List[str]):
         """The prompts' conditioning, without gradients (offloaded text encoders visit the device meanwhile)."""
         device = self.accelerator.device
-        encoders = self.adapter.text_encoders if self.args.offload_text_encoders else []
+        encoders = self.family.text_encoders if self.args.offload_text_encoders else []
         for encoder in encoders:
             encoder.to(device)
         with torch.no_grad():
-            cond = self.adapter.encode_prompts(prompts, device, self.max_sequence_length)
+            cond = self.family.encode_prompts(prompts, device, self.max_sequence_length)
         for encoder in encoders:
             encoder.to("cpu")
         return cond
@@ -75,7 +75,7 @@ class Collector:
     def velocity(self, cond, num_rows: int, guidance_scale: float = 1.0):
         """`(x, sigma) -> velocity` of the active policy for `num_rows` samples; with `guidance_scale > 1`,
         classifier-free guided."""
-        predict = self.adapter.predict_velocity
+        predict = self.family.predict_velocity
         if guidance_scale <= 1.0:
             return lambda x, sigma: predict(x, sigma, cond)
         uncond = empty_prompt_rows(self.uncond(), num_rows)
@@ -139,7 +139,7 @@ class Collector:
                 velocity = self.velocity(row_cond, len(index), objective.guidance_scale)
                 with torch.no_grad():
                     sample = objective.sample(velocity, noise.to(self.accelerator.device), step_noise)
-                    images = self.adapter.decode(sample.latents)
+                    images = self.family.decode(sample.latents)
                 out["latents"].append(sample.latents)
                 for key in ("states", "log_probs"):
                     if getattr(sample, key) is not None:

@@ -156,10 +156,10 @@ class NFTConfig:
     distilled_guidance_scale: float = field(
         default=3.5, metadata={"help": "Guidance-embedding value of guidance-distilled models (FLUX.1-dev)."}
     )
-    adapter: str = field(
+    family: str = field(
         default="auto",
-        metadata={"help": "'auto' uses the family's adapter file, else traces the pipeline; 'traced' always traces "
-                          "it (diffusers_nft.pipelines.ADAPTER_MODES)."},
+        metadata={"help": "'auto' uses the family's family file, else traces the pipeline; 'traced' always traces "
+                          "it (diffusers_nft.pipelines.FAMILY_MODES)."},
     )
     resolution: int = field(default=512, metadata={"help": "Image side in pixels (square)."})
     num_frames: Optional[int] = field(
@@ -223,7 +223,7 @@ class NFTConfig:
     logit_mean: float = field(default=0.0, metadata={"help": "Mean of train_timesteps='logit_normal'."})
     logit_std: float = field(default=1.0, metadata={"help": "Std of train_timesteps='logit_normal'."})
 
-    # The objective: DiffusionNFT, or Flow-GRPO on the same adapters, rewards, LoRA and checkpoints
+    # The objective: DiffusionNFT, or Flow-GRPO on the same families, rewards, LoRA and checkpoints
     objective: str = field(
         default="nft",
         metadata={"help": "'nft' (DiffusionNFT) or 'flow_grpo' (Flow-GRPO, arXiv 2505.05470; the grpo_* settings) "
@@ -289,9 +289,9 @@ class NFTConfig:
         _check(self.adv_mode in ADV_MODES, f"adv_mode must be one of {ADV_MODES} (got {self.adv_mode!r}).")
         _check(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS} (got {self.sampler!r}).")
         from .objectives import OBJECTIVES  # here, not at the top: NFTConfig imports without diffusers
-        from .pipelines import ADAPTER_MODES
+        from .pipelines import FAMILY_MODES
 
-        _check(self.adapter in ADAPTER_MODES, f"adapter must be one of {ADAPTER_MODES} (got {self.adapter!r}).")
+        _check(self.family in FAMILY_MODES, f"family must be one of {FAMILY_MODES} (got {self.family!r}).")
         _check(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES} (got {self.objective!r}).")
         _check(self.reward_scoring in SCORING_MODES, f"reward_scoring must be one of {SCORING_MODES}.")
         _check(self.reward_batch_size >= 1, "reward_batch_size must be >= 1.")

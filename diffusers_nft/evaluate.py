@@ -261,9 +261,9 @@ def run(args: EvaluationArguments) -> Dict[str, Dict[str, float]]:
 def _default_text_length(pipe, demo: bool) -> int:
     if demo:
         return DEMO_CONFIG["max_sequence_length"]
-    from .pipelines import get_pipeline_adapter
+    from .pipelines import get_family
 
-    return get_pipeline_adapter(pipe).default_max_sequence_length
+    return get_family(pipe).default_max_sequence_length
 
 
 def _load_pipeline(name_or_path: Optional[str]):

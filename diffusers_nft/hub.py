@@ -217,7 +217,7 @@ def create_model_card(trainer, *, repo_id: str, folder: str, evaluation: Optiona
         rewards=list(zip(trainer.rewards.names, trainer.rewards.weights)),
         hyperparameters=card_hyperparameters(args, trainer.policy.lora_config, accelerator.mixed_precision),
         history=trainer.history, widget=widget, call_kwargs=trainer.evaluation_call_kwargs(),
-        lora_layout=trainer.adapter.lora_layout(), license=args.license, evaluation=evaluation,
+        lora_layout=trainer.family.lora_layout(), license=args.license, evaluation=evaluation,
         objective=args.objective,
     )
     logger.info("Wrote model card %s (with %s)", card, ", ".join(sorted(os.listdir(os.path.join(folder, "images")))))
@@ -245,7 +245,7 @@ def write_model_card(
         call_kwargs: The pipeline-call arguments the run evaluated with (resolution, steps, guidance, text length).
         license: The card's license; default: the base model's on the Hub, when it can be read.
         evaluation: A markdown table of an evaluation run, shown in the card.
-        lora_layout: The LoRA files and how each loads (`FlowPipelineAdapter.lora_layout`), for the snippet.
+        lora_layout: The LoRA files and how each loads (`PipelineFamily.lora_layout`), for the snippet.
         objective: The training objective (`"nft"` or `"flow_grpo"`): the card's method text (`METHODS`).
 
     Returns: The path of the card.

@@ -76,7 +76,7 @@ class NFTObjective(Objective):
     """DiffusionNFT on the forward process: implicit positive and negative policies around the old one.
 
     Args:
-        adapter: The pipeline family's adapter (`predict_velocity`).
+        family: The pipeline family's family (`predict_velocity`).
         policy: The `NFTPolicy` that switches between theta, the old policy and the reference.
         loss: The `NFTLoss` (its `kl_beta > 0` adds the reference forward).
         sampling_sigmas: The sampler's grid; training draws its noise levels from the levels the model saw.
@@ -90,12 +90,12 @@ class NFTObjective(Objective):
     name = "nft"
     needs = ("latents", "cond", "rewards")
 
-    def __init__(self, *, adapter, policy, loss: NFTLoss, sampling_sigmas: Optional[torch.Tensor] = None,
+    def __init__(self, *, family, policy, loss: NFTLoss, sampling_sigmas: Optional[torch.Tensor] = None,
                  sampler: str = "dpm_solver", guidance_scale: float = 1.0, train_timesteps: str = "sampler_grid",
                  timestep_shift: float = 3.0, logit_mean: float = 0.0, logit_std: float = 1.0,
                  advantage_std: str = "global", adv_mode: str = "all"):
         super().__init__()
-        self.adapter, self.policy, self.loss = adapter, policy, loss
+        self.family, self.policy, self.loss = family, policy, loss
         self.sampling_sigmas, self.sampler, self.guidance_scale = sampling_sigmas, sampler, guidance_scale
         self.timesteps = dict(method=train_timesteps, shift=timestep_shift, logit_mean=logit_mean, logit_std=logit_std)
         self.advantage_std, self.adv_mode = advantage_std, adv_mode
@@ -145,12 +145,12 @@ class NFTObjective(Objective):
         """
         with torch.no_grad():
             with self.policy.using(OLD):
-                v_old = self.adapter.predict_velocity(x_t, sigma, cond)
+                v_old = self.family.predict_velocity(x_t, sigma, cond)
             v_ref = None
             if self.loss.kl_beta > 0 or monitor:
                 with self.policy.using(REFERENCE):
-                    v_ref = self.adapter.predict_velocity(x_t, sigma, cond)
-        v_theta = self.adapter.predict_velocity(x_t, sigma, cond)
+                    v_ref = self.family.predict_velocity(x_t, sigma, cond)
+        v_theta = self.family.predict_velocity(x_t, sigma, cond)
         if monitor:
             self.monitors = velocity_stats(v_theta, v_ref)
         kl_ref = v_ref if self.loss.kl_beta > 0 else None  # the monitor's reference forward adds no loss term
@@ -178,7 +178,7 @@ class FlowGRPOObjective(Objective):
     the first update is 1: theta has not moved since it sampled.
 
     Args:
-        adapter: The pipeline family's adapter.
+        family: The pipeline family's family.
         policy: The `NFTPolicy` (theta, and the reference for the KL).
         sampling_sigmas: The pipeline's grid (the SDE runs on it).
         noise_level: The SDE's `a` (the release: 0.7).
@@ -194,11 +194,11 @@ class FlowGRPOObjective(Objective):
     needs = ("states", "log_probs", "cond", "uncond", "rewards")
     sampling_policy = TRAINED
 
-    def __init__(self, *, adapter, policy, sampling_sigmas: torch.Tensor, noise_level: float = 0.7,
+    def __init__(self, *, family, policy, sampling_sigmas: torch.Tensor, noise_level: float = 0.7,
                  clip_range: float = 1e-4, kl_beta: float = 0.04, guidance_scale: float = 4.5,
                  adv_clip_max: float = 5.0, advantage_std: str = "group"):
         super().__init__()
-        self.adapter, self.policy, self.sampling_sigmas = adapter, policy, sampling_sigmas
+        self.family, self.policy, self.sampling_sigmas = family, policy, sampling_sigmas
         self.noise_level, self.clip_range, self.kl_beta = noise_level, clip_range, kl_beta
         self.guidance_scale, self.adv_clip_max, self.advantage_std = guidance_scale, adv_clip_max, advantage_std
         self.grid = [float(s) for s in sampling_sigmas]
@@ -229,7 +229,7 @@ class FlowGRPOObjective(Objective):
                            cond=cond, uncond=uncond)
 
     def _velocity(self, x, sigma, cond, uncond):
-        return guided_velocity(self.adapter.predict_velocity, x, sigma, cond, uncond, self.guidance_scale)
+        return guided_velocity(self.family.predict_velocity, x, sigma, cond, uncond, self.guidance_scale)
 
     def _step(self, x, velocity, j, prev_sample):
         return sde_step(x, velocity, self.grid[j], self.grid[j + 1], noise_level=self.noise_level,
@@ -264,18 +264,18 @@ class FlowGRPOObjective(Objective):
                 "grpo/clip_fraction": float(out.clip_fraction), "grpo/approx_kl": float(out.approx_kl)}
 
 
-def build_objective(args, *, adapter, policy, sampling_sigmas: torch.Tensor) -> Objective:
+def build_objective(args, *, family, policy, sampling_sigmas: torch.Tensor) -> Objective:
     """The objective `args.objective` names (one of `OBJECTIVES`), with the run's settings."""
     if args.objective == "flow_grpo":
         return FlowGRPOObjective(
-            adapter=adapter, policy=policy, sampling_sigmas=sampling_sigmas, noise_level=args.grpo_noise_level,
+            family=family, policy=policy, sampling_sigmas=sampling_sigmas, noise_level=args.grpo_noise_level,
             clip_range=args.grpo_clip_range, kl_beta=args.grpo_kl_beta, guidance_scale=args.grpo_guidance_scale,
             adv_clip_max=args.adv_clip_max,
         )
     loss = NFTLoss(nft_beta=args.nft_beta, adv_clip_max=args.adv_clip_max, weighting=args.loss_weighting,
                    kl_beta=args.kl_beta, drop_negative_term=args.drop_negative_term)
     return NFTObjective(
-        adapter=adapter, policy=policy, loss=loss, sampling_sigmas=sampling_sigmas, sampler=args.sampler,
+        family=family, policy=policy, loss=loss, sampling_sigmas=sampling_sigmas, sampler=args.sampler,
         guidance_scale=args.guidance_scale, train_timesteps=args.train_timesteps, timestep_shift=args.timestep_shift,
         logit_mean=args.logit_mean, logit_std=args.logit_std, advantage_std=args.advantage_std, adv_mode=args.adv_mode,
     )

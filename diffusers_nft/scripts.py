@@ -17,7 +17,7 @@ from transformers import HfArgumentParser
 
 from .config import NFTConfig
 from .trainer import NFTTrainer
-from .pipelines import get_pipeline_adapter
+from .pipelines import get_family
 from .data import load_prompts
 from .demo.recipe import DEMO_CONFIG, DEMO_REWARD
 from .checkpoint import check_output_dir, resolve_checkpoint
@@ -175,7 +175,7 @@ def prepare(argv, load_pipeline: Callable):
     peft_config = make_lora_config(
         pipeline.transformer,
         targets=script_args.lora_layers.split(",") if script_args.lora_layers else None,
-        default_targets=get_pipeline_adapter(pipeline, config.adapter, num_frames=config.num_frames).default_lora_targets,
+        default_targets=get_family(pipeline, config.family, num_frames=config.num_frames).default_lora_targets,
         rank=script_args.rank,
         alpha=script_args.lora_alpha,
     )

@@ -413,8 +413,8 @@ def build_tiny_wan_pipeline(seed: int = 0, two_experts: bool = False, boundary_r
 
 
 def build_tiny_auraflow_pipeline(seed: int = 0, sample_size: int = 8):
-    """Build a tiny `AuraFlowPipeline` (UMT5 encoder, MMDiT + single DiT layers), offline. No adapter file: the
-    traced adapter serves it."""
+    """Build a tiny `AuraFlowPipeline` (UMT5 encoder, MMDiT + single DiT layers), offline. No family file: the
+    traced family serves it."""
     from diffusers import AuraFlowPipeline, AuraFlowTransformer2DModel, FlowMatchEulerDiscreteScheduler
     from transformers import UMT5Config, UMT5EncoderModel
 

@@ -40,7 +40,7 @@ from .lora_file import write_lora_file
 from .monitors import group_diversity, image_stats
 from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
 from .objectives import build_objective
-from .pipelines import get_pipeline_adapter, select_conditioning
+from .pipelines import get_family, select_conditioning
 from .plan import IterationPlan
 from .policy import TRAINED, NFTPolicy, check_lora_targets, make_lora_config
 from .rewards import RewardScorer, WeightedRewards
@@ -77,7 +77,7 @@ class NFTTrainer:
         eval_reward_funcs: Judges for `eval_dataset` that are never trained on (names or callables, as
             `reward_funcs`); default: the training rewards.
         objective: `"nft"` or `"flow_grpo"` (`diffusers_nft.objectives.OBJECTIVES`); overrides `args.objective`.
-            Everything else (adapters, rewards, LoRA, checkpoints, logging, card) is shared.
+            Everything else (pipeline families, rewards, LoRA, checkpoints, logging, card) is shared.
 
     Example:
         ```py
@@ -102,8 +102,8 @@ class NFTTrainer:
         # Everything that can be wrong with the inputs is checked before any model compute.
         self.args = args = _resolved_config(args, objective)
         self.callbacks = CallbackList(callbacks or [], trainer=self)
-        self.pipeline, self.adapter = pipeline, _adapter(pipeline, args)
-        self.max_sequence_length = args.max_sequence_length or self.adapter.default_max_sequence_length
+        self.pipeline, self.family = pipeline, _adapter(pipeline, args)
+        self.max_sequence_length = args.max_sequence_length or self.family.default_max_sequence_length
         self.train_dataset, self.eval_dataset = _prompt_sets(train_dataset, eval_dataset)
         # The Accelerator comes first: it sets up the processes (on CPU too, with ACCELERATE_USE_CPU) that
         # everything below counts. It only reads the environment; no model is touched yet.
@@ -112,7 +112,7 @@ class NFTTrainer:
             log_with=args.trackers(),
             project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
         )
-        self.adapter.check_accelerator(self.accelerator)
+        self.family.check_accelerator(self.accelerator)
         self.rewards = self._weighted_rewards(reward_funcs, args.reward_weights, args.normalize_rewards)
         # judges never trained on; None: evaluate() scores with the training rewards
         self.eval_rewards = self._weighted_rewards(eval_reward_funcs) if eval_reward_funcs else None
@@ -121,9 +121,9 @@ class NFTTrainer:
         self.checkpointer = Checkpointer(self.accelerator, args)
         # A corrupt or mismatched checkpoint fails now, not later; read once, applied at the end.
         resume_path, resume_parts = self.checkpointer.read(args.resume_from_checkpoint)
-        transformer = self.adapter.denoiser
+        transformer = self.family.denoiser
         if peft_config is None:
-            peft_config = make_lora_config(transformer, default_targets=self.adapter.default_lora_targets)
+            peft_config = make_lora_config(transformer, default_targets=self.family.default_lora_targets)
         check_lora_targets(transformer, peft_config.target_modules)
         self.plan = IterationPlan.from_config(args, self.accelerator.num_processes)
         self.accelerator.gradient_accumulation_steps = self.plan.accumulation
@@ -138,13 +138,13 @@ class NFTTrainer:
     def _init_loop(self) -> None:
         """The grid, objective, collector, prompt order and counters of a fresh run (a resume overwrites the last)."""
         args = self.args
-        self.latent_shape = self.adapter.latent_shape(args.resolution)
+        self.latent_shape = self.family.latent_shape(args.resolution)
         # Every solver runs on the grid of the pipeline's own scheduler, and NFT's training draws from exactly the
         # noise levels the rollouts called the model at.
-        self.sampling_sigmas = self.adapter.sampling_sigmas(args.num_sampling_steps, self.latent_shape)
-        self.objective = build_objective(args, adapter=self.adapter, policy=self.policy,
+        self.sampling_sigmas = self.family.sampling_sigmas(args.num_sampling_steps, self.latent_shape)
+        self.objective = build_objective(args, family=self.family, policy=self.policy,
                                          sampling_sigmas=self.sampling_sigmas)
-        self.collector = Collector(adapter=self.adapter, policy=self.policy, scorer=self.scorer,
+        self.collector = Collector(family=self.family, policy=self.policy, scorer=self.scorer,
                                    accelerator=self.accelerator, args=args, plan=self.plan, dataset=self.train_dataset,
                                    latent_shape=self.latent_shape, max_sequence_length=self.max_sequence_length)
         self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
@@ -169,7 +169,7 @@ class NFTTrainer:
         if args.upcast_vae and getattr(pipeline, "vae", None) is not None:
             pipeline.vae.to(dtype=torch.float32)
         if args.offload_text_encoders:
-            for encoder in self.adapter.text_encoders:
+            for encoder in self.family.text_encoders:
                 encoder.to("cpu")
         pipeline.set_progress_bar_config(disable=True)
 
@@ -197,7 +197,7 @@ class NFTTrainer:
         self.policy.bind()  # FSDP2 replaced the parameters with sharded ones
         # Forward passes go through the prepared (and optionally compiled) module; the policy switches adapters
         # on the underlying transformer, which compiled graphs guard on.
-        self.adapter.model = torch.compile(self.model) if args.torch_compile else self.model
+        self.family.model = torch.compile(self.model) if args.torch_compile else self.model
 
     # ------------------------------------------------------------------ public API
 
@@ -286,7 +286,7 @@ class NFTTrainer:
         model = getattr(self.pipeline, "name_or_path", None) or type(self.pipeline.transformer).__name__
         iterations = args.max_steps - self.global_step
         rows = {
-            "model": f"{model} ({type(self.pipeline).__name__}, {type(self.adapter).__name__})",
+            "model": f"{model} ({type(self.pipeline).__name__}, {type(self.family).__name__})",
             "iteration": f"{args.prompts_per_iteration} prompts x {args.group_size} images = {args.images_per_iteration} "
                          f"images ({self.plan.local_images} per process, {_count(self.plan.num_processes, 'process')}), "
                          f"{self._sampling_words()}",
@@ -428,7 +428,7 @@ class NFTTrainer:
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds.")
-        sigmas = self.adapter.sampling_sigmas(num_steps or self.args.eval_num_steps, self.latent_shape)
+        sigmas = self.family.sampling_sigmas(num_steps or self.args.eval_num_steps, self.latent_shape)
         cond = self.collector.encode(list(prompts))
         noise = torch.stack([torch.randn(self.latent_shape, generator=seeded(s, SEED_STREAMS["eval"])) for s in seeds])
         images = []
@@ -437,7 +437,7 @@ class NFTTrainer:
                 index = torch.arange(start, min(start + self.args.sample_batch_size, len(prompts)))
                 latents = self.collector.rollout(select_conditioning(cond, index), noise[index], sampler=sampler,
                                                  sigmas=sigmas, guidance_scale=guidance_scale)
-                images.append(self.adapter.decode(latents).cpu())
+                images.append(self.family.decode(latents).cpu())
         return torch.cat(images)
 
     def log_validation(self) -> Optional[str]:
@@ -477,7 +477,7 @@ class NFTTrainer:
             os.makedirs(output_dir, exist_ok=True)
             staging = tempfile.mkdtemp(prefix=".tmp-lora-", dir=output_dir)
             for written in write_lora_file(type(self.pipeline), staging, weights, self.policy.lora_config,
-                                           self.adapter.lora_layout()):
+                                           self.family.lora_layout()):
                 os.replace(written, os.path.join(output_dir, os.path.basename(written)))
                 logger.info("Saved LoRA %s", os.path.join(output_dir, os.path.basename(written)))
             shutil.rmtree(staging, ignore_errors=True)
@@ -504,7 +504,7 @@ class NFTTrainer:
         at the trained resolution and text length (SD3 attends over the padding, so the length matters)."""
         args = self.args
         return {"height": args.resolution, "width": args.resolution, "num_inference_steps": args.eval_num_steps,
-                "max_sequence_length": self.max_sequence_length, **self.adapter.cfg_free_call_kwargs()}
+                "max_sequence_length": self.max_sequence_length, **self.family.cfg_free_call_kwargs()}
 
     @property
     def _saved_adapter(self) -> str:
@@ -572,7 +572,7 @@ class NFTTrainer:
             self.global_step, policy=self.policy, model=self.model, optimizer=self.optimizer,
             lr_scheduler=self.lr_scheduler, state=state,
             extra=lambda folder, lora: write_lora_file(type(self.pipeline), folder, lora[self._saved_adapter],
-                                                       self.policy.lora_config, self.adapter.lora_layout()),
+                                                       self.policy.lora_config, self.family.lora_layout()),
         )
         if path:
             logger.info("Saved checkpoint %s", path)
@@ -604,7 +604,7 @@ class NFTTrainer:
     def _probe_rewards(self) -> None:
         """Score two blank images so that a broken reward (or judge) fails before any sampling."""
         rows = self.train_dataset.select([0, min(1, len(self.train_dataset) - 1)])
-        frames = self.adapter.video_frames()
+        frames = self.family.video_frames()
         images = torch.zeros(2, *([frames] if frames else []), 3, self.args.resolution, self.args.resolution)
         self.scorer.wait(self.scorer.submit(images, list(rows["prompt"]), row_metadata(rows)))
         if self.eval_rewards is not None:
@@ -730,12 +730,12 @@ def _prompt_sets(train_dataset: PromptSource, eval_dataset: Optional[PromptSourc
 
 
 def _adapter(pipeline, args: NFTConfig):
-    """The pipeline's adapter, once its scheduler and the resolution are known to suit it."""
+    """The pipeline's family, once its scheduler and the resolution are known to suit it."""
     _check_flow_matching(pipeline)
-    adapter = get_pipeline_adapter(pipeline, args.adapter, distilled_guidance_scale=args.distilled_guidance_scale,
+    family = get_family(pipeline, args.family, distilled_guidance_scale=args.distilled_guidance_scale,
                                    num_frames=args.num_frames)
-    adapter.check_resolution(args.resolution)
-    return adapter
+    family.check_resolution(args.resolution)
+    return family
 
 
 def _check_flow_matching(pipeline) -> None:
@@ -757,7 +757,7 @@ def _as_float(value) -> float:
 
 
 class FlowGRPOTrainer(NFTTrainer):
-    """`NFTTrainer` with `objective="flow_grpo"`: Flow-GRPO (arXiv 2505.05470) on the same adapters, rewards, LoRA,
+    """`NFTTrainer` with `objective="flow_grpo"`: Flow-GRPO (arXiv 2505.05470) on the same pipeline families, rewards, LoRA,
     checkpoints and card. The `grpo_*` settings of `NFTConfig` apply (SDE noise level 0.7, clip 1e-4, KL 0.04,
     CFG 4.5).
 

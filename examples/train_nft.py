@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Fine-tune any supported flow-matching pipeline with DiffusionNFT and LoRA: Qwen-Image, FLUX.2, Z-Image, Wan,
-SD3, FLUX.1, Lumina-Image 2.0 by their adapter files, the other text-to-image/video flow pipelines traced.
+SD3, FLUX.1, Lumina-Image 2.0 by their family files, the other text-to-image/video flow pipelines traced.
 
     accelerate launch examples/train_nft.py \
         --pretrained_model_name_or_path Qwen/Qwen-Image \
@@ -11,8 +11,8 @@ SD3, FLUX.1, Lumina-Image 2.0 by their adapter files, the other text-to-image/vi
         --prompts prompts.txt --reward pickscore --reward temporal_consistency:0.5 --num_frames 33 --resolution 480
 
 The pipeline is loaded with `DiffusionPipeline.from_pretrained`, so its class comes from its `model_index.json`.
-The flags are those of `train_nft_sd3.py` (every `NFTConfig` field); `--adapter traced` traces even a family
-that has an adapter file. Without `--pretrained_model_name_or_path` it trains the bundled demo world.
+The flags are those of `train_nft_sd3.py` (every `NFTConfig` field); `--family traced` traces even a family
+that has a family file. Without `--pretrained_model_name_or_path` it trains the bundled demo world.
 """
 
 from diffusers_nft import NFTConfig

@@ -103,10 +103,10 @@ def load_saved(folder):
 
 
 def small_lora(transformer, rank=4, alpha=16):
-    from diffusers_nft.pipelines import SD3Adapter
+    from diffusers_nft.pipelines import SD3Family
     from diffusers_nft.policy import make_lora_config
 
-    return make_lora_config(transformer, default_targets=SD3Adapter.default_lora_targets, rank=rank, alpha=alpha)
+    return make_lora_config(transformer, default_targets=SD3Family.default_lora_targets, rank=rank, alpha=alpha)
 
 
 def load_training_script():

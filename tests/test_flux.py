@@ -8,7 +8,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.pipelines import FluxAdapter, get_pipeline_adapter
+from diffusers_nft.pipelines import FluxFamily, get_family
 from diffusers_nft.policy import make_lora_config
 from diffusers_nft.lora_file import portable_lora
 
@@ -32,31 +32,31 @@ def _render(pipe, guidance=3.5):
 
 def test_flux_adapter_shapes_and_dynamic_shift(flux_dir):
     pipe = FluxPipeline.from_pretrained(flux_dir)
-    adapter = get_pipeline_adapter(pipe, distilled_guidance_scale=2.0)
-    assert isinstance(adapter, FluxAdapter) and adapter.distilled_guidance_scale == 2.0
-    shape = adapter.latent_shape(64)
+    family = get_family(pipe, distilled_guidance_scale=2.0)
+    assert isinstance(family, FluxFamily) and family.distilled_guidance_scale == 2.0
+    shape = family.latent_shape(64)
     assert shape == (16, 16)  # (64 / 8 / 2)^2 tokens of 4 * 4 channels
     config = pipe.scheduler.config
     mu = calculate_shift(16, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift)
-    assert adapter.sampling_mu(shape) == pytest.approx(mu)
+    assert family.sampling_mu(shape) == pytest.approx(mu)
     # the grid is the one FluxPipeline sets: linspace(1, 1/n, n), shifted by mu, then 0
     pipe.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / 6, 6), mu=mu)
-    torch.testing.assert_close(adapter.sampling_sigmas(6, shape), pipe.scheduler.sigmas.double())
-    cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    torch.testing.assert_close(family.sampling_sigmas(6, shape), pipe.scheduler.sigmas.double())
+    cond = family.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
     assert cond["txt_ids"].shape[0] == 2
-    v = adapter.predict_velocity(torch.randn(2, *shape), torch.tensor([0.3, 0.9]), cond)
+    v = family.predict_velocity(torch.randn(2, *shape), torch.tensor([0.3, 0.9]), cond)
     assert v.shape == (2, *shape) and v.dtype == torch.float32
-    assert adapter.decode(torch.randn(2, *shape)).shape == (2, 3, 64, 64)
+    assert family.decode(torch.randn(2, *shape)).shape == (2, 3, 64, 64)
     # the guidance embedding is fed: another value changes the velocity
-    adapter_b = get_pipeline_adapter(pipe, distilled_guidance_scale=6.0)
+    adapter_b = get_family(pipe, distilled_guidance_scale=6.0)
     x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     sub = {k: v[:1] for k, v in cond.items()}
-    assert (adapter.predict_velocity(x, torch.tensor([0.5]), sub) - adapter_b.predict_velocity(x, torch.tensor([0.5]), sub)).abs().max() > 1e-6
+    assert (family.predict_velocity(x, torch.tensor([0.5]), sub) - adapter_b.predict_velocity(x, torch.tensor([0.5]), sub)).abs().max() > 1e-6
 
 
 def test_flux_trains_and_its_lora_loads_into_flux_pipeline(flux_dir, tmp_path):
     pipe = FluxPipeline.from_pretrained(flux_dir)
-    peft_config = make_lora_config(pipe.transformer, default_targets=FluxAdapter.default_lora_targets, rank=4, alpha=12)
+    peft_config = make_lora_config(pipe.transformer, default_targets=FluxFamily.default_lora_targets, rank=4, alpha=12)
     assert "attn.to_out.0" in peft_config.target_modules
     config = tiny_config(tmp_path, max_steps=3, learning_rate=3e-2, sampler="dpm_solver")
     trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS, peft_config=peft_config)

@@ -9,18 +9,18 @@ from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer
 from diffusers_nft.lora_file import portable_lora
-from diffusers_nft.pipelines import get_pipeline_adapter
+from diffusers_nft.pipelines import get_family
 
 from conftest import PROMPTS, max_diff, small_lora, tiny_config
 
 
 def _velocity(pipe) -> torch.Tensor:
-    adapter = get_pipeline_adapter(pipe)
+    family = get_family(pipe)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, *adapter.latent_shape(64), generator=g)
-    cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    x = torch.randn(2, *family.latent_shape(64), generator=g)
+    cond = family.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
     with torch.no_grad():
-        return adapter.predict_velocity(x, torch.tensor([0.3, 0.8]), cond)
+        return family.predict_velocity(x, torch.tensor([0.3, 0.8]), cond)
 
 
 def _merge_by_hand(pipe, path, honour_alpha_tensors: bool) -> None:

@@ -1,11 +1,11 @@
-"""A third family, to show that one is one adapter file: Lumina-Image 2.0 (reversed time, negated velocity)."""
+"""A third family, to show that one is one family file: Lumina-Image 2.0 (reversed time, negated velocity)."""
 
 import torch
 from diffusers import Lumina2Pipeline
 from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.pipelines import Lumina2Adapter, get_pipeline_adapter
+from diffusers_nft.pipelines import Lumina2Family, get_family
 from diffusers_nft.policy import make_lora_config
 from diffusers_nft.lora_file import portable_lora
 
@@ -23,15 +23,15 @@ def test_lumina2_velocity_convention_matches_the_pipeline(tmp_path):
 
     pipe = build_tiny_lumina2_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    adapter = get_pipeline_adapter(pipe)
-    assert isinstance(adapter, Lumina2Adapter)
-    # Euler on the adapter's grid lands where the pipeline's own loop does: same grid, same velocity convention
+    family = get_family(pipe)
+    assert isinstance(family, Lumina2Family)
+    # Euler on the family's grid lands where the pipeline's own loop does: same grid, same velocity convention
     from diffusers_nft.sampling import rollout
 
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
-    cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 256)
-    sigmas = adapter.sampling_sigmas(3, latents.shape[1:])
-    ours = rollout(lambda x, s: adapter.predict_velocity(x, s, cond), sigmas, latents, "euler")
+    cond = family.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 256)
+    sigmas = family.sampling_sigmas(3, latents.shape[1:])
+    ours = rollout(lambda x, s: family.predict_velocity(x, s, cond), sigmas, latents, "euler")
     theirs = pipe(["a red cat", "a blue dog"], latents=latents, num_inference_steps=3, guidance_scale=1.0,
                   height=64, width=64, max_sequence_length=256, output_type="latent").images
     assert (ours - latents).abs().max() > 1e-2
@@ -44,7 +44,7 @@ def test_lumina2_trains_and_its_lora_loads(tmp_path):
     folder = str(tmp_path / "pipe")
     build_tiny_lumina2_pipeline().save_pretrained(folder)
     pipe = Lumina2Pipeline.from_pretrained(folder)
-    peft_config = make_lora_config(pipe.transformer, default_targets=Lumina2Adapter.default_lora_targets, rank=4, alpha=8)
+    peft_config = make_lora_config(pipe.transformer, default_targets=Lumina2Family.default_lora_targets, rank=4, alpha=8)
     config = tiny_config(tmp_path / "run", max_steps=3, learning_rate=3e-2, max_sequence_length=256)
     trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS, peft_config=peft_config)
     trainer.train()

@@ -23,7 +23,7 @@ def _trainer(pipeline_dir, output_dir, reward="jpeg_incompressibility", **overri
 
 def _poison_one_training_forward(trainer, call_number):
     """Make the `call_number`-th training forward of theta return NaN (sampling forwards run under no_grad)."""
-    predict, calls = trainer.adapter.predict_velocity, []
+    predict, calls = trainer.family.predict_velocity, []
 
     def poisoned(latents, sigma, cond):
         v = predict(latents, sigma, cond)
@@ -33,7 +33,7 @@ def _poison_one_training_forward(trainer, call_number):
                 return v * float("nan")
         return v
 
-    trainer.adapter.predict_velocity = poisoned
+    trainer.family.predict_velocity = poisoned
 
 
 def test_a_non_finite_loss_stops_the_run_and_nothing_is_saved(tiny_pipeline_dir, tmp_path):

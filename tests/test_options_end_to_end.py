@@ -126,7 +126,7 @@ def test_torch_compile_trains_like_eager(tiny_pipeline_dir, tmp_path):
         start = trainer.policy.state_dict("default")
         cond = trainer.collector.encode(["a red cat"])
         x = torch.randn(1, *trainer.latent_shape, generator=torch.Generator().manual_seed(0))
-        velocity = trainer.adapter.predict_velocity(x, torch.tensor([0.5]), cond).detach()
+        velocity = trainer.family.predict_velocity(x, torch.tensor([0.5]), cond).detach()
         metrics = trainer.step()
         update = {k: v - start[k] for k, v in trainer.policy.state_dict("default").items()}
         runs[compiled] = (velocity, metrics, update)

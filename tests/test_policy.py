@@ -1,18 +1,18 @@
 import pytest
 import torch
 
-from diffusers_nft.pipelines import SD3Adapter, get_pipeline_adapter
+from diffusers_nft.pipelines import SD3Family, get_family
 from diffusers_nft.policy import NFTPolicy, make_lora_config
 
 from conftest import max_diff, small_lora
 
 
-def _velocity(adapter, policy_name, policy):
+def _velocity(family, policy_name, policy):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, *adapter.latent_shape(64), generator=g)
-    cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    x = torch.randn(2, *family.latent_shape(64), generator=g)
+    cond = family.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
     with torch.no_grad(), policy.using(policy_name):
-        return adapter.predict_velocity(x, torch.tensor([0.3, 0.8]), cond)
+        return family.predict_velocity(x, torch.tensor([0.3, 0.8]), cond)
 
 
 def _perturb(tensors, scale=0.5, seed=0):
@@ -32,13 +32,13 @@ def test_sd35_dual_attention_gets_lora_only_when_named(tiny_pipeline):
 
 
 def test_three_policies_and_soft_update(tiny_pipeline):
-    adapter = get_pipeline_adapter(tiny_pipeline)
+    family = get_family(tiny_pipeline)
     policy = NFTPolicy(tiny_pipeline.transformer, small_lora(tiny_pipeline.transformer))
     # old starts as an exact copy of theta
     assert max_diff(policy.state_dict("default"), policy.state_dict("old")) == 0
     theta = _perturb(policy.state_dict("default"))
     policy.load_state_dict("default", theta)
-    v_theta, v_old, v_ref = (_velocity(adapter, p, policy) for p in ("default", "old", "reference"))
+    v_theta, v_old, v_ref = (_velocity(family, p, policy) for p in ("default", "old", "reference"))
     assert (v_theta - v_old).abs().max() > 1e-3
     assert (v_old - v_ref).abs().max() < 1e-6  # gaussian init: B = 0, so the old adapter is the base model
     old_before = policy.state_dict("old")
@@ -46,22 +46,22 @@ def test_three_policies_and_soft_update(tiny_pipeline):
     expected = {k: 0.25 * old_before[k] + 0.75 * theta[k] for k in theta}
     assert max_diff(policy.state_dict("old"), expected) < 1e-6
     policy.update_old(0.0)
-    torch.testing.assert_close(_velocity(adapter, "old", policy), v_theta)
+    torch.testing.assert_close(_velocity(family, "old", policy), v_theta)
     # the trainable adapter is active again after each `using` block, with grads on
     assert all(p.requires_grad for p in policy.trainable_parameters())
 
 
 def test_ema_update_and_evaluation_swap(tiny_pipeline):
-    adapter = get_pipeline_adapter(tiny_pipeline)
+    family = get_family(tiny_pipeline)
     policy = NFTPolicy(tiny_pipeline.transformer, small_lora(tiny_pipeline.transformer))
     ema0 = policy.state_dict("ema")
     theta = _perturb(policy.state_dict("default"), seed=1)
     policy.load_state_dict("default", theta)
     policy.update_ema(0.9)
     assert max_diff(policy.state_dict("ema"), {k: 0.9 * ema0[k] + 0.1 * theta[k] for k in theta}) < 1e-6
-    v_theta = _velocity(adapter, "default", policy)
+    v_theta = _velocity(family, "default", policy)
     with policy.ema_weights():
-        v_ema = _velocity(adapter, "default", policy)
+        v_ema = _velocity(family, "default", policy)
     assert (v_ema - v_theta).abs().max() > 1e-4
     assert max_diff(policy.state_dict("default"), theta) == 0  # restored exactly
 
@@ -80,7 +80,7 @@ def test_lora_targets_that_match_nothing(tiny_pipeline):
         make_lora_config(tiny_pipeline.transformer, targets=["attn.to_q", "attn.to_qq"])
     with pytest.raises(ValueError, match="match no linear module"):
         make_lora_config(tiny_pipeline.transformer, default_targets=["nothing.here"])
-    config = make_lora_config(tiny_pipeline.transformer, default_targets=SD3Adapter.default_lora_targets, rank=8, alpha=3)
+    config = make_lora_config(tiny_pipeline.transformer, default_targets=SD3Family.default_lora_targets, rank=8, alpha=3)
     assert (config.r, config.lora_alpha, config.init_lora_weights) == (8, 3, "gaussian")
 
 
@@ -88,8 +88,8 @@ def test_default_targets_on_plain_sd3_drop_the_sd35_modules():
     from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
 
     pipe = build_tiny_sd3_pipeline(sd35=False)
-    config = make_lora_config(pipe.transformer, default_targets=SD3Adapter.default_lora_targets)
-    assert sorted(config.target_modules) == sorted(t for t in SD3Adapter.default_lora_targets if "attn2" not in t)
+    config = make_lora_config(pipe.transformer, default_targets=SD3Family.default_lora_targets)
+    assert sorted(config.target_modules) == sorted(t for t in SD3Family.default_lora_targets if "attn2" not in t)
     assert (config.r, config.lora_alpha) == (32, 64)
     NFTPolicy(pipe.transformer, config)
 

@@ -4,7 +4,7 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.pipelines import SD3Adapter
+from diffusers_nft.pipelines import SD3Family
 from diffusers_nft.policy import make_lora_config
 from diffusers_nft.sampling import model_sigmas
 
@@ -16,13 +16,13 @@ def test_training_draws_exactly_the_noise_levels_the_rollouts_called_the_model_a
         pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
         trainer = NFTTrainer(pipe, "jpeg_compressibility", tiny_config(tmp_path / sampler, sampler=sampler), PROMPTS)
         called = []
-        predict = trainer.adapter.predict_velocity
+        predict = trainer.family.predict_velocity
 
         def recording(latents, sigma, cond):
             called.append(sigma.clone())
             return predict(latents, sigma, cond)
 
-        trainer.adapter.predict_velocity = recording
+        trainer.family.predict_velocity = recording
         prompt_index = trainer.prompt_sampler.next(trainer.args.prompts_per_iteration)
         rollouts = trainer.collector.collect(prompt_index, iteration=0, objective=trainer.objective,
                                              timings={"sampling": 0.0, "reward": 0.0})
@@ -42,7 +42,7 @@ def test_training_draws_exactly_the_noise_levels_the_rollouts_called_the_model_a
 def test_default_lora_targets_are_the_release_eight_without_attn2(tiny_pipeline, tmp_path):
     transformer = tiny_pipeline.transformer
     assert any(".attn2." in name for name, _ in transformer.named_modules())  # the tiny model is SD3.5-style
-    config = make_lora_config(transformer, default_targets=SD3Adapter.default_lora_targets)
+    config = make_lora_config(transformer, default_targets=SD3Family.default_lora_targets)
     assert sorted(config.target_modules) == sorted(
         ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
          "attn.add_v_proj", "attn.to_add_out"])
@@ -76,12 +76,12 @@ def test_bf16_keeps_lora_and_vae_in_float32_and_feeds_a_float32_timestep(tiny_pi
         lambda module, args, kwargs: fed.append(kwargs["timestep"]), with_kwargs=True)
     sigma = torch.tensor([0.91335, 0.00893])
     cond = trainer.collector.encode(["a red cat", "a blue dog"])
-    trainer.adapter.predict_velocity(torch.randn(2, *trainer.latent_shape), sigma, cond)
+    trainer.family.predict_velocity(torch.randn(2, *trainer.latent_shape), sigma, cond)
     hook.remove()
     assert fed[0].dtype == torch.float32
     torch.testing.assert_close(fed[0], sigma * 1000)  # not 916 of 1000, as a bf16 timestep would be
     assert (sigma.bfloat16() * 1000)[0] == 916
-    images = trainer.adapter.decode(torch.randn(1, *trainer.latent_shape))
+    images = trainer.family.decode(torch.randn(1, *trainer.latent_shape))
     assert images.dtype == torch.float32
 
 

@@ -1,4 +1,4 @@
-"""The traced adapter: learnt from the pipeline's own calls, it must equal each hand-written adapter."""
+"""The traced family: learnt from the pipeline's own calls, it must equal each hand-written family."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
 from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer, testing_utils
-from diffusers_nft.pipelines import TraceError, TracedAdapter, get_pipeline_adapter
+from diffusers_nft.pipelines import TraceError, TracedFamily, get_family
 from diffusers_nft.policy import make_lora_config
 
 from conftest import PROMPTS, max_diff, tiny_config
@@ -30,8 +30,8 @@ def _text_length(name):
 def test_the_traced_adapter_equals_the_explicit_one(name):
     pipe = _build(name)
     options = OPTIONS.get(name, {})
-    explicit, traced = get_pipeline_adapter(pipe, **options), get_pipeline_adapter(pipe, "traced", **options)
-    assert isinstance(traced, TracedAdapter) and not isinstance(explicit, TracedAdapter)
+    explicit, traced = get_family(pipe, **options), get_family(pipe, "traced", **options)
+    assert isinstance(traced, TracedFamily) and not isinstance(explicit, TracedFamily)
     shape = traced.latent_shape(64)
     assert shape == explicit.latent_shape(64)
     assert explicit.cfg_free_call_kwargs().items() <= traced.cfg_free_call_kwargs().items()
@@ -45,7 +45,7 @@ def test_the_traced_adapter_equals_the_explicit_one(name):
         difference = (traced.predict_velocity(x, sigma, cond_t) - explicit.predict_velocity(x, sigma, cond_e)).abs()
         assert difference.max() <= 1e-5
         torch.testing.assert_close(traced.decode(x), explicit.decode(x), atol=1e-5, rtol=0)
-    # rows regroup like the explicit adapter's: row 2 alone, then rows 1 and 0
+    # rows regroup like the explicit family's: row 2 alone, then rows 1 and 0
     from diffusers_nft.pipelines import select_conditioning
 
     index = torch.tensor([2, 1, 0])
@@ -59,7 +59,7 @@ def _brightness(images, prompts, metadata):
     return images.flatten(1).mean(dim=1)
 
 
-# Wan's traced velocity differs from its adapter file's by ~5e-7 (float32 noise). Its tiny decoder gives nearly
+# Wan's traced velocity differs from its family file's by ~5e-7 (float32 noise). Its tiny decoder gives nearly
 # constant rewards (group std ~2.5e-4), so the normalised advantages and then Adam's sign-like first steps blow
 # that noise up to ~1e-3 in the LoRA: its runs are compared on their metrics instead (below).
 @pytest.mark.parametrize("name", FAMILIES)
@@ -67,13 +67,13 @@ def test_a_two_iteration_run_gives_the_same_lora_traced_or_explicit(name, tmp_pa
     loras = {}
     for mode in ("auto", "traced"):
         pipe = _build(name)
-        targets = get_pipeline_adapter(pipe, **OPTIONS.get(name, {})).default_lora_targets  # the same LoRA for both
-        config = tiny_config(tmp_path / mode, max_steps=2, adapter=mode, max_sequence_length=_text_length(name),
+        targets = get_family(pipe, **OPTIONS.get(name, {})).default_lora_targets  # the same LoRA for both
+        config = tiny_config(tmp_path / mode, max_steps=2, family=mode, max_sequence_length=_text_length(name),
                              **OPTIONS.get(name, {}))
         peft_config = make_lora_config(pipe.transformer, default_targets=targets, rank=4, alpha=8)
         # a smooth reward: JPEG sizes jump when a pixel crosses a rounding step
         trainer = NFTTrainer(pipe, _brightness, config, PROMPTS, peft_config=peft_config)
-        assert isinstance(trainer.adapter, TracedAdapter) == (mode == "traced")
+        assert isinstance(trainer.family, TracedFamily) == (mode == "traced")
         trainer.train()
         loras[mode] = load_file(tmp_path / mode / "pytorch_lora_weights.safetensors")
     assert loras["auto"].keys() == loras["traced"].keys()
@@ -93,15 +93,15 @@ def test_what_cannot_be_traced_is_refused_with_the_reason():
     pipe = _build("sd3")
     img2img = StableDiffusion3Img2ImgPipeline(**pipe.components)
     with pytest.raises(TraceError, match="image-conditioned"):
-        TracedAdapter(img2img).latent_shape(64)
+        TracedFamily(img2img).latent_shape(64)
     guided = _AlwaysGuided(**pipe.components)
     guided.set_progress_bar_config(disable=True)
     with pytest.raises(TraceError, match="one transformer call per step"):
-        TracedAdapter(guided).latent_shape(64)
-    with pytest.raises(ValueError, match="adapter must be one of"):
-        get_pipeline_adapter(pipe, "magic")
+        TracedFamily(guided).latent_shape(64)
+    with pytest.raises(ValueError, match="family must be one of"):
+        get_family(pipe, "magic")
     with pytest.raises(TraceError, match="second expert"):
-        TracedAdapter(testing_utils.build_tiny_wan_pipeline(two_experts=True))
+        TracedFamily(testing_utils.build_tiny_wan_pipeline(two_experts=True))
 
 
 def test_the_traced_adapter_refuses_fsdp_before_any_compute():
@@ -109,7 +109,7 @@ def test_the_traced_adapter_refuses_fsdp_before_any_compute():
 
     from accelerate.utils import DistributedType
 
-    traced = TracedAdapter(_build("sd3"))
+    traced = TracedFamily(_build("sd3"))
     traced.check_accelerator(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))
     with pytest.raises(ValueError, match="FSDP2 shards in place"):
         traced.check_accelerator(SimpleNamespace(distributed_type=DistributedType.FSDP))

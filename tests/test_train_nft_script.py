@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from diffusers_nft import scripts, testing_utils
-from diffusers_nft.pipelines import TracedAdapter
+from diffusers_nft.pipelines import TracedFamily
 
 FLAGS = ["--reward", "jpeg_compressibility", "--resolution", "64", "--max_sequence_length", "16",
          "--max_train_steps", "1", "--prompts_per_iteration", "2", "--group_size", "2", "--num_sampling_steps", "2",
@@ -16,7 +16,7 @@ FLAGS = ["--reward", "jpeg_compressibility", "--resolution", "64", "--max_sequen
 
 @pytest.mark.parametrize("builder, cls, traced", [
     ("build_tiny_zimage_pipeline", "ZImagePipeline", False),
-    ("build_tiny_auraflow_pipeline", "AuraFlowPipeline", True),  # no adapter file: traced
+    ("build_tiny_auraflow_pipeline", "AuraFlowPipeline", True),  # no family file: traced
 ])
 def test_train_nft_trains_any_pipeline_from_its_folder(builder, cls, traced, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "examples"))
@@ -30,7 +30,7 @@ def test_train_nft_trains_any_pipeline_from_its_folder(builder, cls, traced, tmp
             str(tmp_path / "out")] + FLAGS
     trainer, script_args, demo = scripts.prepare(argv, train_nft.load_pipeline)
     assert type(trainer.pipeline).__name__ == cls and not demo
-    assert isinstance(trainer.adapter, TracedAdapter) == traced
+    assert isinstance(trainer.family, TracedFamily) == traced
     scripts.run(trainer, script_args, demo)
     assert json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
     assert any("lora_B" in k for k in load_file(tmp_path / "out" / "pytorch_lora_weights.safetensors"))

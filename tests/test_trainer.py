@@ -58,7 +58,7 @@ def test_training_moves_a_latent_reward(tiny_pipeline, tmp_path):
     config = tiny_config(tmp_path, max_steps=20, prompts_per_iteration=2, group_size=8, sample_batch_size=16,
                          train_batch_size=16, gradient_accumulation_steps=1, kl_beta=0.0)
     trainer = NFTTrainer(tiny_pipeline, lambda images, prompts, metadata: images[:, 0].mean(dim=(1, 2)), config, PROMPTS)
-    trainer.adapter.decode = lambda latents: torch.sigmoid(latents[:, :3])  # a decoder that follows the latents
+    trainer.family.decode = lambda latents: torch.sigmoid(latents[:, :3])  # a decoder that follows the latents
     history = trainer.train()
     first = sum(m["reward/total/mean"] for m in history[:2]) / 2
     last = sum(m["reward/total/mean"] for m in history[-2:]) / 2
@@ -176,7 +176,7 @@ def test_unsupported_pipeline_family(tmp_path):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     NotAPipeline.scheduler = FlowMatchEulerDiscreteScheduler()
-    with pytest.raises(ValueError, match="NotAPipeline has no `transformer` to train.*adapter files serve"):
+    with pytest.raises(ValueError, match="NotAPipeline has no `transformer` to train.*family files serve"):
         NFTTrainer(NotAPipeline(), "jpeg_compressibility", tiny_config(tmp_path), PROMPTS)
 
 

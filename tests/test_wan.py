@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer, testing_utils
-from diffusers_nft.pipelines import WanAdapter, get_pipeline_adapter
+from diffusers_nft.pipelines import WanFamily, get_family
 from diffusers_nft.rewards import WeightedRewards, temporal_consistency, video_reward
 from diffusers_nft.rewards.video import frame_indices
 from diffusers_nft.sampling import rollout
@@ -24,35 +24,35 @@ def wan_dir(tmp_path_factory):
     return folder
 
 
-def _render(pipe, adapter, steps=4):
-    noise = torch.randn(2, *adapter.latent_shape(64), generator=torch.Generator().manual_seed(5))
+def _render(pipe, family, steps=4):
+    noise = torch.randn(2, *family.latent_shape(64), generator=torch.Generator().manual_seed(5))
     return pipe(prompt=["a red cat", "a blue dog"], latents=noise, num_frames=FRAMES, num_inference_steps=steps,
-                height=64, width=64, max_sequence_length=16, output_type="pt", **adapter.cfg_free_call_kwargs()).frames
+                height=64, width=64, max_sequence_length=16, output_type="pt", **family.cfg_free_call_kwargs()).frames
 
 
 def test_wan_latents_grid_and_velocity_follow_the_pipeline(wan_dir):
     pipe = load_saved(wan_dir)
     # with an Euler scheduler the pipeline's loop is an Euler rollout: ours must land on the same video
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    adapter = get_pipeline_adapter(pipe, num_frames=FRAMES)
-    assert isinstance(adapter, WanAdapter) and adapter.video_frames() == FRAMES
-    shape = adapter.latent_shape(64)
+    family = get_family(pipe, num_frames=FRAMES)
+    assert isinstance(family, WanFamily) and family.video_frames() == FRAMES
+    shape = family.latent_shape(64)
     assert shape == (16, 2, 8, 8)
     noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
-    cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    cond = family.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
     with torch.no_grad():
-        ours = rollout(lambda x, s: adapter.predict_velocity(x, s, cond), adapter.sampling_sigmas(4, shape), noise,
+        ours = rollout(lambda x, s: family.predict_velocity(x, s, cond), family.sampling_sigmas(4, shape), noise,
                        "euler")
-        videos = adapter.decode(ours)
+        videos = family.decode(ours)
     assert videos.shape == (2, FRAMES, 3, 64, 64)
-    torch.testing.assert_close(videos, _render(pipe, adapter), atol=1e-4, rtol=0)
+    torch.testing.assert_close(videos, _render(pipe, family), atol=1e-4, rtol=0)
 
 
 def test_wan_samples_on_unipcs_own_grid(wan_dir):
     pipe = load_saved(wan_dir)
-    adapter = get_pipeline_adapter(pipe, num_frames=FRAMES)
+    family = get_family(pipe, num_frames=FRAMES)
     pipe.scheduler.set_timesteps(6)
-    torch.testing.assert_close(adapter.sampling_sigmas(6, adapter.latent_shape(64)), pipe.scheduler.sigmas.double())
+    torch.testing.assert_close(family.sampling_sigmas(6, family.latent_shape(64)), pipe.scheduler.sigmas.double())
 
 
 def test_image_rewards_score_frames_and_video_rewards_get_videos():
@@ -97,15 +97,15 @@ def test_wan_lora_loads_into_wan_pipeline_and_grids_are_animated(wan_dir, tmp_pa
     trainer.train()
     grid = Image.open(tmp_path / "samples" / "step_000003.webp")
     assert grid.n_frames == FRAMES
-    adapter = trainer.adapter
+    family = trainer.family
     with trainer.policy.ema_weights(), torch.no_grad():
-        trained = _render(trainer.pipeline, adapter)
+        trained = _render(trainer.pipeline, family)
     fresh = load_saved(wan_dir)
-    base = _render(fresh, adapter)
+    base = _render(fresh, family)
     fresh.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
     assert any("attn2" in key for key in load_file(tmp_path / "pytorch_lora_weights.safetensors"))  # cross-attention
     assert (trained - base).abs().max() > 1e-3
-    torch.testing.assert_close(_render(fresh, adapter), trained, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_render(fresh, family), trained, atol=1e-5, rtol=1e-5)
 
 
 def test_gradient_checkpointing_gives_the_same_video_training(wan_dir, tmp_path):
@@ -124,21 +124,21 @@ def test_wan22_uses_the_expert_the_pipeline_uses_at_each_sigma():
     pipe = testing_utils.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # the pipeline's loop becomes an Euler rollout
-    adapter = get_pipeline_adapter(pipe, num_frames=FRAMES)
-    shape = adapter.latent_shape(64)
-    cond = adapter.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    family = get_family(pipe, num_frames=FRAMES)
+    shape = family.latent_shape(64)
+    cond = family.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        mixed = adapter.predict_velocity(x, torch.tensor([0.9, 0.3]), cond)
+        mixed = family.predict_velocity(x, torch.tensor([0.9, 0.3]), cond)
         for row, (sigma, expert) in enumerate(((0.9, pipe.transformer), (0.3, pipe.transformer_2))):
             alone = expert(hidden_states=x[row:row + 1], timestep=torch.tensor([1000 * sigma]),
                            encoder_hidden_states=cond["encoder_hidden_states"][row:row + 1], return_dict=False)[0]
             torch.testing.assert_close(mixed[row:row + 1], alone, atol=1e-6, rtol=0)
-        sigmas = adapter.sampling_sigmas(4, shape)
+        sigmas = family.sampling_sigmas(4, shape)
         assert (sigmas[:-1] >= 0.6).any() and (sigmas[:-1] < 0.6).any()  # both experts sample
-        ours = adapter.decode(rollout(lambda v, s: adapter.predict_velocity(v, s, cond), sigmas, x, "euler"))
+        ours = family.decode(rollout(lambda v, s: family.predict_velocity(v, s, cond), sigmas, x, "euler"))
     theirs = pipe(prompt=["a red cat", "a blue dog"], latents=x, num_frames=FRAMES, num_inference_steps=4, height=64,
-                  width=64, max_sequence_length=16, output_type="pt", **adapter.cfg_free_call_kwargs()).frames
+                  width=64, max_sequence_length=16, output_type="pt", **family.cfg_free_call_kwargs()).frames
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
@@ -155,22 +155,22 @@ def test_wan22_trains_both_experts_and_both_lorasload_saved(tmp_path):
     for weights in (high, low):  # each expert trained
         assert max(v.abs().max().item() for k, v in weights.items() if "lora_B" in k) > 1e-4
     assert any((high[k] - low[k]).abs().max() > 1e-6 for k in high)
-    adapter = trainer.adapter
+    family = trainer.family
     with trainer.policy.ema_weights(), torch.no_grad():
-        trained = _render(trainer.pipeline, adapter)
+        trained = _render(trainer.pipeline, family)
     fresh = load_saved(folder)
-    base = _render(fresh, adapter)
+    base = _render(fresh, family)
     fresh.load_lora_weights(str(tmp_path / "run"), weight_name="pytorch_lora_weights.safetensors")
     fresh.load_lora_weights(str(tmp_path / "run"), weight_name="pytorch_lora_weights_transformer_2.safetensors",
                             load_into_transformer_2=True)
     assert (trained - base).abs().max() > 1e-3
-    torch.testing.assert_close(_render(fresh, adapter), trained, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_render(fresh, family), trained, atol=1e-5, rtol=1e-5)
     from diffusers_nft.evaluate import lora_models
 
     judged = load_saved(folder)
     models = lora_models(judged, [f"nft={tmp_path / 'run'}"])  # the evaluation CLI loads both experts' files
     with models["nft"](), torch.no_grad():
-        torch.testing.assert_close(_render(judged, adapter), trained, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(_render(judged, family), trained, atol=1e-5, rtol=1e-5)
     card_path = trainer.create_model_card("user/wan22-nft")
     card = open(card_path).read()
     assert 'weight_name="pytorch_lora_weights_transformer_2.safetensors", load_into_transformer_2=True' in card

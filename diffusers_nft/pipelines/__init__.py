@@ -1,46 +1,46 @@
-"""Pipeline families. Each family is one adapter file, registered here by pipeline class name."""
+"""Pipeline families. Each family is one family file, registered here by pipeline class name."""
 
-from .base import Conditioning, FlowPipelineAdapter, Shared, select_conditioning
-from .flux import FluxAdapter
-from .flux2 import Flux2Adapter
-from .lumina2 import Lumina2Adapter
-from .qwenimage import QwenImageAdapter
-from .sd3 import SD3Adapter
-from .traced import TraceError, TracedAdapter
-from .wan import WanAdapter
-from .z_image import ZImageAdapter
+from .base import Conditioning, PipelineFamily, Shared, select_conditioning
+from .flux import FluxFamily
+from .flux2 import Flux2Family
+from .lumina2 import Lumina2Family
+from .qwenimage import QwenImageFamily
+from .sd3 import SD3Family
+from .traced import TraceError, TracedFamily
+from .wan import WanFamily
+from .z_image import ZImageFamily
 
-ADAPTERS = (SD3Adapter, FluxAdapter, Lumina2Adapter, QwenImageAdapter, Flux2Adapter, ZImageAdapter, WanAdapter)
-
-
-ADAPTER_MODES = ("auto", "traced")
-"""`auto`: the family's adapter file, else the traced adapter; `traced`: trace every pipeline."""
+FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily)
 
 
-def get_pipeline_adapter(pipeline, mode: str = "auto", **options) -> FlowPipelineAdapter:
-    """The adapter for a pipeline: its family's (found by class or parent class name), else a traced one.
+FAMILY_MODES = ("auto", "traced")
+"""`auto`: the family's family file, else the traced family; `traced`: trace every pipeline."""
+
+
+def get_family(pipeline, mode: str = "auto", **options) -> PipelineFamily:
+    """The family for a pipeline: its family's (found by class or parent class name), else a traced one.
 
     Args:
         pipeline: A diffusers pipeline with a flow-matching scheduler.
-        mode: One of `ADAPTER_MODES`.
-        **options: Passed to the adapter (`distilled_guidance_scale`).
+        mode: One of `FAMILY_MODES`.
+        **options: Passed to the family (`distilled_guidance_scale`).
 
     Raises:
         ValueError: For an unknown mode.
-        TraceError: If the pipeline has no adapter file and cannot be traced, with the reason.
+        TraceError: If the pipeline has no family file and cannot be traced, with the reason.
     """
-    if mode not in ADAPTER_MODES:
-        raise ValueError(f"adapter must be one of {ADAPTER_MODES} (got {mode!r}).")
-    by_name = {name: adapter for adapter in ADAPTERS for name in adapter.pipeline_class_names}
+    if mode not in FAMILY_MODES:
+        raise ValueError(f"family must be one of {FAMILY_MODES} (got {mode!r}).")
+    by_name = {name: family for family in FAMILIES for name in family.pipeline_class_names}
     if mode == "auto":
         for cls in type(pipeline).__mro__:
             if cls.__name__ in by_name:
                 return by_name[cls.__name__](pipeline, **options)
-    return TracedAdapter(pipeline, **options)
+    return TracedFamily(pipeline, **options)
 
 
 __all__ = [
-    "ADAPTERS", "Conditioning", "FlowPipelineAdapter", "Flux2Adapter", "FluxAdapter", "Lumina2Adapter", "QwenImageAdapter",
-    "ADAPTER_MODES", "SD3Adapter", "Shared", "TraceError", "TracedAdapter", "WanAdapter", "ZImageAdapter", "get_pipeline_adapter",
+    "FAMILIES", "Conditioning", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
+    "FAMILY_MODES", "SD3Family", "Shared", "TraceError", "TracedFamily", "WanFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]

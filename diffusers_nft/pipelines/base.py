@@ -52,11 +52,11 @@ def unshared(value: Any) -> Any:
     return value.value if isinstance(value, Shared) else value
 
 
-class FlowPipelineAdapter:
+class PipelineFamily:
     """The bridge between `NFTTrainer` and one family of flow-matching diffusers pipelines.
 
     A subclass names the pipeline classes it serves in `pipeline_class_names`, and implements prompt encoding
-    and the velocity prediction; the latent shape and decoding default to 2-D `AutoencoderKL` latents. Everything else (adapters, sampling, the loss) is
+    and the velocity prediction; the latent shape and decoding default to 2-D `AutoencoderKL` latents. Everything else (the LoRA adapters, sampling, the loss) is
     shared, so a new family is one small file registered in `diffusers_nft.pipelines`.
 
     Args:
@@ -104,7 +104,7 @@ class FlowPipelineAdapter:
         return None
 
     def check_accelerator(self, accelerator) -> None:
-        """Raise `ValueError` before any compute if this adapter cannot run under the accelerator's backend."""
+        """Raise `ValueError` before any compute if this family cannot run under the accelerator's backend."""
 
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
         """Encode prompts once; the result is reused for every image of the prompt and for training."""
@@ -178,7 +178,7 @@ class FlowPipelineAdapter:
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
-class PackedLatentsAdapter(FlowPipelineAdapter):
+class PackedLatentsFamily(PipelineFamily):
     """Families whose scheduler steps 2x2-packed token sequences `(h / 2 * w / 2, 4 * channels)` (FLUX.1,
     Qwen-Image, FLUX.2): image sides are multiples of twice the VAE's downscaling."""
 

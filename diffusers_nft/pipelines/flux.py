@@ -7,10 +7,10 @@ from typing import List
 import numpy as np
 import torch
 
-from .base import JOINT_ATTENTION_TARGETS, Conditioning, PackedLatentsAdapter
+from .base import JOINT_ATTENTION_TARGETS, Conditioning, PackedLatentsFamily
 
 
-class FluxAdapter(PackedLatentsAdapter):
+class FluxFamily(PackedLatentsFamily):
     """FLUX.1-dev/schnell style: latents are packed into `(tokens, 4 * channels)` sequences."""
 
     pipeline_class_names = ("FluxPipeline",)

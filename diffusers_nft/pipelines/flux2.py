@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..sampling import pipeline_sigmas
-from .base import JOINT_ATTENTION_TARGETS, Conditioning, PackedLatentsAdapter
+from .base import JOINT_ATTENTION_TARGETS, Conditioning, PackedLatentsFamily
 
 # The single-stream blocks fuse q, k, v and the MLP input into one projection.
 FLUX2_TARGETS = JOINT_ATTENTION_TARGETS + ("attn.to_qkv_mlp_proj", "attn.to_out")
@@ -25,7 +25,7 @@ def empirical_mu(image_tokens: int, num_steps: int) -> float:
     return float(slope * num_steps + at_200 - 200.0 * slope)
 
 
-class Flux2Adapter(PackedLatentsAdapter):
+class Flux2Family(PackedLatentsFamily):
     """FLUX.2 [dev] (Mistral-3 text encoder, guidance embedding) and FLUX.2 [klein] (Qwen3, no embedding).
 
     Latents are the token sequences the scheduler steps, `(h / 2 * w / 2, 4 * channels)`; the pipelines' `latents=`

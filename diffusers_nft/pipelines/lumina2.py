@@ -6,10 +6,10 @@ from typing import List
 import numpy as np
 import torch
 
-from .base import Conditioning, FlowPipelineAdapter
+from .base import Conditioning, PipelineFamily
 
 
-class Lumina2Adapter(FlowPipelineAdapter):
+class Lumina2Family(PipelineFamily):
     """Lumina-Image 2.0: 2-D latents, Gemma-2 prompt embeddings with their attention mask."""
 
     pipeline_class_names = ("Lumina2Pipeline", "Lumina2Text2ImgPipeline")

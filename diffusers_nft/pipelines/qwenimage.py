@@ -7,10 +7,10 @@ from typing import List
 import numpy as np
 import torch
 
-from .base import JOINT_ATTENTION_TARGETS, Conditioning, PackedLatentsAdapter
+from .base import JOINT_ATTENTION_TARGETS, Conditioning, PackedLatentsFamily
 
 
-class QwenImageAdapter(PackedLatentsAdapter):
+class QwenImageFamily(PackedLatentsFamily):
     """Qwen-Image: an MMDiT on packed latents `(tokens, 4 * channels)`, conditioned on masked Qwen2.5-VL states."""
 
     pipeline_class_names = ("QwenImagePipeline",)

@@ -4,10 +4,10 @@ from typing import List
 
 import torch
 
-from .base import JOINT_ATTENTION_TARGETS, Conditioning, FlowPipelineAdapter
+from .base import JOINT_ATTENTION_TARGETS, Conditioning, PipelineFamily
 
 
-class SD3Adapter(FlowPipelineAdapter):
+class SD3Family(PipelineFamily):
     """SD3/SD3.5: joint-attention MMDiT on 2-D latents, CLIP-L + CLIP-G + T5 conditioning."""
 
     pipeline_class_names = ("StableDiffusion3Pipeline",)

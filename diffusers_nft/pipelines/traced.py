@@ -1,4 +1,4 @@
-"""An adapter for any flow-matching pipeline, learnt by watching one short call of the pipeline itself.
+"""A family for any flow-matching pipeline, learnt by watching one short call of the pipeline itself.
 
 One 3-step call (CFG off, batch 1) with hooks on the transformer and on `scheduler.step` tells:
 
@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .base import Conditioning, FlowPipelineAdapter, Shared, unshared
+from .base import Conditioning, PipelineFamily, Shared, unshared
 
 TRACE_PROMPT = "a photo"
 TRACE_STEPS = 3
@@ -40,7 +40,7 @@ IMAGE_INPUTS = ("image", "control_image", "mask_image", "video", "reference_imag
 
 
 class TraceError(ValueError):
-    """A pipeline that the traced adapter cannot serve, with the reason."""
+    """A pipeline that the traced family cannot serve, with the reason."""
 
 
 class _Stop(Exception):
@@ -118,8 +118,8 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3))
 
 
-class TracedAdapter(FlowPipelineAdapter):
-    """The adapter of a flow-matching pipeline that has no adapter file, traced from the pipeline's own calls.
+class TracedFamily(PipelineFamily):
+    """The family of a flow-matching pipeline that has no family file, traced from the pipeline's own calls.
 
     Args:
         pipeline: Any diffusers text-to-image (or text-to-video) pipeline with a flow-matching scheduler, a
@@ -163,19 +163,19 @@ class TracedAdapter(FlowPipelineAdapter):
     def _check_traceable(self) -> None:
         pipe, name = self.pipeline, type(self.pipeline).__name__
         if getattr(pipe, "transformer", None) is None:
-            from . import ADAPTERS
+            from . import FAMILIES
 
-            served = sorted(n for adapter in ADAPTERS for n in adapter.pipeline_class_names)
-            raise TraceError(f"{name} has no `transformer` to train, so it cannot be traced; adapter files serve "
-                             f"{served}, and the traced adapter any diffusers pipeline with a flow-matching "
+            served = sorted(n for family in FAMILIES for n in family.pipeline_class_names)
+            raise TraceError(f"{name} has no `transformer` to train, so it cannot be traced; family files serve "
+                             f"{served}, and the traced family any diffusers pipeline with a flow-matching "
                              "transformer.")
         if getattr(pipe, "transformer_2", None) is not None:
             raise TraceError(f"{name} has a second expert (`transformer_2`): sampling must switch experts by sigma, "
-                             "which a trace of one expert cannot follow. Use its explicit adapter.")
+                             "which a trace of one expert cannot follow. Use its explicit family.")
         parameters = inspect.signature(type(pipe).__call__).parameters
         required = [p for p in IMAGE_INPUTS if p in parameters and parameters[p].default is inspect.Parameter.empty]
         if required:
-            raise TraceError(f"{name} is image-conditioned (its call requires {required}); the traced adapter "
+            raise TraceError(f"{name} is image-conditioned (its call requires {required}); the traced family "
                              "serves text-to-image and text-to-video pipelines.")
         if "callback_on_step_end" not in parameters or "output_type" not in parameters:
             raise TraceError(f"{name} takes no `callback_on_step_end`/`output_type`: not a standard diffusers loop.")
@@ -190,9 +190,9 @@ class TracedAdapter(FlowPipelineAdapter):
 
     def check_accelerator(self, accelerator) -> None:
         if accelerator.distributed_type.value == "FSDP":
-            raise ValueError(f"The traced adapter of {type(self.pipeline).__name__} calls the pipeline around the "
+            raise ValueError(f"The traced family of {type(self.pipeline).__name__} calls the pipeline around the "
                              "transformer, which FSDP2 shards in place. Use DDP or DeepSpeed ZeRO-2, or a family "
-                             "with an adapter file (diffusers_nft.pipelines.ADAPTERS).")
+                             "with a family file (diffusers_nft.pipelines.FAMILIES).")
 
     def check_resolution(self, resolution: int) -> None:
         """Nothing to check before the trace: the trace itself refuses a size the pipeline cannot take."""
@@ -301,7 +301,7 @@ class TracedAdapter(FlowPipelineAdapter):
                 continue
             self._traces[resolution] = trace
             return trace
-        raise TraceError(f"{type(self.pipeline).__name__} cannot be traced: {'; '.join(reasons)}. The traced adapter "
+        raise TraceError(f"{type(self.pipeline).__name__} cannot be traced: {'; '.join(reasons)}. The traced family "
                          "needs one transformer call per step, on the latents the scheduler steps, with CFG off.")
 
     def _analyse(self, calls: list, steps: list) -> Trace:
@@ -425,7 +425,7 @@ class TracedAdapter(FlowPipelineAdapter):
         x = latents.to(trace.latent_dtype)
         if trace.latent_layout == "list":
             x = list(x.reshape(len(x), *trace.frame_shape).unbind(0))
-        # float32 arithmetic, as the adapter files compute `1000 * sigma` or `1 - sigma`
+        # float32 arithmetic, as the family files compute `1000 * sigma` or `1 - sigma`
         t = (sigma.float() * trace.timestep_scale + trace.timestep_offset).to(trace.timestep_dtype)
         t = t.view(-1, *[1] * len(trace.timestep_extra)).expand(len(latents), *trace.timestep_extra)
         kwargs = {k: unshared(v) for k, v in cond.items()}

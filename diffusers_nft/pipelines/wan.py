@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .base import Conditioning, FlowPipelineAdapter
+from .base import Conditioning, PipelineFamily
 
 SECOND_EXPERT_LORA = "pytorch_lora_weights_transformer_2.safetensors"  # loaded with load_into_transformer_2=True
 
@@ -56,7 +56,7 @@ class WanExperts(torch.nn.Module):
         return (out,)
 
 
-class WanAdapter(FlowPipelineAdapter):
+class WanFamily(PipelineFamily):
     """Wan text-to-video. Videos have `num_frames = 4 k + 1` frames (81 by default).
 
     Wan 2.2 A14B checkpoints have two experts (`transformer` for high noise, `transformer_2` below the pipeline's

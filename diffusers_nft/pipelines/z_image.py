@@ -7,10 +7,10 @@ from typing import List
 import numpy as np
 import torch
 
-from .base import Conditioning, FlowPipelineAdapter
+from .base import Conditioning, PipelineFamily
 
 
-class ZImageAdapter(FlowPipelineAdapter):
+class ZImageFamily(PipelineFamily):
     """Z-Image (Turbo and base): 2-D `AutoencoderKL` latents, attention and feed-forward LoRA."""
 
     pipeline_class_names = ("ZImagePipeline",)
