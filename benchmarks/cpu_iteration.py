@@ -51,7 +51,7 @@ def _floor_training(trainer: NFTTrainer, cond, index, x0) -> float:
     for lo in range(0, n, args.train_batch_size):
         batch = torch.arange(lo, min(lo + args.train_batch_size, n))
         c = select_conditioning(cond, index[batch])
-        for _ in range(trainer.plan.train_timesteps):
+        for _ in range(trainer.plan.levels_per_image):
             sigma = torch.rand(len(batch))
             noise = torch.randn_like(x0[batch])
             x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0[batch] + sigma.view(-1, 1, 1, 1) * noise
@@ -120,7 +120,7 @@ def main():
     params = sum(p.numel() for p in pipe.transformer.parameters())
     print(f"\nCPU, {torch.get_num_threads()} threads; SD3 transformer {cli.layers} x {cli.width} ({params / 1e6:.1f} M "
           f"params with LoRA), 64 px, {images} images/iteration, 10 DPM-Solver steps, "
-          f"{trainer.plan.train_timesteps} training timesteps, kl_beta={cli.kl_beta}; best of {cli.repeats} (min, the least noisy on a shared CPU).\n")
+          f"{trainer.plan.levels_per_image} training timesteps, kl_beta={cli.kl_beta}; best of {cli.repeats} (min, the least noisy on a shared CPU).\n")
     print("| part | trainer (s) | floor (s) | ratio |")
     print("| --- | ---: | ---: | ---: |")
     for part in ("sampling", "reward", "training", "logging and bookkeeping", "total"):

@@ -43,7 +43,7 @@ import torch
 
 from diffusers_nft import NFTTrainer
 from diffusers_nft.demo import load_demo_pipeline, prompt_dataset
-from diffusers_nft.demo.evaluate import diversity, evaluate
+from diffusers_nft.demo.accuracy import accuracy, diversity
 from diffusers_nft.demo.recipe import DEMO_CONFIG, DEMO_REWARD, demo_config
 
 # One change to the demo recipe per run; "nft" is the recipe itself (DPM-Solver, nft_beta 0.1, x0_adaptive).
@@ -89,7 +89,7 @@ def eval_seeds(replicate: int):
 
 
 def measure(pipe, replicate: int, with_diversity: bool, guidance_scale: float = 1.0) -> Dict[str, float]:
-    result = evaluate(pipe, seeds=eval_seeds(replicate), guidance_scale=guidance_scale)
+    result = accuracy(pipe, seeds=eval_seeds(replicate), guidance_scale=guidance_scale)
     if with_diversity:
         result["diversity"] = diversity(pipe, seeds=[100 * replicate + i for i in range(8)],
                                         guidance_scale=guidance_scale)

@@ -42,7 +42,7 @@ def main():
             trainer.step()
             times[on].append(time.perf_counter() - start)
     off, on = statistics.median(times[False][1:]), statistics.median(times[True][1:])
-    levels = trainers[True].plan.train_timesteps
+    levels = trainers[True].plan.levels_per_image
     print(f"SD3 {args.layers} x {args.width}, 32 images per iteration, 10 sampling steps, {levels} training noise "
           f"levels, CPU ({torch.get_num_threads()} threads), median of {args.iterations} iterations:\n")
     print("| monitors | s / iteration |\n| --- | ---: |")

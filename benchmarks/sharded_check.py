@@ -24,7 +24,7 @@ import torch
 
 from diffusers_nft import NFTConfig, NFTTrainer
 from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
-from diffusers_nft.trainer import LORA_WEIGHT_NAME
+from diffusers_nft.lora_file import LORA_WEIGHT_NAME
 
 PROMPTS = ["a red square", "a blue circle", "a green triangle", "a yellow star"]
 

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .demo.recipe import DEMO_CONFIG
-from .hub import LORA_WEIGHT_NAME
+from .lora_file import LORA_WEIGHT_NAME
 from .pipelines.wan import SECOND_EXPERT_LORA
 from .rewards import load_reward
 from .visualize import save_grid

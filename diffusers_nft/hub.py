@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from accelerate.logging import get_logger
 
+from .lora_file import LORA_WEIGHT_NAME, SINGLE_LORA_LAYOUT
 from .metrics import reward_key, reward_names
 
 logger = get_logger(__name__)
@@ -17,9 +18,6 @@ logger = get_logger(__name__)
 UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", "samples/**", "*.tmp.png",
                  ".write-test-*"]
 UPLOAD_STAGING = ".tmp-upload"  # inside output_dir; the card goes here until the upload succeeded
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file `load_lora_weights(..., weight_name=)` reads
-# LoRA file name -> (prefix of the tensors it holds, `load_lora_weights` arguments): one file of every tensor.
-SINGLE_LORA_LAYOUT = {LORA_WEIGHT_NAME: ("", {})}
 CARD_FILES = ("README.md", "images", "reward_curve.png", LORA_WEIGHT_NAME)
 FAMILY_TAGS = {
     "StableDiffusion3Pipeline": ["sd3", "sd3.5", "stable-diffusion-3"],

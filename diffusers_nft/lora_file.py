@@ -13,8 +13,9 @@ import torch
 from peft import LoraConfig
 from peft.utils.other import get_pattern_key
 
-from .hub import SINGLE_LORA_LAYOUT
-
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file `load_lora_weights(..., weight_name=)` reads
+# LoRA file name -> (prefix of the tensors it holds, `load_lora_weights` arguments): one file of every tensor.
+SINGLE_LORA_LAYOUT = {LORA_WEIGHT_NAME: ("", {})}
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
 

@@ -14,7 +14,7 @@ class IterationPlan:
     Attributes:
         num_processes: Processes that share the iteration's images.
         local_images: Images each process samples and trains on.
-        train_timesteps: Noise levels each image trains at.
+        levels_per_image: Noise levels (NFT) or recorded transitions (Flow-GRPO) each image trains at.
         micro_batches: Training micro-batches per process (`ceil(local_images / train_batch_size)` per level).
         accumulation: Micro-batches per optimizer step.
         optimizer_steps: Optimizer steps per iteration.
@@ -22,7 +22,7 @@ class IterationPlan:
 
     num_processes: int
     local_images: int
-    train_timesteps: int
+    levels_per_image: int
     micro_batches: int
     accumulation: int
     optimizer_steps: int

@@ -20,7 +20,7 @@ from .trainer import NFTTrainer
 from .pipelines import get_family
 from .data import load_prompts
 from .demo.recipe import DEMO_CONFIG, DEMO_REWARD
-from .checkpoint import check_output_dir, resolve_checkpoint
+from .checkpoints.folder import check_output_dir, resolve_checkpoint
 from .config import weight_dtype
 from .policy import check_lora_shape, check_lora_targets, make_lora_config
 from .rewards.registry import check_reward, register_reward
@@ -123,7 +123,7 @@ def default_rewards(recipe_name: Optional[str], demo: bool) -> List[str]:
 def write_demo_results(trainer) -> str:
     """Strict accuracy on the 60 evaluation prompts (2 seeds, 40-step Euler, no CFG), base vs NFT, as a table: by
     the training reward and by the held-out judge (`diffusers_nft.demo.judge`)."""
-    from .demo.evaluate import evaluate
+    from .demo.accuracy import accuracy as evaluate
 
     with trainer.policy.using("reference"):
         base = evaluate(trainer.pipeline)

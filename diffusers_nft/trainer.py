@@ -28,9 +28,9 @@ from peft import LoraConfig
 from tqdm.auto import tqdm
 
 from .callbacks import CallbackList, TrainerControl, TrainerState
-from .checkpointer import Checkpointer
+from .checkpoints import Checkpointer
 from . import zero
-from .checkpoint import CheckpointError, check_output_dir, clean_incomplete
+from .checkpoints.folder import CheckpointError, check_output_dir, clean_incomplete
 from .collect import SEED_STREAMS, Collector, seeded
 from .config import NFTConfig, weight_dtype
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
@@ -290,7 +290,7 @@ class NFTTrainer:
             "iteration": f"{args.prompts_per_iteration} prompts x {args.group_size} images = {args.images_per_iteration} "
                          f"images ({self.plan.local_images} per process, {_count(self.plan.num_processes, 'process')}), "
                          f"{self._sampling_words()}",
-            "training": f"{self.plan.train_timesteps} {_TRAINED_ON[args.objective]} per image, {self.plan.optimizer_steps} "
+            "training": f"{self.plan.levels_per_image} {_TRAINED_ON[args.objective]} per image, {self.plan.optimizer_steps} "
                         f"optimizer steps per iteration, {iterations * self.plan.optimizer_steps} in all",
             "iterations": f"{iterations} (from {self.global_step} to max_steps {args.max_steps})",
             "rewards": ", ".join(f"{name} x {weight:g}" for name, weight in zip(self.rewards.names, self.rewards.weights)),
@@ -621,7 +621,7 @@ class NFTTrainer:
         args, accelerator = self.args, self.accelerator
         generator = seeded(args.seed, SEED_STREAMS["train"], iteration, accelerator.process_index)
         batches = self.objective.micro_batches(rollouts, weights, batch_size=args.train_batch_size,
-                                               levels=self.plan.train_timesteps, generator=generator)
+                                               levels=self.plan.levels_per_image, generator=generator)
         totals, count, grad_norm, window_finite = {}, 0, float("nan"), True
         params = self.policy.trainable_parameters()
         self.model.train()

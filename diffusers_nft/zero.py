@@ -15,7 +15,7 @@ import os
 
 from accelerate.utils import DistributedType
 
-from .checkpoint import STATE_FILE, CheckpointError
+from .checkpoints.folder import STATE_FILE, CheckpointError
 
 ENGINE_FOLDER = "deepspeed"
 _TAG = "state"

@@ -9,7 +9,7 @@ import pytest
 from diffusers import StableDiffusion3Pipeline
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint, save_checkpoint
+from diffusers_nft.checkpoints import CheckpointError, list_checkpoints, resolve_checkpoint, save_checkpoint
 
 from conftest import PROMPTS, max_diff, run_tiny as _run, tiny_config
 
@@ -64,7 +64,7 @@ def test_corrupt_checkpoint_is_reported_before_training(tiny_pipeline_dir, tmp_p
 CHILD = textwrap.dedent(
     """
     import os, sys, time
-    import diffusers_nft.checkpoint as checkpoint
+    import diffusers_nft.checkpoints.folder as checkpoint
     sys.path.insert(0, {tests!r})
     from conftest import PROMPTS, tiny_config
     from diffusers import StableDiffusion3Pipeline
@@ -149,7 +149,7 @@ def test_the_checkpointer_owns_part_names_and_the_backend(tiny_pipeline, tmp_pat
     import inspect
 
     from diffusers_nft import trainer as trainer_module
-    from diffusers_nft.checkpointer import Checkpointer
+    from diffusers_nft.checkpoints import Checkpointer
 
     trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path, max_steps=1, save_steps=1), PROMPTS)
     assert isinstance(trainer.checkpointer, Checkpointer) and not trainer.checkpointer.deepspeed

@@ -96,7 +96,7 @@ def test_short_nft_run_raises_the_mean_reward(tmp_path):
 
     from diffusers_nft import NFTTrainer
     from diffusers_nft.demo import load_demo_pipeline
-    from diffusers_nft.demo.evaluate import generate
+    from diffusers_nft.demo.accuracy import generate
     from diffusers_nft.demo.recipe import demo_config
 
     zeros = Dataset.from_list([r for r in prompt_records("train") if r["digit"] == 0])

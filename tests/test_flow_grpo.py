@@ -71,7 +71,7 @@ def _first_micro_step(trainer):
     scores = rollouts.rewards["jpeg_incompressibility"]
     weights, _ = trainer.objective.weights(scores, rollouts.group_ids)
     batches = trainer.objective.micro_batches(rollouts, weights, batch_size=trainer.args.train_batch_size,
-                                              levels=trainer.plan.train_timesteps, generator=torch.Generator())
+                                              levels=trainer.plan.levels_per_image, generator=torch.Generator())
     return rollouts, weights, next(batches)
 
 

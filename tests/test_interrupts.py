@@ -12,7 +12,7 @@ import pytest
 from diffusers import StableDiffusion3Pipeline
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.checkpoint import list_checkpoints
+from diffusers_nft.checkpoints import list_checkpoints
 from diffusers_nft.rewards import RewardError
 
 from conftest import PROMPTS, load_training_script, tiny_config

@@ -9,7 +9,7 @@ from diffusers import StableDiffusion3Pipeline
 from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.checkpoint import clean_incomplete, list_checkpoints, save_checkpoint
+from diffusers_nft.checkpoints import clean_incomplete, list_checkpoints, save_checkpoint
 from diffusers_nft.rewards import RewardError
 from diffusers_nft.trainer import NonFiniteError
 

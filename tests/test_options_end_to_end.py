@@ -10,7 +10,7 @@ from diffusers import StableDiffusion3Pipeline
 from huggingface_hub import ModelCard
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.checkpoint import CheckpointError
+from diffusers_nft.checkpoints import CheckpointError
 from diffusers_nft.rewards import RewardError
 
 from conftest import PROMPTS, max_diff, tiny_config

@@ -9,7 +9,7 @@ from diffusers_nft.plan import IterationPlan
 def test_release_geometry_on_8_processes():
     plan = IterationPlan.from_config(NFTConfig(train_batch_size=9), num_processes=8)
     # 48 x 24 = 1152 images, 144 per process; int(0.99 * 10) = 9 levels; ceil(144 / 9) = 16 micro-batches each
-    assert (plan.local_images, plan.train_timesteps, plan.micro_batches) == (144, 9, 144)
+    assert (plan.local_images, plan.levels_per_image, plan.micro_batches) == (144, 9, 144)
     assert (plan.accumulation, plan.optimizer_steps) == (144, 1)
     assert plan.images_of(0) == slice(0, 144) and plan.images_of(7) == slice(1008, 1152)
 

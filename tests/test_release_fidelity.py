@@ -36,7 +36,7 @@ def test_training_draws_exactly_the_noise_levels_the_rollouts_called_the_model_a
         r = torch.full((trainer.plan.local_images,), 0.5)
         trainer._train_on(rollouts, r, iteration=0)
         trained = torch.unique(torch.cat(called))
-        assert set(trained.tolist()) <= set(grid.tolist()) and len(trained) >= trainer.plan.train_timesteps
+        assert set(trained.tolist()) <= set(grid.tolist()) and len(trained) >= trainer.plan.levels_per_image
 
 
 def test_default_lora_targets_are_the_release_eight_without_attn2(tiny_pipeline, tmp_path):

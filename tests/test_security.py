@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.checkpoint import CheckpointError
+from diffusers_nft.checkpoints import CheckpointError
 
 from conftest import PROMPTS, tiny_config
 

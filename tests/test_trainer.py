@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.checkpoint import CheckpointError
+from diffusers_nft.checkpoints import CheckpointError
 from diffusers_nft.rewards import RewardError
 from diffusers_nft.lora_file import portable_lora
 

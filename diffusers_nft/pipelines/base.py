@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..hub import SINGLE_LORA_LAYOUT
+from ..lora_file import SINGLE_LORA_LAYOUT
 from ..sampling import pipeline_sigmas
 
 # The attention projections of MMDiT-style joint blocks (the DiffusionNFT release's LoRA targets for SD3.5).

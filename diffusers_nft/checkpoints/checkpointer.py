@@ -2,7 +2,7 @@
 optimizer (whole state under DDP and FSDP2, the engine's own partitions under DeepSpeed), and the checks before a
 resume. The trainer asks it to save and to restore, and has no backend branch of its own.
 
-`checkpoint.py` below it makes each folder atomic (staged, then renamed) and reads only the named parts.
+`folder.py` below it makes each folder atomic (staged, then renamed) and reads only the named parts.
 """
 
 import random
@@ -12,8 +12,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from . import zero
-from .checkpoint import (
+from .. import zero
+from .folder import (
     STATE_FILE,
     CheckpointError,
     load_checkpoint,
@@ -22,9 +22,9 @@ from .checkpoint import (
     staging_folder,
     start_checkpoint,
 )
-from .config import NFTConfig, resume_differences
-from .policy import OLD, TRAINED
-from .sharding import gather_optimizer_state, shard_optimizer_state
+from ..config import NFTConfig, resume_differences
+from ..policy import OLD, TRAINED
+from ..sharding import gather_optimizer_state, shard_optimizer_state
 
 LORA_PARTS = (TRAINED, OLD, "ema")  # lora_<which>.safetensors
 OPTIMIZER_PART = "optimizer.pt"  # under DeepSpeed, the engine's per-process files (see zero.py) instead

@@ -18,7 +18,7 @@ def generate(pipe, prompts: List[str], seeds: List[int], guidance_scale: float =
                            max_sequence_length=max_sequence_length, batch_size=batch_size)
 
 
-def evaluate(pipe, seeds: Sequence[int] = (0, 1), guidance_scale: float = 1.0, num_steps: int = 40,
+def accuracy(pipe, seeds: Sequence[int] = (0, 1), guidance_scale: float = 1.0, num_steps: int = 40,
              max_sequence_length: int = 32, batch_size: int = 120) -> Dict[str, float]:
     """Strict accuracy (digit and colour right), digit and colour accuracy, overall and on held-out combinations,
     by the training reward (`digit_eval`: `strict`, `digit`, ...) and by the held-out judge that no recipe trains on
