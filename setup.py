@@ -46,7 +46,11 @@ setup(
         "dev": TEST + OCR + SERVE + ["ruff>=0.5"],
         "wandb": ["wandb"],
     },
-    entry_points={"console_scripts": ["diffusers-nft-evaluate=diffusers_nft.evaluate:main"]},
+    entry_points={
+        "console_scripts": ["diffusers-nft-evaluate=diffusers_nft.evaluate:main"],
+        # modules that register rewards when imported (diffusers_nft.rewards.registry.PLUGIN_GROUP)
+        "diffusers_nft.plugins": ["demo = diffusers_nft.demo"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

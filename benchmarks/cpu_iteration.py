@@ -110,7 +110,7 @@ def main():
         for _ in range(cli.repeats):
             start = time.perf_counter()
             m = trainer.step()
-            trainer._log(m)  # metrics.jsonl, trackers and the reward-curve PNG, as train() does each logging step
+            trainer.run_log.log(m, trainer.history)  # metrics.jsonl, trackers and the reward curve, as train() logs
             wall = time.perf_counter() - start
             runs["trainer"].append(
                 {"sampling": m["time/sampling"], "reward": m["time/reward"], "training": m["time/training"],

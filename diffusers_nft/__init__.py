@@ -3,10 +3,11 @@
 __version__ = "0.1.0"
 
 from .advantages import Optimality, rewards_to_optimality
-from .config import NFTConfig
+from .config import FlowGRPOConfig, NFTConfig
 from .loss import NFTLoss, NFTLossOutput
 
-__all__ = ["FlowGRPOTrainer", "HackingGuard", "NFTConfig", "NFTLoss", "NFTLossOutput", "NFTTrainer", "Optimality",
+__all__ = ["FlowGRPOConfig", "FlowGRPOTrainer", "HackingGuard", "NFTConfig", "NFTLoss", "NFTLossOutput", "NFTTrainer",
+           "Optimality",
            "rewards_to_optimality"]
 
 

@@ -14,7 +14,6 @@ from .guidance import empty_prompt_rows, guided_velocity
 from .monitors import thumbnails
 from .pipelines import select_conditioning
 from .rollouts import Rollouts
-from .sampling import rollout
 
 # Independent random streams of one run: changing how one is drawn leaves the others as they were.
 SEED_STREAMS = {"noise": 1, "train": 2, "eval": 3, "sde": 4}
@@ -57,14 +56,8 @@ class Collector:
     def encode(self, prompts: List[str]):
         """The prompts' conditioning, without gradients (offloaded text encoders visit the device meanwhile)."""
         device = self.accelerator.device
-        encoders = self.family.text_encoders if self.args.offload_text_encoders else []
-        for encoder in encoders:
-            encoder.to(device)
-        with torch.no_grad():
-            cond = self.family.encode_prompts(prompts, device, self.max_sequence_length)
-        for encoder in encoders:
-            encoder.to("cpu")
-        return cond
+        with self.family.text_encoders_on(device, enabled=self.args.offload_text_encoders), torch.no_grad():
+            return self.family.encode_prompts(prompts, device, self.max_sequence_length)
 
     def uncond(self):
         """The empty prompt's conditioning (one row), encoded once."""
@@ -80,11 +73,6 @@ class Collector:
             return lambda x, sigma: predict(x, sigma, cond)
         uncond = empty_prompt_rows(self.uncond(), num_rows)
         return lambda x, sigma: guided_velocity(predict, x, sigma, cond, uncond, guidance_scale)
-
-    def rollout(self, cond, noise, *, sampler: str, sigmas: torch.Tensor, guidance_scale: float = 1.0):
-        """Integrate the ODE from `noise` with one of the solvers: the final latents."""
-        velocity = self.velocity(cond, len(noise), guidance_scale)
-        return rollout(velocity, sigmas, noise.to(self.accelerator.device), sampler)
 
     def collect(self, prompt_index: Sequence[int], *, iteration: int, objective, timings: Dict[str, float]) -> Rollouts:
         """Sample this process's share of the iteration's images as `objective` asks, and score them.

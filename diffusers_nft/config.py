@@ -3,8 +3,8 @@
 import importlib.util
 import math
 import os
-from dataclasses import asdict, dataclass, field
-from typing import List, Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar, List, Optional
 
 import torch
 
@@ -31,15 +31,17 @@ FLOAT_RANGES = {
     "nft_beta": ((0, False), (_INF, False), "The release uses 1.0 (0.1 for OCR)."),
     "kl_beta": ((0, True), (_INF, False), "The release uses 1e-4; 0 skips the reference forward."),
     "timestep_fraction": ((0, False), (1, True), ""),
-    "grpo_noise_level": ((0, False), (_INF, False), "Flow-GRPO uses 0.7."),
-    "grpo_clip_range": ((0, False), (1, False), "Flow-GRPO uses 1e-4."),
-    "grpo_kl_beta": ((0, True), (_INF, False), "Flow-GRPO uses 0.04; 0 skips the reference forward."),
-    "grpo_guidance_scale": ((1, True), (_INF, False), "Flow-GRPO samples with CFG 4.5; 1.0 is CFG-free."),
     "timestep_shift": ((0, False), (_INF, False), ""),
     "logit_mean": ((-_INF, False), (_INF, False), ""),
     "logit_std": ((0, False), (_INF, False), ""),
     "old_policy_decay_constant": ((0, True), (1, False), ""),
     "ema_decay": ((0, True), (1, False), ""),
+}
+GRPO_FLOAT_RANGES = {
+    "grpo_noise_level": ((0, False), (_INF, False), "Flow-GRPO uses 0.7."),
+    "grpo_clip_range": ((0, False), (1, False), "Flow-GRPO uses 1e-4."),
+    "grpo_kl_beta": ((0, True), (_INF, False), "Flow-GRPO uses 0.04; 0 skips the reference forward."),
+    "grpo_guidance_scale": ((1, True), (_INF, False), "Flow-GRPO samples with CFG 4.5; 1.0 is CFG-free."),
 }
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio")
@@ -226,16 +228,8 @@ class NFTConfig:
     # The objective: DiffusionNFT, or Flow-GRPO on the same families, rewards, LoRA and checkpoints
     objective: str = field(
         default="nft",
-        metadata={"help": "'nft' (DiffusionNFT) or 'flow_grpo' (Flow-GRPO, arXiv 2505.05470; the grpo_* settings) "
-                          "(diffusers_nft.objectives.OBJECTIVES)."},
-    )
-    grpo_noise_level: float = field(default=0.7, metadata={"help": "Flow-GRPO: noise level a of the SDE sampler."})
-    grpo_clip_range: float = field(default=1e-4, metadata={"help": "Flow-GRPO: PPO clip range of the ratio."})
-    grpo_kl_beta: float = field(
-        default=0.04, metadata={"help": "Flow-GRPO: weight of the KL to the base model on the SDE means; 0 skips it."}
-    )
-    grpo_guidance_scale: float = field(
-        default=4.5, metadata={"help": "Flow-GRPO: CFG scale while sampling and training (1.0: none)."}
+        metadata={"help": "'nft' (DiffusionNFT) or 'flow_grpo' (Flow-GRPO, arXiv 2505.05470, with the settings of "
+                          "FlowGRPOConfig) (diffusers_nft.objectives.OBJECTIVES)."},
     )
 
     # Old policy and EMA
@@ -266,6 +260,8 @@ class NFTConfig:
         metadata={"help": "TRL's name: 'group' or 'batch' set advantage_std to 'group' or 'global'."},
     )
 
+    float_ranges: ClassVar[dict] = FLOAT_RANGES  # the float settings and their ranges (`_validate_floats`)
+
     def __post_init__(self):
         if self.num_generations is not None:
             self.group_size = self.num_generations
@@ -292,7 +288,7 @@ class NFTConfig:
         from .pipelines import FAMILY_MODES
 
         _check(self.family in FAMILY_MODES, f"family must be one of {FAMILY_MODES} (got {self.family!r}).")
-        _check(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES} (got {self.objective!r}).")
+        _check(self.objective in OBJECTIVES, f"objective must be one of {tuple(OBJECTIVES)} (got {self.objective!r}).")
         _check(self.reward_scoring in SCORING_MODES, f"reward_scoring must be one of {SCORING_MODES}.")
         _check(self.reward_batch_size >= 1, "reward_batch_size must be >= 1.")
         _check(self.reward_frames >= 1, "reward_frames must be >= 1.")
@@ -314,7 +310,7 @@ class NFTConfig:
 
     def _validate_floats(self) -> None:
         """Every float setting is a finite number in its range (a NaN or inf would train a NaN LoRA)."""
-        for name, (low, high, hint) in FLOAT_RANGES.items():
+        for name, (low, high, hint) in self.float_ranges.items():
             value = getattr(self, name)
             inside = math.isfinite(value) and _above(value, low) and _below(value, high)
             _check(inside, f"{name} must be a finite number in {_interval(low, high)} (got {value}). {hint}".strip())
@@ -364,6 +360,43 @@ class NFTConfig:
         values = asdict(self)
         values.pop("hub_token")
         return values
+
+
+@dataclass
+class FlowGRPOConfig(NFTConfig):
+    """Configuration of `FlowGRPOTrainer` (or `NFTTrainer(objective="flow_grpo")`): `NFTConfig` plus Flow-GRPO's
+    own settings, with the defaults of its reference SD3 configuration. The settings of the DiffusionNFT loss
+    (`nft_beta`, `kl_beta`, `loss_weighting`, `sampler`, `train_timesteps`, the old-policy decay) do not apply."""
+
+    objective: str = field(default="flow_grpo", metadata={"help": "'flow_grpo' (the settings below)."})
+    grpo_noise_level: float = field(default=0.7, metadata={"help": "Flow-GRPO: noise level a of the SDE sampler."})
+    grpo_clip_range: float = field(default=1e-4, metadata={"help": "Flow-GRPO: PPO clip range of the ratio."})
+    grpo_kl_beta: float = field(
+        default=0.04, metadata={"help": "Flow-GRPO: weight of the KL to the base model on the SDE means; 0 skips it."}
+    )
+    grpo_guidance_scale: float = field(
+        default=4.5, metadata={"help": "Flow-GRPO: CFG scale while sampling and training (1.0: none)."}
+    )
+
+    float_ranges: ClassVar[dict] = {**FLOAT_RANGES, **GRPO_FLOAT_RANGES}
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self.objective == "flow_grpo", f"FlowGRPOConfig is for objective='flow_grpo' (got {self.objective!r}); "
+               "use NFTConfig for DiffusionNFT.")
+
+
+def config_for(config: NFTConfig, config_class: type, objective: str) -> NFTConfig:
+    """`config` as an instance of `config_class` (an objective's config) for `objective`: every field both classes
+    have keeps its value, the others take `config_class`'s defaults. `FlowGRPOConfig` from an `NFTConfig` gets
+    Flow-GRPO's own settings at their defaults."""
+    if type(config) is config_class and config.objective == objective:
+        return config
+    names = {f.name for f in fields(config_class)}
+    values = {k: v for k, v in asdict(config).items() if k in names}
+    for alias in ("num_generations", "scale_rewards"):  # TRL's names, already applied to the fields they set
+        values.pop(alias, None)
+    return config_class(**{**values, "objective": objective})
 
 
 # Settings that shape an iteration: an exact resume needs the values the checkpoint was written with.

@@ -1,9 +1,11 @@
-"""Publishing a trained LoRA: the model card, and the upload to the Hugging Face Hub."""
+"""The model card and the Hub, as functions of plain values: the card's text from `CardInputs`, its images, the
+folder an upload sends, and the upload. `diffusers_nft.publisher.Publisher` uses them for a run."""
 
 import json
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -19,12 +21,6 @@ UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs
                  ".write-test-*"]
 UPLOAD_STAGING = ".tmp-upload"  # inside output_dir; the card goes here until the upload succeeded
 CARD_FILES = ("README.md", "images", "reward_curve.png", LORA_WEIGHT_NAME)
-FAMILY_TAGS = {
-    "StableDiffusion3Pipeline": ["sd3", "sd3.5", "stable-diffusion-3"],
-    "FluxPipeline": ["flux", "flux-diffusers"],
-    "Lumina2Pipeline": ["lumina2", "lumina-image-2.0"],
-    "Lumina2Text2ImgPipeline": ["lumina2", "lumina-image-2.0"],
-}
 
 
 def model_card_template() -> str:
@@ -76,8 +72,9 @@ def base_model_license(base_model: Optional[str]) -> Optional[str]:
 
 
 def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, prompt: str, call_kwargs: dict,
-                 lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None) -> str:
-    """Python that loads the base pipeline and this LoRA and generates as the run evaluated, on the user's device."""
+                 lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None, seed: int = 0) -> str:
+    """Python that loads the base pipeline and this LoRA and generates as the run evaluated, on the user's device:
+    the card's first gallery image, whose seed is `seed` (`diffusers_nft.generation`'s noise convention)."""
     base = base_model or "path/to/the/base/pipeline"
     arguments = "".join(f"    {key}={_literal(value)},\n" for key, value in call_kwargs.items())
     loads = "".join(
@@ -94,7 +91,7 @@ def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, p
         f"{loads}"
         "image = pipe(\n"
         f"    {_literal(prompt)},\n{arguments}"
-        "    generator=torch.Generator().manual_seed(0),\n"
+        f"    generator=torch.Generator().manual_seed({seed}),\n"
         ").images[0]\n"
         'image.save("sample.png")\n'
     )
@@ -128,154 +125,103 @@ def _literal(value) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
-# What the card says of each training objective (`NFTConfig.objective`).
-METHODS = {
-    "nft": {
-        "name": "DiffusionNFT", "short": "NFT", "paper": "arXiv 2509.16117", "url": "https://arxiv.org/abs/2509.16117",
-        "about": "DiffusionNFT is online reinforcement learning on the *forward* process: each iteration samples "
-                 "images from the current policy without classifier-free guidance, scores them, and trains a "
-                 "contrastive flow-matching loss on the clean samples (an implicit positive policy is pulled toward "
-                 "high-reward images, an implicit negative one toward low-reward images). The guidance ends up "
-                 "inside the model, so **this LoRA is meant to be used without CFG** (`guidance_scale=1.0`).",
-        "cfg_limit": "It was trained CFG-free: adding CFG on top of it over-saturates images.",
-        "bibtex": "@inproceedings{zheng2026diffusionnft,\n"
-                  "  title     = {DiffusionNFT: Online Diffusion Reinforcement with Forward Process},\n"
-                  "  author    = {Zheng, Kaiwen and Chen, Huayu and Ye, Haotian and Wang, Haoxiang and Zhang, Qinsheng and\n"
-                  "               Jiang, Kai and Su, Hang and Ermon, Stefano and Zhu, Jun and Liu, Ming-Yu},\n"
-                  "  booktitle = {International Conference on Learning Representations},\n"
-                  "  year      = {2026}\n"
-                  "}",
-    },
-    "flow_grpo": {
-        "name": "Flow-GRPO", "short": "Flow-GRPO", "paper": "arXiv 2505.05470", "url": "https://arxiv.org/abs/2505.05470",
-        "about": "Flow-GRPO is online reinforcement learning on the *reverse* process: each iteration samples images "
-                 "with an SDE that has the ODE's marginals, with classifier-free guidance, records every denoising "
-                 "transition and its Gaussian log-probability, and trains PPO's clipped surrogate on the "
-                 "transitions with group-normalised advantages and a KL to the base model.",
-        "cfg_limit": "It was trained with CFG (see `grpo_guidance_scale` below) and is usually used with it; the "
-                     "images and the call on this card are CFG-free, as the run's evaluations were.",
-        "bibtex": "@article{liu2025flowgrpo,\n"
-                  "  title   = {Flow-GRPO: Training Flow Matching Models via Online RL},\n"
-                  "  author  = {Liu, Jie and others},\n"
-                  "  journal = {arXiv preprint arXiv:2505.05470},\n"
-                  "  year    = {2025}\n"
-                  "}",
-    },
-}
-
-
-# The settings of each objective that the card lists, beside the shared ones.
-CARD_SETTINGS = {
-    "nft": ("sampler", "nft_beta", "kl_beta", "loss_weighting", "train_timesteps", "old_policy_decay"),
-    "flow_grpo": ("grpo_noise_level", "grpo_clip_range", "grpo_kl_beta", "grpo_guidance_scale", "timestep_fraction"),
-}
-
-
-def card_hyperparameters(args, lora, mixed_precision: str) -> Dict[str, object]:
-    """The card's settings table: the LoRA, the objective's settings (`CARD_SETTINGS`) and the shared ones."""
+def card_hyperparameters(args, lora, mixed_precision: str, settings: Sequence[str]) -> Dict[str, object]:
+    """The card's settings table: the LoRA, the objective's own `settings` (its `card_settings`) and the shared
+    ones."""
     return {
         "LoRA rank / alpha": f"{lora.r} / {lora.lora_alpha} (the file folds alpha / r into lora_B and says alpha = r)",
         "LoRA targets": ", ".join(sorted(lora.target_modules)),
         "saved weights": "EMA" if args.save_ema_weights else "raw",
         **{k: getattr(args, k) for k in (
             "objective", "prompts_per_iteration", "group_size", "images_per_iteration", "num_sampling_steps",
-            *CARD_SETTINGS[args.objective], "resolution", "adv_clip_max", "learning_rate", "ema_decay", "seed")},
+            *settings, "resolution", "adv_clip_max", "learning_rate", "ema_decay", "seed")},
         "mixed_precision": mixed_precision,
     }
 
 
-def create_model_card(trainer, *, repo_id: str, folder: str, evaluation: Optional[str] = None) -> Optional[str]:
-    """Compose a run's card: same-seed base and tuned images (every process samples), then on the main process the
-    grid, widget images, reward curve and `README.md`. See `NFTTrainer.create_model_card`."""
-    from .policy import REFERENCE
-    from .visualize import plot_reward_curve
+@dataclass
+class CardInputs:
+    """Everything a model card says, as plain values (`write_model_card`).
 
-    args, accelerator = trainer.args, trainer.accelerator
-    prompts = trainer._validation_prompts()
-    n = min(args.num_validation_images, 4)
-    all_prompts, seeds = [p for p in prompts for _ in range(n)], list(range(n)) * len(prompts)
-    base = trainer.generate(all_prompts, seeds, policy=REFERENCE)  # every process: sharded models sample together
-    tuned = trainer.generate(all_prompts, seeds, policy=trainer._saved_adapter)
-    if not accelerator.is_main_process:
-        return None
-    label = METHODS[args.objective]["short"]
-    weights = "EMA weights" if args.save_ema_weights else "trained weights"
-    widget = write_card_images(folder, prompts, base, tuned, per_prompt=n, scale=max(1, 256 // args.resolution),
-                               settings=f"{label}: {weights}; both: {args.eval_num_steps} Euler steps, no CFG, "
-                                        "same seeds", tuned_label=label)
-    if trainer.history:
-        plot_reward_curve(trainer.history, os.path.join(folder, "reward_curve.png"))
-    results = os.path.join(args.output_dir, "results.md")
-    if evaluation is None and os.path.isfile(results):
-        with open(results) as f:
-            evaluation = f.read()
-    card = write_model_card(
-        folder, repo_id=repo_id, pipeline_class=type(trainer.pipeline).__name__,
-        base_model=hub_base_model(getattr(trainer.pipeline, "name_or_path", None), args.base_model_id),
-        rewards=list(zip(trainer.rewards.names, trainer.rewards.weights)),
-        hyperparameters=card_hyperparameters(args, trainer.policy.lora_config, accelerator.mixed_precision),
-        history=trainer.history, widget=widget, call_kwargs=trainer.evaluation_call_kwargs(),
-        lora_layout=trainer.family.lora_layout(), license=args.license, evaluation=evaluation,
-        objective=args.objective,
-    )
-    logger.info("Wrote model card %s (with %s)", card, ", ".join(sorted(os.listdir(os.path.join(folder, "images")))))
-    return card
-
-
-def write_model_card(
-    output_dir: str, *, repo_id: str, base_model: Optional[str], pipeline_class: str,
-    rewards: Sequence[Tuple[str, float]], hyperparameters: Dict[str, object], history: List[Dict[str, float]],
-    widget: Sequence[Tuple[str, str]], call_kwargs: Dict[str, object], license: Optional[str] = None,
-    evaluation: Optional[str] = None, lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None,
-    objective: str = "nft",
-) -> str:
-    """Write `output_dir/README.md` from the template.
-
-    Args:
-        output_dir: The run's folder (it holds the LoRA, `reward_curve.png` and `images/`).
+    Attributes:
         repo_id: The Hub repo the card is for, e.g. `"user/sd35-nft"`.
         base_model: Hub id of the base pipeline (see `hub_base_model`), or None to leave the field out.
         pipeline_class: Its diffusers class name.
         rewards: (name, weight) pairs.
         hyperparameters: Settings to show in a table.
         history: Per-iteration metrics (for the first/last reward table).
-        widget: (prompt, image path relative to `output_dir`) pairs for the Hub widget and gallery.
         call_kwargs: The pipeline-call arguments the run evaluated with (resolution, steps, guidance, text length).
         license: The card's license; default: the base model's on the Hub, when it can be read.
         evaluation: A markdown table of an evaluation run, shown in the card.
         lora_layout: The LoRA files and how each loads (`PipelineFamily.lora_layout`), for the snippet.
-        objective: The training objective (`"nft"` or `"flow_grpo"`): the card's method text (`METHODS`).
+        method: The objective's class (`diffusers_nft.objectives`), whose facts the card states; default:
+            DiffusionNFT's.
+    """
+
+    repo_id: str
+    base_model: Optional[str]
+    pipeline_class: str
+    rewards: Sequence[Tuple[str, float]]
+    hyperparameters: Dict[str, object]
+    history: List[Dict[str, float]] = field(default_factory=list)
+    call_kwargs: Dict[str, object] = field(default_factory=dict)
+    license: Optional[str] = None
+    evaluation: Optional[str] = None
+    lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None
+    method: Optional[type] = None
+
+
+def write_model_card(output_dir: str, *, widget: Sequence[Tuple[str, str]], seed: int = 0,
+                     inputs: Optional[CardInputs] = None, **values) -> str:
+    """Write `output_dir/README.md` from the template.
+
+    Args:
+        output_dir: The run's folder (it holds the LoRA, `reward_curve.png` and `images/`).
+        widget: (prompt, image path relative to `output_dir`) pairs for the Hub widget and gallery; the snippet
+            generates the first one.
+        seed: The seed of the widget's images: the snippet's generator.
+        inputs: What the card says (`CardInputs`); or its fields as keyword arguments.
 
     Returns: The path of the card.
     """
     from huggingface_hub import ModelCard
 
+    c = inputs or CardInputs(**values)
+    method = c.method or _default_method()
     card = ModelCard.from_template(
-        _card_data(base_model, pipeline_class, widget, license),
+        _card_data(c.base_model, c.pipeline_class, widget, c.license),
         template_path=model_card_template(),
-        title=f"{repo_id.split('/')[-1]}: {METHODS[objective]['name']} LoRA for {base_model or pipeline_class}",
-        method=METHODS[objective],
-        base_model=base_model,
-        pipeline_class=pipeline_class,
-        rewards=list(rewards),
-        iterations=len(history),
-        images_seen=int(hyperparameters.get("images_per_iteration", 0)) * len(history),
-        final_rewards=_first_and_last(history),
+        title=f"{c.repo_id.split('/')[-1]}: {method.title} LoRA for {c.base_model or c.pipeline_class}",
+        method=method,
+        base_model=c.base_model,
+        pipeline_class=c.pipeline_class,
+        rewards=list(c.rewards),
+        iterations=len(c.history),
+        images_seen=int(c.hyperparameters.get("images_per_iteration", 0)) * len(c.history),
+        final_rewards=_first_and_last(c.history),
         before_after=_before_after(output_dir),
         guard=guard_summary(output_dir),
-        snippet=call_snippet(pipeline_class, base_model, repo_id, widget[0][0] if widget else "a photo", call_kwargs,
-                             lora_layout),
-        evaluation=evaluation,
-        hyperparameters=list(hyperparameters.items()),
+        snippet=call_snippet(c.pipeline_class, c.base_model, c.repo_id, widget[0][0] if widget else "a photo",
+                             c.call_kwargs, c.lora_layout, seed=seed),
+        evaluation=c.evaluation,
+        hyperparameters=list(c.hyperparameters.items()),
     )
     path = os.path.join(output_dir, "README.md")
     card.save(path)
     return path
 
 
+def _default_method() -> type:
+    from .objectives import NFTObjective
+
+    return NFTObjective
+
+
 def _card_data(base_model: Optional[str], pipeline_class: str, widget, license: Optional[str]):
     """The card's metadata block: what the Hub indexes."""
     from huggingface_hub import ModelCardData
+
+    from .pipelines import card_tags
 
     tags = ["diffusers", "lora", "template:sd-lora", "diffusers-nft", "reinforcement-learning", "text-to-image"]
     return ModelCardData(
@@ -283,7 +229,7 @@ def _card_data(base_model: Optional[str], pipeline_class: str, widget, license: 
         license=license or base_model_license(base_model),
         library_name="diffusers",
         pipeline_tag="text-to-image",
-        tags=tags + FAMILY_TAGS.get(pipeline_class, []),
+        tags=tags + card_tags(pipeline_class),
         widget=[{"text": prompt, "output": {"url": path}} for prompt, path in widget],
     )
 
@@ -295,11 +241,11 @@ def _first_and_last(history: List[Dict[str, float]]) -> List[Tuple[str, float, f
 
 
 def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prompt: int, scale: int,
-                      settings: str = "", tuned_label: str = "NFT"):
+                      settings: str = "", tuned_label: str = "NFT", seeds: Optional[Sequence[int]] = None):
     """The same-seed before/after grid and one widget image per prompt, under `folder/images/`.
 
     Returns:
-        (prompt, image path relative to `folder`) pairs for the card's widget.
+        (prompt, image path relative to `folder`) pairs for the card's widget: each prompt's first seed.
     """
     import torch
 
@@ -310,7 +256,7 @@ def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prom
     rows = torch.cat([torch.cat([base[i * n : (i + 1) * n], tuned[i * n : (i + 1) * n]]) for i in range(len(prompts))])
     labels = [f"{who}: {p}" for p in prompts for who in ("base", tuned_label)]
     save_grid(rows, os.path.join(folder, "images", "before_after"), rows=2 * len(prompts), labels=labels,
-              scale=scale, column_labels=[f"seed {k}" for k in range(n)], caption=settings)
+              scale=scale, column_labels=[f"seed {k}" for k in (seeds or range(n))], caption=settings)
     widget = []
     for i, prompt in enumerate(prompts):  # videos become animated WebP (GIF without WebP support)
         path = save_grid(tuned[i * n : i * n + 1], os.path.join(folder, "images", f"sample_{i}"), rows=1, scale=scale)

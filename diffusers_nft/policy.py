@@ -1,4 +1,4 @@
-"""The three policies of NFT on one transformer, with PEFT LoRA.
+"""The three policies of NFT on one transformer, with PEFT LoRA, and the weights a run publishes.
 
 - `"default"`: the trainable LoRA adapter, v_theta.
 - `"old"`: a second LoRA adapter that collects data, v_old; it starts as a copy of theta and follows it by a soft
@@ -12,6 +12,9 @@ small difference would round away.
 
 Under FSDP2 every LoRA tensor is sharded alike (a `DTensor`), so the soft update and the EMA run on each process's
 slice; `state_dict` gathers whole tensors and `load_state_dict` slices them again.
+
+Outside this module the weights have public names (`WEIGHTS`): `"trained"`, `"old"`, `"ema"` and `"base"`. After
+training (`finish`), the transformer keeps one adapter, `"default"`, holding the published weights, active.
 """
 
 import re
@@ -25,7 +28,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from .sharding import full_tensor, shard_like
 
-TRAINED, OLD, REFERENCE = "default", "old", "reference"
+TRAINED, OLD, REFERENCE = "default", "old", "reference"  # PEFT's adapter names, and no adapter
+# The weights a user can generate with, by their public names (`NFTPolicy.weights`).
+WEIGHTS = ("ema", "trained", "old", "base")
 
 
 def matching_modules(model: torch.nn.Module, targets: Sequence[str]) -> List[str]:
@@ -137,6 +142,8 @@ class NFTPolicy:
         self.old = {name: p.detach().float().clone() for name, p in self._params[TRAINED].items()}
         self.ema = {name: p.detach().float().clone() for name, p in self._params[TRAINED].items()}
         self._write_old()
+        self.published: Optional[str] = None  # after `finish`: "ema" or "trained", what the default adapter holds
+        self._raw: Dict[str, torch.Tensor] = {}  # after `finish`: theta's own weights
 
     def bind(self) -> None:
         """Find the LoRA tensors again after the transformer was wrapped for training.
@@ -207,7 +214,8 @@ class NFTPolicy:
             ema.mul_(decay).add_(theta.detach().to(ema.device, ema.dtype), alpha=1 - decay)
 
     def state_dict(self, which: str) -> Dict[str, torch.Tensor]:
-        """LoRA tensors of `"default"`, `"old"` or `"ema"`, keyed like `get_peft_model_state_dict`, on the CPU."""
+        """LoRA tensors of `"trained"` (also `"default"`), `"old"` or `"ema"`, keyed like `get_peft_model_state_dict`,
+        on the CPU."""
         source = self._source(which)
         return {name: full_tensor(t.detach()).cpu().clone().contiguous() for name, t in source.items()}
 
@@ -238,25 +246,92 @@ class NFTPolicy:
 
     def _source(self, which: str) -> Dict[str, torch.Tensor]:
         """Where `which` is kept: theta in the model, the old adapter and the EMA in their float32 copies."""
-        return {TRAINED: self._params[TRAINED], OLD: self.old, "ema": self.ema}[which]
+        theta = self._raw if self.published == "ema" else self._params[TRAINED]
+        return {TRAINED: theta, "trained": theta, OLD: self.old, "ema": self.ema}[which]
 
     @contextmanager
     def ema_weights(self, enabled: bool = True) -> Iterator[None]:
         """Temporarily put the EMA weights into the trainable adapter (for evaluation)."""
-        if not enabled:
+        with self._holding(self.ema if enabled else None):
+            yield
+
+    @contextmanager
+    def _holding(self, tensors: Optional[Dict[str, torch.Tensor]]) -> Iterator[None]:
+        """The trainable adapter holds `tensors` inside the block (None: as it is), then its own weights again."""
+        if tensors is None:
             yield
             return
         theta = self._params[TRAINED]
         with torch.no_grad():
             backup = {name: p.detach().clone() for name, p in theta.items()}
             for name, p in theta.items():
-                p.copy_(self.ema[name])
+                p.copy_(tensors[name])
         try:
             yield
         finally:
             with torch.no_grad():
                 for name, p in theta.items():
                     p.copy_(backup[name])
+
+    @contextmanager
+    def weights(self, name: str) -> Iterator[None]:
+        """The transformer computes with the weights `name` (one of `WEIGHTS`) inside the block: `"trained"`
+        (theta), `"old"` (the data-collection policy), `"ema"` (theta's EMA) or `"base"` (no LoRA).
+
+        Raises:
+            ValueError: For another name.
+        """
+        if name not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS} (got {name!r}).")
+        if name == "base":
+            with self.using(REFERENCE):
+                yield
+        elif self.published is None and name == OLD:
+            with self.using(OLD):
+                yield
+        elif self.published is None:
+            with self._holding(self.ema if name == "ema" else None), self.using(TRAINED):
+                yield
+        else:  # one adapter left, holding the published weights: the others visit it
+            held = {"ema": self.ema, OLD: self.old, "trained": self._raw}[name]
+            with self._holding(None if name == self.published else held), self.using(TRAINED):
+                yield
+
+    @torch.no_grad()
+    def finish(self, published: str) -> None:
+        """End of training: the trainable adapter holds the published weights (`"ema"` or `"trained"`) and stays
+        active, and the old adapter is removed, so the pipeline is the trained model with one LoRA adapter.
+        `weights()`, `state_dict()` and `ema_weights()` keep working; `resume()` undoes it to train on."""
+        if self.published is not None:
+            return
+        self._raw = {name: p.detach().float().clone() for name, p in self._params[TRAINED].items()}
+        if published == "ema":
+            for name, p in self._params[TRAINED].items():
+                p.copy_(self.ema[name])
+        for layer in self._layers:
+            layer.delete_adapter(OLD)
+        for module in self.transformer.modules():
+            if isinstance(getattr(module, "peft_config", None), dict):
+                module.peft_config.pop(OLD, None)
+        self._params[OLD] = {}
+        self.published = published
+        self.use(TRAINED)
+
+    @torch.no_grad()
+    def resume(self) -> None:
+        """Undo `finish` to train on: the old adapter again, and theta's own weights back in the trainable one."""
+        if self.published is None:
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            self.transformer.add_adapter(self.lora_config, adapter_name=OLD)
+        self._layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
+        self._params[OLD] = self._adapter_params(OLD)
+        for name, p in self._params[TRAINED].items():
+            p.copy_(self._raw[name])
+        self._write_old()
+        self.published, self._raw = None, {}
+        self.use(TRAINED)
 
     @torch.no_grad()
     def deviation(self) -> float:

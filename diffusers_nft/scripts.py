@@ -15,13 +15,13 @@ from typing import Callable, List, Optional
 import torch
 from transformers import HfArgumentParser
 
-from .config import NFTConfig
-from .trainer import NFTTrainer
-from .pipelines import get_family
+from .checkpoints import check_output_dir, resolve_checkpoint
+from .config import NFTConfig, weight_dtype
 from .data import load_prompts
-from .demo.recipe import DEMO_CONFIG, DEMO_REWARD
-from .checkpoints.folder import check_output_dir, resolve_checkpoint
-from .config import weight_dtype
+from .demo import DEMO
+from .objectives import objective_class
+from .pipelines import get_family
+from .trainer import NFTTrainer
 from .policy import check_lora_shape, check_lora_targets, make_lora_config
 from .rewards.registry import check_reward, register_reward
 from .recipes import RECIPES, recipe
@@ -117,29 +117,7 @@ def default_rewards(recipe_name: Optional[str], demo: bool) -> List[str]:
     """The recipe's rewards, else the demo's (`check_data_and_rewards_given` asked for them outside the demo)."""
     if recipe_name:
         return [f"{name}:{weight}" for name, weight in recipe(recipe_name)["rewards"].items()]
-    return [DEMO_REWARD]
-
-
-def write_demo_results(trainer) -> str:
-    """Strict accuracy on the 60 evaluation prompts (2 seeds, 40-step Euler, no CFG), base vs NFT, as a table: by
-    the training reward and by the held-out judge (`diffusers_nft.demo.judge`)."""
-    from .demo.accuracy import accuracy as evaluate
-
-    with trainer.policy.using("reference"):
-        base = evaluate(trainer.pipeline)
-    with trainer.policy.ema_weights():
-        tuned = evaluate(trainer.pipeline)
-    rows = [f"| {key} | {base[key]:.3f} | {tuned[key]:.3f} | {base['judge_' + key]:.3f} | {tuned['judge_' + key]:.3f} |"
-            for key in ("strict", "digit", "color", "strict_held_out")]
-    names = trainer.rewards.names  # `--reward digit_eval_ensemble` trains on another reward than the one scored here
-    role = "trained on" if names == [DEMO_REWARD] else "the run trained on " + " + ".join(names)
-    table = (f"| accuracy (no CFG) | base ({DEMO_REWARD}, {role}) | NFT ({DEMO_REWARD}) | base (digit_judge, held out) "
-             "| NFT (digit_judge) |\n| --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n")
-    path = os.path.join(trainer.args.output_dir, "results.md")
-    with open(path, "w") as f:
-        f.write(table)
-    logger.info("Demo results (also in %s):\n%s", path, table)
-    return path
+    return [DEMO.reward]
 
 
 def use_all_cpu_cores() -> None:
@@ -158,13 +136,15 @@ def prepare(argv, load_pipeline: Callable):
     use_all_cpu_cores()
     parser = HfArgumentParser((ScriptArguments, NFTConfig))
     known, _ = parser.parse_known_args(argv)
+    config_class = objective_class(known.objective).config_class  # FlowGRPOConfig adds Flow-GRPO's flags
+    parser = HfArgumentParser((ScriptArguments, config_class)) if config_class is not NFTConfig else parser
     demo = known.pretrained_model_name_or_path is None
     if demo:
         logger.info(
-            "No --pretrained_model_name_or_path: offline demo on the bundled demo world (coloured digits, digit_eval "
-            "reward) with this script's demo pipeline."
+            "No --pretrained_model_name_or_path: offline demo on the bundled demo world (coloured digits, %s "
+            "reward) with this script's demo pipeline.", DEMO.reward
         )
-        parser.set_defaults(output_dir="nft-demo", **DEMO_CONFIG)
+        parser.set_defaults(output_dir=DEMO.output_dir, **DEMO.config)
     if known.recipe:
         parser.set_defaults(**recipe(known.recipe)["config"])
         logger.info("Recipe %s: %s; prompts: %s", known.recipe, recipe(known.recipe)["config"],
@@ -231,9 +211,7 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: 
             split=script_args.dataset_split, cache_dir=script_args.cache_dir, max_samples=script_args.max_train_samples,
         )
     else:
-        from .demo import prompt_dataset
-
-        prompts = prompt_dataset("train")
+        prompts = DEMO.train_prompts()
     check_output_dir(config.output_dir)
     if config.resume_from_checkpoint:
         resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
@@ -292,8 +270,7 @@ def run(trainer, script_args: ScriptArguments, demo: bool) -> None:
     config = trainer.args
     trainer.train()
     if demo:
-        write_demo_results(trainer)
-        trainer.create_model_card("nft-demo")  # README.md with the reward curve and the before/after grid
+        DEMO.report(trainer)  # results.md, and the card with the reward curve, the results and the before/after grid
     if config.push_to_hub:
         logger.info("Pushed to %s", trainer.push_to_hub())
 

@@ -1,69 +1,66 @@
 """`NFTTrainer`: the DiffusionNFT loop on accelerate (and Flow-GRPO's, with `objective="flow_grpo"`).
 
 One iteration (`NFTTrainer.step`):
-1. draw `prompts_per_iteration` prompts, encode each once;
-2. sample `group_size` images per prompt as the objective asks (NFT: the old policy, CFG-free, keeping only the
-   final latents; Flow-GRPO: the current policy's SDE with CFG, keeping the trajectory) (`collect.Collector`);
-3. score the decoded images, gather rewards from every process and turn them into the objective's weights
-   (NFT: optimality probabilities r; Flow-GRPO: group-normalised advantages);
-4. train the LoRA on the objective's micro-batches (`objectives`);
-5. soft-update the old policy toward the trained one.
+1. draw `prompts_per_iteration` prompts and sample `group_size` images each as the objective asks (NFT: the old
+   policy, CFG-free, keeping only the final latents), decoded and scored while the next batch samples (`collect`);
+2. gather the rewards of every process and turn them into credit (NFT: optimality probabilities r) (`credit`);
+3. train the LoRA on the objective's micro-batches (`objectives`);
+4. soft-update the old policy toward the trained one.
+
+The trainer keeps the loop; each other job has an owner that takes plain values: the pipeline family
+(`pipelines`), the engine it trains (`engine`), the logs (`run_log.RunLog`), images (`generation`), the LoRA file,
+card and upload (`publisher.Publisher`), and checkpoints (`checkpoints.Checkpointer`).
 """
 
-import dataclasses
-import json
-import math
 import os
-import shutil
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
+from accelerate.utils import ProjectConfiguration
 from peft import LoraConfig
 from tqdm.auto import tqdm
 
-from .callbacks import CallbackList, TrainerControl, TrainerState
-from .checkpoints import Checkpointer
 from . import zero
-from .checkpoints.folder import CheckpointError, check_output_dir, clean_incomplete
+from .callbacks import CallbackList, TrainerControl, TrainerState
+from .checkpoints import CheckpointError, Checkpointer, check_output_dir, clean_incomplete
 from .collect import SEED_STREAMS, Collector, seeded
-from .config import NFTConfig, weight_dtype
+from .config import NFTConfig, config_for
+from .credit import Credit, assign_credit
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
-from .hub import LORA_WEIGHT_NAME, METHODS, UPLOAD_STAGING, create_model_card, publish_staged, stage_upload, upload_folder
+from .engine import NonFiniteError, build_engine, place_pipeline, probe_rewards
+from .generation import generate_images, sampling_with
+from .hub import CardInputs, card_hyperparameters, hub_base_model
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
-from .monitors import group_diversity, image_stats
 from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
-from .objectives import build_objective
-from .pipelines import get_family, select_conditioning
+from .monitors import group_diversity, image_stats
+from .objectives import build_objective, objective_class
+from .pipelines import get_family
 from .plan import IterationPlan
-from .policy import TRAINED, NFTPolicy, check_lora_targets, make_lora_config
+from .policy import check_lora_targets, make_lora_config
+from .publisher import Publisher
 from .rewards import RewardScorer, WeightedRewards
 from .rollouts import Rollouts
+from .run_log import RunLog, count, startup_block
 from .sampling import is_flow_matching_scheduler
-from .schedules import ema_decay, old_policy_decay
-from .visualize import plot_reward_curve, save_grid
+from .schedules import old_policy_decay
 
 logger = get_logger(__name__)
 
-_TRAINED_ON = {"nft": "noise levels", "flow_grpo": "recorded transitions"}  # what a micro-step trains, per objective
-
+__all__ = ["FlowGRPOTrainer", "NFTTrainer", "NonFiniteError"]
 
 
 class NFTTrainer:
-    """Fine-tune a flow-matching diffusers pipeline with DiffusionNFT, training LoRA adapters.
+    """Fine-tune a flow-matching diffusers pipeline with DiffusionNFT, training a LoRA.
 
     Args:
-        pipeline: A diffusers pipeline of a supported family (`StableDiffusion3Pipeline`, ...) whose scheduler is
-            a flow-matching one.
+        pipeline: A diffusers pipeline whose scheduler is a flow-matching one (`StableDiffusion3Pipeline`, ...).
         reward_funcs: A reward name (see `diffusers_nft.rewards.available_rewards()`), a callable
             `(images, prompts, metadata) -> floats`, or a list of them (weighted by `args.reward_weights`).
-        args: The `NFTConfig`.
+        args: The `NFTConfig` (`FlowGRPOConfig` for Flow-GRPO).
         train_dataset: Prompts: a `datasets.Dataset` with a `"prompt"` column (other columns reach the rewards as
             metadata), a list of strings, or a `.txt`/`.jsonl` file.
         eval_dataset: Held-out prompts, never trained on: scored by the judges every `eval_steps` iterations
@@ -77,7 +74,9 @@ class NFTTrainer:
         eval_reward_funcs: Judges for `eval_dataset` that are never trained on (names or callables, as
             `reward_funcs`); default: the training rewards.
         objective: `"nft"` or `"flow_grpo"` (`diffusers_nft.objectives.OBJECTIVES`); overrides `args.objective`.
-            Everything else (pipeline families, rewards, LoRA, checkpoints, logging, card) is shared.
+
+    After `train()`, `pipeline` is the trained model: its transformer has one LoRA adapter, `"default"`, holding
+    the saved weights (the EMA unless `save_ema_weights=False`), active.
 
     Example:
         ```py
@@ -87,55 +86,55 @@ class NFTTrainer:
         ```
     """
 
-    def __init__(
-        self,
-        pipeline,
-        reward_funcs,
-        args: Optional[NFTConfig] = None,
-        train_dataset: PromptSource = None,
-        eval_dataset: Optional[PromptSource] = None,
-        peft_config: Optional[LoraConfig] = None,
-        callbacks: Optional[Sequence] = None,
-        eval_reward_funcs=None,
-        objective: Optional[str] = None,
-    ):
+    def __init__(self, pipeline, reward_funcs, args: Optional[NFTConfig] = None, train_dataset: PromptSource = None,
+                 eval_dataset: Optional[PromptSource] = None, peft_config: Optional[LoraConfig] = None,
+                 callbacks: Optional[Sequence] = None, eval_reward_funcs=None, objective: Optional[str] = None):
         # Everything that can be wrong with the inputs is checked before any model compute.
         self.args = args = _resolved_config(args, objective)
+        self.objective_class = objective_class(args.objective)
         self.callbacks = CallbackList(callbacks or [], trainer=self)
-        self.pipeline, self.family = pipeline, _adapter(pipeline, args)
+        self.pipeline, self.family = pipeline, _family(pipeline, args)
         self.max_sequence_length = args.max_sequence_length or self.family.default_max_sequence_length
         self.train_dataset, self.eval_dataset = _prompt_sets(train_dataset, eval_dataset)
-        # The Accelerator comes first: it sets up the processes (on CPU too, with ACCELERATE_USE_CPU) that
-        # everything below counts. It only reads the environment; no model is touched yet.
+        # The Accelerator comes first: it sets up the processes that everything below counts. It only reads the
+        # environment; no model is touched yet.
         self.accelerator = Accelerator(
             mixed_precision=args.mixed_precision,  # None: accelerate's own setting (launcher flag, config file)
             log_with=args.trackers(),
             project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
         )
         self.family.check_accelerator(self.accelerator)
-        self.rewards = self._weighted_rewards(reward_funcs, args.reward_weights, args.normalize_rewards)
-        # judges never trained on; None: evaluate() scores with the training rewards
-        self.eval_rewards = self._weighted_rewards(eval_reward_funcs) if eval_reward_funcs else None
-        self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
+        self._setup_rewards(reward_funcs, eval_reward_funcs)
         check_output_dir(args.output_dir)
         self.checkpointer = Checkpointer(self.accelerator, args)
-        # A corrupt or mismatched checkpoint fails now, not later; read once, applied at the end.
-        resume_path, resume_parts = self.checkpointer.read(args.resume_from_checkpoint)
-        transformer = self.family.denoiser
-        if peft_config is None:
-            peft_config = make_lora_config(transformer, default_targets=self.family.default_lora_targets)
-        check_lora_targets(transformer, peft_config.target_modules)
+        resume = self.checkpointer.read(args.resume_from_checkpoint)  # a bad checkpoint fails now, not later
+        peft_config = peft_config or make_lora_config(self.family.denoiser,
+                                                      default_targets=self.family.default_lora_targets)
+        check_lora_targets(self.family.denoiser, peft_config.target_modules)
         self.plan = IterationPlan.from_config(args, self.accelerator.num_processes)
         self.accelerator.gradient_accumulation_steps = self.plan.accumulation
         zero.prepare(self.accelerator, args, self.plan.accumulation)
-        self._probe_rewards()
-        self._place_pipeline()
-        self._build_training(transformer, peft_config)
-        self._init_loop()
-        if resume_path:
-            self._load(resume_path, resume_parts)
+        probe_rewards(self.scorer, self.eval_rewards, self.train_dataset, self.family, args.resolution,
+                      self.accelerator.device)
+        place_pipeline(pipeline, self.family, self.accelerator, args)
+        self.engine = build_engine(self.family, peft_config, self.accelerator, args, self.plan)
+        self.policy, self.model = self.engine.policy, self.engine.model
+        self.optimizer, self.lr_scheduler = self.engine.optimizer, self.engine.lr_scheduler
+        self.run_log = RunLog(self.accelerator, args.output_dir, args.trackers(), args.logging_dir)
+        self.publisher = Publisher(self.accelerator, type(pipeline), peft_config, self.family.lora_layout())
+        self._setup_loop()
+        if resume[0]:
+            self._load(*resume)
 
-    def _init_loop(self) -> None:
+    def _setup_rewards(self, reward_funcs, eval_reward_funcs) -> None:
+        args = self.args
+        self.rewards = _weighted_rewards(reward_funcs, args, self.accelerator, args.reward_weights,
+                                         args.normalize_rewards)
+        # judges never trained on; None: evaluate() scores with the training rewards
+        self.eval_rewards = _weighted_rewards(eval_reward_funcs, args, self.accelerator) if eval_reward_funcs else None
+        self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
+
+    def _setup_loop(self) -> None:
         """The grid, objective, collector, prompt order and counters of a fresh run (a resume overwrites the last)."""
         args = self.args
         self.latent_shape = self.family.latent_shape(args.resolution)
@@ -150,56 +149,8 @@ class NFTTrainer:
         self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
         self.state = TrainerState(max_steps=args.max_steps)  # global_step and log_history live here
         self.control = TrainerControl()
-        self.optimizer_step = 0
-        self.skipped_steps = 0  # optimizer steps dropped by skip_nonfinite
-        self._last_plot = -math.inf
 
-    def _place_pipeline(self) -> None:
-        """The frozen base in the low precision on the device; the LoRA stays float32 (NFTPolicy) under accelerate's
-        autocast, and the VAE decodes in float32 unless upcast_vae is off (the release)."""
-        args, pipeline = self.args, self.pipeline
-        device = self.accelerator.device
-        if args.allow_tf32 and torch.cuda.is_available():
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        dtype = weight_dtype(self.accelerator.mixed_precision)
-        pipeline.to(device)
-        if pipeline.transformer.dtype != dtype:
-            pipeline.to(dtype=dtype)
-        if args.upcast_vae and getattr(pipeline, "vae", None) is not None:
-            pipeline.vae.to(dtype=torch.float32)
-        if args.offload_text_encoders:
-            for encoder in self.family.text_encoders:
-                encoder.to("cpu")
-        pipeline.set_progress_bar_config(disable=True)
-
-    def _build_training(self, transformer, peft_config: LoraConfig) -> None:
-        """The LoRA policy, optimizer and lr schedule through `accelerator.prepare`."""
-        args, num_processes = self.args, self.accelerator.num_processes
-        set_seed(args.seed)  # the LoRA init draws from the global generator
-        self.policy = NFTPolicy(transformer, peft_config)
-        if args.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        optimizer = torch.optim.AdamW(
-            self.policy.trainable_parameters(),
-            lr=args.learning_rate,
-            betas=(args.adam_beta1, args.adam_beta2),
-            weight_decay=args.weight_decay,
-            eps=args.adam_epsilon,
-        )
-        lr_scheduler = get_scheduler(
-            args.lr_scheduler_type,
-            optimizer=optimizer,
-            num_warmup_steps=args.lr_warmup_steps * num_processes,
-            num_training_steps=args.max_steps * self.plan.optimizer_steps * num_processes,
-        )
-        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(transformer, optimizer, lr_scheduler)
-        self.policy.bind()  # FSDP2 replaced the parameters with sharded ones
-        # Forward passes go through the prepared (and optionally compiled) module; the policy switches adapters
-        # on the underlying transformer, which compiled graphs guard on.
-        self.family.model = torch.compile(self.model) if args.torch_compile else self.model
-
-    # ------------------------------------------------------------------ public API
+    # ------------------------------------------------------------------ the loop
 
     @property
     def global_step(self) -> int:
@@ -209,6 +160,11 @@ class NFTTrainer:
     @global_step.setter
     def global_step(self, value: int) -> None:
         self.state.global_step = value
+
+    @property
+    def optimizer_step(self) -> int:
+        """Optimizer steps done (the lr warm-up, the EMA and the old-policy decay count these)."""
+        return self.engine.optimizer_step
 
     @property
     def history(self) -> List[Dict[str, float]]:
@@ -230,19 +186,18 @@ class NFTTrainer:
             The metrics of every iteration.
         """
         args, accelerator = self.args, self.accelerator
+        self.policy.resume()  # a second train() (a larger max_steps) trains on from where the first ended
         if resume_from_checkpoint:
             path, parts = self.checkpointer.read(resume_from_checkpoint)
             if path:
                 self._load(path, parts)
         if accelerator.is_main_process:
             clean_incomplete(args.output_dir)
-            accelerator.init_trackers("diffusers-nft", config=_tracker_config(args))
-        logger.info(self.describe())
-        if self.global_step == 0 and self._validation_prompts():
+        self.run_log.start("diffusers-nft", args.to_dict(), self.describe())
+        if self.global_step == 0 and self.validation_prompts:
             self.log_validation()
-        bar = tqdm(
-            total=args.max_steps, initial=self.global_step, desc=METHODS[args.objective]["short"], disable=not accelerator.is_local_main_process
-        )
+        bar = tqdm(total=args.max_steps, initial=self.global_step, desc=self.objective_class.short,
+                   disable=not accelerator.is_local_main_process)
         try:
             self.callbacks.call("on_train_begin", args, self.state, self.control)
             with StopSignals() as stop:
@@ -250,7 +205,7 @@ class NFTTrainer:
                     metrics = self.step()
                     bar.update(1)
                     bar.set_postfix(reward=f"{metrics[reward_key(TOTAL)]:.4g}", loss=f"{metrics[loss_key('policy')]:.3g}")
-                    self._after_step(metrics)
+                    self.end_iteration(metrics)
                     self._stop_if_asked(stop)
             bar.close()
             self.save_lora(args.output_dir)
@@ -258,59 +213,65 @@ class NFTTrainer:
             self.scorer.close()  # the reward worker (a process with reward_scoring="process") never outlives train()
         accelerator.wait_for_everyone()
         accelerator.end_training()
+        self.policy.finish(self.published_weights)
         self.callbacks.call("on_train_end", args, self.state, self.control)
-        logger.info(self._artifacts())
+        logger.info(self.run_log.summary(self.global_step))
         return self.history
 
-    def save_model(self, output_dir: Optional[str] = None) -> str:
-        """TRL's name: write the LoRA (`save_lora`) to `output_dir` (the run's, by default)."""
-        return self.save_lora(output_dir or self.args.output_dir)
+    def step(self) -> Dict[str, float]:
+        """One NFT iteration: sample, reward, train, update the old policy. Returns its metrics."""
+        args, iteration = self.args, self.global_step
+        self.policy.resume()  # after train(): the old adapter again
+        timings = {"sampling": 0.0, "reward": 0.0}
+        prompt_index = self.prompt_sampler.next(args.prompts_per_iteration)
+        rollouts = self.collector.collect(prompt_index, iteration=iteration, objective=self.objective, timings=timings)
+        start = time.perf_counter()
+        credit = assign_credit(rollouts, accelerator=self.accelerator, rewards=self.rewards, objective=self.objective,
+                               plan=self.plan)
+        timings["reward"] += time.perf_counter() - start
+        start = time.perf_counter()
+        metrics = self.train_on(rollouts, credit.local, iteration)
+        if args.monitors:
+            metrics.update(self._image_monitors(rollouts, credit.group_ids))
+        metrics["old_theta_deviation"] = self.policy.deviation()
+        metrics["old_policy_decay"] = old_policy_decay(self.optimizer_step, args.old_policy_decay,
+                                                       args.old_policy_decay_constant)
+        self.policy.update_old(metrics["old_policy_decay"])
+        timings["training"] = time.perf_counter() - start
+        self.global_step += 1
+        metrics = self._iteration_metrics(credit, rollouts, metrics, timings)
+        self.history.append(metrics)
+        return metrics
 
-    def _artifacts(self) -> str:
-        """The end-of-training summary: what `output_dir` holds, and how to look at the curves."""
-        out = self.args.output_dir
-        names = sorted(os.listdir(out)) if os.path.isdir(out) else []
-        checkpoints = [n for n in names if n.startswith("checkpoint-")]
-        lines = [f"Done after {self.global_step} iterations. {os.path.abspath(out)} holds:"]
-        lines += [f"  {n}" for n in names if not n.startswith(("checkpoint-", "."))]
-        if checkpoints:
-            lines.append(f"  {len(checkpoints)} checkpoints: {', '.join(checkpoints)}")
-        trackers = self.args.trackers()
-        if trackers == "all" or "tensorboard" in (trackers or []):
-            lines.append(f"Curves: tensorboard --logdir {self.args.logging_dir}")
-        return "\n".join(lines)
+    def _iteration_metrics(self, credit: Credit, rollouts: Rollouts, trained: Dict[str, float],
+                           timings: Dict[str, float]) -> Dict[str, float]:
+        """The iteration's row of `metrics.jsonl`: rewards, credit, training, monitors and times."""
+        metrics = {"step": self.global_step, "optimizer_step": self.optimizer_step}
+        for name, values in credit.scores.items():
+            metrics.update(reward_stats(name, values))
+        metrics.update({**credit.metrics, "sample_x0_norm": rollouts.latents.flatten(1).norm(dim=1).mean().item(),
+                        "lr": self.lr_scheduler.get_last_lr()[0], **trained})
+        metrics.update({time_key(k): v for k, v in timings.items()})
+        metrics[time_key("iteration")] = sum(timings.values())
+        metrics["images_per_second"] = self.args.images_per_iteration / max(sum(timings.values()), 1e-9)
+        return metrics
 
-    def describe(self) -> str:
-        """The start-up block: what `train()` will run, and where it writes and logs."""
-        args = self.args
-        model = getattr(self.pipeline, "name_or_path", None) or type(self.pipeline.transformer).__name__
-        iterations = args.max_steps - self.global_step
-        rows = {
-            "model": f"{model} ({type(self.pipeline).__name__}, {type(self.family).__name__})",
-            "iteration": f"{args.prompts_per_iteration} prompts x {args.group_size} images = {args.images_per_iteration} "
-                         f"images ({self.plan.local_images} per process, {_count(self.plan.num_processes, 'process')}), "
-                         f"{self._sampling_words()}",
-            "training": f"{self.plan.levels_per_image} {_TRAINED_ON[args.objective]} per image, {self.plan.optimizer_steps} "
-                        f"optimizer steps per iteration, {iterations * self.plan.optimizer_steps} in all",
-            "iterations": f"{iterations} (from {self.global_step} to max_steps {args.max_steps})",
-            "rewards": ", ".join(f"{name} x {weight:g}" for name, weight in zip(self.rewards.names, self.rewards.weights)),
-            "output_dir": os.path.abspath(args.output_dir),
-            "trackers": args.report_to if args.report_to != "none" else "none (metrics.jsonl only)",
-        }
-        return f"Training {METHODS[args.objective]['name']}:\n" + "\n".join(f"  {key:<11} {value}" for key, value in rows.items())
+    def train_on(self, rollouts: Rollouts, credit: torch.Tensor, iteration: int) -> Dict[str, float]:
+        """Train on the objective's micro-batches of this process's `rollouts`, with their `credit` (`Engine`)."""
+        generator = seeded(self.args.seed, SEED_STREAMS["train"], iteration, self.accelerator.process_index)
+        batches = self.objective.micro_batches(rollouts, credit, batch_size=self.args.train_batch_size,
+                                               levels=self.plan.levels_per_image, generator=generator)
+        return self.engine.train_on(batches, self.objective, iteration=iteration)
 
-    def _sampling_words(self) -> str:
-        """How rollouts sample, in words: `"10 dpm_solver steps, no CFG"`, `"10 SDE steps (a = 0.7), CFG 4.5"`."""
-        args, objective = self.args, self.objective
-        if args.objective == "flow_grpo":
-            steps = f"{args.num_sampling_steps} SDE steps (a = {args.grpo_noise_level:g})"
-        else:
-            steps = f"{args.num_sampling_steps} {args.sampler} steps"
-        cfg = f"CFG {objective.guidance_scale:g}" if objective.guidance_scale > 1 else "no CFG"
-        return f"{steps}, {cfg}"
+    def _image_monitors(self, rollouts: Rollouts, group_ids: torch.Tensor) -> Dict[str, float]:
+        """Brightness, saturation and within-group diversity of the iteration's images (all processes')."""
+        images = self.accelerator.gather(rollouts.thumbnails.to(self.accelerator.device)).cpu()
+        stats = {**image_stats(images), "diversity": group_diversity(images, group_ids)}
+        return {monitor_key(k): v for k, v in stats.items()}
 
-    def _after_step(self, metrics: Dict[str, float]) -> None:
-        """Evaluate, log, checkpoint and draw the validation grid when their steps come; tell the callbacks."""
+    def end_iteration(self, metrics: Dict[str, float]) -> None:
+        """Evaluate, log, checkpoint and draw the validation grid when their iterations come; tell the callbacks.
+        `train()` calls it after each `step()`; a loop of one's own does too."""
         args, step, hooks = self.args, self.global_step, self.callbacks
         last = step == args.max_steps
         if self.eval_dataset is not None and (step % (args.eval_steps or args.validation_steps) == 0 or last):
@@ -318,209 +279,165 @@ class NFTTrainer:
             metrics.update(results)  # into this iteration's row of metrics.jsonl and the trackers
             hooks.call("on_evaluate", args, self.state, self.control, metrics=results)
         if step % args.logging_steps == 0 or last:
-            self._log(metrics)
+            self.run_log.log(metrics, self.history, last=last)
             hooks.call("on_log", args, self.state, self.control, logs=metrics)
         if step % args.save_steps == 0:
             hooks.call("on_save", args, self.state, self.control, checkpoint=self.save_checkpoint())
-        if step % args.validation_steps == 0 and self._validation_prompts():
+        if step % args.validation_steps == 0 and self.validation_prompts:
             self.log_validation()
         hooks.call("on_step_end", args, self.state, self.control, metrics=metrics)
-
-    @torch.no_grad()
-    def evaluate(self) -> Dict[str, float]:
-        """The judges (`eval_reward_funcs`, else the training rewards) on `eval_dataset`, never trained on: one
-        image per prompt with a fixed seed, the saved (EMA) weights, CFG-free, `eval_num_steps` Euler steps.
-        Returns `eval/<judge>/mean` values."""
-        if self.eval_dataset is None:
-            raise ValueError("evaluate() needs prompts: pass eval_dataset to NFTTrainer.")
-        prompts, metadata = list(self.eval_dataset["prompt"]), row_metadata(self.eval_dataset)
-        images = self.generate(prompts, list(range(len(prompts))), policy=self._saved_adapter)
-        judges = self.eval_rewards or self.rewards
-        scores = judges(images.to(self.accelerator.device), prompts, metadata)
-        return {eval_key(name): values.double().mean().item() for name, values in scores.items()}
 
     def _stop_if_asked(self, stop: StopSignals) -> None:
         """After a SIGTERM/SIGINT on any process: a checkpoint if `save_on_interrupt`, then `TrainingInterrupted`."""
         accelerator = self.accelerator
-        received = torch.tensor([stop.received or 0], device=accelerator.device)
-        signum = int(accelerator.gather(received).max())  # every process stops together, or none does
-        if not signum:
+        signum = int(accelerator.gather(torch.tensor([stop.received or 0], device=accelerator.device)).max())
+        if not signum:  # every process stops together, or none does
             return
         if self.args.save_on_interrupt and self.global_step % self.args.save_steps:
             self.save_checkpoint()
         accelerator.end_training()
         raise TrainingInterrupted(signum)
 
-    def step(self) -> Dict[str, float]:
-        """One NFT iteration: sample, reward, train, update the old policy. Returns its metrics."""
-        args, accelerator = self.args, self.accelerator
-        iteration = self.global_step
-        timings = {"sampling": 0.0, "reward": 0.0}
-        prompt_index = self.prompt_sampler.next(args.prompts_per_iteration)
-        rollouts = self.collector.collect(prompt_index, iteration=iteration, objective=self.objective, timings=timings)
+    def describe(self) -> str:
+        """The start-up block: what `train()` will run, and where it writes and logs."""
+        args, plan, method = self.args, self.plan, self.objective_class
+        model = getattr(self.pipeline, "name_or_path", None) or type(self.pipeline.transformer).__name__
+        iterations = args.max_steps - self.global_step
+        return startup_block(method.title, {
+            "model": f"{model} ({type(self.pipeline).__name__}, {type(self.family).__name__})",
+            "iteration": f"{args.prompts_per_iteration} prompts x {args.group_size} images = {args.images_per_iteration} "
+                         f"images ({plan.local_images} per process, {count(plan.num_processes, 'process')}), "
+                         f"{method.sampling_words(args)}",
+            "training": f"{plan.levels_per_image} {method.trained_on} per image, {plan.optimizer_steps} optimizer "
+                        f"steps per iteration, {iterations * plan.optimizer_steps} in all",
+            "iterations": f"{iterations} (from {self.global_step} to max_steps {args.max_steps})",
+            "counting": "max_steps and the *_steps intervals count iterations; lr_warmup_steps, the EMA and the "
+                        "old-policy decay count optimizer steps",
+            "rewards": ", ".join(f"{name} x {weight:g}" for name, weight in zip(self.rewards.names, self.rewards.weights)),
+            "output_dir": os.path.abspath(args.output_dir),
+            "trackers": args.report_to if args.report_to != "none" else "none (metrics.jsonl only)",
+        })
 
-        start = time.perf_counter()
-        scores = {k: accelerator.gather(v.to(accelerator.device)).cpu() for k, v in rollouts.rewards.items()}
-        scores[TOTAL] = self.rewards.combine(scores)
-        all_groups = accelerator.gather(rollouts.group_ids.to(accelerator.device)).cpu()
-        weights, weight_metrics = self.objective.weights(scores[TOTAL], all_groups)
-        weights = weights[self.plan.images_of(accelerator.process_index)]
-        timings["reward"] += time.perf_counter() - start
+    # ------------------------------------------------------------------ images and judges
 
-        start = time.perf_counter()
-        train_metrics = self._train_on(rollouts, weights, iteration)
-        monitors = self._image_monitors(rollouts, all_groups) if args.monitors else {}
-        deviation = self.policy.deviation()
-        eta = old_policy_decay(self.optimizer_step, args.old_policy_decay, args.old_policy_decay_constant)
-        self.policy.update_old(eta)
-        timings["training"] = time.perf_counter() - start
-        self.global_step += 1
+    @property
+    def validation_prompts(self) -> List[str]:
+        """The prompts of the sample grids and the card: `validation_prompts`, else the first 4 held-out (or
+        training) prompts."""
+        if self.args.validation_prompts:
+            return list(self.args.validation_prompts)
+        source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
+        return list(source["prompt"][:4])
 
-        metrics = {"step": self.global_step, "optimizer_step": self.optimizer_step}
-        for name, values in scores.items():
-            metrics.update(reward_stats(name, values))
-        metrics.update(
-            {
-                **weight_metrics,
-                "sample_x0_norm": rollouts.latents.flatten(1).norm(dim=1).mean().item(),
-                "old_theta_deviation": deviation,
-                "old_policy_decay": eta,
-                "lr": self.lr_scheduler.get_last_lr()[0],
-                **train_metrics,
-                **monitors,
-            }
-        )
-        total_time = sum(timings.values())
-        metrics.update({time_key(k): v for k, v in timings.items()})
-        metrics[time_key("iteration")] = total_time
-        metrics["images_per_second"] = args.images_per_iteration / max(total_time, 1e-9)
-        self.history.append(metrics)
-        return metrics
+    @property
+    def published_weights(self) -> str:
+        """The weights the run publishes (LoRA file, checkpoint LoRA, card, evaluation): `"ema"` unless
+        `save_ema_weights=False`, then `"trained"`."""
+        return "ema" if self.args.save_ema_weights else "trained"
 
-    def _image_monitors(self, rollouts: Rollouts, all_groups: torch.Tensor) -> Dict[str, float]:
-        """Brightness, saturation and within-group diversity of the iteration's images (all processes')."""
-        images = self.accelerator.gather(rollouts.thumbnails.to(self.accelerator.device)).cpu()
-        stats = {**image_stats(images), "diversity": group_diversity(images, all_groups)}
-        return {monitor_key(k): v for k, v in stats.items()}
+    def generation_kwargs(self, num_steps: Optional[int] = None, guidance_scale: float = 1.0) -> Dict[str, object]:
+        """The pipeline-call arguments of evaluation images (and of the card's snippet): `eval_num_steps` steps
+        (40, the release's evaluation), CFG-free, at the trained resolution, text length and frame count."""
+        return self.family.call_kwargs(self.args.resolution, num_steps or self.args.eval_num_steps,
+                                       self.max_sequence_length, guidance_scale)
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[str],
-        seeds: Sequence[int],
-        policy: str = "ema",
-        num_steps: Optional[int] = None,
-        sampler: str = "euler",
-        guidance_scale: float = 1.0,
-    ) -> torch.Tensor:
-        """Generate one image per (prompt, seed) pair with a chosen policy, for evaluation.
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], weights: str = "ema",
+                 num_steps: Optional[int] = None, guidance_scale: float = 1.0, scheduler=None) -> torch.Tensor:
+        """One image per (prompt, seed) from the pipeline's own call, with chosen weights (`diffusers_nft.generation`:
+        the noise of seed `s` is `torch.Generator().manual_seed(s)`'s, as in the card's snippet).
 
         Args:
             prompts: Prompts, one per image.
             seeds: Seeds of the starting noise, one per image.
-            policy: `"ema"`, `"default"` (the trained weights), `"old"` or `"reference"` (the base model).
-            num_steps: Solver steps; `args.eval_num_steps` by default (40, the release's evaluation).
-            sampler: Solver name.
+            weights: `"ema"`, `"trained"`, `"old"` or `"base"` (`policy.WEIGHTS`).
+            num_steps: Steps; `eval_num_steps` by default.
             guidance_scale: CFG scale; 1.0 is CFG-free.
+            scheduler: A diffusers scheduler to sample with instead of the pipeline's own.
 
         Returns:
-            Images `(N, 3, H, W)` in [0, 1] on the CPU.
+            Images `(N, 3, H, W)` (videos `(N, F, 3, H, W)`) in [0, 1] on the CPU.
         """
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds.")
-        sigmas = self.family.sampling_sigmas(num_steps or self.args.eval_num_steps, self.latent_shape)
-        cond = self.collector.encode(list(prompts))
-        noise = torch.stack([torch.randn(self.latent_shape, generator=seeded(s, SEED_STREAMS["eval"])) for s in seeds])
-        images = []
-        with self.policy.ema_weights(policy == "ema"), self.policy.using(TRAINED if policy == "ema" else policy):
-            for start in range(0, len(prompts), self.args.sample_batch_size):
-                index = torch.arange(start, min(start + self.args.sample_batch_size, len(prompts)))
-                latents = self.collector.rollout(select_conditioning(cond, index), noise[index], sampler=sampler,
-                                                 sigmas=sigmas, guidance_scale=guidance_scale)
-                images.append(self.family.decode(latents).cpu())
-        return torch.cat(images)
+        kwargs = self.generation_kwargs(num_steps, guidance_scale)
+        with self.policy.weights(weights), sampling_with(self.pipeline, scheduler), self.accelerator.autocast(), \
+                self.family.text_encoders_on(self.accelerator.device, enabled=self.args.offload_text_encoders):
+            return generate_images(self.pipeline, prompts, seeds, call_kwargs=kwargs,
+                                   batch_size=self.args.sample_batch_size)
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, float]:
+        """The judges (`eval_reward_funcs`, else the training rewards) on `eval_dataset`, never trained on: one
+        image per prompt (prompt `i` with seed `i`), the published weights, CFG-free, `eval_num_steps` steps.
+        Returns `eval/<judge>/mean` values."""
+        if self.eval_dataset is None:
+            raise ValueError("evaluate() needs prompts: pass eval_dataset to NFTTrainer.")
+        prompts, metadata = list(self.eval_dataset["prompt"]), row_metadata(self.eval_dataset)
+        images = self.generate(prompts, list(range(len(prompts))), weights=self.published_weights)
+        scores = (self.eval_rewards or self.rewards)(images.to(self.accelerator.device), prompts, metadata)
+        return {eval_key(name): values.double().mean().item() for name, values in scores.items()}
 
     def log_validation(self) -> Optional[str]:
-        """Save (and log to the trackers) a fixed-seed grid of the EMA policy on the validation prompts."""
-        prompts = self._validation_prompts()
-        n = self.args.num_validation_images
-        images = self.generate([p for p in prompts for _ in range(n)], list(range(n)) * len(prompts))
-        if not self.accelerator.is_main_process:
-            return None
-        folder = os.path.join(self.args.output_dir, "samples")
-        os.makedirs(folder, exist_ok=True)
-        scale = max(1, 256 // self.args.resolution)
-        path = save_grid(images, os.path.join(folder, f"step_{self.global_step:06d}"), rows=len(prompts),
-                         labels=prompts, scale=scale)
-        logger.info("Saved sample grid %s", path)
-        stills = images[:, images.shape[1] // 2] if images.dim() == 5 else images  # videos: their middle frames
-        for tracker in self.accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_images("validation", stills.numpy(), self.global_step, dataformats="NCHW")
-            elif tracker.name == "wandb":
-                import wandb
+        """Save (and log to the trackers) a fixed-seed grid of the published weights on the validation prompts."""
+        prompts, seeds = self.validation_prompts, list(range(self.args.num_validation_images))
+        images = self.generate([p for p in prompts for _ in seeds], seeds * len(prompts), weights=self.published_weights)
+        return self.run_log.grid(images, prompts, self.global_step, scale=max(1, 256 // self.args.resolution),
+                                 caption=f"iteration {self.global_step}, {self.published_weights} weights, no CFG")
 
-                tracker.log({"validation": [wandb.Image(path)]}, step=self.global_step)
-        return path
+    # ------------------------------------------------------------------ what the run writes
 
     def save_lora(self, output_dir: str) -> str:
-        """Write `pytorch_lora_weights.safetensors` (EMA weights unless `save_ema_weights=False`) with its LoRA
-        metadata, loadable with `pipe.load_lora_weights(output_dir, weight_name=...)`."""
+        """Write `pytorch_lora_weights.safetensors` (the published weights) with its LoRA metadata, loadable with
+        `pipe.load_lora_weights(output_dir, weight_name=...)`. Every process calls it."""
         self.accelerator.wait_for_everyone()
-        weights = self.policy.state_dict(self._saved_adapter)  # every process: a gather
-        bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
-        if bad:
-            raise NonFiniteError(f"{len(bad)} of {len(weights)} LoRA tensors are not finite (e.g. {bad[0]}); the LoRA "
-                                 f"was not saved to {output_dir}.")
-        path = os.path.join(output_dir, LORA_WEIGHT_NAME)
-        if self.accelerator.is_main_process:  # written beside, then renamed: a crash never leaves half a file
-            os.makedirs(output_dir, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=".tmp-lora-", dir=output_dir)
-            for written in write_lora_file(type(self.pipeline), staging, weights, self.policy.lora_config,
-                                           self.family.lora_layout()):
-                os.replace(written, os.path.join(output_dir, os.path.basename(written)))
-                logger.info("Saved LoRA %s", os.path.join(output_dir, os.path.basename(written)))
-            shutil.rmtree(staging, ignore_errors=True)
-        return path
+        return self.publisher.save_lora(output_dir, self.policy.state_dict(self.published_weights))  # a gather
 
-    def create_model_card(
-        self, repo_id: Optional[str] = None, folder: Optional[str] = None, evaluation: Optional[str] = None
-    ) -> Optional[str]:
-        """Write `README.md` (the model card), the before/after grid, widget images and the reward curve
-        (`hub.create_model_card`).
+    def save_model(self, output_dir: Optional[str] = None) -> str:
+        """TRL's name: write the LoRA (`save_lora`) to `output_dir` (the run's, by default)."""
+        return self.save_lora(output_dir or self.args.output_dir)
 
-        Every process must call it (they sample together); the main one writes and gets the card's path.
+    def create_model_card(self, repo_id: Optional[str] = None, folder: Optional[str] = None,
+                          evaluation: Optional[str] = None) -> Optional[str]:
+        """Write `README.md` (the model card), the before/after grid, the widget images and the reward curve. Every
+        process must call it (they generate together); the main one writes and gets the card's path.
 
         Args:
             repo_id: The Hub repo the card is for; default: `hub_model_id`, else the name of `output_dir`.
             folder: Where to write; `output_dir` by default.
             evaluation: A markdown table of results to show; default: `output_dir/results.md` when there is one.
         """
-        return create_model_card(self, repo_id=self._repo_id(repo_id), folder=folder or self.args.output_dir,
-                                 evaluation=evaluation)
+        prompts, seeds = self.validation_prompts, list(range(min(self.args.num_validation_images, 4)))
+        gallery = ([p for p in prompts for _ in seeds], seeds * len(prompts))
+        base = self.generate(*gallery, weights="base")
+        tuned = self.generate(*gallery, weights=self.published_weights)
+        caption = (f"{self.objective_class.short}: {self.published_weights} weights; both: the pipeline's own "
+                   f"{self.args.eval_num_steps}-step call, no CFG, the seeds above")
+        return self.publisher.write_card(folder or self.args.output_dir, self._card_inputs(repo_id, evaluation),
+                                         prompts, base, tuned, seeds=seeds, scale=max(1, 256 // self.args.resolution),
+                                         caption=caption)
 
-    def evaluation_call_kwargs(self) -> Dict[str, object]:
-        """The pipeline-call arguments that generate as the evaluation does: CFG-free, `eval_num_steps` Euler steps
-        at the trained resolution and text length (SD3 attends over the padding, so the length matters)."""
-        args = self.args
-        return {"height": args.resolution, "width": args.resolution, "num_inference_steps": args.eval_num_steps,
-                "max_sequence_length": self.max_sequence_length, **self.family.cfg_free_call_kwargs()}
-
-    @property
-    def _saved_adapter(self) -> str:
-        """The weights the run publishes (LoRA file, checkpoint LoRA, card, evaluation): the EMA unless
-        `save_ema_weights=False`."""
-        return "ema" if self.args.save_ema_weights else TRAINED
+    def _card_inputs(self, repo_id: Optional[str], evaluation: Optional[str]) -> CardInputs:
+        args, results = self.args, os.path.join(self.args.output_dir, "results.md")
+        if evaluation is None and os.path.isfile(results):
+            with open(results) as f:
+                evaluation = f.read()
+        return CardInputs(
+            repo_id=self._repo_id(repo_id), pipeline_class=type(self.pipeline).__name__,
+            base_model=hub_base_model(getattr(self.pipeline, "name_or_path", None), args.base_model_id),
+            rewards=list(zip(self.rewards.names, self.rewards.weights)), history=self.history,
+            hyperparameters=card_hyperparameters(args, self.policy.lora_config, self.accelerator.mixed_precision,
+                                                 self.objective_class.card_settings),
+            call_kwargs=self.generation_kwargs(), license=args.license, evaluation=evaluation,
+            lora_layout=self.family.lora_layout(), method=self.objective_class,
+        )
 
     def _repo_id(self, repo_id: Optional[str]) -> str:
         return repo_id or self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
 
-    def push_to_hub(
-        self, repo_id: Optional[str] = None, token: Optional[str] = None, private: Optional[bool] = None, api=None
-    ) -> Optional[str]:
+    def push_to_hub(self, repo_id: Optional[str] = None, token: Optional[str] = None, private: Optional[bool] = None,
+                    api=None) -> Optional[str]:
         """Save the LoRA and its model card, then upload them with `output_dir`'s results (no checkpoints, logs or
         step samples). Everything is staged in a temporary folder first: the card reaches `output_dir` only once
-        the upload succeeded.
+        the upload succeeded. Every process calls it.
 
         Args:
             repo_id: Hub repo; default: `hub_model_id`, else the name of `output_dir`.
@@ -534,51 +451,30 @@ class NFTTrainer:
         Raises:
             RuntimeError: If the upload fails; `output_dir` stays exactly as it was.
         """
-        output_dir = self.args.output_dir
-        repo_id = self._repo_id(repo_id)
-        token = token or self.args.hub_token
-        private = self.args.hub_private_repo if private is None else private
-        staging = os.path.join(output_dir, UPLOAD_STAGING)  # the same path on every process
-        try:
-            if self.accelerator.is_main_process:
-                stage_upload(output_dir, staging)
+        args, repo_id = self.args, self._repo_id(repo_id)
+        with self.publisher.staged(args.output_dir) as staging:
             self.save_lora(staging)
             self.create_model_card(repo_id, folder=staging)
-            if not self.accelerator.is_main_process:
-                return None
-            url = upload_folder(staging, repo_id, token=token, private=private, api=api)
-            publish_staged(staging, output_dir)
-            logger.info("Uploaded the LoRA, its model card and images to %s", url)
-            return url
-        finally:
-            if self.accelerator.is_main_process:
-                shutil.rmtree(staging, ignore_errors=True)
+            return self.publisher.upload(staging, args.output_dir, repo_id, token=token or args.hub_token,
+                                         private=args.hub_private_repo if private is None else private, api=api)
 
     def save_checkpoint(self) -> Optional[str]:
         """Write `output_dir/checkpoint-<step>` atomically with everything an exact resume needs, and the LoRA as
         the final file holds it, so that `load_lora_weights(checkpoint-N)` works. Every process calls it."""
-        args, accelerator = self.args, self.accelerator
-        state = {
-            "global_step": self.global_step,
-            "optimizer_step": self.optimizer_step,
-            "prompt_sampler": self.prompt_sampler.state_dict(),
-            "reward_normalizer": self.rewards.state_dict(),
-            "history": self.history,
-            "distributed_type": str(accelerator.distributed_type),
-            "num_processes": accelerator.num_processes,
-            "config": args.to_dict(),
-        }
+        accelerator = self.accelerator
+        state = {"global_step": self.global_step, "optimizer_step": self.optimizer_step,
+                 "prompt_sampler": self.prompt_sampler.state_dict(), "reward_normalizer": self.rewards.state_dict(),
+                 "history": self.history, "distributed_type": str(accelerator.distributed_type),
+                 "num_processes": accelerator.num_processes, "config": self.args.to_dict()}
         path = self.checkpointer.save(
             self.global_step, policy=self.policy, model=self.model, optimizer=self.optimizer,
             lr_scheduler=self.lr_scheduler, state=state,
-            extra=lambda folder, lora: write_lora_file(type(self.pipeline), folder, lora[self._saved_adapter],
+            extra=lambda folder, lora: write_lora_file(type(self.pipeline), folder, lora[self.published_weights],
                                                        self.policy.lora_config, self.family.lora_layout()),
         )
         if path:
             logger.info("Saved checkpoint %s", path)
         return path
-
-    # ------------------------------------------------------------------ internals
 
     def _load(self, path: str, parts: dict) -> None:
         """Restore the state of checkpoint `path`, whose parts the checkpointer read."""
@@ -587,138 +483,20 @@ class NFTTrainer:
         try:
             self.prompt_sampler.load_state_dict(state["prompt_sampler"])
             self.rewards.load_state_dict(state["reward_normalizer"])
-            self.global_step, self.optimizer_step = state["global_step"], state["optimizer_step"]
+            self.global_step, self.engine.optimizer_step = state["global_step"], state["optimizer_step"]
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"Cannot resume from {path!r}: {error}") from error
         self.history = state["history"]
-        if self.accelerator.is_main_process:
-            _truncate_metrics(os.path.join(self.args.output_dir, "metrics.jsonl"), self.global_step)
-            logger.info("Resumed from %s at iteration %d (optimizer step %d).", path, self.global_step, self.optimizer_step)
-
-    def _weighted_rewards(self, funcs, weights=None, normalize: bool = False) -> WeightedRewards:
-        args = self.args
-        return WeightedRewards(funcs, weights, normalize, device=args.reward_device or self.accelerator.device,
-                               dtype=args.reward_dtype, batch_size=args.reward_batch_size,
-                               video_frames=args.reward_frames)
-
-    def _probe_rewards(self) -> None:
-        """Score two blank images so that a broken reward (or judge) fails before any sampling."""
-        rows = self.train_dataset.select([0, min(1, len(self.train_dataset) - 1)])
-        frames = self.family.video_frames()
-        images = torch.zeros(2, *([frames] if frames else []), 3, self.args.resolution, self.args.resolution)
-        self.scorer.wait(self.scorer.submit(images, list(rows["prompt"]), row_metadata(rows)))
-        if self.eval_rewards is not None:
-            self.eval_rewards(images.to(self.accelerator.device), list(rows["prompt"]), row_metadata(rows))
-
-    def _validation_prompts(self) -> List[str]:
-        if self.args.validation_prompts:
-            return list(self.args.validation_prompts)
-        source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
-        return list(source["prompt"][:4])
-
-    def _train_on(self, rollouts: Rollouts, weights: torch.Tensor, iteration: int) -> Dict[str, float]:
-        """Train on the objective's micro-batches of this iteration's rollouts; their mean metrics."""
-        args, accelerator = self.args, self.accelerator
-        generator = seeded(args.seed, SEED_STREAMS["train"], iteration, accelerator.process_index)
-        batches = self.objective.micro_batches(rollouts, weights, batch_size=args.train_batch_size,
-                                               levels=self.plan.levels_per_image, generator=generator)
-        totals, count, grad_norm, window_finite = {}, 0, float("nan"), True
-        params = self.policy.trainable_parameters()
-        self.model.train()
-        for batch in batches:
-            with accelerator.accumulate(self.model):
-                # the velocity monitors on the first micro-step: one reference forward per iteration at most
-                out = self._micro_step(batch, monitor=args.monitors and count == 0)
-                window_finite &= bool(torch.isfinite(out.loss.detach()))
-                update = True
-                if accelerator.sync_gradients:  # under DeepSpeed the engine clipped already; this reads the norm
-                    grad_norm, update = self._end_window(params, window_finite)
-                    window_finite = True
-                if update:
-                    self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                self.optimizer_step += 1
-                self.policy.update_ema(ema_decay(self.optimizer_step, args.ema_decay))
-            for key, value in self.objective.metrics(out).items():
-                totals[key] = totals.get(key, 0.0) + value
-            count += 1
-        metrics = {k: v / count for k, v in totals.items()}
-        metrics["grad_norm"] = grad_norm
-        metrics["skipped_steps"] = self.skipped_steps
-        metrics.update({monitor_key(k): v for k, v in self.objective.monitors.items()})
-        return metrics
-
-    def _micro_step(self, batch: dict, monitor: bool = False):
-        """The objective's loss on one micro-batch, and its backward."""
-        out = self.objective(**batch, monitor=monitor)
-        self.accelerator.backward(out.loss)
-        return out
-
-    def _end_window(self, params, loss_finite: bool):
-        """Clip at the end of an accumulation window; `(grad_norm, whether to step)`.
-
-        A non-finite loss or gradient norm on any process stops the run (`NonFiniteError`), or with
-        `skip_nonfinite` drops this window's gradients. Under fp16 the gradient scaler skips overflowing steps itself.
-        """
-        accelerator = self.accelerator
-        norm = accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
-        grad_norm = _as_float(norm)
-        grads_checked = norm is not None and getattr(accelerator, "scaler", None) is None
-        ok = loss_finite and (not grads_checked or math.isfinite(grad_norm))
-        ok = bool(accelerator.gather(torch.tensor([float(ok)], device=accelerator.device)).min() > 0)
-        if ok:
-            return grad_norm, True
-        if not self.args.skip_nonfinite:
-            raise NonFiniteError(
-                f"Iteration {self.global_step + 1}, optimizer step {self.optimizer_step + 1}: the loss or the gradient "
-                f"norm ({grad_norm}) is not finite. Nothing was saved from this step. Lower learning_rate, check the "
-                "rewards, or pass --skip_nonfinite to skip such steps."
-            )
-        self.skipped_steps += 1
-        return grad_norm, False
-
-    def _log(self, metrics: Dict[str, float]) -> None:
-        accelerator = self.accelerator
-        accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=self.global_step)
-        if accelerator.is_main_process:
-            with open(os.path.join(self.args.output_dir, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            # Redrawn at most every 30 s (a plot costs ~0.1 s), and always at the last step.
-            if time.monotonic() - self._last_plot >= 30 or self.global_step == self.args.max_steps:
-                self._plot_reward_curve()
-
-    def _plot_reward_curve(self) -> None:
-        plot_reward_curve(self.history, os.path.join(self.args.output_dir, "reward_curve.png"))
-        self._last_plot = time.monotonic()
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss, gradient or LoRA weight."""
-
-
-def _truncate_metrics(path: str, step: int) -> None:
-    """Drop the rows a run logged after the checkpoint it resumes from: they are logged again."""
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(rows)
-    os.replace(path + ".tmp", path)
-
-
-def _count(n: int, noun: str) -> str:
-    """`"1 process"`, `"2 processes"`."""
-    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith('s') else 's'}"
+        self.run_log.resume(self.global_step)
+        logger.info("Resumed from %s at iteration %d (optimizer step %d).", path, self.global_step, self.optimizer_step)
 
 
 def _resolved_config(args: Optional[NFTConfig], objective: Optional[str]) -> NFTConfig:
-    """The config (the default one when None), with `objective` when given, validated."""
+    """The config (the default one when None) for `objective` (else its own), as that objective's config class,
+    validated."""
     args = args if args is not None else NFTConfig()
-    if objective is not None:
-        args = dataclasses.replace(args, objective=objective)
+    name = objective or args.objective
+    args = config_for(args, objective_class(name).config_class, name)
     args.validate()
     return args
 
@@ -729,41 +507,33 @@ def _prompt_sets(train_dataset: PromptSource, eval_dataset: Optional[PromptSourc
     return load_prompts(train_dataset), load_prompts(eval_dataset) if eval_dataset is not None else None
 
 
-def _adapter(pipeline, args: NFTConfig):
+def _family(pipeline, args: NFTConfig):
     """The pipeline's family, once its scheduler and the resolution are known to suit it."""
-    _check_flow_matching(pipeline)
-    family = get_family(pipeline, args.family, distilled_guidance_scale=args.distilled_guidance_scale,
-                                   num_frames=args.num_frames)
-    family.check_resolution(args.resolution)
-    return family
-
-
-def _check_flow_matching(pipeline) -> None:
     if not is_flow_matching_scheduler(pipeline.scheduler):
         raise ValueError(
             f"The pipeline's scheduler is {type(pipeline.scheduler).__name__}, not a flow-matching scheduler. "
             "DiffusionNFT trains rectified-flow models (SD3/SD3.5, Flux, ...): use a pipeline whose scheduler "
             "is FlowMatchEulerDiscreteScheduler (or one with use_flow_sigmas=True, prediction_type='flow_prediction')."
         )
+    family = get_family(pipeline, args.family, distilled_guidance_scale=args.distilled_guidance_scale,
+                        num_frames=args.num_frames)
+    family.check_resolution(args.resolution)
+    return family
 
 
-def _tracker_config(args: NFTConfig) -> dict:
-    """Config values that every tracker accepts (no None, no lists)."""
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in args.to_dict().items()}
-
-
-def _as_float(value) -> float:
-    return float("nan") if value is None else float(value)
+def _weighted_rewards(funcs, args: NFTConfig, accelerator, weights=None, normalize: bool = False) -> WeightedRewards:
+    return WeightedRewards(funcs, weights, normalize, device=args.reward_device or accelerator.device,
+                           dtype=args.reward_dtype, batch_size=args.reward_batch_size, video_frames=args.reward_frames)
 
 
 class FlowGRPOTrainer(NFTTrainer):
-    """`NFTTrainer` with `objective="flow_grpo"`: Flow-GRPO (arXiv 2505.05470) on the same pipeline families, rewards, LoRA,
-    checkpoints and card. The `grpo_*` settings of `NFTConfig` apply (SDE noise level 0.7, clip 1e-4, KL 0.04,
+    """`NFTTrainer` with `objective="flow_grpo"`: Flow-GRPO (arXiv 2505.05470) on the same pipeline families,
+    rewards, LoRA, checkpoints and card, configured by `FlowGRPOConfig` (SDE noise level 0.7, clip 1e-4, KL 0.04,
     CFG 4.5).
 
     Example:
         ```py
-        trainer = FlowGRPOTrainer(pipe, "jpeg_compressibility", NFTConfig(output_dir="grpo"), ["a cat", "a dog"])
+        trainer = FlowGRPOTrainer(pipe, "jpeg_compressibility", FlowGRPOConfig(output_dir="grpo"), ["a cat", "a dog"])
         trainer.train()
         ```
     """

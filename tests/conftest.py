@@ -52,8 +52,9 @@ def tiny_pipeline(tiny_pipeline_dir):
 
 
 def tiny_config(output_dir, **overrides):
-    """A config that runs an iteration of the tiny pipeline in well under a second."""
-    from diffusers_nft import NFTConfig
+    """A config that runs an iteration of the tiny pipeline in well under a second (`FlowGRPOConfig` with
+    `objective="flow_grpo"`)."""
+    from diffusers_nft import FlowGRPOConfig, NFTConfig
 
     values = dict(
         output_dir=str(output_dir),
@@ -74,7 +75,7 @@ def tiny_config(output_dir, **overrides):
         seed=0,
     )
     values.update(overrides)
-    return NFTConfig(**values)
+    return (FlowGRPOConfig if values.get("objective") == "flow_grpo" else NFTConfig)(**values)
 
 
 def run_tiny(pipeline_dir, output_dir, max_steps, resume=None, stop_after=None, **overrides):
@@ -89,7 +90,7 @@ def run_tiny(pipeline_dir, output_dir, max_steps, resume=None, stop_after=None, 
     if stop_after is None:
         trainer.train()
     for _ in range(stop_after or 0):
-        trainer._after_step(trainer.step())
+        trainer.end_iteration(trainer.step())
     return trainer
 
 

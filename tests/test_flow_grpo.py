@@ -69,7 +69,7 @@ def _first_micro_step(trainer):
     rollouts = trainer.collector.collect(prompt_index, iteration=0, objective=trainer.objective,
                                          timings={"sampling": 0.0, "reward": 0.0})
     scores = rollouts.rewards["jpeg_incompressibility"]
-    weights, _ = trainer.objective.weights(scores, rollouts.group_ids)
+    weights, _ = trainer.objective.credit(scores, rollouts.group_ids)
     batches = trainer.objective.micro_batches(rollouts, weights, batch_size=trainer.args.train_batch_size,
                                               levels=trainer.plan.levels_per_image, generator=torch.Generator())
     return rollouts, weights, next(batches)

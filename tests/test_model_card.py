@@ -1,15 +1,17 @@
 """The model card: a Hub id or nothing as base_model, and a usage snippet that reproduces what the run evaluated."""
 
 import json
+import os
 import re
 
 import numpy as np
 import pytest
 from diffusers import StableDiffusion3Pipeline
 from huggingface_hub import ModelCard
+from PIL import Image
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft.evaluate import generate_images
+from diffusers_nft.generation import generate_images
 from diffusers_nft.hub import hub_base_model
 
 from conftest import PROMPTS, tiny_config
@@ -46,9 +48,9 @@ def test_a_local_base_never_reaches_the_card(trained, tiny_pipeline_dir):
     assert "names no Hub model" in text and 'from_pretrained("path/to/the/base/pipeline"' in text
 
 
-def test_the_cards_snippet_reproduces_the_evaluation(trained, tiny_pipeline_dir):
-    """The code block of the written card, run as it is (the two Hub ids pointed at local folders), gives the image
-    the evaluation gives for the same prompt and seed; without the trained text length it would not."""
+def _run_the_cards_snippet(trained, tiny_pipeline_dir):
+    """Write the card and run its code block as it is (the two Hub ids pointed at local folders): `(card path,
+    snippet, the image it draws as int16 pixels)`."""
     trained.args.base_model_id = "someone/tiny-sd3"
     card_path = trained.create_model_card("someone/tiny-nft")
     results = open(card_path).read()
@@ -56,17 +58,39 @@ def test_the_cards_snippet_reproduces_the_evaluation(trained, tiny_pipeline_dir)
     snippet = snippet.replace('"someone/tiny-sd3"', json.dumps(tiny_pipeline_dir))
     snippet = snippet.replace('"someone/tiny-nft"', json.dumps(trained.args.output_dir))
     snippet = snippet.replace('image.save("sample.png")', "")
-    assert "max_sequence_length=16" in snippet and "num_inference_steps=3" in snippet and "height=64" in snippet
-
     namespace = {}
     exec(compile(snippet, card_path, "exec"), namespace)
-    from_card = np.asarray(namespace["image"], dtype=np.int16)
+    return card_path, snippet, np.asarray(namespace["image"], dtype=np.int16)
+
+
+def test_the_cards_snippet_reproduces_the_evaluation(trained, tiny_pipeline_dir):
+    """The card's code block gives the image the evaluation gives for the same prompt and seed; without the trained
+    text length it would not."""
+    card_path, snippet, from_card = _run_the_cards_snippet(trained, tiny_pipeline_dir)
+    assert "max_sequence_length=16" in snippet and "num_inference_steps=3" in snippet and "height=64" in snippet
 
     trained.pipeline.set_progress_bar_config(disable=True)
     with trained.policy.ema_weights():
-        kwargs = dict(resolution=64, num_steps=3, guidance_scale=1.0, batch_size=1)
-        evaluated = generate_images(trained.pipeline, ["a red cat"], [0], max_sequence_length=16, **kwargs)
-        padded = generate_images(trained.pipeline, ["a red cat"], [0], max_sequence_length=256, **kwargs)
+        kwargs = dict(height=64, width=64, num_inference_steps=3, guidance_scale=1.0)
+        evaluated = generate_images(trained.pipeline, ["a red cat"], [0], batch_size=1,
+                                    call_kwargs=dict(kwargs, max_sequence_length=16))
+        padded = generate_images(trained.pipeline, ["a red cat"], [0], batch_size=1,
+                                 call_kwargs=dict(kwargs, max_sequence_length=256))
     as_pixels = lambda images: (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
     assert np.abs(from_card - as_pixels(evaluated)).max() <= 1
     assert np.abs(from_card - as_pixels(padded)).max() > 8  # the text length matters: the card must pass it
+
+
+def test_the_cards_snippet_draws_the_cards_own_gallery_image(trained, tiny_pipeline_dir):
+    """The snippet names a prompt and a seed; the card's first gallery image is that prompt at that seed, pixel for
+    pixel (one noise convention for the gallery and the snippet), and the gallery's next seed is another image."""
+    card_path, snippet, from_card = _run_the_cards_snippet(trained, tiny_pipeline_dir)
+    widget = ModelCard.load(card_path).data.to_dict()["widget"][0]
+    assert widget["text"] == "a red cat" and json.dumps("a red cat") in snippet and "manual_seed(0)" in snippet
+    folder = os.path.dirname(card_path)
+    gallery = np.asarray(Image.open(os.path.join(folder, widget["output"]["url"])).convert("RGB"), dtype=np.int16)
+    scale = gallery.shape[0] // from_card.shape[0]  # the card shows the 64 px images 4x larger
+    assert scale == 4 and gallery.shape[:2] == (256, 256)
+    assert np.abs(gallery[::scale, ::scale] - from_card).max() <= 1
+    other_seed = trained.generate(["a red cat"], [1], weights="ema")[0].permute(1, 2, 0).numpy() * 255
+    assert np.abs(other_seed.round().astype(np.int16) - from_card).max() > 8

@@ -92,7 +92,7 @@ def test_metrics_have_no_duplicate_rows_after_a_resume(tiny_pipeline_dir, tmp_pa
 
 
 def test_a_rotation_cut_short_never_leaves_a_checkpoint_that_counts(tmp_path, monkeypatch):
-    import diffusers_nft.checkpoint as checkpoint
+    import diffusers_nft.checkpoints.folder as checkpoint
 
     for step in (1, 2):
         save_checkpoint(str(tmp_path), step, {"trainer_state.json": {"step": step}, "a.json": {}, "b.json": {}})

@@ -34,7 +34,7 @@ def test_training_draws_exactly_the_noise_levels_the_rollouts_called_the_model_a
         # and the training step forms x_t from, and feeds the model, exactly those float32 values
         called.clear()
         r = torch.full((trainer.plan.local_images,), 0.5)
-        trainer._train_on(rollouts, r, iteration=0)
+        trainer.train_on(rollouts, r, iteration=0)
         trained = torch.unique(torch.cat(called))
         assert set(trained.tolist()) <= set(grid.tolist()) and len(trained) >= trainer.plan.levels_per_image
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusion3Pipeline
+from diffusers import EulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, StableDiffusion3Pipeline
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -114,13 +114,14 @@ def test_saved_lora_loads_into_a_fresh_pipeline(tiny_pipeline_dir, tmp_path, sav
 
 def test_generate_with_each_policy_and_cfg(tiny_pipeline, tmp_path):
     trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path), PROMPTS)
-    a = trainer.generate(["a red cat"] * 2, [0, 1], policy="reference")
-    b = trainer.generate(["a red cat"] * 2, [0, 1], policy="reference")
+    a = trainer.generate(["a red cat"] * 2, [0, 1], weights="base")
+    b = trainer.generate(["a red cat"] * 2, [0, 1], weights="base")
     assert a.shape == (2, 3, 64, 64) and torch.equal(a, b) and not torch.equal(a[0], a[1])
-    cfg = trainer.generate(["a red cat"] * 2, [0, 1], policy="reference", guidance_scale=4.0)
+    cfg = trainer.generate(["a red cat"] * 2, [0, 1], weights="base", guidance_scale=4.0)
     assert (cfg - a).abs().max() > 1e-4
-    heun = trainer.generate(["a red cat"], [0], policy="old", sampler="heun", num_steps=3)
-    assert heun.shape == (1, 3, 64, 64)
+    heun = FlowMatchHeunDiscreteScheduler.from_config(trainer.pipeline.scheduler.config)
+    heun_images = trainer.generate(["a red cat"], [0], weights="old", scheduler=heun, num_steps=3)
+    assert heun_images.shape == (1, 3, 64, 64)
 
 
 def test_errors_before_any_compute(tiny_pipeline, tmp_path):
@@ -209,10 +210,10 @@ def test_startup_block_and_a_log_line_per_artifact(tiny_pipeline, tmp_path, capl
 
     config = tiny_config(tmp_path, save_steps=1, validation_steps=2, report_to="tensorboard")
     trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
-    with caplog.at_level(logging.INFO, logger="diffusers_nft.trainer"):
+    with caplog.at_level(logging.INFO, logger="diffusers_nft"):
         trainer.train()
     # accelerate's logger names the process: "[RANK 0] ..."
-    messages = [r.getMessage().removeprefix("[RANK 0] ") for r in caplog.records if r.name == "diffusers_nft.trainer"]
+    messages = [r.getMessage().removeprefix("[RANK 0] ") for r in caplog.records if r.name.startswith("diffusers_nft")]
     block = messages[0]
     assert block.startswith("Training DiffusionNFT:")
     assert "2 prompts x 4 images = 8 images (8 per process, 1 process)" in block and "4 dpm_solver steps, no CFG" in block

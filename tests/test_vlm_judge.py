@@ -109,7 +109,8 @@ def test_the_command_line_sets_the_judges_model_and_question(tmp_path, llava_fol
     import os
 
     from diffusers_nft import scripts, testing_utils
-    from diffusers_nft.rewards.registry import register_reward, _model
+    from diffusers_nft.rewards.registry import register_reward
+    from diffusers_nft.rewards.vlm import VLMJudge
 
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "examples"))
     import train_nft
@@ -131,4 +132,4 @@ def test_the_command_line_sets_the_judges_model_and_question(tmp_path, llava_fol
         loaded = load_reward("vlm_judge", device="cpu")  # the name now builds the flags' judge
         assert loaded.question == "Is this {prompt}? Say yes or no." and type(loaded.model).__name__.startswith("Llava")
     finally:
-        register_reward("vlm_judge", _model(".vlm", "VLMJudge"))  # the registry is global: back to the default
+        register_reward("vlm_judge", VLMJudge)  # the registry is global: back to the default

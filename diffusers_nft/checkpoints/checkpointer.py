@@ -26,13 +26,15 @@ from ..config import NFTConfig, resume_differences
 from ..policy import OLD, TRAINED
 from ..sharding import gather_optimizer_state, shard_optimizer_state
 
-LORA_PARTS = (TRAINED, OLD, "ema")  # lora_<which>.safetensors
+LORA_PARTS = ("trained", OLD, "ema")  # the policy's weights by their public names (`policy.WEIGHTS`)
 OPTIMIZER_PART = "optimizer.pt"  # under DeepSpeed, the engine's per-process files (see zero.py) instead
 SCHEDULER_PART, RNG_PART = "lr_scheduler.pt", "random_states.pt"
 
 
 def lora_part(which: str) -> str:
-    return f"lora_{which}.safetensors"
+    """The part of `which` weights: `lora_default.safetensors` (PEFT's name of the trained adapter), `lora_old...`,
+    `lora_ema...`."""
+    return f"lora_{TRAINED if which == 'trained' else which}.safetensors"
 
 
 class Checkpointer:

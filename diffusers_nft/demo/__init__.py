@@ -1,12 +1,18 @@
-"""The bundled demo world: coloured handwritten digits, a tiny pretrained text-to-image pipeline, and its judge.
+"""The bundled demo world: coloured handwritten digits, a tiny pretrained text-to-image pipeline, its reward and
+its held-out judge.
 
-    from diffusers_nft.demo import load_demo_pipeline, prompt_dataset
-    pipe = load_demo_pipeline()                       # offline, from the package folder
-    train, evaluation = prompt_dataset("train"), prompt_dataset("eval")
+    from diffusers_nft.demo import DEMO
+    pipe = DEMO.load_pipeline()                      # offline, from the package folder
+    train, records = DEMO.train_prompts(), DEMO.eval_records()
+
+Importing it registers its rewards (`digit_eval`, `digit_eval_robust`, `digit_eval_ensemble`, `digit_judge`);
+the package names it in the `diffusers_nft.plugins` entry points, so those names also work without the import.
+`DEMO` is all the training scripts and `diffusers_nft.evaluate` know of it.
 """
 
 import os
 
+from ..rewards.registry import register_reward
 from .world import HELD_OUT, prompt_dataset, prompt_records
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
@@ -21,4 +27,34 @@ def load_demo_pipeline():
     return StableDiffusion3Pipeline.from_pretrained(PIPELINE, dtype=torch.float32)
 
 
-__all__ = ["HELD_OUT", "PIPELINE", "WEIGHTS", "load_demo_pipeline", "prompt_dataset", "prompt_records"]
+def _digit_eval(**options):
+    from .reward import DigitEval
+
+    return DigitEval(**options)
+
+
+def _digit_eval_robust(**options):  # its probabilities over 8 views of each image
+    from .reward import RobustDigitEval
+
+    return RobustDigitEval(**options)
+
+
+def _digit_eval_ensemble(**options):  # five classifiers of its class, averaged
+    from .reward import EnsembleDigitEval
+
+    return EnsembleDigitEval(**options)
+
+
+def _digit_judge(**options):  # the held-out judge: another model, never trained on
+    from .judge import DigitJudge
+
+    return DigitJudge(**options)
+
+
+for _name, _factory in (("digit_eval", _digit_eval), ("digit_eval_robust", _digit_eval_robust),
+                        ("digit_eval_ensemble", _digit_eval_ensemble), ("digit_judge", _digit_judge)):
+    register_reward(_name, _factory)
+
+from .entry import DEMO  # noqa: E402  (after the registrations it relies on)
+
+__all__ = ["DEMO", "HELD_OUT", "PIPELINE", "WEIGHTS", "load_demo_pipeline", "prompt_dataset", "prompt_records"]

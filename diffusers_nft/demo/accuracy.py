@@ -5,7 +5,9 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from ..evaluate import evaluate_models, generate_images
+from ..evaluate import evaluate_models
+from ..generation import generate_images
+from ..pipelines import get_family
 from .judge import DigitJudge
 from .reward import DigitEval
 from .world import COLOR_NAMES, prompt_for, prompt_records
@@ -13,9 +15,9 @@ from .world import COLOR_NAMES, prompt_for, prompt_records
 
 def generate(pipe, prompts: List[str], seeds: List[int], guidance_scale: float = 1.0, num_steps: int = 40,
              max_sequence_length: int = 32, batch_size: int = 120) -> torch.Tensor:
-    """Images (N, 3, 32, 32) in [0, 1], one per (prompt, seed) pair, with the pipeline's own Euler sampler."""
-    return generate_images(pipe, prompts, seeds, resolution=32, num_steps=num_steps, guidance_scale=guidance_scale,
-                           max_sequence_length=max_sequence_length, batch_size=batch_size)
+    """Images (N, 3, 32, 32) in [0, 1], one per (prompt, seed) pair, from the pipeline's own (Euler) call."""
+    kwargs = get_family(pipe).call_kwargs(32, num_steps, max_sequence_length, guidance_scale)
+    return generate_images(pipe, prompts, seeds, call_kwargs=kwargs, batch_size=batch_size)
 
 
 def accuracy(pipe, seeds: Sequence[int] = (0, 1), guidance_scale: float = 1.0, num_steps: int = 40,

@@ -1,4 +1,6 @@
-"""Pipeline families. Each family is one family file, registered here by pipeline class name."""
+"""Pipeline families. Each family is one file, registered here by pipeline class name."""
+
+from typing import List
 
 from .base import Conditioning, PipelineFamily, Shared, select_conditioning
 from .flux import FluxFamily
@@ -39,8 +41,13 @@ def get_family(pipeline, mode: str = "auto", **options) -> PipelineFamily:
     return TracedFamily(pipeline, **options)
 
 
+def card_tags(pipeline_class_name: str) -> List[str]:
+    """The Hub tags of the family that serves the pipeline class named `pipeline_class_name` (none if traced)."""
+    return [tag for family in FAMILIES if pipeline_class_name in family.pipeline_class_names for tag in family.card_tags]
+
+
 __all__ = [
-    "FAMILIES", "Conditioning", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
+    "FAMILIES", "card_tags", "Conditioning", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
     "FAMILY_MODES", "SD3Family", "Shared", "TraceError", "TracedFamily", "WanFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]

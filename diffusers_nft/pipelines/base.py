@@ -1,7 +1,9 @@
 """What the trainer needs from a pipeline family. One subclass per family, in a file of its own."""
 
+import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -66,6 +68,7 @@ class PipelineFamily:
     """
 
     pipeline_class_names: Tuple[str, ...] = ()
+    card_tags: Tuple[str, ...] = ()  # the Hub tags of the family's model cards, beside the shared ones
     default_lora_targets: Tuple[str, ...] = ()
     # T5-style text length when `NFTConfig.max_sequence_length` is None: the release's where it has one, else
     # the pipeline's own default.
@@ -168,6 +171,36 @@ class PipelineFamily:
     def cfg_free_call_kwargs(self) -> dict:
         """The pipeline-call arguments that turn classifier-free guidance off (how a CFG-free LoRA is used)."""
         return {"guidance_scale": 1.0}
+
+    def guidance_call_kwargs(self, guidance_scale: float) -> dict:
+        """The pipeline-call arguments for classifier-free guidance `v_u + g (v_c - v_u)` with `g = guidance_scale`
+        (1.0: none); most pipelines take `guidance_scale` and an empty negative prompt."""
+        return self.cfg_free_call_kwargs() if guidance_scale == 1.0 else {"guidance_scale": guidance_scale}
+
+    def call_kwargs(self, resolution: int, num_steps: int, max_sequence_length: int,
+                    guidance_scale: float = 1.0) -> dict:
+        """The pipeline-call arguments that generate as the run evaluates (`diffusers_nft.generation`) and as the
+        model card's snippet calls: the trained size, text length and frame count, `num_steps` steps, the CFG switch."""
+        kwargs = {"height": resolution, "width": resolution, "num_inference_steps": num_steps,
+                  **self.guidance_call_kwargs(guidance_scale)}
+        parameters = inspect.signature(type(self.pipeline).__call__).parameters
+        if "max_sequence_length" in parameters:  # SD3 attends over the padding, so the length matters
+            kwargs["max_sequence_length"] = max_sequence_length
+        if self.video_frames() is not None and "num_frames" in parameters:
+            kwargs["num_frames"] = self.video_frames()
+        return kwargs
+
+    @contextmanager
+    def text_encoders_on(self, device, enabled: bool = True) -> Iterator[None]:
+        """Text encoders kept on the CPU (`offload_text_encoders`) visit `device` inside the block."""
+        moved = [e for e in self.text_encoders if enabled and e.device != torch.device(device)]
+        for encoder in moved:
+            encoder.to(device)
+        try:
+            yield
+        finally:
+            for encoder in moved:
+                encoder.to("cpu")
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode latents to images as a float tensor `(B, 3, H, W)` in [0, 1] (an `AutoencoderKL` with its

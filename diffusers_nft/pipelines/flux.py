@@ -14,6 +14,7 @@ class FluxFamily(PackedLatentsFamily):
     """FLUX.1-dev/schnell style: latents are packed into `(tokens, 4 * channels)` sequences."""
 
     pipeline_class_names = ("FluxPipeline",)
+    card_tags = ("flux", "flux-diffusers")
     default_lora_targets = JOINT_ATTENTION_TARGETS
     default_max_sequence_length = 512  # FluxPipeline's default
 
@@ -53,6 +54,11 @@ class FluxFamily(PackedLatentsFamily):
         # FluxPipeline has no CFG unless true_cfg_scale > 1; its guidance_scale is FLUX.1-dev's embedded guidance,
         # which the LoRA was trained with.
         return {"guidance_scale": self.distilled_guidance_scale}
+
+    def guidance_call_kwargs(self, guidance_scale: float) -> dict:
+        if guidance_scale == 1.0:
+            return self.cfg_free_call_kwargs()
+        return {**self.cfg_free_call_kwargs(), "true_cfg_scale": guidance_scale, "negative_prompt": ""}
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae, pipe = self.pipeline.vae, self.pipeline

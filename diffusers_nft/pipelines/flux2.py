@@ -73,6 +73,12 @@ class Flux2Family(PackedLatentsFamily):
             return {"guidance_scale": self.distilled_guidance_scale}
         return {"guidance_scale": 1.0}
 
+    def guidance_call_kwargs(self, guidance_scale: float) -> dict:
+        if guidance_scale != 1.0 and self.transformer.config.guidance_embeds:
+            raise ValueError("FLUX.2 [dev] is guidance-distilled: its pipeline has no classifier-free guidance to "
+                             "turn on (guidance_scale feeds its guidance embedding). Generate with guidance 1.0.")
+        return super().guidance_call_kwargs(guidance_scale)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae, pipe = self.pipeline.vae, self.pipeline
         latents = self.pipeline_latents(latents).to(vae.dtype)

@@ -13,6 +13,7 @@ class Lumina2Family(PipelineFamily):
     """Lumina-Image 2.0: 2-D latents, Gemma-2 prompt embeddings with their attention mask."""
 
     pipeline_class_names = ("Lumina2Pipeline", "Lumina2Text2ImgPipeline")
+    card_tags = ("lumina2", "lumina-image-2.0")
     default_lora_targets = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0")
     default_max_sequence_length = 256  # Lumina2Pipeline's default
 

@@ -42,6 +42,10 @@ class QwenImageFamily(PackedLatentsFamily):
     def cfg_free_call_kwargs(self) -> dict:
         return {"true_cfg_scale": 1.0}  # Qwen-Image's CFG switch; its guidance_scale is for distilled models
 
+    def guidance_call_kwargs(self, guidance_scale: float) -> dict:
+        # true CFG runs only with a negative prompt; the pipeline also rescales the guided prediction's norm
+        return {"true_cfg_scale": guidance_scale, **({"negative_prompt": ""} if guidance_scale != 1.0 else {})}
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae, pipe = self.pipeline.vae, self.pipeline
         pixels = int(math.isqrt(latents.shape[1])) * 2 * pipe.vae_scale_factor

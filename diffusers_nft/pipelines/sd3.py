@@ -11,6 +11,7 @@ class SD3Family(PipelineFamily):
     """SD3/SD3.5: joint-attention MMDiT on 2-D latents, CLIP-L + CLIP-G + T5 conditioning."""
 
     pipeline_class_names = ("StableDiffusion3Pipeline",)
+    card_tags = ("sd3", "sd3.5", "stable-diffusion-3")
     # The release's 8 projections; SD3.5's dual-attention `attn2` layers get LoRA only when named explicitly.
     default_lora_targets = JOINT_ATTENTION_TARGETS
     default_max_sequence_length = 128  # the release's T5 length (SD3 attends over the padding tokens too)

@@ -141,9 +141,9 @@ class TracedFamily(PipelineFamily):
         self._check_traceable()  # before the base class reads pipeline.transformer
         super().__init__(pipeline, distilled_guidance_scale, num_frames)
         self._parameters = inspect.signature(type(pipeline).__call__).parameters
-        self.call_kwargs = dict(call_kwargs or {})
+        self.extra_call_kwargs = dict(call_kwargs or {})
         if num_frames is not None and "num_frames" in self._parameters:
-            self.call_kwargs["num_frames"] = num_frames
+            self.extra_call_kwargs["num_frames"] = num_frames
         self._signature = inspect.signature(self.transformer.forward)  # before decode() replaces the forward
         self._cfg_off: Optional[dict] = None
         self._traces: Dict[int, Trace] = {}
@@ -186,7 +186,7 @@ class TracedFamily(PipelineFamily):
         """The call's `num_frames` (given, else its default) for pipelines that take one."""
         if "num_frames" not in self._parameters:
             return None
-        return self.call_kwargs.get("num_frames", self._parameters["num_frames"].default)
+        return self.extra_call_kwargs.get("num_frames", self._parameters["num_frames"].default)
 
     def check_accelerator(self, accelerator) -> None:
         if accelerator.distributed_type.value == "FSDP":
@@ -200,27 +200,15 @@ class TracedFamily(PipelineFamily):
     # --- calling the pipeline -------------------------------------------------------------------------------------
 
     def _call(self, prompts: List[str], resolution: int, num_steps: int, **extra):
-        kwargs = dict(self.call_kwargs, **(self._cfg_off or {}), **extra)
+        kwargs = dict(self.extra_call_kwargs, **(self._cfg_off or {}), **extra)
         # A generator of its own, so that tracing leaves the global random state (and so training) as it was.
         kwargs.update(prompt=list(prompts), height=resolution, width=resolution, num_inference_steps=num_steps,
                       return_dict=False, generator=torch.Generator().manual_seed(0))
         if "output_type" not in kwargs:
             kwargs["output_type"] = "latent"
-        with self._encoders_beside_transformer(enabled=kwargs["output_type"] == "latent"):
+        # text encoders offloaded to the CPU join the transformer for a call that encodes prompts
+        with self.text_encoders_on(self.transformer.device, enabled=kwargs["output_type"] == "latent"):
             return self.pipeline(**kwargs)
-
-    @contextmanager
-    def _encoders_beside_transformer(self, enabled: bool) -> Iterator[None]:
-        """Text encoders offloaded to the CPU join the transformer's device for a call that encodes prompts."""
-        device = self.transformer.device
-        moved = [e for e in self.text_encoders if enabled and e.device != device]
-        for encoder in moved:
-            encoder.to(device)
-        try:
-            yield
-        finally:
-            for encoder in moved:
-                encoder.to("cpu")
 
     def _cfg_off_candidates(self) -> List[dict]:
         """Call arguments that switch CFG off, tried in turn: most pipelines guide when `guidance_scale > 1`,
@@ -240,6 +228,17 @@ class TracedFamily(PipelineFamily):
         if self._cfg_off is None:
             self._trace(self._any_resolution())
         return dict(self._cfg_off)
+
+    def guidance_call_kwargs(self, guidance_scale: float) -> dict:
+        if guidance_scale != 1.0:
+            raise ValueError(f"{type(self.pipeline).__name__} is traced: only its CFG-off switch is known "
+                             f"({self.cfg_free_call_kwargs()}), so it generates without CFG. Use guidance 1.0.")
+        return self.cfg_free_call_kwargs()
+
+    def call_kwargs(self, resolution: int, num_steps: int, max_sequence_length: int,
+                    guidance_scale: float = 1.0) -> dict:
+        return {**self.extra_call_kwargs, **super().call_kwargs(resolution, num_steps, max_sequence_length,
+                                                                  guidance_scale)}
 
     def _any_resolution(self) -> int:
         """The resolution traced last, else the pipeline's default size."""

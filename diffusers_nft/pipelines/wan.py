@@ -129,6 +129,11 @@ class WanFamily(PipelineFamily):
             return {"guidance_scale": 1.0, "guidance_scale_2": 1.0}
         return {"guidance_scale": 1.0}
 
+    def guidance_call_kwargs(self, guidance_scale: float) -> dict:
+        if self._experts is not None:  # Wan 2.2: the same scale for both experts
+            return {"guidance_scale": guidance_scale, "guidance_scale_2": guidance_scale}
+        return {"guidance_scale": guidance_scale}
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Videos `(B, frames, 3, H, W)` in [0, 1]."""
         vae = self.pipeline.vae

@@ -39,3 +39,6 @@ class ZImageFamily(PipelineFamily):
     def cfg_free_call_kwargs(self) -> dict:
         # ZImagePipeline guides with `pos + scale * (pos - neg)`: 0, not 1, turns it off
         return {"guidance_scale": 0.0}
+
+    def guidance_call_kwargs(self, guidance_scale: float) -> dict:
+        return {"guidance_scale": guidance_scale - 1.0}  # its scale s is our g - 1: pos + s (pos - neg)

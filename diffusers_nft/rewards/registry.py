@@ -16,33 +16,65 @@ from .video import temporal_consistency
 RewardFunc = Callable[..., object]
 
 
-def _model(module: str, name: str):
-    """A factory that imports `name` from `module` (relative to this package) only when the reward is used."""
+# Model rewards import their libraries (transformers, open_clip, rapidocr) only when they are used.
+def _clipscore(**options):
+    from .clip import ClipScore
 
-    def factory(**kwargs):
-        import importlib
+    return ClipScore(**options)
 
-        return getattr(importlib.import_module(module, __package__), name)(**kwargs)
 
-    return factory
+def _pickscore(**options):
+    from .clip import PickScore
+
+    return PickScore(**options)
+
+
+def _hpsv2(**options):
+    from .clip import HPSv2
+
+    return HPSv2(**options)
+
+
+def _aesthetic(**options):
+    from .aesthetic import Aesthetic
+
+    return Aesthetic(**options)
+
+
+def _geneval(**options):
+    from .geneval import GenEval
+
+    return GenEval(**options)
+
+
+def _vlm_judge(**options):  # options: model_id, question, normalize
+    from .vlm import VLMJudge
+
+    return VLMJudge(**options)
+
+
+def _ocr(det_limit_side_len=None, **_):
+    from .ocr import OCRReward
+
+    return OCRReward(det_limit_side_len=det_limit_side_len)
 
 
 _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "jpeg_compressibility": lambda **_: jpeg_compressibility,
     "jpeg_incompressibility": lambda **_: jpeg_incompressibility,
     "temporal_consistency": lambda **_: temporal_consistency,
-    "clipscore": _model(".clip", "ClipScore"),
-    "pickscore": _model(".clip", "PickScore"),
-    "hpsv2": _model(".clip", "HPSv2"),
-    "aesthetic": _model(".aesthetic", "Aesthetic"),
-    "geneval": _model(".geneval", "GenEval"),
-    "vlm_judge": _model(".vlm", "VLMJudge"),  # options: model_id, question, normalize
-    "digit_eval": _model("..demo.reward", "DigitEval"),  # the bundled demo world's reward
-    "digit_eval_robust": _model("..demo.reward", "RobustDigitEval"),  # its probabilities over 8 views of each image
-    "digit_eval_ensemble": _model("..demo.reward", "EnsembleDigitEval"),  # five classifiers of its class, averaged
-    "digit_judge": _model("..demo.judge", "DigitJudge"),  # its held-out judge: another model, never trained on
-    "ocr": lambda det_limit_side_len=None, **_: _model(".ocr", "OCRReward")(det_limit_side_len=det_limit_side_len),
+    "clipscore": _clipscore,
+    "pickscore": _pickscore,
+    "hpsv2": _hpsv2,
+    "aesthetic": _aesthetic,
+    "geneval": _geneval,
+    "vlm_judge": _vlm_judge,
+    "ocr": _ocr,
 }
+# Packages add rewards by naming a module in this entry-point group; importing it calls `register_reward`. The
+# bundled demo world registers its digit rewards this way (`diffusers_nft.demo`).
+PLUGIN_GROUP = "diffusers_nft.plugins"
+_plugins_loaded = False
 _LOADED: Dict[tuple, RewardFunc] = {}
 
 
@@ -54,6 +86,7 @@ def register_reward(name: str, factory: Callable[..., RewardFunc]) -> None:
 
 
 def available_rewards():
+    _load_plugins()
     return sorted(_REGISTRY)
 
 
@@ -73,8 +106,22 @@ def load_reward(reward: Union[str, RewardFunc], **options) -> RewardFunc:
     return _LOADED[key]
 
 
+def _load_plugins() -> None:
+    """Import the modules of `PLUGIN_GROUP` once: they register their rewards."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=PLUGIN_GROUP):
+        entry.load()
+
+
 def check_reward(reward: Union[str, RewardFunc]) -> None:
-    """Raise a clear error for a name that is not registered (without loading anything)."""
+    """Raise a clear error for a name that is not registered (without loading any reward model)."""
+    if not callable(reward) and reward not in _REGISTRY:
+        _load_plugins()
     if not callable(reward) and reward not in _REGISTRY:
         raise ValueError(f"Unknown reward {reward!r}. Registered rewards: {available_rewards()}; or pass a callable.")
 

@@ -1,0 +1,78 @@
+"""Images for people to look at and for judges to score, from the pipeline's own call: the one way this package
+generates outside training (validation grids, held-out evaluation, the model card's gallery, the demo's results,
+`diffusers_nft.evaluate`).
+
+One noise convention everywhere: the image of seed `s` starts from the noise the pipeline draws with
+`torch.Generator().manual_seed(s)`, as the card's snippet does, so the snippet reproduces the card's gallery. Each
+image has a generator of its own, so an image does not depend on the batch it was drawn in.
+
+Training rollouts are not drawn here: they run the family's solvers on the run's own seed streams
+(`collect.Collector`).
+"""
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+
+
+def generators(seeds: Sequence[int]):
+    """One CPU generator per image, seeded as the card's snippet seeds its one."""
+    return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+
+@torch.no_grad()
+def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_kwargs: dict, batch_size: int = 16,
+                    bar=None) -> torch.Tensor:
+    """Images `(N, 3, H, W)` (videos `(N, F, 3, H, W)`) in [0, 1] on the CPU, one per (prompt, seed), from the
+    pipeline's own call.
+
+    Args:
+        pipe: The pipeline, with whatever LoRA weights are active.
+        prompts: One prompt per image.
+        seeds: One seed per image (see the module's noise convention).
+        call_kwargs: The rest of the call: size, steps, CFG switch, text length (`PipelineFamily.call_kwargs`).
+        batch_size: Images per pipeline call.
+        bar: A tqdm bar to advance by the images done.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per image.")
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        out = pipe(prompt=chunk, generator=generators(seeds[start : start + batch_size]), output_type="pt",
+                   return_dict=False, **call_kwargs)[0]
+        images.append(out.float().cpu())
+        if bar is not None:
+            bar.update(len(chunk))
+    return torch.cat(images)
+
+
+@contextmanager
+def sampling_with(pipe, scheduler=None) -> Iterator[None]:
+    """The pipeline samples with `scheduler` (a diffusers scheduler, such as `FlowMatchHeunDiscreteScheduler`)
+    inside the block, with its own outside; None keeps its own."""
+    if scheduler is None:
+        yield
+        return
+    own = pipe.scheduler
+    pipe.scheduler = scheduler
+    try:
+        yield
+    finally:
+        pipe.scheduler = own
+
+
+def image_seeds(num_prompts: int, seeds: Sequence[int], distinct: bool = True):
+    """The seed of each image when each of `num_prompts` prompts is drawn once per seed of `seeds`, prompt-major.
+
+    With `distinct`, prompt `i` at seed `s` uses seed `1000 * s + i` (the evaluation's: no two images share their
+    noise, so a few noises cannot decide most of the results); otherwise every prompt uses `s` itself (the card's
+    gallery: each column is one seed).
+    """
+    return [1000 * s + i if distinct else s for i in range(num_prompts) for s in seeds]
+
+
+def stills(images: torch.Tensor) -> torch.Tensor:
+    """Stills of a batch: images as they are, the middle frame of each video."""
+    return images[:, images.shape[1] // 2] if images.dim() == 5 else images

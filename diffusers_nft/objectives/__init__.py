@@ -1,0 +1,36 @@
+"""Training objectives: what an iteration samples and what its micro-steps optimise (`base.Objective`).
+
+- `NFTObjective` (`nft.py`), DiffusionNFT's: CFG-free ODE samples from the old policy; the contrastive loss.
+- `FlowGRPOObjective` (`flow_grpo.py`), Flow-GRPO's: SDE samples with CFG; PPO on the recorded transitions.
+
+An objective is one file and its entry in `OBJECTIVES`; the loop, the card and the start-up block read its class.
+"""
+
+import torch
+
+from .base import Objective, Sample
+from .flow_grpo import FlowGRPOObjective, FlowGRPOOutput
+from .nft import NFTObjective
+
+OBJECTIVES = {cls.name: cls for cls in (NFTObjective, FlowGRPOObjective)}
+
+
+def objective_class(name: str) -> type:
+    """The objective class of `NFTConfig.objective`.
+
+    Raises:
+        ValueError: For an unknown name, listing the known ones.
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {tuple(OBJECTIVES)} (got {name!r}).")
+    return OBJECTIVES[name]
+
+
+def build_objective(config, *, family, policy, sampling_sigmas: torch.Tensor) -> Objective:
+    """The objective `config.objective` names, with the run's settings."""
+    return objective_class(config.objective).from_config(config, family=family, policy=policy,
+                                                         sampling_sigmas=sampling_sigmas)
+
+
+__all__ = ["FlowGRPOObjective", "FlowGRPOOutput", "NFTObjective", "OBJECTIVES", "Objective", "Sample",
+           "build_objective", "objective_class"]
