@@ -10,7 +10,7 @@ Training rollouts are not drawn here: they run the family's solvers on the run's
 (`collect.Collector`).
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import torch
@@ -71,6 +71,14 @@ def image_seeds(num_prompts: int, seeds: Sequence[int], distinct: bool = True):
     gallery: each column is one seed).
     """
     return [1000 * s + i if distinct else s for i in range(num_prompts) for s in seeds]
+
+
+def low_precision(device: torch.device, mixed_precision: str):
+    """Autocast to the run's low precision (`"bf16"`, `"fp16"`; `"no"`: none) for a pipeline call. The VAE kept in
+    float32 (`upcast_vae`) then decodes the low-precision latents; accelerate's own autocast is off under DeepSpeed,
+    whose engine casts the transformer alone."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def stills(images: torch.Tensor) -> torch.Tensor:

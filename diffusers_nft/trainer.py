@@ -31,7 +31,7 @@ from .config import NFTConfig, config_for
 from .credit import Credit, assign_credit
 from .data import PromptSampler, PromptSource, load_prompts, row_metadata
 from .engine import NonFiniteError, build_engine, place_pipeline, probe_rewards
-from .generation import generate_images, sampling_with
+from .generation import generate_images, low_precision, sampling_with
 from .hub import CardInputs, card_hyperparameters, hub_base_model
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
@@ -359,7 +359,8 @@ class NFTTrainer:
             Images `(N, 3, H, W)` (videos `(N, F, 3, H, W)`) in [0, 1] on the CPU.
         """
         kwargs = self.generation_kwargs(num_steps, guidance_scale)
-        with self.policy.weights(weights), sampling_with(self.pipeline, scheduler), self.accelerator.autocast(), \
+        precision = low_precision(self.accelerator.device, self.accelerator.mixed_precision)
+        with self.policy.weights(weights), sampling_with(self.pipeline, scheduler), precision, \
                 self.family.text_encoders_on(self.accelerator.device, enabled=self.args.offload_text_encoders):
             return generate_images(self.pipeline, prompts, seeds, call_kwargs=kwargs,
                                    batch_size=self.args.sample_batch_size)

@@ -43,17 +43,18 @@ def main(pipeline_dir, output_dir, max_steps, resume, dump_dir, mixed_precision)
     accelerator = trainer.accelerator
     rank, num_processes = accelerator.process_index, accelerator.num_processes  # before train() ends the group
     kind = str(accelerator.distributed_type)
-    thetas, step = [], trainer.step
+    thetas, old_params, step = [], {}, trainer.step
 
     def recording_step():
         metrics = step()
         thetas.append(trainer.policy.state_dict("default"))
+        # the old adapter as its forward uses it (train() removes the adapter when it ends)
+        old_params.update({name: p.detach().float().clone() for name, p in trainer.policy._params["old"].items()})
         return metrics
 
     trainer.step = recording_step
     trainer.train()
     theta = trainer.policy.trainable_parameters()[0]
-    old_params = {name: p.detach().float().clone() for name, p in trainer.policy._params["old"].items()}
     os.makedirs(dump_dir, exist_ok=True)
     torch.save(
         {

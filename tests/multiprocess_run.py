@@ -8,7 +8,7 @@ import torch
 from accelerate.state import PartialState
 from diffusers import StableDiffusion3Pipeline
 
-import diffusers_nft.objectives as objectives_module
+import diffusers_nft.objectives.nft as objectives_module
 from diffusers_nft import NFTTrainer
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -50,8 +50,10 @@ def main(pipeline_dir, output_dir, max_steps, resume, dump_dir):
 
     objectives_module.rewards_to_optimality = recording
     pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
+    # One image per sampling batch: an image does not depend on how the iteration's images split over processes
+    # (a batch of 1 and one of 2 differ by float noise, which can move a JPEG size by a byte).
     config = tiny_config(output_dir, max_steps=max_steps, prompts_per_iteration=3, group_size=2,
-                         sample_batch_size=2, train_batch_size=2, save_steps=2,
+                         sample_batch_size=1, train_batch_size=2, save_steps=2,
                          resume_from_checkpoint=resume or None, learning_rate=1e-2)
     trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
     rank, num_processes = PartialState().process_index, PartialState().num_processes  # before train() ends the group

@@ -112,6 +112,44 @@ def test_saved_lora_loads_into_a_fresh_pipeline(tiny_pipeline_dir, tmp_path, sav
     torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-5)  # ...and alpha != r reloads exactly
 
 
+def _render(pipeline):
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    return pipeline(["a red cat", "a blue dog"], latents=latents, num_inference_steps=4, guidance_scale=1.0,
+                    max_sequence_length=16, output_type="pt").images
+
+
+def test_after_training_the_pipeline_is_the_saved_lora_alone(tiny_pipeline_dir, tmp_path):
+    """train() leaves the user's pipeline with one LoRA adapter holding the saved (EMA) weights, active: it draws
+    what the saved file draws, and loading that file beside it makes two adapters, not three."""
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    trainer = NFTTrainer(pipe, "jpeg_compressibility", tiny_config(tmp_path, max_steps=3, learning_rate=3e-2), PROMPTS)
+    trainer.train()
+    assert set(pipe.transformer.peft_config) == {"default"}
+    after = _render(pipe)
+    fresh = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+    fresh.set_progress_bar_config(disable=True)
+    base = _render(fresh)
+    fresh.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
+    assert (after - base).abs().max() > 1e-3
+    torch.testing.assert_close(after, _render(fresh), atol=1e-5, rtol=1e-5)
+    pipe.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors", adapter_name="loaded")
+    assert pipe.get_list_adapters() == {"transformer": ["default", "loaded"]}
+    pipe.delete_adapters("loaded")
+
+    # the trainer still generates with every set of weights, and a further step trains on from theta's own weights
+    ema, trained = (trainer.generate(["a red cat"], [0], weights=w) for w in ("ema", "trained"))
+    assert (ema - trained).abs().max() > 1e-4
+    torch.testing.assert_close(trainer.generate(["a red cat"], [0], weights="ema"), ema)
+    theta = trainer.policy.state_dict("trained")  # theta's own weights, kept aside while the adapter holds the EMA
+    assert max_diff(theta, trainer.policy.state_dict("ema")) > 1e-4
+    trainer.policy.resume()
+    assert set(pipe.transformer.peft_config) == {"default", "old"} and trainer.policy.published is None
+    assert max_diff(theta, trainer.policy.state_dict("trained")) == 0  # back in the trainable adapter
+    metrics = trainer.step()
+    assert metrics["old_theta_deviation"] > 0 and max_diff(theta, trainer.policy.state_dict("trained")) > 0
+
+
 def test_generate_with_each_policy_and_cfg(tiny_pipeline, tmp_path):
     trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path), PROMPTS)
     a = trainer.generate(["a red cat"] * 2, [0, 1], weights="base")
