@@ -10,6 +10,8 @@ trainable forward and backward, and one optimizer step. Whatever the trainer spe
 """
 
 import argparse
+import os
+import sys
 import tempfile
 import time
 
@@ -18,7 +20,9 @@ import torch
 from diffusers_nft import NFTConfig, NFTTrainer
 from diffusers_nft.pipelines import select_conditioning
 from diffusers_nft.rewards import jpeg_compressibility
-from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # the tiny pipelines
+from tiny_pipelines import build_tiny_sd3_pipeline  # noqa: E402
 
 PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house", "a photo of the sea", "a city street"]
 

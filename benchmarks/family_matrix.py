@@ -3,7 +3,7 @@
 
 Candidates are every `*Pipeline` class diffusers exports whose scheduler is a flow-matching one and whose call
 takes a prompt and no required image or video (edit, inpaint, control, image-to-video and audio classes are left
-out). Each candidate is built tiny from the components of a `diffusers_nft.testing_utils` pipeline of its own
+out). Each candidate is built tiny from the components of a `tests/tiny_pipelines.py` pipeline of its own
 diffusers package (FLUX.1 components for `FluxPipeline`, SD3 ones for `StableDiffusion3PAGPipeline`, ...); a
 class with no such build is reported as such. Each built one runs 2 NFT iterations through its family (the
 family's file, else traced) and a `load_lora_weights` round trip: a fresh instance of the class, given the saved
@@ -16,14 +16,18 @@ LoRA, must change its output and reproduce the trained policy's.
 import argparse
 import inspect
 import os
+import sys
 import tempfile
 import time
 import traceback
 
 import torch
 
-from diffusers_nft import NFTConfig, NFTTrainer, testing_utils
+from diffusers_nft import NFTConfig, NFTTrainer
 from diffusers_nft.pipelines import TracedFamily, get_family
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # the tiny pipelines
+import tiny_pipelines  # noqa: E402
 
 PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house"]
 NOT_TEXT_TO_X = ("Img2Img", "Inpaint", "Control", "Edit", "ImageToVideo", "VideoToVideo", "I2V", "I2I", "Fill",
@@ -86,7 +90,7 @@ def build(cls):
     if entry is None:
         return None, None, f"no offline tiny build for diffusers.pipelines.{package(cls)}"
     builder, options = entry
-    built = getattr(testing_utils, builder)()
+    built = getattr(tiny_pipelines, builder)()
     components = built.components
     init = inspect.signature(cls.__init__).parameters
     missing = [k for k, p in init.items() if k != "self" and p.default is inspect.Parameter.empty

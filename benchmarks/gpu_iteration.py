@@ -17,7 +17,9 @@ at 16 images per micro-batch. `benchmarks/gpu_suite.sh` runs every row in one co
 """
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -49,10 +51,10 @@ def build_flux_pipeline(device: str):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    from diffusers_nft.testing_utils import _tiny_clip_config, _tiny_text_stack
+    from diffusers_nft.demo.offline_text import tiny_clip_config, tiny_text_stack
 
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer, tokenizer_2, text_encoder_2 = _tiny_text_stack(folder, t5_dim=4096)
+        tokenizer, tokenizer_2, text_encoder_2 = tiny_text_stack(folder, t5_dim=4096)
     torch.manual_seed(0)
     with torch.device(device):
         return FluxPipeline(
@@ -62,7 +64,7 @@ def build_flux_pipeline(device: str):
                 shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
                 max_image_seq_len=4096,
             ),
-            text_encoder=CLIPTextModel(_tiny_clip_config(tokenizer, hidden=768)), tokenizer=tokenizer,
+            text_encoder=CLIPTextModel(tiny_clip_config(tokenizer, hidden=768)), tokenizer=tokenizer,
             text_encoder_2=text_encoder_2.to(device), tokenizer_2=tokenizer_2,
         )
 
@@ -75,12 +77,15 @@ def build_pipeline(tiny: bool, device: str):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from diffusers_nft.testing_utils import _train_clip_tokenizer, build_tiny_sd3_pipeline
+    from diffusers_nft.demo.offline_text import train_clip_tokenizer
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from tiny_pipelines import build_tiny_sd3_pipeline
 
     if tiny:
         return build_tiny_sd3_pipeline(width=128, num_layers=4)
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer = _train_clip_tokenizer(folder)
+        tokenizer = train_clip_tokenizer(folder)
 
     def clip(projection_dim):  # real output widths (768 + 1280 = the pooled 2048), tiny insides
         config = CLIPTextConfig(

@@ -30,10 +30,10 @@ CLIP_H = dict(text=(1024, 24, 16, 4096), vision=(1280, 32, 16, 5120), projection
 def save_clip(folder, spec):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from diffusers_nft.testing_utils import _train_clip_tokenizer
+    from diffusers_nft.demo.offline_text import train_clip_tokenizer
 
     os.makedirs(folder, exist_ok=True)
-    tokenizer = _train_clip_tokenizer(folder)
+    tokenizer = train_clip_tokenizer(folder)
     (th, tl, ta, ti), (vh, vl, va, vi) = spec["text"], spec["vision"]
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=th, num_hidden_layers=tl, num_attention_heads=ta,

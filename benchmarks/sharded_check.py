@@ -23,8 +23,10 @@ import sys
 import torch
 
 from diffusers_nft import NFTConfig, NFTTrainer
-from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
 from diffusers_nft.lora_file import LORA_WEIGHT_NAME
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # the tiny pipelines
+from tiny_pipelines import build_tiny_sd3_pipeline  # noqa: E402
 
 PROMPTS = ["a red square", "a blue circle", "a green triangle", "a yellow star"]
 

@@ -7,10 +7,14 @@ whether the noise grids (6 steps), latent shapes and CFG-off arguments agree.
     python benchmarks/traced_vs_explicit.py
 """
 
+import os
+import sys
 import torch
 
-from diffusers_nft import testing_utils
 from diffusers_nft.pipelines import get_family
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # the tiny pipelines
+import tiny_pipelines  # noqa: E402
 
 FAMILIES = {"sd3": {}, "flux": {"guidance_embeds": True}, "lumina2": {}, "qwenimage": {}, "flux2": {}, "flux2_klein": {},
             "zimage": {}, "wan": {}}
@@ -18,7 +22,7 @@ PROMPTS = ["a red cat", "a blue dog on the sea", "a photo"]
 
 
 def compare(name: str, options: dict) -> str:
-    pipe = getattr(testing_utils, f"build_tiny_{name}_pipeline")(**options)
+    pipe = getattr(tiny_pipelines, f"build_tiny_{name}_pipeline")(**options)
     pipe.set_progress_bar_config(disable=True)
     extra = {"num_frames": 5} if name == "wan" else {}
     explicit, traced = get_family(pipe, **extra), get_family(pipe, "traced", **extra)

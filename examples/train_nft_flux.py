@@ -7,8 +7,7 @@
         --output_dir flux-nft --mixed_precision bf16 --gradient_checkpointing
 
 FLUX.1-dev is guidance-distilled: `--distilled_guidance_scale` feeds its guidance embedding (training and
-sampling stay CFG-free). Without `--pretrained_model_name_or_path`, a tiny random FLUX.1-style pipeline is trained
-on the demo world's prompts and reward: it shows the machinery, not learning (the pretrained demo model is SD3).
+sampling stay CFG-free). The offline demo world is an SD3 pipeline: without a model, run `train_nft_sd3.py`.
 """
 
 from diffusers_nft import NFTConfig
@@ -16,13 +15,12 @@ from diffusers_nft.scripts import ScriptArguments, cli, from_pretrained_kwargs
 
 
 def load_flux_pipeline(script_args: ScriptArguments, config: NFTConfig):
-    """The FLUX.1 pipeline to train, or the tiny offline demo pipeline."""
+    """The FLUX.1 pipeline to train."""
     from diffusers import FluxPipeline
 
     if script_args.pretrained_model_name_or_path is None:
-        from diffusers_nft.testing_utils import build_tiny_flux_pipeline
-
-        return build_tiny_flux_pipeline(seed=config.seed, guidance_embeds=True)
+        raise ValueError("train_nft_flux.py needs --pretrained_model_name_or_path (a FLUX.1 Hub id or folder); the "
+                         "offline demo world is an SD3 pipeline: run examples/train_nft_sd3.py without a model.")
     return FluxPipeline.from_pretrained(
         script_args.pretrained_model_name_or_path, **from_pretrained_kwargs(script_args, config)
     )

@@ -35,7 +35,7 @@ def fresh_accelerate_state():
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     """A tiny SD3.5-style pipeline, built offline once and saved like a Hub snapshot."""
-    from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
+    from tiny_pipelines import build_tiny_sd3_pipeline
 
     folder = str(tmp_path_factory.mktemp("tiny-sd3"))
     build_tiny_sd3_pipeline(seed=0).save_pretrained(folder)

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer
-from diffusers_nft import testing_utils
 from diffusers_nft.lora_file import portable_lora
 from diffusers_nft.pipelines import Flux2Family, QwenImageFamily, ZImageFamily, get_family
 from diffusers_nft.policy import make_lora_config
 from diffusers_nft.sampling import rollout
 
+import tiny_pipelines
 from conftest import PROMPTS, load_saved, max_diff, tiny_config
 
 FAMILIES = {
@@ -30,7 +30,7 @@ FAMILIES = {
 def family(request, tmp_path_factory):
     """(name, folder of the saved tiny pipeline)."""
     folder = str(tmp_path_factory.mktemp(request.param))
-    getattr(testing_utils, f"build_tiny_{request.param}_pipeline")().save_pretrained(folder)
+    getattr(tiny_pipelines, f"build_tiny_{request.param}_pipeline")().save_pretrained(folder)
     return request.param, folder
 
 

@@ -114,7 +114,7 @@ def test_flow_grpo_trains_the_tiny_sd3_and_its_lora_moves_away_from_the_base(tin
 
 
 def test_flow_grpo_runs_the_tiny_flux_loop(tmp_path):
-    from diffusers_nft.testing_utils import build_tiny_flux_pipeline
+    from tiny_pipelines import build_tiny_flux_pipeline
 
     pipe = build_tiny_flux_pipeline(seed=0, guidance_embeds=True)
     pipe.set_progress_bar_config(disable=True)

@@ -17,7 +17,7 @@ from conftest import PROMPTS, max_diff, tiny_config
 
 @pytest.fixture(scope="module")
 def flux_dir(tmp_path_factory):
-    from diffusers_nft.testing_utils import build_tiny_flux_pipeline
+    from tiny_pipelines import build_tiny_flux_pipeline
 
     folder = str(tmp_path_factory.mktemp("tiny-flux"))
     build_tiny_flux_pipeline(seed=0, guidance_embeds=True).save_pretrained(folder)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusers_nft import HackingGuard, NFTTrainer
-from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
+from tiny_pipelines import build_tiny_sd3_pipeline
 
 from conftest import PROMPTS, tiny_config
 

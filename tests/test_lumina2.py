@@ -19,7 +19,7 @@ def _render(pipe):
 
 
 def test_lumina2_velocity_convention_matches_the_pipeline(tmp_path):
-    from diffusers_nft.testing_utils import build_tiny_lumina2_pipeline
+    from tiny_pipelines import build_tiny_lumina2_pipeline
 
     pipe = build_tiny_lumina2_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -39,7 +39,7 @@ def test_lumina2_velocity_convention_matches_the_pipeline(tmp_path):
 
 
 def test_lumina2_trains_and_its_lora_loads(tmp_path):
-    from diffusers_nft.testing_utils import build_tiny_lumina2_pipeline
+    from tiny_pipelines import build_tiny_lumina2_pipeline
 
     folder = str(tmp_path / "pipe")
     build_tiny_lumina2_pipeline().save_pretrained(folder)

@@ -36,7 +36,7 @@ def test_every_iteration_logs_the_monitors(tiny_pipeline, tmp_path):
     # theta is the base model until the first optimizer step (LoRA B starts at 0): ratio 1, KL 0
     assert first["monitor/velocity_norm_ratio"] == 1.0 and first["monitor/kl"] == 0.0
     assert second["monitor/kl"] > 0 and 0 < second["monitor/diversity"] < 1
-    from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
+    from tiny_pipelines import build_tiny_sd3_pipeline
 
     quiet = NFTTrainer(build_tiny_sd3_pipeline(), "jpeg_compressibility",
                        tiny_config(tmp_path / "off", max_steps=1, monitors=False), PROMPTS)

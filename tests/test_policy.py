@@ -85,7 +85,7 @@ def test_lora_targets_that_match_nothing(tiny_pipeline):
 
 
 def test_default_targets_on_plain_sd3_drop_the_sd35_modules():
-    from diffusers_nft.testing_utils import build_tiny_sd3_pipeline
+    from tiny_pipelines import build_tiny_sd3_pipeline
 
     pipe = build_tiny_sd3_pipeline(sd35=False)
     config = make_lora_config(pipe.transformer, default_targets=SD3Family.default_lora_targets)

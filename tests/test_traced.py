@@ -5,10 +5,11 @@ import torch
 from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
 from safetensors.torch import load_file
 
-from diffusers_nft import NFTTrainer, testing_utils
+from diffusers_nft import NFTTrainer
 from diffusers_nft.pipelines import TraceError, TracedFamily, get_family
 from diffusers_nft.policy import make_lora_config
 
+import tiny_pipelines
 from conftest import PROMPTS, max_diff, tiny_config
 
 FAMILIES = ["sd3", "flux", "lumina2", "qwenimage", "flux2", "flux2_klein", "zimage", "wan"]
@@ -17,7 +18,7 @@ OPTIONS = {"wan": {"num_frames": 5}}
 
 def _build(name):
     options = {"guidance_embeds": True} if name == "flux" else {}  # FLUX.1-dev: the embedded guidance is traced too
-    pipe = getattr(testing_utils, f"build_tiny_{name}_pipeline")(**options)
+    pipe = getattr(tiny_pipelines, f"build_tiny_{name}_pipeline")(**options)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -101,7 +102,7 @@ def test_what_cannot_be_traced_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="family must be one of"):
         get_family(pipe, "magic")
     with pytest.raises(TraceError, match="second expert"):
-        TracedFamily(testing_utils.build_tiny_wan_pipeline(two_experts=True))
+        TracedFamily(tiny_pipelines.build_tiny_wan_pipeline(two_experts=True))
 
 
 def test_the_traced_adapter_refuses_fsdp_before_any_compute():

@@ -6,8 +6,10 @@ import os
 import pytest
 from safetensors.torch import load_file
 
-from diffusers_nft import scripts, testing_utils
+from diffusers_nft import scripts
 from diffusers_nft.pipelines import TracedFamily
+
+import tiny_pipelines
 
 FLAGS = ["--reward", "jpeg_compressibility", "--resolution", "64", "--max_sequence_length", "16",
          "--max_train_steps", "1", "--prompts_per_iteration", "2", "--group_size", "2", "--num_sampling_steps", "2",
@@ -23,7 +25,7 @@ def test_train_nft_trains_any_pipeline_from_its_folder(builder, cls, traced, tmp
     import train_nft
 
     folder = str(tmp_path / "model")
-    getattr(testing_utils, builder)().save_pretrained(folder)
+    getattr(tiny_pipelines, builder)().save_pretrained(folder)
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cat\na blue dog\n")
     argv = ["--pretrained_model_name_or_path", folder, "--prompts", str(prompts), "--output_dir",
@@ -51,7 +53,7 @@ def test_the_command_line_takes_held_out_judges_and_the_guard(tmp_path, monkeypa
     from diffusers_nft.guard import HackingGuard
 
     folder = str(tmp_path / "model")
-    testing_utils.build_tiny_sd3_pipeline().save_pretrained(folder)
+    tiny_pipelines.build_tiny_sd3_pipeline().save_pretrained(folder)
     (tmp_path / "p.txt").write_text("a red cat\na blue dog\n")
     (tmp_path / "held.txt").write_text("a green tree\na yellow house\n")
     base = ["--pretrained_model_name_or_path", folder, "--prompts", str(tmp_path / "p.txt"), "--output_dir",
@@ -76,7 +78,7 @@ def test_the_command_line_trains_flow_grpo_and_the_card_says_so(tmp_path, monkey
     from diffusers_nft.objectives import FlowGRPOObjective
 
     folder = str(tmp_path / "model")
-    testing_utils.build_tiny_sd3_pipeline().save_pretrained(folder)
+    tiny_pipelines.build_tiny_sd3_pipeline().save_pretrained(folder)
     (tmp_path / "p.txt").write_text("a red cat\na blue dog\n")
     argv = ["--pretrained_model_name_or_path", folder, "--prompts", str(tmp_path / "p.txt"), "--output_dir",
             str(tmp_path / "out"), "--objective", "flow_grpo", "--grpo_guidance_scale", "3", "--grpo_kl_beta",

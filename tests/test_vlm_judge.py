@@ -9,7 +9,7 @@ from diffusers_nft.rewards import WeightedRewards
 from diffusers_nft.rewards.registry import load_reward
 from diffusers_nft.rewards.remote import RemoteReward
 from diffusers_nft.rewards.vlm import VLMJudge
-from diffusers_nft.testing_utils import build_tiny_llava_judge, build_tiny_qwen2_5_vl_judge
+from tiny_pipelines import build_tiny_llava_judge, build_tiny_qwen2_5_vl_judge
 
 from conftest import PROMPTS, serve_in_thread, tiny_config
 
@@ -108,7 +108,8 @@ def test_it_judges_held_out_prompts_during_training(tiny_pipeline, llava_folder,
 def test_the_command_line_sets_the_judges_model_and_question(tmp_path, llava_folder, monkeypatch):
     import os
 
-    from diffusers_nft import scripts, testing_utils
+    import tiny_pipelines
+    from diffusers_nft import scripts
     from diffusers_nft.rewards.registry import register_reward
     from diffusers_nft.rewards.vlm import VLMJudge
 
@@ -116,7 +117,7 @@ def test_the_command_line_sets_the_judges_model_and_question(tmp_path, llava_fol
     import train_nft
 
     folder = str(tmp_path / "model")
-    testing_utils.build_tiny_sd3_pipeline().save_pretrained(folder)
+    tiny_pipelines.build_tiny_sd3_pipeline().save_pretrained(folder)
     (tmp_path / "p.txt").write_text("a red cat\na blue dog\n")
     (tmp_path / "held.txt").write_text("a green tree\na yellow house\n")
     argv = ["--pretrained_model_name_or_path", folder, "--prompts", str(tmp_path / "p.txt"), "--output_dir",

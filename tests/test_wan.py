@@ -6,12 +6,13 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffusers_nft import NFTTrainer, testing_utils
+from diffusers_nft import NFTTrainer
 from diffusers_nft.pipelines import WanFamily, get_family
 from diffusers_nft.rewards import WeightedRewards, temporal_consistency, video_reward
 from diffusers_nft.rewards.video import frame_indices
 from diffusers_nft.sampling import rollout
 
+import tiny_pipelines
 from conftest import PROMPTS, load_saved, tiny_config
 
 FRAMES = 5  # 2 latent frames
@@ -20,7 +21,7 @@ FRAMES = 5  # 2 latent frames
 @pytest.fixture(scope="module")
 def wan_dir(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("tiny-wan"))
-    testing_utils.build_tiny_wan_pipeline().save_pretrained(folder)
+    tiny_pipelines.build_tiny_wan_pipeline().save_pretrained(folder)
     return folder
 
 
@@ -121,7 +122,7 @@ def test_gradient_checkpointing_gives_the_same_video_training(wan_dir, tmp_path)
 
 
 def test_wan22_uses_the_expert_the_pipeline_uses_at_each_sigma():
-    pipe = testing_utils.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6)
+    pipe = tiny_pipelines.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # the pipeline's loop becomes an Euler rollout
     family = get_family(pipe, num_frames=FRAMES)
@@ -144,7 +145,7 @@ def test_wan22_uses_the_expert_the_pipeline_uses_at_each_sigma():
 
 def test_wan22_trains_both_experts_and_both_lorasload_saved(tmp_path):
     folder = str(tmp_path / "wan22")
-    testing_utils.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6).save_pretrained(folder)
+    tiny_pipelines.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6).save_pretrained(folder)
     config = tiny_config(tmp_path / "run", max_steps=3, learning_rate=3e-2, num_frames=FRAMES,
                          gradient_checkpointing=True)
     trainer = NFTTrainer(load_saved(folder), "jpeg_incompressibility", config, PROMPTS)
@@ -185,7 +186,7 @@ def test_an_idle_expert_still_gets_a_zero_gradient():
 
     from diffusers_nft.pipelines.wan import WanExperts
 
-    pipe = testing_utils.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6)
+    pipe = tiny_pipelines.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6)
     experts = WanExperts(pipe.transformer, pipe.transformer_2, 0.6)
     experts.add_adapter(LoraConfig(r=2, target_modules=["to_q"]))
     experts.requires_grad_(False)

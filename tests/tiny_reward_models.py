@@ -10,10 +10,10 @@ def save_tiny_clip(folder: str, seed: int = 0, hidden_act: str = "quick_gelu") -
     """A tiny `CLIPModel` with its `CLIPProcessor` (BPE tokenizer trained offline, 32 px images)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from diffusers_nft.testing_utils import _train_clip_tokenizer
+    from tiny_pipelines import train_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _train_clip_tokenizer(tmp)
+        tokenizer = train_clip_tokenizer(tmp)
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(

@@ -69,11 +69,11 @@ def build_pipeline_shell(seed: int, vae, width: int, layers: int):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
-    from ..testing_utils import _tiny_clip_config, _tiny_text_stack
+    from .offline_text import tiny_clip_config, tiny_text_stack
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer, tokenizer_3, text_encoder_3 = _tiny_text_stack(folder)
+        tokenizer, tokenizer_3, text_encoder_3 = tiny_text_stack(folder)
     transformer = SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=layers, attention_head_dim=width // 2,
         num_attention_heads=2, joint_attention_dim=text_encoder_3.config.d_model, caption_projection_dim=width,
@@ -81,8 +81,8 @@ def build_pipeline_shell(seed: int, vae, width: int, layers: int):
     )
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae,
-        text_encoder=CLIPTextModelWithProjection(_tiny_clip_config(tokenizer)).eval(), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(_tiny_clip_config(tokenizer)).eval(), tokenizer_2=tokenizer,
+        text_encoder=CLIPTextModelWithProjection(tiny_clip_config(tokenizer)).eval(), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(tiny_clip_config(tokenizer)).eval(), tokenizer_2=tokenizer,
         text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
     )
 

@@ -1,10 +1,11 @@
-"""Testing utilities, as diffusers keeps them: tiny, randomly initialised SD3.5-, FLUX.1- and Lumina-2-style
-pipelines, built offline.
+"""Tiny, randomly initialised pipelines of every family the tests train, built offline (diffusers'
+`get_dummy_components` in spirit): test scaffolding, outside the installed package.
 
 They have the real classes (`SD3Transformer2DModel` with dual attention and RMS qk-norm or
 `FluxTransformer2DModel`, CLIP and T5 text encoders, `AutoencoderKL`, `FlowMatchEulerDiscreteScheduler`) at a
-size that runs a training iteration on a laptop CPU in about a second. Tests and the offline demo use them;
-nothing here downloads anything.
+size that runs a training iteration on a laptop CPU in about a second. Tests and benchmarks use them; nothing here
+downloads anything. The offline tokenizers come from `diffusers_nft.demo.offline_text`, which the demo's builder
+uses too.
 """
 
 import os
@@ -12,107 +13,9 @@ import tempfile
 
 import torch
 
-_WORDS = (
-    "a an the of in on with and photo picture drawing painting image render digit number "
-    "red green blue yellow magenta cyan black white orange purple pink brown gray "
-    "cat dog bird car house tree flower apple sky sea mountain city street person robot "
-    "zero one two three four five six seven eight nine handwritten small large bright dark "
-    "sign says text word letter poster 0 1 2 3 4 5 6 7 8 9"
-).split()
+from diffusers_nft.demo.offline_text import corpus, tiny_clip_config, tiny_text_stack, train_clip_tokenizer
 
-
-def _corpus():
-    words = list(_WORDS)
-    return [" ".join(words[i : i + 7]) for i in range(0, len(words))] + words
-
-
-def _bytes_to_unicode():
-    """CLIP's reversible byte -> printable character table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            chars.append(chr(byte))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-def _train_clip_tokenizer(folder):
-    """A deterministic byte-level BPE vocabulary: every byte, plus merges that spell each corpus word."""
-    import json
-
-    from transformers import CLIPTokenizer
-
-    alphabet = _bytes_to_unicode()
-    vocab = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
-    merges, known = [], set(vocab)
-    for word in dict.fromkeys(_WORDS):
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(symbols) > 1:
-            merged = symbols[0] + symbols[1]
-            if merged not in known:
-                merges.append(f"{symbols[0]} {symbols[1]}")
-                vocab.append(merged)
-                known.add(merged)
-            symbols = [merged] + symbols[2:]
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump({token: i for i, token in enumerate(vocab)}, f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
-
-
-def _train_t5_tokenizer(folder):
-    import sentencepiece as spm
-    from transformers import T5TokenizerFast
-
-    corpus_file = os.path.join(folder, "corpus.txt")
-    with open(corpus_file, "w") as f:
-        f.write("\n".join(_corpus() * 4))
-    spm.SentencePieceTrainer.train(
-        input=corpus_file,
-        model_prefix=os.path.join(folder, "spiece"),
-        vocab_size=100,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        minloglevel=2,
-    )
-    os.remove(corpus_file)
-    return T5TokenizerFast.from_pretrained(folder, extra_ids=0)
-
-
-def _tiny_text_stack(folder: str, t5_dim: int = 32):
-    """Two CLIP tokenizers, a T5 tokenizer and a tiny T5 encoder."""
-    from transformers import T5Config, T5EncoderModel
-
-    clip_dir, t5_dir = os.path.join(folder, "clip"), os.path.join(folder, "t5")
-    os.makedirs(clip_dir)
-    os.makedirs(t5_dir)
-    tokenizer = _train_clip_tokenizer(clip_dir)
-    t5_tokenizer = _train_t5_tokenizer(t5_dir)
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tokenizer), d_model=t5_dim, d_ff=64, d_kv=8, num_layers=1, num_heads=4,
-            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        )
-    ).eval()
-    return tokenizer, t5_tokenizer, t5
-
-
-def _tiny_clip_config(tokenizer, hidden: int = 16):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=77, projection_dim=16,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+__all__ = ["train_clip_tokenizer"]  # re-exported: the reward-model fixtures build CLIP tokenizers too
 
 
 def _tiny_vae(sample_size: int):
@@ -147,7 +50,7 @@ def build_tiny_sd3_pipeline(
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer, tokenizer_3, text_encoder_3 = _tiny_text_stack(folder)
+        tokenizer, tokenizer_3, text_encoder_3 = tiny_text_stack(folder)
     heads = 2
     transformer = SD3Transformer2DModel(
         sample_size=sample_size, patch_size=2, in_channels=4, out_channels=4, num_layers=num_layers,
@@ -159,9 +62,9 @@ def build_tiny_sd3_pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_tiny_vae(sample_size),
-        text_encoder=CLIPTextModelWithProjection(_tiny_clip_config(tokenizer)).eval(),
+        text_encoder=CLIPTextModelWithProjection(tiny_clip_config(tokenizer)).eval(),
         tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(_tiny_clip_config(tokenizer)).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(tiny_clip_config(tokenizer)).eval(),
         tokenizer_2=tokenizer,
         text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3,
@@ -181,8 +84,8 @@ def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False, sampl
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer, tokenizer_2, text_encoder_2 = _tiny_text_stack(folder)
-    clip_config = _tiny_clip_config(tokenizer, hidden=32)
+        tokenizer, tokenizer_2, text_encoder_2 = tiny_text_stack(folder)
+    clip_config = tiny_clip_config(tokenizer, hidden=32)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=text_encoder_2.config.d_model,
@@ -208,7 +111,7 @@ def _train_gemma_tokenizer(folder: str):
 
     corpus_file = os.path.join(folder, "corpus.txt")
     with open(corpus_file, "w") as f:
-        f.write("\n".join(_corpus() * 4))
+        f.write("\n".join(corpus() * 4))
     spm.SentencePieceTrainer.train(
         input=corpus_file, model_prefix=os.path.join(folder, "tokenizer"), vocab_size=100, model_type="unigram",
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, minloglevel=2,
@@ -270,7 +173,7 @@ def _train_qwen_tokenizer(folder: str):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(_corpus() * 4 + [template] * 16, trainer)
+    bpe.train_from_iterator(corpus() * 4 + [template] * 16, trainer)
     bpe.model.save(folder)
     tokenizer = Qwen2TokenizerFast.from_pretrained(
         folder, pad_token="<|endoftext|>", eos_token="<|im_end|>", unk_token=None, model_max_length=1024,
@@ -394,7 +297,7 @@ def build_tiny_wan_pipeline(seed: int = 0, two_experts: bool = False, boundary_r
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
-        _, tokenizer, text_encoder = _tiny_text_stack(folder)
+        _, tokenizer, text_encoder = tiny_text_stack(folder)
 
     def transformer():
         return WanTransformer3DModel(
@@ -420,7 +323,7 @@ def build_tiny_auraflow_pipeline(seed: int = 0, sample_size: int = 8):
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
-        _, tokenizer, _ = _tiny_text_stack(folder)
+        _, tokenizer, _ = tiny_text_stack(folder)
     text_encoder = UMT5EncoderModel(UMT5Config(
         vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=4, pad_token_id=0,
         eos_token_id=1, decoder_start_token_id=0,
@@ -440,7 +343,7 @@ def build_tiny_chroma_pipeline(seed: int = 0, sample_size: int = 8):
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
-        _, tokenizer, text_encoder = _tiny_text_stack(folder)
+        _, tokenizer, text_encoder = tiny_text_stack(folder)
     transformer = ChromaTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=text_encoder.config.d_model, axes_dims_rope=[4, 4, 8],
