@@ -72,7 +72,7 @@ _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "ocr": _ocr,
 }
 # Packages add rewards by naming a module in this entry-point group; importing it calls `register_reward`. The
-# bundled demo world registers its digit rewards this way (`diffusers_nft.demo`).
+# bundled demo world registers its rewards this way (`diffusers_nft.demo`).
 PLUGIN_GROUP = "diffusers_nft.plugins"
 _plugins_loaded = False
 _LOADED: Dict[tuple, RewardFunc] = {}
