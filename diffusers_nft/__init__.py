@@ -13,10 +13,14 @@ __all__ = ["FlowGRPOConfig", "FlowGRPOTrainer", "HackingGuard", "NFTConfig", "NF
 
 def __getattr__(name):
     # The trainer pulls in diffusers and accelerate; the math above stays importable without them.
-    if name in ("NFTTrainer", "FlowGRPOTrainer"):
-        from . import trainer
+    if name == "NFTTrainer":
+        from .trainer import NFTTrainer
 
-        return getattr(trainer, name)
+        return NFTTrainer
+    if name == "FlowGRPOTrainer":
+        from .flow_grpo_trainer import FlowGRPOTrainer
+
+        return FlowGRPOTrainer
     if name == "HackingGuard":
         from .guard import HackingGuard
 

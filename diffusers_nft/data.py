@@ -55,6 +55,17 @@ def load_prompts(
     return dataset
 
 
+def prompt_sets(train: "PromptSource", held_out: Optional["PromptSource"] = None):
+    """The training prompts and the held-out ones (None when not given) as datasets.
+
+    Raises:
+        ValueError: Without training prompts.
+    """
+    if train is None:
+        raise ValueError("train_dataset is required: a datasets.Dataset, a list of prompts or a prompt file.")
+    return load_prompts(train), load_prompts(held_out) if held_out is not None else None
+
+
 def _split_of(dataset, split: str, what: str) -> Dataset:
     """`dataset` itself, or its split `split` when it is a `DatasetDict` (never the dict's keys as prompts)."""
     if not isinstance(dataset, DatasetDict):

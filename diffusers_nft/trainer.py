@@ -27,9 +27,9 @@ from . import zero
 from .callbacks import CallbackList, TrainerControl, TrainerState
 from .checkpoints import CheckpointError, Checkpointer, check_output_dir, clean_incomplete
 from .collect import SEED_STREAMS, Collector, seeded
-from .config import NFTConfig, config_for
+from .config import NFTConfig
 from .credit import Credit, assign_credit
-from .data import PromptSampler, PromptSource, load_prompts, row_metadata
+from .data import PromptSampler, PromptSource, prompt_sets, row_metadata
 from .engine import NonFiniteError, build_engine, place_pipeline, probe_rewards
 from .generation import generate_images, low_precision, sampling_with
 from .hub import CardInputs, card_hyperparameters, hub_base_model
@@ -37,20 +37,19 @@ from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
 from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
 from .monitors import group_diversity, image_stats
-from .objectives import build_objective, objective_class
-from .pipelines import get_family
+from .objectives import build_objective, objective_class, resolve_config
+from .pipelines import family_for_training
 from .plan import IterationPlan
 from .policy import check_lora_targets, make_lora_config
 from .publisher import Publisher
-from .rewards import RewardScorer, WeightedRewards
+from .rewards import RewardScorer, rewards_of
 from .rollouts import Rollouts
 from .run_log import RunLog, count, startup_block
-from .sampling import is_flow_matching_scheduler
 from .schedules import old_policy_decay
 
 logger = get_logger(__name__)
 
-__all__ = ["FlowGRPOTrainer", "NFTTrainer", "NonFiniteError"]
+__all__ = ["NFTTrainer", "NonFiniteError"]
 
 
 class NFTTrainer:
@@ -90,12 +89,12 @@ class NFTTrainer:
                  eval_dataset: Optional[PromptSource] = None, peft_config: Optional[LoraConfig] = None,
                  callbacks: Optional[Sequence] = None, eval_reward_funcs=None, objective: Optional[str] = None):
         # Everything that can be wrong with the inputs is checked before any model compute.
-        self.args = args = _resolved_config(args, objective)
+        self.args = args = resolve_config(args, objective)
         self.objective_class = objective_class(args.objective)
         self.callbacks = CallbackList(callbacks or [], trainer=self)
-        self.pipeline, self.family = pipeline, _family(pipeline, args)
+        self.pipeline, self.family = pipeline, family_for_training(pipeline, args)
         self.max_sequence_length = args.max_sequence_length or self.family.default_max_sequence_length
-        self.train_dataset, self.eval_dataset = _prompt_sets(train_dataset, eval_dataset)
+        self.train_dataset, self.eval_dataset = prompt_sets(train_dataset, eval_dataset)
         # The Accelerator comes first: it sets up the processes that everything below counts. It only reads the
         # environment; no model is touched yet.
         self.accelerator = Accelerator(
@@ -104,7 +103,10 @@ class NFTTrainer:
             project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
         )
         self.family.check_accelerator(self.accelerator)
-        self._setup_rewards(reward_funcs, eval_reward_funcs)
+        self.rewards = rewards_of(reward_funcs, args, self.accelerator.device, weighted=True)
+        # judges never trained on; None: evaluate() scores with the training rewards
+        self.eval_rewards = rewards_of(eval_reward_funcs, args, self.accelerator.device) if eval_reward_funcs else None
+        self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
         check_output_dir(args.output_dir)
         self.checkpointer = Checkpointer(self.accelerator, args)
         resume = self.checkpointer.read(args.resume_from_checkpoint)  # a bad checkpoint fails now, not later
@@ -125,14 +127,6 @@ class NFTTrainer:
         self._setup_loop()
         if resume[0]:
             self._load(*resume)
-
-    def _setup_rewards(self, reward_funcs, eval_reward_funcs) -> None:
-        args = self.args
-        self.rewards = _weighted_rewards(reward_funcs, args, self.accelerator, args.reward_weights,
-                                         args.normalize_rewards)
-        # judges never trained on; None: evaluate() scores with the training rewards
-        self.eval_rewards = _weighted_rewards(eval_reward_funcs, args, self.accelerator) if eval_reward_funcs else None
-        self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
 
     def _setup_loop(self) -> None:
         """The grid, objective, collector, prompt order and counters of a fresh run (a resume overwrites the last)."""
@@ -490,55 +484,3 @@ class NFTTrainer:
         self.history = state["history"]
         self.run_log.resume(self.global_step)
         logger.info("Resumed from %s at iteration %d (optimizer step %d).", path, self.global_step, self.optimizer_step)
-
-
-def _resolved_config(args: Optional[NFTConfig], objective: Optional[str]) -> NFTConfig:
-    """The config (the default one when None) for `objective` (else its own), as that objective's config class,
-    validated."""
-    args = args if args is not None else NFTConfig()
-    name = objective or args.objective
-    args = config_for(args, objective_class(name).config_class, name)
-    args.validate()
-    return args
-
-
-def _prompt_sets(train_dataset: PromptSource, eval_dataset: Optional[PromptSource]):
-    if train_dataset is None:
-        raise ValueError("train_dataset is required: a datasets.Dataset, a list of prompts or a prompt file.")
-    return load_prompts(train_dataset), load_prompts(eval_dataset) if eval_dataset is not None else None
-
-
-def _family(pipeline, args: NFTConfig):
-    """The pipeline's family, once its scheduler and the resolution are known to suit it."""
-    if not is_flow_matching_scheduler(pipeline.scheduler):
-        raise ValueError(
-            f"The pipeline's scheduler is {type(pipeline.scheduler).__name__}, not a flow-matching scheduler. "
-            "DiffusionNFT trains rectified-flow models (SD3/SD3.5, Flux, ...): use a pipeline whose scheduler "
-            "is FlowMatchEulerDiscreteScheduler (or one with use_flow_sigmas=True, prediction_type='flow_prediction')."
-        )
-    family = get_family(pipeline, args.family, distilled_guidance_scale=args.distilled_guidance_scale,
-                        num_frames=args.num_frames)
-    family.check_resolution(args.resolution)
-    return family
-
-
-def _weighted_rewards(funcs, args: NFTConfig, accelerator, weights=None, normalize: bool = False) -> WeightedRewards:
-    return WeightedRewards(funcs, weights, normalize, device=args.reward_device or accelerator.device,
-                           dtype=args.reward_dtype, batch_size=args.reward_batch_size, video_frames=args.reward_frames)
-
-
-class FlowGRPOTrainer(NFTTrainer):
-    """`NFTTrainer` with `objective="flow_grpo"`: Flow-GRPO (arXiv 2505.05470) on the same pipeline families,
-    rewards, LoRA, checkpoints and card, configured by `FlowGRPOConfig` (SDE noise level 0.7, clip 1e-4, KL 0.04,
-    CFG 4.5).
-
-    Example:
-        ```py
-        trainer = FlowGRPOTrainer(pipe, "jpeg_compressibility", FlowGRPOConfig(output_dir="grpo"), ["a cat", "a dog"])
-        trainer.train()
-        ```
-    """
-
-    def __init__(self, pipeline, reward_funcs, args: Optional[NFTConfig] = None, train_dataset: PromptSource = None,
-                 **kwargs):
-        super().__init__(pipeline, reward_funcs, args, train_dataset, objective="flow_grpo", **kwargs)

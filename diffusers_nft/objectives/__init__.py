@@ -6,6 +6,8 @@
 An objective is one file and its entry in `OBJECTIVES`; the loop, the card and the start-up block read its class.
 """
 
+from typing import Optional
+
 import torch
 
 from .base import Objective, Sample
@@ -26,6 +28,18 @@ def objective_class(name: str) -> type:
     return OBJECTIVES[name]
 
 
+def resolve_config(config, objective: Optional[str] = None):
+    """The config (the default `NFTConfig` when None) for `objective` (else its own), as that objective's config
+    class (`FlowGRPOConfig` for Flow-GRPO: its own settings at their defaults), validated."""
+    from ..config import NFTConfig, config_for
+
+    config = config if config is not None else NFTConfig()
+    name = objective or config.objective
+    config = config_for(config, objective_class(name).config_class, name)
+    config.validate()
+    return config
+
+
 def build_objective(config, *, family, policy, sampling_sigmas: torch.Tensor) -> Objective:
     """The objective `config.objective` names, with the run's settings."""
     return objective_class(config.objective).from_config(config, family=family, policy=policy,
@@ -33,4 +47,4 @@ def build_objective(config, *, family, policy, sampling_sigmas: torch.Tensor) ->
 
 
 __all__ = ["FlowGRPOObjective", "FlowGRPOOutput", "NFTObjective", "OBJECTIVES", "Objective", "Sample",
-           "build_objective", "objective_class"]
+           "build_objective", "objective_class", "resolve_config"]

@@ -41,13 +41,34 @@ def get_family(pipeline, mode: str = "auto", **options) -> PipelineFamily:
     return TracedFamily(pipeline, **options)
 
 
+def family_for_training(pipeline, config) -> PipelineFamily:
+    """The family of `pipeline` in the mode `config.family`, once its scheduler and `config.resolution` are known
+    to suit training.
+
+    Raises:
+        ValueError: For a scheduler that is not flow matching, or a resolution the transformer cannot take.
+    """
+    from ..sampling import is_flow_matching_scheduler
+
+    if not is_flow_matching_scheduler(pipeline.scheduler):
+        raise ValueError(
+            f"The pipeline's scheduler is {type(pipeline.scheduler).__name__}, not a flow-matching scheduler. "
+            "DiffusionNFT trains rectified-flow models (SD3/SD3.5, Flux, ...): use a pipeline whose scheduler "
+            "is FlowMatchEulerDiscreteScheduler (or one with use_flow_sigmas=True, prediction_type='flow_prediction')."
+        )
+    family = get_family(pipeline, config.family, distilled_guidance_scale=config.distilled_guidance_scale,
+                        num_frames=config.num_frames)
+    family.check_resolution(config.resolution)
+    return family
+
+
 def card_tags(pipeline_class_name: str) -> List[str]:
     """The Hub tags of the family that serves the pipeline class named `pipeline_class_name` (none if traced)."""
     return [tag for family in FAMILIES if pipeline_class_name in family.pipeline_class_names for tag in family.card_tags]
 
 
 __all__ = [
-    "FAMILIES", "card_tags", "Conditioning", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
+    "FAMILIES", "card_tags", "family_for_training", "Conditioning", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
     "FAMILY_MODES", "SD3Family", "Shared", "TraceError", "TracedFamily", "WanFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]

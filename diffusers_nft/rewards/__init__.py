@@ -4,7 +4,7 @@ Model rewards (`clipscore`, `pickscore`, `hpsv2`, `aesthetic`, `geneval`, `ocr`)
 registry, on first use.
 """
 
-from .combine import RewardError, RunningStd, WeightedRewards
+from .combine import RewardError, RunningStd, WeightedRewards, rewards_of
 from .jpeg import jpeg_compressibility, jpeg_incompressibility
 from .registry import available_rewards, load_reward, register_reward
 from .remote import RemoteReward, RemoteRewardError
@@ -24,6 +24,7 @@ __all__ = [
     "jpeg_incompressibility",
     "load_reward",
     "register_reward",
+    "rewards_of",
     "temporal_consistency",
     "video_reward",
 ]

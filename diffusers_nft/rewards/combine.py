@@ -149,6 +149,14 @@ class WeightedRewards:
             running.load_state_dict(state[name])
 
 
+def rewards_of(funcs, config, device, weighted: bool = False) -> WeightedRewards:
+    """`funcs` (names or callables) as the run's `WeightedRewards` (`NFTConfig`'s reward device, dtype, batch size
+    and video frames); with `weighted`, also its `reward_weights` and `normalize_rewards` (the training rewards)."""
+    weights, normalize = (config.reward_weights, config.normalize_rewards) if weighted else (None, False)
+    return WeightedRewards(funcs, weights, normalize, device=config.reward_device or device, dtype=config.reward_dtype,
+                           batch_size=config.reward_batch_size, video_frames=config.reward_frames)
+
+
 def _validate(name: str, values, prompts: List[str]) -> torch.Tensor:
     try:
         if isinstance(values, torch.Tensor) and (values.is_complex() or values.is_meta):
