@@ -3,16 +3,18 @@ scale and sampler), decoded, and scored while the next batch samples."""
 
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .conditioning import read_conditioning, reward_metadata
 from .data import row_metadata
 from .guidance import empty_prompt_rows, guided_velocity
 from .monitors import thumbnails
 from .pipelines import select_conditioning
+from .pipelines.base import SOURCE
 from .rollouts import Rollouts
 
 # Independent random streams of one run: changing how one is drawn leaves the others as they were.
@@ -45,12 +47,16 @@ class Collector:
         dataset: The training prompts (a `datasets.Dataset`).
         latent_shape: The latent shape of one sample.
         max_sequence_length: Text tokens per prompt.
+        columns: The dataset's conditioning columns (pipeline-call argument -> column), for image-conditioned
+            pipelines.
     """
 
-    def __init__(self, *, family, policy, scorer, accelerator, args, plan, dataset, latent_shape, max_sequence_length):
+    def __init__(self, *, family, policy, scorer, accelerator, args, plan, dataset, latent_shape, max_sequence_length,
+                 columns: Optional[Dict[str, str]] = None):
         self.family, self.policy, self.scorer, self.accelerator = family, policy, scorer, accelerator
         self.args, self.plan, self.dataset = args, plan, dataset
         self.latent_shape, self.max_sequence_length = latent_shape, max_sequence_length
+        self.columns = columns or {}
         self._uncond = None
 
     def encode(self, prompts: List[str]):
@@ -90,6 +96,11 @@ class Collector:
         rows = self.dataset.select([prompt_index[g] for g in local_groups])
         row_prompts, row_meta = list(rows["prompt"]), row_metadata(rows)
         cond = self.encode(row_prompts)
+        if self.columns:  # each row's images, decoded and encoded once for its whole group
+            values = read_conditioning(rows, self.columns, args.resolution)
+            cond[SOURCE] = self.family.encode_conditioning(values, self.accelerator.device)
+            row_meta = [{**{k: v for k, v in meta.items() if k not in self.columns.values()}, **extra}  # no paths
+                        for meta, extra in zip(row_meta, reward_metadata(values))]
         row_of_image = torch.tensor([local_groups.index(g) for g in group_ids.tolist()])
         prompts = [row_prompts[i] for i in row_of_image.tolist()]
         metadata = [row_meta[i] for i in row_of_image.tolist()]

@@ -164,6 +164,17 @@ class NFTConfig:
                           "it (diffusers_nft.pipelines.FAMILY_MODES)."},
     )
     resolution: int = field(default=512, metadata={"help": "Image side in pixels (square)."})
+    image_column: Optional[str] = field(
+        default=None,
+        metadata={"help": "Image-conditioned pipelines (editing: FluxKontext, ...): the prompt dataset's column of each "
+                  "row's source image(s), fed to the call's `image` (paths, PIL images or a datasets.Image column)."},
+    )
+    mask_column: Optional[str] = field(
+        default=None, metadata={"help": "Inpainting pipelines: the column of each row's mask (`mask_image`)."}
+    )
+    control_column: Optional[str] = field(
+        default=None, metadata={"help": "Control pipelines: the column of each row's control image (`control_image`)."}
+    )
     num_frames: Optional[int] = field(
         default=None, metadata={"help": "Frames per video for video pipelines (Wan: 4 k + 1). Default: the family's."}
     )

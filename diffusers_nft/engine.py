@@ -9,6 +9,7 @@ import torch
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 
+from .conditioning import read_conditioning, reward_metadata
 from .config import weight_dtype
 from .data import row_metadata
 from .metrics import monitor_key
@@ -131,11 +132,16 @@ def build_engine(family, peft_config, accelerator, args, plan) -> Engine:
     return Engine(policy, model, optimizer, lr_scheduler, accelerator, args)
 
 
-def probe_rewards(scorer, eval_rewards, dataset, family, resolution: int, device) -> None:
-    """Score two blank images so that a broken reward (or judge) fails before any sampling."""
+def probe_rewards(scorer, eval_rewards, dataset, family, resolution: int, device, columns=None) -> None:
+    """Score two blank images (with the first rows' metadata and sources) so that a broken reward (or judge)
+    fails before any sampling."""
     rows = dataset.select([0, min(1, len(dataset) - 1)])
     frames = family.video_frames()
     images = torch.zeros(2, *([frames] if frames else []), 3, resolution, resolution)
-    scorer.wait(scorer.submit(images, list(rows["prompt"]), row_metadata(rows)))
+    metadata = row_metadata(rows)
+    if columns:
+        sources = reward_metadata(read_conditioning(rows, columns, resolution))
+        metadata = [{**m, **s} for m, s in zip(metadata, sources)]
+    scorer.wait(scorer.submit(images, list(rows["prompt"]), metadata))
     if eval_rewards is not None:
-        eval_rewards(images.to(device), list(rows["prompt"]), row_metadata(rows))
+        eval_rewards(images.to(device), list(rows["prompt"]), metadata)

@@ -11,7 +11,7 @@ Training rollouts are not drawn here: they run the family's solvers on the run's
 """
 
 from contextlib import contextmanager, nullcontext
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -23,7 +23,8 @@ def generators(seeds: Sequence[int]):
 
 @torch.no_grad()
 def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_kwargs: dict, batch_size: int = 16,
-                    bar=None) -> torch.Tensor:
+                    bar=None, conditioning: Optional[Sequence[dict]] = None,
+                    conditioning_kwargs: Callable[[Sequence[dict]], dict] = None) -> torch.Tensor:
     """Images `(N, 3, H, W)` (videos `(N, F, 3, H, W)`) in [0, 1] on the CPU, one per (prompt, seed), from the
     pipeline's own call.
 
@@ -34,14 +35,22 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
         call_kwargs: The rest of the call: size, steps, CFG switch, text length (`PipelineFamily.call_kwargs`).
         batch_size: Images per pipeline call.
         bar: A tqdm bar to advance by the images done.
+        conditioning: For image-conditioned pipelines, each image's conditioning (argument -> PIL image(s)).
+        conditioning_kwargs: How a batch's conditioning becomes call arguments (`PipelineFamily.
+            conditioning_call_kwargs`); default: one list per argument.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per image.")
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
+        extra = {}
+        if conditioning is not None:
+            values = list(conditioning[start : start + batch_size])
+            extra = conditioning_kwargs(values) if conditioning_kwargs else \
+                {arg: [v[arg] for v in values] for arg in values[0]}
         out = pipe(prompt=chunk, generator=generators(seeds[start : start + batch_size]), output_type="pt",
-                   return_dict=False, **call_kwargs)[0]
+                   return_dict=False, **call_kwargs, **extra)[0]
         images.append(out.float().cpu())
         if bar is not None:
             bar.update(len(chunk))

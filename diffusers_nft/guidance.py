@@ -5,6 +5,7 @@ from typing import Callable, Optional
 import torch
 
 from .pipelines import Conditioning, select_conditioning
+from .pipelines.base import SOURCE
 
 
 def empty_prompt_rows(uncond: Conditioning, num_rows: int) -> Conditioning:
@@ -22,5 +23,7 @@ def guided_velocity(predict: Callable, x: torch.Tensor, sigma: torch.Tensor, con
     v_cond = predict(x, sigma, cond)
     if uncond is None:
         return v_cond
+    if SOURCE in cond:  # the unconditional branch drops the text, and keeps the source image
+        uncond = {**uncond, SOURCE: cond[SOURCE]}
     v_uncond = predict(x, sigma, uncond)
     return v_uncond + guidance_scale * (v_cond - v_uncond)

@@ -72,11 +72,14 @@ def base_model_license(base_model: Optional[str]) -> Optional[str]:
 
 
 def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, prompt: str, call_kwargs: dict,
-                 lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None, seed: int = 0) -> str:
+                 lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None, seed: int = 0,
+                 conditioning_files: Optional[Dict[str, object]] = None) -> str:
     """Python that loads the base pipeline and this LoRA and generates as the run evaluated, on the user's device:
-    the card's first gallery image, whose seed is `seed` (`diffusers_nft.generation`'s noise convention)."""
+    the card's first gallery image, whose seed is `seed` (`diffusers_nft.generation`'s noise convention), from the
+    repo's copy of its source image(s) where the pipeline is image-conditioned."""
     base = base_model or "path/to/the/base/pipeline"
-    arguments = "".join(f"    {key}={_literal(value)},\n" for key, value in call_kwargs.items())
+    arguments = "".join(f"    {key}={_load_images(value, repo_id)},\n" for key, value in (conditioning_files or {}).items())
+    arguments += "".join(f"    {key}={_literal(value)},\n" for key, value in call_kwargs.items())
     loads = "".join(
         f"pipe.load_lora_weights({_literal(repo_id)}, weight_name={_literal(name)}"
         + "".join(f", {k}={_literal(v)}" for k, v in load_kwargs.items()) + ")\n"
@@ -84,13 +87,14 @@ def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, p
     )
     return (
         "import torch\n"
-        f"from diffusers import {pipeline_class}\n\n"
+        f"from diffusers import {pipeline_class}\n"
+        + ("from diffusers.utils import load_image\n" if conditioning_files else "") + "\n"
         'device = "cuda" if torch.cuda.is_available() else "cpu"\n'
         'dtype = torch.bfloat16 if device == "cuda" else torch.float32\n'
         f"pipe = {pipeline_class}.from_pretrained({_literal(base)}, dtype=dtype).to(device)\n"
         f"{loads}"
         "image = pipe(\n"
-        f"    {_literal(prompt)},\n{arguments}"
+        f"    prompt={_literal(prompt)},\n{arguments}"
         f"    generator=torch.Generator().manual_seed({seed}),\n"
         ").images[0]\n"
         'image.save("sample.png")\n'
@@ -118,6 +122,30 @@ def guard_summary(output_dir: str) -> str:
     lines.append("The reward-hacking guard fired: " + "; ".join(f"iteration {e['step']}: {e['message']}" for e in events)
                  + "." if events else "The reward-hacking guard did not fire.")
     return " ".join(lines)
+
+
+def _load_images(paths, repo_id: str) -> str:
+    """`load_image(<the file's URL in the repo>)`, or a list of them."""
+    if isinstance(paths, (list, tuple)):
+        return "[" + ", ".join(_load_images(p, repo_id) for p in paths) + "]"
+    return f"load_image({_literal(f'https://huggingface.co/{repo_id}/resolve/main/{paths}')})"
+
+
+def save_sources(folder: str, conditioning: Sequence[dict]) -> List[Dict[str, object]]:
+    """Each prompt's conditioning images as `images/<argument>_<prompt>[_<k>].png` in `folder`; their paths
+    relative to it, in the same structure."""
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    saved = []
+    for i, values in enumerate(conditioning):
+        row = {}
+        for arg, value in values.items():
+            images = value if isinstance(value, (list, tuple)) else [value]
+            paths = [f"images/{arg}_{i}{f'_{k}' if len(images) > 1 else ''}.png" for k in range(len(images))]
+            for image, path in zip(images, paths):
+                image.save(os.path.join(folder, path))
+            row[arg] = paths if isinstance(value, (list, tuple)) else paths[0]
+        saved.append(row)
+    return saved
 
 
 def _literal(value) -> str:
@@ -156,6 +184,8 @@ class CardInputs:
         lora_layout: The LoRA files and how each loads (`PipelineFamily.lora_layout`), for the snippet.
         method: The objective's class (`diffusers_nft.objectives`), whose facts the card states; default:
             DiffusionNFT's.
+        conditioning_files: For image-conditioned pipelines, the first prompt's conditioning as files of the repo
+            (argument -> path, or a list of paths): the snippet loads them.
     """
 
     repo_id: str
@@ -169,6 +199,7 @@ class CardInputs:
     evaluation: Optional[str] = None
     lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None
     method: Optional[type] = None
+    conditioning_files: Dict[str, object] = field(default_factory=dict)
 
 
 def write_model_card(output_dir: str, *, widget: Sequence[Tuple[str, str]], seed: int = 0,
@@ -202,7 +233,7 @@ def write_model_card(output_dir: str, *, widget: Sequence[Tuple[str, str]], seed
         before_after=_before_after(output_dir),
         guard=guard_summary(output_dir),
         snippet=call_snippet(c.pipeline_class, c.base_model, c.repo_id, widget[0][0] if widget else "a photo",
-                             c.call_kwargs, c.lora_layout, seed=seed),
+                             c.call_kwargs, c.lora_layout, seed=seed, conditioning_files=c.conditioning_files),
         evaluation=c.evaluation,
         hyperparameters=list(c.hyperparameters.items()),
     )
@@ -241,8 +272,10 @@ def _first_and_last(history: List[Dict[str, float]]) -> List[Tuple[str, float, f
 
 
 def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prompt: int, scale: int,
-                      settings: str = "", tuned_label: str = "NFT", seeds: Optional[Sequence[int]] = None):
-    """The same-seed before/after grid and one widget image per prompt, under `folder/images/`.
+                      settings: str = "", tuned_label: str = "NFT", seeds: Optional[Sequence[int]] = None,
+                      sources: Optional[Sequence] = None):
+    """The same-seed before/after grid (with each prompt's source image first, for image-conditioned pipelines:
+    source | base | tuned) and one widget image per prompt, under `folder/images/`.
 
     Returns:
         (prompt, image path relative to `folder`) pairs for the card's widget: each prompt's first seed.
@@ -253,15 +286,33 @@ def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prom
 
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     n = per_prompt
+    columns = [f"seed {k}" for k in (seeds or range(n))]
+    if sources is not None:  # the source once per row, beside the same-seed images
+        base, tuned = (_with_sources(images, sources, n) for images in (base, tuned))
+        n, columns = n + 1, ["source"] + columns
     rows = torch.cat([torch.cat([base[i * n : (i + 1) * n], tuned[i * n : (i + 1) * n]]) for i in range(len(prompts))])
     labels = [f"{who}: {p}" for p in prompts for who in ("base", tuned_label)]
     save_grid(rows, os.path.join(folder, "images", "before_after"), rows=2 * len(prompts), labels=labels,
-              scale=scale, column_labels=[f"seed {k}" for k in (seeds or range(n))], caption=settings)
-    widget = []
+              scale=scale, column_labels=columns, caption=settings)
+    widget, first = [], 1 if sources is not None else 0
     for i, prompt in enumerate(prompts):  # videos become animated WebP (GIF without WebP support)
-        path = save_grid(tuned[i * n : i * n + 1], os.path.join(folder, "images", f"sample_{i}"), rows=1, scale=scale)
+        path = save_grid(tuned[i * n + first : i * n + first + 1], os.path.join(folder, "images", f"sample_{i}"),
+                         rows=1, scale=scale)
         widget.append((prompt, os.path.relpath(path, folder)))
     return widget
+
+
+def _with_sources(images, sources: Sequence, per_prompt: int):
+    """`images` (`per_prompt` per prompt) with each prompt's source image before its own."""
+    import torch
+
+    from .conditioning import as_tensor
+
+    out = []
+    for i, source in enumerate(sources):
+        tile = as_tensor(source.convert("RGB").resize(images.shape[-2:][::-1]))
+        out += [tile[None], images[i * per_prompt : (i + 1) * per_prompt]]
+    return torch.cat(out)
 
 
 def stage_upload(output_dir: str, staging: str) -> None:

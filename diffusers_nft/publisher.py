@@ -2,6 +2,7 @@
 upload to the Hub (staged, so that a failed upload leaves `output_dir` as it was). The trainer hands it tensors,
 images and a `hub.CardInputs`; it never reads the trainer."""
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -11,8 +12,9 @@ from typing import Dict, Iterator, Optional, Sequence
 import torch
 from accelerate.logging import get_logger
 
-from .hub import CardInputs, UPLOAD_STAGING, publish_staged, stage_upload, upload_folder, write_card_images, \
-    write_model_card
+from .conditioning import first_image
+from .hub import CardInputs, UPLOAD_STAGING, publish_staged, save_sources, stage_upload, upload_folder, \
+    write_card_images, write_model_card
 from .engine import NonFiniteError
 from .lora_file import LORA_WEIGHT_NAME, write_lora_file
 from .visualize import plot_reward_curve
@@ -57,7 +59,8 @@ class Publisher:
         return os.path.join(folder, LORA_WEIGHT_NAME)
 
     def write_card(self, folder: str, inputs: CardInputs, prompts: Sequence[str], base: torch.Tensor,
-                   tuned: torch.Tensor, *, seeds: Sequence[int], scale: int, caption: str) -> Optional[str]:
+                   tuned: torch.Tensor, *, seeds: Sequence[int], scale: int, caption: str,
+                   conditioning: Optional[Sequence[dict]] = None) -> Optional[str]:
         """On the main process: the same-seed before/after grid, the widget images, the reward curve and
         `README.md` in `folder`; returns the card's path (None elsewhere).
 
@@ -67,12 +70,19 @@ class Publisher:
             seeds: The seeds of each prompt's images (the grid's columns; the widget shows the first).
             scale: Upscaling of the grid's tiles, for tiny images.
             caption: How the images were generated, under the grid.
+            conditioning: Each prompt's conditioning (argument -> PIL image(s)) for image-conditioned pipelines: the
+                grid shows the source first, the images are saved beside the card, and the snippet loads them.
         """
         if not self.accelerator.is_main_process:
             return None
         label = (inputs.method.short if inputs.method else "NFT")
+        sources = save_sources(folder, conditioning) if conditioning else None
+        if sources:
+            inputs = dataclasses.replace(inputs, conditioning_files=sources[0])
         widget = write_card_images(folder, list(prompts), base, tuned, per_prompt=len(seeds), scale=scale,
-                                   settings=caption, tuned_label=label, seeds=seeds)
+                                   settings=caption, tuned_label=label, seeds=seeds,
+                                   sources=[first_image(c.get("image", next(iter(c.values())))) for c in conditioning]
+                                   if conditioning else None)
         if inputs.history:
             plot_reward_curve(inputs.history, os.path.join(folder, "reward_curve.png"))
         card = write_model_card(folder, widget=widget, seed=seeds[0], inputs=inputs)

@@ -27,6 +27,7 @@ from . import zero
 from .callbacks import CallbackList, TrainerControl, TrainerState
 from .checkpoints import CheckpointError, Checkpointer, check_output_dir, clean_incomplete
 from .collect import SEED_STREAMS, Collector, seeded
+from .conditioning import check_run_conditioning, read_conditioning, reward_metadata
 from .config import NFTConfig
 from .credit import Credit, assign_credit
 from .data import PromptSampler, PromptSource, prompt_sets, row_metadata
@@ -95,6 +96,8 @@ class NFTTrainer:
         self.pipeline, self.family = pipeline, family_for_training(pipeline, args)
         self.max_sequence_length = args.max_sequence_length or self.family.default_max_sequence_length
         self.train_dataset, self.eval_dataset = prompt_sets(train_dataset, eval_dataset)
+        self.columns = check_run_conditioning(self.family, args, {"train_dataset": self.train_dataset,
+                                                                  "eval_dataset": self.eval_dataset})
         # The Accelerator comes first: it sets up the processes that everything below counts. It only reads the
         # environment; no model is touched yet.
         self.accelerator = Accelerator(
@@ -117,7 +120,7 @@ class NFTTrainer:
         self.accelerator.gradient_accumulation_steps = self.plan.accumulation
         zero.prepare(self.accelerator, args, self.plan.accumulation)
         probe_rewards(self.scorer, self.eval_rewards, self.train_dataset, self.family, args.resolution,
-                      self.accelerator.device)
+                      self.accelerator.device, self.columns)
         place_pipeline(pipeline, self.family, self.accelerator, args)
         self.engine = build_engine(self.family, peft_config, self.accelerator, args, self.plan)
         self.policy, self.model = self.engine.policy, self.engine.model
@@ -139,7 +142,8 @@ class NFTTrainer:
                                          sampling_sigmas=self.sampling_sigmas)
         self.collector = Collector(family=self.family, policy=self.policy, scorer=self.scorer,
                                    accelerator=self.accelerator, args=args, plan=self.plan, dataset=self.train_dataset,
-                                   latent_shape=self.latent_shape, max_sequence_length=self.max_sequence_length)
+                                   latent_shape=self.latent_shape, max_sequence_length=self.max_sequence_length,
+                                   columns=self.columns)
         self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
         self.state = TrainerState(max_steps=args.max_steps)  # global_step and log_history live here
         self.control = TrainerControl()
@@ -317,11 +321,18 @@ class NFTTrainer:
     @property
     def validation_prompts(self) -> List[str]:
         """The prompts of the sample grids and the card: `validation_prompts`, else the first 4 held-out (or
-        training) prompts."""
-        if self.args.validation_prompts:
+        training) prompts; with conditioning columns always those rows, whose images go with them."""
+        if self.args.validation_prompts and not self.columns:
             return list(self.args.validation_prompts)
+        return list(self._validation_rows()["prompt"])
+
+    def _validation_rows(self):
         source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
-        return list(source["prompt"][:4])
+        return source.select(range(min(4, len(source))))
+
+    def validation_conditioning(self) -> Optional[List[Dict[str, object]]]:
+        """The conditioning of each validation prompt (`conditioning.read_conditioning`), or None for text-only."""
+        return read_conditioning(self._validation_rows(), self.columns, self.args.resolution) if self.columns else None
 
     @property
     def published_weights(self) -> str:
@@ -337,7 +348,8 @@ class NFTTrainer:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], weights: str = "ema",
-                 num_steps: Optional[int] = None, guidance_scale: float = 1.0, scheduler=None) -> torch.Tensor:
+                 num_steps: Optional[int] = None, guidance_scale: float = 1.0, scheduler=None,
+                 conditioning: Optional[Sequence[Dict[str, object]]] = None) -> torch.Tensor:
         """One image per (prompt, seed) from the pipeline's own call, with chosen weights (`diffusers_nft.generation`:
         the noise of seed `s` is `torch.Generator().manual_seed(s)`'s, as in the card's snippet).
 
@@ -348,6 +360,7 @@ class NFTTrainer:
             num_steps: Steps; `eval_num_steps` by default.
             guidance_scale: CFG scale; 1.0 is CFG-free.
             scheduler: A diffusers scheduler to sample with instead of the pipeline's own.
+            conditioning: For image-conditioned pipelines, each image's call arguments (`{"image": PIL image}`).
 
         Returns:
             Images `(N, 3, H, W)` (videos `(N, F, 3, H, W)`) in [0, 1] on the CPU.
@@ -357,7 +370,8 @@ class NFTTrainer:
         with self.policy.weights(weights), sampling_with(self.pipeline, scheduler), precision, \
                 self.family.text_encoders_on(self.accelerator.device, enabled=self.args.offload_text_encoders):
             return generate_images(self.pipeline, prompts, seeds, call_kwargs=kwargs,
-                                   batch_size=self.args.sample_batch_size)
+                                   batch_size=self.args.sample_batch_size, conditioning=conditioning,
+                                   conditioning_kwargs=self.family.conditioning_call_kwargs)
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
@@ -367,14 +381,19 @@ class NFTTrainer:
         if self.eval_dataset is None:
             raise ValueError("evaluate() needs prompts: pass eval_dataset to NFTTrainer.")
         prompts, metadata = list(self.eval_dataset["prompt"]), row_metadata(self.eval_dataset)
-        images = self.generate(prompts, list(range(len(prompts))), weights=self.published_weights)
+        values = read_conditioning(self.eval_dataset, self.columns, self.args.resolution) if self.columns else None
+        if values:  # the judges see each prompt's source too
+            metadata = [{**m, **extra} for m, extra in zip(metadata, reward_metadata(values))]
+        images = self.generate(prompts, list(range(len(prompts))), weights=self.published_weights,
+                               conditioning=values)
         scores = (self.eval_rewards or self.rewards)(images.to(self.accelerator.device), prompts, metadata)
         return {eval_key(name): values.double().mean().item() for name, values in scores.items()}
 
     def log_validation(self) -> Optional[str]:
         """Save (and log to the trackers) a fixed-seed grid of the published weights on the validation prompts."""
         prompts, seeds = self.validation_prompts, list(range(self.args.num_validation_images))
-        images = self.generate([p for p in prompts for _ in seeds], seeds * len(prompts), weights=self.published_weights)
+        images = self.generate([p for p in prompts for _ in seeds], seeds * len(prompts), weights=self.published_weights,
+                               conditioning=_repeat(self.validation_conditioning(), len(seeds)))
         return self.run_log.grid(images, prompts, self.global_step, scale=max(1, 256 // self.args.resolution),
                                  caption=f"iteration {self.global_step}, {self.published_weights} weights, no CFG")
 
@@ -401,14 +420,16 @@ class NFTTrainer:
             evaluation: A markdown table of results to show; default: `output_dir/results.md` when there is one.
         """
         prompts, seeds = self.validation_prompts, list(range(min(self.args.num_validation_images, 4)))
-        gallery = ([p for p in prompts for _ in seeds], seeds * len(prompts))
-        base = self.generate(*gallery, weights="base")
-        tuned = self.generate(*gallery, weights=self.published_weights)
+        values = self.validation_conditioning()
+        gallery = dict(prompts=[p for p in prompts for _ in seeds], seeds=seeds * len(prompts),
+                       conditioning=_repeat(values, len(seeds)))
+        base = self.generate(**gallery, weights="base")
+        tuned = self.generate(**gallery, weights=self.published_weights)
         caption = (f"{self.objective_class.short}: {self.published_weights} weights; both: the pipeline's own "
                    f"{self.args.eval_num_steps}-step call, no CFG, the seeds above")
         return self.publisher.write_card(folder or self.args.output_dir, self._card_inputs(repo_id, evaluation),
                                          prompts, base, tuned, seeds=seeds, scale=max(1, 256 // self.args.resolution),
-                                         caption=caption)
+                                         caption=caption, conditioning=values)
 
     def _card_inputs(self, repo_id: Optional[str], evaluation: Optional[str]) -> CardInputs:
         args, results = self.args, os.path.join(self.args.output_dir, "results.md")
@@ -484,3 +505,8 @@ class NFTTrainer:
         self.history = state["history"]
         self.run_log.resume(self.global_step)
         logger.info("Resumed from %s at iteration %d (optimizer step %d).", path, self.global_step, self.optimizer_step)
+
+
+def _repeat(values: Optional[List[dict]], times: int) -> Optional[List[dict]]:
+    """Each prompt's conditioning once per seed, prompt-major (as the grids lay images out); None stays None."""
+    return None if values is None else [v for v in values for _ in range(times)]

@@ -473,3 +473,13 @@ def build_tiny_llava_judge(folder: str, seed: int = 0) -> None:
     )
     LlavaForConditionalGeneration(config).eval().save_pretrained(folder)
     processor.save_pretrained(folder)
+
+
+def build_tiny_flux_kontext_pipeline(seed: int = 0, sample_size: int = 8):
+    """A tiny `FluxKontextPipeline` (FLUX.1 Kontext: the source image's latents join the sequence), offline; its
+    guidance embedding is on, as FLUX.1 Kontext [dev]'s."""
+    from diffusers import FluxKontextPipeline
+
+    flux = build_tiny_flux_pipeline(seed=seed, guidance_embeds=True, sample_size=sample_size)
+    return FluxKontextPipeline(**{k: v for k, v in flux.components.items() if k in ("transformer", "scheduler", "vae",
+                               "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")})

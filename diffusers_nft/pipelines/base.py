@@ -25,7 +25,10 @@ JOINT_ATTENTION_TARGETS = (
 
 Conditioning = Dict[str, Any]
 """Prompt conditioning of a family: named values with one row per prompt. A tensor's first dimension and a list's
-items are rows; `Shared` values are the same for every row."""
+items are rows; `Shared` values are the same for every row. Under `SOURCE`, a dict of the same kind holds what the
+row's images give (`PipelineFamily.encode_conditioning`): classifier-free guidance drops the text, not those."""
+
+SOURCE = "source"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ def select_conditioning(cond: Conditioning, index: torch.Tensor) -> Conditioning
             selected[key] = value[index.to(value.device)]
         elif isinstance(value, list):
             selected[key] = [value[i] for i in rows]
+        elif isinstance(value, dict):
+            selected[key] = select_conditioning(value, index)
         else:
             selected[key] = value
     return selected
@@ -68,6 +73,10 @@ class PipelineFamily:
     """
 
     pipeline_class_names: Tuple[str, ...] = ()
+    # The pipeline-call arguments the family conditions on (`conditioning.CONDITIONING_ARGUMENTS`) -> how many images
+    # one call takes for each; empty for text-to-image and text-to-video families.
+    conditioning: Dict[str, int] = {}
+    required_conditioning: Tuple[str, ...] = ()  # those it cannot sample without
     card_tags: Tuple[str, ...] = ()  # the Hub tags of the family's model cards, beside the shared ones
     default_lora_targets: Tuple[str, ...] = ()
     # T5-style text length when `NFTConfig.max_sequence_length` is None: the release's where it has one, else
@@ -112,6 +121,16 @@ class PipelineFamily:
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
         """Encode prompts once; the result is reused for every image of the prompt and for training."""
         raise NotImplementedError
+
+    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device) -> Conditioning:
+        """The rows' images (`conditioning.read_conditioning`: argument -> PIL image(s) at the trained size) as model
+        inputs, one row each (VAE latents where the pipeline encodes them), encoded once per iteration; they go
+        under `SOURCE` in the conditioning. Text-only families have none."""
+        return {}
+
+    def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
+        """The pipeline-call arguments of a batch's conditioning: argument -> one value per image."""
+        return {arg: [v[arg] for v in values] for arg in (values[0] if values else {})}
 
     def latent_shape(self, resolution: int) -> Tuple[int, ...]:
         """Shape of one sample's latents (without the batch dimension) at a square resolution: `(C, h, w)` of

@@ -33,14 +33,20 @@ class FluxFamily(PackedLatentsFamily):
         }
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        dtype, batch = self.transformer.dtype, latents.shape[0]
         side = int(math.isqrt(latents.shape[1]))
-        img_ids = self.pipeline._prepare_latent_image_ids(batch, side, side, latents.device, dtype)
+        img_ids = self.pipeline._prepare_latent_image_ids(len(latents), side, side, latents.device, self.transformer.dtype)
+        return self._transformer(latents, img_ids, sigma, cond)
+
+    def _transformer(self, hidden_states: torch.Tensor, img_ids: torch.Tensor, sigma: torch.Tensor,
+                     cond: Conditioning) -> torch.Tensor:
+        """The transformer's output on a token sequence with its rotary ids, in float32."""
+        dtype, batch = self.transformer.dtype, hidden_states.shape[0]
         guidance = None
         if self.transformer.config.guidance_embeds:
-            guidance = torch.full((batch,), self.distilled_guidance_scale, device=latents.device, dtype=torch.float32)
+            guidance = torch.full((batch,), self.distilled_guidance_scale, device=hidden_states.device,
+                                  dtype=torch.float32)
         return self.model(
-            hidden_states=latents.to(dtype),
+            hidden_states=hidden_states.to(dtype),
             timestep=sigma.float(),  # FluxTransformer2DModel casts it to its own dtype
             guidance=guidance,
             pooled_projections=cond["pooled_projections"].to(dtype),

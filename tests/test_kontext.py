@@ -1,0 +1,160 @@
+"""Image-conditioned training, on FLUX.1 Kontext: prompts with source images, checked before any compute; the same
+source fed to sampling, training and evaluation; groups that share their row's source; rewards that see it; the
+LoRA round trip; and the card's source | base | NFT grid with a snippet that loads the source."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffusers_nft import NFTTrainer
+from diffusers_nft.conditioning import ConditioningError
+from diffusers_nft.pipelines import FluxKontextFamily, get_family
+from diffusers_nft.pipelines.base import SOURCE
+from diffusers_nft.sampling import rollout
+
+import tiny_pipelines
+from conftest import PROMPTS, load_saved, small_lora, tiny_config
+
+
+def _image(seed: int, size: int = 64) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).byte().numpy())
+
+
+@pytest.fixture(scope="module")
+def kontext_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("kontext"))
+    tiny_pipelines.build_tiny_flux_kontext_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Four source images on disk, and prompt rows that name them by path."""
+    folder = tmp_path_factory.mktemp("sources")
+    rows = []
+    for i, prompt in enumerate(["make it blue", "turn it into a seven", "make it red", "add a dot"]):
+        path = str(folder / f"source_{i}.png")
+        _image(10 + i).save(path)
+        rows.append({"prompt": prompt, "source": path})
+    return rows
+
+
+def _render(pipe, family, images, prompts, steps=4):
+    noise = torch.randn(len(prompts), *family.latent_shape(64), generator=torch.Generator().manual_seed(5))
+    return pipe(prompt=prompts, image=images, latents=family.pipeline_latents(noise), output_type="pt",
+                **family.call_kwargs(64, steps, 16)).images
+
+
+def test_the_family_samples_what_the_pipeline_samples_for_the_same_source(kontext_dir):
+    pipe = load_saved(kontext_dir)
+    family = get_family(pipe)
+    assert type(family) is FluxKontextFamily and family.conditioning == {"image": 1}
+    images, prompts = [_image(1), _image(2)], ["make it blue", "turn it into a seven"]
+    shape = family.latent_shape(64)
+    noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
+    cond = family.encode_prompts(prompts, torch.device("cpu"), 16)
+    cond[SOURCE] = family.encode_conditioning([{"image": i} for i in images], torch.device("cpu"))
+    with torch.no_grad():
+        ours = family.decode(rollout(lambda x, s: family.predict_velocity(x, s, cond), family.sampling_sigmas(4, shape),
+                                     noise, "euler"))
+        text_only = _render(pipe, family, None, prompts)
+    theirs = _render(pipe, family, images, prompts)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    assert (theirs - text_only).abs().max() > 1e-3  # the source matters
+
+
+@pytest.mark.parametrize("sampler", ["dpm_solver", "euler", "heun", "unipc"])
+def test_training_feeds_each_group_its_rows_source_with_every_solver(kontext_dir, sources, sampler, tmp_path):
+    seen = []
+
+    def likeness(images, prompts, metadata):  # an edit reward: how close each image is to its own source
+        seen.extend(zip(prompts, [m["source_image"] for m in metadata]))
+        return [-(i - m["source_image"]).abs().mean().item() for i, m in zip(images, metadata)]
+
+    config = tiny_config(tmp_path, max_steps=1, sampler=sampler, prompts_per_iteration=2, group_size=2,
+                         image_column="source")
+    trainer = NFTTrainer(load_saved(kontext_dir), likeness, config, sources)
+    history = trainer.train()
+    assert history[-1]["old_theta_deviation"] > 0 and history[-1]["grad_norm"] > 0
+    by_prompt = {row["prompt"]: np.asarray(Image.open(row["source"]).convert("RGB")) for row in sources}
+    sampled = seen[2:]  # after the two blank images of the start-up check
+    assert len(sampled) == 4
+    for prompt, source in sampled:  # every image's reward saw its own row's source, as a (3, 64, 64) tensor
+        assert source.shape == (3, 64, 64)
+        assert np.array_equal((source.permute(1, 2, 0) * 255).round().byte().numpy(), by_prompt[prompt])
+
+
+def test_the_lora_loads_into_kontext_and_reproduces_the_policy(kontext_dir, sources, tmp_path):
+    pipe = load_saved(kontext_dir)
+    peft_config = small_lora(pipe.transformer, rank=4, alpha=12)
+    config = tiny_config(tmp_path, max_steps=2, learning_rate=3e-2, image_column="source")
+    trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, sources, peft_config=peft_config)
+    trainer.train()
+    assert any("lora_B" in k for k in load_file(tmp_path / "pytorch_lora_weights.safetensors"))
+    family, images, prompts = trainer.family, [_image(1), _image(2)], ["make it blue", "add a dot"]
+    trained = _render(pipe, family, images, prompts)  # after train(): the pipeline holds the saved LoRA
+    fresh = load_saved(kontext_dir)
+    base = _render(fresh, family, images, prompts)
+    fresh.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
+    assert (trained - base).abs().max() > 1e-3
+    torch.testing.assert_close(_render(fresh, family, images, prompts), trained, atol=1e-5, rtol=1e-5)
+
+
+def test_the_cards_grid_shows_the_source_and_its_snippet_draws_the_gallery(kontext_dir, sources, tmp_path):
+    config = tiny_config(tmp_path, max_steps=1, image_column="source", eval_num_steps=3)
+    trainer = NFTTrainer(load_saved(kontext_dir), "jpeg_incompressibility", config, sources)
+    trainer.train()
+    trainer.args.base_model_id = "someone/tiny-kontext"
+    card_path = trainer.create_model_card("someone/kontext-nft")
+    text = open(card_path).read()
+    grid = Image.open(tmp_path / "images" / "before_after.png")
+    assert grid.width >= 3 * 256  # source + 2 seeds, each 64 px shown 4x
+    assert (tmp_path / "images" / "image_0.png").is_file()
+    snippet = re.search(r"```python\n(.*?)```", text[text.index("## Use it"):], re.S).group(1)
+    assert "load_image(" in snippet and "image=" in snippet
+    snippet = snippet.replace('"someone/tiny-kontext"', json.dumps(kontext_dir))
+    snippet = snippet.replace('"someone/kontext-nft"', json.dumps(str(tmp_path)))
+    snippet = snippet.replace('"https://huggingface.co/someone/kontext-nft/resolve/main/images/image_0.png"',
+                              json.dumps(str(tmp_path / "images" / "image_0.png")))
+    namespace = {}
+    exec(compile(snippet.replace('image.save("sample.png")', ""), card_path, "exec"), namespace)
+    from_card = np.asarray(namespace["image"], dtype=np.int16)
+    widget = ModelCard.load(card_path).data.to_dict()["widget"][0]
+    gallery = np.asarray(Image.open(tmp_path / widget["output"]["url"]).convert("RGB"), dtype=np.int16)
+    assert widget["text"] == sources[0]["prompt"]
+    assert np.abs(gallery[::4, ::4] - from_card).max() <= 1
+
+
+def test_conditioning_mistakes_fail_before_any_compute_naming_row_and_column(kontext_dir, sources, tmp_path):
+    pipe = load_saved(kontext_dir)
+
+    def build(rows, **overrides):
+        overrides.setdefault("image_column", "source")
+        return NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path, **overrides), rows)
+
+    missing = [dict(sources[0]), {"prompt": "make it green", "source": str(tmp_path / "nowhere.png")}]
+    with pytest.raises(ConditioningError, match=r"train_dataset row 1, column 'source': no file .*nowhere.png"):
+        build(missing)
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ConditioningError, match=r"row 0, column 'source': cannot read"):
+        build([{"prompt": "x", "source": str(tmp_path / "text.png")}])
+    with pytest.raises(ConditioningError, match=r"row 0, column 'source': 2 images, but the pipeline takes at most 1"):
+        build([{"prompt": "x", "source": [sources[0]["source"], sources[1]["source"]]}])
+    with pytest.raises(ConditioningError, match="has no column 'picture'"):
+        build(sources, image_column="picture")
+    with pytest.raises(ConditioningError, match="takes no `mask_image`"):
+        build([{**row, "mask": row["source"]} for row in sources], mask_column="mask")
+
+
+def test_a_text_to_image_pipeline_refuses_an_image_column(tiny_pipeline, sources, tmp_path):
+    with pytest.raises(ConditioningError, match="takes no `image`"):
+        NFTTrainer(tiny_pipeline, "jpeg_incompressibility", tiny_config(tmp_path, image_column="source"), sources)
+    assert PROMPTS  # the shared prompt list stays untouched
