@@ -3,7 +3,6 @@ source fed to sampling, training and evaluation; groups that share their row's s
 LoRA round trip; and the card's source | base | NFT grid with a snippet that loads the source."""
 
 import json
-import os
 import re
 
 import numpy as np
