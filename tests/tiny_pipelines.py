@@ -483,3 +483,25 @@ def build_tiny_flux_kontext_pipeline(seed: int = 0, sample_size: int = 8):
     flux = build_tiny_flux_pipeline(seed=seed, guidance_embeds=True, sample_size=sample_size)
     return FluxKontextPipeline(**{k: v for k, v in flux.components.items() if k in ("transformer", "scheduler", "vae",
                                "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")})
+
+
+def build_tiny_flux_fill_pipeline(seed: int = 0, sample_size: int = 8):
+    """A tiny `FluxFillPipeline` (FLUX.1 Fill, inpainting), offline: the transformer's input takes the latents, the
+    masked image's latents and the mask folded into 8 x 8 latent patches (16 + 16 + 256 channels)."""
+    from diffusers import FluxFillPipeline, FluxTransformer2DModel
+
+    flux = build_tiny_flux_pipeline(seed=seed, guidance_embeds=True, sample_size=sample_size)
+    components = dict(flux.components)
+    config = dict(components["transformer"].config)
+    torch.manual_seed(seed)
+    components["transformer"] = FluxTransformer2DModel(**{
+        **{k: v for k, v in config.items() if not k.startswith("_")}, "in_channels": 16 + 16 + 256, "out_channels": 16})
+    # A sharp posterior, as trained VAEs have (the pipeline encodes the masked image by sampling, not by the mode):
+    # the log-variance half of the encoder's output at -30, so a sample is the mode to 3e-7.
+    conv_out = components["vae"].encoder.conv_out
+    with torch.no_grad():
+        half = conv_out.out_channels // 2
+        conv_out.weight[half:] = 0
+        conv_out.bias[half:] = -30.0
+    return FluxFillPipeline(**{k: components[k] for k in ("transformer", "scheduler", "vae", "text_encoder", "tokenizer",
+                                                           "text_encoder_2", "tokenizer_2")})

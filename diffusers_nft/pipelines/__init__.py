@@ -4,6 +4,7 @@ from typing import List
 
 from .base import Conditioning, PipelineFamily, Shared, select_conditioning
 from .flux import FluxFamily
+from .flux_fill import FluxFillFamily
 from .flux_kontext import FluxKontextFamily
 from .flux2 import Flux2Family
 from .lumina2 import Lumina2Family
@@ -14,7 +15,7 @@ from .wan import WanFamily
 from .z_image import ZImageFamily
 
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
-            FluxKontextFamily)
+            FluxKontextFamily, FluxFillFamily)
 
 
 FAMILY_MODES = ("auto", "traced")
@@ -70,7 +71,7 @@ def card_tags(pipeline_class_name: str) -> List[str]:
 
 
 __all__ = [
-    "FAMILIES", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
+    "FAMILIES", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
     "FAMILY_MODES", "SD3Family", "Shared", "TraceError", "TracedFamily", "WanFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]

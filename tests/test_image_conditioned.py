@@ -1,4 +1,4 @@
-"""Image-conditioned training, on FLUX.1 Kontext: prompts with source images, checked before any compute; the same
+"""Image-conditioned training, on FLUX.1 Kontext (editing) and FLUX.1 Fill (inpainting): prompts with source images, checked before any compute; the same
 source fed to sampling, training and evaluation; groups that share their row's source; rewards that see it; the
 LoRA round trip; and the card's source | base | NFT grid with a snippet that loads the source."""
 
@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer
 from diffusers_nft.conditioning import ConditioningError
-from diffusers_nft.pipelines import FluxKontextFamily, get_family
+from diffusers_nft.pipelines import FluxFillFamily, FluxKontextFamily, get_family
 from diffusers_nft.pipelines.base import SOURCE
 from diffusers_nft.sampling import rollout
 
@@ -157,3 +157,67 @@ def test_a_text_to_image_pipeline_refuses_an_image_column(tiny_pipeline, sources
     with pytest.raises(ConditioningError, match="takes no `image`"):
         NFTTrainer(tiny_pipeline, "jpeg_incompressibility", tiny_config(tmp_path, image_column="source"), sources)
     assert PROMPTS  # the shared prompt list stays untouched
+
+
+# FLUX.1 Fill: inpainting, with a source image and a mask per row
+
+def _mask(size: int = 64, box=(16, 48)) -> Image.Image:
+    mask = torch.zeros(size, size)
+    mask[box[0] : box[1], box[0] : box[1]] = 1
+    return Image.fromarray((mask * 255).byte().numpy(), mode="L")
+
+
+@pytest.fixture(scope="module")
+def fill_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("fill"))
+    tiny_pipelines.build_tiny_flux_fill_pipeline().save_pretrained(folder)
+    return folder
+
+
+def test_fill_samples_what_its_pipeline_samples_for_the_same_image_and_mask(fill_dir):
+    pipe = load_saved(fill_dir)
+    family = get_family(pipe)
+    assert type(family) is FluxFillFamily and family.required_conditioning == ("image", "mask_image")
+    images, masks, prompts = [_image(1), _image(2)], [_mask(), _mask(box=(0, 32))], ["a red dot", "a blue dot"]
+    shape = family.latent_shape(64)
+    noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
+    cond = family.encode_prompts(prompts, torch.device("cpu"), 16)
+    cond[SOURCE] = family.encode_conditioning([{"image": i, "mask_image": m} for i, m in zip(images, masks)],
+                                              torch.device("cpu"))
+    kwargs = dict(prompt=prompts, latents=family.pipeline_latents(noise), image=images, output_type="pt",
+                  **family.call_kwargs(64, 4, 16))
+    with torch.no_grad():
+        ours = family.decode(rollout(lambda x, s: family.predict_velocity(x, s, cond), family.sampling_sigmas(4, shape),
+                                     noise, "euler"))
+        theirs = pipe(mask_image=masks, **kwargs).images
+        unmasked = pipe(mask_image=[Image.new("L", (64, 64), 0)] * 2, **kwargs).images
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    assert (theirs - unmasked).abs().max() > 1e-2  # the mask matters
+
+
+def test_fill_trains_on_image_and_mask_and_its_reward_sees_the_mask(fill_dir, sources, tmp_path):
+    rows = [{**row, "mask": str(tmp_path / f"mask_{i}.png")} for i, row in enumerate(sources)]
+    for i, row in enumerate(rows):
+        _mask(box=(8 * i, 8 * i + 32)).save(row["mask"])
+    seen = []
+
+    def outside_kept(images, prompts, metadata):  # how much of the source survives outside the mask
+        seen.extend(m["mask"] for m in metadata)
+        return [-((i - m["source_image"]).abs() * (1 - m["mask"])).mean().item() for i, m in zip(images, metadata)]
+
+    config = tiny_config(tmp_path, max_steps=1, image_column="source", mask_column="mask")
+    history = NFTTrainer(load_saved(fill_dir), outside_kept, config, rows).train()
+    assert history[-1]["grad_norm"] > 0 and history[-1]["reward/outside_kept/std"] > 0
+    assert all(m.shape == (1, 64, 64) and set(m.unique().tolist()) == {0.0, 1.0} for m in seen)
+
+
+def test_fill_refuses_rows_without_their_mask_or_with_a_mask_of_another_size(fill_dir, sources, tmp_path):
+    pipe = load_saved(fill_dir)
+    with pytest.raises(ConditioningError, match=r"needs \['mask_image'\].*--mask_column"):
+        NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path, image_column="source"), sources)
+    (tmp_path / "small.png").parent.mkdir(exist_ok=True)
+    _mask(size=32, box=(0, 8)).save(tmp_path / "small.png")
+    rows = [{**row, "mask": str(tmp_path / "small.png")} for row in sources]
+    with pytest.raises(ConditioningError, match=r"row 0: the mask is \(32, 32\) but its image is \(64, 64\)"):
+        NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path, image_column="source", mask_column="mask"),
+                   rows)
