@@ -221,3 +221,29 @@ def test_fill_refuses_rows_without_their_mask_or_with_a_mask_of_another_size(fil
     with pytest.raises(ConditioningError, match=r"row 0: the mask is \(32, 32\) but its image is \(64, 64\)"):
         NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path, image_column="source", mask_column="mask"),
                    rows)
+
+
+# Rewards that see the source
+
+def test_edit_consistency_scores_what_of_the_source_survives(tmp_path):
+    from diffusers_nft.conditioning import as_tensor
+    from diffusers_nft.rewards import load_reward
+
+    from tiny_reward_models import save_tiny_clip
+
+    reward = load_reward("edit_consistency", model_id=save_tiny_clip(str(tmp_path / "clip")), device="cpu")
+    source = as_tensor(_image(1))
+    other = as_tensor(_image(2))
+    mask = as_tensor(_mask())  # the edit goes in the middle square
+    inside_changed = source.clone()
+    inside_changed[:, 16:48, 16:48] = other[:, 16:48, 16:48]
+    images = torch.stack([source, inside_changed, other])
+    plain = reward(images, ["x"] * 3, [{"source_image": source}] * 3)
+    assert plain["scores"][0] == pytest.approx(1.0, abs=1e-5) and plain["scores"][2] < plain["scores"][0]
+    masked = reward(images, ["x"] * 3, [{"source_image": source, "mask": mask}] * 3)
+    assert masked["pixel"][:2] == pytest.approx([1.0, 1.0], abs=1e-6)  # outside the mask both keep the source
+    assert masked["pixel"][2] < 0.9
+    expected = [0.5 * f + 0.5 * p for f, p in zip(masked["feature"], masked["pixel"])]
+    assert masked["scores"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="no source_image"):
+        reward(images[:1], ["x"], [{}])

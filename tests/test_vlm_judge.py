@@ -134,3 +134,24 @@ def test_the_command_line_sets_the_judges_model_and_question(tmp_path, llava_fol
         assert loaded.question == "Is this {prompt}? Say yes or no." and type(loaded.model).__name__.startswith("Llava")
     finally:
         register_reward("vlm_judge", VLMJudge)  # the registry is global: back to the default
+
+
+def test_with_the_source_the_model_sees_the_source_then_the_edit(qwen_judge):
+    """The edit template: two images per row, the source first; another source gives another answer."""
+    from diffusers_nft.rewards.vlm import EDIT_QUESTION
+
+    folder, processor = qwen_judge
+    judge = VLMJudge(folder, processor=processor, device="cpu", with_source=True)
+    assert judge.question == EDIT_QUESTION
+    seen = []
+    hook = judge.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    edits, sources = _images(2), _images(2, seed=1)
+    scores = judge(edits, ["make it blue", "make it blue"], [{"source_image": s} for s in sources])
+    swapped = judge(edits, ["make it blue", "make it blue"], [{"source_image": s} for s in sources.flip(0)])
+    hook.remove()
+    text = processor.tokenizer.batch_decode(seen[0]["input_ids"])
+    assert "Is the second image the first one edited as follows: make it blue?" in text[0]
+    assert len(seen[0]["image_grid_thw"]) == 4  # two rows, two images each
+    assert all(0 < s < 1 for s in scores) and scores[0] != pytest.approx(swapped[0], abs=1e-7)
+    with pytest.raises(ValueError, match="no source_image"):
+        judge(edits[:1], ["make it blue"], [{}])

@@ -53,6 +53,12 @@ def _vlm_judge(**options):  # options: model_id, question, normalize
     return VLMJudge(**options)
 
 
+def _edit_consistency(**options):  # options: model_id, pixel_weight
+    from .edit import EditConsistency
+
+    return EditConsistency(**options)
+
+
 def _ocr(det_limit_side_len=None, **_):
     from .ocr import OCRReward
 
@@ -69,6 +75,7 @@ _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "aesthetic": _aesthetic,
     "geneval": _geneval,
     "vlm_judge": _vlm_judge,
+    "edit_consistency": _edit_consistency,
     "ocr": _ocr,
 }
 # Packages add rewards by naming a module in this entry-point group; importing it calls `register_reward`. The

@@ -15,6 +15,8 @@ from .base import ModelReward
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 DEFAULT_QUESTION = "Does this image show {prompt}? Answer yes or no."
+# For edits (image-conditioned runs): the model sees the source, then the edit.
+EDIT_QUESTION = "Is the second image the first one edited as follows: {prompt}? Answer yes or no."
 
 
 def answer_token_ids(tokenizer, words: Sequence[str]) -> List[int]:
@@ -44,14 +46,19 @@ class VLMJudge(ModelReward):
         processor_id: Its `AutoProcessor` (default: `model_id`).
         processor: A processor object to use instead of loading one.
         normalize: Score `P(yes) / (P(yes) + P(no))` instead of `P(yes)` over the whole vocabulary.
+        with_source: Show the model each image's source first (its `"source_image"` metadata, in editing runs);
+            the question then speaks of two images (`EDIT_QUESTION`, the default with it).
         **kwargs: `device`, `dtype`, `batch_size` of `ModelReward`.
     """
 
-    def __init__(self, model_id: str = DEFAULT_MODEL, question: str = DEFAULT_QUESTION,
-                 processor_id: Optional[str] = None, processor=None, normalize: bool = False, **kwargs):
+    def __init__(self, model_id: str = DEFAULT_MODEL, question: Optional[str] = None,
+                 processor_id: Optional[str] = None, processor=None, normalize: bool = False,
+                 with_source: bool = False, **kwargs):
         super().__init__(**kwargs)
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        question = question or (EDIT_QUESTION if with_source else DEFAULT_QUESTION)
+        self.with_source = with_source
         if "{prompt}" not in question:
             raise ValueError(f"question must contain '{{prompt}}' (got {question!r}), e.g. {DEFAULT_QUESTION!r}.")
         self.processor = processor if processor is not None else AutoProcessor.from_pretrained(processor_id or model_id)
@@ -71,12 +78,17 @@ class VLMJudge(ModelReward):
         texts = []
         for prompt, meta in zip(prompts, metadata):
             question = self.question.format(**{**meta, "prompt": prompt})
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            images = [{"type": "image"}] * (2 if self.with_source else 1)
+            messages = [{"role": "user", "content": [*images, {"type": "text", "text": question}]}]
             texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         return texts
 
     def score(self, images: torch.Tensor, prompts: List[str], metadata: List[dict]) -> torch.Tensor:
-        inputs = self.processor(text=self.texts(prompts, metadata), images=to_pil(images), padding=True,
+        shown = to_pil(images)
+        if self.with_source:  # each row: its source, then the edit
+            sources = to_pil(torch.stack([_source(m, i, images.shape[-2:]) for i, m in enumerate(metadata)]))
+            shown = [image for pair in zip(sources, shown) for image in pair]
+        inputs = self.processor(text=self.texts(prompts, metadata), images=shown, padding=True,
                                 return_tensors="pt").to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
@@ -86,3 +98,12 @@ class VLMJudge(ModelReward):
         if self.normalize:
             return yes / (yes + probs[:, self.no_ids].sum(dim=1)).clamp_min(1e-12)
         return yes
+
+
+def _source(meta: dict, row: int, size) -> torch.Tensor:
+    source = meta.get("source_image")
+    if source is None:
+        raise ValueError(f"vlm_judge with_source: image {row} has no source_image in its metadata (an editing run "
+                         "gives it: --image_column).")
+    source = source[0] if source.dim() == 4 else source
+    return torch.nn.functional.interpolate(source[None].float(), size=tuple(size), mode="bilinear")[0]
