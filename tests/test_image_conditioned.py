@@ -247,3 +247,27 @@ def test_edit_consistency_scores_what_of_the_source_survives(tmp_path):
     assert masked["scores"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="no source_image"):
         reward(images[:1], ["x"], [{}])
+
+
+def test_edit_rewards_serve_over_the_reward_server_with_their_sources(tmp_path):
+    """The source image and the mask cross the wire as lossless PNGs: the served score is the local one."""
+    from diffusers_nft.conditioning import as_tensor
+    from diffusers_nft.rewards import RemoteReward, load_reward
+    from diffusers_nft.rewards.serve import create_app
+
+    from conftest import serve_in_thread
+    from tiny_reward_models import save_tiny_clip
+
+    clip = save_tiny_clip(str(tmp_path / "clip"))
+    source, mask = as_tensor(_image(1)), as_tensor(_mask())
+    images = torch.stack([as_tensor(_image(2)), source])
+    metadata = [{"source_image": source, "mask": mask, "tag": "a"}, {"source_image": source, "mask": mask, "tag": "b"}]
+    local = load_reward("edit_consistency", model_id=clip, device="cpu")(images, ["x", "y"], metadata)
+    server, thread, url = serve_in_thread(create_app("edit_consistency", model_id=clip, device="cpu"))
+    try:
+        remote = RemoteReward(url, name="edit_consistency")(images, ["x", "y"], metadata)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    scores = remote["scores"] if isinstance(remote, dict) else remote
+    assert scores == pytest.approx(local["scores"], abs=1e-6) and scores[1] == pytest.approx(1.0, abs=1e-5)

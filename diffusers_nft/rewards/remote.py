@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import torch
 
-from .wire import encode_images
+from .wire import encode_images, encode_metadata
 
 
 class RemoteRewardError(RuntimeError):
@@ -42,7 +42,8 @@ class RemoteReward:
     def __call__(self, images: torch.Tensor, prompts: List[str], metadata: Optional[List[dict]] = None):
         import httpx
 
-        payload = {"images": encode_images(images), "prompts": list(prompts), "metadata": list(metadata or [])}
+        payload = {"images": encode_images(images), "prompts": list(prompts),
+                   "metadata": encode_metadata(list(metadata or []))}  # source images and masks as PNGs
         if not payload["metadata"]:
             payload["metadata"] = [{} for _ in prompts]
         delay, last_error = self.backoff, None

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 
 from .base import require
 from .combine import RewardError, WeightedRewards
-from .wire import ImageTooLarge, decode_images
+from .wire import ImageTooLarge, decode_images, decode_metadata
 
 API_KEY_ENV = "DIFFUSERS_NFT_API_KEY"
 DEFAULT_LIMITS = dict(max_body_bytes=64 * 2**20, max_images=256, max_pixels=2048 * 2048, body_timeout=30.0)
@@ -144,6 +144,7 @@ def _score_app(rewards: WeightedRewards, name: Optional[str], max_images: int, m
             )
         try:
             images = decode_images(request.images, max_pixels=max_pixels)
+            metadata = decode_metadata(metadata, max_pixels=max_pixels)  # source images and masks of edits
         except ImageTooLarge as error:
             raise fastapi.HTTPException(413, str(error)) from error
         except ValueError as error:

@@ -59,3 +59,42 @@ def decode_images(encoded: List[str], max_pixels: Optional[int] = None) -> torch
     if len({a.shape for a in arrays}) > 1:
         raise ValueError(f"images differ in size: {sorted({a.shape for a in arrays})}")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+IMAGES_KEY = "__images__"  # a metadata value that is an image tensor, sent as PNGs
+
+
+def encode_metadata(metadata: List[dict]) -> List[dict]:
+    """Metadata for JSON: image tensors in [0, 1] (a source `(3, H, W)`, a mask `(1, H, W)`, several `(N, C, H, W)`)
+    as `{"__images__": [base64 PNG, ...], "stack": ...}`, lossless for 8-bit images; other values as they are."""
+    return [{k: _encode_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in row.items()} for row in metadata]
+
+
+def decode_metadata(metadata: List[dict], max_pixels: Optional[int] = None) -> List[dict]:
+    """`encode_metadata`'s image values back to tensors (3 channels, or 1 for a mask); the rest as it is.
+
+    Raises:
+        ImageTooLarge, ValueError: As `decode_images` for a bad or too large image.
+    """
+    return [{k: _decode_tensor(v, max_pixels) if isinstance(v, dict) and IMAGES_KEY in v else v
+             for k, v in row.items()} for row in metadata]
+
+
+def _encode_tensor(tensor: torch.Tensor) -> dict:
+    frames = tensor.detach().float().cpu()
+    stack = frames.dim() == 4
+    frames = frames if stack else frames[None]
+    encoded = []
+    for frame in (frames.clamp(0, 1) * 255).round().to(torch.uint8):
+        array = frame[0].numpy() if frame.shape[0] == 1 else frame.permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(array), "L" if frame.shape[0] == 1 else "RGB").save(buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return {IMAGES_KEY: encoded, "stack": stack, "channels": int(frames.shape[1])}
+
+
+def _decode_tensor(value: dict, max_pixels: Optional[int]) -> torch.Tensor:
+    images = decode_images(value[IMAGES_KEY], max_pixels=max_pixels)
+    if value.get("channels") == 1:
+        images = images[:, :1]  # a mask: its one channel, repeated in RGB by the PNG decoder
+    return images if value.get("stack") else images[0]
