@@ -63,6 +63,11 @@ class EvaluationArguments:
         default=None, metadata={"help": "A metadata column to break results down by (GenEval: 'tag')."}
     )
     output_dir: str = field(default="nft-eval", metadata={"help": "Where results.md, results.json, grid.png go."})
+    image_column: Optional[str] = field(
+        default=None, metadata={"help": "Image-conditioned pipelines: the prompts' column of source images (`image`)."}
+    )
+    mask_column: Optional[str] = field(default=None, metadata={"help": "Inpainting: the column of masks."})
+    control_column: Optional[str] = field(default=None, metadata={"help": "Control: the column of control images."})
     grid_prompts: int = field(default=4, metadata={"help": "Prompts shown in grid.png."})
 
 
@@ -96,7 +101,7 @@ def summarize(values: Dict[str, torch.Tensor], records: Sequence[dict], group_by
 def evaluate_models(pipe, models: Dict[str, Callable[[], ContextManager]], records: Sequence[dict],
                     rewards: Dict[str, Callable], *, seeds: Sequence[int] = (0, 1), guidance_scales=(1.0,),
                     num_steps: int = 40, resolution: int = 512, max_sequence_length: int = 128, batch_size: int = 16,
-                    group_by: Optional[str] = None):
+                    group_by: Optional[str] = None, conditioning: Optional[Sequence[dict]] = None):
     """Generate and score every (model, CFG scale) on the same noise.
 
     Args:
@@ -105,6 +110,8 @@ def evaluate_models(pipe, models: Dict[str, Callable[[], ContextManager]], recor
             the EMA weights swapped in, ...).
         records: Prompt rows (`prompt` plus metadata for the rewards).
         rewards: Reward name -> callable `(images, prompts, metadata)`.
+        conditioning: For image-conditioned pipelines, each record's conditioning (`conditioning.read_conditioning`):
+            fed to the call with every seed, and to the rewards' metadata (`source_image`, `mask`).
 
     Returns:
         `(results, images)`: per `"<label>, CFG <scale>"` the summary of `summarize`, and its images.
@@ -112,6 +119,11 @@ def evaluate_models(pipe, models: Dict[str, Callable[[], ContextManager]], recor
     from .pipelines import get_family
 
     family = get_family(pipe)
+    per_image = [c for c in conditioning for _ in seeds] if conditioning is not None else None
+    if conditioning is not None:  # the rewards see each record's source
+        from .conditioning import reward_metadata
+
+        records = [{**r, **extra} for r, extra in zip(records, reward_metadata(conditioning))]
     rows = [r for r in records for _ in seeds]
     noise_seeds = image_seeds(len(records), seeds)
     results, images = {}, {}
@@ -121,7 +133,8 @@ def evaluate_models(pipe, models: Dict[str, Callable[[], ContextManager]], recor
             kwargs = family.call_kwargs(resolution, num_steps, max_sequence_length, scale)
             with context():
                 out = generate_images(pipe, [r["prompt"] for r in rows], noise_seeds, call_kwargs=kwargs,
-                                      batch_size=batch_size, bar=bar)
+                                      batch_size=batch_size, bar=bar, conditioning=per_image,
+                                      conditioning_kwargs=family.conditioning_call_kwargs)
             key = f"{label}, CFG {scale:g}"
             results[key] = summarize(score_images(rewards, out, rows), rows, group_by)
             images[key] = out
@@ -142,16 +155,22 @@ def markdown_table(results: Dict[str, Dict[str, float]]) -> str:
 
 
 def write_report(results, images, records: Sequence[dict], seeds: Sequence[int], output_dir: str,
-                 grid_prompts: int = 4, config: Optional[dict] = None) -> List[str]:
-    """`results.md`, `results.json` and `grid.png` (a row per model, the first prompts at the first seed; an
-    animated `grid.webp` for videos)."""
+                 grid_prompts: int = 4, config: Optional[dict] = None,
+                 conditioning: Optional[Sequence[dict]] = None) -> List[str]:
+    """`results.md`, `results.json` and `grid.png` (a row per model, the first prompts at the first seed, under a
+    row of their sources for image-conditioned pipelines; an animated `grid.webp` for videos)."""
     os.makedirs(output_dir, exist_ok=True)
     shown = min(grid_prompts, len(records))
     columns = [i * len(seeds) for i in range(shown)]  # the first seed of each of the first prompts
-    grid = torch.cat([out[columns] for out in images.values()])
+    grid, labels = torch.cat([out[columns] for out in images.values()]), list(images)
     side = grid.shape[-1]
+    if conditioning is not None and grid.dim() == 4:
+        from .conditioning import as_tensor, first_image
+
+        sources = [first_image(next(iter(c.values()))).convert("RGB").resize((side, side)) for c in conditioning[:shown]]
+        grid, labels = torch.cat([torch.stack([as_tensor(s) for s in sources]), grid]), ["source"] + labels
     paths = [os.path.join(output_dir, name) for name in ("results.md", "results.json")]
-    paths.append(save_grid(grid, os.path.join(output_dir, "grid"), rows=len(images), labels=list(images),
+    paths.append(save_grid(grid, os.path.join(output_dir, "grid"), rows=len(labels), labels=labels,
                            scale=max(1, 128 // side)))  # grid.png, or an animated grid.webp of videos
     name = os.path.basename(paths[2])
     prompts = "\n".join(f"{i + 1}. {records[i]['prompt']}" for i in range(shown))
@@ -232,20 +251,39 @@ def run(args: EvaluationArguments) -> Dict[str, Dict[str, float]]:
         raise ValueError("--reward is required with --pretrained_model_name_or_path (see available_rewards()).")
     records = load_records(args, demo)
     pipe, demo_config = _load_pipeline(args.pretrained_model_name_or_path)
+    resolution = args.resolution or demo_config.get("resolution", 512)
+    records, conditioning = _conditioning(pipe, records, args, resolution)
     rewards = {name: load_reward(name) for name in (args.reward or [demo_config["reward"]])}
     pipe.set_progress_bar_config(disable=True)
     results, images = evaluate_models(
         pipe, lora_models(pipe, args.lora), records, rewards, seeds=args.seeds,
-        guidance_scales=args.guidance_scale or [1.0], num_steps=args.num_steps,
-        resolution=args.resolution or demo_config.get("resolution", 512),
+        guidance_scales=args.guidance_scale or [1.0], num_steps=args.num_steps, resolution=resolution,
+        conditioning=conditioning,
         max_sequence_length=args.max_sequence_length or demo_config.get("max_sequence_length")
         or _default_text_length(pipe),
         batch_size=args.batch_size, group_by=args.group_by,
     )
-    for path in write_report(results, images, records, args.seeds, args.output_dir, args.grid_prompts, asdict(args)):
+    for path in write_report(results, images, records, args.seeds, args.output_dir, args.grid_prompts, asdict(args),
+                             conditioning):
         logger.info("Wrote %s", path)
     print(markdown_table(results))
     return results
+
+
+def _conditioning(pipe, records: List[dict], args: EvaluationArguments, resolution: int):
+    """The records without their conditioning columns, and each one's conditioning, checked (None without
+    conditioning columns)."""
+    from .conditioning import check_run_conditioning, columns_of, read_conditioning
+    from .data import records_to_dataset
+    from .pipelines import get_family
+
+    columns = columns_of(args)
+    if not columns:
+        return records, None
+    dataset = records_to_dataset(records)
+    check_run_conditioning(get_family(pipe), args, {"--prompts": dataset})
+    return ([{k: v for k, v in r.items() if k not in columns.values()} for r in records],
+            read_conditioning(dataset, columns, resolution))
 
 
 def _default_text_length(pipe) -> int:

@@ -271,3 +271,35 @@ def test_edit_rewards_serve_over_the_reward_server_with_their_sources(tmp_path):
         thread.join(timeout=10)
     scores = remote["scores"] if isinstance(remote, dict) else remote
     assert scores == pytest.approx(local["scores"], abs=1e-6) and scores[1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_evaluation_command_takes_the_conditioning_columns(kontext_dir, sources, tmp_path):
+    """`python -m diffusers_nft.evaluate --image_column source`: every image from its prompt's source, the rewards
+    see it, and the grid shows the sources over the models' rows."""
+    from diffusers_nft.evaluate import EvaluationArguments, run
+    from diffusers_nft.rewards import register_reward
+
+    seen = []
+
+    def likeness(images, prompts, metadata):
+        seen.extend((p, m["source_image"]) for p, m in zip(prompts, metadata))
+        return [-(i - m["source_image"]).abs().mean().item() for i, m in zip(images, metadata)]
+
+    register_reward("likeness", lambda **_: likeness)
+    prompts = tmp_path / "edits.jsonl"
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in sources))
+    args = EvaluationArguments(pretrained_model_name_or_path=kontext_dir, prompts=str(prompts), reward=["likeness"],
+                               image_column="source", seeds=[0], num_steps=2, resolution=64, max_sequence_length=16,
+                               output_dir=str(tmp_path / "eval"), grid_prompts=2)
+    results = run(args)
+    assert "likeness/mean" in results["base, CFG 1"] and len(seen) == 4
+    by_prompt = {row["prompt"]: np.asarray(Image.open(row["source"]).convert("RGB")) for row in sources}
+    for prompt, source in seen:
+        assert np.array_equal((source.permute(1, 2, 0) * 255).round().byte().numpy(), by_prompt[prompt])
+    grid = Image.open(tmp_path / "eval" / "grid.png")
+    assert grid.height > 2 * 128  # the sources' row above the model's
+    with pytest.raises(ConditioningError, match="no file"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps({"prompt": "x", "source": str(tmp_path / "none.png")}) + "\n")
+        run(EvaluationArguments(pretrained_model_name_or_path=kontext_dir, prompts=str(bad), reward=["likeness"],
+                                image_column="source", resolution=64))
