@@ -14,6 +14,7 @@ from diffusers_nft.checkpoints import CheckpointError, list_checkpoints, resolve
 from conftest import PROMPTS, max_diff, run_tiny as _run, tiny_config
 
 
+@pytest.mark.slow  # long: in CI (--runslow), not in the default set
 def test_resume_is_exact(tiny_pipeline_dir, tmp_path):
     # two optimizer steps per iteration, and the delayed decay, so that every piece of state matters
     kwargs = dict(gradient_accumulation_steps=3, old_policy_decay="constant", old_policy_decay_constant=0.3,

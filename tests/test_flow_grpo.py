@@ -126,6 +126,7 @@ def test_flow_grpo_runs_the_tiny_flux_loop(tmp_path):
     assert isinstance(pipe, FluxPipeline)
 
 
+@pytest.mark.slow  # long: in CI (--runslow), not in the default set
 def test_flow_grpo_resumes_exactly_from_its_checkpoint(tiny_pipeline_dir, tmp_path):
     from conftest import max_diff, run_tiny
 

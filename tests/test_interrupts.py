@@ -94,6 +94,7 @@ def test_a_hung_reward_fails_after_reward_timeout(tiny_pipeline_dir, tmp_path):
     assert time.time() - start < 30
 
 
+@pytest.mark.slow  # long: in CI (--runslow), not in the default set
 def test_train_shuts_the_reward_process_down(tiny_pipeline_dir, tmp_path):
     import multiprocessing
 

@@ -53,6 +53,7 @@ def test_iteration_metrics_files_and_metadata(tiny_pipeline, tmp_path):
     assert Image.open(tmp_path / "samples" / grids[0]).size[0] >= 2 * 64
 
 
+@pytest.mark.slow  # long: in CI (--runslow), not in the default set
 def test_training_moves_a_latent_reward(tiny_pipeline, tmp_path):
     """End to end on a reward the tiny random pipeline can express: the red channel of a latent-to-RGB map."""
     config = tiny_config(tmp_path, max_steps=20, prompts_per_iteration=2, group_size=8, sample_batch_size=16,

@@ -17,6 +17,7 @@ def _trainer(pipe, folder, **overrides):
     return NFTTrainer(pipe, "jpeg_compressibility", tiny_config(folder, **overrides), PROMPTS)
 
 
+@pytest.mark.slow  # long: in CI (--runslow), not in the default set
 def test_train_resumes_from_a_checkpoint_given_to_train(tiny_pipeline_dir, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
