@@ -27,12 +27,11 @@ from . import zero
 from .callbacks import CallbackList, TrainerControl, TrainerState
 from .checkpoints import CheckpointError, Checkpointer, check_output_dir, clean_incomplete
 from .collect import SEED_STREAMS, Collector, seeded
-from .conditioning import check_run_conditioning, read_conditioning, reward_metadata
+from .conditioning import check_run_conditioning
 from .config import NFTConfig
 from .credit import Credit, assign_credit
-from .data import PromptSampler, PromptSource, prompt_sets, row_metadata
+from .data import PromptSampler, PromptSource, prompt_sets
 from .engine import NonFiniteError, build_engine, place_pipeline, probe_rewards
-from .generation import generate_images, low_precision, sampling_with
 from .hub import CardInputs, card_hyperparameters, hub_base_model
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
@@ -45,6 +44,7 @@ from .policy import check_lora_targets, make_lora_config
 from .publisher import Publisher
 from .rewards import RewardScorer, rewards_of
 from .rollouts import Rollouts
+from .run_images import RunImages
 from .run_log import RunLog, count, startup_block
 from .schedules import old_policy_decay
 
@@ -127,6 +127,9 @@ class NFTTrainer:
         self.optimizer, self.lr_scheduler = self.engine.optimizer, self.engine.lr_scheduler
         self.run_log = RunLog(self.accelerator, args.output_dir, args.trackers(), args.logging_dir)
         self.publisher = Publisher(self.accelerator, type(pipeline), peft_config, self.family.lora_layout())
+        self.images = RunImages(pipeline=pipeline, family=self.family, policy=self.policy, accelerator=self.accelerator,
+                                args=args, max_sequence_length=self.max_sequence_length, columns=self.columns,
+                                train_dataset=self.train_dataset, eval_dataset=self.eval_dataset)
         self._setup_loop()
         if resume[0]:
             self._load(*resume)
@@ -320,33 +323,15 @@ class NFTTrainer:
 
     @property
     def validation_prompts(self) -> List[str]:
-        """The prompts of the sample grids and the card: `validation_prompts`, else the first 4 held-out (or
-        training) prompts; with conditioning columns always those rows, whose images go with them."""
-        if self.args.validation_prompts and not self.columns:
-            return list(self.args.validation_prompts)
-        return list(self._validation_rows()["prompt"])
-
-    def _validation_rows(self):
-        source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
-        return source.select(range(min(4, len(source))))
-
-    def validation_conditioning(self) -> Optional[List[Dict[str, object]]]:
-        """The conditioning of each validation prompt (`conditioning.read_conditioning`), or None for text-only."""
-        return read_conditioning(self._validation_rows(), self.columns, self.args.resolution) if self.columns else None
+        """The prompts of the sample grids and the card (`RunImages.validation_prompts`)."""
+        return self.images.validation_prompts()
 
     @property
     def published_weights(self) -> str:
-        """The weights the run publishes (LoRA file, checkpoint LoRA, card, evaluation): `"ema"` unless
+        """What the run publishes (LoRA file, checkpoint LoRA, card, evaluation): `"ema"` unless
         `save_ema_weights=False`, then `"trained"`."""
-        return "ema" if self.args.save_ema_weights else "trained"
+        return self.images.published_weights
 
-    def generation_kwargs(self, num_steps: Optional[int] = None, guidance_scale: float = 1.0) -> Dict[str, object]:
-        """The pipeline-call arguments of evaluation images (and of the card's snippet): `eval_num_steps` steps
-        (40, the release's evaluation), CFG-free, at the trained resolution, text length and frame count."""
-        return self.family.call_kwargs(self.args.resolution, num_steps or self.args.eval_num_steps,
-                                       self.max_sequence_length, guidance_scale)
-
-    @torch.no_grad()
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], weights: str = "ema",
                  num_steps: Optional[int] = None, guidance_scale: float = 1.0, scheduler=None,
                  conditioning: Optional[Sequence[Dict[str, object]]] = None) -> torch.Tensor:
@@ -365,13 +350,7 @@ class NFTTrainer:
         Returns:
             Images `(N, 3, H, W)` (videos `(N, F, 3, H, W)`) in [0, 1] on the CPU.
         """
-        kwargs = self.generation_kwargs(num_steps, guidance_scale)
-        precision = low_precision(self.accelerator.device, self.accelerator.mixed_precision)
-        with self.policy.weights(weights), sampling_with(self.pipeline, scheduler), precision, \
-                self.family.text_encoders_on(self.accelerator.device, enabled=self.args.offload_text_encoders):
-            return generate_images(self.pipeline, prompts, seeds, call_kwargs=kwargs,
-                                   batch_size=self.args.sample_batch_size, conditioning=conditioning,
-                                   conditioning_kwargs=self.family.conditioning_call_kwargs)
+        return self.images.generate(prompts, seeds, weights, num_steps, guidance_scale, scheduler, conditioning)
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
@@ -380,22 +359,16 @@ class NFTTrainer:
         Returns `eval/<judge>/mean` values."""
         if self.eval_dataset is None:
             raise ValueError("evaluate() needs prompts: pass eval_dataset to NFTTrainer.")
-        prompts, metadata = list(self.eval_dataset["prompt"]), row_metadata(self.eval_dataset)
-        values = read_conditioning(self.eval_dataset, self.columns, self.args.resolution) if self.columns else None
-        if values:  # the judges see each prompt's source too
-            metadata = [{**m, **extra} for m, extra in zip(metadata, reward_metadata(values))]
-        images = self.generate(prompts, list(range(len(prompts))), weights=self.published_weights,
-                               conditioning=values)
+        images, prompts, metadata = self.images.judged(self.eval_dataset)
         scores = (self.eval_rewards or self.rewards)(images.to(self.accelerator.device), prompts, metadata)
         return {eval_key(name): values.double().mean().item() for name, values in scores.items()}
 
     def log_validation(self) -> Optional[str]:
         """Save (and log to the trackers) a fixed-seed grid of the published weights on the validation prompts."""
-        prompts, seeds = self.validation_prompts, list(range(self.args.num_validation_images))
-        images = self.generate([p for p in prompts for _ in seeds], seeds * len(prompts), weights=self.published_weights,
-                               conditioning=_repeat(self.validation_conditioning(), len(seeds)))
-        return self.run_log.grid(images, prompts, self.global_step, scale=max(1, 256 // self.args.resolution),
-                                 caption=f"iteration {self.global_step}, {self.published_weights} weights, no CFG")
+        weights = self.published_weights
+        prompts, _, drawn = self.images.gallery(range(self.args.num_validation_images), [weights])
+        return self.run_log.grid(drawn[weights], prompts, self.global_step, scale=max(1, 256 // self.args.resolution),
+                                 caption=f"iteration {self.global_step}, {weights} weights, no CFG")
 
     # ------------------------------------------------------------------ what the run writes
 
@@ -419,17 +392,14 @@ class NFTTrainer:
             folder: Where to write; `output_dir` by default.
             evaluation: A markdown table of results to show; default: `output_dir/results.md` when there is one.
         """
-        prompts, seeds = self.validation_prompts, list(range(min(self.args.num_validation_images, 4)))
-        values = self.validation_conditioning()
-        gallery = dict(prompts=[p for p in prompts for _ in seeds], seeds=seeds * len(prompts),
-                       conditioning=_repeat(values, len(seeds)))
-        base = self.generate(**gallery, weights="base")
-        tuned = self.generate(**gallery, weights=self.published_weights)
+        seeds = list(range(min(self.args.num_validation_images, 4)))
+        prompts, values, drawn = self.images.gallery(seeds, ["base", self.published_weights])
         caption = (f"{self.objective_class.short}: {self.published_weights} weights; both: the pipeline's own "
                    f"{self.args.eval_num_steps}-step call, no CFG, the seeds above")
         return self.publisher.write_card(folder or self.args.output_dir, self._card_inputs(repo_id, evaluation),
-                                         prompts, base, tuned, seeds=seeds, scale=max(1, 256 // self.args.resolution),
-                                         caption=caption, conditioning=values)
+                                         prompts, drawn["base"], drawn[self.published_weights], seeds=seeds,
+                                         scale=max(1, 256 // self.args.resolution), caption=caption,
+                                         conditioning=values)
 
     def _card_inputs(self, repo_id: Optional[str], evaluation: Optional[str]) -> CardInputs:
         args, results = self.args, os.path.join(self.args.output_dir, "results.md")
@@ -442,7 +412,7 @@ class NFTTrainer:
             rewards=list(zip(self.rewards.names, self.rewards.weights)), history=self.history,
             hyperparameters=card_hyperparameters(args, self.policy.lora_config, self.accelerator.mixed_precision,
                                                  self.objective_class.card_settings),
-            call_kwargs=self.generation_kwargs(), license=args.license, evaluation=evaluation,
+            call_kwargs=self.images.call_kwargs(), license=args.license, evaluation=evaluation,
             lora_layout=self.family.lora_layout(), method=self.objective_class,
         )
 
@@ -505,8 +475,3 @@ class NFTTrainer:
         self.history = state["history"]
         self.run_log.resume(self.global_step)
         logger.info("Resumed from %s at iteration %d (optimizer step %d).", path, self.global_step, self.optimizer_step)
-
-
-def _repeat(values: Optional[List[dict]], times: int) -> Optional[List[dict]]:
-    """Each prompt's conditioning once per seed, prompt-major (as the grids lay images out); None stays None."""
-    return None if values is None else [v for v in values for _ in range(times)]
