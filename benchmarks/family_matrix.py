@@ -9,7 +9,11 @@ class with no such build is reported as such. Each built one runs 2 NFT iteratio
 family's file, else traced) and a `load_lora_weights` round trip: a fresh instance of the class, given the saved
 LoRA, must change its output and reproduce the trained policy's.
 
-    python benchmarks/family_matrix.py                       # prints the table
+A second table does the same for the image-conditioned classes (editing, inpainting, control, image-to-video):
+each built one trains 2 iterations on a tiny dataset of prompts with source images (and masks where the class takes
+them), and the round trip renders with those sources.
+
+    python benchmarks/family_matrix.py                       # prints the tables
     python benchmarks/family_matrix.py --out benchmarks/results/family_matrix.md
 """
 
@@ -51,10 +55,16 @@ BUILDS = {
 CLASS_BUILDS = {
     "Flux2Pipeline": ("build_tiny_flux2_pipeline", {}),
 }
+# The image-conditioned classes with a tiny offline build of their own.
+CONDITIONED_BUILDS = {
+    "FluxKontextPipeline": ("build_tiny_flux_kontext_pipeline", {}),
+    "FluxFillPipeline": ("build_tiny_flux_fill_pipeline", {}),
+}
 
 
-def candidates():
-    """(name, class) of each text-to-image / text-to-video flow-matching pipeline class diffusers exports."""
+def candidates(conditioned: bool = False):
+    """(name, class) of each text-to-image / text-to-video flow-matching pipeline class diffusers exports; with
+    `conditioned`, of each image-conditioned one instead (audio classes aside)."""
     import diffusers
 
     found = []
@@ -70,9 +80,11 @@ def candidates():
         if scheduler is None or "FlowMatch" not in annotation or "prompt" not in call:
             continue
         required_images = [p for p in IMAGE_INPUTS if p in call and call[p].default is inspect.Parameter.empty]
-        if required_images or any(marker in name for marker in NOT_TEXT_TO_X):
-            continue
-        found.append((name, cls))
+        image_conditioned = bool(required_images) or any(marker in name for marker in NOT_TEXT_TO_X)
+        if conditioned and "Audio" not in name and "AceStep" not in name and image_conditioned:
+            found.append((name, cls))
+        elif not conditioned and not image_conditioned:
+            found.append((name, cls))
     return found
 
 
@@ -84,7 +96,7 @@ def package(cls) -> str:
 
 def build(cls):
     """A tiny instance of `cls` from its package's tiny components, with its call options, or a reason."""
-    entry = CLASS_BUILDS.get(cls.__name__) or BUILDS.get(package(cls))
+    entry = CONDITIONED_BUILDS.get(cls.__name__) or CLASS_BUILDS.get(cls.__name__) or BUILDS.get(package(cls))
     if package(cls) == "pag" and not cls.__name__.startswith("StableDiffusion3"):
         entry = None  # diffusers.pipelines.pag holds PAG variants of many families; the SD3 build serves SD3's
     if entry is None:
@@ -108,12 +120,15 @@ def build(cls):
     return pipe, options, ""
 
 
-def render(family, noise, options):
+def render(family, noise, options, values=None):
     """Euler on the family's grid: the same latents whichever pipeline instance the family wraps (the LoRA
-    changes the transformer only, so latents are where a round trip shows)."""
+    changes the transformer only, so latents are where a round trip shows); with `values`, from those sources."""
+    from diffusers_nft.pipelines.base import SOURCE
     from diffusers_nft.sampling import rollout
 
     cond = family.encode_prompts(["a red cat", "a blue dog"], noise.device, options.get("max_sequence_length", 16))
+    if values:
+        cond[SOURCE] = family.encode_conditioning(values, noise.device)
     with torch.no_grad():
         sigmas = family.sampling_sigmas(3, tuple(noise.shape[1:]))
         latents = rollout(lambda x, s: family.predict_velocity(x, s, cond), sigmas, noise, "euler")
@@ -121,7 +136,29 @@ def render(family, noise, options):
         return latents
 
 
-def run_one(cls, folder: str) -> dict:
+def conditioned_rows(family, folder: str):
+    """A tiny dataset for an image-conditioned family: four prompts, each with a source image (and a mask where
+    the family takes one), and the conditioning of the first two for the round trip."""
+    from PIL import Image
+
+    rows, values = [], []
+    for i, prompt in enumerate(PROMPTS):
+        pixels = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()
+        row, value = {"prompt": prompt, "image": os.path.join(folder, f"source_{i}.png")}, {}
+        Image.fromarray(pixels).save(row["image"])
+        value["image"] = Image.open(row["image"]).convert("RGB")
+        if "mask_image" in family.conditioning:
+            mask = Image.new("L", (64, 64), 0)
+            mask.paste(255, (8 * i, 8 * i, 8 * i + 32, 8 * i + 32))
+            row["mask"] = os.path.join(folder, f"mask_{i}.png")
+            mask.save(row["mask"])
+            value["mask_image"] = mask
+        rows.append(row)
+        values.append(value)
+    return rows, values[:2]
+
+
+def run_one(cls, folder: str, conditioned: bool = False) -> dict:
     """Build, train 2 iterations, save, reload the LoRA into a fresh instance; the row of the table."""
     row = {"pipeline": cls.__name__, "family": "", "result": "fail", "reason": "", "seconds": 0.0}
     start = time.perf_counter()
@@ -133,21 +170,27 @@ def run_one(cls, folder: str) -> dict:
         frames = options.get("num_frames")
         family = get_family(pipe, num_frames=frames)
         row["family"] = "traced" if isinstance(family, TracedFamily) else type(family).__name__
+        prompts, values, columns = PROMPTS, None, {}
+        if conditioned:
+            prompts, values = conditioned_rows(family, folder)
+            columns = {"image_column": "image", **({"mask_column": "mask"} if "mask_image" in family.conditioning
+                                                   else {})}
         config = NFTConfig(output_dir=folder, max_steps=2, prompts_per_iteration=2, group_size=4, resolution=64,
                            num_sampling_steps=4, max_sequence_length=options.get("max_sequence_length", 16),
                            sample_batch_size=8, train_batch_size=4, learning_rate=3e-2, report_to="none",
-                           save_steps=1000, validation_steps=1000, eval_num_steps=4, num_frames=frames, seed=0)
-        trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
+                           save_steps=1000, validation_steps=1000, eval_num_steps=4, num_frames=frames, seed=0,
+                           **columns)
+        trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, prompts)
         trainer.train()
         noise = torch.randn(2, *trainer.latent_shape, generator=torch.Generator().manual_seed(5))
         with trainer.policy.ema_weights():
-            trained = render(trainer.family, noise, options)
+            trained = render(trainer.family, noise, options, values)
         fresh, _, _ = build(cls)
         fresh_adapter = get_family(fresh, num_frames=frames)
         fresh_adapter.latent_shape(64)
-        base = render(fresh_adapter, noise, options)
+        base = render(fresh_adapter, noise, options, values)
         fresh.load_lora_weights(folder, weight_name="pytorch_lora_weights.safetensors")
-        loaded = render(fresh_adapter, noise, options)
+        loaded = render(fresh_adapter, noise, options, values)
         moved, error = (trained - base).abs().max().item(), (loaded - trained).abs().max().item()
         if moved <= 1e-5 or error > 1e-4:
             row["reason"] = f"the loaded LoRA moved the latents by {moved:.2g}, {error:.2g} from the trained policy"
@@ -162,9 +205,9 @@ def run_one(cls, folder: str) -> dict:
     return row
 
 
-def table(rows) -> str:
+def table(rows, kind: str = "text-to-image / text-to-video") -> str:
     passed = sum(r["result"] == "pass" for r in rows)
-    lines = [f"{passed} of {len(rows)} text-to-image / text-to-video flow-matching pipeline classes of diffusers "
+    lines = [f"{passed} of {len(rows)} {kind} flow-matching pipeline classes of diffusers "
              "train offline (2 NFT iterations and a `load_lora_weights` round trip).", "",
              "| pipeline | family | result | reason | s |", "| --- | --- | --- | --- | ---: |"]
     lines += [f"| `{r['pipeline']}` | {r['family'] or '-'} | {r['result']} | {r['reason'].replace('|', '/')} | "
@@ -179,14 +222,17 @@ def main():
     args = parser.parse_args()
     import diffusers
 
-    rows = []
-    for name, cls in candidates():
-        if args.only and name not in args.only:
-            continue
-        with tempfile.TemporaryDirectory() as folder:
-            rows.append(run_one(cls, folder))
-        print(f"{name}: {rows[-1]['result']} ({rows[-1]['reason']})", flush=True)
-    text = f"diffusers {diffusers.__version__}, torch {torch.__version__}, CPU.\n\n" + table(rows)
+    tables = []
+    for conditioned, kind in ((False, "text-to-image / text-to-video"), (True, "image-conditioned")):
+        rows = []
+        for name, cls in candidates(conditioned):
+            if args.only and name not in args.only:
+                continue
+            with tempfile.TemporaryDirectory() as folder:
+                rows.append(run_one(cls, folder, conditioned))
+            print(f"{name}: {rows[-1]['result']} ({rows[-1]['reason']})", flush=True)
+        tables.append(table(rows, kind) if rows else "")
+    text = f"diffusers {diffusers.__version__}, torch {torch.__version__}, CPU.\n\n" + "\n".join(tables)
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -70,7 +70,8 @@ def _value(dataset, row: int, column: str):
     return dataset[row][column]
 
 
-def check_conditioning(dataset, columns: Dict[str, str], max_images: Dict[str, int], name: str = "train_dataset") -> None:
+def check_conditioning(dataset, columns: Dict[str, str], max_images: Dict[str, int], name: str = "train_dataset",
+                       family: str = "the pipeline") -> None:
     """Open every conditioning value of `dataset` (headers only) and check what the pipeline can take.
 
     Args:
@@ -78,6 +79,7 @@ def check_conditioning(dataset, columns: Dict[str, str], max_images: Dict[str, i
         columns: Pipeline-call argument -> column (`columns_of`).
         max_images: Pipeline-call argument -> how many images one call takes (`PipelineFamily.conditioning`).
         name: The dataset's name in messages.
+        family: What serves the pipeline, in messages.
 
     Raises:
         ConditioningError: Naming the row, the column and the fix: a missing column, file or value, an unreadable
@@ -88,8 +90,9 @@ def check_conditioning(dataset, columns: Dict[str, str], max_images: Dict[str, i
             raise ConditioningError(f"{name} has no column {column!r} (for the pipeline's `{arg}`); its columns are "
                                     f"{dataset.column_names}.")
         if arg not in max_images:
-            raise ConditioningError(f"The pipeline takes no `{arg}`, but {name} gives it in column {column!r}. Drop "
-                                    f"the column, or train a pipeline that takes {arg} ({sorted(max_images) or 'none'}).")
+            raise ConditioningError(f"{family} takes no `{arg}`, but {name} gives it in column {column!r}. Drop the "
+                                    f"column, or train a pipeline whose family takes {arg} (this one takes "
+                                    f"{sorted(max_images) or 'none'}; diffusers_nft.pipelines.FAMILIES lists them).")
     for row in range(len(dataset)):
         sizes = {}
         for arg, column in columns.items():
@@ -171,5 +174,6 @@ def check_run_conditioning(family, config, datasets: Dict[str, object]) -> Dict[
                        "samples from text alone.", name, sorted(family.conditioning))
     for dataset_name, dataset in datasets.items():
         if dataset is not None:
-            check_conditioning(dataset, columns, family.conditioning, dataset_name)
+            check_conditioning(dataset, columns, family.conditioning, dataset_name,
+                               f"{name} (served by {type(family).__name__})")
     return columns
