@@ -37,18 +37,17 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
         bar: A tqdm bar to advance by the images done.
         conditioning: For image-conditioned pipelines, each image's conditioning (argument -> PIL image(s)).
         conditioning_kwargs: How a batch's conditioning becomes call arguments (`PipelineFamily.
-            conditioning_call_kwargs`); default: one list per argument.
+            conditioning_call_kwargs`); needed with `conditioning`.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per image.")
+    if conditioning is not None and (conditioning_kwargs is None or len(conditioning) != len(prompts)):
+        raise ValueError("conditioning needs one entry per image and conditioning_kwargs (the family's "
+                         "conditioning_call_kwargs).")
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        extra = {}
-        if conditioning is not None:
-            values = list(conditioning[start : start + batch_size])
-            extra = conditioning_kwargs(values) if conditioning_kwargs else \
-                {arg: [v[arg] for v in values] for arg in values[0]}
+        extra = {} if conditioning is None else conditioning_kwargs(list(conditioning[start : start + batch_size]))
         out = pipe(prompt=chunk, generator=generators(seeds[start : start + batch_size]), output_type="pt",
                    return_dict=False, **call_kwargs, **extra)[0]
         images.append(out.float().cpu())
@@ -72,14 +71,11 @@ def sampling_with(pipe, scheduler=None) -> Iterator[None]:
         pipe.scheduler = own
 
 
-def image_seeds(num_prompts: int, seeds: Sequence[int], distinct: bool = True):
-    """The seed of each image when each of `num_prompts` prompts is drawn once per seed of `seeds`, prompt-major.
-
-    With `distinct`, prompt `i` at seed `s` uses seed `1000 * s + i` (the evaluation's: no two images share their
-    noise, so a few noises cannot decide most of the results); otherwise every prompt uses `s` itself (the card's
-    gallery: each column is one seed).
-    """
-    return [1000 * s + i if distinct else s for i in range(num_prompts) for s in seeds]
+def image_seeds(num_prompts: int, seeds: Sequence[int]):
+    """The seed of each image when each of `num_prompts` prompts is drawn once per seed of `seeds`, prompt-major:
+    prompt `i` at seed `s` uses `1000 * s + i` (the evaluation's), so no two images share their noise and a few noises
+    cannot decide most of the results. (The card's gallery uses each seed itself: a column is one seed.)"""
+    return [1000 * s + i for i in range(num_prompts) for s in seeds]
 
 
 def low_precision(device: torch.device, mixed_precision: str):
