@@ -155,3 +155,12 @@ def test_with_the_source_the_model_sees_the_source_then_the_edit(qwen_judge):
     assert all(0 < s < 1 for s in scores) and scores[0] != pytest.approx(swapped[0], abs=1e-7)
     with pytest.raises(ValueError, match="no source_image"):
         judge(edits[:1], ["make it blue"], [{}])
+
+
+def test_vlm_edit_judge_by_name_shows_llava_the_source_too(llava_folder):
+    judge = load_reward("vlm_edit_judge", model_id=llava_folder, device="cpu")
+    assert judge.with_source and "second image" in judge.question
+    edits, sources = _images(2), _images(2, seed=1)
+    scores = judge(edits, ["make it blue"] * 2, [{"source_image": s} for s in sources])
+    assert all(0 < s < 1 for s in scores)
+    assert scores != judge(edits, ["make it blue"] * 2, [{"source_image": s} for s in sources.flip(0)])

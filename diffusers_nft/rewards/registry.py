@@ -53,6 +53,12 @@ def _vlm_judge(**options):  # options: model_id, question, normalize
     return VLMJudge(**options)
 
 
+def _vlm_edit_judge(**options):  # vlm_judge shown the source, then the edit (editing runs)
+    from .vlm import VLMJudge
+
+    return VLMJudge(**{**options, "with_source": True})
+
+
 def _edit_consistency(**options):  # options: model_id, pixel_weight
     from .edit import EditConsistency
 
@@ -75,6 +81,7 @@ _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "aesthetic": _aesthetic,
     "geneval": _geneval,
     "vlm_judge": _vlm_judge,
+    "vlm_edit_judge": _vlm_edit_judge,
     "edit_consistency": _edit_consistency,
     "ocr": _ocr,
 }
