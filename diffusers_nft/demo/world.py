@@ -6,6 +6,7 @@ a train part and a held-out part. Prompts name the digit as a word and the colou
 set of (digit, colour) combinations is kept out of every NFT training prompt, and the evaluation covers all 60.
 """
 
+import functools
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -66,6 +67,7 @@ def prompt_dataset(split: str):
     return Dataset.from_list(prompt_records(split))
 
 
+@functools.lru_cache(maxsize=None)  # read once per process: the demo builds and rewards call it per batch
 def load_digits_split(part: str) -> Tuple[np.ndarray, np.ndarray]:
     """The scikit-learn digits (8x8, values 0-16) and their labels: `"train"` (80%) or `"held_out"` (20%), fixed."""
     from sklearn.datasets import load_digits
