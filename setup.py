@@ -19,7 +19,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["diffusers_nft", "diffusers_nft.*"]) + ["diffusers_nft.model_cards"],
     package_dir={"diffusers_nft.model_cards": "model_cards"},
-    package_data={"diffusers_nft.model_cards": ["*.md"], "diffusers_nft.demo": ["weights/*.safetensors", "weights/ensemble/*.safetensors", "weights/pipeline/*.json", "weights/pipeline/*/*"]},
+    package_data={"diffusers_nft.model_cards": ["*.md"], "diffusers_nft.demo": ["weights/*.safetensors", "weights/ensemble/*.safetensors", "weights/pipeline/*.json", "weights/pipeline/*/*",
+                                           "weights/edit_pipeline/*.json", "weights/edit_pipeline/*/*"]},
     install_requires=[
         "torch>=2.4",
         "diffusers>=0.42",
