@@ -113,11 +113,11 @@ def parse_rewards(specs: List[str]):
 # handwritten digits, judged by the bundled digit/colour classifier (`digit_eval`). About 7 minutes on 2 CPU cores.
 
 
-def default_rewards(recipe_name: Optional[str], demo: bool) -> List[str]:
-    """The recipe's rewards, else the demo's (`check_data_and_rewards_given` asked for them outside the demo)."""
+def default_rewards(recipe_name: Optional[str], demo) -> List[str]:
+    """The recipe's rewards, else the demo world's (`check_data_and_rewards_given` asked for them outside a demo)."""
     if recipe_name:
         return [f"{name}:{weight}" for name, weight in recipe(recipe_name)["rewards"].items()]
-    return [DEMO.reward]
+    return [demo.reward]
 
 
 def use_all_cpu_cores() -> None:
@@ -130,21 +130,29 @@ def use_all_cpu_cores() -> None:
         torch.set_num_threads(share)
 
 
-def prepare(argv, load_pipeline: Callable):
-    """Parse the flags, check everything that can be checked without the model, then load it and build the trainer."""
+def prepare(argv, load_pipeline: Callable, world=DEMO):
+    """Parse the flags, check everything that can be checked without the model, then load it and build the trainer.
+
+    Args:
+        argv: The flags (None: `sys.argv`).
+        load_pipeline: `(script_args, config) -> pipeline`.
+        world: The bundled demo world the script trains without `--pretrained_model_name_or_path` (`DEMO`, the
+            digits; `EDIT_DEMO`, the edits).
+
+    Returns:
+        `(trainer, script_args, demo)`: `demo` is the demo world being trained, or None for a real model.
+    """
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     use_all_cpu_cores()
     parser = HfArgumentParser((ScriptArguments, NFTConfig))
     known, _ = parser.parse_known_args(argv)
     config_class = objective_class(known.objective).config_class  # FlowGRPOConfig adds Flow-GRPO's flags
     parser = HfArgumentParser((ScriptArguments, config_class)) if config_class is not NFTConfig else parser
-    demo = known.pretrained_model_name_or_path is None
+    demo = world if known.pretrained_model_name_or_path is None else None
     if demo:
-        logger.info(
-            "No --pretrained_model_name_or_path: offline demo on the bundled demo world (coloured digits, %s "
-            "reward) with this script's demo pipeline.", DEMO.reward
-        )
-        parser.set_defaults(output_dir=DEMO.output_dir, **DEMO.config)
+        logger.info("No --pretrained_model_name_or_path: offline demo on the bundled %s (%s reward).",
+                    demo.description, demo.reward)
+        parser.set_defaults(output_dir=demo.output_dir, **demo.config)
     if known.recipe:
         parser.set_defaults(**recipe(known.recipe)["config"])
         logger.info("Recipe %s: %s; prompts: %s", known.recipe, recipe(known.recipe)["config"],
@@ -179,7 +187,7 @@ def held_out(script_args: ScriptArguments) -> dict:
     }
 
 
-def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: bool):
+def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo):
     """Rewards and their weights, the prompts, the LoRA shape, output_dir and the resume path: before any download.
 
     Returns:
@@ -211,7 +219,7 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo: 
             split=script_args.dataset_split, cache_dir=script_args.cache_dir, max_samples=script_args.max_train_samples,
         )
     else:
-        prompts = DEMO.train_prompts()
+        prompts = demo.train_prompts()
     check_output_dir(config.output_dir)
     if config.resume_from_checkpoint:
         resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
@@ -235,7 +243,7 @@ def configure_vlm_judge(script_args: ScriptArguments) -> None:
     register_reward("vlm_judge", factory)
 
 
-def check_data_and_rewards_given(script_args: ScriptArguments, config: NFTConfig, demo: bool) -> None:
+def check_data_and_rewards_given(script_args: ScriptArguments, config: NFTConfig, demo) -> None:
     """A real model trains on prompts and rewards that were asked for: the demo's are never a silent default."""
     if demo:
         return
@@ -265,24 +273,24 @@ def check_lora_layers(script_args: ScriptArguments) -> None:
     check_lora_targets(transformer, script_args.lora_layers.split(","))
 
 
-def run(trainer, script_args: ScriptArguments, demo: bool) -> None:
-    """Train, then write the demo's results and card, and upload when asked."""
+def run(trainer, script_args: ScriptArguments, demo) -> None:
+    """Train, then write the demo world's results and card (`demo`, None for a real model), and upload when asked."""
     config = trainer.args
     trainer.train()
     if demo:
-        DEMO.report(trainer)  # results.md, and the card with the reward curve, the results and the before/after grid
+        demo.report(trainer)  # results.md, and the card with the reward curve, the results and the before/after grid
     if config.push_to_hub:
         logger.info("Pushed to %s", trainer.push_to_hub())
 
 
-def main(argv, load_pipeline: Callable) -> None:
-    run(*prepare(argv, load_pipeline))
+def main(argv, load_pipeline: Callable, world=DEMO) -> None:
+    run(*prepare(argv, load_pipeline, world))
 
 
-def cli(load_pipeline: Callable) -> None:
+def cli(load_pipeline: Callable, world=DEMO) -> None:
     """The command line: a mistake found while setting up is one line on stderr and exit status 2, no traceback."""
     try:
-        prepared = prepare(None, load_pipeline)
+        prepared = prepare(None, load_pipeline, world)
     except (ValueError, OSError) as error:
         logger.error("%s", error)
         sys.exit(2)

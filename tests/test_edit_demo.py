@@ -1,7 +1,6 @@
 """The edit demo world: its rows, its reward and held-out judge on real edits, the bundled Kontext-shaped
 pipeline (offline, an edit model that follows its instructions), and the one-command demo."""
 
-import os
 
 import numpy as np
 import pytest

@@ -1,12 +1,12 @@
-"""`DEMO`: what a training script or `diffusers_nft.evaluate` runs without a model. The scripts know the demo
-world only through this object."""
+"""`DEMO` and `EDIT_DEMO`: what a training script or `diffusers_nft.evaluate` runs without a model. The scripts
+know the demo worlds only through these objects."""
 
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from .recipe import DEMO_CONFIG, DEMO_REWARD
+from .recipe import DEMO_CONFIG, DEMO_REWARD, EDIT_CONFIG, EDIT_REWARD
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ class DemoWorld:
 
     reward: str = DEMO_REWARD
     output_dir: str = "nft-demo"
+    description: str = "digits world (coloured handwritten digits, a tiny text-to-image SD3 pipeline)"
     config: Dict[str, object] = field(default_factory=lambda: dict(DEMO_CONFIG))
 
     def load_pipeline(self):
@@ -70,4 +71,46 @@ def write_results(trainer) -> str:
     return path
 
 
+@dataclass(frozen=True)
+class EditDemoWorld:
+    """The bundled edit world as a script sees it: a tiny FLUX.1 Kontext-shaped pipeline that edits a coloured
+    digit ("make it blue", "turn it into a seven"), the `digit_edit` reward and the `digit_edit_judge`.
+
+    Attributes:
+        reward: The reward it trains on by default.
+        output_dir: Where a demo run writes.
+        config: The `NFTConfig` values of its recipe (`diffusers_nft.demo.recipe.EDIT_CONFIG`).
+    """
+
+    reward: str = EDIT_REWARD
+    output_dir: str = "nft-edit-demo"
+    description: str = "edit world (instructions that recolour or redraw a coloured digit, a tiny Kontext pipeline)"
+    config: Dict[str, object] = field(default_factory=lambda: dict(EDIT_CONFIG))
+
+    def load_pipeline(self):
+        from . import load_edit_pipeline
+
+        return load_edit_pipeline()
+
+    def train_prompts(self):
+        from .edit_world import edit_dataset
+
+        return edit_dataset("train")
+
+    def eval_records(self) -> List[dict]:
+        from .edit_world import edit_records
+
+        return edit_records("eval")
+
+    def report(self, trainer) -> str:
+        """After a demo run: `results.md` (the base, the base with its best CFG, and NFT without CFG on the 60
+        held-out edits, by the reward and by the held-out judge) and the model card that shows it."""
+        from .edit_accuracy import write_edit_results
+
+        path = write_edit_results(trainer)
+        trainer.create_model_card("nft-edit-demo")
+        return path
+
+
 DEMO = DemoWorld()
+EDIT_DEMO = EditDemoWorld()

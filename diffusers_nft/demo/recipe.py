@@ -36,6 +36,17 @@ DEMO_CONFIG = dict(
 )
 
 
+EDIT_REWARD = "digit_edit"
+
+# The edit world's recipe: the digits recipe, on instructions with their source image (`image_column`), shown on
+# held-out sources in its grids (`edit_world.edit_records("eval")`).
+EDIT_CONFIG = dict(
+    DEMO_CONFIG,
+    image_column="image",
+    validation_prompts=None,  # image-conditioned runs show their rows' sources with their instructions
+)
+
+
 def demo_config(**overrides) -> NFTConfig:
     """`NFTConfig` with the demo recipe, and `overrides` (any `NFTConfig` field) on top."""
     return NFTConfig(**{**DEMO_CONFIG, **overrides})
