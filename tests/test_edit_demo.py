@@ -108,3 +108,23 @@ def test_recolouring_the_same_stroke_earns_more_than_redrawing_it():
     other = reward(redrawn, prompts, metadata)["scores"]
     assert min(s - o for s, o in zip(same, other)) > 0
     assert sum(judge(redrawn, prompts, metadata)["kept"]) < sum(judge(_edited(rows), prompts, metadata)["kept"])
+
+
+def test_bundled_edit_pipeline_loads_offline_and_recolours_held_out_digits():
+    from diffusers import FluxKontextPipeline
+
+    from diffusers_nft.demo import EDIT_PIPELINE, load_edit_pipeline
+    from diffusers_nft.pipelines import FluxKontextFamily, get_family
+
+    pipe = load_edit_pipeline()
+    assert isinstance(pipe, FluxKontextPipeline) and EDIT_PIPELINE.endswith("edit_pipeline")
+    assert isinstance(get_family(pipe), FluxKontextFamily) and not pipe.transformer.config.guidance_embeds
+    pipe.set_progress_bar_config(disable=True)
+    rows = [r for r in edit_records("eval") if r["edit"] == "color"][:6]
+    out = pipe(image=[r["image"] for r in rows], prompt=[r["prompt"] for r in rows], height=32, width=32,
+               num_inference_steps=20, guidance_scale=1.0, max_sequence_length=32, output_type="pt",
+               generator=[torch.Generator().manual_seed(s) for s in range(len(rows))], max_area=32 * 32, _auto_resize=False).images
+    assert out.shape == (6, 3, 32, 32)
+    judged = load_reward("digit_edit_judge")(out, [r["prompt"] for r in rows], _metadata(rows))
+    # the base model recolours held-out strokes; turning one digit into another is what it does poorly
+    assert sum(judged["strict"]) >= 5, judged
