@@ -149,6 +149,14 @@ def reward_metadata(values: Sequence[Dict[str, object]]) -> List[dict]:
     return [{keys[arg]: as_tensor(value) for arg, value in row.items()} for row in values]
 
 
+def shown_sources(values: Optional[Sequence[Dict[str, object]]]) -> Optional[List[Image.Image]]:
+    """The image a grid shows beside each row's outputs: its `image` (the first of several), else its first
+    conditioning image (a control image); None for text-only runs."""
+    if not values:
+        return None
+    return [first_image(v.get("image", next(iter(v.values())))) for v in values]
+
+
 def first_image(value) -> Optional[Image.Image]:
     """The image a grid shows for a row's conditioning value: the image, or the first of several."""
     if isinstance(value, (list, tuple)):

@@ -252,14 +252,15 @@ def _card_data(base_model: Optional[str], pipeline_class: str, widget, license: 
     """The card's metadata block: what the Hub indexes."""
     from huggingface_hub import ModelCardData
 
-    from .pipelines import card_tags
+    from .pipelines import card_pipeline_tag, card_tags
 
-    tags = ["diffusers", "lora", "template:sd-lora", "diffusers-nft", "reinforcement-learning", "text-to-image"]
+    task = card_pipeline_tag(pipeline_class)
+    tags = ["diffusers", "lora", "template:sd-lora", "diffusers-nft", "reinforcement-learning", task]
     return ModelCardData(
         base_model=base_model,
         license=license or base_model_license(base_model),
         library_name="diffusers",
-        pipeline_tag="text-to-image",
+        pipeline_tag=task,
         tags=tags + card_tags(pipeline_class),
         widget=[{"text": prompt, "output": {"url": path}} for prompt, path in widget],
     )
@@ -282,13 +283,13 @@ def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prom
     """
     import torch
 
-    from .visualize import save_grid
+    from .visualize import save_grid, with_sources
 
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     n = per_prompt
     columns = [f"seed {k}" for k in (seeds or range(n))]
     if sources is not None:  # the source once per row, beside the same-seed images
-        base, tuned = (_with_sources(images, sources, n) for images in (base, tuned))
+        base, tuned = (with_sources(images, sources, n) for images in (base, tuned))
         n, columns = n + 1, ["source"] + columns
     rows = torch.cat([torch.cat([base[i * n : (i + 1) * n], tuned[i * n : (i + 1) * n]]) for i in range(len(prompts))])
     labels = [f"{who}: {p}" for p in prompts for who in ("base", tuned_label)]
@@ -300,19 +301,6 @@ def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prom
                          rows=1, scale=scale)
         widget.append((prompt, os.path.relpath(path, folder)))
     return widget
-
-
-def _with_sources(images, sources: Sequence, per_prompt: int):
-    """`images` (`per_prompt` per prompt) with each prompt's source image before its own."""
-    import torch
-
-    from .conditioning import as_tensor
-
-    out = []
-    for i, source in enumerate(sources):
-        tile = as_tensor(source.convert("RGB").resize(images.shape[-2:][::-1]))
-        out += [tile[None], images[i * per_prompt : (i + 1) * per_prompt]]
-    return torch.cat(out)
 
 
 def stage_upload(output_dir: str, staging: str) -> None:

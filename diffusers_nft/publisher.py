@@ -12,7 +12,7 @@ from typing import Dict, Iterator, Optional, Sequence
 import torch
 from accelerate.logging import get_logger
 
-from .conditioning import first_image
+from .conditioning import shown_sources
 from .hub import CardInputs, UPLOAD_STAGING, publish_staged, save_sources, stage_upload, upload_folder, \
     write_card_images, write_model_card
 from .engine import NonFiniteError
@@ -81,8 +81,7 @@ class Publisher:
             inputs = dataclasses.replace(inputs, conditioning_files=sources[0])
         widget = write_card_images(folder, list(prompts), base, tuned, per_prompt=len(seeds), scale=scale,
                                    settings=caption, tuned_label=label, seeds=seeds,
-                                   sources=[first_image(c.get("image", next(iter(c.values())))) for c in conditioning]
-                                   if conditioning else None)
+                                   sources=shown_sources(conditioning))
         if inputs.history:
             plot_reward_curve(inputs.history, os.path.join(folder, "reward_curve.png"))
         card = write_model_card(folder, widget=widget, seed=seeds[0], inputs=inputs)

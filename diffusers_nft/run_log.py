@@ -12,7 +12,7 @@ import torch
 from accelerate.logging import get_logger
 
 from .generation import stills
-from .visualize import plot_reward_curve, save_grid
+from .visualize import plot_reward_curve, save_grid, with_sources
 
 logger = get_logger(__name__)
 
@@ -78,16 +78,19 @@ class RunLog:
         return path
 
     def grid(self, images: torch.Tensor, prompts: Sequence[str], step: int, scale: int = 1,
-             caption: str = "") -> Optional[str]:
+             caption: str = "", sources: Optional[Sequence] = None) -> Optional[str]:
         """A labelled grid (a row per prompt) as `samples/step_<step>.png` (animated WebP for videos), and in the
-        trackers as `validation`."""
+        trackers as `validation`; with `sources` (PIL images, image-conditioned runs) each row starts with its own."""
         if not self.is_main:
             return None
         folder = os.path.join(self.output_dir, "samples")
         os.makedirs(folder, exist_ok=True)
-        columns = len(images) // max(1, len(prompts))
+        per_prompt = len(images) // max(1, len(prompts))
+        labels = [f"seed {k}" for k in range(per_prompt)]
+        if sources:
+            images, labels = with_sources(images, sources, per_prompt), ["source"] + labels
         path = save_grid(images, os.path.join(folder, f"step_{step:06d}"), rows=len(prompts), labels=list(prompts),
-                         scale=scale, column_labels=[f"seed {k}" for k in range(columns)], caption=caption)
+                         scale=scale, column_labels=labels, caption=caption)
         logger.info("Saved sample grid %s", path)
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":

@@ -27,7 +27,7 @@ from . import zero
 from .callbacks import CallbackList, TrainerControl, TrainerState
 from .checkpoints import CheckpointError, Checkpointer, check_output_dir, clean_incomplete
 from .collect import SEED_STREAMS, Collector, seeded
-from .conditioning import check_run_conditioning
+from .conditioning import check_run_conditioning, shown_sources
 from .config import NFTConfig
 from .credit import Credit, assign_credit
 from .data import PromptSampler, PromptSource, prompt_sets
@@ -366,9 +366,10 @@ class NFTTrainer:
     def log_validation(self) -> Optional[str]:
         """Save (and log to the trackers) a fixed-seed grid of the published weights on the validation prompts."""
         weights = self.published_weights
-        prompts, _, drawn = self.images.gallery(range(self.args.num_validation_images), [weights])
+        prompts, values, drawn = self.images.gallery(range(self.args.num_validation_images), [weights])
         return self.run_log.grid(drawn[weights], prompts, self.global_step, scale=max(1, 256 // self.args.resolution),
-                                 caption=f"iteration {self.global_step}, {weights} weights, no CFG")
+                                 caption=f"iteration {self.global_step}, {weights} weights, no CFG",
+                                 sources=shown_sources(values))
 
     # ------------------------------------------------------------------ what the run writes
 

@@ -74,6 +74,19 @@ def save_grid(images: torch.Tensor, stem: str, rows: int, fps: int = 8, **grid_k
     return path
 
 
+def with_sources(images: torch.Tensor, sources: Sequence[Image.Image], per_prompt: int) -> torch.Tensor:
+    """`images` (`per_prompt` per prompt, `(N, 3, H, W)` or videos `(N, F, 3, H, W)`) with each prompt's source image
+    before its own, resized to them (held still through a video): the grid's first column shows what was edited."""
+    height, width = images.shape[-2:]
+    out = []
+    for i, source in enumerate(sources):
+        data = np.asarray(source.convert("RGB").resize((width, height)), dtype=np.float32) / 255
+        tile = torch.from_numpy(data).permute(2, 0, 1)
+        tile = tile.expand(images.shape[1], -1, -1, -1) if images.dim() == 5 else tile
+        out += [tile[None].to(images.dtype), images[i * per_prompt : (i + 1) * per_prompt].cpu()]
+    return torch.cat(out)
+
+
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     """`text`, cut with an ellipsis to fit in `width` pixels."""
     if draw.textlength(text, font=font) <= width:

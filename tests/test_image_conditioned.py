@@ -117,6 +117,9 @@ def test_the_cards_grid_shows_the_source_and_its_snippet_draws_the_gallery(konte
     grid = Image.open(tmp_path / "images" / "before_after.png")
     assert grid.width >= 3 * 256  # source + 2 seeds, each 64 px shown 4x
     assert (tmp_path / "images" / "image_0.png").is_file()
+    assert ModelCard.load(card_path).data.to_dict()["pipeline_tag"] == "image-to-image"
+    samples = Image.open(trainer.log_validation())  # the validation grid starts each row with its source too
+    assert samples.width == (1 + config.num_validation_images) * 256
     snippet = re.search(r"```python\n(.*?)```", text[text.index("## Use it"):], re.S).group(1)
     assert "load_image(" in snippet and "image=" in snippet
     snippet = snippet.replace('"someone/tiny-kontext"', json.dumps(kontext_dir))

@@ -65,13 +65,18 @@ def family_for_training(pipeline, config) -> PipelineFamily:
     return family
 
 
+def card_pipeline_tag(pipeline_class_name: str) -> str:
+    """The Hub task of the family that serves `pipeline_class_name` (`text-to-image` for traced classes)."""
+    return next((f.pipeline_tag for f in FAMILIES if pipeline_class_name in f.pipeline_class_names), "text-to-image")
+
+
 def card_tags(pipeline_class_name: str) -> List[str]:
     """The Hub tags of the family that serves the pipeline class named `pipeline_class_name` (none if traced)."""
     return [tag for family in FAMILIES if pipeline_class_name in family.pipeline_class_names for tag in family.card_tags]
 
 
 __all__ = [
-    "FAMILIES", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
+    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
     "FAMILY_MODES", "SD3Family", "Shared", "TraceError", "TracedFamily", "WanFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]

@@ -78,6 +78,7 @@ class PipelineFamily:
     conditioning: Dict[str, int] = {}
     required_conditioning: Tuple[str, ...] = ()  # those it cannot sample without
     card_tags: Tuple[str, ...] = ()  # the Hub tags of the family's model cards, beside the shared ones
+    pipeline_tag: str = "text-to-image"  # the Hub task its cards name
     default_lora_targets: Tuple[str, ...] = ()
     # T5-style text length when `NFTConfig.max_sequence_length` is None: the release's where it has one, else
     # the pipeline's own default.

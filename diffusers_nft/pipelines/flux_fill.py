@@ -15,6 +15,7 @@ class FluxFillFamily(FluxFamily):
 
     pipeline_class_names = ("FluxFillPipeline",)
     card_tags = ("flux", "flux-fill", "inpainting")
+    pipeline_tag = "image-to-image"
     conditioning = {"image": 1, "mask_image": 1}
     required_conditioning = ("image", "mask_image")
 

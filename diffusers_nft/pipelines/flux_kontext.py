@@ -16,6 +16,7 @@ class FluxKontextFamily(FluxFamily):
 
     pipeline_class_names = ("FluxKontextPipeline",)
     card_tags = ("flux", "flux-kontext", "image-editing")
+    pipeline_tag = "image-to-image"
     conditioning = {"image": 1}
 
     def call_kwargs(self, resolution: int, num_steps: int, max_sequence_length: int,

@@ -65,6 +65,7 @@ class WanFamily(PipelineFamily):
     """
 
     pipeline_class_names = ("WanPipeline",)
+    pipeline_tag = "text-to-video"
     default_lora_targets = WAN_TARGETS
     default_max_sequence_length = 512  # WanPipeline's default
     default_num_frames = 81
