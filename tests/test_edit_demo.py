@@ -34,8 +34,9 @@ def test_each_row_asks_for_one_change_of_its_source():
         target = row["color"] if row["edit"] == "color" else DIGIT_WORDS[row["digit"]]
         assert target in row["prompt"] or str(row["digit"]) in row["prompt"]
     assert {r["edit"] for r in evaluation[::2]} == {"color"} and {r["edit"] for r in evaluation[1::2]} == {"digit"}
-    assert {r["prompt"] for r in evaluation} <= {p.format(color=c) for p in COLOR_EDITS[:1] for c in COLOR_NAMES} | {
-        DIGIT_EDITS[0].format(word=w) for w in DIGIT_WORDS}
+    assert {r["prompt"] for r in evaluation} <= {COLOR_EDITS[0].format(color=c) for c in COLOR_NAMES} | {
+        DIGIT_EDITS[0].format(a_word=("an " if w == "eight" else "a ") + w) for w in DIGIT_WORDS}
+    assert "turn it into an eight" in {r["prompt"] for r in evaluation}
     # the evaluation sources are the held-out digits' strokes, rendered as the digits world renders them
     held, _ = load_digits_split("held_out")
     strokes = render(held, ["yellow"] * len(held)).amax(1)

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from .edit_world import COLOR_EDITS, DIGIT_EDITS, training_pairs
-from .world import COLOR_NAMES, DIGIT_WORDS
+from .edit_world import COLOR_EDITS, DIGIT_EDITS, instruction, training_pairs
+from .world import COLOR_NAMES
 
 MAX_SEQUENCE_LENGTH = 32
 
@@ -50,8 +50,8 @@ def build_edit_pipeline(seed: int, width: int, layers: int):
 
 def all_instructions():
     """Every instruction of the world, and the empty one last."""
-    prompts = [p.format(color=c) for p in COLOR_EDITS for c in COLOR_NAMES]
-    prompts += [p.format(word=DIGIT_WORDS[d], digit=d) for p in DIGIT_EDITS for d in range(10)]
+    prompts = [instruction("color", 0, c, k) for k in range(len(COLOR_EDITS)) for c in COLOR_NAMES]
+    prompts += [instruction("digit", d, "", k) for k in range(len(DIGIT_EDITS)) for d in range(10)]
     return prompts + [""]
 
 

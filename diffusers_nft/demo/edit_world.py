@@ -17,7 +17,7 @@ import torch
 from .world import COLOR_NAMES, DIGIT_WORDS, load_digits_split, render
 
 COLOR_EDITS = ["make it {color}", "paint it {color}", "the same digit in {color}"]
-DIGIT_EDITS = ["turn it into a {word}", "change the digit to {digit}", "a {word} in the same colour"]
+DIGIT_EDITS = ["turn it into {a_word}", "change the digit to {digit}", "{a_word} in the same colour"]
 TRAIN_SOURCES, EVAL_SOURCES = 240, 60
 
 
@@ -25,7 +25,8 @@ def instruction(edit: str, target_digit: int, target_color: str, phrasing: int =
     """The instruction of an edit (`"color"` or `"digit"`) to the given target, in one of three phrasings."""
     if edit == "color":
         return COLOR_EDITS[phrasing].format(color=target_color)
-    return DIGIT_EDITS[phrasing].format(word=DIGIT_WORDS[target_digit], digit=target_digit)
+    word = DIGIT_WORDS[target_digit]
+    return DIGIT_EDITS[phrasing].format(a_word=("an " if word == "eight" else "a ") + word, digit=target_digit)
 
 
 def random_edit(source_digit: int, source_color: int, generator: torch.Generator) -> Tuple[str, int, int]:
