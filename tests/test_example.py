@@ -73,7 +73,7 @@ def test_demo_default_runs_the_bundled_world(tmp_path):
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "bundled demo world" in result.stderr
+    assert "bundled digits world" in result.stderr
     output = tmp_path / "demo"
     results = (output / "results.md").read_text()
     assert "| strict |" in results and "| strict_held_out |" in results
@@ -81,3 +81,44 @@ def test_demo_default_runs_the_bundled_world(tmp_path):
     assert (output / "images" / "before_after.png").is_file() and (output / "README.md").is_file()
     metrics = json.loads((output / "metrics.jsonl").read_text().splitlines()[0])
     assert "reward/digit_eval/strict/mean" in metrics
+
+
+@pytest.mark.slow
+def test_edit_demo_trains_the_bundled_edit_world_and_its_lora_loads(tmp_path):
+    """The edit demo's one command, shortened: the bundled Kontext-shaped pipeline trained on instructions with
+    their sources; its results (3 rows), picture and card written; its LoRA loads with `load_lora_weights`.
+
+    Slow: an accelerate launch subprocess and a 240-image evaluation; in miniature: test_edit_demo.py and
+    test_image_conditioned.py.
+    """
+    from diffusers_nft.demo import load_edit_pipeline
+    from diffusers_nft.demo.edit_world import edit_records
+
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", os.path.join(ROOT, "examples", "train_nft_edit.py"),
+        "--output_dir", str(tmp_path / "edit"), "--max_train_steps", "1", "--prompts_per_iteration", "2",
+        "--group_size", "2", "--report_to", "none", "--learning_rate", "0.05",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "bundled edit world" in result.stderr and "FluxKontextFamily" in result.stderr
+    output = tmp_path / "edit"
+    rows = [line for line in (output / "results.md").read_text().splitlines() if line.startswith("| base") or
+            line.startswith("| NFT")]
+    assert [r.split(" | ")[0] for r in rows] == ["| base, no CFG", rows[1].split(" | ")[0], "| NFT, no CFG"]
+    assert "best CFG" in rows[1] and all(0 <= float(c) <= 1 for r in rows for c in r.strip("| ").split(" | ")[1:])
+    assert (output / "edits.png").is_file() and (output / "samples" / "step_000000.png").is_file()
+    card = (output / "README.md").read_text()
+    assert "pipeline_tag: image-to-image" in card and "FluxKontextPipeline" in card and "load_image" in card and "digit_edit" in card
+    assert (output / "images" / "before_after.png").is_file()
+
+    pipe = load_edit_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    row = edit_records("eval")[1]
+    kwargs = dict(image=row["image"], prompt=row["prompt"], height=32, width=32, num_inference_steps=4,
+                  guidance_scale=1.0, max_sequence_length=32, output_type="pt", max_area=32 * 32, _auto_resize=False)
+    base = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    pipe.load_lora_weights(str(output), weight_name="pytorch_lora_weights.safetensors")
+    tuned = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    assert (tuned - base).abs().max() > 1e-3
