@@ -122,6 +122,55 @@ def test_v_old_receives_no_gradient():
     assert v_old.grad is None and v_theta.grad is not None
 
 
+def _release_nft_loss(v_theta, v_old, x0, noise, sigma, r, beta, adv_clip_max=5.0):
+    """The release's x0-adaptive NFT loss, transcribed line by line (its `train_nft_sd3.py` loop), as the oracle."""
+    t = sigma.view(-1, *([1] * (x0.ndim - 1)))
+    xt = (1 - t) * x0 + t * noise
+    dims = tuple(range(1, x0.ndim))
+    positive_prediction = beta * v_theta + (1 - beta) * v_old.detach()
+    implicit_negative_prediction = (1.0 + beta) * v_old.detach() - beta * v_theta
+    x0_prediction = xt - t * positive_prediction
+    with torch.no_grad():
+        weight_factor = torch.abs(x0_prediction.double() - x0.double()).mean(dim=dims, keepdim=True).clip(min=0.00001)
+    positive_loss = ((x0_prediction - x0) ** 2 / weight_factor).mean(dim=dims)
+    negative_x0_prediction = xt - t * implicit_negative_prediction
+    with torch.no_grad():
+        negative_weight_factor = (
+            torch.abs(negative_x0_prediction.double() - x0.double()).mean(dim=dims, keepdim=True).clip(min=0.00001)
+        )
+    negative_loss = ((negative_x0_prediction - x0) ** 2 / negative_weight_factor).mean(dim=dims)
+    ori_policy_loss = r * positive_loss / beta + (1.0 - r) * negative_loss / beta
+    return (ori_policy_loss * adv_clip_max).mean()
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_x0_adaptive_loss_and_gradient_match_the_release_at_every_noise_level(beta):
+    # Away from sigma 0.5 x0 and noise are not symmetric in x_t, so a swapped x_t convention changes the value; the
+    # gradient is where a weight without its stop-gradient shows (its value is the same).
+    g = torch.Generator().manual_seed(3)
+    x0, noise, v_old = (torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    v_theta = v_old + 0.4 * torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.1, 0.3, 0.7, 0.95], dtype=torch.float64)
+    r = torch.tensor([1.0, 0.2, 0.6, 0.0], dtype=torch.float64)
+    ours_v, theirs_v = v_theta.clone().requires_grad_(True), v_theta.clone().requires_grad_(True)
+    ours = NFTLoss(nft_beta=beta, kl_beta=0)(ours_v, v_old, x0, noise, sigma, r).loss
+    theirs = _release_nft_loss(theirs_v, v_old, x0, noise, sigma, r, beta)
+    ours.backward()
+    theirs.backward()
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    torch.testing.assert_close(ours_v.grad, theirs_v.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_x0_prediction_uses_x_t_built_from_one_minus_sigma_x0_plus_sigma_noise():
+    # One sample at sigma 0.2 where the trained policy's velocity is the true one: x0 is predicted exactly only if
+    # x_t = 0.8 x0 + 0.2 noise; the swapped convention (0.2 x0 + 0.8 noise) predicts it 0.6 |x0 - noise| away.
+    x0, noise = torch.tensor([[2.0, -1.0]]), torch.tensor([[0.5, 1.5]])
+    exact = noise - x0
+    out = NFTLoss(nft_beta=1.0, kl_beta=0)(exact, exact, x0, noise, torch.tensor([0.2]), torch.tensor([1.0]))
+    assert out.policy_loss.item() == pytest.approx(0.0, abs=1e-9)
+    assert out.x0_norm.item() == pytest.approx(x0.norm().item(), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
