@@ -136,3 +136,18 @@ def test_flow_matching_detection_and_bad_names():
         rollout(lambda x, s: x, grid(4), torch.zeros(1, 1), "ddim")
     with pytest.raises(ValueError, match="end at 0"):
         rollout(lambda x, s: x, grid(4)[:-1], torch.zeros(1, 1), "euler")
+
+
+@pytest.mark.parametrize("name, order", [("euler", 1), ("heun", 2)])
+def test_the_order_of_convergence_is_the_solvers(name, order):
+    # dx/dsigma = x from sigma 1 to 0 ends at x(1) / e: halving the step divides the error by 2^order. A Heun step
+    # with unequal weights (0.25 / 0.75) still converges, but at first order.
+    noise = torch.tensor([[1.0], [-2.0]])
+
+    def error(steps):
+        x = rollout(lambda x, sigma: x, torch.linspace(1.0, 0.0, steps + 1), noise, name)
+        return (x.double() - noise.double() / math.e).abs().max().item()
+
+    errors = [error(steps) for steps in (8, 16, 32)]
+    for coarse, fine in zip(errors, errors[1:]):
+        assert math.log2(coarse / fine) == pytest.approx(order, abs=0.25), errors

@@ -44,6 +44,17 @@ def test_sampler_grid_draws_distinct_points_per_sample():
         sample_train_sigmas(2, 11, "sampler_grid", grid)
 
 
+def test_sampler_grid_draws_every_level_equally_often():
+    # 9 of 10 levels per sample: each level, the first and the last included, is in 90% of the samples.
+    grid = torch.linspace(1.0, 0.1, 10)
+    sigmas = sample_train_sigmas(4000, 9, "sampler_grid", grid, generator=torch.Generator().manual_seed(1))
+    share = (sigmas.unsqueeze(-1) == grid).any(dim=1).float().mean(dim=0)
+    torch.testing.assert_close(share, torch.full((10,), 0.9), atol=0.02, rtol=0)
+    # and each position of a row is any level alike (the order of the levels a sample trains on is random)
+    first = (sigmas[:, :1] == grid).float().mean(dim=0)
+    torch.testing.assert_close(first, torch.full((10,), 0.1), atol=0.02, rtol=0)
+
+
 def test_continuous_draws_with_shift():
     g = torch.Generator().manual_seed(0)
     uniform = sample_train_sigmas(4000, 1, "uniform", shift=1.0, generator=g)
