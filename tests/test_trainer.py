@@ -304,3 +304,50 @@ def test_our_own_calls_raise_no_deprecation_warning(tmp_path):
     deprecations = [f"{w.category.__name__}: {w.message}" for w in caught
                     if issubclass(w.category, (DeprecationWarning, FutureWarning)) or "deprecat" in str(w.message).lower()]
     assert deprecations == []
+
+
+def _active_policy(transformer) -> str:
+    """Which weights the transformer computes with now, read off its first PEFT LoRA layer."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layer = next(m for m in transformer.modules() if isinstance(m, BaseTunerLayer))
+    return "reference" if layer.disable_adapters else layer.active_adapters[0]
+
+
+def test_rollouts_come_from_the_old_policy_and_each_micro_step_sees_its_own_x_t(tiny_pipeline, tmp_path):
+    # One iteration with a KL term, after one already trained (old and theta differ): every sampling call runs the
+    # old adapter; each training forward is old, reference, theta in turn; and the x_t theta sees is built from the
+    # very x0 (a rollout's clean latents), sigma and noise the loss is given.
+    config = tiny_config(tmp_path, max_steps=2, kl_beta=1e-4, monitors=False)
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
+    trainer.step()
+    calls, losses, collected = [], [], []
+    predict, loss, collect = trainer.family.predict_velocity, trainer.objective.loss, trainer.collector.collect
+
+    def spy_predict(latents, sigma, cond):
+        calls.append((_active_policy(trainer.pipeline.transformer), torch.is_grad_enabled(), latents.detach().clone(),
+                      sigma.detach().clone()))
+        return predict(latents, sigma, cond)
+
+    def spy_loss(v_theta, v_old, **kwargs):
+        losses.append({k: v.detach().clone() for k, v in kwargs.items() if v is not None})
+        return loss(v_theta, v_old, **kwargs)
+
+    trainer.family.predict_velocity = spy_predict
+    trainer.objective.loss = spy_loss
+    trainer.objective.loss.kl_beta, trainer.objective.loss.adv_clip_max = loss.kl_beta, loss.adv_clip_max
+    trainer.collector.collect = lambda *a, **k: collected.append(collect(*a, **k)) or collected[-1]
+    trainer.step()
+    sampling = config.images_per_iteration // config.sample_batch_size * config.num_sampling_steps
+    assert [(policy, grad) for policy, grad, *_ in calls[:sampling]] == [("old", False)] * sampling
+    training = calls[sampling:]
+    assert len(training) == 3 * len(losses) > 0
+    assert [(p, g) for p, g, *_ in training] == [("old", False), ("reference", False), ("default", True)] * len(losses)
+    clean = collected[0].latents.flatten(1)
+    for k, seen in enumerate(losses):
+        old_call, ref_call, theta_call = training[3 * k : 3 * k + 3]
+        x_t, sigma = theta_call[2], theta_call[3]
+        s = seen["sigma"].view(-1, *([1] * (x_t.ndim - 1)))
+        torch.testing.assert_close(x_t, (1 - s) * seen["x0"] + s * seen["noise"], rtol=0, atol=1e-6)
+        assert torch.equal(sigma, seen["sigma"]) and torch.equal(old_call[2], x_t) and torch.equal(ref_call[2], x_t)
+        assert all((clean == row).all(dim=1).any() for row in seen["x0"].flatten(1))
