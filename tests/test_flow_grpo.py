@@ -2,6 +2,7 @@
 tiny SD3 and FLUX pipelines."""
 
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -142,3 +143,72 @@ def test_flow_grpo_resumes_exactly_from_its_checkpoint(tiny_pipeline_dir, tmp_pa
     for which in ("default", "ema"):
         assert max_diff(straight.policy.state_dict(which), resumed.policy.state_dict(which)) <= 1e-6, which
     assert [m["grpo/clip_fraction"] for m in straight.history] == [m["grpo/clip_fraction"] for m in resumed.history]
+
+
+class _LinearFamily:
+    """A 'transformer' whose velocity is `w * x`, with `w` the policy in use (theta 1.5, the reference 1.0)."""
+
+    def __init__(self):
+        self.active = "default"
+
+    def predict_velocity(self, x, sigma, cond):
+        return (1.0 if self.active == "reference" else 1.5) * x
+
+
+class _SwitchPolicy:
+    def __init__(self, family):
+        self.family = family
+
+    @contextmanager
+    def using(self, policy):
+        self.family.active = policy
+        try:
+            yield
+        finally:
+            self.family.active = "default"
+
+
+def _objective(**kwargs):
+    from diffusers_nft.objectives.flow_grpo import FlowGRPOObjective
+
+    family = _LinearFamily()
+    return FlowGRPOObjective(family=family, policy=_SwitchPolicy(family), sampling_sigmas=torch.tensor([1.0, 0.8, 0.5, 0.0]),
+                             guidance_scale=1.0, **kwargs)
+
+
+def test_flow_grpos_advantages_use_each_groups_own_std_and_are_clipped():
+    # The release: (R - group mean) / (group std + 1e-4) per prompt (numpy's biased std), then clipped at 5.
+    rewards = torch.tensor([1.0, 2.0, 0.0, 30.0, 5.0, 5.0])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    advantages, metrics = _objective(adv_clip_max=0.9).credit(rewards, groups)
+    unclipped = 0.5 / (0.5 + 1e-4)  # group 0: mean 1.5, std 0.5; group 1: mean 15, std 15 -> +-15 / 15.0001
+    assert advantages.tolist() == pytest.approx([-0.9, 0.9, -0.9, 0.9, 0.0, 0.0])
+    advantages, metrics = _objective().credit(rewards, groups)
+    assert advantages.tolist() == pytest.approx([-unclipped, unclipped, -15 / 15.0001, 15 / 15.0001, 0, 0], rel=1e-6)
+    assert metrics["zero_variance_groups"] == pytest.approx(1 / 3)
+
+
+def test_flow_grpos_kl_and_clip_fraction_are_the_release_formulas():
+    # At step 1 (sigma 0.8 -> 0.5, a = 0.7): the KL on the transition means is |mu_theta - mu_ref|^2 / (2 std^2),
+    # std = a sqrt(s / (1 - s)), with the release's mean x (1 + std^2 dt / (2 s)) + v (1 + std^2 (1 - s) / (2 s)) dt.
+    objective = _objective(kl_beta=0.04, clip_range=0.2)
+    x = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.25]])
+    prev = torch.tensor([[0.3, -1.0], [0.2, 2.0], [-0.5, 0.0]])
+    s, dt, a = 0.8, 0.5 - 0.8, 0.7
+    std = a * math.sqrt(s / (1 - s))
+
+    def mean(w):
+        return x * (1 + std**2 / (2 * s) * dt) + w * x * (1 + std**2 * (1 - s) / (2 * s)) * dt
+
+    kl = ((mean(1.5) - mean(1.0)) ** 2).mean(dim=1) / (2 * std**2)
+    scale = std * math.sqrt(-dt)
+    log_prob = (-((prev - mean(1.5)) ** 2) / (2 * scale**2) - math.log(scale) - 0.5 * math.log(2 * math.pi)).mean(1)
+    old_log_prob = log_prob - torch.tensor([0.0, 0.5, 0.1])  # ratios 1, e^0.5, e^0.1: one of three outside 1 +- 0.2
+    out = objective(x=x, step=1, prev_sample=prev, old_log_prob=old_log_prob,
+                    advantages=torch.tensor([1.0, -1.0, 1.0]), cond={})
+    assert out.kl.item() == pytest.approx(kl.mean().item(), rel=1e-5)
+    assert out.clip_fraction.item() == pytest.approx(1 / 3)
+    assert out.ratio.item() == pytest.approx((1 + math.exp(0.5) + math.exp(0.1)) / 3, rel=1e-5)
+    # PPO: max(-A ratio, -A clip(ratio)) = [-1, e^0.5, -e^0.1] for A = [1, -1, 1]; plus kl_beta times the KL
+    policy = (-1 + math.exp(0.5) - math.exp(0.1)) / 3
+    assert out.loss.item() == pytest.approx(policy + 0.04 * kl.mean().item(), rel=1e-5)
