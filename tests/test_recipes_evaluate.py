@@ -149,3 +149,26 @@ def test_evaluate_requires_prompts_and_rewards_for_a_real_model(tmp_path):
         main(["--pretrained_model_name_or_path", str(tmp_path), "--prompts", "p.txt"])
     with pytest.raises(ValueError, match="--prompts"):
         main(["--pretrained_model_name_or_path", str(tmp_path), "--reward", "ocr"])
+
+
+def test_every_model_is_evaluated_on_the_same_noise_seeded_1000_s_plus_i(tiny_pipeline):
+    # Two labels for one model must give the same images; prompt i at seed s is the pipeline's own call with
+    # `torch.Generator().manual_seed(1000 * s + i)`, so the images differ across prompts and seeds.
+    from contextlib import nullcontext
+
+    from diffusers_nft.evaluate import evaluate_models
+    from diffusers_nft.pipelines import get_family
+
+    records = [{"prompt": "a red cube"}, {"prompt": "a blue sphere"}]
+    brightness = {"brightness": lambda images, prompts, metadata: images.mean(dim=(1, 2, 3))}
+    results, images = evaluate_models(tiny_pipeline, {"a": nullcontext, "b": nullcontext}, records, brightness,
+                                      seeds=(0, 1), num_steps=2, resolution=64, max_sequence_length=16)
+    assert torch.equal(images["a, CFG 1"], images["b, CFG 1"])
+    assert results["a, CFG 1"] == results["b, CFG 1"]
+    kwargs = get_family(tiny_pipeline).call_kwargs(64, 2, 16, 1.0)
+    # rows are prompt-major: (prompt 0, seed 0), (prompt 0, seed 1), (prompt 1, seed 0), (prompt 1, seed 1)
+    alone = tiny_pipeline(prompt=["a blue sphere"], generator=[torch.Generator().manual_seed(1001)], output_type="pt",
+                          return_dict=False, **kwargs)[0]
+    torch.testing.assert_close(images["a, CFG 1"][3:4], alone.float(), rtol=0, atol=1e-4)  # batch of 4 vs 1
+    flat = images["a, CFG 1"].flatten(1)
+    assert all((flat[i] - flat[j]).abs().max() > 1e-3 for i in range(4) for j in range(i))
