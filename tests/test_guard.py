@@ -87,3 +87,35 @@ def test_diversity_and_brightness_rules():
     assert len(guard.events) == 2 and not control.should_training_stop  # each rule fires once; warn only
     with pytest.raises(ValueError, match="Unknown guard actions"):
         HackingGuard(actions=("panic",))
+
+
+def _feed(guard, rows):
+    """Log `rows` (step -> metrics) into `guard` as the trainer would; the rules fired, in order, as (step, rule)."""
+    from types import SimpleNamespace
+
+    from diffusers_nft.metrics import TOTAL, eval_key, monitor_key, reward_key
+
+    names = {"judge": eval_key("clipscore"), "reward": reward_key(TOTAL), "diversity": monitor_key("diversity"),
+             "brightness": monitor_key("brightness")}
+    control = SimpleNamespace(should_training_stop=False)
+    for step, row in enumerate(rows, start=1):
+        logs = {"step": step, **{names[k]: v for k, v in row.items()}}
+        guard.on_log(None, SimpleNamespace(global_step=step), control, logs=logs)
+    return [(event["step"], event["rule"]) for event in guard.events]
+
+
+def test_the_documented_default_thresholds_fire_just_past_their_edges():
+    # judge_drop 0.05 from the best, only while the training reward is above its value at the best: a drop of 0.04
+    # does not fire, nor one of 0.05 with the reward fallen below it; a drop of 0.051 with the reward up does.
+    judge = [dict(judge=0.80, reward=0.5), dict(judge=0.76, reward=0.9), dict(judge=0.75, reward=0.4),
+             dict(judge=0.749, reward=0.6)]
+    assert _feed(HackingGuard(actions=("warn",)), judge) == [(4, "judge_drop")]
+    # diversity_floor 0.5 of the first value
+    diversity = [dict(diversity=1.0), dict(diversity=0.51), dict(diversity=0.49)]
+    assert _feed(HackingGuard(actions=("warn",)), diversity) == [(3, "diversity")]
+    # brightness_drift 0.15 either way from the first value: 0.14 up, 0.14 down and 0.149 do not fire, 0.16 down does
+    brightness = [dict(brightness=0.5), dict(brightness=0.64), dict(brightness=0.36), dict(brightness=0.351),
+                  dict(brightness=0.34)]
+    assert _feed(HackingGuard(actions=("warn",)), brightness) == [(5, "brightness")]
+    brighter = [dict(brightness=0.5), dict(brightness=0.66)]
+    assert _feed(HackingGuard(actions=("warn",)), brighter) == [(2, "brightness")]
