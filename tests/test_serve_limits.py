@@ -77,6 +77,21 @@ def test_server_limits_and_key(limited):
     assert scores == pytest.approx(brightness((images * 255).round() / 255, None, None).tolist(), abs=1e-6)
 
 
+def test_a_chunked_body_without_content_length_is_bounded_too(limited):
+    # No Content-Length to refuse up front: the server counts the chunks as they come and stops past the limit.
+    import httpx
+
+    def chunks():
+        yield b"{"
+        for _ in range(10):
+            yield b" " * 30_000
+        yield b"}"
+
+    answer = httpx.post(f"{limited}/score", content=chunks(), headers={"Authorization": "Bearer s3cret"})
+    assert answer.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in answer.request.headers
+    assert answer.status_code == 413 and "more than 200000 bytes" in answer.json()["detail"]
+
+
 def test_a_stalled_body_times_out(limited):
     host, port = limited.rsplit("/", 1)[-1].split(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:
