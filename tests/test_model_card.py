@@ -30,6 +30,18 @@ def test_base_model_is_a_hub_id_or_nothing(tmp_path):
         hub_base_model(None, base_model_id=str(tmp_path))
 
 
+def test_a_relative_local_path_never_reaches_the_card(tmp_path, monkeypatch):
+    # "models/sd3" and "weights/base" look like Hub ids ('org/name'); as folders here they are local paths.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "sd3").mkdir(parents=True)
+    (tmp_path / "weights" / "base").mkdir(parents=True)
+    assert hub_base_model("models/sd3") is None
+    (tmp_path / "models" / "sd3" / "model_index.json").write_text(json.dumps({"_name_or_path": "weights/base"}))
+    assert hub_base_model("models/sd3") is None
+    (tmp_path / "models" / "sd3" / "model_index.json").write_text(json.dumps({"_name_or_path": "org/real-id"}))
+    assert hub_base_model("models/sd3") == "org/real-id"
+
+
 @pytest.fixture
 def trained(tiny_pipeline_dir, tmp_path):
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
