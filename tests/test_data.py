@@ -48,3 +48,15 @@ def test_sampler_covers_each_epoch_and_resumes():
     assert got == expected
     with pytest.raises(ValueError, match="same prompt set"):
         PromptSampler(6, seed=3).load_state_dict(state)
+
+
+def test_each_epoch_is_a_new_permutation_of_the_seed():
+    def epochs(seed, count=3, n=20):
+        sampler = PromptSampler(n, seed=seed)
+        return [sampler.next(n) for _ in range(count)]
+
+    first = epochs(seed=0)
+    assert all(sorted(epoch) == list(range(20)) for epoch in first)
+    assert len({tuple(epoch) for epoch in first}) == 3  # reshuffled every epoch, not one order repeated
+    assert first == epochs(seed=0)  # the seed decides it
+    assert epochs(seed=1)[0] != first[0] and epochs(seed=1)[1] != first[1]

@@ -25,6 +25,14 @@ def test_ocr_text_helpers():
     assert ocr_similarity("ab", "xyzuvw") == 0.0  # distance capped at the length
 
 
+def test_ocr_compares_both_texts_lower_cased_and_without_spaces():
+    # the release's normalisation, `replace(" ", "").lower()`, applies to the reading as much as to the target
+    assert ocr_similarity("open late", "Open  Late") == 1.0
+    assert ocr_similarity("Open Late", "open late") == 1.0
+    assert ocr_similarity("ABCD", "ab xd") == pytest.approx(0.75)
+    assert ocr_similarity("a b c d", "A B X D") == pytest.approx(0.75)
+
+
 def test_ocr_reads_rendered_text():
     reward = OCRReward()
     images = torch.stack([_render("Hello"), _render("Help"), _render(""), _render("World")])
