@@ -1,11 +1,14 @@
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
+import torch
 from diffusers import StableDiffusion3Pipeline
 
 from diffusers_nft import NFTTrainer
@@ -30,6 +33,28 @@ def test_resume_is_exact(tiny_pipeline_dir, tmp_path):
     assert len({m["lr"] for m in straight.history}) == 4
     # and the runs did train: theta moved away from its initial value
     assert max_diff(straight.policy.state_dict("default"), _initial_lora(tiny_pipeline_dir, tmp_path)) > 1e-3
+
+
+def test_a_resumed_run_continues_the_global_rngs_where_the_checkpoint_left_them(tiny_pipeline_dir, tmp_path):
+    # a reward that draws from torch's, numpy's and Python's global generators: only restored states repeat its values
+    def jittery(images, prompts, metadata):
+        jitter = torch.rand(len(images)) + torch.from_numpy(np.random.rand(len(images))).float() + random.random()
+        return images.mean(dim=(1, 2, 3)) + jitter
+
+    def run(folder, resume=None, stop_after=None):
+        pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+        config = tiny_config(tmp_path / folder, max_steps=2, save_steps=1, resume_from_checkpoint=resume)
+        trainer = NFTTrainer(pipe, [jittery], config, PROMPTS)
+        if stop_after is None:
+            trainer.train()
+        for _ in range(stop_after or 0):
+            trainer.end_iteration(trainer.step())
+        return [m["reward/total/mean"] for m in trainer.history]
+
+    straight = run("straight")
+    run("split", stop_after=1)
+    resumed = run("split", resume="latest")
+    assert len(resumed) == 2 and resumed == pytest.approx(straight, abs=1e-6)
 
 
 def _initial_lora(pipeline_dir, tmp_path):
