@@ -2,7 +2,10 @@
 
 import os
 import pickle
+import random
 import shutil
+
+import numpy as np
 
 import pytest
 import torch
@@ -10,6 +13,8 @@ from diffusers import StableDiffusion3Pipeline
 
 from diffusers_nft import NFTTrainer
 from diffusers_nft.checkpoints import CheckpointError
+from diffusers_nft.checkpoints.checkpointer import set_rng_states
+from diffusers_nft.checkpoints.folder import _read_part
 
 from conftest import PROMPTS, tiny_config
 
@@ -63,6 +68,18 @@ def test_checkpoints_store_rng_states_as_plain_data(tiny_pipeline_dir, tmp_path)
     good = _trained(tiny_pipeline_dir, tmp_path / "run")
     states = torch.load(os.path.join(good, "random_states.pt"), weights_only=True)  # no allow-list needed
     assert isinstance(states["numpy"][1], torch.Tensor) and states["numpy"][0] == "MT19937"
+
+
+def test_rng_states_written_before_0_2_still_load_and_restore(tmp_path):
+    # 0.1 saved numpy's own state tuple: a pickled uint32 array, read back through the numpy allow-list
+    np.random.seed(7)
+    old = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    expected = np.random.rand(3)
+    path = str(tmp_path / "random_states.pt")
+    torch.save(old, path)
+    np.random.seed(0)
+    set_rng_states(_read_part(path))
+    assert np.random.rand(3).tolist() == expected.tolist()
 
 
 def test_reward_weights_files_never_run_code(tmp_path):
