@@ -147,3 +147,31 @@ def test_the_script_warns_about_a_hub_token_flag(tmp_path):
         (tmp_path / "p.txt").write_text("a cat\n")
         script.main(["--pretrained_model_name_or_path", "x", "--prompts", str(tmp_path / "p.txt"), "--output_dir",
                      str(tmp_path / "out"), "--reward", "jpeg_compressibility", "--hub_token", "hf_secret"], load_pipeline=stop)
+
+
+SIGNALLED = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from diffusers_nft.interrupts import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        print("first", stop.received, flush=True)
+        if len(sys.argv) > 1:
+            os.kill(os.getpid(), signal.SIGINT)  # asked again: the process stops here
+            time.sleep(2)
+        print("after", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_one_signal_is_noted_and_a_second_stops_at_once(twice):
+    done = subprocess.run([sys.executable, "-c", SIGNALLED] + (["again"] if twice else []), capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.splitlines()[0] == f"first {int(signal.SIGINT)}"
+    if twice:
+        assert done.returncode == -signal.SIGINT and "after" not in done.stdout
+    else:
+        assert done.returncode == 0 and done.stdout.splitlines()[1] == "after"
