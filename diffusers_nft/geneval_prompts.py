@@ -33,6 +33,7 @@ COCO_CLASSES = (
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS = ("left of", "right of", "above", "below")
 NUMBERS = {2: "two", 3: "three", 4: "four"}
+_MAX_MISSES = 2000  # draws of one task in a row that give no new prompt before it counts as spent
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 # Plurals that adding "s" gets wrong.
 _PLURALS = {"person": "people", "bus": "buses", "sheep": "sheep", "skis": "pairs of skis", "knife": "knives",
@@ -85,7 +86,9 @@ def make_record(task: str, rng: random.Random, classes: Sequence[str] = COCO_CLA
 
 
 def generate(num_train: int, num_test: int, seed: int = 0, tasks: Sequence[str] = TASKS) -> Dict[str, List[Dict]]:
-    """A train and a test split of distinct prompts, the tasks in equal shares (round robin), seeded.
+    """A train and a test split of distinct prompts, seeded. The tasks take turns, so their shares are equal (no
+    two counts differ by more than one) until a task runs out of new prompts (`single_object` has 80, `counting`
+    240) and the others share the rest; each task is split between train and test in the splits' proportion.
 
     Returns:
         `{"train": records, "test": records}`; no prompt is in both.
@@ -93,18 +96,42 @@ def generate(num_train: int, num_test: int, seed: int = 0, tasks: Sequence[str] 
     Raises:
         ValueError: If the tasks cannot give that many distinct prompts.
     """
-    rng, seen, records = random.Random(seed), set(), []
-    total, attempts = num_train + num_test, 0
-    while len(records) < total:
-        attempts += 1
-        if attempts > 50 * total + 1000:
-            raise ValueError(f"Could not draw {total} distinct prompts of {list(tasks)}; ask for fewer.")
-        record = make_record(tasks[len(records) % len(tasks)], rng)
-        if record["prompt"] not in seen:
-            seen.add(record["prompt"])
-            records.append(record)
-    rng.shuffle(records)
-    return {"train": records[:num_train], "test": records[num_train:]}
+    rng, total = random.Random(seed), num_train + num_test
+    by_task = {task: [] for task in tasks}
+    for record in _draw(total, tasks, rng):
+        by_task[record["tag"]].append(record)
+    exact = {task: len(records) * num_test / max(total, 1) for task, records in by_task.items()}
+    quota = {task: int(share) for task, share in exact.items()}
+    # the test prompts left over go to the tasks with the largest remainders (the first tasks on ties)
+    for task in sorted(tasks, key=lambda t: quota[t] - exact[t])[: num_test - sum(quota.values())]:
+        quota[task] += 1
+    splits = {"train": [], "test": []}
+    for task, records in by_task.items():
+        splits["test"] += records[: quota[task]]
+        splits["train"] += records[quota[task]:]
+    for records in splits.values():
+        rng.shuffle(records)
+    return splits
+
+
+def _draw(count: int, tasks: Sequence[str], rng: random.Random) -> List[Dict]:
+    """`count` distinct records, the tasks taken in turn while they have new prompts."""
+    records, seen, open_tasks, misses = [], set(), list(tasks), 0
+    while len(records) < count:
+        if not open_tasks:
+            raise ValueError(f"Could not draw {count} distinct prompts of {list(tasks)}; ask for fewer.")
+        task = open_tasks[len(records) % len(open_tasks)]
+        record = make_record(task, rng)
+        if record["prompt"] in seen:
+            misses += 1
+            if misses > _MAX_MISSES:  # this task has (almost surely) no new prompt left
+                open_tasks.remove(task)
+                misses = 0
+            continue
+        seen.add(record["prompt"])
+        records.append(record)
+        misses = 0
+    return records
 
 
 def write(splits: Dict[str, List[Dict]], output_dir: str) -> List[str]:

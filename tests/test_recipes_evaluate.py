@@ -2,6 +2,7 @@
 
 import json
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -72,6 +73,14 @@ def test_geneval_prompt_sets_are_seeded_disjoint_and_scorable(tmp_path):
     assert generate(300, 60, seed=3) == splits and generate(300, 60, seed=4) != splits
     records = splits["train"] + splits["test"]
     assert {r["tag"] for r in records} == set(TASKS)
+    for split in generate(num_train=100, num_test=50, seed=0).values():  # each split: the tasks in equal shares
+        shares = sorted(Counter(r["tag"] for r in split).values())
+        assert shares == ([16] * 2 + [17] * 4 if len(split) == 100 else [8] * 4 + [9] * 2)
+    # the evaluation's 500 (more than single_object's 80 prompts): the other tasks share the rest, and a large
+    # train split leaves every task in the test split, in proportion
+    assert Counter(r["tag"] for r in generate(0, 500)["test"]) == dict.fromkeys(TASKS[1:], 84) | {TASKS[0]: 80}
+    test = Counter(r["tag"] for r in generate(5000, 500)["test"])
+    assert sum(test.values()) == 500 and test["single_object"] == 7 and test["counting"] == 22
     for record in records:
         for clause in record["include"]:
             assert clause["class"] in COCO_CLASSES
