@@ -91,12 +91,17 @@ class Engine:
         return grad_norm, False
 
 
+def use_tf32(allow: bool) -> None:
+    """TF32 matmuls and convolutions on CUDA when `allow` (`NFTConfig.allow_tf32`, on by default); else as they are."""
+    if allow and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def place_pipeline(pipeline, family, accelerator, args) -> None:
     """The frozen base in the low precision on the device; the LoRA stays float32 (`NFTPolicy`) under accelerate's
     autocast, and the VAE decodes in float32 unless `upcast_vae` is off (the release)."""
-    if args.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    use_tf32(args.allow_tf32)
     dtype = weight_dtype(accelerator.mixed_precision)
     pipeline.to(accelerator.device)
     if pipeline.transformer.dtype != dtype:
