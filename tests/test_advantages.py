@@ -25,12 +25,15 @@ def test_group_std_option():
 
 def test_group_of_equal_rewards_gives_exactly_one_half():
     # 0.1 three times: its float mean is not exactly 0.1, yet r must be exactly 0.5.
-    rewards = torch.tensor([0.1, 0.1, 0.1, 0.0, 1.0, 0.3], dtype=torch.float32)
     groups = torch.tensor([0, 0, 0, 1, 1, 1])
-    for scope in ("global", "group"):
+    for scope, dtype in (("global", torch.float32), ("group", torch.float32), ("global", torch.float64)):
+        rewards = torch.tensor([0.1, 0.1, 0.1, 0.0, 1.0, 0.3], dtype=dtype)  # in float64 the mean is 0.1 + 1.4e-17
         out = rewards_to_optimality(rewards, groups, std_scope=scope)
         assert out.r[:3].tolist() == [0.5, 0.5, 0.5]
+        assert out.advantages[:3].tolist() == [0.0, 0.0, 0.0]  # exact zeros, not the mean's rounding error
         assert out.zero_variance_fraction == 0.5
+        binary = rewards_to_optimality(rewards, groups, std_scope=scope, mode="binary")
+        assert binary.r[:3].tolist() == [0.5, 0.5, 0.5]  # a rounding error's sign would make them 0 or 1
     all_equal = rewards_to_optimality(torch.full((4,), 3.7), torch.tensor([0, 0, 1, 1]))
     assert all_equal.r.tolist() == [0.5] * 4 and all_equal.zero_variance_fraction == 1.0
 

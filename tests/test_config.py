@@ -61,3 +61,19 @@ def test_hf_argument_parser_with_diffusers_aliases():
 def test_bad_values_are_rejected_with_the_fix(field, value, message):
     with pytest.raises(ValueError, match=message):
         NFTConfig(**{field: value})
+
+
+def test_tf32_is_on_by_default_and_the_flag_turns_it_off(monkeypatch):
+    import torch
+
+    from diffusers_nft.engine import use_tf32
+
+    assert NFTConfig().allow_tf32 is True
+    (off,) = HfArgumentParser(NFTConfig).parse_args_into_dataclasses(["--allow_tf32", "false"])
+    assert off.allow_tf32 is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what a CUDA machine reports
+    for allow, expected in ((off.allow_tf32, False), (NFTConfig().allow_tf32, True)):
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        use_tf32(allow)
+        assert torch.backends.cuda.matmul.allow_tf32 is expected and torch.backends.cudnn.allow_tf32 is expected

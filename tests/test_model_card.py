@@ -106,3 +106,28 @@ def test_the_cards_snippet_draws_the_cards_own_gallery_image(trained, tiny_pipel
     assert np.abs(gallery[::scale, ::scale] - from_card).max() <= 1
     other_seed = trained.generate(["a red cat"], [1], weights="ema")[0].permute(1, 2, 0).numpy() * 255
     assert np.abs(other_seed.round().astype(np.int16) - from_card).max() > 8
+
+
+def test_the_license_is_the_base_models_unless_one_is_named(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from diffusers_nft.hub import write_model_card
+
+    asked = []
+
+    def model_info(repo_id, timeout=None):  # the Hub's answer for a base model whose card says its license
+        asked.append(repo_id)
+        return type("Info", (), {"card_data": {"license": "openrail++"}})()
+
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+
+    def card_license(**values):
+        path = write_model_card(str(tmp_path), repo_id="someone/x", base_model="org/base", pipeline_class=
+                                "StableDiffusion3Pipeline", rewards=[("ocr", 1.0)], hyperparameters={}, widget=[],
+                                **values)
+        return ModelCard.load(path).data.license
+
+    assert card_license() == "openrail++" and asked == ["org/base"]
+    assert card_license(license="apache-2.0") == "apache-2.0" and asked == ["org/base"]  # named: the Hub not asked
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    assert card_license() is None  # offline: no license invented

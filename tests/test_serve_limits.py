@@ -162,3 +162,30 @@ def test_serve_by_name_with_its_options(monkeypatch):
     expected = jpeg_compressibility((images[:2] * 255).round() / 255, ["a", "b"], [{}, {}])
     assert answer.json()["scores"] == pytest.approx([float(v) for v in expected], abs=1e-3)
     assert seen == [{"dtype": "bf16", "batch_size": 3}]
+
+
+def test_the_default_limits_are_the_documented_ones():
+    # README: 64 MiB bodies, 256 images a request, 2048 x 2048 pixels an image, 30 s between two chunks of a body
+    import httpx
+
+    from diffusers_nft.rewards.serve import create_app
+
+    app = create_app(brightness)
+    assert app.body_timeout == 30.0
+    server, thread, url = serve_in_thread(app)
+    try:
+        one = encode_images(torch.rand(1, 3, 1, 1))
+        assert httpx.post(f"{url}/score", json={"images": one * 256, "prompts": ["a"] * 256}).status_code == 200
+        many = httpx.post(f"{url}/score", json={"images": one * 257, "prompts": ["a"] * 257})
+        assert many.status_code == 413 and "at most 256" in many.json()["detail"]
+        edge = httpx.post(f"{url}/score", json={"images": [_bomb(2048)], "prompts": ["a"]}, timeout=60)
+        assert edge.status_code == 200
+        past = httpx.post(f"{url}/score", json={"images": [_bomb(2049)], "prompts": ["a"]})
+        assert past.status_code == 413 and "2049x2049" in past.json()["detail"]
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as raw:  # declared, never sent
+            raw.sendall(f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: {64 * 2**20 + 1}\r\n\r\n".encode())
+            assert raw.recv(4096).split(b"\r\n")[0].endswith(b"413 Request Entity Too Large")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
