@@ -78,15 +78,17 @@ def tiny_config(output_dir, **overrides):
     return (FlowGRPOConfig if values.get("objective") == "flow_grpo" else NFTConfig)(**values)
 
 
-def run_tiny(pipeline_dir, output_dir, max_steps, resume=None, stop_after=None, **overrides):
+def run_tiny(pipeline_dir, output_dir, max_steps, resume=None, stop_after=None, reward="jpeg_incompressibility",
+             **overrides):
     """Train to `max_steps`; or stop after `stop_after` iterations, as an interrupted run of `max_steps` would."""
     from diffusers import StableDiffusion3Pipeline
 
     from diffusers_nft import NFTTrainer
 
     pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
-    config = tiny_config(output_dir, max_steps=max_steps, save_steps=2, resume_from_checkpoint=resume, **overrides)
-    trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
+    overrides = {"save_steps": 2, **overrides}
+    config = tiny_config(output_dir, max_steps=max_steps, resume_from_checkpoint=resume, **overrides)
+    trainer = NFTTrainer(pipe, reward, config, PROMPTS)
     if stop_after is None:
         trainer.train()
     for _ in range(stop_after or 0):

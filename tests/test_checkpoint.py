@@ -41,14 +41,8 @@ def test_a_resumed_run_continues_the_global_rngs_where_the_checkpoint_left_them(
         jitter = torch.rand(len(images)) + torch.from_numpy(np.random.rand(len(images))).float() + random.random()
         return images.mean(dim=(1, 2, 3)) + jitter
 
-    def run(folder, resume=None, stop_after=None):
-        pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
-        config = tiny_config(tmp_path / folder, max_steps=2, save_steps=1, resume_from_checkpoint=resume)
-        trainer = NFTTrainer(pipe, [jittery], config, PROMPTS)
-        if stop_after is None:
-            trainer.train()
-        for _ in range(stop_after or 0):
-            trainer.end_iteration(trainer.step())
+    def run(folder, **kwargs):
+        trainer = _run(tiny_pipeline_dir, tmp_path / folder, 2, reward=[jittery], save_steps=1, **kwargs)
         return [m["reward/total/mean"] for m in trainer.history]
 
     straight = run("straight")
