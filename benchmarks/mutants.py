@@ -1,8 +1,10 @@
 """The one-line bugs `mutation_check.py` applies, each with the tests that must catch it.
 
 A mutant names a file under `diffusers_nft/`, a fragment that occurs there exactly once, its replacement, and the
-tests (pytest node ids) that should fail. The first group are the bugs an audit found surviving the suite (each now
-has a test that catches it); the rest were caught already and stay listed so that they stay caught.
+tests (pytest node ids) that should fail. Three groups: `SURVIVORS`, the bugs an audit found surviving the suite
+(each now has a test that catches it); `CAUGHT_BEFORE`, bugs the suite caught already, listed so that they stay
+caught; `WIDER`, the rest of the core and safety code, one bug per line that matters (8 of its first 49 survived when
+they were written; each got a test). `tests/test_mutation_check.py` runs them all in CI.
 """
 
 from dataclasses import dataclass
@@ -182,4 +184,139 @@ CAUGHT_BEFORE = [
            ("tests/test_model_card.py::test_base_model_is_a_hub_id_or_nothing",), "a local base_model_id accepted"),
 ]
 
-MUTANTS = SURVIVORS + CAUGHT_BEFORE
+POLICY, NONFINITE, CHECKPOINT = "tests/test_policy.py", "tests/test_nonfinite.py", "tests/test_checkpoint.py"
+SCORING, PLAN = "tests/test_scoring_remote.py", "tests/test_plan.py"
+SAVED = "tests/test_trainer.py::test_saved_lora_loads_into_a_fresh_pipeline"
+ALONE = "tests/test_trainer.py::test_after_training_the_pipeline_is_the_saved_lora_alone"
+BF16 = "tests/test_release_fidelity.py::test_bf16_keeps_lora_and_vae_in_float32_and_feeds_a_float32_timestep"
+ROTATION = "tests/test_checkpoint.py::test_rotation_and_latest_ignore_incomplete_folders"
+TWO_PROCESSES = "tests/test_multiprocess.py::test_two_processes_match_one_and_resume_exactly"
+OPTIONS = "tests/test_options_end_to_end.py::test_each_option_changes_what_is_trained"
+WINDOWS = "tests/test_trainer.py::test_each_accumulation_window_starts_without_gradients"
+OLD_DECAY = "tests/test_trainer.py::test_the_old_policy_follows_theta_by_the_decay_of_the_optimizer_steps_taken"
+INF_LOSS = "tests/test_nonfinite.py::test_a_non_finite_loss_stops_the_run_even_when_its_gradient_is_finite"
+FLOOR = "tests/test_loss.py::test_the_x0_weight_is_the_mean_absolute_error_floored_at_1e_minus_5"
+CONTINUOUS = ("tests/test_schedules_timesteps.py::"
+              "test_continuous_levels_are_floored_at_1e_minus_3_and_logit_normal_has_its_mean_and_std")
+
+# The rest of the core and of the safety code, one bug per line that matters (added after the audit, so that the
+# list covers at least as much as its 88).
+WIDER = [
+    Mutant("loss-positive-policy-is-theta", "loss.py", "        v_pos = beta * v_theta + (1 - beta) * v_old",
+           "        v_pos = v_theta", (LOSS,), "v_pos without the old policy's share"),
+    Mutant("loss-kl-against-old", "loss.py", "kl = ((v_theta - v_ref.detach()).float() ** 2).mean()",
+           "kl = ((v_theta - v_old).float() ** 2).mean()", (LOSS,), "the KL measured to the old policy"),
+    Mutant("loss-x0-negative-from-positive", "loss.py", "neg_err = self._adaptive_x0_error(x_t - sigma_b * v_neg, x0)",
+           "neg_err = self._adaptive_x0_error(x_t - sigma_b * v_pos, x0)", (LOSS,), "x0 loss: v_neg replaced by v_pos"),
+    Mutant("loss-velocity-negative-from-positive", "loss.py", "neg_err = _per_sample_mean((v_neg - target).float() ** 2)",
+           "neg_err = _per_sample_mean((v_pos - target).float() ** 2)", (LOSS,), "velocity loss: v_neg replaced by v_pos"),
+    Mutant("loss-drop-negative-ignored", "loss.py", "per_sample = r * pos_err if self.drop_negative_term else",
+           "per_sample = r * pos_err if False else", (LOSS,), "drop_negative_term does nothing"),
+    Mutant("loss-adaptive-weight-floor", "loss.py", ".clamp(min=1e-5)", ".clamp(min=1e-2)", (FLOOR,),
+           "the x0 weight floored at 1e-2, not the release's 1e-5"),
+    Mutant("loss-negative-kl-beta-accepted", "loss.py", 'if not (0 <= kl_beta < float("inf")):', "if False:", (LOSS,),
+           "a negative kl_beta accepted"),
+    Mutant("loss-deviation-to-the-reference", "loss.py", "deviation = _per_sample_norm((v_theta - v_old).float()).mean()",
+           "deviation = _per_sample_norm((v_theta - x0).float()).mean()", (LOSS,), "v_deviation not |v_theta - v_old|"),
+    Mutant("loss-x0-norm-of-the-target", "loss.py", "x0_norm = _per_sample_norm((x_t - sigma_b * v_theta).float()).mean()",
+           "x0_norm = _per_sample_norm(x0.float()).mean()", (LOSS,), "x0_norm of the sample, not of theta's prediction"),
+    Mutant("advantages-global-mean", "advantages.py", "centered = rewards - means[inverse]",
+           "centered = rewards - rewards.mean()", (ADV,), "the batch's mean, not the group's"),
+    Mutant("advantages-no-eps", "advantages.py", "advantages = centered / (std + eps)", "advantages = centered / std",
+           (ADV,), "no eps beside the std"),
+    Mutant("advantages-binary-inverted", "advantages.py", "return 0.5 + 0.5 * advantages.sign()",
+           "return 0.5 - 0.5 * advantages.sign()", (ADV,), "binary mode: r = 1 for the worse samples"),
+    Mutant("advantages-one-only-half", "advantages.py", "return torch.ones_like(advantages)",
+           "return torch.full_like(advantages, 0.5)", (ADV,), "one_only mode gives r = 0.5"),
+    Mutant("advantages-negative-only-clamp", "advantages.py", 'high = 0.0 if mode == "negative_only" else adv_clip_max',
+           "high = adv_clip_max", (ADV,), "negative_only keeps positive advantages"),
+    Mutant("advantages-group-std-unbiased", "advantages.py", "index_add_(0, inverse, centered**2) / counts",
+           "index_add_(0, inverse, centered**2) / (counts - 1)", (ADV,), "the group std unbiased"),
+    Mutant("advantages-zero-variance-inverted", "advantages.py", "constant.double().mean().item()",
+           "(~constant).double().mean().item()", (ADV,), "zero_variance_fraction counts the other groups"),
+    Mutant("schedule-delayed-slope", "schedules.py", "return 0.0 if step < 75 else min(0.0075 * (step - 75), 0.999)",
+           "return 0.0 if step < 75 else min(0.075 * (step - 75), 0.999)", (TIMESTEPS,), "delayed decay 10x faster"),
+    Mutant("schedule-delayed-cap", "schedules.py", "return 0.0 if step < 75 else min(0.0075 * (step - 75), 0.999)",
+           "return 0.0 if step < 75 else min(0.0075 * (step - 75), 0.5)", (TIMESTEPS,), "delayed decay capped at 0.5"),
+    Mutant("schedule-ema-max-default", "schedules.py", "def ema_decay(step: int, max_decay: float = 0.9)",
+           "def ema_decay(step: int, max_decay: float = 0.99)", (TIMESTEPS,), "EMA decay up to 0.99 by default"),
+    Mutant("timesteps-no-floor", "timesteps.py", ".clamp(min=1e-3, max=1.0)", ".clamp(min=0.0, max=1.0)",
+           (CONTINUOUS,), "continuous levels may reach sigma = 0"),
+    Mutant("timesteps-logit-mean-ignored", "timesteps.py", "torch.sigmoid(logit_mean + logit_std *",
+           "torch.sigmoid(logit_std *", (CONTINUOUS,), "logit_normal ignores its mean"),
+    Mutant("timesteps-grid-with-replacement", "timesteps.py", "index = keys.argsort(dim=1)[:, :num_timesteps]",
+           "index = torch.randint(len(sampler_sigmas), (num_samples, num_timesteps), generator=generator)",
+           (TIMESTEPS,), "grid levels drawn with replacement"),
+    Mutant("timesteps-continuous-unshifted", "timesteps.py", "return shift_sigmas(t, shift)", "return (t)",
+           (TIMESTEPS,), "continuous draws not shifted"),
+    Mutant("dpm-first-order", "solvers.py", "d = m0 + (0.5 / r) * (m0 - m1)", "d = m0", (SAMPLING,),
+           "DPM-Solver++ without its second-order term"),
+    Mutant("dpm-second-order-on-the-last-step", "solvers.py", "if previous is not None and i != last:",
+           "if previous is not None:", (SAMPLING,), "DPM-Solver++ second order on the last step"),
+    Mutant("unipc-first-corrector-dropped", "solvers.py", "x = base + coeff * 0.5 * (m - m0)", "x = base", (SAMPLING,),
+           "UniPC's first-order corrector dropped"),
+    Mutant("unipc-predictor-first-order", "solvers.py", "d = m + 0.5 * (m1 - m) / rk", "d = m", (SAMPLING,),
+           "UniPC's predictor first order"),
+    Mutant("solver-first-order-step", "solvers.py", "return (t / s) * x + ((1 - t) - (1 - s) * t / s) * x0",
+           "return (t / s) * x + (1 - t) * x0", (SAMPLING,), "the DDIM step's x0 coefficient"),
+    Mutant("unipc-order-two-on-the-last-step", "solvers.py", "order = 1 if i == last or len(history) < 2 else 2",
+           "order = 1 if len(history) < 2 else 2", (SAMPLING,), "UniPC second order on the last step"),
+    Mutant("old-update-keeps-theta-share", "policy.py",
+           "self.old[name].mul_(decay).add_(theta.detach().float(), alpha=1 - decay)",
+           "self.old[name].mul_(decay).add_(theta.detach().float(), alpha=decay)", (POLICY,),
+           "old <- decay old + decay theta"),
+    Mutant("ema-update-keeps-theta-share", "policy.py",
+           "ema.mul_(decay).add_(theta.detach().to(ema.device, ema.dtype), alpha=1 - decay)",
+           "ema.mul_(decay).add_(theta.detach().to(ema.device, ema.dtype), alpha=decay)", (POLICY,),
+           "ema <- decay ema + decay theta"),
+    Mutant("reference-keeps-the-adapters", "policy.py", "layer.enable_adapters(False)", "layer.enable_adapters(True)",
+           (POLICY,), "the reference is the last adapter, not the base"),
+    Mutant("finish-publishes-theta", "policy.py", 'if published == "ema":', "if False:", (ALONE,),
+           "after training the pipeline holds theta, not the EMA it saved"),
+    Mutant("lora-in-the-base-precision", "policy.py", "p.data = p.data.float()", "p.data = p.data", (BF16,),
+           "the LoRA trains in bf16"),
+    Mutant("combine-normalize-ignored", "rewards/combine.py", "values = values / max(self.running[name].std, 1e-8)",
+           "values = values", (SCORING,), "normalize_rewards does nothing"),
+    Mutant("combine-weights-ignored", "rewards/combine.py", "total = total + weight * values",
+           "total = total + values", (SCORING, "tests/test_rewards.py"), "reward weights ignored"),
+    Mutant("running-std-not-welford", "rewards/combine.py", "self.m2 += delta * (value - self.mean)",
+           "self.m2 += delta * delta", (SCORING,), "Welford's update with the old mean twice"),
+    Mutant("ema-never-updated", "engine.py",
+           "self.policy.update_ema(ema_decay(self.optimizer_step, self.args.ema_decay))", "pass", (SAVED, ALONE),
+           "the EMA never follows theta"),
+    Mutant("nonfinite-not-gathered", "engine.py",
+           "if bool(accelerator.gather(torch.tensor([float(ok)], device=accelerator.device)).min() > 0):", "if True:",
+           (NONFINITE,), "a non-finite step is taken"),
+    Mutant("nonfinite-loss-unchecked", "engine.py", "finite &= bool(torch.isfinite(out.loss.detach()))",
+           "finite &= True", (INF_LOSS,), "a non-finite loss is not noticed"),
+    Mutant("gradients-never-cleared", "engine.py", "self.optimizer.zero_grad(set_to_none=True)", "pass",
+           (WINDOWS,), "gradients accumulate across optimizer steps"),
+    Mutant("old-decay-counts-iterations", "trainer.py", 'metrics["old_policy_decay"] = old_policy_decay(self.optimizer_step,',
+           'metrics["old_policy_decay"] = old_policy_decay(self.global_step,', (OLD_DECAY,),
+           "the old policy's decay counts iterations, not optimizer steps"),
+    Mutant("old-never-updated", "trainer.py", 'self.policy.update_old(metrics["old_policy_decay"])', "pass",
+           (OLD_DECAY,), "the old policy never follows theta"),
+    Mutant("nonfinite-lora-saved", "publisher.py",
+           "bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]", "bad = []",
+           (NONFINITE,), "a non-finite LoRA is saved"),
+    Mutant("rotation-keeps-one-more", "checkpoints/folder.py", "for old in list_checkpoints(output_dir)[:-total_limit]:",
+           "for old in list_checkpoints(output_dir)[:-total_limit - 1]:", (ROTATION,), "one checkpoint too many kept"),
+    Mutant("latest-counts-incomplete-folders", "checkpoints/folder.py",
+           "found = [(step, name) for step, name in found if os.path.isfile(os.path.join(output_dir, name, STATE_FILE))]",
+           "found = found", (ROTATION,), "a half-written checkpoint counts as the latest"),
+    Mutant("nft-kl-reference-skipped", "objectives/nft.py", "if self.loss.kl_beta > 0 or monitor:", "if monitor:",
+           (ROLLOUTS,), "kl_beta > 0 trains without the KL term"),
+    Mutant("option-advantage-std-ignored", "objectives/nft.py", "advantage_std=config.advantage_std,",
+           'advantage_std="global",', (OPTIONS,), "--advantage_std never reaches the objective"),
+    Mutant("option-loss-weighting-ignored", "objectives/nft.py", "weighting=config.loss_weighting,",
+           'weighting="x0_adaptive",', (OPTIONS,), "--loss_weighting never reaches the loss"),
+    Mutant("option-sampler-ignored", "objectives/nft.py", "sampling_sigmas=sampling_sigmas, sampler=config.sampler,",
+           'sampling_sigmas=sampling_sigmas, sampler="dpm_solver",', (OPTIONS,), "--sampler never reaches the rollouts"),
+    Mutant("plan-levels-ignored", "plan.py", "micro = math.ceil(local / args.train_batch_size) * levels",
+           "micro = math.ceil(local / args.train_batch_size)", (PLAN,), "micro-batches not counted per level"),
+    Mutant("credit-first-process-share", "credit.py", "credit[plan.images_of(accelerator.process_index)]",
+           "credit[plan.images_of(0)]", (TWO_PROCESSES,), "every process trains with the first one's credit"),
+]
+
+GROUPS = {"survivors": SURVIVORS, "caught_before": CAUGHT_BEFORE, "wider": WIDER}
+MUTANTS = SURVIVORS + CAUGHT_BEFORE + WIDER

@@ -4,6 +4,7 @@ tests that should catch each.
 
     python benchmarks/mutation_check.py                       # every mutant; exits 1 if one survives
     python benchmarks/mutation_check.py --only loss grpo      # mutants whose name contains a word
+    python benchmarks/mutation_check.py --group survivors     # one group of benchmarks/mutants.py
     python benchmarks/mutation_check.py --out benchmarks/results/mutation_check.md
 
 Each mutant replaces exactly one occurrence of a line fragment (a fragment that is missing or ambiguous is an error,
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from mutants import MUTANTS
+from mutants import GROUPS, MUTANTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COPIED = ("diffusers_nft", "tests", "examples", "model_cards", "pytest.ini", "README.md", "setup.py")
@@ -92,9 +93,11 @@ def table(rows) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None, help="Run the mutants whose name contains one of these.")
+    parser.add_argument("--group", choices=sorted(GROUPS), default=None, help="Run one group of mutants only.")
     parser.add_argument("--out", default=None, help="Also write the table to this markdown file.")
     args = parser.parse_args(argv)
-    mutants = [m for m in MUTANTS if not args.only or any(word in m.name for word in args.only)]
+    listed = GROUPS[args.group] if args.group else MUTANTS
+    mutants = [m for m in listed if not args.only or any(word in m.name for word in args.only)]
     with tempfile.TemporaryDirectory(prefix="nft-mutants-") as copy:
         copy_project(copy)
         env = environment(copy)

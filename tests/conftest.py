@@ -152,4 +152,55 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
+def lora_norm(a: dict, b: dict) -> float:
+    """The L2 norm of the difference of two LoRA state dicts, over all their tensors (as `NFTPolicy.deviation`)."""
+    return sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a).item() ** 0.5
+
+
+SOLVER_CALLS = {"euler": lambda n: n, "dpm_solver": lambda n: n, "unipc": lambda n: n, "heun": lambda n: 2 * n - 1}
+
+
+def count_sampling_calls(trainer) -> list:
+    """From now on, each `collect` appends how many transformer calls its sampling made."""
+    counts, predict, collect = [], trainer.family.predict_velocity, trainer.collector.collect
+
+    def counted(*args, **kwargs):
+        if counts and isinstance(counts[-1], list):  # inside a collect
+            counts[-1].append(1)
+        return predict(*args, **kwargs)
+
+    def collecting(*args, **kwargs):
+        counts.append([])
+        try:
+            return collect(*args, **kwargs)
+        finally:
+            counts[-1] = len(counts[-1])
+
+    trainer.family.predict_velocity, trainer.collector.collect = counted, collecting
+    return counts
+
+
+def expected_sampling_calls(config) -> int:
+    """A `config`'s transformer calls per iteration's sampling on one process: batches x the solver's calls."""
+    return -(-config.images_per_iteration // config.sample_batch_size) * SOLVER_CALLS[config.sampler](config.num_sampling_steps)
+
+
+def step_and_check_the_soft_update(trainer, rtol: float = 1e-4) -> dict:
+    """One iteration, and the values its metrics pin: `old_theta_deviation` is |theta - old| before the soft update;
+    `old_policy_decay` is the linear schedule's eta = min(0.001 k, 0.5) at the k optimizer steps taken so far (not
+    the iterations); and the old policy is then exactly `eta old + (1 - eta) theta`."""
+    old = trainer.policy.state_dict("old")
+    metrics = trainer.step()
+    theta, new_old = trainer.policy.state_dict("default"), trainer.policy.state_dict("old")
+    steps = trainer.global_step * trainer.plan.optimizer_steps
+    eta = min(0.001 * steps, 0.5)
+    assert trainer.optimizer_step == steps and metrics["optimizer_step"] == steps
+    assert metrics["old_policy_decay"] == pytest.approx(eta, rel=1e-12)
+    assert metrics["old_theta_deviation"] == pytest.approx(lora_norm(theta, old), rel=rtol)
+    assert lora_norm(theta, old) > 0, "theta did not move"
+    for k in theta:
+        torch.testing.assert_close(new_old[k], eta * old[k] + (1 - eta) * theta[k], rtol=1e-5, atol=1e-7)
+    return metrics
+
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -9,6 +9,7 @@ from accelerate.state import PartialState
 from diffusers import StableDiffusion3Pipeline
 
 import diffusers_nft.objectives.nft as objectives_module
+import diffusers_nft.trainer as trainer_module
 from diffusers_nft import NFTTrainer
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -49,6 +50,14 @@ def main(pipeline_dir, output_dir, max_steps, resume, dump_dir):
         return out
 
     objectives_module.rewards_to_optimality = recording
+    assign = trainer_module.assign_credit
+
+    def keep_local(*args, **kwargs):  # the share of r this process trains with
+        credit = assign(*args, **kwargs)
+        recorded[-1]["local"] = credit.local.tolist()
+        return credit
+
+    trainer_module.assign_credit = keep_local
     pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
     # One image per sampling batch: an image does not depend on how the iteration's images split over processes
     # (a batch of 1 and one of 2 differ by float noise, which can move a JPEG size by a byte).

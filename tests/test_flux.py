@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +10,8 @@ from diffusers_nft.pipelines import FluxFamily, get_family
 from diffusers_nft.policy import make_lora_config
 from diffusers_nft.lora_file import portable_lora
 
-from conftest import PROMPTS, max_diff, tiny_config
+from conftest import PROMPTS, count_sampling_calls, expected_sampling_calls, max_diff, \
+    step_and_check_the_soft_update, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +79,11 @@ def test_flux_trains_and_its_lora_loads_into_flux_pipeline(flux_dir, tmp_path):
 def test_every_solver_collects_flux_data(flux_dir, tmp_path):
     for sampler in ("euler", "heun", "unipc"):
         pipe = FluxPipeline.from_pretrained(flux_dir)
-        trainer = NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path / sampler, sampler=sampler), PROMPTS)
-        metrics = trainer.step()
-        assert math.isfinite(metrics["loss/policy"]) and metrics["reward/total/std"] > 0
+        config = tiny_config(tmp_path / sampler, sampler=sampler)
+        trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
+        calls = count_sampling_calls(trainer)
+        metrics = step_and_check_the_soft_update(trainer)
+        assert calls == [expected_sampling_calls(config)] and metrics["reward/total/std"] > 0
 
 
 def test_flux_script_feeds_distilled_guidance_from_the_command_line(flux_dir, tmp_path, monkeypatch):

@@ -161,6 +161,22 @@ def test_x0_adaptive_loss_and_gradient_match_the_release_at_every_noise_level(be
     torch.testing.assert_close(ours_v.grad, theirs_v.grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("error, floored", [(1e-3, False), (3e-6, True)])
+def test_the_x0_weight_is_the_mean_absolute_error_floored_at_1e_minus_5(error, floored):
+    # theta's velocity is the true one plus `error`: the weight is the mean |x0 error| (sigma * error here), and the
+    # release floors it at 1e-5. A floor of 1e-2 would scale the first case's loss down 10x, the second's 1000x.
+    g = torch.Generator().manual_seed(7)
+    x0, noise = (torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    sigma, r = torch.tensor([0.5, 0.8], dtype=torch.float64), torch.tensor([1.0, 1.0], dtype=torch.float64)
+    v = noise - x0 + error * torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64).sign()
+    ours = NFTLoss(nft_beta=1.0, kl_beta=0)(v, v, x0, noise, sigma, r).loss.item()
+    theirs = _release_nft_loss(v, v, x0, noise, sigma, r, beta=1.0).item()
+    # x0 error sigma * error everywhere: mean(d^2) / max(mean|d|, 1e-5), times adv_clip_max 5
+    expected = 5 * (sigma * error).pow(2) / (sigma * error).clamp(min=1e-5)
+    assert ((sigma * error) < 1e-5).all() == floored
+    assert ours == pytest.approx(theirs, rel=1e-2) and ours == pytest.approx(expected.mean().item(), rel=1e-2)
+
+
 def test_the_x0_prediction_uses_x_t_built_from_one_minus_sigma_x0_plus_sigma_noise():
     # One sample at sigma 0.2 where the trained policy's velocity is the true one: x0 is predicted exactly only if
     # x_t = 0.8 x0 + 0.2 noise; the swapped convention (0.2 x0 + 0.8 noise) predicts it 0.6 |x0 - noise| away.

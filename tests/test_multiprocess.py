@@ -38,8 +38,12 @@ def test_two_processes_match_one_and_resume_exactly(tiny_pipeline_dir, tmp_path)
     for which in ("default", "old", "ema"):
         assert max_diff(lora0[which], lora1[which]) == 0, which  # identical on both ranks
     # every rank computed r from the rewards of the whole batch, including group 1 split across the ranks
-    assert info0["recorded"] == info1["recorded"]
+    whole = [[{k: record[k] for k in ("rewards", "groups", "r")} for record in info["recorded"]] for info in (info0, info1)]
+    assert whole[0] == whole[1]
     assert info0["recorded"][0]["groups"] == [0, 0, 1, 1, 2, 2]
+    # each rank trains with the r of its own images: rank 0 the iteration's first 3, rank 1 the last 3
+    assert all(record["local"] == record["r"][:3] for record in info0["recorded"])
+    assert all(record["local"] == record["r"][3:] for record in info1["recorded"])
     # only the main process writes files; the other one only makes sure the folder exists and is writable
     assert [w for w in info1["writes"] if w != "." and not w.startswith(".write-test-")] == []
     assert {"metrics.jsonl", "pytorch_lora_weights.safetensors", "checkpoint-4"} <= set(info0["writes"])

@@ -44,6 +44,26 @@ def test_a_non_finite_loss_stops_the_run_and_nothing_is_saved(tiny_pipeline_dir,
     assert not os.path.exists(tmp_path / "pytorch_lora_weights.safetensors")
 
 
+def test_a_non_finite_loss_stops_the_run_even_when_its_gradient_is_finite(tiny_pipeline_dir, tmp_path):
+    # Under fp16's gradient scaler (and DeepSpeed) the gradient norm is not read, so the loss is checked itself: here
+    # it is inf while its gradient (0) is finite, and the LoRA must not move.
+    trainer = _trainer(tiny_pipeline_dir, tmp_path, max_steps=1)
+    call = trainer.objective.__call__
+
+    class InfiniteLoss(type(trainer.objective)):
+        def __call__(self, *args, **kwargs):
+            out = call(*args, **kwargs)
+            out.loss = out.loss * 0 + float("inf")
+            return out
+
+    trainer.objective.__class__ = InfiniteLoss
+    before = trainer.policy.state_dict("default")
+    with pytest.raises(NonFiniteError, match="not finite"):
+        trainer.step()
+    after = trainer.policy.state_dict("default")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_skip_nonfinite_skips_the_step_and_saves_a_finite_lora(tiny_pipeline_dir, tmp_path):
     trainer = _trainer(tiny_pipeline_dir, tmp_path, max_steps=2, gradient_accumulation_steps=3, skip_nonfinite=True)
     _poison_one_training_forward(trainer, call_number=2)

@@ -13,15 +13,65 @@ from diffusers_nft import NFTTrainer
 from diffusers_nft.checkpoints import CheckpointError
 from diffusers_nft.rewards import RewardError
 
-from conftest import PROMPTS, max_diff, tiny_config
+from diffusers_nft.advantages import rewards_to_optimality
+from diffusers_nft.loss import NFTLoss
+from diffusers_nft.sampling import model_sigmas
+
+from conftest import PROMPTS, count_sampling_calls, expected_sampling_calls, max_diff, tiny_config
 
 
-def _train(pipeline_dir, output_dir, reward="jpeg_incompressibility", **overrides):
+def _train(pipeline_dir, output_dir, reward="jpeg_incompressibility", watch=False, **overrides):
+    """Two iterations; with `watch`, also what they did: `trainer.seen` holds the credit's inputs and r, each loss's
+    inputs and output, the noise levels of theta's forwards, and the sampling calls of each iteration."""
     pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
     trainer = NFTTrainer(pipe, reward, tiny_config(output_dir, max_steps=2, gradient_accumulation_steps=3,
                                                    learning_rate=1e-2, **overrides), PROMPTS)
+    if watch:
+        _watch(trainer)
     trainer.train()
     return trainer
+
+
+def _watch(trainer):
+    seen = trainer.seen = {"credit": [], "loss": [], "sigmas": []}
+    seen["sampling_calls"] = count_sampling_calls(trainer)
+    credit, loss, predict = trainer.objective.credit, trainer.objective.loss, trainer.family.predict_velocity
+
+    def watched_credit(rewards, group_ids):
+        r, metrics = credit(rewards, group_ids)
+        seen["credit"].append((rewards.clone(), group_ids.clone(), r.clone()))
+        return r, metrics
+
+    def watched_loss(v_theta, v_old, **kwargs):
+        out = loss(v_theta, v_old, **kwargs)
+        seen["loss"].append(((v_theta.detach().clone(), v_old.detach().clone()), kwargs, out))
+        return out
+
+    def watched_predict(latents, sigma, cond):
+        if torch.is_grad_enabled():
+            seen["sigmas"].append(sigma.detach().clone())
+        return predict(latents, sigma, cond)
+
+    trainer.objective.credit, trainer.family.predict_velocity = watched_credit, watched_predict
+    trainer.objective.loss = watched_loss
+    for name in ("kl_beta", "adv_clip_max"):
+        setattr(watched_loss, name, getattr(loss, name))
+
+
+def _check_what_the_option_did(trainer):
+    """Each iteration's r, losses, noise levels and sampling calls are what the config's settings make of them."""
+    args, seen = trainer.args, trainer.seen
+    for rewards, group_ids, r in seen["credit"]:
+        expected = rewards_to_optimality(rewards, group_ids, args.adv_clip_max, args.advantage_std, mode=args.adv_mode)
+        assert torch.equal(r, expected.r)
+    reference = NFTLoss(args.nft_beta, args.adv_clip_max, args.loss_weighting, args.kl_beta, args.drop_negative_term)
+    for (v_theta, v_old), kwargs, out in seen["loss"]:
+        again = reference(v_theta, v_old, **kwargs)
+        assert again.loss.item() == pytest.approx(out.loss.item(), rel=1e-6)
+    grid = model_sigmas(trainer.sampling_sigmas).float()
+    on_grid = all(bool(torch.isin(s, grid).all()) for s in seen["sigmas"])
+    assert on_grid == (args.train_timesteps == "sampler_grid")
+    assert seen["sampling_calls"] == [expected_sampling_calls(args)] * args.max_steps
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +85,22 @@ def default_lora(tiny_pipeline_dir, tmp_path_factory):
     dict(adv_mode="binary"), dict(drop_negative_term=True), dict(sampler="heun"), dict(sampler="euler"),
 ])
 def test_each_option_changes_what_is_trained(tiny_pipeline_dir, tmp_path, default_lora, option):
-    trainer = _train(tiny_pipeline_dir, tmp_path, **option)
+    trainer = _train(tiny_pipeline_dir, tmp_path, watch=True, **option)
+    _check_what_the_option_did(trainer)
+    r = torch.cat([r for *_, r in trainer.seen["credit"]])
+    if option.get("adv_mode") == "positive_only":
+        assert r.min() == 0.5 and r.max() > 0.5
+    if option.get("adv_mode") == "binary":
+        assert set(r.tolist()) <= {0.0, 0.5, 1.0} and {0.0, 1.0} <= set(r.tolist())
     lora = trainer.policy.state_dict("default")
-    assert all(torch.isfinite(t).all() for t in lora.values())
     assert max_diff(lora, default_lora) > 1e-6, option
+
+
+def test_the_default_options_do_what_the_release_does(tiny_pipeline_dir, tmp_path):
+    trainer = _train(tiny_pipeline_dir, tmp_path, watch=True)
+    _check_what_the_option_did(trainer)
+    r = torch.cat([r for *_, r in trainer.seen["credit"]])
+    assert r.min() < 0.5 < r.max() and len(trainer.seen["loss"]) == 2 * trainer.plan.micro_batches
 
 
 def test_the_delayed_decay_keeps_the_old_policy_fixed_early(tiny_pipeline_dir, tmp_path):

@@ -137,8 +137,13 @@ def test_evaluate_command_compares_base_and_lora_offline(tmp_path):
     assert sorted(os.listdir(out)) == ["grid.png", "results.json", "results.md"]
     results = json.load(open(out / "results.json"))["results"]
     assert list(results) == ["base, CFG 1", "base, CFG 3", "nft, CFG 1", "nft, CFG 3"]
-    for summary in results.values():
-        assert 0 <= summary["digit_eval/mean"] <= 1 and "digit_eval/strict/mean" in summary
+    for summary in results.values():  # 4 prompts x 2 seeds = 8 images, each scored (digit + colour) / 2
+        score = {key: summary[f"digit_eval/{key}/mean"] for key in ("digit", "color", "strict")}
+        assert summary["digit_eval/mean"] == pytest.approx((score["digit"] + score["color"]) / 2)
+        for key, p in score.items():  # pass/fail per image: a multiple of 1/8, with a Bernoulli's std
+            assert (8 * p) == pytest.approx(round(8 * p)), key
+            assert summary[f"digit_eval/{key}/std"] == pytest.approx((p * (1 - p)) ** 0.5), key
+        assert score["strict"] <= min(score["digit"], score["color"])
         assert "digit_eval/strict/held_out=False/mean" in summary
     table = open(out / "results.md").read()
     rows = [line for line in table.splitlines() if line.startswith(("| base", "| nft"))]

@@ -66,3 +66,14 @@ def test_continuous_draws_with_shift():
     assert shift_sigmas(torch.tensor(0.5), 3.0).item() == pytest.approx(0.75)
     with pytest.raises(ValueError, match="train_timesteps"):
         sample_train_sigmas(2, 1, "beta")
+
+
+def test_continuous_levels_are_floored_at_1e_minus_3_and_logit_normal_has_its_mean_and_std():
+    g = torch.Generator().manual_seed(1)
+    # About 0.1% of uniform draws fall below 1e-3 (x_t = x0 there teaches nothing): they become exactly 1e-3.
+    uniform = sample_train_sigmas(200_000, 1, "uniform", shift=1.0, generator=g)
+    assert uniform.min().item() == pytest.approx(1e-3, rel=1e-6)
+    assert 0.0007 < (uniform == uniform.min()).float().mean().item() < 0.0013
+    logit = sample_train_sigmas(100_000, 1, "logit_normal", shift=1.0, logit_mean=1.0, logit_std=0.5, generator=g)
+    logits = torch.logit(logit.double())
+    assert logits.mean().item() == pytest.approx(1.0, abs=0.01) and logits.std().item() == pytest.approx(0.5, abs=0.01)

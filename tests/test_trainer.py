@@ -13,7 +13,7 @@ from diffusers_nft.checkpoints import CheckpointError
 from diffusers_nft.rewards import RewardError
 from diffusers_nft.lora_file import portable_lora
 
-from conftest import PROMPTS, max_diff, small_lora, tiny_config
+from conftest import PROMPTS, max_diff, small_lora, step_and_check_the_soft_update, tiny_config
 
 
 def test_iteration_metrics_files_and_metadata(tiny_pipeline, tmp_path):
@@ -158,9 +158,17 @@ def test_generate_with_each_policy_and_cfg(tiny_pipeline, tmp_path):
     assert a.shape == (2, 3, 64, 64) and torch.equal(a, b) and not torch.equal(a[0], a[1])
     cfg = trainer.generate(["a red cat"] * 2, [0, 1], weights="base", guidance_scale=4.0)
     assert (cfg - a).abs().max() > 1e-4
+    # Heun through the pipeline's own call: 2 transformer calls per step but the last (5 for 3 steps), the old
+    # policy (a copy of theta, whose LoRA B starts at 0) draws what the base draws, and the image is not Euler's
     heun = FlowMatchHeunDiscreteScheduler.from_config(trainer.pipeline.scheduler.config)
+    calls = []
+    hook = trainer.pipeline.transformer.register_forward_hook(lambda *_: calls.append(1))
     heun_images = trainer.generate(["a red cat"], [0], weights="old", scheduler=heun, num_steps=3)
-    assert heun_images.shape == (1, 3, 64, 64)
+    hook.remove()
+    assert heun_images.shape == (1, 3, 64, 64) and len(calls) == 5
+    torch.testing.assert_close(heun_images, trainer.generate(["a red cat"], [0], weights="base", scheduler=heun,
+                                                             num_steps=3), rtol=0, atol=1e-6)
+    assert (heun_images - trainer.generate(["a red cat"], [0], weights="base", num_steps=3)).abs().max() > 1e-4
 
 
 def test_errors_before_any_compute(tiny_pipeline, tmp_path):
@@ -223,11 +231,11 @@ def test_unsupported_pipeline_family(tmp_path):
 def test_bf16_mixed_precision_gradient_checkpointing_and_offload(tiny_pipeline, tmp_path):
     config = tiny_config(tmp_path, mixed_precision="bf16", gradient_checkpointing=True, offload_text_encoders=True)
     trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
-    metrics = trainer.step()
+    metrics = step_and_check_the_soft_update(trainer, rtol=1e-2)  # the old adapter itself is in bf16
     assert tiny_pipeline.transformer.dtype == torch.bfloat16
     assert {p.dtype for p in trainer.policy.trainable_parameters()} == {torch.float32}
     assert tiny_pipeline.transformer.is_gradient_checkpointing
-    assert math.isfinite(metrics["loss/policy"]) and metrics["old_theta_deviation"] > 0
+    assert math.isfinite(metrics["loss/policy"]) and metrics["grad_norm"] > 0
 
 
 def test_reward_scoring_modes_give_the_same_rewards(tiny_pipeline_dir, tmp_path):
@@ -351,3 +359,30 @@ def test_rollouts_come_from_the_old_policy_and_each_micro_step_sees_its_own_x_t(
         torch.testing.assert_close(x_t, (1 - s) * seen["x0"] + s * seen["noise"], rtol=0, atol=1e-6)
         assert torch.equal(sigma, seen["sigma"]) and torch.equal(old_call[2], x_t) and torch.equal(ref_call[2], x_t)
         assert all((clean == row).all(dim=1).any() for row in seen["x0"].flatten(1))
+
+
+def test_each_accumulation_window_starts_without_gradients(tiny_pipeline, tmp_path):
+    # 2 images per micro-batch x 3 levels = 12 micro-batches, 3 per optimizer step: each step sees only its window.
+    config = tiny_config(tmp_path, max_steps=1, train_batch_size=4, gradient_accumulation_steps=3)
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
+    params, seen, call = trainer.policy.trainable_parameters(), [], trainer.objective.__call__
+
+    class Spy(type(trainer.objective)):
+        def __call__(self, *args, **kwargs):
+            seen.append(all(p.grad is None for p in params))
+            return call(*args, **kwargs)
+
+    trainer.objective.__class__ = Spy
+    trainer.step()
+    windows = trainer.plan.micro_batches // trainer.plan.accumulation
+    assert trainer.plan.accumulation == 3 and windows >= 2
+    assert seen == [True, False, False] * windows
+
+
+def test_the_old_policy_follows_theta_by_the_decay_of_the_optimizer_steps_taken(tiny_pipeline, tmp_path):
+    # 2 optimizer steps per iteration: after 2 iterations eta is 0.004 (4 steps), not 0.002 (2 iterations).
+    config = tiny_config(tmp_path, max_steps=2, optimizer_steps_per_iteration=2)
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
+    assert max_diff(trainer.policy.state_dict("old"), trainer.policy.state_dict("default")) == 0
+    decays = [step_and_check_the_soft_update(trainer)["old_policy_decay"] for _ in range(2)]
+    assert decays == [pytest.approx(0.002), pytest.approx(0.004)]

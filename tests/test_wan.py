@@ -13,7 +13,8 @@ from diffusers_nft.rewards.video import frame_indices
 from diffusers_nft.sampling import rollout
 
 import tiny_pipelines
-from conftest import PROMPTS, load_saved, tiny_config
+from conftest import PROMPTS, count_sampling_calls, expected_sampling_calls, load_saved, \
+    step_and_check_the_soft_update, tiny_config
 
 FRAMES = 5  # 2 latent frames
 
@@ -87,8 +88,10 @@ def test_wan_trains_on_videos_with_every_solver(wan_dir, sampler, tmp_path):
     config = tiny_config(tmp_path, max_steps=1, sampler=sampler, num_frames=FRAMES, prompts_per_iteration=1,
                          group_size=4, reward_frames=2)
     trainer = NFTTrainer(load_saved(wan_dir), ["jpeg_incompressibility", "temporal_consistency"], config, PROMPTS)
-    last = trainer.train()[-1]
-    assert last["old_theta_deviation"] > 0 and last["grad_norm"] > 0
+    calls = count_sampling_calls(trainer)
+    last = step_and_check_the_soft_update(trainer)
+    assert calls == [expected_sampling_calls(config)] and last["grad_norm"] > 0
+    assert last["loss/kl"] == 0 and last["loss/total"] == last["loss/policy"]  # theta is the base until its one step
     assert 0 < last["reward/temporal_consistency/mean"] <= 1
 
 
