@@ -36,6 +36,7 @@ setup(
         "matplotlib>=3.7",
         "tensorboard>=2.14",
         "httpx>=0.24",
+        "pyyaml>=5.4",
     ],
     extras_require={
         "ocr": OCR,
@@ -48,7 +49,7 @@ setup(
         "wandb": ["wandb"],
     },
     entry_points={
-        "console_scripts": ["diffusers-nft-evaluate=diffusers_nft.evaluate:main"],
+        "console_scripts": ["diffusers-nft=diffusers_nft.cli:main", "diffusers-nft-evaluate=diffusers_nft.evaluate:main"],
         # modules that register rewards when imported (diffusers_nft.rewards.registry.PLUGIN_GROUP)
         "diffusers_nft.plugins": ["demo = diffusers_nft.demo"],
     },

@@ -13,18 +13,47 @@ iteration, with the final LoRA saved as usual.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 EVENTS = ("on_train_begin", "on_step_end", "on_log", "on_evaluate", "on_save", "on_train_end")
 
 
 @dataclass
 class TrainerState:
-    """What the loop has done: `global_step` counts NFT iterations; `log_history` has one metrics dict each."""
+    """What the loop has done: `global_step` counts NFT iterations; `log_history` has one metrics dict each.
+
+    The rest is what transformers' own callbacks read: which process this is, and the best value so far of
+    `metric_for_best_model` (`EarlyStoppingCallback` compares each evaluation with it).
+    """
 
     global_step: int = 0
     max_steps: int = 0
     log_history: List[Dict[str, float]] = field(default_factory=list)
+    is_local_process_zero: bool = True
+    is_world_process_zero: bool = True
+    best_metric: Optional[float] = None
+    best_global_step: Optional[int] = None
+
+
+def evaluation_metrics(results: Dict[str, float]) -> Dict[str, float]:
+    """`results` (`eval/<judge>/mean`) with transformers' names beside them (`eval_<judge>`), which
+    `metric_for_best_model` and `EarlyStoppingCallback` look up."""
+    aliases = {f"eval_{key[len('eval/'):-len('/mean')]}": value for key, value in results.items()
+               if key.startswith("eval/") and key.endswith("/mean")}
+    return {**results, **aliases}
+
+
+def update_best_metric(state: TrainerState, args, metrics: Dict[str, float]) -> None:
+    """After an evaluation (and its callbacks): `state.best_metric` follows `args.metric_for_best_model`."""
+    name = getattr(args, "metric_for_best_model", None)
+    if not name:
+        return
+    value = metrics.get(name if name.startswith("eval_") else f"eval_{name}")
+    if value is None:
+        return
+    better = (lambda a, b: a > b) if args.greater_is_better else (lambda a, b: a < b)
+    if state.best_metric is None or better(value, state.best_metric):
+        state.best_metric, state.best_global_step = value, state.global_step
 
 
 @dataclass

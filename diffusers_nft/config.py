@@ -74,6 +74,11 @@ class NFTConfig:
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "A checkpoint-<step> folder, or 'latest' in output_dir."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds another run: its checkpoints, LoRA, metrics, "
+                  "samples and logs are removed first. Without it such a folder is refused (unless resuming)."},
+    )
     report_to: str = field(
         default="tensorboard",
         metadata={"help": f"Trackers, comma-separated, of {TRACKERS}; or 'all' or 'none'. Default: tensorboard."},
@@ -262,6 +267,14 @@ class NFTConfig:
         metadata={"help": "Score eval_dataset every this many iterations, and at the last one. Default: "
                   "validation_steps."},
     )
+    metric_for_best_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "A judge whose held-out score is tracked as the best so far (transformers' name; "
+                  "EarlyStoppingCallback reads it), e.g. 'digit_judge' for eval/digit_judge/mean."},
+    )
+    greater_is_better: Optional[bool] = field(
+        default=None, metadata={"help": "Whether a higher metric_for_best_model is better. Default: True."}
+    )
 
     num_generations: Optional[int] = field(
         default=None, metadata={"help": "TRL's name for group_size; sets it when given."}
@@ -272,14 +285,27 @@ class NFTConfig:
     )
 
     float_ranges: ClassVar[dict] = FLOAT_RANGES  # the float settings and their ranges (`_validate_floats`)
+    # What transformers' callbacks read of their TrainingArguments: evaluation runs every eval_steps (with an
+    # eval_dataset), and no "best model" is loaded at the end (the guard's best/ folder keeps it).
+    eval_strategy: ClassVar[str] = "steps"
+    load_best_model_at_end: ClassVar[bool] = False
 
     def __post_init__(self):
+        defaults = {f.name: f.default for f in fields(self)}
+        if self.metric_for_best_model and self.greater_is_better is None:
+            self.greater_is_better = not self.metric_for_best_model.endswith("loss")  # transformers' rule
         if self.num_generations is not None:
+            _check(self.group_size in (self.num_generations, defaults["group_size"]),
+                   f"num_generations={self.num_generations} and group_size={self.group_size} set the same thing "
+                   "(num_generations is TRL's name for group_size); give one of them.")
             self.group_size = self.num_generations
         if self.scale_rewards is not None:
             scopes = {"group": "group", "batch": "global"}
             _check(self.scale_rewards in scopes, f"scale_rewards must be 'group' or 'batch' (got {self.scale_rewards!r}); "
                    "DiffusionNFT always divides by a std, so TRL's 'none' has no counterpart (see advantage_std).")
+            _check(self.advantage_std in (scopes[self.scale_rewards], defaults["advantage_std"]),
+                   f"scale_rewards={self.scale_rewards!r} and advantage_std={self.advantage_std!r} set the same thing "
+                   "(scale_rewards is TRL's name for advantage_std); give one of them.")
             self.advantage_std = scopes[self.scale_rewards]
         self.validate()
 
@@ -421,7 +447,8 @@ RESUME_FREE = (
     "output_dir", "max_steps", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint",
     "report_to", "validation_prompts", "validation_steps", "num_validation_images", "save_on_interrupt",
     "reward_timeout", "reward_scoring", "reward_device", "reward_batch_size", "sample_batch_size", "eval_num_steps",
-    "eval_steps", "num_generations", "scale_rewards",
+    "eval_steps", "num_generations", "scale_rewards", "overwrite_output_dir", "metric_for_best_model",
+    "greater_is_better",
     "push_to_hub", "hub_model_id", "hub_private_repo", "base_model_id", "license",
 )
 

@@ -155,7 +155,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     args = parser.parse_args(argv)
-    for path in write(generate(args.num_train, args.num_test, args.seed, args.tasks), args.output_dir):
+    from .command_line import exit_on_setup_error
+
+    splits = exit_on_setup_error(lambda: generate(args.num_train, args.num_test, args.seed, args.tasks))
+    for path in write(splits, args.output_dir):
         logger.info("Wrote %s", path)
 
 

@@ -4,7 +4,6 @@ folder an upload sends, and the upload. `diffusers_nft.publisher.Publisher` uses
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -19,8 +18,6 @@ logger = get_logger(__name__)
 # What never leaves the machine: optimizer checkpoints, half-written folders, logs, per-step sample grids.
 UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", "samples/**", "*.tmp.png",
                  ".write-test-*"]
-UPLOAD_STAGING = ".tmp-upload"  # inside output_dir; the card goes here until the upload succeeded
-CARD_FILES = ("README.md", "images", "reward_curve.png", LORA_WEIGHT_NAME)
 
 
 def model_card_template() -> str:
@@ -73,11 +70,16 @@ def base_model_license(base_model: Optional[str]) -> Optional[str]:
 
 def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, prompt: str, call_kwargs: dict,
                  lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None, seed: int = 0,
-                 conditioning_files: Optional[Dict[str, object]] = None) -> str:
+                 conditioning_files: Optional[Dict[str, object]] = None,
+                 base_loader: Optional[Tuple[str, str]] = None) -> str:
     """Python that loads the base pipeline and this LoRA and generates as the run evaluated, on the user's device:
     the card's first gallery image, whose seed is `seed` (`diffusers_nft.generation`'s noise convention), from the
-    repo's copy of its source image(s) where the pipeline is image-conditioned."""
+    repo's copy of its source image(s) where the pipeline is image-conditioned. `base_loader`, `(import line,
+    expression)`, builds a base that is not on the Hub (the demo's bundled pipelines)."""
     base = base_model or "path/to/the/base/pipeline"
+    load_base = (f"{base_loader[0]}\n", f"pipe = {base_loader[1]}.to(device)\n") if base_loader else (
+        f"from diffusers import {pipeline_class}\n",
+        f"pipe = {pipeline_class}.from_pretrained({_literal(base)}, dtype=dtype).to(device)\n")
     arguments = "".join(f"    {key}={_load_images(value, repo_id)},\n" for key, value in (conditioning_files or {}).items())
     arguments += "".join(f"    {key}={_literal(value)},\n" for key, value in call_kwargs.items())
     loads = "".join(
@@ -87,11 +89,11 @@ def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, p
     )
     return (
         "import torch\n"
-        f"from diffusers import {pipeline_class}\n"
+        f"{load_base[0]}"
         + ("from diffusers.utils import load_image\n" if conditioning_files else "") + "\n"
         'device = "cuda" if torch.cuda.is_available() else "cpu"\n'
-        'dtype = torch.bfloat16 if device == "cuda" else torch.float32\n'
-        f"pipe = {pipeline_class}.from_pretrained({_literal(base)}, dtype=dtype).to(device)\n"
+        + ("" if base_loader else 'dtype = torch.bfloat16 if device == "cuda" else torch.float32\n')
+        + f"{load_base[1]}"
         f"{loads}"
         "image = pipe(\n"
         f"    prompt={_literal(prompt)},\n{arguments}"
@@ -186,6 +188,8 @@ class CardInputs:
             DiffusionNFT's.
         conditioning_files: For image-conditioned pipelines, the first prompt's conditioning as files of the repo
             (argument -> path, or a list of paths): the snippet loads them.
+        base_loader: `(import line, expression)` that builds the base pipeline where it is not on the Hub (the
+            demo worlds' bundled ones), for the snippet; None: `from_pretrained(base_model)`.
     """
 
     repo_id: str
@@ -200,6 +204,7 @@ class CardInputs:
     lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None
     method: Optional[type] = None
     conditioning_files: Dict[str, object] = field(default_factory=dict)
+    base_loader: Optional[Tuple[str, str]] = None
 
 
 def write_model_card(output_dir: str, *, widget: Sequence[Tuple[str, str]], seed: int = 0,
@@ -233,7 +238,8 @@ def write_model_card(output_dir: str, *, widget: Sequence[Tuple[str, str]], seed
         before_after=_before_after(output_dir),
         guard=guard_summary(output_dir),
         snippet=call_snippet(c.pipeline_class, c.base_model, c.repo_id, widget[0][0] if widget else "a photo",
-                             c.call_kwargs, c.lora_layout, seed=seed, conditioning_files=c.conditioning_files),
+                             c.call_kwargs, c.lora_layout, seed=seed, conditioning_files=c.conditioning_files,
+                             base_loader=c.base_loader),
         evaluation=c.evaluation,
         hyperparameters=list(c.hyperparameters.items()),
     )
@@ -303,28 +309,6 @@ def write_card_images(folder: str, prompts: Sequence[str], base, tuned, per_prom
     return widget
 
 
-def stage_upload(output_dir: str, staging: str) -> None:
-    """Copy what `output_dir` uploads (its results, not checkpoints, logs or samples) into a fresh `staging`."""
-    from huggingface_hub.utils import filter_repo_objects
-
-    shutil.rmtree(staging, ignore_errors=True)
-    files = [os.path.relpath(os.path.join(d, f), output_dir) for d, _, fs in os.walk(output_dir) for f in fs]
-    for rel in filter_repo_objects(files, ignore_patterns=UPLOAD_IGNORE):
-        os.makedirs(os.path.join(staging, os.path.dirname(rel)), exist_ok=True)
-        shutil.copy2(os.path.join(output_dir, rel), os.path.join(staging, rel))
-    os.makedirs(staging, exist_ok=True)
-
-
-def publish_staged(staging: str, output_dir: str) -> None:
-    """After a successful upload: the card, its images, the curve and the LoRA into `output_dir` too."""
-    for name in CARD_FILES:
-        source, target = os.path.join(staging, name), os.path.join(output_dir, name)
-        if os.path.isdir(source):
-            shutil.copytree(source, target, dirs_exist_ok=True)
-        elif os.path.isfile(source):
-            shutil.copy2(source, target)
-
-
 def validate_card(path: str) -> None:
     """Ask the Hub whether it accepts the card's metadata, before anything is uploaded.
 
@@ -336,8 +320,54 @@ def validate_card(path: str) -> None:
     try:
         ModelCard.load(path).validate()
     except Exception as error:
+        reason = hub_failure(error)
+        if reason.startswith("the Hub was not reached"):
+            raise RuntimeError(f"The model card {path} could not be checked: {reason}. Nothing was uploaded; the card "
+                               "and the LoRA stay where they are.") from error
         raise RuntimeError(f"The Hub did not accept the model card {path} ({type(error).__name__}: {error}); nothing "
-                           "was uploaded. Fix the card's metadata (base_model_id, license) or the network.") from error
+                           "was uploaded. Fix the card's metadata (base_model_id, license).") from error
+
+
+def hub_failure(error: Exception) -> str:
+    """Why a Hub call failed, in words: the Hub not reached (offline, network), no token, or the Hub refusing (with
+    its HTTP status)."""
+    names = {c.__name__ for c in type(error).__mro__}
+    if names & {"OfflineModeIsEnabled", "TransportError", "ConnectionError", "TimeoutError", "TimeoutException"}:
+        return (f"the Hub was not reached ({type(error).__name__}: {error}); check the network, or unset "
+                "HF_HUB_OFFLINE")
+    if "LocalTokenNotFoundError" in names:
+        return "there is no Hub token: run `hf auth login` or set $HF_TOKEN"
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status in (401, 403):
+        return (f"the Hub refused it ({status}: {error}); the token cannot write there: check `hf auth whoami` and "
+                "that the token has write access")
+    if status is not None:
+        return f"the Hub refused it ({status}: {error})"
+    return f"{type(error).__name__}: {error}"
+
+
+def hub_api(token: Optional[str], api=None):
+    """`api`, or a `huggingface_hub.HfApi` with `token`."""
+    if api is not None:
+        return api
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)
+
+
+def check_hub(repo_id: str, token: Optional[str] = None, private: Optional[bool] = None, api=None) -> str:
+    """Before training: create the model repo (or find it), so that an upload cannot fail only at the end.
+
+    Raises:
+        ValueError: Saying why (no token, the Hub not reached, no write access).
+    """
+    try:
+        hub_api(token, api).create_repo(repo_id=repo_id, token=token, private=private, exist_ok=True,
+                                        repo_type="model")
+    except Exception as error:
+        raise ValueError(f"--push_to_hub: the Hub repo {repo_id!r} cannot be created or written before training: "
+                         f"{hub_failure(error)}. Fix it, or train without --push_to_hub and upload later.") from error
+    return f"https://huggingface.co/{repo_id}"
 
 
 def upload_folder(output_dir: str, repo_id: str, token: Optional[str] = None, private: Optional[bool] = None,
@@ -345,13 +375,10 @@ def upload_folder(output_dir: str, repo_id: str, token: Optional[str] = None, pr
     """Create the repo if needed and upload `output_dir` without checkpoints, logs and per-step samples.
 
     Raises:
-        RuntimeError: If the Hub calls fail; the local folder is left as it is.
+        RuntimeError: If the Hub refuses the card or the upload, or is not reached; `output_dir` keeps everything.
     """
     validate_card(os.path.join(output_dir, "README.md"))
-    if api is None:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
+    api = hub_api(token, api)
     try:
         api.create_repo(repo_id=repo_id, token=token, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(
@@ -360,7 +387,8 @@ def upload_folder(output_dir: str, repo_id: str, token: Optional[str] = None, pr
         )
     except Exception as error:
         raise RuntimeError(
-            f"Uploading {output_dir!r} to the Hub repo {repo_id!r} failed ({type(error).__name__}: {error}). "
-            f"Nothing local was changed: fix the token or network and call push_to_hub again."
+            f"Uploading {output_dir!r} to the Hub repo {repo_id!r} failed: {hub_failure(error)}. The LoRA and its "
+            f"card stay in {output_dir!r}: upload them later with trainer.push_to_hub() or "
+            f"`hf upload {repo_id} {output_dir}`."
         ) from error
     return f"https://huggingface.co/{repo_id}"

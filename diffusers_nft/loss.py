@@ -63,7 +63,8 @@ class NFTLoss(nn.Module):
     Example:
         ```py
         loss_fn = NFTLoss(nft_beta=1.0)
-        x_t = (1 - sigma) * x0 + sigma * noise
+        s = sigma.view(-1, *[1] * (x0.ndim - 1))  # sigma (B,) against (B, C, H, W)
+        x_t = (1 - s) * x0 + s * noise  # what v_theta, v_old and v_ref were evaluated at
         out = loss_fn(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r, v_ref=v_ref)
         out.loss.backward()
         ```
@@ -109,7 +110,7 @@ class NFTLoss(nn.Module):
             v_old: Velocity of the data-collection policy, same shape (treated as a constant).
             x0: Clean samples the policies were evaluated around, same shape.
             noise: The noise `eps` used to build `x_t = (1 - sigma) * x0 + sigma * eps`, same shape.
-            sigma: Noise level per sample, shape `(B,)`, in (0, 1].
+            sigma: Noise level per sample, shape `(B,)` or `(B, 1, ..., 1)`, in (0, 1].
             r: Optimality probability per sample, shape `(B,)`, in [0, 1].
             v_ref: Velocity of the frozen reference model, or None to skip the KL term.
 
@@ -117,12 +118,13 @@ class NFTLoss(nn.Module):
             An `NFTLossOutput`.
         """
         batch = v_theta.shape[0]
-        if sigma.shape != (batch,) or r.shape != (batch,):
-            raise ValueError(f"sigma and r must have shape ({batch},), got {tuple(sigma.shape)} and {tuple(r.shape)}.")
+        shape = (batch,) + (1,) * (v_theta.ndim - 1)
+        if sigma.shape not in ((batch,), shape) or r.shape != (batch,):
+            raise ValueError(f"sigma must have shape ({batch},) or {shape} and r ({batch},), got "
+                             f"{tuple(sigma.shape)} and {tuple(r.shape)}.")
         beta = self.nft_beta
         v_old = v_old.detach()
-        shape = (batch,) + (1,) * (v_theta.ndim - 1)
-        sigma_b = sigma.to(v_theta.dtype).view(shape)
+        sigma_b = sigma.to(v_theta.dtype).reshape(shape)
         r = r.to(torch.float32)
         target = noise - x0
         x_t = (1 - sigma_b) * x0 + sigma_b * noise

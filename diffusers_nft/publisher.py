@@ -6,15 +6,13 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from accelerate.logging import get_logger
 
 from .conditioning import shown_sources
-from .hub import CardInputs, UPLOAD_STAGING, publish_staged, save_sources, stage_upload, upload_folder, \
-    write_card_images, write_model_card
+from .hub import CardInputs, save_sources, upload_folder, write_card_images, write_model_card
 from .engine import NonFiniteError
 from .lora_file import LORA_WEIGHT_NAME, write_lora_file
 from .visualize import plot_reward_curve
@@ -88,31 +86,16 @@ class Publisher:
         logger.info("Wrote model card %s (with %s)", card, ", ".join(sorted(os.listdir(os.path.join(folder, "images")))))
         return card
 
-    @contextmanager
-    def staged(self, output_dir: str) -> Iterator[str]:
-        """A staging folder inside `output_dir` holding what the upload sends (its results, not checkpoints, logs
-        or step samples), removed afterwards; the same path on every process."""
-        staging = os.path.join(output_dir, UPLOAD_STAGING)
-        try:
-            if self.accelerator.is_main_process:
-                stage_upload(output_dir, staging)
-            self.accelerator.wait_for_everyone()
-            yield staging
-        finally:
-            if self.accelerator.is_main_process:
-                shutil.rmtree(staging, ignore_errors=True)
-
-    def upload(self, staging: str, output_dir: str, repo_id: str, token: Optional[str] = None,
-               private: Optional[bool] = None, api=None) -> Optional[str]:
-        """Upload `staging` to `repo_id`, then copy its card, images, curve and LoRA into `output_dir`; the URL on the
-        main process, None elsewhere.
+    def upload(self, output_dir: str, repo_id: str, token: Optional[str] = None, private: Optional[bool] = None,
+               api=None) -> Optional[str]:
+        """Upload `output_dir`'s LoRA, card and results (not its checkpoints, logs or samples) to `repo_id`; the URL
+        on the main process, None elsewhere.
 
         Raises:
-            RuntimeError: If the upload fails; `output_dir` stays exactly as it was.
+            RuntimeError: If the Hub refuses the card or the files, or is not reached; `output_dir` keeps them all.
         """
         if not self.accelerator.is_main_process:
             return None
-        url = upload_folder(staging, repo_id, token=token, private=private, api=api)
-        publish_staged(staging, output_dir)
+        url = upload_folder(output_dir, repo_id, token=token, private=private, api=api)
         logger.info("Uploaded the LoRA, its model card and images to %s", url)
         return url

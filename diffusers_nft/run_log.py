@@ -12,7 +12,8 @@ import torch
 from accelerate.logging import get_logger
 
 from .generation import stills
-from .visualize import plot_reward_curve, save_grid, with_sources
+from .metrics import TOTAL, reward_key
+from .visualize import plot_reward_curve, save_grid, to_pil, with_sources
 
 logger = get_logger(__name__)
 
@@ -92,27 +93,69 @@ class RunLog:
         path = save_grid(images, os.path.join(folder, f"step_{step:06d}"), rows=len(prompts), labels=list(prompts),
                          scale=scale, column_labels=labels, caption=caption)
         logger.info("Saved sample grid %s", path)
+        self._track_grid(images, prompts, step, per_prompt + bool(sources))
+        return path
+
+    def _track_grid(self, images: torch.Tensor, prompts: Sequence[str], step: int, per_prompt: int) -> None:
+        """Each prompt's images to the trackers under its prompt: tensorboard tags `validation/<i> <prompt>`, wandb
+        captions."""
+        rows = stills(images)
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
-                tracker.writer.add_images("validation", stills(images).numpy(), step, dataformats="NCHW")
+                for i, prompt in enumerate(prompts):
+                    tracker.writer.add_images(f"validation/{i} {prompt}", rows[i * per_prompt:(i + 1) * per_prompt]
+                                              .numpy(), step, dataformats="NCHW")
             elif tracker.name == "wandb":
                 import wandb
 
-                tracker.log({"validation": [wandb.Image(path)]}, step=step)
-        return path
+                tracker.log({"validation": [wandb.Image(image, caption=f"{prompts[k // per_prompt]} (#{k % per_prompt})")
+                                            for k, image in enumerate(to_pil(rows))]}, step=step)
 
-    def summary(self, iterations: int) -> str:
-        """The closing block: what `output_dir` holds, and how to look at the curves."""
+    def summary(self, iterations: int, history: List[Dict[str, float]], runtime: float, images: int) -> str:
+        """The closing block: how long it took, the final reward, what `output_dir` holds, how to see the curves.
+
+        Args:
+            iterations: Iterations done in all; `history` has their metrics.
+            runtime: Seconds this `train()` took (its evaluations, checkpoints and grids included).
+            images: Images this `train()` sampled.
+        """
         out = self.output_dir
         names = sorted(os.listdir(out)) if os.path.isdir(out) else []
-        checkpoints = [n for n in names if n.startswith("checkpoint-")]
-        lines = [f"Done after {iterations} iterations. {os.path.abspath(out)} holds:"]
+        checkpoints = sorted((n for n in names if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[1]))
+        lines = [f"Done after {count(iterations, 'iteration')}: {runtime_words(runtime)}, "
+                 f"{images / max(runtime, 1e-9):.3g} images/s"
+                 + (f", final reward {history[-1][reward_key(TOTAL)]:.4g}" if history else "")
+                 + (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+                    if torch.cuda.is_available() else "") + ".",
+                 f"{os.path.abspath(out)} holds:"]
         lines += [f"  {n}" for n in names if not n.startswith(("checkpoint-", "."))]
         if checkpoints:
             lines.append(f"  {len(checkpoints)} checkpoints: {', '.join(checkpoints)}")
         if self.trackers == "all" or "tensorboard" in (self.trackers or []):
             lines.append(f"Curves: tensorboard --logdir {self.logging_dir}")
         return "\n".join(lines)
+
+
+def runtime_words(seconds: float) -> str:
+    """`"2 h 03 min"`, `"4 min 05 s"`, `"12.3 s"`."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes >= 60:
+        return f"{minutes // 60} h {minutes % 60:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def precision_words(mixed_precision: str, frozen_dtype: torch.dtype) -> str:
+    """The start-up block's precision line."""
+    return (f"mixed precision {mixed_precision}: frozen weights in {str(frozen_dtype).replace('torch.', '')}, "
+            "the LoRA in float32")
+
+
+def device_words(device: torch.device) -> str:
+    """The start-up block's device line: the device, and the GPU's name and memory where there is one."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device)
+        return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    return f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
 
 
 def startup_block(title: str, rows: Dict[str, str]) -> str:

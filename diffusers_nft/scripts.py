@@ -16,8 +16,11 @@ import torch
 from transformers import HfArgumentParser
 
 from .checkpoints import check_output_dir, resolve_checkpoint
+from .command_line import check_twins, config_defaults, exit_on_setup_error, given_flags, read_config_file, \
+    repeatable_settings, split_config_file
 from .config import NFTConfig, weight_dtype
 from .data import load_prompts
+from .hub import check_hub
 from .demo import DEMO
 from .objectives import objective_class
 from .pipelines import get_family
@@ -32,7 +35,10 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ScriptArguments:
     pretrained_model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Hub id or local folder of an SD3/SD3.5 pipeline. Default: the offline demo."}
+        default=None,
+        metadata={"help": "Hub id or local folder of the pipeline to train: SD3/SD3.5 for train_nft_sd3.py, FLUX.1 for "
+                  "train_nft_flux.py, FLUX.1 Kontext for train_nft_edit.py, any supported flow-matching pipeline for "
+                  "train_nft.py and `diffusers-nft train`. Default: the script's offline demo world."}
     )
     revision: Optional[str] = field(default=None, metadata={"help": "Model revision on the Hub."})
     variant: Optional[str] = field(default=None, metadata={"help": "Weights variant, e.g. 'fp16'."})
@@ -59,7 +65,8 @@ class ScriptArguments:
     reward: List[str] = field(
         default_factory=list,
         metadata={
-            "help": "Reward as name[:weight]; repeat the flag for several (weighted sum). Required with "
+            "help": "Reward as name[:weight], or remote:http://host:port[:weight] for a reward server (`diffusers-nft "
+                    "serve`); repeat the flag for several (weighted sum). Required with "
                     "--pretrained_model_name_or_path unless --recipe gives them; default: the demo's digit_eval.",
             "action": "extend",
         },
@@ -89,6 +96,12 @@ class ScriptArguments:
         metadata={"help": "Reward-hacking guard actions with --eval_dataset_name: any of warn, save_best, stop, "
                   "comma-separated, or 'none'."},
     )
+    final_report: str = field(
+        default="full",
+        metadata={"help": "After training: 'full' (the demo's results table on its held-out prompts, then the model "
+                  "card), 'card' (the card only) or 'none'. The card is written whenever --push_to_hub is given.",
+                  "choices": ["full", "card", "none"]},
+    )
     rank: int = field(default=32, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=64, metadata={"help": "LoRA alpha."})
     lora_layers: Optional[str] = field(
@@ -97,16 +110,47 @@ class ScriptArguments:
 
 
 def parse_rewards(specs: List[str]):
-    """`["pickscore:1", "ocr:0.5"]` -> names and weights."""
-    names, weights = [], []
+    """`["pickscore:1", "ocr:0.5", "remote:http://127.0.0.1:8000:2"]` -> rewards (names, or a `RemoteReward` for
+    each `remote:` server) and weights."""
+    rewards, weights = [], []
     for spec in specs:
-        name, _, weight = spec.partition(":")
+        if spec.startswith(REMOTE):
+            reward, weight = remote_reward(spec)
+        else:
+            reward, _, weight = spec.partition(":")
         try:
             weights.append(float(weight) if weight else 1.0)
         except ValueError:
             raise ValueError(f"--reward {spec!r}: the weight {weight!r} is not a number (use name:0.5).") from None
-        names.append(name)
-    return names, weights
+        rewards.append(reward)
+    return rewards, weights
+
+
+REMOTE = "remote:"
+
+
+def remote_reward(spec: str):
+    """`remote:<url>[:weight]` -> `(RemoteReward(url), weight text)`. The last `:field` is a weight when it is a
+    number that is not the URL's port (`remote:http://host:8000` has none; `remote:http://host:8000:0.5` has 0.5)."""
+    from urllib.parse import urlparse
+
+    from .rewards.remote import RemoteReward
+
+    url, weight = spec[len(REMOTE):], ""
+    head, _, tail = url.rpartition(":")
+    try:
+        float(tail)
+        head_parts = urlparse(head)
+        if head_parts.netloc and ("." in tail or head_parts.port is not None or head_parts.path not in ("", "/")):
+            url, weight = head, tail
+    except ValueError:
+        pass
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"--reward {spec!r}: {url!r} is not an http(s) URL; use remote:http://host:port[:weight] "
+                         "(a server started with `diffusers-nft serve --reward NAME`).")
+    name = parts.path.strip("/").split("/")[-1] or "remote"
+    return RemoteReward(url, name=name), weight
 
 
 # Without a model, the script trains the bundled demo world: a tiny pretrained text-to-image model of coloured
@@ -144,20 +188,7 @@ def prepare(argv, load_pipeline: Callable, world=DEMO):
     """
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     use_all_cpu_cores()
-    parser = HfArgumentParser((ScriptArguments, NFTConfig))
-    known, _ = parser.parse_known_args(argv)
-    config_class = objective_class(known.objective).config_class  # FlowGRPOConfig adds Flow-GRPO's flags
-    parser = HfArgumentParser((ScriptArguments, config_class)) if config_class is not NFTConfig else parser
-    demo = world if known.pretrained_model_name_or_path is None else None
-    if demo:
-        logger.info("No --pretrained_model_name_or_path: offline demo on the bundled %s (%s reward).",
-                    demo.description, demo.reward)
-        parser.set_defaults(output_dir=demo.output_dir, **demo.config)
-    if known.recipe:
-        parser.set_defaults(**recipe(known.recipe)["config"])
-        logger.info("Recipe %s: %s; prompts: %s", known.recipe, recipe(known.recipe)["config"],
-                    recipe(known.recipe)["prompts"])
-    script_args, config = parser.parse_args_into_dataclasses(args=argv)
+    script_args, config, demo = parse_settings(argv, world)
     reward_names, prompts = check_before_loading(script_args, config, demo)
     pipeline = load_pipeline(script_args, config)
     peft_config = make_lora_config(
@@ -169,7 +200,45 @@ def prepare(argv, load_pipeline: Callable, world=DEMO):
     )
     trainer = NFTTrainer(pipeline, reward_names, args=config, train_dataset=prompts, peft_config=peft_config,
                          **held_out(script_args))
+    if demo:
+        trainer.card_base_loader = demo.base_loader  # the card's snippet builds the bundled base, not a Hub id
     return trainer, script_args, demo
+
+
+def parse_settings(argv, world=DEMO):
+    """`(script_args, config, demo)` of a command line: the demo world's values (without a model), a recipe's, a
+    config file's (the first argument or `--config`), then the flags, each over the one before.
+
+    Raises:
+        ValueError: For a config file that cannot be read or names no setting, or a setting given twice differently.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    path, argv = split_config_file(argv)
+    from_file = read_config_file(path) if path else {}
+    probe = HfArgumentParser((ScriptArguments, NFTConfig))
+    probe.set_defaults(objective=from_file.get("objective", "nft"))
+    config_class = objective_class(probe.parse_known_args(argv)[0].objective).config_class  # Flow-GRPO's flags too
+    parser = HfArgumentParser((ScriptArguments, config_class))
+    file_values = config_defaults(parser, from_file, path) if path else {}
+    check_twins(parser, argv)
+    given = given_flags(parser, argv)  # a repeatable flag given on the command line replaces the file's list
+    file_values = {k: v for k, v in file_values.items() if not (k in given and k in repeatable_settings(parser))}
+    parser.set_defaults(**file_values)
+    known, _ = parser.parse_known_args(argv)
+    demo = world if known.pretrained_model_name_or_path is None else None
+    if demo:
+        logger.info("No --pretrained_model_name_or_path: offline demo on the bundled %s (%s reward).",
+                    demo.description, demo.reward)
+        parser.set_defaults(output_dir=demo.output_dir, **demo.config)
+    if known.recipe:
+        parser.set_defaults(**recipe(known.recipe)["config"])
+        logger.info("Recipe %s: %s; prompts: %s", known.recipe, recipe(known.recipe)["config"],
+                    recipe(known.recipe)["prompts"])
+    if path:
+        parser.set_defaults(**file_values)  # over the demo's and the recipe's
+        logger.info("Config file %s: %s", path, file_values)
+    script_args, config = parser.parse_args_into_dataclasses(args=argv)
+    return script_args, config, demo
 
 
 def held_out(script_args: ScriptArguments) -> dict:
@@ -196,12 +265,11 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo):
     check_data_and_rewards_given(script_args, config, demo)
     configure_vlm_judge(script_args)
     reward_names, reward_weights = parse_rewards(script_args.reward or default_rewards(script_args.recipe, demo))
-    for name in reward_names:
-        check_reward(name)
     config.reward_weights = config.reward_weights or reward_weights
     config.validate()  # the weights from --reward name:w too
-    for name in script_args.eval_reward:
-        check_reward(name)
+    script_args.eval_reward = parse_rewards(script_args.eval_reward)[0]
+    for reward in reward_names + script_args.eval_reward:
+        check_reward_flag(reward)
     if script_args.guard != "none":
         from .guard import GUARD_ACTIONS
 
@@ -223,7 +291,19 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo):
     check_output_dir(config.output_dir)
     if config.resume_from_checkpoint:
         resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    if config.push_to_hub and int(os.environ.get("RANK", "0")) == 0:  # before any download, as diffusers' scripts do
+        check_hub(config.hub_model_id or os.path.basename(os.path.normpath(config.output_dir)),
+                  token=config.hub_token, private=config.hub_private_repo)
     return reward_names, prompts
+
+
+def check_reward_flag(reward) -> None:
+    """`check_reward`, with the fix a command line can take: another name, or a reward server."""
+    try:
+        check_reward(reward)
+    except ValueError as error:
+        raise ValueError(str(error).replace("or pass a callable.", "or remote:http://host:port for a reward server "
+                                            "(`diffusers-nft serve --reward NAME`).")) from None
 
 
 def configure_vlm_judge(script_args: ScriptArguments) -> None:
@@ -274,27 +354,41 @@ def check_lora_layers(script_args: ScriptArguments) -> None:
 
 
 def run(trainer, script_args: ScriptArguments, demo) -> None:
-    """Train, then write the demo world's results and card (`demo`, None for a real model), and upload when asked."""
-    config = trainer.args
+    """Train; then the demo world's results table (`demo`, None for a real model), the model card, and the upload
+    when asked (`--final_report` says how much of it)."""
+    config, report = trainer.args, script_args.final_report
     trainer.train()
-    if demo:
-        demo.report(trainer)  # results.md, and the card with the reward curve, the results and the before/after grid
+    if demo and report == "full":
+        logger.info("Scoring the base and the trained model on the %s's held-out prompts for results.md (a few "
+                    "minutes on a CPU; --final_report card skips it).", demo.description.split(" (")[0])
+        demo.report(trainer)
+    if report != "none" or config.push_to_hub:
+        logger.info("Writing the model card: the same-seed base/%s gallery, the reward curve (--final_report none "
+                    "skips it).", trainer.objective_class.short)
+        trainer.create_model_card()
     if config.push_to_hub:
-        logger.info("Pushed to %s", trainer.push_to_hub())
+        logger.info("Pushed to %s", trainer.push_to_hub(write_card=False))
 
 
 def main(argv, load_pipeline: Callable, world=DEMO) -> None:
     run(*prepare(argv, load_pipeline, world))
 
 
-def cli(load_pipeline: Callable, world=DEMO) -> None:
+def cli(load_pipeline: Callable, world=DEMO, argv=None) -> None:
     """The command line: a mistake found while setting up is one line on stderr and exit status 2, no traceback."""
-    try:
-        prepared = prepare(None, load_pipeline, world)
-    except (ValueError, OSError) as error:
-        logger.error("%s", error)
-        sys.exit(2)
-    run(*prepared)
+    run(*exit_on_setup_error(lambda: prepare(argv, load_pipeline, world)))
+
+
+def load_any_pipeline(script_args: ScriptArguments, config: NFTConfig):
+    """The pipeline of `--pretrained_model_name_or_path` (a Hub id or a local folder) by `DiffusionPipeline`, whose
+    `model_index.json` names its class; the demo world's without one."""
+    from diffusers import DiffusionPipeline
+
+    if script_args.pretrained_model_name_or_path is None:
+        return DEMO.load_pipeline()
+    return DiffusionPipeline.from_pretrained(
+        script_args.pretrained_model_name_or_path, **from_pretrained_kwargs(script_args, config)
+    )
 
 
 

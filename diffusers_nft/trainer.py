@@ -24,7 +24,7 @@ from peft import LoraConfig
 from tqdm.auto import tqdm
 
 from . import zero
-from .callbacks import CallbackList, TrainerControl, TrainerState
+from .callbacks import CallbackList, TrainerControl, TrainerState, evaluation_metrics, update_best_metric
 from .checkpoints import CheckpointError, Checkpointer, check_output_dir, clean_incomplete
 from .collect import SEED_STREAMS, Collector, seeded
 from .conditioning import check_run_conditioning, shown_sources
@@ -32,7 +32,7 @@ from .config import NFTConfig
 from .credit import Credit, assign_credit
 from .data import PromptSampler, PromptSource, prompt_sets
 from .engine import NonFiniteError, build_engine, place_pipeline, probe_rewards
-from .hub import CardInputs, card_hyperparameters, hub_base_model
+from .hub import CardInputs, card_hyperparameters, check_hub, hub_base_model
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
 from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
@@ -45,7 +45,7 @@ from .publisher import Publisher
 from .rewards import RewardScorer, rewards_of
 from .rollouts import Rollouts
 from .run_images import RunImages
-from .run_log import RunLog, count, startup_block
+from .run_log import RunLog, count, device_words, precision_words, startup_block
 from .schedules import old_policy_decay
 
 logger = get_logger(__name__)
@@ -113,6 +113,10 @@ class NFTTrainer:
         check_output_dir(args.output_dir)
         self.checkpointer = Checkpointer(self.accelerator, args)
         resume = self.checkpointer.read(args.resume_from_checkpoint)  # a bad checkpoint fails now, not later
+        self.checkpointer.claim_output_dir(resume[0])  # a fresh run never mixes with another's files
+        if args.push_to_hub and self.accelerator.is_main_process:  # a run that cannot upload fails now, not at the end
+            logger.info("The Hub repo %s is ready for the upload after training.",
+                        check_hub(self._repo_id(None), token=args.hub_token, private=args.hub_private_repo))
         peft_config = peft_config or make_lora_config(self.family.denoiser,
                                                       default_targets=self.family.default_lora_targets)
         check_lora_targets(self.family.denoiser, peft_config.target_modules)
@@ -131,6 +135,7 @@ class NFTTrainer:
                                 args=args, max_sequence_length=self.max_sequence_length, columns=self.columns,
                                 train_dataset=self.train_dataset, eval_dataset=self.eval_dataset)
         self._setup_loop()
+        self.card_base_loader = None  # `(import, expression)` of a base not on the Hub, for the card's snippet
         if resume[0]:
             self._load(*resume)
 
@@ -148,7 +153,9 @@ class NFTTrainer:
                                    latent_shape=self.latent_shape, max_sequence_length=self.max_sequence_length,
                                    columns=self.columns)
         self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
-        self.state = TrainerState(max_steps=args.max_steps)  # global_step and log_history live here
+        self.state = TrainerState(max_steps=args.max_steps,  # global_step and log_history live here
+                                  is_local_process_zero=self.accelerator.is_local_main_process,
+                                  is_world_process_zero=self.accelerator.is_main_process)
         self.control = TrainerControl()
 
     # ------------------------------------------------------------------ the loop
@@ -186,7 +193,7 @@ class NFTTrainer:
         Returns:
             The metrics of every iteration.
         """
-        args, accelerator = self.args, self.accelerator
+        args, accelerator, started = self.args, self.accelerator, time.perf_counter()
         self.policy.resume()  # a second train() (a larger max_steps) trains on from where the first ended
         if resume_from_checkpoint:
             path, parts = self.checkpointer.read(resume_from_checkpoint)
@@ -195,6 +202,7 @@ class NFTTrainer:
         if accelerator.is_main_process:
             clean_incomplete(args.output_dir)
         self.run_log.start("diffusers-nft", args.to_dict(), self.describe())
+        first_step = self.global_step
         if self.global_step == 0 and self.validation_prompts:
             self.log_validation()
         bar = tqdm(total=args.max_steps, initial=self.global_step, desc=self.objective_class.short,
@@ -216,7 +224,8 @@ class NFTTrainer:
         accelerator.end_training()
         self.policy.finish(self.published_weights)
         self.callbacks.call("on_train_end", args, self.state, self.control)
-        logger.info(self.run_log.summary(self.global_step))
+        logger.info(self.run_log.summary(self.global_step, self.history, time.perf_counter() - started,
+                                         (self.global_step - first_step) * args.images_per_iteration))
         return self.history
 
     def step(self) -> Dict[str, float]:
@@ -255,6 +264,8 @@ class NFTTrainer:
         metrics.update({time_key(k): v for k, v in timings.items()})
         metrics[time_key("iteration")] = sum(timings.values())
         metrics["images_per_second"] = self.args.images_per_iteration / max(sum(timings.values()), 1e-9)
+        if torch.cuda.is_available():
+            metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         return metrics
 
     def train_on(self, rollouts: Rollouts, credit: torch.Tensor, iteration: int) -> Dict[str, float]:
@@ -278,13 +289,15 @@ class NFTTrainer:
         if self.eval_dataset is not None and (step % (args.eval_steps or args.validation_steps) == 0 or last):
             results = self.evaluate()
             metrics.update(results)  # into this iteration's row of metrics.jsonl and the trackers
+            results = evaluation_metrics(results)  # with transformers' eval_<judge> names for its callbacks
             hooks.call("on_evaluate", args, self.state, self.control, metrics=results)
+            update_best_metric(self.state, args, results)
         if step % args.logging_steps == 0 or last:
             self.run_log.log(metrics, self.history, last=last)
             hooks.call("on_log", args, self.state, self.control, logs=metrics)
         if step % args.save_steps == 0:
             hooks.call("on_save", args, self.state, self.control, checkpoint=self.save_checkpoint())
-        if step % args.validation_steps == 0 and self.validation_prompts:
+        if (step % args.validation_steps == 0 or last) and self.validation_prompts:
             self.log_validation()
         hooks.call("on_step_end", args, self.state, self.control, metrics=metrics)
 
@@ -301,7 +314,7 @@ class NFTTrainer:
 
     def describe(self) -> str:
         """The start-up block: what `train()` will run, and where it writes and logs."""
-        args, plan, method = self.args, self.plan, self.objective_class
+        args, plan, method, accelerator = self.args, self.plan, self.objective_class, self.accelerator
         model = getattr(self.pipeline, "name_or_path", None) or type(self.pipeline.transformer).__name__
         iterations = args.max_steps - self.global_step
         return startup_block(method.title, {
@@ -309,8 +322,14 @@ class NFTTrainer:
             "iteration": f"{args.prompts_per_iteration} prompts x {args.group_size} images = {args.images_per_iteration} "
                          f"images ({plan.local_images} per process, {count(plan.num_processes, 'process')}), "
                          f"{method.sampling_words(args)}",
-            "training": f"{plan.levels_per_image} {method.trained_on} per image, {plan.optimizer_steps} optimizer "
-                        f"steps per iteration, {iterations * plan.optimizer_steps} in all",
+            "training": f"{count(plan.levels_per_image, method.trained_on)} per image, "
+                        f"{count(plan.optimizer_steps, 'optimizer step')} per iteration, "
+                        f"{iterations * plan.optimizer_steps} in all",
+            "precision": precision_words(accelerator.mixed_precision, self.pipeline.transformer.dtype),
+            "device": device_words(accelerator.device),
+            "trainable": f"{sum(p.numel() for p in self.policy.trainable_parameters()):,} LoRA parameters (rank "
+                         f"{self.policy.lora_config.r}, alpha {self.policy.lora_config.lora_alpha:g}) in "
+                         f"{count(len(self.policy.trainable_parameters()) // 2, 'module')}",
             "iterations": f"{iterations} (from {self.global_step} to max_steps {args.max_steps})",
             "counting": "max_steps and the *_steps intervals count iterations; lr_warmup_steps, the EMA and the "
                         "old-policy decay count optimizer steps",
@@ -414,36 +433,36 @@ class NFTTrainer:
             hyperparameters=card_hyperparameters(args, self.policy.lora_config, self.accelerator.mixed_precision,
                                                  self.objective_class.card_settings),
             call_kwargs=self.images.call_kwargs(), license=args.license, evaluation=evaluation,
-            lora_layout=self.family.lora_layout(), method=self.objective_class,
+            lora_layout=self.family.lora_layout(), method=self.objective_class, base_loader=self.card_base_loader,
         )
 
     def _repo_id(self, repo_id: Optional[str]) -> str:
         return repo_id or self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
 
     def push_to_hub(self, repo_id: Optional[str] = None, token: Optional[str] = None, private: Optional[bool] = None,
-                    api=None) -> Optional[str]:
-        """Save the LoRA and its model card, then upload them with `output_dir`'s results (no checkpoints, logs or
-        step samples). Everything is staged in a temporary folder first: the card reaches `output_dir` only once
-        the upload succeeded. Every process calls it.
+                    api=None, write_card: bool = True) -> Optional[str]:
+        """Save the LoRA and its model card into `output_dir`, then upload them with its results (no checkpoints,
+        logs or step samples). Every process calls it. A failed upload leaves all of it in `output_dir`.
 
         Args:
             repo_id: Hub repo; default: `hub_model_id`, else the name of `output_dir`.
             token: Hub token, passed to every Hub call; default: `hub_token`, else the logged-in one.
             private: Create the repo private; default: `hub_private_repo`.
             api: A stand-in for `huggingface_hub.HfApi` (for tests and mirrors).
+            write_card: False when `create_model_card` just wrote the card for this repo (the scripts do).
 
         Returns:
             The repo URL (None on processes other than the main one).
 
         Raises:
-            RuntimeError: If the upload fails; `output_dir` stays exactly as it was.
+            RuntimeError: If the Hub refuses the card or the upload, or is not reached (the message says which).
         """
         args, repo_id = self.args, self._repo_id(repo_id)
-        with self.publisher.staged(args.output_dir) as staging:
-            self.save_lora(staging)
-            self.create_model_card(repo_id, folder=staging)
-            return self.publisher.upload(staging, args.output_dir, repo_id, token=token or args.hub_token,
-                                         private=args.hub_private_repo if private is None else private, api=api)
+        self.save_lora(args.output_dir)
+        if write_card:
+            self.create_model_card(repo_id)
+        return self.publisher.upload(args.output_dir, repo_id, token=token or args.hub_token,
+                                     private=args.hub_private_repo if private is None else private, api=api)
 
     def save_checkpoint(self) -> Optional[str]:
         """Write `output_dir/checkpoint-<step>` atomically with everything an exact resume needs, and the LoRA as

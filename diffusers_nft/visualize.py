@@ -98,55 +98,62 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 
 def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional[Sequence[str]] = None,
                       title: str = "Reward per iteration") -> None:
-    """Plot reward means against the iteration and save a PNG at `path`.
+    """Plot reward means against the iteration and save a PNG at `path`: one panel per reward, each on its own
+    scale (a -3.9 beside a 0.5 flattens neither).
 
-    Each reward gets its mean with a +-std band clipped to the values it took (the weighted total too, when there
-    are several), and its held-out evaluation as dots where one ran; extra values a reward reports (such as
-    GenEval's `strict`) are dashed lines on an axis of their own.
+    Each panel has the reward's mean with a +-std band clipped to the values it took, its held-out evaluation as
+    dots where one ran, and the extra values the reward reports (such as GenEval's `strict`) as dashed lines on an
+    axis of their own. With several rewards, the weighted total gets a panel too.
 
     Args:
         history: Metrics rows, one per iteration (see `diffusers_nft.metrics`).
         path: Where the PNG goes (written beside, then renamed).
-        keys: Reward names to draw with bands; default: every reward, and the total when there are several.
-        title: The plot's title.
+        keys: Reward names to draw, a panel each; default: every reward, and the total when there are several.
+        title: The figure's title.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [h["step"] for h in history]
     names = sorted(reward_names(history[-1]))
     rewards = [n for n in names if "/" not in n and n != TOTAL]
     if keys is None:
-        keys = [n for n in rewards + ([TOTAL] if len(rewards) > 1 else [])]
+        keys = rewards + ([TOTAL] if len(rewards) > 1 else [])
     extras = [n for n in names if "/" in n]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for key in keys:
-        mean, std, low, high = (np.array([h.get(reward_key(key, stat), fill) for h in history]) for stat, fill in
-                                (("mean", np.nan), ("std", np.nan), ("min", -np.inf), ("max", np.inf)))
-        # A +-std band never leaves the values the reward took (a 0/1 reward's band stays within [0, 1]).
-        ax.plot(steps, mean, label=key)
-        ax.fill_between(steps, np.maximum(mean - std, low), np.minimum(mean + std, high), alpha=0.2)
-    for i, key in enumerate(keys):  # the held-out evaluation (eval_dataset), where it ran
-        points = [(h["step"], h[eval_key(key)]) for h in history if eval_key(key) in h]
-        if points:
-            ax.plot(*zip(*points), marker="o", ls=":", color=f"C{i}", label=f"{key} (eval prompts)")
-    ax.set_title(title)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("trained reward (mean +- std)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    handles, names = ax.get_legend_handles_labels()
-    if extras:  # logged, not trained on: their own axis, so their scale does not flatten the reward's
-        more, more_names = _plot_extras(ax.twinx(), history, extras, first_color=len(keys))
-        handles, names = handles + more, names + more_names
-    ax.legend(handles, names, loc="best", fontsize=8)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 1.2 + 2.3 * len(keys)), dpi=100, sharex=True, squeeze=False)
+    orphans = [e for e in extras if e.split("/")[0] not in keys]  # their reward has no panel: the last one shows them
+    for i, (key, ax) in enumerate(zip(keys, axes[:, 0])):
+        own = [e for e in extras if e.split("/")[0] == key] + (orphans if i == len(keys) - 1 else [])
+        _plot_panel(ax, history, key, own, color=i)
+    axes[-1, 0].set_xlabel("iteration")
+    axes[-1, 0].xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _plot_panel(ax, history: List[Dict[str, float]], key: str, extras: Sequence[str], color: int) -> None:
+    """One reward's panel: mean, its +-std band, the held-out evaluation, and its logged-only extras."""
+    steps = [h["step"] for h in history]
+    mean, std, low, high = (np.array([h.get(reward_key(key, stat), fill) for h in history]) for stat, fill in
+                            (("mean", np.nan), ("std", np.nan), ("min", -np.inf), ("max", np.inf)))
+    # A +-std band never leaves the values the reward took (a 0/1 reward's band stays within [0, 1]).
+    ax.plot(steps, mean, color=f"C{color}", label=f"{key} (trained, mean +- std)")
+    ax.fill_between(steps, np.maximum(mean - std, low), np.minimum(mean + std, high), color=f"C{color}", alpha=0.2)
+    points = [(h["step"], h[eval_key(key)]) for h in history if eval_key(key) in h]
+    if points:  # the held-out evaluation (eval_dataset), where it ran
+        ax.plot(*zip(*points), marker="o", ls=":", color=f"C{color}", label=f"{key} (eval prompts)")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    if extras:  # logged, not trained on: their own axis, so their scale does not flatten the reward's
+        more, more_names = _plot_extras(ax.twinx(), history, extras, first_color=color + 1)
+        handles, names = handles + more, names + more_names
+    ax.legend(handles, names, loc="best", fontsize=7)
 
 
 def _plot_extras(ax, history: List[Dict[str, float]], extras: Sequence[str], first_color: int):

@@ -11,26 +11,12 @@ SD3, FLUX.1, Lumina-Image 2.0 by their family files, the other text-to-image/vid
         --prompts prompts.txt --reward pickscore --reward temporal_consistency:0.5 --num_frames 33 --resolution 480
 
 The pipeline is loaded with `DiffusionPipeline.from_pretrained`, so its class comes from its `model_index.json`.
-The flags are those of `train_nft_sd3.py` (every `NFTConfig` field); `--family traced` traces even a family
-that has a family file. Without `--pretrained_model_name_or_path` it trains the bundled demo world.
+The flags are those of `train_nft_sd3.py` (every `NFTConfig` field), or a YAML/JSON file of them first (flags
+after it override it); `--family traced` traces even a family that has a family file. Without `--pretrained_model_name_or_path` it trains the bundled demo world.
 """
 
-from diffusers_nft import NFTConfig
-from diffusers_nft.scripts import ScriptArguments, cli, from_pretrained_kwargs
-
-
-def load_pipeline(script_args: ScriptArguments, config: NFTConfig):
-    """The pipeline of `--pretrained_model_name_or_path` (a Hub id or a local folder), or the demo pipeline."""
-    from diffusers import DiffusionPipeline
-
-    if script_args.pretrained_model_name_or_path is None:
-        from diffusers_nft.demo import load_demo_pipeline
-
-        return load_demo_pipeline()
-    return DiffusionPipeline.from_pretrained(
-        script_args.pretrained_model_name_or_path, **from_pretrained_kwargs(script_args, config)
-    )
-
+# DiffusionPipeline.from_pretrained(--pretrained_model_name_or_path), or the demo's pipeline without one
+from diffusers_nft.scripts import cli, load_any_pipeline as load_pipeline
 
 if __name__ == "__main__":
     cli(load_pipeline)

@@ -35,6 +35,7 @@ def test_resume_is_exact(tiny_pipeline_dir, tmp_path):
     assert max_diff(straight.policy.state_dict("default"), _initial_lora(tiny_pipeline_dir, tmp_path)) > 1e-3
 
 
+@pytest.mark.slow  # 3 s; the exact resume of test_resume_is_exact restores them too
 def test_a_resumed_run_continues_the_global_rngs_where_the_checkpoint_left_them(tiny_pipeline_dir, tmp_path):
     # a reward that draws from torch's, numpy's and Python's global generators: only restored states repeat its values
     def jittery(images, prompts, metadata):

@@ -66,6 +66,7 @@ def test_stop_ends_training_when_the_judge_falls(tmp_path):
     assert not (tmp_path / "best").exists()
 
 
+@pytest.mark.slow  # 3 s; in miniature: the guard's defaults test fires only past its edges
 def test_a_steady_judge_does_not_fire(tmp_path):
     guard = HackingGuard(judge_drop=0.05)
     _, history = _train(tmp_path, guard, max_steps=4, judge=lambda images, prompts, metadata: torch.ones(len(images)))

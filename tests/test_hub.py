@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 import torch
@@ -11,9 +12,18 @@ from diffusers_nft import NFTTrainer
 from conftest import PROMPTS, load_training_script, tiny_config
 
 
+class Refused(Exception):
+    """What the Hub raises for a token that cannot write: an HTTP error with its response's status."""
+
+    def __init__(self, status):
+        super().__init__(f"{status} Client Error: Forbidden")
+        self.response = type("Response", (), {"status_code": status})()
+
+
 def recording_api(destination, fail=False):
     """A stand-in for `huggingface_hub.HfApi` bound to its real signatures (a call that drifts from them fails):
-    it records the calls and copies what would be uploaded, honouring the ignore patterns as the Hub does."""
+    it records the calls and copies what would be uploaded, honouring the ignore patterns as the Hub does. `fail`:
+    True (the Hub not reached) or an exception to raise from `create_repo`."""
     import shutil
     from unittest.mock import create_autospec
 
@@ -23,8 +33,10 @@ def recording_api(destination, fail=False):
     api = create_autospec(HfApi, instance=True)
 
     def create_repo(*args, **kwargs):
-        if fail:
+        if fail is True:
             raise ConnectionError("hub unreachable")
+        if fail:
+            raise fail
 
     def upload_folder(*, folder_path, ignore_patterns=None, **kwargs):
         files = [os.path.relpath(os.path.join(d, f), folder_path) for d, _, fs in os.walk(folder_path) for f in fs]
@@ -113,13 +125,29 @@ def test_the_card_is_validated_before_anything_is_uploaded(trained, tmp_path, va
     assert not api.create_repo.called and not (tmp_path / "hub2").exists()
 
 
-def test_failed_upload_raises_and_leaves_the_output_exactly_as_it_was(trained, tmp_path):
-    before = listing(trained.args.output_dir)
-    assert not any(name.startswith(("README.md", "images/")) for name, _, _ in before)
-    with pytest.raises(RuntimeError, match="someone/tiny-nft.*failed.*hub unreachable.*Nothing local was changed"):
-        trained.push_to_hub("someone/tiny-nft", api=recording_api(str(tmp_path / "hub"), fail=True))
-    assert listing(trained.args.output_dir) == before
+@pytest.mark.parametrize("failure, reason", [
+    (True, r"the Hub was not reached \(ConnectionError: hub unreachable\)"),
+    (Refused(403), r"the Hub refused it \(403: 403 Client Error: Forbidden\); the token cannot write there"),
+])
+def test_a_failed_upload_says_why_and_keeps_the_lora_and_card(trained, tmp_path, failure, reason):
+    folder = trained.args.output_dir
+    assert not os.path.exists(os.path.join(folder, "README.md"))
+    with pytest.raises(RuntimeError, match=f"someone/tiny-nft.* failed: {reason}.*The LoRA and its card stay in"):
+        trained.push_to_hub("someone/tiny-nft", api=recording_api(str(tmp_path / "hub"), fail=failure))
+    names = {name for name, _, _ in listing(folder)}
+    assert {"README.md", "pytorch_lora_weights.safetensors", "images/before_after.png", "reward_curve.png"} <= names
     assert not (tmp_path / "hub").exists()
+    assert "someone/tiny-nft" in ModelCard.load(os.path.join(folder, "README.md")).text  # written for that repo
+
+
+def test_a_refused_card_stays_in_the_output_dir(trained, tmp_path, monkeypatch):
+    def refuse(card, repo_type=None):
+        raise ValueError("Invalid metadata in README.md: 'license' must be one of [...]")
+
+    monkeypatch.setattr(ModelCard, "validate", refuse)
+    with pytest.raises(RuntimeError, match="The Hub did not accept the model card"):
+        trained.push_to_hub("someone/tiny-nft", api=recording_api(str(tmp_path / "hub")))
+    assert os.path.isfile(os.path.join(trained.args.output_dir, "README.md"))
 
 
 def test_the_upload_sends_results_and_never_checkpoints_logs_or_staging(trained, tmp_path):
@@ -141,7 +169,7 @@ def test_script_pushes_with_the_given_repo_and_token_or_the_output_dir_name(tiny
     script = load_training_script()
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cat\na blue dog\n")
-    for hub_flags, repo in ((["--hub_model_id", "someone/nft-x"], "someone/nft-x"), ([], "my-run")):
+    for hub_flags, repo in ((["--hub_model_id", "someone/nft-x"], "someone/nft-x"), (["--overwrite_output_dir"], "my-run")):
         api = recording_api(str(tmp_path / "hub" / repo))
         monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None, api=api: api)
         script.main(["--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts", str(prompts),
@@ -152,3 +180,29 @@ def test_script_pushes_with_the_given_repo_and_token_or_the_output_dir_name(tiny
         assert api.upload_folder.call_args.kwargs["repo_id"] == repo
         assert api.create_repo.call_args.kwargs["token"] == "hf_from_flag"
         assert (tmp_path / "hub" / repo / "README.md").is_file()
+
+
+def test_the_script_checks_the_hub_before_training(tiny_pipeline_dir, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cat\n")
+    for failure, reason in ((Refused(403), "the Hub refused it (403"), (True, "the Hub was not reached")):
+        api = recording_api(str(tmp_path / "hub"), fail=failure)
+        monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None, api=api: api)
+        with pytest.raises(ValueError, match=r"the Hub repo 'someone/x' cannot be created or written before "
+                                             rf"training: {re.escape(reason)}"):
+            load_training_script().main(["--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts",
+                                         str(prompts), "--reward", "jpeg_compressibility", "--output_dir",
+                                         str(tmp_path / "run"), "--report_to", "none", "--push_to_hub",
+                                         "--hub_model_id", "someone/x"])
+        assert api.create_repo.call_args.kwargs["repo_id"] == "someone/x"
+        assert not (tmp_path / "run" / "metrics.jsonl").exists() and not api.upload_folder.called
+    # the library checks too, when the config asks for an upload
+    from diffusers_nft import NFTTrainer
+
+    from conftest import tiny_config
+
+    with pytest.raises(ValueError, match="the Hub was not reached"):
+        NFTTrainer(StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir), "jpeg_compressibility",
+                   tiny_config(tmp_path / "lib", push_to_hub=True, hub_model_id="someone/x"), PROMPTS)

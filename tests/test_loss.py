@@ -208,3 +208,18 @@ def test_math_modules_import_no_diffusers():
         "bad = [m for m in ('diffusers', 'accelerate', 'peft') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sigma_of_shape_b_or_b_1_1_1_gives_the_same_loss_and_the_readme_snippet_runs():
+    # The README's snippet with B = 3 and width 8: sigma (B,) viewed against the latents, not along their width.
+    g = torch.Generator().manual_seed(0)
+    x0, noise, v_theta, v_old, v_ref = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(5))
+    sigma, r = torch.tensor([0.2, 0.5, 0.9]), torch.tensor([1.0, 0.5, 0.0])
+    loss_fn = NFTLoss(nft_beta=1.0, adv_clip_max=5.0, weighting="x0_adaptive", kl_beta=1e-4)
+    s = sigma.view(-1, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * noise
+    flat = loss_fn(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r, v_ref=v_ref)
+    viewed = loss_fn(v_theta, v_old, x0=x0, noise=noise, sigma=s, r=r, v_ref=v_ref)
+    assert torch.equal(flat.loss, viewed.loss) and x_t.shape == x0.shape
+    with pytest.raises(ValueError, match=r"sigma must have shape \(3,\) or \(3, 1, 1, 1\)"):
+        loss_fn(v_theta, v_old, x0=x0, noise=noise, sigma=sigma.view(3, 1), r=r)

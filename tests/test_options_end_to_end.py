@@ -79,6 +79,7 @@ def default_lora(tiny_pipeline_dir, tmp_path_factory):
     return _train(tiny_pipeline_dir, tmp_path_factory.mktemp("default")).policy.state_dict("default")
 
 
+@pytest.mark.slow  # 10 runs of 2 iterations; in miniature: test_the_default_options_do_what_the_release_does
 @pytest.mark.parametrize("option", [
     dict(advantage_std="group"), dict(train_timesteps="uniform"), dict(train_timesteps="logit_normal"),
     dict(loss_weighting="velocity"), dict(old_policy_decay="delayed"), dict(adv_mode="positive_only"),

@@ -156,13 +156,13 @@ def test_evaluate_command_compares_base_and_lora_offline(tmp_path):
     assert (rows[:row] - rows[2 * row : 3 * row]).abs().mean() > 1
 
 
-def test_evaluate_requires_prompts_and_rewards_for_a_real_model(tmp_path):
+def test_evaluate_requires_prompts_and_rewards_for_a_real_model(tmp_path, capsys):
     from diffusers_nft.evaluate import main
 
-    with pytest.raises(ValueError, match="--reward"):
-        main(["--pretrained_model_name_or_path", str(tmp_path), "--prompts", "p.txt"])
-    with pytest.raises(ValueError, match="--prompts"):
-        main(["--pretrained_model_name_or_path", str(tmp_path), "--reward", "ocr"])
+    for flags, message in ((["--prompts", "p.txt"], "--reward is required"), (["--reward", "ocr"], "--prompts is")):
+        with pytest.raises(SystemExit) as stopped:
+            main(["--pretrained_model_name_or_path", str(tmp_path), *flags])
+        assert stopped.value.code == 2 and f"ERROR diffusers_nft: {message}" in capsys.readouterr().err
 
 
 def test_every_model_is_evaluated_on_the_same_noise_seeded_1000_s_plus_i(tiny_pipeline):

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -238,6 +239,7 @@ def test_bf16_mixed_precision_gradient_checkpointing_and_offload(tiny_pipeline, 
     assert math.isfinite(metrics["loss/policy"]) and metrics["grad_norm"] > 0
 
 
+@pytest.mark.slow  # 3 s; test_scoring_remote compares the modes on their own
 def test_reward_scoring_modes_give_the_same_rewards(tiny_pipeline_dir, tmp_path):
     means = {}
     for mode in ("sync", "thread", "process"):
@@ -264,10 +266,15 @@ def test_startup_block_and_a_log_line_per_artifact(tiny_pipeline, tmp_path, capl
     block = messages[0]
     assert block.startswith("Training DiffusionNFT:")
     assert "2 prompts x 4 images = 8 images (8 per process, 1 process)" in block and "4 dpm_solver steps, no CFG" in block
-    steps = trainer.plan.optimizer_steps
-    assert f"{steps} optimizer steps per iteration, {2 * steps} in all" in block
+    steps, levels = trainer.plan.optimizer_steps, trainer.plan.levels_per_image
+    assert f"{levels} noise levels per image, 1 optimizer step per iteration, {2 * steps} in all" in block
     assert "2 (from 0 to max_steps 2)" in block and "jpeg_compressibility x 1" in block
     assert str(tmp_path) in block and "tensorboard" in block
+    lora = trainer.policy.trainable_parameters()
+    assert f"  trainable   {sum(p.numel() for p in lora):,} LoRA parameters (rank 32, alpha 64) in {len(lora) // 2} " \
+           "modules" in block
+    assert "  precision   mixed precision no: frozen weights in float32, the LoRA in float32" in block
+    assert "  device      cpu (" in block
     saved = [m.split()[-1] for m in messages if m.startswith("Saved ")]
     assert saved == [
         str(tmp_path / "samples" / "step_000000.png"), str(tmp_path / "checkpoint-1"),
@@ -278,6 +285,8 @@ def test_startup_block_and_a_log_line_per_artifact(tiny_pipeline, tmp_path, capl
     summary = messages[-1]
     assert "pytorch_lora_weights.safetensors" in summary and "2 checkpoints: checkpoint-1, checkpoint-2" in summary
     assert f"tensorboard --logdir {tmp_path / 'logs'}" in summary
+    reward = trainer.history[-1]["reward/total/mean"]
+    assert re.search(rf"Done after 2 iterations: [\d.]+ s, [\d.]+ images/s, final reward {reward:.4g}\.", summary)
 
 
 def test_output_to_a_file_has_no_nested_bar_escape_codes(tiny_pipeline, tmp_path, capfd, monkeypatch):
@@ -386,3 +395,19 @@ def test_the_old_policy_follows_theta_by_the_decay_of_the_optimizer_steps_taken(
     assert max_diff(trainer.policy.state_dict("old"), trainer.policy.state_dict("default")) == 0
     decays = [step_and_check_the_soft_update(trainer)["old_policy_decay"] for _ in range(2)]
     assert decays == [pytest.approx(0.002), pytest.approx(0.004)]
+
+
+def test_grids_reach_tensorboard_under_their_prompts_and_the_last_iteration_has_one(tiny_pipeline, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(tmp_path, max_steps=2, validation_steps=1000, report_to="tensorboard", timestep_fraction=0.25,
+                         validation_prompts=["a red cat", "a blue dog"], num_validation_images=2)
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
+    assert "1 noise level per image, 1 optimizer step per iteration" in trainer.describe()
+    trainer.train()
+    assert sorted(os.listdir(tmp_path / "samples")) == ["step_000000.png", "step_000002.png"]  # start and end
+    logs = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "logs") for f in fs if "tfevents" in f]
+    events = EventAccumulator(os.path.dirname(logs[0]), size_guidance={"images": 0}).Reload()
+    tags = sorted(events.Tags()["images"])
+    assert tags == ["validation/0 a red cat", "validation/1 a blue dog"]
+    assert {event.step for tag in tags for event in events.Images(tag)} == {0, 2}

@@ -87,6 +87,36 @@ def test_a_transformers_callback_works_unchanged(tiny_pipeline, tmp_path):
         NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path / "x"), PROMPTS, callbacks=[object()])
 
 
+def test_transformers_printer_and_progress_callbacks_work_as_they_are(tiny_pipeline, tmp_path, capsys):
+    from transformers import PrinterCallback, ProgressCallback
+
+    progress = ProgressCallback()
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path, max_steps=2), PROMPTS,
+                         callbacks=[PrinterCallback(), progress])
+    history = trainer.train()
+    printed = [line for line in capsys.readouterr().out.splitlines() if "reward/total/mean" in line]
+    assert len(printed) == 4  # each prints the logs of both iterations
+    assert all(f"'reward/total/mean': '{history[-1]['reward/total/mean']:.4g}'" in line for line in printed[2:])
+    assert progress.current_step == 2 and progress.training_bar is None  # advanced to the end, then closed
+
+
+def test_transformers_early_stopping_stops_when_the_judge_stops_improving(tiny_pipeline, tmp_path):
+    from transformers import EarlyStoppingCallback
+
+    scores = iter([0.5, 0.75, 0.625, 0.875, 0.9375, 1.0])  # the judge's mean at each evaluation: worse at the 3rd
+
+    def judge(images, prompts, metadata):  # (the start-up check scores the training prompts)
+        return [next(scores)] * len(prompts) if prompts == ["a tree", "a star"] else [0.0] * len(prompts)
+
+    config = tiny_config(tmp_path, max_steps=6, eval_steps=1, metric_for_best_model="judge")
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS, eval_dataset=["a tree", "a star"],
+                         eval_reward_funcs=[judge], callbacks=[EarlyStoppingCallback(early_stopping_patience=1)])
+    history = trainer.train()
+    assert [m["eval/judge/mean"] for m in history] == [0.5, 0.75, 0.625]  # stopped at the first one no better
+    assert trainer.state.best_metric == 0.75 and trainer.state.best_global_step == 2
+    assert config.greater_is_better is True and (tmp_path / "pytorch_lora_weights.safetensors").is_file()
+
+
 def test_eval_dataset_gives_a_logged_held_out_curve(tiny_pipeline, tmp_path):
     held_out = ["a green tree", "a yellow star", "a blue circle"]
     config = tiny_config(tmp_path, max_steps=3, eval_steps=2)
@@ -110,10 +140,13 @@ def test_trls_names_for_the_same_settings():
         NFTConfig(scale_rewards="none")
 
 
-def test_trls_names_on_the_command_line(tmp_path):
+def test_trls_names_on_the_command_line(tmp_path, monkeypatch):
+    import diffusers_nft.scripts
+
     from conftest import load_training_script
 
     seen = {}
+    monkeypatch.setattr(diffusers_nft.scripts, "check_hub", lambda repo, **kwargs: seen.update(hub=(repo, kwargs)))
 
     def fake_load(script_args, config):
         seen["config"] = config
@@ -127,6 +160,7 @@ def test_trls_names_on_the_command_line(tmp_path):
                                     load_pipeline=fake_load)
     config = seen["config"]
     assert config.group_size == 3 and config.push_to_hub and config.hub_private_repo is True
+    assert seen["hub"] == ("o", {"token": None, "private": True})  # checked before the model loads
 
 
 def test_the_hub_token_is_never_written(tiny_pipeline, tmp_path):

@@ -47,9 +47,30 @@ def test_reward_band_is_clipped_to_the_rewards_range_and_logged_values_get_their
     np.testing.assert_allclose(low, [0.05, 0.35, 0.5])
     np.testing.assert_allclose(high, [0.95, 1.0, 1.0])
     labels = dict(axes_used)
-    assert set(labels) == {"digit_eval", "digit_eval/strict (logged only)"}
-    assert labels["digit_eval"] != labels["digit_eval/strict (logged only)"]  # a second axis
+    assert set(labels) == {"digit_eval (trained, mean +- std)", "digit_eval/strict (logged only)"}
+    assert labels["digit_eval (trained, mean +- std)"] != labels["digit_eval/strict (logged only)"]  # a second axis
     assert Image.open(tmp_path / "curve.png").size[0] >= 600
+
+
+def test_each_reward_gets_a_panel_on_its_own_scale(tmp_path, monkeypatch):
+    # -3.9 beside 0.5 on one axis flattens both: each reward (and the weighted total) is a panel of its own.
+    import matplotlib.pyplot as plt
+
+    figures = []
+    savefig = plt.Figure.savefig
+    monkeypatch.setattr(plt.Figure, "savefig", lambda self, *a, **k: figures.append(self) or savefig(self, *a, **k))
+    stats = {"mean": 0.0, "std": 0.1, "min": -0.2, "max": 0.2}
+    history = [{"step": i + 1, **{f"reward/{name}/{stat}": (value if stat != "std" else 0) + offset + 0.01 * i
+                                  for name, value in (("aesthetic", -3.9), ("jpeg", 0.5), ("total", -3.4))
+                                  for stat, offset in stats.items()}} for i in range(4)]
+    plot_reward_curve(history, str(tmp_path / "curve.png"))
+    (figure,) = figures
+    panels = [ax for ax in figure.axes if ax.get_ylabel() in ("aesthetic", "jpeg", "total")]
+    assert [ax.get_ylabel() for ax in panels] == ["aesthetic", "jpeg", "total"]
+    for ax, centre in zip(panels, (-3.9, 0.5, -3.4)):
+        low, high = ax.get_ylim()
+        assert low < centre < high and high - low < 1  # zoomed on its own values
+    assert figure.get_suptitle() == "Reward per iteration" and panels[-1].get_xlabel() == "iteration"
 
 
 def test_metric_names_are_built_and_read_by_one_module(tiny_pipeline, tmp_path):

@@ -146,6 +146,7 @@ def test_wan22_uses_the_expert_the_pipeline_uses_at_each_sigma():
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # 5 s; Wan 2.1's tests run the same family file
 def test_wan22_trains_both_experts_and_both_lorasload_saved(tmp_path):
     folder = str(tmp_path / "wan22")
     tiny_pipelines.build_tiny_wan_pipeline(two_experts=True, boundary_ratio=0.6).save_pretrained(folder)

@@ -5,6 +5,7 @@ resume. The trainer asks it to save and to restore, and has no backend branch of
 `folder.py` below it makes each folder atomic (staged, then renamed) and reads only the named parts.
 """
 
+import logging
 import random
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
@@ -16,7 +17,9 @@ from .. import zero
 from .folder import (
     STATE_FILE,
     CheckpointError,
+    clear_previous_run,
     load_checkpoint,
+    previous_run,
     resolve_checkpoint,
     save_checkpoint,
     staging_folder,
@@ -26,6 +29,7 @@ from ..config import NFTConfig, resume_differences
 from ..policy import OLD, TRAINED
 from ..sharding import gather_optimizer_state, shard_optimizer_state
 
+logger = logging.getLogger(__name__)
 LORA_PARTS = ("trained", OLD, "ema")  # the policy's weights by their public names (`policy.WEIGHTS`)
 OPTIMIZER_PART = "optimizer.pt"  # under DeepSpeed, the engine's per-process files (see zero.py) instead
 SCHEDULER_PART, RNG_PART = "lr_scheduler.pt", "random_states.pt"
@@ -64,6 +68,36 @@ class Checkpointer:
         parts = load_checkpoint(path, self.part_names())
         check_resume_settings(path, parts[STATE_FILE].get("config", {}), self.config)
         return path, parts
+
+    def claim_output_dir(self, resumed: Optional[str]) -> None:
+        """Before anything is written: a run that resumes (`resumed`, the checkpoint read) continues its folder; a
+        fresh one starts in a folder without another run's files. Those are removed with `overwrite_output_dir`, or
+        with `resume_from_checkpoint="latest"` when the earlier run never saved a checkpoint nor a LoRA (it was
+        cut short); otherwise the run is refused before any compute.
+
+        Raises:
+            ValueError: If `output_dir` holds another run, with the three ways on.
+        """
+        config, accelerator = self.config, self.accelerator
+        found = [] if resumed else previous_run(config.output_dir)
+        latest = config.resume_from_checkpoint == "latest"
+        if latest and not resumed and accelerator.is_main_process:
+            logger.info("resume_from_checkpoint='latest': %s holds no checkpoint yet, so this run starts from step 0.",
+                        config.output_dir)
+        if not found:
+            return
+        cut_short = latest and not any(name.endswith(".safetensors") for name in found)
+        if not (config.overwrite_output_dir or cut_short):
+            shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+            raise ValueError(f"output_dir {config.output_dir!r} already holds a run ({shown}). Continue it with "
+                             "--resume_from_checkpoint latest, replace it with --overwrite_output_dir, or choose "
+                             "another --output_dir.")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            removed = clear_previous_run(config.output_dir)
+            logger.info("Removed the earlier run's %s from %s (%s).", ", ".join(removed), config.output_dir,
+                        "--overwrite_output_dir" if config.overwrite_output_dir else "it never saved a checkpoint")
+        accelerator.wait_for_everyone()
 
     def save(self, step: int, *, policy, model, optimizer, lr_scheduler, state: dict,
              extra: Callable[[str, Dict[str, dict]], None] = lambda folder, lora: None) -> Optional[str]:

@@ -63,6 +63,34 @@ def check_output_dir(output_dir: str) -> None:
         raise ValueError(f"output_dir {output_dir!r} is not writable ({error}). Choose another --output_dir.") from error
 
 
+# What a run writes into its output_dir; the first three mark a folder as holding a run.
+_RUN_MARKERS = re.compile(r"^(metrics\.jsonl|checkpoint-\d+|pytorch_lora_weights.*\.safetensors)$")
+_RUN_FILES = re.compile(r"^(metrics\.jsonl|checkpoint-\d+|pytorch_lora_weights.*\.safetensors|reward_curve\.png|"
+                        r"samples|logs|README\.md|images|results\.md|best|\.tmp-.*)$")
+
+
+def previous_run(output_dir: str) -> List[str]:
+    """The files and folders an earlier run left in `output_dir` (empty when it holds none)."""
+    names = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    if not any(_RUN_MARKERS.match(name) for name in names):
+        return []
+    return sorted([name for name in names if _RUN_FILES.match(name)], key=_natural)
+
+
+def clear_previous_run(output_dir: str) -> List[str]:
+    """Remove what `previous_run` lists (only what a run writes; other files stay); returns their names."""
+    names = previous_run(output_dir)
+    for name in names:
+        path = os.path.join(output_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return names
+
+
+def _natural(name: str):
+    """checkpoint-2 before checkpoint-10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def list_checkpoints(output_dir: str) -> List[str]:
     """Complete checkpoint folders in `output_dir`, oldest step first."""
     if not os.path.isdir(output_dir):

@@ -4,7 +4,7 @@ know the demo worlds only through these objects."""
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from .recipe import DEMO_CONFIG, DEMO_REWARD, EDIT_CONFIG, EDIT_REWARD
 
@@ -19,12 +19,14 @@ class DemoWorld:
         reward: The reward it trains on by default.
         output_dir: Where a demo run writes.
         config: The `NFTConfig` values of its recipe (`diffusers_nft.demo.recipe`).
+        base_loader: How the model card's snippet builds the bundled base pipeline (`hub.call_snippet`).
     """
 
     reward: str = DEMO_REWARD
     output_dir: str = "nft-demo"
     description: str = "digits world (coloured handwritten digits, a tiny text-to-image SD3 pipeline)"
     config: Dict[str, object] = field(default_factory=lambda: dict(DEMO_CONFIG))
+    base_loader: Tuple[str, str] = ("from diffusers_nft.demo import load_demo_pipeline", "load_demo_pipeline()")
 
     def load_pipeline(self):
         from . import load_demo_pipeline
@@ -43,10 +45,8 @@ class DemoWorld:
 
     def report(self, trainer) -> str:
         """After a demo run: `results.md` (base and NFT on the 60 evaluation prompts, by the reward and by the
-        held-out judge) and the model card that shows it."""
-        path = write_results(trainer)
-        trainer.create_model_card("nft-demo")  # README.md with the reward curve, the results and the before/after grid
-        return path
+        held-out judge), which the model card then shows."""
+        return write_results(trainer)
 
 
 def write_results(trainer) -> str:
@@ -80,12 +80,14 @@ class EditDemoWorld:
         reward: The reward it trains on by default.
         output_dir: Where a demo run writes.
         config: The `NFTConfig` values of its recipe (`diffusers_nft.demo.recipe.EDIT_CONFIG`).
+        base_loader: How the model card's snippet builds the bundled base pipeline (`hub.call_snippet`).
     """
 
     reward: str = EDIT_REWARD
     output_dir: str = "nft-edit-demo"
     description: str = "edit world (instructions that recolour or redraw a coloured digit, a tiny Kontext pipeline)"
     config: Dict[str, object] = field(default_factory=lambda: dict(EDIT_CONFIG))
+    base_loader: Tuple[str, str] = ("from diffusers_nft.demo import load_edit_pipeline", "load_edit_pipeline()")
 
     def load_pipeline(self):
         from . import load_edit_pipeline
@@ -104,12 +106,10 @@ class EditDemoWorld:
 
     def report(self, trainer) -> str:
         """After a demo run: `results.md` (the base, the base with its best CFG, and NFT without CFG on the 60
-        held-out edits, by the reward and by the held-out judge) and the model card that shows it."""
+        held-out edits, by the reward and by the held-out judge), which the model card then shows."""
         from .edit_accuracy import write_edit_results
 
-        path = write_edit_results(trainer)
-        trainer.create_model_card("nft-edit-demo")
-        return path
+        return write_edit_results(trainer)
 
 
 DEMO = DemoWorld()

@@ -38,7 +38,8 @@ class Objective:
         about: What it does, for the model card.
         cfg_limit: How its LoRA relates to classifier-free guidance, for the card's limitations.
         card_settings: The config fields the card lists beside the shared ones.
-        trained_on: What one training micro-step trains on, per image (the start-up block: "9 noise levels").
+        trained_on: What one training micro-step trains on, per image, in the singular (the start-up block counts
+            them: "9 noise levels", "1 noise level").
     """
 
     name: str = ""

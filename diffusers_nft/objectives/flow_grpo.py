@@ -68,7 +68,7 @@ class FlowGRPOObjective(Objective):
               "  year    = {2025}\n"
               "}")
     card_settings = ("grpo_noise_level", "grpo_clip_range", "grpo_kl_beta", "grpo_guidance_scale", "timestep_fraction")
-    trained_on = "recorded transitions"
+    trained_on = "recorded transition"
     needs = ("states", "log_probs", "cond", "uncond", "rewards")
     sampling_policy = TRAINED
 

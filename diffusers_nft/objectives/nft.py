@@ -47,7 +47,7 @@ class NFTObjective(Objective):
               "  year      = {2026}\n"
               "}")
     card_settings = ("sampler", "nft_beta", "kl_beta", "loss_weighting", "train_timesteps", "old_policy_decay")
-    trained_on = "noise levels"
+    trained_on = "noise level"
     needs = ("latents", "cond", "rewards")
 
     def __init__(self, *, family, policy, loss: NFTLoss, sampling_sigmas: Optional[torch.Tensor] = None,

@@ -188,11 +188,14 @@ def main(argv=None):
     if not _is_loopback(args.host) and not args.api_key:
         warnings.warn(f"Serving on {args.host} beyond loopback without --api_key: anyone who reaches the port can "
                       "use the reward model. Set --api_key (or $DIFFUSERS_NFT_API_KEY).")
-    uvicorn = require("uvicorn", "serve")
     options = {"dtype": args.dtype, "batch_size": args.batch_size}
     options.update({k: getattr(args, k) for k in ("device", "model_id", "question") if getattr(args, k)})
     limits = {flag: getattr(args, flag) for flag in DEFAULT_LIMITS}
-    uvicorn.run(create_app(args.reward, api_key=args.api_key, **limits, **options), host=args.host, port=args.port)
+    from ..command_line import exit_on_setup_error
+
+    uvicorn = exit_on_setup_error(lambda: require("uvicorn", "serve"))
+    app = exit_on_setup_error(lambda: create_app(args.reward, api_key=args.api_key, **limits, **options))
+    uvicorn.run(app, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

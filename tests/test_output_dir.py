@@ -1,0 +1,71 @@
+"""One run per output_dir: a second fresh run is refused, `overwrite_output_dir` starts over cleanly, a resume
+continues, and `resume_from_checkpoint="latest"` says when there is nothing to resume."""
+
+import json
+import logging
+import os
+
+import pytest
+from diffusers import StableDiffusion3Pipeline
+
+from diffusers_nft import NFTTrainer
+
+from conftest import PROMPTS, run_tiny, tiny_config
+
+
+def _steps(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f]
+
+
+def _trainer(pipeline_dir, folder, **overrides):
+    return NFTTrainer(StableDiffusion3Pipeline.from_pretrained(pipeline_dir), "jpeg_incompressibility",
+                      tiny_config(folder, **overrides), PROMPTS)
+
+
+def test_a_second_fresh_run_in_the_same_folder_is_refused_before_any_compute(tiny_pipeline_dir, tmp_path):
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=2)
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoint-2, metrics.jsonl, "
+                                         r"pytorch_lora_weights.safetensors, reward_curve.png, samples\)\. Continue it "
+                                         r"with --resume_from_checkpoint latest, replace it with --overwrite_output_dir"):
+        NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path), PROMPTS)
+    assert not any("lora" in name for name, _ in pipe.transformer.named_parameters())  # nothing was built
+    assert _steps(tmp_path) == [1, 2]
+
+
+def test_overwrite_output_dir_starts_over_and_keeps_other_files(tiny_pipeline_dir, tmp_path, caplog):
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=2)
+    (tmp_path / "prompts.txt").write_text("mine\n")
+    with caplog.at_level(logging.INFO):
+        trainer = _trainer(tiny_pipeline_dir, tmp_path, max_steps=1, overwrite_output_dir=True, save_steps=1)
+    assert ("Removed the earlier run's checkpoint-2, metrics.jsonl, pytorch_lora_weights.safetensors, reward_curve.png, "
+            "samples") in caplog.text
+    assert sorted(os.listdir(tmp_path)) == ["prompts.txt"]
+    trainer.train()
+    assert _steps(tmp_path) == [1] and (tmp_path / "checkpoint-1").is_dir() and not (tmp_path / "checkpoint-2").exists()
+
+
+@pytest.mark.slow  # 2 s; test_nonfinite's resume checks the metrics rows too
+def test_a_resume_continues_the_folder(tiny_pipeline_dir, tmp_path):
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, stop_after=2)
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, resume="latest")
+    assert _steps(tmp_path) == [1, 2, 3, 4]
+
+
+def test_latest_with_nothing_to_resume_says_so_and_starts_clean(tiny_pipeline_dir, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        _trainer(tiny_pipeline_dir, tmp_path / "empty", resume_from_checkpoint="latest")
+    assert "holds no checkpoint yet, so this run starts from step 0" in caplog.text
+    # A run cut short before its first checkpoint left only its metrics: "latest" starts over without them.
+    run_tiny(tiny_pipeline_dir, tmp_path / "cut", max_steps=4, stop_after=1, save_steps=10)
+    assert _steps(tmp_path / "cut") == [1] and not os.path.exists(tmp_path / "cut" / "pytorch_lora_weights.safetensors")
+    run_tiny(tiny_pipeline_dir, tmp_path / "cut", max_steps=2, resume="latest", save_steps=10)
+    assert _steps(tmp_path / "cut") == [1, 2]
+
+
+def test_latest_never_overwrites_a_finished_run_without_checkpoints(tiny_pipeline_dir, tmp_path):
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=1, save_steps=10)  # a LoRA, no checkpoint
+    with pytest.raises(ValueError, match="already holds a run"):
+        _trainer(tiny_pipeline_dir, tmp_path, resume_from_checkpoint="latest")
+    assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
