@@ -4,7 +4,8 @@ OCR = ["rapidocr_onnxruntime>=1.3", "rapidfuzz>=3.0"]
 SERVE = ["fastapi>=0.100", "uvicorn>=0.23"]
 DEMO = ["scikit-learn>=1.0"]  # the digits of the demo world ship inside scikit-learn
 DEEPSPEED = ["deepspeed>=0.16"]
-TEST = ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0"] + DEMO + DEEPSPEED
+DOCS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"]
+TEST = ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0"] + DEMO + DEEPSPEED + DOCS
 
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
@@ -44,6 +45,7 @@ setup(
         "rewards": OCR + SERVE,
         "demo": DEMO,
         "deepspeed": DEEPSPEED,
+        "docs": DOCS,
         "test": TEST + OCR + SERVE,
         "dev": TEST + OCR + SERVE + ["ruff>=0.5"],
         "wandb": ["wandb"],

@@ -14,7 +14,7 @@ card and upload (`publisher.Publisher`), and checkpoints (`checkpoints.Checkpoin
 
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from accelerate import Accelerator
@@ -47,6 +47,13 @@ from .rollouts import Rollouts
 from .run_images import RunImages
 from .run_log import RunLog, count, device_words, precision_words, startup_block
 from .schedules import old_policy_decay
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, SchedulerMixin
+    from huggingface_hub import HfApi
+
+# A reward: a registered name or a callable `(images, prompts, metadata) -> floats`; or a list of them.
+Rewards = Union[str, Callable, Sequence[Union[str, Callable]]]
 
 logger = get_logger(__name__)
 
@@ -86,9 +93,10 @@ class NFTTrainer:
         ```
     """
 
-    def __init__(self, pipeline, reward_funcs, args: Optional[NFTConfig] = None, train_dataset: PromptSource = None,
-                 eval_dataset: Optional[PromptSource] = None, peft_config: Optional[LoraConfig] = None,
-                 callbacks: Optional[Sequence] = None, eval_reward_funcs=None, objective: Optional[str] = None):
+    def __init__(self, pipeline: "DiffusionPipeline", reward_funcs: Rewards, args: Optional[NFTConfig] = None,
+                 train_dataset: PromptSource = None, eval_dataset: Optional[PromptSource] = None,
+                 peft_config: Optional[LoraConfig] = None, callbacks: Optional[Sequence] = None,
+                 eval_reward_funcs: Optional[Rewards] = None, objective: Optional[str] = None):
         # Everything that can be wrong with the inputs is checked before any model compute.
         self.args = args = resolve_config(args, objective)
         self.objective_class = objective_class(args.objective)
@@ -352,7 +360,8 @@ class NFTTrainer:
         return self.images.published_weights
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], weights: str = "ema",
-                 num_steps: Optional[int] = None, guidance_scale: float = 1.0, scheduler=None,
+                 num_steps: Optional[int] = None, guidance_scale: float = 1.0,
+                 scheduler: Optional["SchedulerMixin"] = None,
                  conditioning: Optional[Sequence[Dict[str, object]]] = None) -> torch.Tensor:
         """One image per (prompt, seed) from the pipeline's own call, with chosen weights (`diffusers_nft.generation`:
         the noise of seed `s` is `torch.Generator().manual_seed(s)`'s, as in the card's snippet).
@@ -440,7 +449,7 @@ class NFTTrainer:
         return repo_id or self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
 
     def push_to_hub(self, repo_id: Optional[str] = None, token: Optional[str] = None, private: Optional[bool] = None,
-                    api=None, write_card: bool = True) -> Optional[str]:
+                    api: Optional["HfApi"] = None, write_card: bool = True) -> Optional[str]:
         """Save the LoRA and its model card into `output_dir`, then upload them with its results (no checkpoints,
         logs or step samples). Every process calls it. A failed upload leaves all of it in `output_dir`.
 

@@ -211,7 +211,7 @@ def test_math_modules_import_no_diffusers():
 
 
 def test_sigma_of_shape_b_or_b_1_1_1_gives_the_same_loss_and_the_readme_snippet_runs():
-    # The README's snippet with B = 3 and width 8: sigma (B,) viewed against the latents, not along their width.
+    # docs/python-api.md's snippet with B = 3 and width 8: sigma (B,) viewed against the latents, not along its width.
     g = torch.Generator().manual_seed(0)
     x0, noise, v_theta, v_old, v_ref = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(5))
     sigma, r = torch.tensor([0.2, 0.5, 0.9]), torch.tensor([1.0, 0.5, 0.0])

@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Mapping
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -57,7 +57,7 @@ class WeightedRewards:
         weights: Optional[Sequence[float]] = None,
         normalize: bool = False,
         video_frames: int = 3,
-        **options,
+        **options: Any,
     ):
         if isinstance(reward_funcs, str) or callable(reward_funcs):
             reward_funcs = [reward_funcs]
