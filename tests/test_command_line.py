@@ -274,3 +274,19 @@ def test_final_report_card_writes_the_demo_card_with_its_own_repo_and_base(tmp_p
 
     load_training_script().main(flags + ["--output_dir", "quiet", "--final_report", "none"])
     assert "README.md" not in os.listdir("quiet") and "pytorch_lora_weights.safetensors" in os.listdir("quiet")
+
+
+@pytest.mark.slow  # an accelerate launch subprocess; in miniature: test_subcommands_run_in_process
+def test_diffusers_nft_train_under_accelerate_launch(tiny_pipeline_dir, tmp_path, prompts):
+    config = _write(tmp_path, "run.yaml", {"pretrained_model_name_or_path": tiny_pipeline_dir, "prompts": prompts,
+                                           "reward": ["jpeg_compressibility"], "resolution": 64,
+                                           "max_sequence_length": 16, "prompts_per_iteration": 2, "group_size": 2,
+                                           "num_sampling_steps": 2, "eval_num_steps": 2, "report_to": "none",
+                                           "rank": 4, "num_validation_images": 1})
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffusers_nft", "train", config,
+               "--max_train_steps", "1", "--output_dir", str(tmp_path / "run")]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {"pytorch_lora_weights.safetensors", "README.md", "metrics.jsonl"} <= set(os.listdir(tmp_path / "run"))
+    assert "Training DiffusionNFT:" in out.stderr and "Config file" in out.stderr

@@ -88,3 +88,29 @@ def test_metric_names_are_built_and_read_by_one_module(tiny_pipeline, tmp_path):
         assert all(reward_key(name, stat) in row for stat in REWARD_STATS)
         assert row[reward_key(name, "min")] <= row[reward_key(name)] <= row[reward_key(name, "max")]
     assert all(time_key(part) in row for part in ("sampling", "reward", "training", "iteration"))
+
+
+def test_the_closing_block_lists_checkpoints_in_numeric_order_and_wandb_gets_captions(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    import torch
+    from accelerate import Accelerator
+
+    from diffusers_nft.run_log import RunLog
+
+    for step in (2, 10, 1):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    log = RunLog(Accelerator(cpu=True), str(tmp_path), trackers=None)
+    summary = log.summary(10, [{"reward/total/mean": 0.5}], runtime=125.0, images=320)
+    assert "3 checkpoints: checkpoint-1, checkpoint-2, checkpoint-10" in summary
+    assert summary.startswith("Done after 10 iterations: 2 min 05 s, 2.56 images/s, final reward 0.5.")
+
+    logged = []
+    fake_wandb = types.SimpleNamespace(Image=lambda image, caption: (image.size, caption))
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
+    tracker = types.SimpleNamespace(name="wandb", log=lambda values, step: logged.append((values, step)))
+    monkeypatch.setattr(log.accelerator, "trackers", [tracker])
+    log._track_grid(torch.rand(4, 3, 8, 8), ["a red cat", "a blue dog"], step=3, per_prompt=2)
+    assert logged == [({"validation": [((8, 8), "a red cat (#0)"), ((8, 8), "a red cat (#1)"),
+                                       ((8, 8), "a blue dog (#0)"), ((8, 8), "a blue dog (#1)")]}, 3)]
