@@ -14,7 +14,7 @@ card and upload (`publisher.Publisher`), and checkpoints (`checkpoints.Checkpoin
 
 import os
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from accelerate import Accelerator
@@ -93,6 +93,10 @@ class NFTTrainer:
         ```
     """
 
+    # How the model card's snippet builds a base that is not on the Hub: `(import line, expression)`, such as the
+    # demo worlds' bundled pipelines (the scripts set it); None: `from_pretrained(<the base's Hub id>)`.
+    card_base_loader: Optional[Tuple[str, str]] = None
+
     def __init__(self, pipeline: "DiffusionPipeline", reward_funcs: Rewards, args: Optional[NFTConfig] = None,
                  train_dataset: PromptSource = None, eval_dataset: Optional[PromptSource] = None,
                  peft_config: Optional[LoraConfig] = None, callbacks: Optional[Sequence] = None,
@@ -121,10 +125,7 @@ class NFTTrainer:
         check_output_dir(args.output_dir)
         self.checkpointer = Checkpointer(self.accelerator, args)
         resume = self.checkpointer.read(args.resume_from_checkpoint)  # a bad checkpoint fails now, not later
-        self.checkpointer.claim_output_dir(resume[0])  # a fresh run never mixes with another's files
-        if args.push_to_hub and self.accelerator.is_main_process:  # a run that cannot upload fails now, not at the end
-            logger.info("The Hub repo %s is ready for the upload after training.",
-                        check_hub(self._repo_id(None), token=args.hub_token, private=args.hub_private_repo))
+        self._claim_destinations(resume[0])
         peft_config = peft_config or make_lora_config(self.family.denoiser,
                                                       default_targets=self.family.default_lora_targets)
         check_lora_targets(self.family.denoiser, peft_config.target_modules)
@@ -143,9 +144,18 @@ class NFTTrainer:
                                 args=args, max_sequence_length=self.max_sequence_length, columns=self.columns,
                                 train_dataset=self.train_dataset, eval_dataset=self.eval_dataset)
         self._setup_loop()
-        self.card_base_loader = None  # `(import, expression)` of a base not on the Hub, for the card's snippet
         if resume[0]:
             self._load(*resume)
+
+    def _claim_destinations(self, resumed: Optional[str]) -> None:
+        """Before any compute: the output folder is this run's alone (a fresh run never mixes with another's files,
+        `Checkpointer.claim_output_dir`), and with `push_to_hub` the Hub repo can be written (a run that cannot
+        upload fails now, not after training)."""
+        args = self.args
+        self.checkpointer.claim_output_dir(resumed)
+        if args.push_to_hub and self.accelerator.is_main_process:
+            logger.info("The Hub repo %s is ready for the upload after training.",
+                        check_hub(self._repo_id(None), token=args.hub_token, private=args.hub_private_repo))
 
     def _setup_loop(self) -> None:
         """The grid, objective, collector, prompt order and counters of a fresh run (a resume overwrites the last)."""
