@@ -16,8 +16,10 @@ from .metrics import reward_key, reward_names
 logger = get_logger(__name__)
 
 # What never leaves the machine: optimizer checkpoints, half-written folders, logs, per-step sample grids.
-UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", "samples/**", "*.tmp.png",
-                 ".write-test-*"]
+# What an upload sends of output_dir: what the run wrote for people to use (the LoRA files, the card and its images,
+# the curve, the results and metrics, the guard's best LoRA), never anything else there (a .env, notes, wandb/).
+UPLOAD_ALLOW = ["pytorch_lora_weights*.safetensors", "README.md", "images/*", "reward_curve.png", "results.md",
+                "metrics.jsonl", "edits.png", "best/*"]
 
 
 def model_card_template() -> str:
@@ -370,20 +372,35 @@ def check_hub(repo_id: str, token: Optional[str] = None, private: Optional[bool]
     return f"https://huggingface.co/{repo_id}"
 
 
+def uploaded_files(output_dir: str) -> List[str]:
+    """The files of `output_dir` (relative paths) that an upload sends: those `UPLOAD_ALLOW` names."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = [os.path.relpath(os.path.join(d, f), output_dir) for d, _, fs in os.walk(output_dir) for f in fs]
+    return sorted(filter_repo_objects(files, allow_patterns=UPLOAD_ALLOW))
+
+
 def upload_folder(output_dir: str, repo_id: str, token: Optional[str] = None, private: Optional[bool] = None,
                   api=None, commit_message: str = "Upload DiffusionNFT LoRA") -> str:
-    """Create the repo if needed and upload `output_dir` without checkpoints, logs and per-step samples.
+    """Create the repo if needed and upload what the run wrote in `output_dir` for people to use (`UPLOAD_ALLOW`:
+    the LoRA, the card and its images, the curve, results and metrics), nothing else there.
 
     Raises:
+        ValueError: If a file to upload is a symbolic link (it could point at anything, a token file included).
         RuntimeError: If the Hub refuses the card or the upload, or is not reached; `output_dir` keeps everything.
     """
+    sent = uploaded_files(output_dir)
+    links = [name for name in sent if os.path.islink(os.path.join(output_dir, name))]
+    if links:
+        raise ValueError(f"Nothing was uploaded: {links} in {output_dir!r} are symbolic links; an upload sends the "
+                         "run's own files only. Replace them with the files themselves.")
     validate_card(os.path.join(output_dir, "README.md"))
     api = hub_api(token, api)
     try:
         api.create_repo(repo_id=repo_id, token=token, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(
             repo_id=repo_id, folder_path=output_dir, token=token, commit_message=commit_message,
-            ignore_patterns=UPLOAD_IGNORE, repo_type="model",
+            allow_patterns=UPLOAD_ALLOW, repo_type="model",
         )
     except Exception as error:
         raise RuntimeError(

@@ -48,12 +48,28 @@ class RunLog:
         logger.info(description)
 
     def resume(self, step: int) -> None:
-        """Drop the rows a run logged after the checkpoint it resumes from, at `step`: they are logged again."""
+        """Drop the rows a run logged after the checkpoint it resumes from, at `step`: they are logged again. A torn
+        last row (a write cut short by a crash or a full disk) is dropped too.
+
+        Raises:
+            ValueError: For a row before the last that is not JSON, naming the file and line.
+        """
         path = os.path.join(self.output_dir, METRICS_FILE)
         if not self.is_main or not os.path.isfile(path):
             return
         with open(path) as f:
-            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+            lines = [line for line in f if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                if number == len(lines):
+                    logger.warning("%s, line %d: a torn last row (%s), dropped.", path, number, error)
+                    break
+                raise ValueError(f"{path}, line {number}: not a JSON row ({error}); fix or remove the line.") from None
+            if row.get("step", 0) <= step:
+                rows.append(line if line.endswith("\n") else line + "\n")
         with open(path + ".tmp", "w") as f:
             f.writelines(rows)
         os.replace(path + ".tmp", path)

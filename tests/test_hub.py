@@ -22,7 +22,7 @@ class Refused(Exception):
 
 def recording_api(destination, fail=False):
     """A stand-in for `huggingface_hub.HfApi` bound to its real signatures (a call that drifts from them fails):
-    it records the calls and copies what would be uploaded, honouring the ignore patterns as the Hub does. `fail`:
+    it records the calls and copies what would be uploaded, honouring the allow and ignore patterns as the Hub does. `fail`:
     True (the Hub not reached) or an exception to raise from `create_repo`."""
     import shutil
     from unittest.mock import create_autospec
@@ -38,9 +38,9 @@ def recording_api(destination, fail=False):
         if fail:
             raise fail
 
-    def upload_folder(*, folder_path, ignore_patterns=None, **kwargs):
+    def upload_folder(*, folder_path, allow_patterns=None, ignore_patterns=None, **kwargs):
         files = [os.path.relpath(os.path.join(d, f), folder_path) for d, _, fs in os.walk(folder_path) for f in fs]
-        for rel in filter_repo_objects(files, ignore_patterns=ignore_patterns):
+        for rel in filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
             os.makedirs(os.path.join(destination, os.path.dirname(rel)), exist_ok=True)
             shutil.copy(os.path.join(folder_path, rel), os.path.join(destination, rel))
 
@@ -206,3 +206,24 @@ def test_the_script_checks_the_hub_before_training(tiny_pipeline_dir, tmp_path, 
     with pytest.raises(ValueError, match="the Hub was not reached"):
         NFTTrainer(StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir), "jpeg_compressibility",
                    tiny_config(tmp_path / "lib", push_to_hub=True, hub_model_id="someone/x"), PROMPTS)
+
+
+def test_the_upload_sends_only_what_the_run_wrote_and_refuses_symlinks(trained, tmp_path):
+    run = tmp_path / "run"
+    (run / ".env").write_text("HF_TOKEN=hf_secret")
+    (run / "notes").mkdir()
+    (run / "notes" / "private.md").write_text("mine")
+    (run / "wandb").mkdir()
+    (run / "wandb" / "run.log").write_text("x")
+    (tmp_path / "token").write_text("hf_secret")
+    os.symlink(tmp_path / "token", run / "token.txt")  # a link outside the allow-list is left out
+    trained.push_to_hub("someone/tiny-nft", api=recording_api(str(tmp_path / "hub")))
+    uploaded = {name for name, _, _ in listing(tmp_path / "hub")}
+    assert not [n for n in uploaded if n.startswith((".env", "notes/", "wandb/", "token", ".diffusers-nft"))]
+    assert {"README.md", "pytorch_lora_weights.safetensors", "reward_curve.png", "metrics.jsonl"} <= uploaded
+    os.remove(run / "reward_curve.png")
+    os.symlink(tmp_path / "token", run / "reward_curve.png")  # a link among the run's own files: nothing is sent
+    api = recording_api(str(tmp_path / "hub2"))
+    with pytest.raises(ValueError, match=r"Nothing was uploaded: \['reward_curve.png'\].*symbolic links"):
+        trained.push_to_hub("someone/tiny-nft", api=api, write_card=False)
+    assert not api.upload_folder.called

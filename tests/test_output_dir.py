@@ -41,7 +41,7 @@ def test_overwrite_output_dir_starts_over_and_keeps_other_files(tiny_pipeline_di
         trainer = _trainer(tiny_pipeline_dir, tmp_path, max_steps=1, overwrite_output_dir=True, save_steps=1)
     assert ("Removed the earlier run's checkpoint-2, metrics.jsonl, pytorch_lora_weights.safetensors, reward_curve.png, "
             "samples") in caplog.text
-    assert sorted(os.listdir(tmp_path)) == ["prompts.txt"]
+    assert sorted(os.listdir(tmp_path)) == [".diffusers-nft.lock", "prompts.txt"]
     trainer.train()
     assert _steps(tmp_path) == [1] and (tmp_path / "checkpoint-1").is_dir() and not (tmp_path / "checkpoint-2").exists()
 
@@ -69,3 +69,54 @@ def test_latest_never_overwrites_a_finished_run_without_checkpoints(tiny_pipelin
     with pytest.raises(ValueError, match="already holds a run"):
         _trainer(tiny_pipeline_dir, tmp_path, resume_from_checkpoint="latest")
     assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_two_runs_in_one_folder_at_once_are_refused_naming_the_other(tiny_pipeline_dir, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from diffusers_nft.checkpoints.folder import lock_output_dir; "
+        f"lock_output_dir({str(tmp_path)!r}); print('held', flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=rf"is in use by another run \(process {holder.pid}\)"):
+            _trainer(tiny_pipeline_dir, tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    _trainer(tiny_pipeline_dir, tmp_path)  # the kernel released the lock with the process
+    _trainer(tiny_pipeline_dir, tmp_path, overwrite_output_dir=True)  # and this process may take it again
+
+
+def test_only_the_packages_own_temporary_folders_are_cleaned(tiny_pipeline_dir, tmp_path):
+    for name in (".tmp-notes", ".tmp-checkpoint-3", ".tmp-checkpoint-2-deleting", ".tmp-lora-ab_12"):
+        (tmp_path / name).mkdir()
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=1)
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith(".tmp-")) == [".tmp-notes"]
+
+
+@pytest.mark.parametrize("folder", ["/", "package", "package/run"])
+def test_the_root_and_the_package_are_no_output_dir(tiny_pipeline_dir, folder):
+    import diffusers_nft
+
+    package = os.path.dirname(diffusers_nft.__file__)
+    path = folder.replace("package", package)
+    with pytest.raises(ValueError, match="choose a folder of its own"):
+        _trainer(tiny_pipeline_dir, path)
+    assert not os.path.exists(os.path.join(package, "run"))
+
+
+def test_a_torn_last_metrics_row_is_dropped_on_resume_and_a_bad_row_is_named(tiny_pipeline_dir, tmp_path):
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, stop_after=2)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 3, "reward/total/mean"')  # a full disk cut the row short
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, resume="latest")
+    assert _steps(tmp_path) == [1, 2, 3, 4]
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines[:1] + ["not json"] + lines[1:2]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON row"):
+        run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, resume=str(tmp_path / "checkpoint-2"))

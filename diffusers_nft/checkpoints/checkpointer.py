@@ -19,6 +19,7 @@ from .folder import (
     CheckpointError,
     clear_previous_run,
     load_checkpoint,
+    lock_output_dir,
     previous_run,
     resolve_checkpoint,
     save_checkpoint,
@@ -79,6 +80,8 @@ class Checkpointer:
             ValueError: If `output_dir` holds another run, with the three ways on.
         """
         config, accelerator = self.config, self.accelerator
+        if accelerator.is_main_process:
+            lock_output_dir(config.output_dir)  # for the length of the process: one run per folder at a time
         found = [] if resumed else previous_run(config.output_dir)
         latest = config.resume_from_checkpoint == "latest"
         if latest and not resumed and accelerator.is_main_process:

@@ -52,7 +52,13 @@ def _read_part(path: str) -> Any:
 
 
 def check_output_dir(output_dir: str) -> None:
-    """Raise `ValueError` unless `output_dir` can be created and written to (by this process)."""
+    """Raise `ValueError` unless `output_dir` can be created and written to (by this process), and is neither the
+    filesystem's root nor inside the package (where a run's files would mix with its code)."""
+    real, package = os.path.realpath(output_dir), os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    if real == os.path.realpath(os.sep) or real == package or real.startswith(package + os.sep):
+        where = "the root folder" if real == os.path.realpath(os.sep) else "inside the diffusers_nft package"
+        raise ValueError(f"output_dir {output_dir!r} is {where}: choose a folder of its own, such as "
+                         "--output_dir nft-run.")
     probe = os.path.join(output_dir, f".write-test-{os.getpid()}")  # one per process: ranks share the folder
     try:
         os.makedirs(output_dir, exist_ok=True)
@@ -63,10 +69,44 @@ def check_output_dir(output_dir: str) -> None:
         raise ValueError(f"output_dir {output_dir!r} is not writable ({error}). Choose another --output_dir.") from error
 
 
+# The temporary folders the package itself makes in output_dir (a checkpoint being written or deleted, a LoRA being
+# saved); a user's own `.tmp-notes/` is not one of them.
+_OUR_TEMPORARY = re.compile(r"^\.tmp-(checkpoint-\d+(-deleting)?|lora-\w+)$")
 # What a run writes into its output_dir; the first three mark a folder as holding a run.
 _RUN_MARKERS = re.compile(r"^(metrics\.jsonl|checkpoint-\d+|pytorch_lora_weights.*\.safetensors)$")
 _RUN_FILES = re.compile(r"^(metrics\.jsonl|checkpoint-\d+|pytorch_lora_weights.*\.safetensors|reward_curve\.png|"
-                        r"samples|logs|README\.md|images|results\.md|best|\.tmp-.*)$")
+                        r"samples|logs|README\.md|images|results\.md|best)$")
+
+
+LOCK_FILE = ".diffusers-nft.lock"
+_HELD: Dict[str, int] = {}  # the output folders this process holds: real path -> the lock file's descriptor
+
+
+def lock_output_dir(output_dir: str) -> None:
+    """Hold `output_dir` for this process until it exits (an exclusive `flock` on `.diffusers-nft.lock`, which the
+    kernel releases whatever way the process ends). This process may take it again; another may not.
+
+    Raises:
+        ValueError: If another process holds it, naming that process.
+    """
+    import fcntl
+
+    real = os.path.realpath(output_dir)
+    if real in _HELD:
+        return
+    os.makedirs(real, exist_ok=True)
+    fd = os.open(os.path.join(real, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ValueError(f"output_dir {output_dir!r} is in use by another run (process {other}): two runs in one "
+                         "folder would mix their checkpoints and metrics. Wait for it to end, or choose another "
+                         "--output_dir.") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[real] = fd
 
 
 def previous_run(output_dir: str) -> List[str]:
@@ -74,7 +114,7 @@ def previous_run(output_dir: str) -> List[str]:
     names = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
     if not any(_RUN_MARKERS.match(name) for name in names):
         return []
-    return sorted([name for name in names if _RUN_FILES.match(name)], key=_natural)
+    return sorted([name for name in names if _RUN_FILES.match(name) or _OUR_TEMPORARY.match(name)], key=_natural)
 
 
 def clear_previous_run(output_dir: str) -> List[str]:
@@ -164,7 +204,7 @@ def clean_incomplete(output_dir: str) -> None:
     """Remove the temporary folders a crash left behind: checkpoints being written or deleted, a LoRA being saved."""
     if os.path.isdir(output_dir):
         for name in os.listdir(output_dir):
-            if name.startswith(".tmp-") and os.path.isdir(os.path.join(output_dir, name)):
+            if _OUR_TEMPORARY.match(name) and os.path.isdir(os.path.join(output_dir, name)):
                 shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
