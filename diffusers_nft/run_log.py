@@ -5,6 +5,7 @@
 import json
 import math
 import os
+import re
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -137,7 +138,7 @@ class RunLog:
         """
         out = self.output_dir
         names = sorted(os.listdir(out)) if os.path.isdir(out) else []
-        checkpoints = sorted((n for n in names if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[1]))
+        checkpoints = sorted((n for n in names if re.fullmatch(r"checkpoint-\d+", n)), key=lambda n: int(n.split("-")[1]))
         lines = [f"Done after {count(iterations, 'iteration')}: {runtime_words(runtime)}, "
                  f"{images / max(runtime, 1e-9):.3g} images/s"
                  + (f", final reward {history[-1][reward_key(TOTAL)]:.4g}" if history else "")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import zero
 from .callbacks import CallbackList, TrainerControl, TrainerState, evaluation_metrics, update_best_metric
-from .checkpoints import CheckpointError, Checkpointer, check_output_dir, clean_incomplete
+from .checkpoints import CheckpointError, Checkpointer, check_output_dir, clean_incomplete, trained_function
 from .collect import SEED_STREAMS, Collector, seeded
 from .conditioning import check_run_conditioning, shown_sources
 from .config import NFTConfig
@@ -124,11 +124,11 @@ class NFTTrainer:
         self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
         check_output_dir(args.output_dir)
         self.checkpointer = Checkpointer(self.accelerator, args)
-        resume = self.checkpointer.read(args.resume_from_checkpoint)  # a bad checkpoint fails now, not later
-        self._claim_destinations(resume[0])
         peft_config = peft_config or make_lora_config(self.family.denoiser,
                                                       default_targets=self.family.default_lora_targets)
         check_lora_targets(self.family.denoiser, peft_config.target_modules)
+        resume = self._read_checkpoint(peft_config)  # a bad checkpoint fails now, not later
+        self._claim_destinations(resume[0])
         self.plan = IterationPlan.from_config(args, self.accelerator.num_processes)
         self.accelerator.gradient_accumulation_steps = self.plan.accumulation
         zero.prepare(self.accelerator, args, self.plan.accumulation)
@@ -146,6 +146,13 @@ class NFTTrainer:
         self._setup_loop()
         if resume[0]:
             self._load(*resume)
+
+    def _read_checkpoint(self, peft_config: LoraConfig):
+        """`(path, parts)` of the checkpoint to resume from, checked against this run (`Checkpointer.read`, with
+        what it trains: `self.trains`, also written into every checkpoint), or `(None, None)`."""
+        self.trains = trained_function(peft_config, self.rewards.names, self.rewards.weights,
+                                       self.train_dataset["prompt"])
+        return self.checkpointer.read(self.args.resume_from_checkpoint, self.trains)
 
     def _claim_destinations(self, resumed: Optional[str]) -> None:
         """Before any compute: the output folder is this run's alone (a fresh run never mixes with another's files,
@@ -490,7 +497,7 @@ class NFTTrainer:
         state = {"global_step": self.global_step, "optimizer_step": self.optimizer_step,
                  "prompt_sampler": self.prompt_sampler.state_dict(), "reward_normalizer": self.rewards.state_dict(),
                  "history": self.history, "distributed_type": str(accelerator.distributed_type),
-                 "num_processes": accelerator.num_processes, "config": self.args.to_dict()}
+                 "num_processes": accelerator.num_processes, "config": self.args.to_dict(), "trains": self.trains}
         path = self.checkpointer.save(
             self.global_step, policy=self.policy, model=self.model, optimizer=self.optimizer,
             lr_scheduler=self.lr_scheduler, state=state,

@@ -13,7 +13,7 @@ from diffusers_nft.checkpoints import CheckpointError
 from diffusers_nft.data import load_prompts
 from diffusers_nft.rewards import RewardError, WeightedRewards
 
-from conftest import PROMPTS, load_training_script, small_lora, tiny_config
+from conftest import PROMPTS, load_training_script, run_tiny, small_lora, tiny_config
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "examples", "train_nft_sd3.py")
 
@@ -119,3 +119,44 @@ def test_resume_warns_that_a_decaying_schedule_is_stretched_to_a_new_length():
                               {"max_steps": 4, "lr_scheduler_type": "cosine"}) == ([], ["max_steps: 2 -> 4"])
     assert resume_differences({"max_steps": 2, "lr_scheduler_type": "constant"},
                               {"max_steps": 4, "lr_scheduler_type": "constant"}) == ([], [])
+
+
+def test_resume_refuses_another_trained_function_and_warns_on_other_prompts(tiny_pipeline_dir, tmp_path):
+    def run(max_steps, resume=None, alpha=16, reward="jpeg_incompressibility", prompts=PROMPTS, **overrides):
+        pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
+        config = tiny_config(tmp_path, max_steps=max_steps, save_steps=1, resume_from_checkpoint=resume, **overrides)
+        trainer = NFTTrainer(pipe, reward, config, prompts, peft_config=small_lora(pipe.transformer, alpha=alpha))
+        trainer.train()
+        return trainer
+
+    run(1)
+    with pytest.raises(CheckpointError, match=r"trained another function \(lora_alpha: 16 -> 64\)"):
+        run(2, resume="latest", alpha=64)
+    with pytest.raises(CheckpointError, match=r"rewards: \['jpeg_incompressibility'\] -> \['jpeg_compressibility'\]"):
+        run(2, resume="latest", reward="jpeg_compressibility")
+    with pytest.raises(CheckpointError, match=r"reward_weights: \[1.0\] -> \[2.0\]"):
+        run(2, resume="latest", reward_weights=[2.0])
+    others = [p.upper() for p in PROMPTS]  # as many prompts, other ones
+    with pytest.warns(UserWarning, match="another prompt set"):
+        assert run(2, resume="latest", prompts=others).global_step == 2
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(global_step=-3), "global_step -3 and optimizer_step"),
+    (dict(global_step=1e300), "global_step 1e[+]300"),
+    (dict(global_step=True), "global_step True"),
+    (dict(prompt_sampler={"epoch": 0, "position": -1, "num_prompts": 4}), "prompt_sampler .* needs whole epoch"),
+    (dict(config=None), "it has no 'config'"),
+    (dict(history="rows"), "'history' must be a list"),
+])
+def test_every_field_of_a_resumed_state_is_checked_before_compute(tiny_pipeline_dir, tmp_path, edit, message):
+    import json
+
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=1, save_steps=1)
+    state_file = tmp_path / "checkpoint-1" / "trainer_state.json"
+    state = {**json.loads(state_file.read_text()), **edit}
+    state_file.write_text(json.dumps(state))
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match=rf"checkpoint-1/trainer_state.json: {message}"):
+        run_tiny(tiny_pipeline_dir, tmp_path, max_steps=2, resume="latest", save_steps=1)
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics

@@ -120,3 +120,15 @@ def test_a_torn_last_metrics_row_is_dropped_on_resume_and_a_bad_row_is_named(tin
     metrics.write_text("\n".join(lines[:1] + ["not json"] + lines[1:2]) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON row"):
         run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, resume=str(tmp_path / "checkpoint-2"))
+
+
+def test_a_branch_resumed_from_an_early_checkpoint_owns_rotation_and_latest(tiny_pipeline_dir, tmp_path):
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, save_steps=1)  # checkpoints 1..4 of the first branch
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=3, save_steps=1, save_total_limit=1,
+             resume=str(tmp_path / "checkpoint-1"))
+    names = sorted(os.listdir(tmp_path))
+    assert [n for n in names if n.startswith("checkpoint-")] == [
+        "checkpoint-2.abandoned", "checkpoint-3", "checkpoint-3.abandoned", "checkpoint-4.abandoned"]
+    assert _steps(tmp_path) == [1, 2, 3]
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, save_steps=1, save_total_limit=1, resume="latest")
+    assert _steps(tmp_path) == [1, 2, 3, 4]  # latest continued the new branch, not the old checkpoint-4

@@ -6,7 +6,7 @@
   schedule, RNG states, the loop's state) and the checks before a resume.
 """
 
-from .checkpointer import Checkpointer, check_resume_settings
+from .checkpointer import Checkpointer, check_resume_settings, trained_function
 from .folder import (
     STATE_FILE,
     CheckpointError,
@@ -19,4 +19,5 @@ from .folder import (
 )
 
 __all__ = ["STATE_FILE", "CheckpointError", "Checkpointer", "check_output_dir", "check_resume_settings",
-           "clean_incomplete", "list_checkpoints", "load_checkpoint", "resolve_checkpoint", "save_checkpoint"]
+           "clean_incomplete", "list_checkpoints", "load_checkpoint", "resolve_checkpoint", "save_checkpoint",
+           "trained_function"]

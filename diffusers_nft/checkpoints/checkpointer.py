@@ -6,7 +6,9 @@ resume. The trainer asks it to save and to restore, and has no backend branch of
 """
 
 import logging
+import os
 import random
+import shutil
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -18,6 +20,7 @@ from .folder import (
     STATE_FILE,
     CheckpointError,
     clear_previous_run,
+    list_checkpoints,
     load_checkpoint,
     lock_output_dir,
     previous_run,
@@ -59,15 +62,19 @@ class Checkpointer:
         names = [lora_part(which) for which in LORA_PARTS] + [SCHEDULER_PART, RNG_PART]
         return names if self.deepspeed else names + [OPTIMIZER_PART]
 
-    def read(self, value: Optional[str]) -> Tuple[Optional[str], Optional[dict]]:
+    def read(self, value: Optional[str], trains: Optional[Dict[str, object]] = None
+             ) -> Tuple[Optional[str], Optional[dict]]:
         """`(path, parts)` of the checkpoint `value` names (a folder or `"latest"`), checked against this run before
-        any compute: its kind of run, its parts, and the settings an exact resume needs. `(None, None)` for none."""
+        any compute: its kind of run, its parts, every field of its state, the settings an exact resume needs, and
+        `trains` (what the run trains: `trained_function`), whose changes are refused. `(None, None)` for none."""
         path = resolve_checkpoint(value, self.config.output_dir) if value else None
         if not path:
             return None, None
         zero.check_resumable(path, self.accelerator)
         parts = load_checkpoint(path, self.part_names())
-        check_resume_settings(path, parts[STATE_FILE].get("config", {}), self.config)
+        check_trainer_state(path, parts[STATE_FILE])
+        check_resume_settings(path, parts[STATE_FILE]["config"], self.config)
+        check_trained_function(path, parts[STATE_FILE].get("trains", {}), trains or {})
         return path, parts
 
     def claim_output_dir(self, resumed: Optional[str]) -> None:
@@ -82,6 +89,8 @@ class Checkpointer:
         config, accelerator = self.config, self.accelerator
         if accelerator.is_main_process:
             lock_output_dir(config.output_dir)  # for the length of the process: one run per folder at a time
+            if resumed:
+                set_aside_later_checkpoints(config.output_dir, resumed)
         found = [] if resumed else previous_run(config.output_dir)
         latest = config.resume_from_checkpoint == "latest"
         if latest and not resumed and accelerator.is_main_process:
@@ -146,6 +155,81 @@ class Checkpointer:
             raise CheckpointError(f"Cannot resume from {path!r}: {error}") from error
         set_rng_states(parts.get(RNG_PART))
         return parts[STATE_FILE]
+
+
+def set_aside_later_checkpoints(output_dir: str, resumed: str) -> List[str]:
+    """A run resumed from `checkpoint-N` of `output_dir` owns the folder's future: its checkpoints after N belong to
+    the branch it leaves, and are renamed `checkpoint-K.abandoned` (kept, but no longer counted by rotation or
+    `latest`). Returns their new paths."""
+    if os.path.realpath(os.path.dirname(os.path.normpath(resumed))) != os.path.realpath(output_dir):
+        return []
+    step = int(os.path.basename(os.path.normpath(resumed)).split("-")[1])
+    moved = []
+    for later in list_checkpoints(output_dir):
+        if int(os.path.basename(later).split("-")[1]) > step:
+            target = later + ".abandoned"
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(later, target)
+            moved.append(target)
+    if moved:
+        logger.warning("Resuming from %s: the later checkpoints of the branch it leaves were set aside as %s.",
+                       resumed, ", ".join(os.path.basename(m) for m in moved))
+    return moved
+
+
+def check_trainer_state(path: str, state: object) -> None:
+    """Every field of a checkpoint's `trainer_state.json` that a resume uses, checked before any compute.
+
+    Raises:
+        CheckpointError: Naming the file and the field.
+    """
+    def whole(value, low=0) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= 10**9
+
+    where = os.path.join(path, STATE_FILE)
+    problem = None
+    if not isinstance(state, dict):
+        problem = "it is not a JSON object"
+    elif not all(whole(state.get(key)) for key in ("global_step", "optimizer_step")):
+        problem = f"global_step {state.get('global_step')!r} and optimizer_step {state.get('optimizer_step')!r} " \
+                  "must be whole numbers of steps from 0 to 1e9"
+    elif not isinstance(state.get("config"), dict):
+        problem = "it has no 'config' (the settings it was written with), so the resume cannot be checked"
+    elif not (isinstance(state.get("history"), list) and isinstance(state.get("reward_normalizer"), dict)):
+        problem = "'history' must be a list and 'reward_normalizer' an object"
+    else:
+        sampler = state.get("prompt_sampler")
+        if not (isinstance(sampler, dict) and all(whole(sampler.get(k)) for k in ("epoch", "position"))
+                and whole(sampler.get("num_prompts"), 1) and sampler["position"] <= sampler["num_prompts"]):
+            problem = f"prompt_sampler {sampler!r} needs whole epoch, position <= num_prompts and num_prompts >= 1"
+    if problem:
+        raise CheckpointError(f"{where}: {problem}. The checkpoint was edited or damaged; resume from another one.")
+
+
+def trained_function(lora_config, reward_names, reward_weights, prompts) -> Dict[str, object]:
+    """What a run trains, as a checkpoint records it: the LoRA's alpha and targets, the rewards and their weights
+    (changing any of these changes the trained function; a changed rank fails on the tensors' shapes, naming
+    `--rank`), and a fingerprint of the prompt set."""
+    import hashlib
+
+    targets = lora_config.target_modules
+    return {"lora_alpha": lora_config.lora_alpha,
+            "lora_targets": sorted(targets) if not isinstance(targets, str) else targets,
+            "rewards": list(reward_names), "reward_weights": [float(w) for w in reward_weights],
+            "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+
+
+def check_trained_function(path: str, saved: Dict[str, object], current: Dict[str, object]) -> None:
+    """Refuse a resume that would change what the checkpoint trains (LoRA alpha or targets, the rewards or their
+    weights), naming the setting; warn when the prompt set differs."""
+    differ = [key for key in current if key in saved and saved[key] != current[key]]
+    refused = [f"{key}: {saved[key]!r} -> {current[key]!r}" for key in differ if key != "prompts_sha256"]
+    if refused:
+        raise CheckpointError(f"Cannot resume from {path!r}: it trained another function ({'; '.join(refused)}). "
+                              "Resume with the checkpoint's LoRA and rewards, or start a new run.")
+    if "prompts_sha256" in differ:
+        warnings.warn(f"Resuming from {path!r} with another prompt set than the checkpoint's (same count or not): "
+                      "the prompt order continues, over other prompts.")
 
 
 def check_resume_settings(path: str, saved: Dict[str, object], config: NFTConfig) -> None:
