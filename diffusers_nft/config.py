@@ -47,6 +47,9 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
 
+MAX_IMAGES_PER_ITERATION = 65_536  # a bound before any compute: 57 times the release's 1,152
+
+
 @dataclass
 class NFTConfig:
     """Configuration of `NFTTrainer`. Usable with `transformers.HfArgumentParser`.
@@ -312,6 +315,10 @@ class NFTConfig:
     def validate(self) -> None:
         """Raise `ValueError` with the fix for any bad value, before any compute is spent."""
         _check(self.group_size >= 2, f"group_size must be >= 2 (got {self.group_size}): NFT compares images of one prompt.")
+        _check(self.prompts_per_iteration * self.group_size <= MAX_IMAGES_PER_ITERATION,
+               f"prompts_per_iteration x group_size = {self.prompts_per_iteration * self.group_size} images per "
+               f"iteration, more than {MAX_IMAGES_PER_ITERATION:,} (the release samples 48 x 24 = 1,152): lower them.")
+        _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32) (got {self.seed}): numpy's generator takes no other.")
         self._validate_floats()
         for name in ("max_steps", "prompts_per_iteration", "num_sampling_steps", "sample_batch_size",
                      "train_batch_size", "logging_steps", "save_steps", "validation_steps", "eval_num_steps",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -41,18 +42,62 @@ def load_prompts(
     elif isinstance(source, (Dataset, DatasetDict)):
         dataset = _split_of(source, split, "the DatasetDict")
     else:
-        records = [{"prompt": r} if isinstance(r, str) else dict(r) for r in source]
+        records = [_record(r, n, "the prompt list") for n, r in enumerate(source, 1)]
         dataset = records_to_dataset(records) if records else Dataset.from_dict({"prompt": []})
     if prompt_column != "prompt" and prompt_column in dataset.column_names:
         dataset = dataset.rename_column(prompt_column, "prompt")
     if "prompt" not in dataset.column_names:
         raise ValueError(f"The prompt set has no {prompt_column!r} column; its columns are {dataset.column_names}. "
                          "Name the column with --caption_column (prompt_column=...).")
+    where = source if isinstance(source, (str, os.PathLike)) else "the prompt set"
+    check_prompts(dataset["prompt"], where)
+    dataset = _without_blank_prompts(dataset, where)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     if len(dataset) == 0:
         raise ValueError("The prompt set is empty: give at least one prompt.")
     return dataset
+
+
+MAX_PROMPT_CHARS = 10_000  # text encoders read a few hundred tokens; a longer prompt is a mistake, not a prompt
+
+
+def check_prompts(prompts: Sequence[object], where: object) -> None:
+    """One rule for every format: each prompt is text of at most `MAX_PROMPT_CHARS` characters (blank ones are
+    then left out, with a warning: `_without_blank_prompts`).
+
+    Raises:
+        ValueError: Naming the first row (from 1) that breaks it.
+    """
+    for row, prompt in enumerate(prompts, 1):
+        if not isinstance(prompt, str):
+            problem = f"the prompt is {prompt!r} ({type(prompt).__name__}), not text"
+        elif len(prompt) > MAX_PROMPT_CHARS:
+            problem = (f"the prompt is {len(prompt):,} characters long (at most {MAX_PROMPT_CHARS:,}; text encoders "
+                       "read a few hundred tokens)")
+        else:
+            continue
+        raise ValueError(f"{where}, row {row}: {problem}. Every prompt must be text.")
+
+
+def _without_blank_prompts(dataset: Dataset, where: object) -> Dataset:
+    """`dataset` without its blank prompts (in every format: a blank line of a .txt file, an empty string in a
+    record), with one warning that says how many and where the first was."""
+    blank = [row for row, prompt in enumerate(dataset["prompt"]) if not prompt.strip()]
+    if not blank:
+        return dataset
+    warnings.warn(f"{where}: {len(blank)} blank prompt(s) left out (the first at row {blank[0] + 1}).")
+    keep = sorted(set(range(len(dataset))) - set(blank))
+    return dataset.select(keep)
+
+
+def _record(value: object, row: int, where: str) -> dict:
+    """A prompt (a string) or a record (a mapping with a prompt) as a record."""
+    if isinstance(value, str):
+        return {"prompt": value}
+    if isinstance(value, dict):
+        return dict(value)
+    raise ValueError(f"{where}, row {row}: {value!r} is neither a prompt (text) nor a record with a 'prompt'.")
 
 
 def prompt_sets(train: "PromptSource", held_out: Optional["PromptSource"] = None):
@@ -76,16 +121,22 @@ def _split_of(dataset, split: str, what: str) -> Dataset:
 
 
 def _load_file_or_hub(path: str, config_name: Optional[str], split: str, cache_dir: Optional[str]) -> Dataset:
-    if path.endswith(".txt"):
-        return Dataset.from_dict({"prompt": [line.strip() for line in _read_lines(path) if line.strip()]})
+    if path.endswith(".txt"):  # one prompt a line; the blank lines ending the file are not prompts
+        lines = _read_lines(path)
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return Dataset.from_dict({"prompt": [line.strip() for line in lines]})
     if path.endswith(".jsonl"):
         return records_to_dataset([_json_line(path, n, line) for n, line in enumerate(_read_lines(path), 1)
                                    if line.strip()])
     if path.endswith(".json"):
         try:
-            return records_to_dataset(json.loads("".join(_read_lines(path))))
+            values = json.loads("".join(_read_lines(path)))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
+        if not isinstance(values, list):
+            raise ValueError(f"{path}: a JSON list of prompts or records is needed, got a {type(values).__name__}.")
+        return records_to_dataset([_record(value, n, path) for n, value in enumerate(values, 1)])
     for suffix, builder in ((".csv", "csv"), (".parquet", "parquet")):
         if path.endswith(suffix):
             return load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir)
@@ -130,7 +181,21 @@ def records_to_dataset(records: List[dict]) -> Dataset:
         {(k + _JSON if k in nested else k): (json.dumps(r[k]) if k in nested and k in r else r.get(k)) for k in columns}
         for r in records
     ]
-    return Dataset.from_list(encoded)
+    try:
+        return Dataset.from_list(encoded)
+    except (TypeError, ValueError) as error:  # pyarrow: one column of several types
+        raise ValueError(f"The prompt records mix types in one column ({_first_mixed(records)}): {error}") from None
+
+
+def _first_mixed(records: List[dict]) -> str:
+    """Where a column of `records` first changes type: `"column 'prompt', row 2: int after str"`."""
+    seen = {}
+    for row, record in enumerate(records, 1):
+        for key, value in record.items():
+            kind = type(value).__name__
+            if value is not None and seen.setdefault(key, kind) != kind:
+                return f"column {key!r}, row {row}: {kind} after {seen[key]}"
+    return "no column found"
 
 
 def row_metadata(rows: Dataset) -> List[dict]:

@@ -109,6 +109,14 @@ def check_lora_targets(transformer: torch.nn.Module, targets) -> None:
             f"LoRA target(s) {unmatched or targets} match no linear module of {type(transformer).__name__}. "
             f"Targets are module-name suffixes; this model has modules such as {linear[:6]}."
         )
+    for target in [] if isinstance(targets, str) else targets:  # PEFT would fail on those, deep inside
+        others = [n for n, m in transformer.named_modules() if (n == target or n.endswith("." + target))
+                  and not isinstance(m, torch.nn.Linear)]
+        if others:
+            raise ValueError(
+                f"LoRA target {target!r} also names {len(others)} module(s) that are not linear layers (such as "
+                f"{others[0]!r}); name linear layers only, such as {matching_modules(transformer, [target])[:2]}."
+            )
 
 
 def _canonical(name: str, adapter: str) -> str:

@@ -88,12 +88,19 @@ def with_sources(images: torch.Tensor, sources: Sequence[Image.Image], per_promp
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
-    """`text`, cut with an ellipsis to fit in `width` pixels."""
+    """`text` on one line (newlines and runs of spaces as one space), cut with an ellipsis to fit in `width`
+    pixels: a binary search over its length, so a 20,000-character prompt costs a few measurements."""
+    text = " ".join(text.split())
     if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "...", font=font) > width:
-        text = text[:-1]
-    return text + "..."
+    low, high = 0, min(len(text), width)  # a glyph is at least a pixel wide: no more characters than pixels fit
+    while low < high:
+        mid = (low + high + 1) // 2
+        if draw.textlength(text[:mid] + "...", font=font) <= width:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low] + "..."
 
 
 def plot_reward_curve(history: List[Dict[str, float]], path: str, keys: Optional[Sequence[str]] = None,

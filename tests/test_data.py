@@ -60,3 +60,31 @@ def test_each_epoch_is_a_new_permutation_of_the_seed():
     assert len({tuple(epoch) for epoch in first}) == 3  # reshuffled every epoch, not one order repeated
     assert first == epochs(seed=0)  # the seed decides it
     assert epochs(seed=1)[0] != first[0] and epochs(seed=1)[1] != first[1]
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.with_suffix(".jsonl").write_text('{"prompt": "a cat"}\n{"prompt": 5}\n'), "row 2: int after str"),
+    (lambda p: p.with_suffix(".jsonl").write_text('{"prompt": 3}\n{"prompt": 4}\n'), r"row 1: the prompt is 3 \(int\)"),
+    (lambda p: p.with_suffix(".jsonl").write_text('{"prompt": "a cat"}\n{"prompt": null}\n'), r"row 2: the prompt is None"),
+    (lambda p: p.with_suffix(".jsonl").write_text('{"prompt": ""}\n{"prompt": "  "}\n'), "The prompt set is empty"),
+    (lambda p: p.with_suffix(".json").write_text("[1, 2, 3]"), r"row 1: 1 is neither a prompt"),
+    (lambda p: p.with_suffix(".json").write_text('{"prompt": "a"}'), "a JSON list of prompts or records is needed"),
+    (lambda p: p.with_suffix(".txt").write_text("x" * 20_000 + "\n"), "row 1: the prompt is 20,000 characters long"),
+])
+def test_one_rule_for_prompts_in_every_format_naming_the_row(tmp_path, write, message):
+    write(tmp_path / "p")
+    (path,) = [p for p in tmp_path.iterdir()]
+    with pytest.raises(ValueError, match=message):
+        load_prompts(str(path))
+
+
+def test_blank_prompts_are_left_out_in_every_format_with_one_warning(tmp_path):
+    for prompts, message in (([5, "a"], r"row 1: 5 is neither a prompt"), ([{"prompt": None}], "row 1: the prompt is None")):
+        with pytest.raises(ValueError, match=message):
+            load_prompts(prompts)
+    (tmp_path / "p.txt").write_text("a cat\n\na dog\n\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a cat", "k": 1}\n{"prompt": " ", "k": 2}\n{"prompt": "a dog", "k": 3}\n')
+    for source in (["a cat", "", "a dog"], str(tmp_path / "p.txt"), str(tmp_path / "p.jsonl")):
+        with pytest.warns(UserWarning, match=r"1 blank prompt\(s\) left out \(the first at row 2\)"):
+            assert load_prompts(source)["prompt"] == ["a cat", "a dog"]
+    assert load_prompts(str(tmp_path / "p.jsonl"))["k"] == [1, 3]

@@ -160,3 +160,20 @@ def test_every_field_of_a_resumed_state_is_checked_before_compute(tiny_pipeline_
     with pytest.raises(CheckpointError, match=rf"checkpoint-1/trainer_state.json: {message}"):
         run_tiny(tiny_pipeline_dir, tmp_path, max_steps=2, resume="latest", save_steps=1)
     assert (tmp_path / "metrics.jsonl").read_text() == metrics
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lora_layers", "0"], r"LoRA target '0' also names .* not linear layers \(such as 'transformer_blocks.0'\)"),
+    (["--group_size", "1000000000"], r"= 48000000000 images per iteration, more than 65,536"),
+    (["--seed", str(2**40)], r"seed must be in \[0, 2\*\*32\)"),
+    (["--seed", "-1"], r"seed must be in \[0, 2\*\*32\)"),
+])
+def test_what_can_be_bounded_is_refused_before_the_model_loads(tiny_pipeline_dir, tmp_path, flags, message):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    loaded = []
+    argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts", str(prompts), "--reward",
+            "jpeg_compressibility", "--output_dir", str(tmp_path / "o"), *flags]
+    with pytest.raises(ValueError, match=message):
+        load_training_script().main(argv, load_pipeline=lambda *args: loaded.append(1))
+    assert loaded == []

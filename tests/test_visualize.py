@@ -114,3 +114,23 @@ def test_the_closing_block_lists_checkpoints_in_numeric_order_and_wandb_gets_cap
     log._track_grid(torch.rand(4, 3, 8, 8), ["a red cat", "a blue dog"], step=3, per_prompt=2)
     assert logged == [({"validation": [((8, 8), "a red cat (#0)"), ((8, 8), "a red cat (#1)"),
                                        ((8, 8), "a blue dog (#0)"), ((8, 8), "a blue dog (#1)")]}, 3)]
+
+
+def test_grid_labels_of_long_and_multiline_prompts_are_cut_in_a_few_measurements(tmp_path, monkeypatch):
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    from diffusers_nft.visualize import _fit
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (10, 10))), ImageFont.load_default()
+    measured = []
+    textlength = ImageDraw.ImageDraw.textlength
+    monkeypatch.setattr(ImageDraw.ImageDraw, "textlength",
+                        lambda self, text, *a, **k: measured.append(len(text)) or textlength(self, text, *a, **k))
+    long, multiline = "a red cat " * 2000, "a red cat\non a mat\n\nat night"
+    cut = _fit(draw, long, font, 200)
+    assert cut.endswith("...") and textlength(draw, cut, font=font) <= 200
+    assert textlength(draw, long[: len(cut) - 3 + 1] + "...", font=font) > 200  # the longest cut that fits
+    assert len(measured) <= 12  # a binary search (the old cut measured 4,000 characters one at a time: 61 s)
+    assert _fit(draw, multiline, font, 2000) == "a red cat on a mat at night"  # newlines crashed the grid
+    assert image_grid(torch.rand(2, 3, 32, 32), rows=2, labels=[long, multiline]).size[1] >= 64
