@@ -91,7 +91,7 @@ SURVIVORS = [
            "each model drawn on other noise"),
     Mutant("evaluate-seeds-s-plus-i", "generation.py", "return [1000 * s + i for", "return [s + i for",
            (SAME_NOISE,), "prompt i at seed s uses s + i"),
-    Mutant("serve-chunked-body-unbounded", "rewards/serve.py", "            if size > self.max_body_bytes:",
+    Mutant("serve-chunked-body-unbounded", "rewards/serve.py", "            if held[0] > self.max_body_bytes:",
            "            if False:", (CHUNKED,), "a chunked body bypasses max_body_bytes"),
     Mutant("card-relative-path-is-a-hub-id", "hub.py", "if os.path.exists(name_or_path):  # a local folder",
            "if os.path.isabs(name_or_path):  # a local folder", (CARD,), "a relative local path reaches the card"),
@@ -123,7 +123,7 @@ SURVIVORS = [
            (SERVER_DEFAULTS,), "default max_images 2560"),
     Mutant("server-default-pixels-x2", "rewards/serve.py", "max_pixels=2048 * 2048,", "max_pixels=4096 * 2048,",
            (SERVER_DEFAULTS,), "default max_pixels twice the documented"),
-    Mutant("server-default-timeout-x10", "rewards/serve.py", "body_timeout=30.0)", "body_timeout=300.0)",
+    Mutant("server-default-timeout-x10", "rewards/serve.py", "body_timeout=30.0,", "body_timeout=300.0,",
            (SERVER_DEFAULTS,), "default body_timeout 300 s"),
     Mutant("tf32-off-by-default", "config.py", "allow_tf32: bool = field(default=True,",
            "allow_tf32: bool = field(default=False,", (TF32,), "--allow_tf32 off by default"),
@@ -192,6 +192,10 @@ BF16 = "tests/test_release_fidelity.py::test_bf16_keeps_lora_and_vae_in_float32_
 ROTATION = "tests/test_checkpoint.py::test_rotation_and_latest_ignore_incomplete_folders"
 TWO_PROCESSES = "tests/test_multiprocess.py::test_two_processes_match_one_and_resume_exactly"
 OPTIONS = "tests/test_options_end_to_end.py::test_each_option_changes_what_is_trained"
+IN_FLIGHT = "tests/test_serve_limits.py::test_the_bytes_of_all_requests_in_flight_are_bounded"
+SIXTEEN_BIT = "tests/test_serve_limits.py::test_a_16_bit_png_is_refused_not_clipped"
+DEADLINE = "tests/test_serve_limits.py::test_the_client_timeout_is_a_deadline_for_the_whole_request"
+LOCK = "tests/test_output_dir.py::test_two_runs_in_one_folder_at_once_are_refused_naming_the_other"
 WINDOWS = "tests/test_trainer.py::test_each_accumulation_window_starts_without_gradients"
 OLD_DECAY = "tests/test_trainer.py::test_the_old_policy_follows_theta_by_the_decay_of_the_optimizer_steps_taken"
 INF_LOSS = "tests/test_nonfinite.py::test_a_non_finite_loss_stops_the_run_even_when_its_gradient_is_finite"
@@ -312,6 +316,14 @@ WIDER = [
            'weighting="x0_adaptive",', (OPTIONS,), "--loss_weighting never reaches the loss"),
     Mutant("option-sampler-ignored", "objectives/nft.py", "sampling_sigmas=sampling_sigmas, sampler=config.sampler,",
            'sampling_sigmas=sampling_sigmas, sampler="dpm_solver",', (OPTIONS,), "--sampler never reaches the rollouts"),
+    Mutant("serve-in-flight-unbounded", "rewards/serve.py", "            if self.in_flight > self.max_bytes_in_flight:",
+           "            if False:", (IN_FLIGHT,), "the bytes of concurrent requests unbounded"),
+    Mutant("wire-16-bit-png-clipped", "rewards/wire.py", "        if depth > 8:", "        if False:", (SIXTEEN_BIT,),
+           "a 16-bit PNG accepted and clipped"),
+    Mutant("remote-timeout-per-read", "rewards/remote.py", "        worker.join(self.timeout)", "        worker.join()",
+           (DEADLINE,), "the client's timeout bounds each read, not the request"),
+    Mutant("output-dir-not-locked", "checkpoints/checkpointer.py", "            lock_output_dir(config.output_dir)",
+           "            pass", (LOCK,), "two runs may share a folder at once"),
     Mutant("plan-levels-ignored", "plan.py", "micro = math.ceil(local / args.train_batch_size) * levels",
            "micro = math.ceil(local / args.train_batch_size)", (PLAN,), "micro-batches not counted per level"),
     Mutant("credit-first-process-share", "credit.py", "credit[plan.images_of(accelerator.process_index)]",

@@ -99,9 +99,9 @@ class NFTConfig:
         metadata={"help": "On SIGTERM/SIGINT, write a checkpoint after the current iteration before exiting."},
     )
     reward_timeout: Optional[float] = field(
-        default=None,
-        metadata={"help": "Seconds to wait for a batch's rewards (thread/process scoring) before failing; "
-                  "default: no limit."},
+        default=3600.0,
+        metadata={"help": "Seconds to wait for a batch's rewards (thread/process scoring) before failing: a hung "
+                  "reward (or reward server) stops the run instead of stalling it. None for no limit."},
     )
     skip_nonfinite: bool = field(
         default=False,

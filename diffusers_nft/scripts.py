@@ -16,6 +16,7 @@ import torch
 from transformers import HfArgumentParser
 
 from .checkpoints import check_output_dir, resolve_checkpoint
+from .checkpoints.checkpointer import fresh_run_refusal
 from .command_line import check_twins, config_defaults, exit_on_setup_error, given_flags, read_config_file, \
     repeatable_settings, split_config_file
 from .config import NFTConfig, weight_dtype
@@ -289,8 +290,11 @@ def check_before_loading(script_args: ScriptArguments, config: NFTConfig, demo):
     else:
         prompts = demo.train_prompts()
     check_output_dir(config.output_dir)
-    if config.resume_from_checkpoint:
-        resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+    resumed = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir) if config.resume_from_checkpoint \
+        else None
+    refusal = None if resumed else fresh_run_refusal(config)
+    if refusal:  # another run's folder: refused before the model loads
+        raise ValueError(refusal)
     if config.push_to_hub and int(os.environ.get("RANK", "0")) == 0:  # before any download, as diffusers' scripts do
         check_hub(config.hub_model_id or os.path.basename(os.path.normpath(config.output_dir)),
                   token=config.hub_token, private=config.hub_private_repo)

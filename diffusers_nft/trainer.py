@@ -159,7 +159,7 @@ class NFTTrainer:
         `Checkpointer.claim_output_dir`), and with `push_to_hub` the Hub repo can be written (a run that cannot
         upload fails now, not after training)."""
         args = self.args
-        self.checkpointer.claim_output_dir(resumed)
+        self._refusal = self.checkpointer.claim_output_dir(resumed)  # raised by step(), unless train() resumes
         if args.push_to_hub and self.accelerator.is_main_process:
             logger.info("The Hub repo %s is ready for the upload after training.",
                         check_hub(self._repo_id(None), token=args.hub_token, private=args.hub_private_repo))
@@ -221,9 +221,10 @@ class NFTTrainer:
         args, accelerator, started = self.args, self.accelerator, time.perf_counter()
         self.policy.resume()  # a second train() (a larger max_steps) trains on from where the first ended
         if resume_from_checkpoint:
-            path, parts = self.checkpointer.read(resume_from_checkpoint)
+            path, parts = self.checkpointer.read(resume_from_checkpoint, self.trains)
             if path:
                 self._load(path, parts)
+                self._refusal = self.checkpointer.claim_output_dir(path)
         if accelerator.is_main_process:
             clean_incomplete(args.output_dir)
         self.run_log.start("diffusers-nft", args.to_dict(), self.describe())
@@ -256,6 +257,8 @@ class NFTTrainer:
     def step(self) -> Dict[str, float]:
         """One NFT iteration: sample, reward, train, update the old policy. Returns its metrics."""
         args, iteration = self.args, self.global_step
+        if self._refusal:  # a fresh run in another run's folder: nothing is computed or written
+            raise ValueError(self._refusal)
         self.policy.resume()  # after train(): the old adapter again
         timings = {"sampling": 0.0, "reward": 0.0}
         prompt_index = self.prompt_sampler.next(args.prompts_per_iteration)

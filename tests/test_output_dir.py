@@ -10,7 +10,7 @@ from diffusers import StableDiffusion3Pipeline
 
 from diffusers_nft import NFTTrainer
 
-from conftest import PROMPTS, run_tiny, tiny_config
+from conftest import PROMPTS, load_training_script, run_tiny, tiny_config
 
 
 def _steps(folder):
@@ -25,13 +25,28 @@ def _trainer(pipeline_dir, folder, **overrides):
 
 def test_a_second_fresh_run_in_the_same_folder_is_refused_before_any_compute(tiny_pipeline_dir, tmp_path):
     run_tiny(tiny_pipeline_dir, tmp_path, max_steps=2)
-    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
-    with pytest.raises(ValueError, match=r"already holds a run \(checkpoint-2, metrics.jsonl, "
-                                         r"pytorch_lora_weights.safetensors, reward_curve.png, samples\)\. Continue it "
-                                         r"with --resume_from_checkpoint latest, replace it with --overwrite_output_dir"):
-        NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path), PROMPTS)
-    assert not any("lora" in name for name, _ in pipe.transformer.named_parameters())  # nothing was built
-    assert _steps(tmp_path) == [1, 2]
+    before = sorted(os.listdir(tmp_path))
+    message = (r"already holds a run \(checkpoint-2, metrics.jsonl, pytorch_lora_weights.safetensors, reward_curve.png, "
+               r"samples\)\. Continue it with --resume_from_checkpoint latest, replace it with --overwrite_output_dir")
+    trainer = _trainer(tiny_pipeline_dir, tmp_path)  # TRL's way: the resume may still come with train()
+    for start in (trainer.train, trainer.step):
+        with pytest.raises(ValueError, match=message):
+            start()
+    assert sorted(os.listdir(tmp_path)) == before and _steps(tmp_path) == [1, 2]  # nothing computed or written
+    prompts = tmp_path.parent / "p.txt"
+    prompts.write_text("a cat\n")
+    loaded = []
+    with pytest.raises(ValueError, match=message):  # the scripts refuse before the model loads
+        load_training_script().main(["--pretrained_model_name_or_path", tiny_pipeline_dir, "--prompts", str(prompts),
+                                     "--reward", "jpeg_compressibility", "--output_dir", str(tmp_path)],
+                                    load_pipeline=lambda *args: loaded.append(1))
+    assert loaded == []
+
+
+def test_trls_resume_given_to_train_continues_the_folder(tiny_pipeline_dir, tmp_path):
+    run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, stop_after=2)
+    _trainer(tiny_pipeline_dir, tmp_path, max_steps=3).train(resume_from_checkpoint="latest")
+    assert _steps(tmp_path) == [1, 2, 3]
 
 
 def test_overwrite_output_dir_starts_over_and_keeps_other_files(tiny_pipeline_dir, tmp_path, caplog):
@@ -67,7 +82,7 @@ def test_latest_with_nothing_to_resume_says_so_and_starts_clean(tiny_pipeline_di
 def test_latest_never_overwrites_a_finished_run_without_checkpoints(tiny_pipeline_dir, tmp_path):
     run_tiny(tiny_pipeline_dir, tmp_path, max_steps=1, save_steps=10)  # a LoRA, no checkpoint
     with pytest.raises(ValueError, match="already holds a run"):
-        _trainer(tiny_pipeline_dir, tmp_path, resume_from_checkpoint="latest")
+        _trainer(tiny_pipeline_dir, tmp_path, resume_from_checkpoint="latest").train()
     assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
 
 

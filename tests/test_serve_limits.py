@@ -189,3 +189,109 @@ def test_the_default_limits_are_the_documented_ones():
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_16_bit_png_is_refused_not_clipped(limited):
+    import httpx
+    import numpy as np
+
+    url, buffer = limited, io.BytesIO()
+    Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)).save(buffer, format="PNG")  # mid-grey in 16 bits
+    answer = httpx.post(f"{url}/score", json={"images": [base64.b64encode(buffer.getvalue()).decode()],
+                                               "prompts": ["a"]}, headers={"Authorization": "Bearer s3cret"})
+    assert answer.status_code == 400 and "16-bit PNG: send 8-bit images" in answer.json()["detail"]
+
+
+def test_the_bytes_of_all_requests_in_flight_are_bounded():
+    # Two bodies of 600 KB at once, with 1 MB allowed in flight: the second is answered 503 (RemoteReward retries
+    # it) while the first is held; once the first is done, the same body goes through.
+    import asyncio
+
+    from diffusers_nft.rewards.serve import RequestGuard
+
+    release = asyncio.Event()
+    answered = []
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = RequestGuard(slow_app, None, max_body_bytes=2**20, body_timeout=5, max_bytes_in_flight=2**20)
+
+    def request(size):
+        sent = [False]
+
+        async def receive():
+            if sent[0]:
+                await asyncio.sleep(10)
+            sent[0] = True
+            return {"type": "http.request", "body": b"x" * size, "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                answered.append(message["status"])
+
+        return guard({"type": "http", "headers": []}, receive, send)
+
+    async def scenario():
+        first = asyncio.create_task(request(600_000))
+        await asyncio.sleep(0.05)
+        await request(600_000)  # refused at once: 1.2 MB would be in flight
+        assert guard.in_flight == 600_000
+        release.set()
+        await first
+        await request(600_000)
+        assert guard.in_flight == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))  # without the bound, the second request would wait for the first
+    assert answered == [503, 200, 200]
+
+
+def test_the_client_timeout_is_a_deadline_for_the_whole_request():
+    # A server that sends its answer one byte every 0.2 s: every read is quick, the whole would take 20 s.
+    import threading
+    import time
+
+    from diffusers_nft.rewards.remote import RemoteRewardError
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def trickle():
+        connection, _ = listener.accept()
+        connection.recv(2**20)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(100):
+            time.sleep(0.2)
+            try:
+                connection.sendall(b" ")
+            except OSError:
+                break
+        connection.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(RemoteRewardError, match="failed 1 times; last: .*within 1 s"):
+        RemoteReward(f"http://127.0.0.1:{port}", timeout=1, retries=0)(torch.rand(1, 3, 8, 8), ["a"])
+    assert time.monotonic() - start < 5  # the deadline, not the 20 s the answer would take
+    listener.close()
+
+
+def test_the_key_comes_from_a_file_or_the_environment_and_the_flag_warns(tmp_path, monkeypatch):
+    import argparse
+
+    from diffusers_nft.rewards.serve import API_KEY_ENV, api_key_of
+
+    (tmp_path / "key").write_text("from-file\n")
+
+    def args(key=None, key_file=None):
+        return argparse.Namespace(api_key=key, api_key_file=key_file)
+
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    assert api_key_of(args(key_file=str(tmp_path / "key"))) == "from-file"
+    assert api_key_of(args()) == "from-env"
+    with pytest.warns(UserWarning, match=r"--api_key is visible to every user of this machine \(`ps`\)"):
+        assert api_key_of(args(key="from-flag")) == "from-flag"
+    with pytest.raises(ValueError, match="Give the key once"):
+        api_key_of(args(key="a", key_file=str(tmp_path / "key")))

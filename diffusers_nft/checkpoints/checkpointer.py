@@ -77,33 +77,30 @@ class Checkpointer:
         check_trained_function(path, parts[STATE_FILE].get("trains", {}), trains or {})
         return path, parts
 
-    def claim_output_dir(self, resumed: Optional[str]) -> None:
+    def claim_output_dir(self, resumed: Optional[str]) -> Optional[str]:
         """Before anything is written: a run that resumes (`resumed`, the checkpoint read) continues its folder; a
         fresh one starts in a folder without another run's files. Those are removed with `overwrite_output_dir`, or
         with `resume_from_checkpoint="latest"` when the earlier run never saved a checkpoint nor a LoRA (it was
-        cut short); otherwise the run is refused before any compute.
+        cut short). Otherwise the folder is left as it is and the refusal returned: training refuses to start
+        unless `train(resume_from_checkpoint=...)` resumes it (TRL's way); the scripts refuse before loading.
 
-        Raises:
-            ValueError: If `output_dir` holds another run, with the three ways on.
+        Returns:
+            None, or why a fresh run may not start here (`fresh_run_refusal`).
         """
         config, accelerator = self.config, self.accelerator
         if accelerator.is_main_process:
             lock_output_dir(config.output_dir)  # for the length of the process: one run per folder at a time
             if resumed:
                 set_aside_later_checkpoints(config.output_dir, resumed)
-        found = [] if resumed else previous_run(config.output_dir)
-        latest = config.resume_from_checkpoint == "latest"
-        if latest and not resumed and accelerator.is_main_process:
+        if config.resume_from_checkpoint == "latest" and not resumed and accelerator.is_main_process:
             logger.info("resume_from_checkpoint='latest': %s holds no checkpoint yet, so this run starts from step 0.",
                         config.output_dir)
+        found = [] if resumed else previous_run(config.output_dir)
         if not found:
-            return
-        cut_short = latest and not any(name.endswith(".safetensors") for name in found)
-        if not (config.overwrite_output_dir or cut_short):
-            shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
-            raise ValueError(f"output_dir {config.output_dir!r} already holds a run ({shown}). Continue it with "
-                             "--resume_from_checkpoint latest, replace it with --overwrite_output_dir, or choose "
-                             "another --output_dir.")
+            return None
+        refusal = fresh_run_refusal(config, found)
+        if refusal:
+            return refusal
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             removed = clear_previous_run(config.output_dir)
@@ -155,6 +152,19 @@ class Checkpointer:
             raise CheckpointError(f"Cannot resume from {path!r}: {error}") from error
         set_rng_states(parts.get(RNG_PART))
         return parts[STATE_FILE]
+
+
+def fresh_run_refusal(config: NFTConfig, found: Optional[List[str]] = None) -> Optional[str]:
+    """Why a run that resumes nothing may not start in `config.output_dir` (None when it may): the folder holds
+    another run (`found`, or what `previous_run` lists), and neither `overwrite_output_dir` nor a `"latest"` resume
+    of a run cut short before its first checkpoint or LoRA says to replace it."""
+    found = previous_run(config.output_dir) if found is None else found
+    cut_short = config.resume_from_checkpoint == "latest" and not any(n.endswith(".safetensors") for n in found)
+    if not found or config.overwrite_output_dir or cut_short:
+        return None
+    shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+    return (f"output_dir {config.output_dir!r} already holds a run ({shown}). Continue it with "
+            "--resume_from_checkpoint latest, replace it with --overwrite_output_dir, or choose another --output_dir.")
 
 
 def set_aside_later_checkpoints(output_dir: str, resumed: str) -> List[str]:

@@ -1,6 +1,7 @@
 """`RemoteReward`: a reward computed by a server (`python -m diffusers_nft.rewards.serve`)."""
 
 import os
+import threading
 import time
 from typing import List, Optional
 
@@ -22,7 +23,8 @@ class RemoteReward:
     Args:
         url: Base URL of the server, e.g. `"http://127.0.0.1:8000"`.
         name: Name of the reward in logs (default: `"remote"`).
-        timeout: Seconds per request.
+        timeout: Seconds each attempt may take in all, however slowly the server answers (a deadline, not a
+            limit per read).
         retries: Extra attempts after a transient failure.
         backoff: Seconds before the first retry, doubled after each.
         api_key: The server's shared secret, sent as `Authorization: Bearer <key>`; default
@@ -49,7 +51,7 @@ class RemoteReward:
         delay, last_error = self.backoff, None
         for attempt in range(self.retries + 1):
             try:
-                response = httpx.post(f"{self.url}/score", json=payload, timeout=self.timeout, headers=self._headers)
+                response = self._post_within_deadline(payload)
             except (httpx.TransportError, httpx.TimeoutException) as error:
                 last_error = f"{type(error).__name__}: {error}"
             else:
@@ -66,6 +68,30 @@ class RemoteReward:
                 delay *= 2
         raise RemoteRewardError(f"Reward server {self.url} failed {self.retries + 1} times; last: {last_error}")
 
+
+    def _post_within_deadline(self, payload: dict):
+        """`POST /score`, given up after `timeout` seconds in all: httpx's timeouts bound each read, and a server
+        that trickles its answer byte by byte would hold the call far longer. The call runs in a daemon thread that
+        ends with its own timeouts; the caller waits for it `timeout` seconds at most."""
+        import httpx
+
+        outcome = {}
+
+        def post():
+            try:
+                outcome["response"] = httpx.post(f"{self.url}/score", json=payload, timeout=self.timeout,
+                                                  headers=self._headers)
+            except Exception as error:  # handed to the caller
+                outcome["error"] = error
+
+        worker = threading.Thread(target=post, daemon=True, name="remote-reward")
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            raise httpx.TimeoutException(f"no whole answer within {self.timeout:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["response"]
 
     def _scores(self, response):
         try:

@@ -25,22 +25,28 @@ from .combine import RewardError, WeightedRewards
 from .wire import ImageTooLarge, decode_images, decode_metadata
 
 API_KEY_ENV = "DIFFUSERS_NFT_API_KEY"
-DEFAULT_LIMITS = dict(max_body_bytes=64 * 2**20, max_images=256, max_pixels=2048 * 2048, body_timeout=30.0)
+DEFAULT_LIMITS = dict(max_body_bytes=64 * 2**20, max_images=256, max_pixels=2048 * 2048, body_timeout=30.0,
+                      max_bytes_in_flight=128 * 2**20)
 
 
 class RequestGuard:
-    """ASGI middleware: the API key, then the body read in bounded chunks, before the app sees the request.
+    """ASGI middleware: the API key, then the body read in bounded chunks, before the app sees the request; the
+    bodies of all requests being read or scored together are bounded too (503, which `RemoteReward` retries).
 
     Args:
         app: The ASGI app to guard.
         api_key: The shared secret, or None for none.
         max_body_bytes: Largest body accepted.
         body_timeout: Seconds to wait for each chunk of the body.
+        max_bytes_in_flight: Most body bytes held at once over every request (a body costs several times its size
+            in memory while it is decoded and scored).
     """
 
-    def __init__(self, app, api_key: Optional[str], max_body_bytes: int, body_timeout: float):
+    def __init__(self, app, api_key: Optional[str], max_body_bytes: int, body_timeout: float,
+                 max_bytes_in_flight: int = DEFAULT_LIMITS["max_bytes_in_flight"]):
         self.app, self.api_key = app, api_key
-        self.max_body_bytes, self.body_timeout = max_body_bytes, body_timeout
+        self.max_body_bytes, self.body_timeout, self.max_bytes_in_flight = max_body_bytes, body_timeout, max_bytes_in_flight
+        self.in_flight = 0  # body bytes of the requests being read or served now (one event loop: no lock needed)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -51,7 +57,18 @@ class RequestGuard:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             return await _reject(send, 413, f"body of {int(declared)} bytes: more than {self.max_body_bytes}")
-        chunks, size = [], 0
+        held = [0]  # this request's share of in_flight, released whatever happens
+        try:
+            body = await self._read_body(receive, send, held)
+            if body is None:
+                return None
+            return await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.in_flight -= held[0]
+
+    async def _read_body(self, receive, send, held) -> Optional[bytes]:
+        """The whole body, or None once the request was answered (408, 413, 503) or dropped."""
+        chunks = []
         while True:
             try:
                 message = await asyncio.wait_for(receive(), self.body_timeout)
@@ -60,12 +77,15 @@ class RequestGuard:
             if message["type"] == "http.disconnect":
                 return None
             chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
+            held[0] += len(chunks[-1])
+            self.in_flight += len(chunks[-1])
+            if held[0] > self.max_body_bytes:
                 return await _reject(send, 413, f"body of more than {self.max_body_bytes} bytes")
+            if self.in_flight > self.max_bytes_in_flight:
+                return await _reject(send, 503, f"busy: more than {self.max_bytes_in_flight} bytes of requests in "
+                                     "flight; retry shortly")
             if not message.get("more_body"):
-                break
-        return await self.app(scope, _replay(b"".join(chunks), receive), send)
+                return b"".join(chunks)
 
 
 def _authorized(header: bytes, api_key: str) -> bool:
@@ -96,7 +116,8 @@ async def _reject(send, status: int, detail: str) -> None:
 def create_app(reward, name: Optional[str] = None, api_key: Optional[str] = None,
                max_images: int = DEFAULT_LIMITS["max_images"], max_pixels: int = DEFAULT_LIMITS["max_pixels"],
                max_body_bytes: int = DEFAULT_LIMITS["max_body_bytes"],
-               body_timeout: float = DEFAULT_LIMITS["body_timeout"], **options):
+               body_timeout: float = DEFAULT_LIMITS["body_timeout"],
+               max_bytes_in_flight: int = DEFAULT_LIMITS["max_bytes_in_flight"], **options):
     """An ASGI app serving one reward (a registered name or a callable), with the request limits above.
 
     Args:
@@ -107,10 +128,11 @@ def create_app(reward, name: Optional[str] = None, api_key: Optional[str] = None
         max_pixels: Most pixels per image.
         max_body_bytes: Largest request body.
         body_timeout: Seconds to wait for each chunk of a request body.
+        max_bytes_in_flight: Most body bytes of all requests held at once (503 beyond, retried by the client).
         **options: Reward options (`device`, `dtype`, `batch_size`, and a model reward's own: `model_id`, ...).
     """
     app = _score_app(WeightedRewards([reward], **options), name, max_images, max_pixels)
-    return RequestGuard(app, api_key, max_body_bytes, body_timeout)
+    return RequestGuard(app, api_key, max_body_bytes, body_timeout, max_bytes_in_flight)
 
 
 def _score_app(rewards: WeightedRewards, name: Optional[str], max_images: int, max_pixels: int):
@@ -162,6 +184,24 @@ def _score_app(rewards: WeightedRewards, name: Optional[str], max_images: int, m
     return app
 
 
+def api_key_of(args) -> Optional[str]:
+    """The server's key: `--api_key_file`'s first line, else `--api_key` (with a warning: `ps` shows it), else
+    `$DIFFUSERS_NFT_API_KEY`, else none."""
+    if args.api_key_file and args.api_key:
+        raise ValueError("Give the key once: --api_key_file or --api_key, not both.")
+    if args.api_key_file:
+        with open(args.api_key_file) as f:
+            key = f.readline().strip()
+        if not key:
+            raise ValueError(f"--api_key_file {args.api_key_file}: the first line is empty.")
+        return key
+    if args.api_key:
+        warnings.warn(f"--api_key is visible to every user of this machine (`ps`) and in shell histories; set "
+                      f"${API_KEY_ENV} or pass --api_key_file instead.")
+        return args.api_key
+    return os.environ.get(API_KEY_ENV)
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -180,19 +220,22 @@ def main(argv=None):
     parser.add_argument("--model_id", default=None, help="The reward's model (Hub id or folder), for model rewards.")
     parser.add_argument("--question", default=None,
                         help="vlm_judge: the question template, e.g. 'Does this image show {prompt}? Answer yes or no.'")
-    parser.add_argument("--api_key", default=os.environ.get(API_KEY_ENV),
-                        help=f"Shared secret required as 'Authorization: Bearer <key>' (default: ${API_KEY_ENV}).")
+    parser.add_argument("--api_key", default=None,
+                        help=f"Shared secret required as 'Authorization: Bearer <key>'. Visible to every user of the "
+                             f"machine (`ps`): prefer ${API_KEY_ENV} or --api_key_file.")
+    parser.add_argument("--api_key_file", default=None, help="A file holding the shared secret (its first line).")
     for flag, default in DEFAULT_LIMITS.items():
         parser.add_argument(f"--{flag}", type=type(default), default=default, help=f"Request limit (default {default}).")
     args = parser.parse_args(argv)
+    from ..command_line import exit_on_setup_error
+
+    args.api_key = exit_on_setup_error(lambda: api_key_of(args))
     if not _is_loopback(args.host) and not args.api_key:
         warnings.warn(f"Serving on {args.host} beyond loopback without --api_key: anyone who reaches the port can "
                       "use the reward model. Set --api_key (or $DIFFUSERS_NFT_API_KEY).")
     options = {"dtype": args.dtype, "batch_size": args.batch_size}
     options.update({k: getattr(args, k) for k in ("device", "model_id", "question") if getattr(args, k)})
     limits = {flag: getattr(args, flag) for flag in DEFAULT_LIMITS}
-    from ..command_line import exit_on_setup_error
-
     uvicorn = exit_on_setup_error(lambda: require("uvicorn", "serve"))
     app = exit_on_setup_error(lambda: create_app(args.reward, api_key=args.api_key, **limits, **options))
     uvicorn.run(app, host=args.host, port=args.port)

@@ -52,6 +52,9 @@ def decode_images(encoded: List[str], max_pixels: Optional[int] = None) -> torch
             raise ValueError(f"image {i} is not a base64 PNG ({error})") from error
         if max_pixels is not None and image.width * image.height > max_pixels:
             raise ImageTooLarge(f"image {i} is {image.width}x{image.height}: more than {max_pixels} pixels")
+        depth = base64.b64decode(text[:48], validate=True)[24]  # the IHDR's bit depth: 8 bytes of signature, 16 in
+        if depth > 8:  # converted to 8 bits, a 16-bit mid-grey would be scored as white
+            raise ValueError(f"image {i} is a {depth}-bit PNG: send 8-bit images (as RemoteReward does)")
         try:
             arrays.append(np.asarray(image.convert("RGB")))
         except Exception as error:
