@@ -125,6 +125,7 @@ def test_the_root_and_the_package_are_no_output_dir(tiny_pipeline_dir, folder):
     assert not os.path.exists(os.path.join(package, "run"))
 
 
+@pytest.mark.slow  # 3 runs; in miniature: test_a_resume_continues_the_folder's metrics rows
 def test_a_torn_last_metrics_row_is_dropped_on_resume_and_a_bad_row_is_named(tiny_pipeline_dir, tmp_path):
     run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, stop_after=2)
     metrics = tmp_path / "metrics.jsonl"
@@ -137,6 +138,7 @@ def test_a_torn_last_metrics_row_is_dropped_on_resume_and_a_bad_row_is_named(tin
         run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, resume=str(tmp_path / "checkpoint-2"))
 
 
+@pytest.mark.slow  # 3 resumed runs; in miniature: test_trls_resume_given_to_train_continues_the_folder
 def test_a_branch_resumed_from_an_early_checkpoint_owns_rotation_and_latest(tiny_pipeline_dir, tmp_path):
     run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, save_steps=1)  # checkpoints 1..4 of the first branch
     run_tiny(tiny_pipeline_dir, tmp_path, max_steps=3, save_steps=1, save_total_limit=1,
