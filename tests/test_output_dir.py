@@ -125,7 +125,7 @@ def test_the_root_and_the_package_are_no_output_dir(tiny_pipeline_dir, folder):
     assert not os.path.exists(os.path.join(package, "run"))
 
 
-@pytest.mark.slow  # 3 runs; in miniature: test_a_resume_continues_the_folder's metrics rows
+@pytest.mark.slow  # 3 runs; in miniature: test_nonfinite.py::test_metrics_have_no_duplicate_rows_after_a_resume
 def test_a_torn_last_metrics_row_is_dropped_on_resume_and_a_bad_row_is_named(tiny_pipeline_dir, tmp_path):
     run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, stop_after=2)
     metrics = tmp_path / "metrics.jsonl"
