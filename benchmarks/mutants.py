@@ -4,7 +4,8 @@ A mutant names a file under `diffusers_nft/`, a fragment that occurs there exact
 tests (pytest node ids) that should fail. Three groups: `SURVIVORS`, the bugs an audit found surviving the suite
 (each now has a test that catches it); `CAUGHT_BEFORE`, bugs the suite caught already, listed so that they stay
 caught; `WIDER`, the rest of the core and safety code, one bug per line that matters (8 of its first 49 survived when
-they were written; each got a test). `tests/test_mutation_check.py` runs them all in CI.
+they were written, and each got a test; the last 4 came with their tests). `tests/test_mutation_check.py` runs them
+all in CI.
 """
 
 from dataclasses import dataclass
