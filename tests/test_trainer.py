@@ -411,3 +411,18 @@ def test_grids_reach_tensorboard_under_their_prompts_and_the_last_iteration_has_
     tags = sorted(events.Tags()["images"])
     assert tags == ["validation/0 a red cat", "validation/1 a blue dog"]
     assert {event.step for tag in tags for event in events.Images(tag)} == {0, 2}
+
+
+def test_on_a_gpu_each_iteration_logs_its_peak_memory(tiny_pipeline, tmp_path, monkeypatch):
+    # No GPU here: the metric's source is stood in for while an iteration's row is built.
+    from types import SimpleNamespace
+
+    from diffusers_nft.credit import Credit
+
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path, max_steps=1), PROMPTS)
+    assert "gpu_memory_gib" not in trainer.step()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 3 * 2**30)
+    row = trainer._iteration_metrics(Credit({}, torch.zeros(0), torch.zeros(0), {}),
+                                     SimpleNamespace(latents=torch.ones(2, 4)), {}, {"sampling": 1.0})
+    assert row["gpu_memory_gib"] == 3.0
