@@ -124,6 +124,7 @@ def test_short_nft_run_raises_the_mean_reward(tmp_path):
     assert after >= before + 0.1, (before, after)
 
 
+@pytest.mark.slow  # 360 digits through the judge
 def test_the_held_out_judge_reads_real_held_out_digits_in_every_colour():
     judge = load_reward("digit_judge")
     digits, labels = load_digits_split("held_out")

@@ -141,13 +141,17 @@ def test_resume_refuses_another_trained_function_and_warns_on_other_prompts(tiny
         assert run(2, resume="latest", prompts=others).global_step == 2
 
 
+SLOW = pytest.mark.slow  # a run each; the first two stand for them in the fast set
+
+
 @pytest.mark.parametrize("edit, message", [
     (dict(global_step=-3), "global_step -3 and optimizer_step"),
-    (dict(global_step=1e300), "global_step 1e[+]300"),
-    (dict(global_step=True), "global_step True"),
-    (dict(prompt_sampler={"epoch": 0, "position": -1, "num_prompts": 4}), "prompt_sampler .* needs whole epoch"),
     (dict(config=None), "it has no 'config'"),
-    (dict(history="rows"), "'history' must be a list"),
+    pytest.param(dict(global_step=1e300), "global_step 1e[+]300", marks=SLOW),
+    pytest.param(dict(global_step=True), "global_step True", marks=SLOW),
+    pytest.param(dict(prompt_sampler={"epoch": 0, "position": -1, "num_prompts": 4}),
+                 "prompt_sampler .* needs whole epoch", marks=SLOW),
+    pytest.param(dict(history="rows"), "'history' must be a list", marks=SLOW),
 ])
 def test_every_field_of_a_resumed_state_is_checked_before_compute(tiny_pipeline_dir, tmp_path, edit, message):
     import json

@@ -42,6 +42,7 @@ def _train(tmp_path, guard, max_steps=5, judge=None):
     return trainer, trainer.train()
 
 
+@pytest.mark.slow  # a 4-step run; in miniature: test_stop_ends_training_when_the_judge_falls
 def test_warn_and_save_best_keep_the_judges_best_lora(tmp_path, caplog):
     guard = HackingGuard(judge_drop=0.15)
     with caplog.at_level("WARNING"):

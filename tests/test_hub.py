@@ -127,7 +127,8 @@ def test_the_card_is_validated_before_anything_is_uploaded(trained, tmp_path, va
 
 @pytest.mark.parametrize("failure, reason", [
     (True, r"the Hub was not reached \(ConnectionError: hub unreachable\)"),
-    (Refused(403), r"the Hub refused it \(403: 403 Client Error: Forbidden\); the token cannot write there"),
+    pytest.param(Refused(403), r"the Hub refused it \(403: 403 Client Error: Forbidden\); the token cannot write there",
+                 marks=pytest.mark.slow),  # a 2-step run; test_the_script_checks_the_hub_before_training has the 403
 ])
 def test_a_failed_upload_says_why_and_keeps_the_lora_and_card(trained, tmp_path, failure, reason):
     folder = trained.args.output_dir
@@ -140,6 +141,7 @@ def test_a_failed_upload_says_why_and_keeps_the_lora_and_card(trained, tmp_path,
     assert "someone/tiny-nft" in ModelCard.load(os.path.join(folder, "README.md")).text  # written for that repo
 
 
+@pytest.mark.slow  # a 2-step run; the card's validation is also in test_the_card_is_validated_before_anything_is_uploaded
 def test_a_refused_card_stays_in_the_output_dir(trained, tmp_path, monkeypatch):
     def refuse(card, repo_type=None):
         raise ValueError("Invalid metadata in README.md: 'license' must be one of [...]")
@@ -150,6 +152,7 @@ def test_a_refused_card_stays_in_the_output_dir(trained, tmp_path, monkeypatch):
     assert os.path.isfile(os.path.join(trained.args.output_dir, "README.md"))
 
 
+@pytest.mark.slow  # a 2-step run; in miniature: test_the_upload_sends_only_what_the_run_wrote_and_refuses_symlinks
 def test_the_upload_sends_results_and_never_checkpoints_logs_or_staging(trained, tmp_path):
     (tmp_path / "run" / "results.md").write_text("| a | b |")
     (tmp_path / "run" / "logs").mkdir(exist_ok=True)

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffusers_nft")
 # Objects of this package that other modules hold: their private members stay theirs.
 OURS = {"trainer", "policy", "family", "collector", "objective", "publisher", "run_log", "engine", "checkpointer",
@@ -19,6 +21,7 @@ def _modules():
                 yield os.path.join(folder, name)
 
 
+@pytest.mark.slow  # subprocess imports; the other layout tests read the source
 def test_the_core_imports_neither_the_demo_nor_test_scaffolding():
     code = ("import sys; import diffusers_nft.trainer, diffusers_nft.evaluate, diffusers_nft.hub, "
             "diffusers_nft.publisher, diffusers_nft.run_log, diffusers_nft.rewards, diffusers_nft.generation; "

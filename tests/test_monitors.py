@@ -1,5 +1,6 @@
 """Drift monitors: their values on images and velocities we know, and their place in each iteration's metrics."""
 
+import pytest
 import torch
 
 from diffusers_nft import NFTTrainer
@@ -27,6 +28,7 @@ def test_velocity_stats():
     assert abs(stats["velocity_norm_ratio"] - 2) < 1e-5 and abs(stats["kl"] - v.pow(2).mean().item()) < 1e-5
 
 
+@pytest.mark.slow  # a 2-step run; the monitors' maths have their own tests here
 def test_every_iteration_logs_the_monitors(tiny_pipeline, tmp_path):
     trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path, max_steps=2, learning_rate=3e-2),
                          PROMPTS)

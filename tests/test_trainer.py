@@ -68,6 +68,7 @@ def test_training_moves_a_latent_reward(tiny_pipeline, tmp_path):
     assert last - first > 1.5 * spread, (first, last, spread)
 
 
+@pytest.mark.slow  # 3 runs; the rollouts test checks the reference forward's place
 def test_kl_beta_zero_skips_the_reference_forward(tiny_pipeline_dir, tmp_path):
     # the drift monitors add one reference forward per iteration without a KL term, none with one
     for kl_beta, monitors, forwards_per_micro_step, monitor_forwards in ((0.0, False, 2, 0), (0.0, True, 2, 1),
@@ -289,6 +290,7 @@ def test_startup_block_and_a_log_line_per_artifact(tiny_pipeline, tmp_path, capl
     assert re.search(rf"Done after 2 iterations: [\d.]+ s, [\d.]+ images/s, final reward {reward:.4g}\.", summary)
 
 
+@pytest.mark.slow  # a 2-step run
 def test_output_to_a_file_has_no_nested_bar_escape_codes(tiny_pipeline, tmp_path, capfd, monkeypatch):
     """Off a terminal the inner sampling bar is off, so a log file never holds cursor-movement codes; on a
     terminal it is drawn."""
@@ -305,6 +307,7 @@ def test_output_to_a_file_has_no_nested_bar_escape_codes(tiny_pipeline, tmp_path
     assert "sampling" in capfd.readouterr().err
 
 
+@pytest.mark.slow  # a run with a card
 def test_our_own_calls_raise_no_deprecation_warning(tmp_path):
     """Loading the demo pipeline, training, the card: no library tells us that a call of ours is deprecated."""
     import warnings

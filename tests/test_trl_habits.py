@@ -117,6 +117,7 @@ def test_transformers_early_stopping_stops_when_the_judge_stops_improving(tiny_p
     assert config.greater_is_better is True and (tmp_path / "pytorch_lora_weights.safetensors").is_file()
 
 
+@pytest.mark.slow  # a 3-step run; in miniature: the early-stopping test evaluates every iteration
 def test_eval_dataset_gives_a_logged_held_out_curve(tiny_pipeline, tmp_path):
     held_out = ["a green tree", "a yellow star", "a blue circle"]
     config = tiny_config(tmp_path, max_steps=3, eval_steps=2)

@@ -112,6 +112,7 @@ def test_wan_lora_loads_into_wan_pipeline_and_grids_are_animated(wan_dir, tmp_pa
     torch.testing.assert_close(_render(fresh, family), trained, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # 2 video runs
 def test_gradient_checkpointing_gives_the_same_video_training(wan_dir, tmp_path):
     runs = {}
     for checkpointing in (False, True):
