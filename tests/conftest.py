@@ -96,6 +96,23 @@ def run_tiny(pipeline_dir, output_dir, max_steps, resume=None, stop_after=None, 
     return trainer
 
 
+class Loaded(Exception):
+    """Raised by `reach_loading`'s loader: the script got as far as loading the model."""
+
+
+def reach_loading(argv):
+    """The training script's `(ScriptArguments, NFTConfig)` at the moment it would load the model."""
+    seen = {}
+
+    def fake_load(script_args, config):
+        seen.update(script_args=script_args, config=config)
+        raise Loaded
+
+    with pytest.raises(Loaded):
+        load_training_script().main(argv, load_pipeline=fake_load)
+    return seen["script_args"], seen["config"]
+
+
 def load_saved(folder):
     """A pipeline saved with `save_pretrained`, of the class its `model_index.json` names, without progress bars."""
     from diffusers import DiffusionPipeline

@@ -8,24 +8,7 @@ from diffusers_nft import NFTConfig
 from diffusers_nft.config import resolved_mixed_precision, weight_dtype
 from diffusers_nft.data import load_prompts
 
-from conftest import load_training_script
-
-
-class Loaded(Exception):
-    """Raised by the fake loader: the script got as far as loading the model."""
-
-
-def _reach_loading(argv):
-    """The script's (ScriptArguments, NFTConfig) at the moment it would load the model."""
-    seen = {}
-
-    def fake_load(script_args, config):
-        seen.update(script_args=script_args, config=config)
-        raise Loaded
-
-    with pytest.raises(Loaded):
-        load_training_script().main(argv, load_pipeline=fake_load)
-    return seen["script_args"], seen["config"]
+from conftest import load_training_script, reach_loading
 
 
 def _refused(argv, message):
@@ -46,7 +29,7 @@ def test_a_real_model_needs_prompts_and_a_reward(real):
     base, prompts = real
     _refused(base + ["--reward", "jpeg_compressibility"], "needs --dataset_name")
     _refused(base + ["--prompts", prompts], "needs --reward")
-    _, config = _reach_loading(base + ["--prompts", prompts, "--reward", "jpeg_compressibility"])
+    _, config = reach_loading(base + ["--prompts", prompts, "--reward", "jpeg_compressibility"])
     assert config.reward_weights == [1.0]
 
 
@@ -78,12 +61,12 @@ def test_tracker_lists_reach_accelerate_as_lists():
 def test_mixed_precision_defers_to_accelerate(real, monkeypatch):
     base, prompts = real
     flags = base + ["--prompts", prompts, "--reward", "jpeg_compressibility"]
-    _, config = _reach_loading(flags)
+    _, config = reach_loading(flags)
     assert config.mixed_precision is None
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
     assert resolved_mixed_precision(config.mixed_precision) == "bf16"
     assert weight_dtype(config.mixed_precision) == torch.bfloat16  # what the script loads the weights in
-    _, config = _reach_loading(flags + ["--mixed_precision", "no"])  # an explicit flag still wins
+    _, config = reach_loading(flags + ["--mixed_precision", "no"])  # an explicit flag still wins
     assert resolved_mixed_precision(config.mixed_precision) == "no"
 
 
@@ -100,7 +83,7 @@ def test_trainer_takes_accelerates_mixed_precision(tiny_pipeline, tmp_path, monk
 
 def test_repeated_validation_prompts_are_all_kept(real):
     base, prompts = real
-    _, config = _reach_loading(base + ["--prompts", prompts, "--reward", "jpeg_compressibility",
+    _, config = reach_loading(base + ["--prompts", prompts, "--reward", "jpeg_compressibility",
                                        "--validation_prompt", "a", "--validation_prompt", "b c", "d"])
     assert config.validation_prompts == ["a", "b c", "d"]
 
@@ -125,7 +108,7 @@ def test_dataset_flags_the_diffusers_way(tmp_path):
         argv = ["--pretrained_model_name_or_path", "x", "--output_dir", str(tmp_path / "o"), "--reward",
                 "jpeg_compressibility", "--dataset_name", str(source), "--caption_column", "caption",
                 "--dataset_split", split, "--max_train_samples", "2"]
-        script_args, _ = _reach_loading(argv)
+        script_args, _ = reach_loading(argv)
         prompts = load_prompts(str(source), "caption", split=split, max_samples=2)
         assert prompts["prompt"] == ["a cat", "a dog"] and prompts["tag"] == ["x", "y"], source
     assert script_args.dataset_split == "validation" and script_args.max_train_samples == 2

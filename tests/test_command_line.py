@@ -14,27 +14,10 @@ from diffusers_nft.recipes import RECIPES
 from diffusers_nft.rewards.remote import RemoteReward
 from diffusers_nft.scripts import parse_rewards, parse_settings
 
-from conftest import load_training_script
+from conftest import load_training_script, reach_loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "examples", "configs")
-
-
-class Loaded(Exception):
-    """Raised by the fake loader: the script got as far as loading the model."""
-
-
-def _reach_loading(argv):
-    """The script's settings and its trainer's reward list at the moment it would load the model."""
-    seen = {}
-
-    def fake_load(script_args, config):
-        seen.update(script_args=script_args, config=config)
-        raise Loaded
-
-    with pytest.raises(Loaded):
-        load_training_script().main(argv, load_pipeline=fake_load)
-    return seen["script_args"], seen["config"]
 
 
 @pytest.fixture
@@ -57,7 +40,7 @@ def test_a_config_file_gives_the_settings_and_flags_override_it(tmp_path, prompt
                                    "reward": ["jpeg_compressibility:2"], "max_train_steps": 7, "group_size": 4,
                                    "gradient_checkpointing": True, "monitors": False, "validation_prompts": ["a cat"]})
     given = {"positional": [path], "--config": ["--config", path], "--config=": [f"--config={path}"]}[form]
-    script_args, config = _reach_loading(given + ["--group_size", "6", "--reward", "jpeg_incompressibility"])
+    script_args, config = reach_loading(given + ["--group_size", "6", "--reward", "jpeg_incompressibility"])
     assert (script_args.pretrained_model_name_or_path, script_args.dataset_name) == ("x", prompts)
     assert (config.max_steps, config.group_size, config.gradient_checkpointing, config.monitors) == (7, 6, True, False)
     assert script_args.reward == ["jpeg_incompressibility"]  # the flag replaces the file's list, it does not extend it

@@ -81,22 +81,27 @@ def test_rewards_of_the_wrong_kind_are_named():
             WeightedRewards(lambda images, prompts, metadata, output=output: output)(images, prompts, [{}, {}])
 
 
-def test_resume_refuses_other_geometry_and_another_lora_rank(tiny_pipeline_dir, tmp_path):
-    def run(max_steps, resume=None, peft_rank=4, **overrides):
-        pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
-        config = tiny_config(tmp_path, max_steps=max_steps, save_steps=1, resume_from_checkpoint=resume, **overrides)
-        trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS,
-                             peft_config=small_lora(pipe.transformer, rank=peft_rank))
+def _resumable_run(pipeline_dir, output_dir):
+    """`run(max_steps, resume, rank, alpha, reward, prompts, **config)`: a run with a checkpoint every iteration."""
+    def run(max_steps, resume=None, rank=4, alpha=16, reward="jpeg_incompressibility", prompts=PROMPTS, **overrides):
+        pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir)
+        config = tiny_config(output_dir, max_steps=max_steps, save_steps=1, resume_from_checkpoint=resume, **overrides)
+        trainer = NFTTrainer(pipe, reward, config, prompts, peft_config=small_lora(pipe.transformer, rank, alpha))
         trainer.train()
         return trainer
 
+    return run
+
+
+def test_resume_refuses_other_geometry_and_another_lora_rank(tiny_pipeline_dir, tmp_path):
+    run = _resumable_run(tiny_pipeline_dir, tmp_path)
     run(1)
     with pytest.raises(CheckpointError, match=r"group_size: 4 -> 2"):
         run(2, resume="latest", group_size=2)
     with pytest.raises(CheckpointError, match=r"seed: 0 -> 1"):
         run(2, resume="latest", seed=1)
     with pytest.raises(CheckpointError, match=r"LoRA rank differs \(checkpoint 4, this run 8\).*--rank 4"):
-        run(2, resume="latest", peft_rank=8)
+        run(2, resume="latest", rank=8)
     with pytest.warns(UserWarning, match=r"learning_rate: 0.001 -> 0.002"):
         assert run(2, resume="latest", learning_rate=2e-3).global_step == 2
 
@@ -122,13 +127,7 @@ def test_resume_warns_that_a_decaying_schedule_is_stretched_to_a_new_length():
 
 
 def test_resume_refuses_another_trained_function_and_warns_on_other_prompts(tiny_pipeline_dir, tmp_path):
-    def run(max_steps, resume=None, alpha=16, reward="jpeg_incompressibility", prompts=PROMPTS, **overrides):
-        pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
-        config = tiny_config(tmp_path, max_steps=max_steps, save_steps=1, resume_from_checkpoint=resume, **overrides)
-        trainer = NFTTrainer(pipe, reward, config, prompts, peft_config=small_lora(pipe.transformer, alpha=alpha))
-        trainer.train()
-        return trainer
-
+    run = _resumable_run(tiny_pipeline_dir, tmp_path)
     run(1)
     with pytest.raises(CheckpointError, match=r"trained another function \(lora_alpha: 16 -> 64\)"):
         run(2, resume="latest", alpha=64)
