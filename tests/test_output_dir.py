@@ -149,3 +149,25 @@ def test_a_branch_resumed_from_an_early_checkpoint_owns_rotation_and_latest(tiny
     assert _steps(tmp_path) == [1, 2, 3]
     run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, save_steps=1, save_total_limit=1, resume="latest")
     assert _steps(tmp_path) == [1, 2, 3, 4]  # latest continued the new branch, not the old checkpoint-4
+
+
+@pytest.mark.slow  # two runs
+def test_a_checkpoint_folder_that_is_a_link_is_replaced_not_followed(tiny_pipeline_dir, tmp_path):
+    # checkpoint-2 of this folder links to another run's folder: the run's own checkpoint-2 replaces the link, the
+    # linked folder is left alone, and the final LoRA is written.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(elsewhere, run / "checkpoint-2")
+    run_tiny(tiny_pipeline_dir, run, max_steps=2, save_steps=2, overwrite_output_dir=True)
+    assert (run / "pytorch_lora_weights.safetensors").is_file() and not os.path.islink(run / "checkpoint-2")
+    assert (run / "checkpoint-2" / "trainer_state.json").is_file() and (elsewhere / "keep.txt").read_text() == "mine"
+    import shutil
+
+    shutil.copy(run / "checkpoint-2" / "trainer_state.json", elsewhere / "trainer_state.json")
+    os.symlink(elsewhere, run / "checkpoint-1")  # an older complete checkpoint that is a link: rotation unlinks it
+    run_tiny(tiny_pipeline_dir, run, max_steps=3, save_steps=1, save_total_limit=1, resume="latest")
+    assert sorted(n for n in os.listdir(run) if n.startswith("checkpoint")) == ["checkpoint-3"]
+    assert (elsewhere / "keep.txt").read_text() == "mine" and not any(n.startswith(".tmp") for n in os.listdir(run))

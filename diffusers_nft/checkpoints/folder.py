@@ -122,7 +122,7 @@ def clear_previous_run(output_dir: str) -> List[str]:
     names = previous_run(output_dir)
     for name in names:
         path = os.path.join(output_dir, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        remove(path)
     return names
 
 
@@ -179,8 +179,8 @@ def save_checkpoint(
         if name != STATE_FILE:
             _write_part(os.path.join(tmp, name), value)
     _write_part(os.path.join(tmp, STATE_FILE), parts[STATE_FILE])  # last: its presence marks a whole folder
-    if os.path.exists(final):
-        shutil.rmtree(final)
+    if os.path.lexists(final):
+        remove(final)
     os.replace(tmp, final)
     _fsync_dir(output_dir)
     if total_limit is not None:
@@ -188,8 +188,21 @@ def save_checkpoint(
             # Renamed first: a deletion cut short leaves a `.tmp-` folder, never a half checkpoint that counts.
             doomed = os.path.join(output_dir, f".tmp-{os.path.basename(old)}-deleting")
             os.replace(old, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove(doomed, missing_ok=True)
     return final
+
+
+def remove(path: str, missing_ok: bool = False) -> None:
+    """Remove a file, a folder, or a symbolic link itself (never what it points to: `rmtree` refuses links, and a
+    checkpoint folder that is a link would otherwise crash the run at its last save)."""
+    try:
+        if os.path.islink(path) or not os.path.isdir(path):
+            os.remove(path)
+        else:
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
 
 
 def _fsync_dir(path: str) -> None:
@@ -205,7 +218,7 @@ def clean_incomplete(output_dir: str) -> None:
     if os.path.isdir(output_dir):
         for name in os.listdir(output_dir):
             if _OUR_TEMPORARY.match(name) and os.path.isdir(os.path.join(output_dir, name)):
-                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+                remove(os.path.join(output_dir, name), missing_ok=True)
 
 
 def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str) -> Optional[str]:
