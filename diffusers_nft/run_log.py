@@ -2,7 +2,9 @@
 ... through accelerate), the reward curve, the validation grids and the closing summary. It takes plain values
 (metrics rows, images, prompts), never the trainer; only the main process writes."""
 
+import ast
 import json
+import logging
 import math
 import os
 import re
@@ -23,6 +25,40 @@ REWARD_CURVE = "reward_curve.png"
 PLOT_EVERY_S = 30.0  # a plot costs ~0.1 s: redrawn at most this often, and always at the last iteration
 
 
+class RepeatedTruncations(logging.Filter):
+    """Lets diffusers' "The following part of your input was truncated ..." through once per text: a pipeline
+    warns at every call, so an overlong prompt would fill the log once per sampling batch."""
+
+    MARK = "was truncated because"
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.MARK not in message:
+            return True
+        head, _, tail = message.partition(": ")
+        try:  # the truncated parts of the batch, repeated for each image of a prompt and each text encoder
+            parts = {str(part) for part in ast.literal_eval(tail)}
+        except (ValueError, SyntaxError, TypeError):
+            parts = {tail}
+        new = parts - self.seen
+        if not new:
+            return False
+        self.seen |= new
+        record.msg, record.args = f"{head}: {sorted(new)} (logged once; later truncations of the same text are not)", None
+        return True
+
+
+def quiet_repeated_truncations() -> None:
+    """Put one `RepeatedTruncations` on the handlers of diffusers' logger (it does not propagate), once."""
+    for handler in logging.getLogger("diffusers").handlers:
+        if not any(isinstance(f, RepeatedTruncations) for f in handler.filters):
+            handler.addFilter(RepeatedTruncations())
+
+
 class RunLog:
     """The run's logs.
 
@@ -36,6 +72,7 @@ class RunLog:
     def __init__(self, accelerator, output_dir: str, trackers=None, logging_dir: Optional[str] = None):
         self.accelerator, self.output_dir = accelerator, output_dir
         self.trackers, self.logging_dir = trackers, logging_dir
+        quiet_repeated_truncations()  # an overlong prompt is said once, not at every sampling batch
         self._last_plot = -math.inf
 
     @property

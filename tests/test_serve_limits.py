@@ -149,7 +149,7 @@ def test_serve_by_name_with_its_options(monkeypatch):
 
     register_reward("served_probe", factory)
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: served.update(app=app, host=host, port=port))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, http: served.update(app=app, host=host, port=port))
     serve.main(["--reward", "served_probe", "--port", "8123", "--dtype", "bf16", "--batch_size", "3",
                 "--max_images", "2", "--api_key", "k"])
     assert served["host"] == "127.0.0.1" and served["port"] == 8123
@@ -295,3 +295,71 @@ def test_the_key_comes_from_a_file_or_the_environment_and_the_flag_warns(tmp_pat
         assert api_key_of(args(key="from-flag")) == "from-flag"
     with pytest.raises(ValueError, match="Give the key once"):
         api_key_of(args(key="a", key_file=str(tmp_path / "key")))
+
+
+def _guarded_server(header_timeout, max_connections):
+    """The brightness reward served in a thread with `connections.guarded_protocol`; `(server, thread, port)`."""
+    import threading
+
+    import uvicorn
+
+    from diffusers_nft.rewards.connections import guarded_protocol
+    from diffusers_nft.rewards.serve import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(create_app(brightness), host="127.0.0.1", port=port, log_level="warning",
+                            http=guarded_protocol(header_timeout, max_connections))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    return server, thread, port
+
+
+def _closed_within(connection, seconds) -> bool:
+    """Whether the server closed `connection` within `seconds` (a read returns nothing)."""
+    connection.settimeout(seconds)
+    try:
+        return connection.recv(1024) == b""
+    except socket.timeout:
+        return False
+
+
+def test_headers_sent_too_slowly_and_connections_beyond_the_limit_are_closed():
+    import httpx
+
+    server, thread, port = _guarded_server(header_timeout=1.0, max_connections=3)
+    try:
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /score HTTP/1.1\r\nHo")  # and never the rest
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        extra = socket.create_connection(("127.0.0.1", port))  # the fourth open connection
+        assert _closed_within(extra, 0.5)
+        assert _closed_within(slow, 3) and all(_closed_within(c, 3) for c in idle)  # after 1 s, not never
+        answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)  # the slots are free again
+        assert answer.status_code == 200
+        with httpx.Client(timeout=5) as client:  # a kept-alive connection serves request after request
+            assert [client.get(f"http://127.0.0.1:{port}/health").status_code for _ in range(3)] == [200] * 3
+        for connection in [slow, extra, *idle]:
+            connection.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_the_serve_command_runs_with_the_connection_limits(monkeypatch):
+    import uvicorn
+
+    from diffusers_nft.rewards import serve
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(kwargs))
+    serve.main(["--reward", "jpeg_compressibility", "--header_timeout", "2.5", "--max_connections", "7"])
+    protocol = served["http"]
+    assert protocol.__name__ == "GuardedH11Protocol" and served["port"] == 8000
+    assert serve.CONNECTION_LIMITS == {"header_timeout": 10.0, "max_connections": 256}

@@ -429,3 +429,22 @@ def test_on_a_gpu_each_iteration_logs_its_peak_memory(tiny_pipeline, tmp_path, m
     row = trainer._iteration_metrics(Credit({}, torch.zeros(0), torch.zeros(0), {}),
                                      SimpleNamespace(latents=torch.ones(2, 4)), {}, {"sampling": 1.0})
     assert row["gpu_memory_gib"] == 3.0
+
+
+def test_an_overlong_prompt_is_reported_once_not_at_every_call(tiny_pipeline, tmp_path):
+    import io
+    import logging
+
+    long_prompt = " ".join(["a red cat on a mat"] * 30)  # beyond CLIP's 77 tokens: diffusers warns at every encode
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", tiny_config(tmp_path, max_steps=2), [long_prompt, "a dog"])
+    handler, written = logging.getLogger("diffusers").handlers[0], io.StringIO()  # diffusers' own handler
+    stream = handler.setStream(written)
+    try:
+        trainer.train()
+    finally:
+        handler.setStream(stream)
+    lines = [line for line in written.getvalue().splitlines() if "was truncated because" in line]
+    # without the filter: every encode of every iteration, for each text encoder (CLIP's 77 tokens, T5's 16)
+    heads = [line.split(":")[0] for line in lines]
+    assert len(lines) == len(set(heads)) == 2 and heads[0].endswith("CLIP can only handle sequences up to 77 tokens")
+    assert all(line.endswith("(logged once; later truncations of the same text are not)") for line in lines)

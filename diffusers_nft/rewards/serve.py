@@ -7,7 +7,9 @@
 fails gets a 500 with the reward's error. `GET /health` names the reward. Use `RemoteReward(url)` to train with it.
 
 What a request may cost is bounded: its body size (413), its images (413), each image's pixels, read from the PNG
-header before anything is decoded (413), and the time between two chunks of its body (408). With `--api_key`
+header before anything is decoded (413), its bit depth (400: 8 bits), the time between two chunks of its body (408),
+and the bytes of all bodies in flight (503). So are the connections: headers must be complete within
+`--header_timeout` seconds, and at most `--max_connections` are open at once (`connections.py`). With `--api_key`
 (or `DIFFUSERS_NFT_API_KEY`) every request must carry `Authorization: Bearer <key>` (401 otherwise).
 """
 
@@ -27,6 +29,9 @@ from .wire import ImageTooLarge, decode_images, decode_metadata
 API_KEY_ENV = "DIFFUSERS_NFT_API_KEY"
 DEFAULT_LIMITS = dict(max_body_bytes=64 * 2**20, max_images=256, max_pixels=2048 * 2048, body_timeout=30.0,
                       max_bytes_in_flight=128 * 2**20)
+# What the server's connections may cost (`connections.guarded_protocol`): seconds to send a request's headers, and
+# connections open at once (well below the common limit of 1,024 open files).
+CONNECTION_LIMITS = dict(header_timeout=10.0, max_connections=256)
 
 
 class RequestGuard:
@@ -224,7 +229,7 @@ def main(argv=None):
                         help=f"Shared secret required as 'Authorization: Bearer <key>'. Visible to every user of the "
                              f"machine (`ps`): prefer ${API_KEY_ENV} or --api_key_file.")
     parser.add_argument("--api_key_file", default=None, help="A file holding the shared secret (its first line).")
-    for flag, default in DEFAULT_LIMITS.items():
+    for flag, default in {**DEFAULT_LIMITS, **CONNECTION_LIMITS}.items():
         parser.add_argument(f"--{flag}", type=type(default), default=default, help=f"Request limit (default {default}).")
     args = parser.parse_args(argv)
     from ..command_line import exit_on_setup_error
@@ -238,7 +243,10 @@ def main(argv=None):
     limits = {flag: getattr(args, flag) for flag in DEFAULT_LIMITS}
     uvicorn = exit_on_setup_error(lambda: require("uvicorn", "serve"))
     app = exit_on_setup_error(lambda: create_app(args.reward, api_key=args.api_key, **limits, **options))
-    uvicorn.run(app, host=args.host, port=args.port)
+    from .connections import guarded_protocol
+
+    uvicorn.run(app, host=args.host, port=args.port,
+                http=guarded_protocol(args.header_timeout, args.max_connections))
 
 
 if __name__ == "__main__":
