@@ -5,7 +5,8 @@ SERVE = ["fastapi>=0.100", "uvicorn>=0.23"]
 DEMO = ["scikit-learn>=1.0"]  # the digits of the demo world ship inside scikit-learn
 DEEPSPEED = ["deepspeed>=0.16"]
 DOCS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"]
-TEST = ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0"] + DEMO + DEEPSPEED + DOCS
+# ftfy: WanImageToVideoPipeline cleans its prompts with it
+TEST = ["pytest>=7", "sentencepiece>=0.2", "tokenizers>=0.19", "Jinja2>=3.0", "ftfy>=6"] + DEMO + DEEPSPEED + DOCS
 
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()

@@ -9,8 +9,8 @@ class with no such build is reported as such. Each built one runs 2 NFT iteratio
 family's file, else traced) and a `load_lora_weights` round trip: a fresh instance of the class, given the saved
 LoRA, must change its output and reproduce the trained policy's.
 
-A second table does the same for the image-conditioned classes (editing, inpainting, control, image-to-video):
-each built one trains 2 iterations on a tiny dataset of prompts with source images (and masks where the class takes
+A second table does the same for the image-conditioned classes (editing, inpainting, control, image-to-video, and
+the text-to-image classes that also take reference images, FLUX.2's): each built one trains 2 iterations on a tiny dataset of prompts with source images (and masks where the class takes
 them), and the round trip renders with those sources.
 
     python benchmarks/family_matrix.py                       # prints the tables
@@ -28,7 +28,7 @@ import traceback
 import torch
 
 from diffusers_nft import NFTConfig, NFTTrainer
-from diffusers_nft.pipelines import TracedFamily, get_family
+from diffusers_nft.pipelines import FAMILIES, TracedFamily, get_family
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # the tiny pipelines
 import tiny_pipelines  # noqa: E402
@@ -59,7 +59,13 @@ CLASS_BUILDS = {
 CONDITIONED_BUILDS = {
     "FluxKontextPipeline": ("build_tiny_flux_kontext_pipeline", {}),
     "FluxFillPipeline": ("build_tiny_flux_fill_pipeline", {}),
+    "WanImageToVideoPipeline": ("build_tiny_wan_i2v_pipeline", {"num_frames": 5}),
 }
+
+
+# Text-to-image classes whose family also takes images (FLUX.2's reference images): in both tables.
+TAKES_IMAGES_TOO = {name for family in FAMILIES if family.conditioning and family.pipeline_tag == "text-to-image"
+                    for name in family.pipeline_class_names}
 
 
 def candidates(conditioned: bool = False):
@@ -81,7 +87,8 @@ def candidates(conditioned: bool = False):
             continue
         required_images = [p for p in IMAGE_INPUTS if p in call and call[p].default is inspect.Parameter.empty]
         image_conditioned = bool(required_images) or any(marker in name for marker in NOT_TEXT_TO_X)
-        if conditioned and "Audio" not in name and "AceStep" not in name and image_conditioned:
+        if conditioned and "Audio" not in name and "AceStep" not in name and (image_conditioned or
+                                                                               name in TAKES_IMAGES_TOO):
             found.append((name, cls))
         elif not conditioned and not image_conditioned:
             found.append((name, cls))

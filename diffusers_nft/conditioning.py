@@ -83,7 +83,8 @@ def check_conditioning(dataset, columns: Dict[str, str], max_images: Dict[str, i
 
     Raises:
         ConditioningError: Naming the row, the column and the fix: a missing column, file or value, an unreadable
-            image, a mode that does not convert, too many images, a mask whose size is not its image's.
+            image, a mode that does not convert, too many images or another number than the first row's, a mask
+            whose size is not its image's.
     """
     for arg, column in columns.items():
         if column not in dataset.column_names and column + ".json" not in dataset.column_names:
@@ -93,6 +94,7 @@ def check_conditioning(dataset, columns: Dict[str, str], max_images: Dict[str, i
             raise ConditioningError(f"{family} takes no `{arg}`, but {name} gives it in column {column!r}. Drop the "
                                     f"column, or train a pipeline whose family takes {arg} (this one takes "
                                     f"{sorted(max_images) or 'none'}; diffusers_nft.pipelines.FAMILIES lists them).")
+    counts = {}
     for row in range(len(dataset)):
         sizes = {}
         for arg, column in columns.items():
@@ -101,6 +103,9 @@ def check_conditioning(dataset, columns: Dict[str, str], max_images: Dict[str, i
             if len(images) > max_images[arg]:
                 raise ConditioningError(f"{where}: {len(images)} images, but the pipeline takes at most "
                                         f"{max_images[arg]} as `{arg}`.")
+            if counts.setdefault(arg, len(images)) != len(images):  # the rows of a batch share a sequence length
+                raise ConditioningError(f"{where}: {len(images)} image(s), but row 0 gives {counts[arg]}. Every row "
+                                        f"gives the same number of `{arg}` images: split the rows into runs by count.")
             for image in images:
                 if image.mode not in ("RGB", "RGBA", "L", "P", "1", "I;16", "I", "F", "LA", "CMYK", "YCbCr"):
                     raise ConditioningError(f"{where}: mode {image.mode} does not convert to {MODES[arg]}.")

@@ -137,7 +137,8 @@ def evaluate_models(pipe, models: Dict[str, Callable[[], ContextManager]], recor
             with context():
                 out = generate_images(pipe, [r["prompt"] for r in rows], noise_seeds, call_kwargs=kwargs,
                                       batch_size=batch_size, bar=bar, conditioning=per_image,
-                                      conditioning_kwargs=family.conditioning_call_kwargs)
+                                      conditioning_kwargs=family.conditioning_call_kwargs,
+                                      conditioning_shared_by_call=family.conditioning_shared_by_call)
             key = f"{label}, CFG {scale:g}"
             results[key] = summarize(score_images(rewards, out, rows), rows, group_by)
             images[key] = out

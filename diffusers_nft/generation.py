@@ -24,7 +24,8 @@ def generators(seeds: Sequence[int]):
 @torch.no_grad()
 def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_kwargs: dict, batch_size: int = 16,
                     bar=None, conditioning: Optional[Sequence[dict]] = None,
-                    conditioning_kwargs: Callable[[Sequence[dict]], dict] = None) -> torch.Tensor:
+                    conditioning_kwargs: Callable[[Sequence[dict]], dict] = None,
+                    conditioning_shared_by_call: bool = False) -> torch.Tensor:
     """Images `(N, 3, H, W)` (videos `(N, F, 3, H, W)`) in [0, 1] on the CPU, one per (prompt, seed), from the
     pipeline's own call.
 
@@ -38,6 +39,9 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
         conditioning: For image-conditioned pipelines, each image's conditioning (argument -> PIL image(s)).
         conditioning_kwargs: How a batch's conditioning becomes call arguments (`PipelineFamily.
             conditioning_call_kwargs`); needed with `conditioning`.
+        conditioning_shared_by_call: The pipeline's call takes one conditioning for all its prompts (FLUX.2's
+            reference images, `PipelineFamily.conditioning_shared_by_call`): a call then holds images of one
+            conditioning only.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per image.")
@@ -45,15 +49,32 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
         raise ValueError("conditioning needs one entry per image and conditioning_kwargs (the family's "
                          "conditioning_call_kwargs).")
     images = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        extra = {} if conditioning is None else conditioning_kwargs(list(conditioning[start : start + batch_size]))
-        out = pipe(prompt=chunk, generator=generators(seeds[start : start + batch_size]), output_type="pt",
+    shared = conditioning if conditioning_shared_by_call else None
+    for start, end in call_ranges(len(prompts), batch_size, shared):
+        chunk = list(prompts[start:end])
+        extra = {} if conditioning is None else conditioning_kwargs(list(conditioning[start:end]))
+        out = pipe(prompt=chunk, generator=generators(seeds[start:end]), output_type="pt",
                    return_dict=False, **call_kwargs, **extra)[0]
         images.append(out.float().cpu())
         if bar is not None:
             bar.update(len(chunk))
     return torch.cat(images)
+
+
+def call_ranges(count: int, batch_size: int, shared: Optional[Sequence[dict]] = None):
+    """`(start, end)` of each pipeline call: `batch_size` images at most, and where the call's conditioning is
+    shared by its prompts (`shared`, one entry per image), consecutive images of one conditioning only."""
+    start = 0
+    while start < count:
+        end = min(start + batch_size, count)
+        if shared is not None:
+            end = next((i for i in range(start + 1, end) if not _same(shared[i], shared[start])), end)
+        yield start, end
+        start = end
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a is b or (a.keys() == b.keys() and all(a[k] is b[k] or a[k] == b[k] for k in a))
 
 
 @contextmanager

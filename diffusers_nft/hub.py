@@ -227,7 +227,7 @@ def write_model_card(output_dir: str, *, widget: Sequence[Tuple[str, str]], seed
     c = inputs or CardInputs(**values)
     method = c.method or _default_method()
     card = ModelCard.from_template(
-        _card_data(c.base_model, c.pipeline_class, widget, c.license),
+        _card_data(c.base_model, c.pipeline_class, widget, c.license, bool(c.conditioning_files)),
         template_path=model_card_template(),
         title=f"{c.repo_id.split('/')[-1]}: {method.title} LoRA for {c.base_model or c.pipeline_class}",
         method=method,
@@ -256,13 +256,14 @@ def _default_method() -> type:
     return NFTObjective
 
 
-def _card_data(base_model: Optional[str], pipeline_class: str, widget, license: Optional[str]):
-    """The card's metadata block: what the Hub indexes."""
+def _card_data(base_model: Optional[str], pipeline_class: str, widget, license: Optional[str],
+               conditioned: bool = False):
+    """The card's metadata block: what the Hub indexes (`conditioned`: the run gave images to the call)."""
     from huggingface_hub import ModelCardData
 
     from .pipelines import card_pipeline_tag, card_tags
 
-    task = card_pipeline_tag(pipeline_class)
+    task = card_pipeline_tag(pipeline_class, conditioned)
     tags = ["diffusers", "lora", "template:sd-lora", "diffusers-nft", "reinforcement-learning", task]
     return ModelCardData(
         base_model=base_model,

@@ -315,6 +315,36 @@ def build_tiny_wan_pipeline(seed: int = 0, two_experts: bool = False, boundary_r
     )
 
 
+def build_tiny_wan_i2v_pipeline(seed: int = 0, two_experts: bool = False, boundary_ratio: float = 0.875):
+    """Build a tiny `WanImageToVideoPipeline`, offline: Wan 2.1 style (a CLIP image encoder whose features the
+    transformer attends to) by default; Wan 2.2 A14B style with `two_experts` (no image encoder, two experts).
+    The transformer takes 36 channels: the 16 of the latents, 4 of the first-frame mask and 16 of its latents."""
+    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    wan = build_tiny_wan_pipeline(seed)
+    torch.manual_seed(seed + 1)
+
+    def transformer():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
+            text_dim=wan.text_encoder.config.d_model, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=None if two_experts else 4,
+        )
+
+    image_encoder = image_processor = None
+    if not two_experts:
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            intermediate_size=16, patch_size=1)).eval()
+        image_processor = CLIPImageProcessor(crop_size=32, size=32)
+    return WanImageToVideoPipeline(
+        tokenizer=wan.tokenizer, text_encoder=wan.text_encoder, vae=wan.vae, scheduler=wan.scheduler,
+        image_encoder=image_encoder, image_processor=image_processor, transformer=transformer(),
+        transformer_2=transformer() if two_experts else None, boundary_ratio=boundary_ratio if two_experts else None,
+    )
+
+
 def build_tiny_auraflow_pipeline(seed: int = 0, sample_size: int = 8):
     """Build a tiny `AuraFlowPipeline` (UMT5 encoder, MMDiT + single DiT layers), offline. No family file: the
     traced family serves it."""

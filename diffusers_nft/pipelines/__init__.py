@@ -12,10 +12,11 @@ from .qwenimage import QwenImageFamily
 from .sd3 import SD3Family
 from .traced import TraceError, TracedFamily
 from .wan import WanFamily
+from .wan_i2v import WanImageToVideoFamily
 from .z_image import ZImageFamily
 
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
-            FluxKontextFamily, FluxFillFamily)
+            FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily)
 
 
 FAMILY_MODES = ("auto", "traced")
@@ -65,9 +66,11 @@ def family_for_training(pipeline, config) -> PipelineFamily:
     return family
 
 
-def card_pipeline_tag(pipeline_class_name: str) -> str:
-    """The Hub task of the family that serves `pipeline_class_name` (`text-to-image` for traced classes)."""
-    return next((f.pipeline_tag for f in FAMILIES if pipeline_class_name in f.pipeline_class_names), "text-to-image")
+def card_pipeline_tag(pipeline_class_name: str, conditioned: bool = False) -> str:
+    """The Hub task of the family that serves `pipeline_class_name` (`text-to-image` for traced classes);
+    `image-to-image` for a text-to-image family trained with images (FLUX.2's reference images)."""
+    task = next((f.pipeline_tag for f in FAMILIES if pipeline_class_name in f.pipeline_class_names), "text-to-image")
+    return "image-to-image" if conditioned and task == "text-to-image" else task
 
 
 def card_tags(pipeline_class_name: str) -> List[str]:
@@ -77,6 +80,6 @@ def card_tags(pipeline_class_name: str) -> List[str]:
 
 __all__ = [
     "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
-    "FAMILY_MODES", "SD3Family", "Shared", "TraceError", "TracedFamily", "WanFamily", "ZImageFamily", "get_family",
+    "FAMILY_MODES", "SD3Family", "Shared", "TraceError", "TracedFamily", "WanFamily", "WanImageToVideoFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]

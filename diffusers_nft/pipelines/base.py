@@ -77,6 +77,9 @@ class PipelineFamily:
     # one call takes for each; empty for text-to-image and text-to-video families.
     conditioning: Dict[str, int] = {}
     required_conditioning: Tuple[str, ...] = ()  # those it cannot sample without
+    # True where the pipeline's call takes one conditioning for all its prompts (FLUX.2's reference images) rather
+    # than one per prompt; generation then calls it once per conditioning.
+    conditioning_shared_by_call: bool = False
     card_tags: Tuple[str, ...] = ()  # the Hub tags of the family's model cards, beside the shared ones
     pipeline_tag: str = "text-to-image"  # the Hub task its cards name
     default_lora_targets: Tuple[str, ...] = ()

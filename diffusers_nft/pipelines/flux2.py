@@ -1,15 +1,16 @@
 """FLUX.2 (`Flux2Pipeline`, `Flux2KleinPipeline`): 2x2-patchified latents that the transformer sees as token
 sequences with 4-axis rotary ids, a batch-normalised VAE latent space, and a shift that depends on the resolution
-and the number of steps."""
+and the number of steps. Reference images (`--image_column`, one or several per prompt) join the sequence as their
+own latents, each at rotary time 10, 20, ...; the velocity is read off the output's first tokens."""
 
 import math
-from typing import List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
 
 from ..sampling import pipeline_sigmas
-from .base import JOINT_ATTENTION_TARGETS, Conditioning, PackedLatentsFamily
+from .base import JOINT_ATTENTION_TARGETS, SOURCE, Conditioning, PackedLatentsFamily
 
 # The single-stream blocks fuse q, k, v and the MLP input into one projection.
 FLUX2_TARGETS = JOINT_ATTENTION_TARGETS + ("attn.to_qkv_mlp_proj", "attn.to_out")
@@ -29,11 +30,14 @@ class Flux2Family(PackedLatentsFamily):
     """FLUX.2 [dev] (Mistral-3 text encoder, guidance embedding) and FLUX.2 [klein] (Qwen3, no embedding).
 
     Latents are the token sequences the scheduler steps, `(h / 2 * w / 2, 4 * channels)`; the pipelines' `latents=`
-    argument takes them unpacked (`pipeline_latents`).
+    argument takes them unpacked (`pipeline_latents`). With reference images it edits or composes them; without,
+    it is text-to-image, as the pipelines are.
     """
 
     pipeline_class_names = ("Flux2Pipeline", "Flux2KleinPipeline")
     default_lora_targets = FLUX2_TARGETS
+    conditioning = {"image": 10}  # FLUX.2's multi-reference limit, as Black Forest Labs documents it
+    conditioning_shared_by_call = True  # the pipelines' `image` list is every prompt's of the call
     default_max_sequence_length = 512  # the pipelines' default
 
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
@@ -52,18 +56,51 @@ class Flux2Family(PackedLatentsFamily):
             sigmas = None
         return pipeline_sigmas(self.pipeline.scheduler, num_steps, sigmas, mu)
 
+    @torch.no_grad()
+    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device) -> Conditioning:
+        """Each row's reference images as the pipelines encode them (the VAE's mode, patchified, batch-normalised,
+        packed; every row gives as many, `conditioning.check_conditioning`), concatenated, and their rotary ids."""
+        if not values or "image" not in values[0]:
+            return {}
+        pipe, vae = self.pipeline, self.pipeline.vae
+        references = [v["image"] if isinstance(v["image"], (list, tuple)) else [v["image"]] for v in values]
+        pixels = pipe.image_processor.preprocess([image for row in references for image in row])
+        latents = pipe._patchify_latents(vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode())
+        mean = vae.bn.running_mean.view(1, -1, 1, 1).to(latents)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(latents)
+        packed = pipe._pack_latents((latents - mean) / std)  # (rows x references, tokens, C)
+        rows, per_row = len(references), len(references[0])
+        ids = pipe._prepare_image_ids([latents[:1]] * per_row).expand(rows, -1, -1)
+        return {"reference_latents": packed.reshape(rows, -1, packed.shape[-1]).float(), "reference_ids": ids.to(device)}
+
+    def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
+        """The pipelines take one list of reference images for the whole call: the (shared) row's."""
+        return {"image": values[0]["image"]} if values and "image" in values[0] else {}
+
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        dtype, batch = self.transformer.dtype, latents.shape[0]
+        ids = self.pipeline._prepare_latent_ids(self.pipeline_latents(latents)).to(latents.device)
+        references = cond.get(SOURCE, {})
+        if "reference_latents" not in references:
+            return self._transformer(latents, ids, sigma, cond)
+        hidden = torch.cat([latents, references["reference_latents"].to(latents)], dim=1)
+        ids = torch.cat([ids, references["reference_ids"].to(ids)], dim=1)
+        return self._transformer(hidden, ids, sigma, cond)[:, : latents.shape[1]]
+
+    def _transformer(self, hidden_states: torch.Tensor, img_ids: torch.Tensor, sigma: torch.Tensor,
+                     cond: Conditioning) -> torch.Tensor:
+        """The transformer's output on a token sequence with its rotary ids, in float32."""
+        dtype, batch = self.transformer.dtype, hidden_states.shape[0]
         guidance = None
         if self.transformer.config.guidance_embeds:
-            guidance = torch.full((batch,), self.distilled_guidance_scale, device=latents.device, dtype=torch.float32)
+            guidance = torch.full((batch,), self.distilled_guidance_scale, device=hidden_states.device,
+                                  dtype=torch.float32)
         prediction = self.model(
-            hidden_states=latents.to(dtype),
+            hidden_states=hidden_states.to(dtype),
             timestep=sigma.float(),  # the pipelines pass timestep / 1000, that is sigma
             guidance=guidance,
             encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
             txt_ids=cond["txt_ids"],
-            img_ids=self.pipeline._prepare_latent_ids(self.pipeline_latents(latents)).to(latents.device),
+            img_ids=img_ids,
             return_dict=False,
         )[0]
         return prediction.float()

@@ -36,7 +36,8 @@ class WanExperts(torch.nn.Module):
         self.high.enable_gradient_checkpointing()
         self.low.enable_gradient_checkpointing()
 
-    def forward(self, hidden_states, timestep, encoder_hidden_states, sigma, return_dict=False):
+    def forward(self, hidden_states, timestep, encoder_hidden_states, sigma, return_dict=False, **per_row):
+        """`per_row`: further inputs with one row per sample (`encoder_hidden_states_image`), or None."""
         high = sigma >= self.boundary
         out, idle = None, []
         for expert, rows in ((self.high, high), (self.low, ~high)):
@@ -44,8 +45,9 @@ class WanExperts(torch.nn.Module):
                 idle.append(expert)
                 continue
             index = rows.nonzero().squeeze(1)
+            extra = {k: (v[index] if v is not None else None) for k, v in per_row.items()}
             prediction = expert(hidden_states=hidden_states[index], timestep=timestep[index],
-                                encoder_hidden_states=encoder_hidden_states[index], return_dict=False)[0]
+                                encoder_hidden_states=encoder_hidden_states[index], return_dict=False, **extra)[0]
             if out is None:
                 out = prediction.new_zeros(hidden_states.shape[:1] + prediction.shape[1:])
             out = out.index_put((index,), prediction)
@@ -114,13 +116,19 @@ class WanFamily(PipelineFamily):
         return (self.transformer.config.in_channels, latent_frames, side, side)
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        dtype = self.transformer.dtype
+        return self._transformer(latents, sigma, cond)
+
+    def _transformer(self, hidden_states: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
+                     **per_row: torch.Tensor) -> torch.Tensor:
+        """The (expert's) transformer on `hidden_states` at `sigma`, in float32; `per_row`: further inputs."""
+        dtype, latents = self.transformer.dtype, hidden_states
         timestep = 1000 * sigma.float()
         if self.pipeline.config.get("expand_timesteps", False):  # Wan 2.2 TI2V: one timestep per 2x2 token
             tokens = latents.shape[2] * (latents.shape[3] // 2) * (latents.shape[4] // 2)
             timestep = timestep[:, None].expand(len(latents), tokens)
         inputs = dict(hidden_states=latents.to(dtype), timestep=timestep,
-                      encoder_hidden_states=cond["encoder_hidden_states"].to(dtype), return_dict=False)
+                      encoder_hidden_states=cond["encoder_hidden_states"].to(dtype), return_dict=False,
+                      **{k: v.to(dtype) for k, v in per_row.items()})
         if self._experts is not None:
             inputs["sigma"] = sigma.float()  # which expert each row goes to
         return self.model(**inputs)[0].float()
