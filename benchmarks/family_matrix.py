@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 
 import torch
 
@@ -60,6 +61,10 @@ CONDITIONED_BUILDS = {
     "FluxKontextPipeline": ("build_tiny_flux_kontext_pipeline", {}),
     "FluxFillPipeline": ("build_tiny_flux_fill_pipeline", {}),
     "WanImageToVideoPipeline": ("build_tiny_wan_i2v_pipeline", {"num_frames": 5}),
+    # references at 64^2 for the VAE and 32^2 for the text encoder instead of the pipeline's 1024^2 and 384^2
+    "QwenImageEditPlusPipeline": ("build_tiny_qwenimage_edit_plus_pipeline", {"module_sizes": {
+        "diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus": {"VAE_IMAGE_SIZE": 64 * 64,
+                                                                       "CONDITION_IMAGE_SIZE": 32 * 32}}}),
 }
 
 
@@ -133,9 +138,10 @@ def render(family, noise, options, values=None):
     from diffusers_nft.pipelines.base import SOURCE
     from diffusers_nft.sampling import rollout
 
-    cond = family.encode_prompts(["a red cat", "a blue dog"], noise.device, options.get("max_sequence_length", 16))
+    prompts = ["a red cat", "a blue dog"]
+    cond = family.encode_prompts(prompts, noise.device, options.get("max_sequence_length", 16))
     if values:
-        cond[SOURCE] = family.encode_conditioning(values, noise.device)
+        cond[SOURCE] = family.encode_conditioning(values, noise.device, prompts)
     with torch.no_grad():
         sigmas = family.sampling_sigmas(3, tuple(noise.shape[1:]))
         latents = rollout(lambda x, s: family.predict_velocity(x, s, cond), sigmas, noise, "euler")
@@ -165,8 +171,33 @@ def conditioned_rows(family, folder: str):
     return rows, values[:2]
 
 
+@contextmanager
+def module_sizes(sizes: dict):
+    """A build's `module_sizes` (module -> constant -> value: a pipeline's hard-coded image areas made tiny), set for
+    the row and restored after it."""
+    import importlib
+
+    saved = []
+    for name, constants in sizes.items():
+        module = importlib.import_module(name)
+        for constant, value in constants.items():
+            saved.append((module, constant, getattr(module, constant)))
+            setattr(module, constant, value)
+    try:
+        yield
+    finally:
+        for module, constant, value in saved:
+            setattr(module, constant, value)
+
+
 def run_one(cls, folder: str, conditioned: bool = False) -> dict:
     """Build, train 2 iterations, save, reload the LoRA into a fresh instance; the row of the table."""
+    entry = CONDITIONED_BUILDS.get(cls.__name__) if conditioned else None
+    with module_sizes(entry[1].get("module_sizes", {}) if entry else {}):
+        return _run_one(cls, folder, conditioned)
+
+
+def _run_one(cls, folder: str, conditioned: bool) -> dict:
     row = {"pipeline": cls.__name__, "family": "", "result": "fail", "reason": "", "seconds": 0.0}
     start = time.perf_counter()
     try:

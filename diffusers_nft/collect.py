@@ -97,8 +97,9 @@ class Collector:
         row_prompts, row_meta = list(rows["prompt"]), row_metadata(rows)
         cond = self.encode(row_prompts)
         if self.columns:  # each row's images, decoded and encoded once for its whole group
-            values = read_conditioning(rows, self.columns, args.resolution)
-            cond[SOURCE] = self.family.encode_conditioning(values, self.accelerator.device)
+            values, device = read_conditioning(rows, self.columns, args.resolution), self.accelerator.device
+            with self.family.text_encoders_on(device, enabled=args.offload_text_encoders), torch.no_grad():
+                cond[SOURCE] = self.family.encode_conditioning(values, device, prompts=row_prompts)
             row_meta = [{**{k: v for k, v in meta.items() if k not in self.columns.values()}, **extra}  # no paths
                         for meta, extra in zip(row_meta, reward_metadata(values))]
         row_of_image = torch.tensor([local_groups.index(g) for g in group_ids.tolist()])

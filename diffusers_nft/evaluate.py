@@ -138,7 +138,8 @@ def evaluate_models(pipe, models: Dict[str, Callable[[], ContextManager]], recor
                 out = generate_images(pipe, [r["prompt"] for r in rows], noise_seeds, call_kwargs=kwargs,
                                       batch_size=batch_size, bar=bar, conditioning=per_image,
                                       conditioning_kwargs=family.conditioning_call_kwargs,
-                                      conditioning_shared_by_call=family.conditioning_shared_by_call)
+                                      conditioning_shared_by_call=family.conditioning_shared_by_call,
+                                      max_prompts_per_call=family.max_prompts_per_call)
             key = f"{label}, CFG {scale:g}"
             results[key] = summarize(score_images(rewards, out, rows), rows, group_by)
             images[key] = out

@@ -25,7 +25,8 @@ def generators(seeds: Sequence[int]):
 def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_kwargs: dict, batch_size: int = 16,
                     bar=None, conditioning: Optional[Sequence[dict]] = None,
                     conditioning_kwargs: Callable[[Sequence[dict]], dict] = None,
-                    conditioning_shared_by_call: bool = False) -> torch.Tensor:
+                    conditioning_shared_by_call: bool = False,
+                    max_prompts_per_call: Optional[int] = None) -> torch.Tensor:
     """Images `(N, 3, H, W)` (videos `(N, F, 3, H, W)`) in [0, 1] on the CPU, one per (prompt, seed), from the
     pipeline's own call.
 
@@ -42,6 +43,8 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
         conditioning_shared_by_call: The pipeline's call takes one conditioning for all its prompts (FLUX.2's
             reference images, `PipelineFamily.conditioning_shared_by_call`): a call then holds images of one
             conditioning only.
+        max_prompts_per_call: The most prompts the pipeline's call takes (`PipelineFamily.max_prompts_per_call`;
+            Qwen-Image-Edit's takes one), below `batch_size`.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per image.")
@@ -50,7 +53,7 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
                          "conditioning_call_kwargs).")
     images = []
     shared = conditioning if conditioning_shared_by_call else None
-    for start, end in call_ranges(len(prompts), batch_size, shared):
+    for start, end in call_ranges(len(prompts), min(batch_size, max_prompts_per_call or batch_size), shared):
         chunk = list(prompts[start:end])
         extra = {} if conditioning is None else conditioning_kwargs(list(conditioning[start:end]))
         out = pipe(prompt=chunk, generator=generators(seeds[start:end]), output_type="pt",

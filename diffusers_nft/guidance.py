@@ -5,7 +5,7 @@ from typing import Callable, Optional
 import torch
 
 from .pipelines import Conditioning, select_conditioning
-from .pipelines.base import SOURCE
+from .pipelines.base import SOURCE, UNCONDITIONAL
 
 
 def empty_prompt_rows(uncond: Conditioning, num_rows: int) -> Conditioning:
@@ -24,6 +24,7 @@ def guided_velocity(predict: Callable, x: torch.Tensor, sigma: torch.Tensor, con
     if uncond is None:
         return v_cond
     if SOURCE in cond:  # the unconditional branch drops the text, and keeps the source image
-        uncond = {**uncond, SOURCE: cond[SOURCE]}
+        source = cond[SOURCE]  # (with the empty prompt's states where the text encoder reads the image too)
+        uncond = {**uncond, SOURCE: {**source, **source.get(UNCONDITIONAL, {})}}
     v_uncond = predict(x, sigma, uncond)
     return v_uncond + guidance_scale * (v_cond - v_uncond)

@@ -66,7 +66,8 @@ class RunImages:
             return generate_images(self.pipeline, prompts, seeds, call_kwargs=self.call_kwargs(num_steps, guidance_scale),
                                    batch_size=args.sample_batch_size, conditioning=conditioning,
                                    conditioning_kwargs=self.family.conditioning_call_kwargs,
-                                   conditioning_shared_by_call=self.family.conditioning_shared_by_call)
+                                   conditioning_shared_by_call=self.family.conditioning_shared_by_call,
+                                   max_prompts_per_call=self.family.max_prompts_per_call)
 
     def judged(self, dataset):
         """One image per row of `dataset` (row `i` with seed `i`) with the published weights, and its prompts and

@@ -221,6 +221,54 @@ def build_tiny_qwenimage_pipeline(seed: int = 0, sample_size: int = 8):
                              tokenizer=tokenizer)
 
 
+def build_tiny_qwenimage_edit_plus_pipeline(seed: int = 0):
+    """Build a tiny `QwenImageEditPlusPipeline` (Qwen-Image-Edit-2509: a Qwen2.5-VL text encoder that reads the
+    references through a real Qwen2-VL image processor), offline. Not saved and reloaded: its processor is the
+    image-only subclass of `_qwen_vl_processor_class`, which `from_pretrained` cannot name; build it again with the
+    same seed for a fresh copy. The pipeline sizes its references by its module's `VAE_IMAGE_SIZE` (1024^2) and
+    `CONDITION_IMAGE_SIZE` (384^2): tests shrink both (`qwen_edit_sizes`)."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
+    from diffusers import QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    torch.manual_seed(seed)
+    specials = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = _vl_tokenizer(scratch, specials)
+    ids = dict(zip(("vision_start_token_id", "image_token_id", "vision_end_token_id", "video_token_id"),
+                   tokenizer.convert_tokens_to_ids(specials)))
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, merge_size=2,
+                                      temporal_patch_size=2)
+    processor = _qwen_vl_processor_class()(image_processor=images, tokenizer=tokenizer)
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "rope_theta": 1000000.0, "vocab_size": len(tokenizer),
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        hidden_size=16, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id, **ids,
+    )
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192,
+        shift_terminal=0.02, time_shift_type="exponential",
+    )
+    pipe = QwenImageEditPlusPipeline(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
+                                     tokenizer=tokenizer, processor=processor)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _tiny_qwen3(tokenizer, causal_lm: bool, num_layers: int = 2):
     from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 

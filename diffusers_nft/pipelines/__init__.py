@@ -9,6 +9,7 @@ from .flux_kontext import FluxKontextFamily
 from .flux2 import Flux2Family
 from .lumina2 import Lumina2Family
 from .qwenimage import QwenImageFamily
+from .qwenimage_edit import QwenImageEditPlusFamily
 from .sd3 import SD3Family
 from .traced import TraceError, TracedFamily
 from .wan import WanFamily
@@ -16,7 +17,7 @@ from .wan_i2v import WanImageToVideoFamily
 from .z_image import ZImageFamily
 
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
-            FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily)
+            FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily)
 
 
 FAMILY_MODES = ("auto", "traced")
@@ -79,7 +80,7 @@ def card_tags(pipeline_class_name: str) -> List[str]:
 
 
 __all__ = [
-    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily",
+    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily", "QwenImageEditPlusFamily",
     "FAMILY_MODES", "SD3Family", "Shared", "TraceError", "TracedFamily", "WanFamily", "WanImageToVideoFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]

@@ -29,6 +29,7 @@ items are rows; `Shared` values are the same for every row. Under `SOURCE`, a di
 row's images give (`PipelineFamily.encode_conditioning`): classifier-free guidance drops the text, not those."""
 
 SOURCE = "source"
+UNCONDITIONAL = "unconditional"  # under SOURCE: what guidance's unconditional branch uses instead (text states)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class PipelineFamily:
     # True where the pipeline's call takes one conditioning for all its prompts (FLUX.2's reference images) rather
     # than one per prompt; generation then calls it once per conditioning.
     conditioning_shared_by_call: bool = False
+    max_prompts_per_call: Optional[int] = None  # where the pipeline's call takes fewer prompts than asked (None: any)
     card_tags: Tuple[str, ...] = ()  # the Hub tags of the family's model cards, beside the shared ones
     pipeline_tag: str = "text-to-image"  # the Hub task its cards name
     default_lora_targets: Tuple[str, ...] = ()
@@ -126,10 +128,13 @@ class PipelineFamily:
         """Encode prompts once; the result is reused for every image of the prompt and for training."""
         raise NotImplementedError
 
-    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device) -> Conditioning:
+    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device,
+                            prompts: Optional[List[str]] = None) -> Conditioning:
         """The rows' images (`conditioning.read_conditioning`: argument -> PIL image(s) at the trained size) as model
         inputs, one row each (VAE latents where the pipeline encodes them), encoded once per iteration; they go
-        under `SOURCE` in the conditioning. Text-only families have none."""
+        under `SOURCE` in the conditioning. Text-only families have none. `prompts` (the rows' prompts) serve
+        families whose text encoder reads the images too; their values under `SOURCE` then include the text states,
+        and under `SOURCE["unconditional"]` what guidance's unconditional branch replaces them with."""
         return {}
 
     def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:

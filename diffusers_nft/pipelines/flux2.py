@@ -4,7 +4,7 @@ and the number of steps. Reference images (`--image_column`, one or several per 
 own latents, each at rotary time 10, 20, ...; the velocity is read off the output's first tokens."""
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -57,7 +57,8 @@ class Flux2Family(PackedLatentsFamily):
         return pipeline_sigmas(self.pipeline.scheduler, num_steps, sigmas, mu)
 
     @torch.no_grad()
-    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device) -> Conditioning:
+    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device,
+                            prompts: Optional[List[str]] = None) -> Conditioning:
         """Each row's reference images as the pipelines encode them (the VAE's mode, patchified, batch-normalised,
         packed; every row gives as many, `conditioning.check_conditioning`), concatenated, and their rotary ids."""
         if not values or "image" not in values[0]:

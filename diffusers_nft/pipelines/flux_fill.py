@@ -1,7 +1,7 @@
 """FLUX.1 Fill (`FluxFillPipeline`, inpainting): FLUX.1 whose input channels also hold the masked source image's
 packed VAE latents and the mask folded into latent patches; the output is the velocity of the latents alone."""
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -24,7 +24,8 @@ class FluxFillFamily(FluxFamily):
         return (side * side, self.pipeline.vae.config.latent_channels * 4)  # the transformer's input adds the rest
 
     @torch.no_grad()
-    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device) -> Conditioning:
+    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device,
+                            prompts: Optional[List[str]] = None) -> Conditioning:
         """The masked source's VAE latents (the distribution's mode; the pipeline draws a sample, which for a
         trained VAE is the mode to its tiny std) and the mask, packed and stacked on the channels, as the pipeline
         does."""

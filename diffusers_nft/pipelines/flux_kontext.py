@@ -2,7 +2,7 @@
 at rotary ids of their own (first axis 1); the velocity is read off the output's first tokens."""
 
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -27,7 +27,8 @@ class FluxKontextFamily(FluxFamily):
                 "max_area": resolution * resolution, "_auto_resize": False}
 
     @torch.no_grad()
-    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device) -> Conditioning:
+    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device,
+                            prompts: Optional[List[str]] = None) -> Conditioning:
         """The source images' VAE latents (the distribution's mode, as the pipeline takes them), packed."""
         if not values or "image" not in values[0]:
             return {}

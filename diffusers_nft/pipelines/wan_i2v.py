@@ -34,7 +34,8 @@ class WanImageToVideoFamily(WanFamily):
         return (self.pipeline.vae.config.z_dim, frames, side, side)  # the transformer's input adds the condition
 
     @torch.no_grad()
-    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device) -> Conditioning:
+    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device,
+                            prompts: Optional[List[str]] = None) -> Conditioning:
         """The first frames as the pipeline takes them: the VAE's mode of `[image, zeros...]`, normalised, behind a
         mask of the frames given (4 channels: one per frame of a latent frame), and Wan 2.1's CLIP features."""
         pipe, vae = self.pipeline, self.pipeline.vae

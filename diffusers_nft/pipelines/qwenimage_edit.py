@@ -1,0 +1,104 @@
+"""Qwen-Image-Edit-2509 and later (`QwenImageEditPlusPipeline`): Qwen-Image whose text encoder reads the prompt
+together with its reference images (each shrunk to the pipeline's condition area), and whose sequence also holds
+each reference's packed VAE latents (each at the pipeline's VAE area), described to the rotary embedding by
+`img_shapes`; the velocity is read off the output's first tokens."""
+
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .base import SOURCE, UNCONDITIONAL, Conditioning
+from .qwenimage import QwenImageFamily
+
+
+def _plus_module():
+    """The pipeline's module: its `CONDITION_IMAGE_SIZE`, `VAE_IMAGE_SIZE` and `calculate_dimensions`, read at call
+    time so the family follows whatever the installed pipeline uses."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
+
+    return pipeline_qwenimage_edit_plus
+
+
+class QwenImageEditPlusFamily(QwenImageFamily):
+    """Qwen-Image-Edit-2509 / 2511: one to several reference images per prompt (`--image_column`; every row as
+    many). The pipeline takes one prompt per call, so generation calls it once per image."""
+
+    pipeline_class_names = ("QwenImageEditPlusPipeline",)
+    card_tags = ("qwen-image", "qwen-image-edit", "image-editing")
+    pipeline_tag = "image-to-image"
+    conditioning = {"image": 4}  # several references; more rarely help and each costs a full image of tokens
+    required_conditioning = ("image",)
+    conditioning_shared_by_call = True
+    max_prompts_per_call = 1  # QwenImageEditPlusPipeline refuses batches
+
+    def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
+        """Nothing yet: the text encoder reads each prompt with its images (`encode_conditioning`)."""
+        return {}
+
+    @torch.no_grad()
+    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device,
+                            prompts: Optional[List[str]] = None) -> Conditioning:
+        """Per row, as the pipeline encodes one prompt: the text states of the prompt read with its references
+        (and of the empty prompt with them, for guidance's unconditional branch), the references' packed VAE
+        latents, and the `img_shapes` of the output and each reference."""
+        if prompts is None or len(prompts) != len(values):
+            raise ValueError("QwenImageEditPlusPipeline's text encoder reads each prompt with its images: give "
+                             "encode_conditioning the rows' prompts.")
+        references = [v["image"] if isinstance(v["image"], (list, tuple)) else [v["image"]] for v in values]
+        texts = [self._text_states(prompt, images, device) for prompt, images in zip(prompts, references)]
+        empty = [self._text_states("", images, device) for images in references]
+        latents, shapes = zip(*(self._reference_latents(images, device) for images in references))
+        return {**_stacked(texts), "image_latents": torch.cat(latents).float(), "reference_shapes": list(shapes),
+                UNCONDITIONAL: _stacked(empty)}
+
+    def _text_states(self, prompt: str, images: list, device: torch.device):
+        """The pipeline's text states of one prompt read with its references, shrunk as the pipeline shrinks them."""
+        plus, pipe = _plus_module(), self.pipeline
+        shrunk = []
+        for image in images:
+            width, height = plus.calculate_dimensions(plus.CONDITION_IMAGE_SIZE, image.width / image.height)
+            shrunk.append(pipe.image_processor.resize(image, height, width))
+        embeds, mask = pipe._get_qwen_prompt_embeds([prompt], shrunk, device)
+        return embeds[0].float(), mask[0]
+
+    def _reference_latents(self, images: list, device: torch.device):
+        """One row's references at the pipeline's VAE area: packed latents `(1, tokens, C)` and their shapes."""
+        plus, pipe, vae = _plus_module(), self.pipeline, self.pipeline.vae
+        packed, shapes = [], []
+        for image in images:
+            width, height = plus.calculate_dimensions(plus.VAE_IMAGE_SIZE, image.width / image.height)
+            pixels = pipe.image_processor.preprocess(image, height, width).unsqueeze(2).to(device, vae.dtype)
+            latents = vae.encode(pixels).latent_dist.mode()
+            view = (1, vae.config.z_dim, 1, 1, 1)
+            mean = torch.tensor(vae.config.latents_mean).view(view).to(latents)
+            latents = (latents - mean) / torch.tensor(vae.config.latents_std).view(view).to(latents)
+            h, w = latents.shape[3:]
+            packed.append(pipe._pack_latents(latents, 1, vae.config.z_dim, h, w))
+            shapes.append((1, h // 2, w // 2))
+        return torch.cat(packed, dim=1), shapes
+
+    def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        source, dtype, batch = cond[SOURCE], self.transformer.dtype, latents.shape[0]
+        side = int(latents.shape[1] ** 0.5)
+        hidden = torch.cat([latents, source["image_latents"].to(latents)], dim=1)
+        return self.model(
+            hidden_states=hidden.to(dtype),
+            timestep=sigma.float(),
+            guidance=None,
+            encoder_hidden_states=source["encoder_hidden_states"].to(latents.device, dtype),
+            encoder_hidden_states_mask=source["encoder_hidden_states_mask"].to(latents.device),
+            img_shapes=[[(1, side, side), *source["reference_shapes"][row]] for row in range(batch)],
+            return_dict=False,
+        )[0][:, : latents.shape[1]].float()
+
+    def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
+        """The pipeline takes one prompt and its references per call."""
+        return {"image": values[0]["image"]} if values else {}
+
+
+def _stacked(states) -> Conditioning:
+    """Per-row text states of different lengths, right-padded into one batch with their mask."""
+    longest = max(embeds.shape[0] for embeds, _ in states)
+    embeds = torch.stack([torch.cat([e, e.new_zeros(longest - len(e), e.shape[1])]) for e, _ in states])
+    mask = torch.stack([torch.cat([m, m.new_zeros(longest - len(m))]) for _, m in states])
+    return {"encoder_hidden_states": embeds, "encoder_hidden_states_mask": mask.long()}
