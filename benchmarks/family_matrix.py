@@ -61,6 +61,7 @@ CONDITIONED_BUILDS = {
     "FluxKontextPipeline": ("build_tiny_flux_kontext_pipeline", {}),
     "FluxFillPipeline": ("build_tiny_flux_fill_pipeline", {}),
     "WanImageToVideoPipeline": ("build_tiny_wan_i2v_pipeline", {"num_frames": 5}),
+    "StableDiffusion3ControlNetPipeline": ("build_tiny_sd3_controlnet_pipeline", {}),
     # references at 64^2 for the VAE and 32^2 for the text encoder instead of the pipeline's 1024^2 and 384^2
     "QwenImageEditPlusPipeline": ("build_tiny_qwenimage_edit_plus_pipeline", {"module_sizes": {
         "diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus": {"VAE_IMAGE_SIZE": 64 * 64,
@@ -149,17 +150,25 @@ def render(family, noise, options, values=None):
         return latents
 
 
+# the conditioning argument -> its column in the matrix's tiny datasets
+COLUMNS = {"image": ("image_column", "image"), "mask_image": ("mask_column", "mask"),
+           "control_image": ("control_column", "control")}
+
+
 def conditioned_rows(family, folder: str):
-    """A tiny dataset for an image-conditioned family: four prompts, each with a source image (and a mask where
-    the family takes one), and the conditioning of the first two for the round trip."""
+    """A tiny dataset for an image-conditioned family: four prompts, each with a source image (or a control image,
+    for ControlNets; and a mask where the family takes one), and the conditioning of the first two for the round
+    trip."""
     from PIL import Image
 
     rows, values = [], []
+    arg = "image" if "image" in family.conditioning or "control_image" not in family.conditioning else "control_image"
     for i, prompt in enumerate(PROMPTS):
         pixels = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()
-        row, value = {"prompt": prompt, "image": os.path.join(folder, f"source_{i}.png")}, {}
-        Image.fromarray(pixels).save(row["image"])
-        value["image"] = Image.open(row["image"]).convert("RGB")
+        column = COLUMNS[arg][1]
+        row, value = {"prompt": prompt, column: os.path.join(folder, f"{column}_{i}.png")}, {}
+        Image.fromarray(pixels).save(row[column])
+        value[arg] = Image.open(row[column]).convert("RGB")
         if "mask_image" in family.conditioning:
             mask = Image.new("L", (64, 64), 0)
             mask.paste(255, (8 * i, 8 * i, 8 * i + 32, 8 * i + 32))
@@ -211,8 +220,7 @@ def _run_one(cls, folder: str, conditioned: bool) -> dict:
         prompts, values, columns = PROMPTS, None, {}
         if conditioned:
             prompts, values = conditioned_rows(family, folder)
-            columns = {"image_column": "image", **({"mask_column": "mask"} if "mask_image" in family.conditioning
-                                                   else {})}
+            columns = dict(COLUMNS[arg] for arg in values[0])
         config = NFTConfig(output_dir=folder, max_steps=2, prompts_per_iteration=2, group_size=4, resolution=64,
                            num_sampling_steps=4, max_sequence_length=options.get("max_sequence_length", 16),
                            sample_batch_size=8, train_batch_size=4, learning_rate=3e-2, report_to="none",

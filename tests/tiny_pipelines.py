@@ -71,6 +71,32 @@ def build_tiny_sd3_pipeline(
     )
 
 
+def build_tiny_sd3_controlnet_pipeline(seed: int = 0, sample_size: int = 8):
+    """Build a tiny `StableDiffusion3ControlNetPipeline`: the tiny SD3.5 beside a one-layer `SD3ControlNetModel` of
+    its shape, offline, its zero-initialised layers drawn at random. The VAE's log-variance is pinned at -30 so that the pipeline's sample of the control image's
+    latents is their mode to 3e-7, as for a trained VAE."""
+    from diffusers import SD3ControlNetModel, StableDiffusion3ControlNetPipeline
+
+    sd3 = build_tiny_sd3_pipeline(seed)
+    config = sd3.transformer.config
+    controlnet = SD3ControlNetModel(
+        sample_size=config.sample_size, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+        attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads,
+        joint_attention_dim=config.joint_attention_dim, caption_projection_dim=config.caption_projection_dim,
+        pooled_projection_dim=config.pooled_projection_dim, pos_embed_max_size=config.pos_embed_max_size,
+        qk_norm=config.qk_norm,
+    )
+    conv_out = sd3.vae.encoder.conv_out
+    with torch.no_grad():
+        conv_out.weight[conv_out.out_channels // 2:] = 0
+        conv_out.bias[conv_out.out_channels // 2:] = -30.0
+        # A new ControlNet's input and output layers are zeros (it starts as a no-op); a trained one's are not.
+        for module in (controlnet.pos_embed_input, controlnet.controlnet_blocks):
+            for parameter in module.parameters():
+                parameter.normal_(0.0, 0.1)
+    return StableDiffusion3ControlNetPipeline(controlnet=controlnet, **sd3.components)
+
+
 def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False, sample_size: int = 8):
     """Build a tiny FLUX.1-style `FluxPipeline` with random weights, fully offline.
 

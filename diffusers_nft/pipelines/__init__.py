@@ -11,13 +11,15 @@ from .lumina2 import Lumina2Family
 from .qwenimage import QwenImageFamily
 from .qwenimage_edit import QwenImageEditPlusFamily
 from .sd3 import SD3Family
+from .sd3_controlnet import SD3ControlNetFamily
 from .traced import TraceError, TracedFamily
 from .wan import WanFamily
 from .wan_i2v import WanImageToVideoFamily
 from .z_image import ZImageFamily
 
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
-            FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily)
+            FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily,
+            SD3ControlNetFamily)
 
 
 FAMILY_MODES = ("auto", "traced")
@@ -81,6 +83,6 @@ def card_tags(pipeline_class_name: str) -> List[str]:
 
 __all__ = [
     "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily", "QwenImageEditPlusFamily",
-    "FAMILY_MODES", "SD3Family", "Shared", "TraceError", "TracedFamily", "WanFamily", "WanImageToVideoFamily", "ZImageFamily", "get_family",
+    "FAMILY_MODES", "SD3Family", "SD3ControlNetFamily", "Shared", "TraceError", "TracedFamily", "WanFamily", "WanImageToVideoFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]
