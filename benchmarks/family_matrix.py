@@ -62,6 +62,7 @@ CONDITIONED_BUILDS = {
     "FluxFillPipeline": ("build_tiny_flux_fill_pipeline", {}),
     "WanImageToVideoPipeline": ("build_tiny_wan_i2v_pipeline", {"num_frames": 5}),
     "StableDiffusion3ControlNetPipeline": ("build_tiny_sd3_controlnet_pipeline", {}),
+    "FluxControlNetPipeline": ("build_tiny_flux_controlnet_pipeline", {}),
     # references at 64^2 for the VAE and 32^2 for the text encoder instead of the pipeline's 1024^2 and 384^2
     "QwenImageEditPlusPipeline": ("build_tiny_qwenimage_edit_plus_pipeline", {"module_sizes": {
         "diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus": {"VAE_IMAGE_SIZE": 64 * 64,

@@ -579,6 +579,31 @@ def build_tiny_llava_judge(folder: str, seed: int = 0) -> None:
     processor.save_pretrained(folder)
 
 
+def build_tiny_flux_controlnet_pipeline(seed: int = 0, sample_size: int = 8):
+    """Build a tiny `FluxControlNetPipeline` (an InstantX-style `FluxControlNetModel` on the control image's packed
+    VAE latents) beside the tiny FLUX.1, offline, its zero-initialised layers drawn at random; the VAE's
+    log-variance pinned at -30 so that the pipeline's sample of the latents is their mode to 3e-7."""
+    from diffusers import FluxControlNetModel, FluxControlNetPipeline
+
+    flux = build_tiny_flux_pipeline(seed)
+    config = flux.transformer.config
+    controlnet = FluxControlNetModel(
+        patch_size=1, in_channels=config.in_channels, num_layers=1, num_single_layers=1,
+        attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads,
+        joint_attention_dim=config.joint_attention_dim, pooled_projection_dim=config.pooled_projection_dim,
+        guidance_embeds=config.guidance_embeds, axes_dims_rope=config.axes_dims_rope,
+    )
+    conv_out = flux.vae.encoder.conv_out
+    with torch.no_grad():
+        conv_out.weight[conv_out.out_channels // 2:] = 0
+        conv_out.bias[conv_out.out_channels // 2:] = -30.0
+        for module in (controlnet.controlnet_x_embedder, controlnet.controlnet_blocks,
+                       controlnet.controlnet_single_blocks):
+            for parameter in module.parameters():
+                parameter.normal_(0.0, 0.1)
+    return FluxControlNetPipeline(controlnet=controlnet, **flux.components)
+
+
 def build_tiny_flux_kontext_pipeline(seed: int = 0, sample_size: int = 8):
     """A tiny `FluxKontextPipeline` (FLUX.1 Kontext: the source image's latents join the sequence), offline; its
     guidance embedding is on, as FLUX.1 Kontext [dev]'s."""

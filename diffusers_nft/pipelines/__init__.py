@@ -4,6 +4,7 @@ from typing import List
 
 from .base import Conditioning, PipelineFamily, Shared, select_conditioning
 from .flux import FluxFamily
+from .flux_controlnet import FluxControlNetFamily
 from .flux_fill import FluxFillFamily
 from .flux_kontext import FluxKontextFamily
 from .flux2 import Flux2Family
@@ -19,7 +20,7 @@ from .z_image import ZImageFamily
 
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
             FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily,
-            SD3ControlNetFamily)
+            SD3ControlNetFamily, FluxControlNetFamily)
 
 
 FAMILY_MODES = ("auto", "traced")
@@ -82,7 +83,7 @@ def card_tags(pipeline_class_name: str) -> List[str]:
 
 
 __all__ = [
-    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily", "QwenImageEditPlusFamily",
+    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxControlNetFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily", "QwenImageEditPlusFamily",
     "FAMILY_MODES", "SD3Family", "SD3ControlNetFamily", "Shared", "TraceError", "TracedFamily", "WanFamily", "WanImageToVideoFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]

@@ -37,14 +37,18 @@ class FluxFamily(PackedLatentsFamily):
         img_ids = self.pipeline._prepare_latent_image_ids(len(latents), side, side, latents.device, self.transformer.dtype)
         return self._transformer(latents, img_ids, sigma, cond)
 
+    def _guidance(self, model: torch.nn.Module, batch: int, device: torch.device):
+        """The embedded guidance (FLUX.1-dev's) of `model`, or None where it has no guidance embedding."""
+        if not model.config.guidance_embeds:
+            return None
+        return torch.full((batch,), self.distilled_guidance_scale, device=device, dtype=torch.float32)
+
     def _transformer(self, hidden_states: torch.Tensor, img_ids: torch.Tensor, sigma: torch.Tensor,
-                     cond: Conditioning) -> torch.Tensor:
-        """The transformer's output on a token sequence with its rotary ids, in float32."""
+                     cond: Conditioning, **extra) -> torch.Tensor:
+        """The transformer's output on a token sequence with its rotary ids, in float32; `extra`: further inputs
+        (a ControlNet's block samples)."""
         dtype, batch = self.transformer.dtype, hidden_states.shape[0]
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.full((batch,), self.distilled_guidance_scale, device=hidden_states.device,
-                                  dtype=torch.float32)
+        guidance = self._guidance(self.transformer, batch, hidden_states.device)
         return self.model(
             hidden_states=hidden_states.to(dtype),
             timestep=sigma.float(),  # FluxTransformer2DModel casts it to its own dtype
@@ -54,6 +58,7 @@ class FluxFamily(PackedLatentsFamily):
             txt_ids=cond["txt_ids"][0],
             img_ids=img_ids,
             return_dict=False,
+            **extra,
         )[0].float()
 
     def cfg_free_call_kwargs(self) -> dict:

@@ -1,6 +1,7 @@
-"""SD3 with a ControlNet (`StableDiffusion3ControlNetPipeline`): the family's rollout is the pipeline's for the same
-control image, prompt and noise; a run trains the transformer's LoRA on each row's control image with the
-ControlNet frozen; the LoRA loads back into the class; a run without control images is refused before compute."""
+"""ControlNets (`StableDiffusion3ControlNetPipeline`, `FluxControlNetPipeline`): the family's rollout is the
+pipeline's for the same control image, prompt and noise; a run trains the transformer's LoRA on each row's control
+image with the ControlNet frozen; the LoRA loads back into the class; a run without control images, and a ControlNet
+the family cannot follow, are refused before compute."""
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer
 from diffusers_nft.conditioning import ConditioningError
-from diffusers_nft.pipelines import SD3ControlNetFamily, get_family
+from diffusers_nft.pipelines import FluxControlNetFamily, SD3ControlNetFamily, get_family
 from diffusers_nft.pipelines.base import SOURCE
 from diffusers_nft.sampling import rollout
 
@@ -23,10 +24,13 @@ def _edges(seed: int, size: int = 64) -> Image.Image:
     return Image.fromarray(((torch.rand(size, size, generator=g) > 0.8).float() * 255).byte().numpy()).convert("RGB")
 
 
-@pytest.fixture(scope="module")
-def controlnet_dir(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("sd3-controlnet"))
-    tiny_pipelines.build_tiny_sd3_controlnet_pipeline().save_pretrained(folder)
+FAMILIES = {"sd3": SD3ControlNetFamily, "flux": FluxControlNetFamily}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def controlnet_dir(request, tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp(f"{request.param}-controlnet"))
+    getattr(tiny_pipelines, f"build_tiny_{request.param}_controlnet_pipeline")().save_pretrained(folder)
     return folder
 
 
@@ -39,7 +43,7 @@ def _render(pipe, family, controls, prompts):
 def test_the_family_samples_what_the_pipeline_samples_for_the_same_control_image(controlnet_dir):
     pipe = load_saved(controlnet_dir)
     family = get_family(pipe)
-    assert type(family) is SD3ControlNetFamily
+    assert type(family) in FAMILIES.values() and family.required_conditioning == ("control_image",)
     assert not any(p.requires_grad for p in pipe.controlnet.parameters())
     controls, prompts = [_edges(1), _edges(2)], ["a red cat", "a blue dog"]
     shape = family.latent_shape(64)
@@ -80,7 +84,7 @@ def test_a_run_trains_the_transformer_on_each_rows_control_image_and_the_lora_lo
     fresh.load_lora_weights(str(tmp_path / "run"), weight_name="pytorch_lora_weights.safetensors")
     assert (trained - base).abs().max() > 1e-3
     torch.testing.assert_close(_render(fresh, family, controls, prompts), trained, atol=1e-5, rtol=1e-5)
-    trainer.args.base_model_id = "someone/tiny-sd3-controlnet"
+    trainer.args.base_model_id = "someone/tiny-controlnet"
     card = ModelCard.load(trainer.create_model_card("someone/controlnet-nft"))
     assert card.data.to_dict()["pipeline_tag"] == "image-to-image" and "controlnet" in card.data.tags
     assert "control_image=" in card.text
@@ -90,3 +94,13 @@ def test_a_run_without_control_images_is_refused_before_compute(controlnet_dir, 
     with pytest.raises(ConditioningError, match="needs \\['control_image'\\] for every prompt: name the dataset "
                                                 "column with --control_column"):
         NFTTrainer(load_saved(controlnet_dir), "jpeg_incompressibility", tiny_config(tmp_path), PROMPTS)
+
+
+def test_a_union_flux_controlnet_is_refused_with_the_reason():
+    from diffusers import FluxControlNetModel
+
+    pipe = tiny_pipelines.build_tiny_flux_controlnet_pipeline()
+    config = dict(pipe.controlnet.config)
+    pipe.controlnet = FluxControlNetModel(**{k: v for k, v in config.items() if not k.startswith("_")} | {"num_mode": 3})
+    with pytest.raises(ValueError, match="union ControlNets \\(control_mode\\) and several at once"):
+        get_family(pipe)
