@@ -85,6 +85,7 @@ def test_guidance_drops_the_prompt_and_keeps_the_references_as_the_pipeline_does
     assert (v_cond - v_empty).abs().max() > 1e-3
 
 
+@pytest.mark.slow  # 6 s; the fast set trains on conditioning through Kontext and FLUX.2, and pins this family above
 def test_a_run_trains_on_each_rows_references_and_the_lora_loads_back(tmp_path):
     folder = tmp_path / "sources"
     folder.mkdir()

@@ -87,6 +87,7 @@ def test_wan22_i2v_uses_both_experts_as_the_pipeline_does():
     assert (sigmas[:-1] >= 0.6).any() and (sigmas[:-1] < 0.6).any()
 
 
+@pytest.mark.slow  # 5 s; the fast set trains on conditioning through Kontext and FLUX.2, and pins this family above
 def test_wan_i2v_trains_on_each_rows_first_frame_and_the_lora_loads_back(i2v_dir, rows, tmp_path):
     seen = []
 
