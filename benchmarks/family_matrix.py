@@ -63,6 +63,7 @@ CONDITIONED_BUILDS = {
     "WanImageToVideoPipeline": ("build_tiny_wan_i2v_pipeline", {"num_frames": 5}),
     "StableDiffusion3ControlNetPipeline": ("build_tiny_sd3_controlnet_pipeline", {}),
     "FluxControlNetPipeline": ("build_tiny_flux_controlnet_pipeline", {}),
+    "FluxControlPipeline": ("build_tiny_flux_control_pipeline", {}),
     # references at 64^2 for the VAE and 32^2 for the text encoder instead of the pipeline's 1024^2 and 384^2
     "QwenImageEditPlusPipeline": ("build_tiny_qwenimage_edit_plus_pipeline", {"module_sizes": {
         "diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus": {"VAE_IMAGE_SIZE": 64 * 64,
@@ -234,6 +235,8 @@ def _run_one(cls, folder: str, conditioned: bool) -> dict:
             trained = render(trainer.family, noise, options, values)
         fresh, _, _ = build(cls)
         fresh_adapter = get_family(fresh, num_frames=frames)
+        if values:  # the traced family traces with a row's images, as the trainer's does
+            fresh_adapter.use_example_conditioning(values[0])
         fresh_adapter.latent_shape(64)
         base = render(fresh_adapter, noise, options, values)
         fresh.load_lora_weights(folder, weight_name="pytorch_lora_weights.safetensors")

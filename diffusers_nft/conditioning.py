@@ -169,8 +169,10 @@ def first_image(value) -> Optional[Image.Image]:
     return value
 
 
-def check_run_conditioning(family, config, datasets: Dict[str, object]) -> Dict[str, str]:
-    """The run's conditioning columns, checked against the family and every named dataset before any compute.
+def check_run_conditioning(family, config, datasets: Dict[str, object],
+                           resolution: Optional[int] = None) -> Dict[str, str]:
+    """The run's conditioning columns, checked against the family and every named dataset before any compute; the
+    family is shown the first row's conditioning (`PipelineFamily.use_example_conditioning`).
 
     Raises:
         ConditioningError: A column the pipeline does not take, a conditioning it needs and is not given, or a bad
@@ -189,4 +191,8 @@ def check_run_conditioning(family, config, datasets: Dict[str, object]) -> Dict[
         if dataset is not None:
             check_conditioning(dataset, columns, family.conditioning, dataset_name,
                                f"{name} (served by {type(family).__name__})")
+    first = next((d for d in datasets.values() if d is not None and len(d)), None)
+    if columns and first is not None:
+        size = resolution or config.resolution  # the run's trained size (evaluation passes its own)
+        family.use_example_conditioning(read_conditioning(first.select([0]), columns, size)[0])
     return columns

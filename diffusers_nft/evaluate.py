@@ -311,7 +311,7 @@ def _conditioning(pipe, records: List[dict], args: EvaluationArguments, resoluti
     if not columns:
         return records, None
     dataset = records_to_dataset(records)
-    check_run_conditioning(get_family(pipe), args, {"--prompts": dataset})
+    check_run_conditioning(get_family(pipe), args, {"--prompts": dataset}, resolution)
     return ([{k: v for k, v in r.items() if k not in columns.values()} for r in records],
             read_conditioning(dataset, columns, resolution))
 

@@ -94,8 +94,8 @@ class _AlwaysGuided(StableDiffusion3Pipeline):
 def test_what_cannot_be_traced_is_refused_with_the_reason():
     pipe = _build("sd3")
     img2img = StableDiffusion3Img2ImgPipeline(**pipe.components)
-    with pytest.raises(TraceError, match="image-conditioned"):
-        TracedFamily(img2img).latent_shape(64)
+    with pytest.raises(TraceError, match="noised to `strength` \\(image-to-image or inpainting\\)"):
+        TracedFamily(img2img)
     guided = _AlwaysGuided(**pipe.components)
     guided.set_progress_bar_config(disable=True)
     with pytest.raises(TraceError, match="one transformer call per step"):

@@ -604,6 +604,30 @@ def build_tiny_flux_controlnet_pipeline(seed: int = 0, sample_size: int = 8):
     return FluxControlNetPipeline(controlnet=controlnet, **flux.components)
 
 
+def build_tiny_flux_control_pipeline(seed: int = 0, sample_size: int = 8):
+    """Build a tiny `FluxControlPipeline` (FLUX.1 Canny/Depth [dev]: the control image's packed latents appended to
+    the latents' channels, so the transformer takes twice the channels it returns), offline; no family file serves
+    it: the traced family does. The VAE's log-variance is pinned at -30, so the pipeline's sample of the control
+    latents is their mode (as for a trained VAE), whatever the call's generator."""
+    from diffusers import FluxControlPipeline, FluxTransformer2DModel
+
+    flux = build_tiny_flux_pipeline(seed, guidance_embeds=True)
+    config = flux.transformer.config
+    torch.manual_seed(seed + 1)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=2 * config.in_channels, out_channels=config.in_channels, num_layers=1,
+        num_single_layers=1, attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads, joint_attention_dim=config.joint_attention_dim,
+        pooled_projection_dim=config.pooled_projection_dim, guidance_embeds=True, axes_dims_rope=config.axes_dims_rope,
+    )
+    conv_out = flux.vae.encoder.conv_out  # the pipeline samples the control latents: pinned to their mode
+    with torch.no_grad():
+        conv_out.weight[conv_out.out_channels // 2:] = 0
+        conv_out.bias[conv_out.out_channels // 2:] = -30.0
+    parts = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    return FluxControlPipeline(transformer=transformer, **{k: flux.components[k] for k in parts})
+
+
 def build_tiny_flux_kontext_pipeline(seed: int = 0, sample_size: int = 8):
     """A tiny `FluxKontextPipeline` (FLUX.1 Kontext: the source image's latents join the sequence), offline; its
     guidance embedding is on, as FLUX.1 Kontext [dev]'s."""

@@ -137,6 +137,10 @@ class PipelineFamily:
         and under `SOURCE["unconditional"]` what guidance's unconditional branch replaces them with."""
         return {}
 
+    def use_example_conditioning(self, values: Dict[str, Any]) -> None:
+        """A row's conditioning (argument -> PIL image(s)), shown before any compute to families that learn from
+        calls of the pipeline (the traced family traces with it); the others need none."""
+
     def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
         """The pipeline-call arguments of a batch's conditioning: argument -> one value per image."""
         return {arg: [v[arg] for v in values] for arg in (values[0] if values else {})}

@@ -15,9 +15,16 @@ pipeline call stopped at its first transformer call (no transformer compute); so
 of steps. Images are decoded by the pipeline's own tail: a one-step call whose transformer and `scheduler.step`
 are replaced so that the pipeline unpacks, denormalises and decodes the given latents.
 
-What cannot be traced is refused before any training compute, with the reason: image-conditioned pipelines, a
-second expert (`transformer_2`), several transformer calls per step with CFG off, no latent or timestep argument,
-a timestep that is not affine in sigma, an output that is not +-velocity.
+Image-conditioned pipelines are traced with a row of the dataset (`use_example_conditioning`): every call then
+takes that row's images, and each row's conditioning is read from a call of its own prompt and images. The latents
+may reach the transformer with the images' latents appended (along the sequence, as FLUX.1 Kontext does, or along
+the channels, as Wan's image-to-video does): the appended part is conditioning, and where the output is as long as
+the input the velocity is its first part.
+
+What cannot be traced is refused before any training compute, with the reason: a start from a noised source
+(`strength`: image-to-image and inpainting), a second expert (`transformer_2`), several transformer calls per step
+with CFG off, no latent or timestep argument, a timestep that is not affine in sigma, an output that is not
++-velocity, conditioning that changes from step to step (ControlNets).
 """
 
 import inspect
@@ -28,7 +35,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .base import Conditioning, PipelineFamily, Shared, unshared
+from .base import SOURCE, UNCONDITIONAL, Conditioning, PipelineFamily, Shared, unshared
 
 TRACE_PROMPT = "a photo"
 TRACE_STEPS = 3
@@ -37,6 +44,8 @@ PROBE_STEPS = 2  # calls that stop early or skip the transformer; 1 step would d
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 # Call arguments that make a pipeline image-conditioned when they have no default.
 IMAGE_INPUTS = ("image", "control_image", "mask_image", "video", "reference_image")
+FED_INPUTS = ("image", "mask_image", "control_image")  # those a dataset column can feed (`conditioning`)
+APPENDED = "__appended__"  # the conditioning the pipeline appends to the latents' tensor
 
 
 class TraceError(ValueError):
@@ -62,6 +71,8 @@ class Trace:
     timestep_dtype: torch.dtype
     timestep_extra: Tuple[int, ...]  # timestep dims after the batch (Wan 2.2's per-token timesteps)
     sign: float
+    appended_dim: Optional[int] = None  # where the pipeline appends conditioning to the latents, if it does
+    output_appended: bool = False  # the output is as long as the input: the velocity is its first part
 
 
 def _bind(signature: inspect.Signature, args, kwargs) -> Dict[str, Any]:
@@ -141,6 +152,11 @@ class TracedFamily(PipelineFamily):
         self._check_traceable()  # before the base class reads pipeline.transformer
         super().__init__(pipeline, distilled_guidance_scale, num_frames)
         self._parameters = inspect.signature(type(pipeline).__call__).parameters
+        self.conditioning = {arg: 1 for arg in FED_INPUTS if arg in self._parameters}
+        self.required_conditioning = tuple(arg for arg in self.conditioning
+                                           if self._parameters[arg].default is inspect.Parameter.empty)
+        self.conditioning_shared_by_call = bool(self.conditioning)  # one row's images per call: safe for any class
+        self._example: Dict[str, Any] = {}  # a row's conditioning, given to every traced call
         self.extra_call_kwargs = dict(call_kwargs or {})
         if num_frames is not None and "num_frames" in self._parameters:
             self.extra_call_kwargs["num_frames"] = num_frames
@@ -150,6 +166,7 @@ class TracedFamily(PipelineFamily):
         self._grids: Dict[Tuple[int, Tuple[int, ...]], torch.Tensor] = {}
         self._per_row: Optional[set] = None
         self._encoder_outputs: Dict[int, list] = {}
+        self._max_sequence_length = self.default_max_sequence_length
 
     @property
     def default_lora_targets(self) -> Tuple[str, ...]:
@@ -173,10 +190,15 @@ class TracedFamily(PipelineFamily):
             raise TraceError(f"{name} has a second expert (`transformer_2`): sampling must switch experts by sigma, "
                              "which a trace of one expert cannot follow. Use its explicit family.")
         parameters = inspect.signature(type(pipe).__call__).parameters
-        required = [p for p in IMAGE_INPUTS if p in parameters and parameters[p].default is inspect.Parameter.empty]
+        if "strength" in parameters:
+            raise TraceError(f"{name} starts from its source image noised to `strength` (image-to-image or "
+                             "inpainting), and NFT's rollouts start from pure noise, so the traced family cannot "
+                             "follow it. For inpainting, FLUX.1 Fill has a family file (FluxFillFamily).")
+        required = [p for p in IMAGE_INPUTS if p in parameters and parameters[p].default is inspect.Parameter.empty
+                    and p not in FED_INPUTS]
         if required:
-            raise TraceError(f"{name} is image-conditioned (its call requires {required}); the traced family "
-                             "serves text-to-image and text-to-video pipelines.")
+            raise TraceError(f"{name}'s call requires {required}, which no dataset column feeds; the traced family "
+                             f"feeds {list(FED_INPUTS)} (--image_column, --mask_column, --control_column).")
         if "callback_on_step_end" not in parameters or "output_type" not in parameters:
             raise TraceError(f"{name} takes no `callback_on_step_end`/`output_type`: not a standard diffusers loop.")
         if not {"num_images_per_prompt", "num_videos_per_prompt"} & set(parameters):
@@ -197,10 +219,21 @@ class TracedFamily(PipelineFamily):
     def check_resolution(self, resolution: int) -> None:
         """Nothing to check before the trace: the trace itself refuses a size the pipeline cannot take."""
 
+    def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
+        """One row's images per call (`conditioning_shared_by_call`), as the traced calls gave them."""
+        return dict(values[0]) if values else {}
+
+    def use_example_conditioning(self, values: Dict[str, Any]) -> None:
+        """Trace with this row's conditioning (argument -> PIL image(s)): every traced call takes it."""
+        self._example = dict(values)
+        self._traces.clear()
+        self._grids.clear()
+        self._per_row = None
+
     # --- calling the pipeline -------------------------------------------------------------------------------------
 
     def _call(self, prompts: List[str], resolution: int, num_steps: int, **extra):
-        kwargs = dict(self.extra_call_kwargs, **(self._cfg_off or {}), **extra)
+        kwargs = {**self.extra_call_kwargs, **self._example, **(self._cfg_off or {}), **extra}
         # A generator of its own, so that tracing leaves the global random state (and so training) as it was.
         kwargs.update(prompt=list(prompts), height=resolution, width=resolution, num_inference_steps=num_steps,
                       return_dict=False, generator=torch.Generator().manual_seed(0))
@@ -272,10 +305,11 @@ class TracedFamily(PipelineFamily):
             with _patched(scheduler, "step", step), torch.no_grad():
                 self._call([TRACE_PROMPT], resolution, TRACE_STEPS)
         except Exception as error:  # the pipeline's own refusal, explained
-            images = [p for p in IMAGE_INPUTS if p in self._parameters]
-            what = f"it takes {images}: image-conditioned pipelines are not traced; " if images else ""
-            raise TraceError(f"{type(self.pipeline).__name__} failed a text-only call at {resolution} px ({what}"
-                             f"{type(error).__name__}: {error})") from error
+            given = f"with {sorted(self._example)}" if self._example else "without images"
+            hint = "; name the dataset's image columns (--image_column ...) to trace it with a row's images" \
+                if self.required_conditioning and not self._example else ""
+            raise TraceError(f"{type(self.pipeline).__name__} failed a traced call {given} at {resolution} px "
+                             f"({type(error).__name__}: {error}){hint}") from error
         finally:
             for handle in handles:
                 handle.remove()
@@ -307,14 +341,19 @@ class TracedFamily(PipelineFamily):
         name = type(self.pipeline).__name__
         sample = steps[0]["sample"]
         inputs = calls[0]["inputs"]
-        latent_name = next((k for k, v in inputs.items() if (b := _as_batch(v, sample)) is not None
-                            and _close(b, sample)), None)
+        latent_name, appended_dim = _find_latents(inputs, sample)
         if latent_name is None:
-            raise TraceError(f"{name}: no transformer argument holds the latents the scheduler steps.")
+            raise TraceError(f"{name}: no transformer argument holds the latents the scheduler steps (alone, or "
+                             "with conditioning appended along one dimension).")
+        if appended_dim is not None:
+            _check_appended_constant(name, [c["inputs"][latent_name] for c in calls], steps, appended_dim)
         value = inputs[latent_name]
         layout = "list" if isinstance(value, (list, tuple)) else "tensor"
         timestep_name, scale, offset = self._timestep_map(calls, steps, exclude=latent_name)
         output = _first_output(calls[0]["output"])
+        output_appended = appended_dim is not None and output.shape[appended_dim] == value.shape[appended_dim]
+        if output_appended:
+            output = output.narrow(appended_dim, 0, sample.shape[appended_dim])
         as_batch = _as_batch(output, sample)
         if as_batch is None:
             raise TraceError(f"{name}: the transformer's output does not have the latents' shape.")
@@ -330,7 +369,8 @@ class TracedFamily(PipelineFamily):
             timestep_scale=scale, timestep_offset=offset,
             # integer timesteps (UniPC's) would round training's continuous sigmas: float32 keeps them
             timestep_dtype=timestep.dtype if timestep.dtype.is_floating_point else torch.float32,
-            timestep_extra=tuple(timestep.shape[1:]), sign=sign,
+            timestep_extra=tuple(timestep.shape[1:]), sign=sign, appended_dim=appended_dim,
+            output_appended=output_appended,
         )
 
     def _timestep_map(self, calls: list, steps: list, exclude: str) -> Tuple[str, float, float]:
@@ -342,11 +382,11 @@ class TracedFamily(PipelineFamily):
         """
         name = type(self.pipeline).__name__
         first, second = calls[0]["inputs"], calls[1]["inputs"]
-        changing = [k for k, v in first.items() if k != exclude and isinstance(v, torch.Tensor)
-                    and isinstance(second.get(k), torch.Tensor) and v.shape == second[k].shape
-                    and not torch.equal(v, second[k])]
+        changing = [k for k, v in first.items() if k != exclude and _changes(v, second.get(k))]
         if len(changing) != 1:
-            raise TraceError(f"{name}: expected one timestep argument to change between steps, found {changing}.")
+            raise TraceError(f"{name}: expected one timestep argument to change between steps, found {changing}"
+                             " (conditioning that changes from step to step, such as a ControlNet's outputs, is "
+                             "not traced).")
         key = changing[0]
         values = [float(call["inputs"][key].flatten()[0]) for call in calls]
         ts = [s["t"] for s in steps]
@@ -369,8 +409,21 @@ class TracedFamily(PipelineFamily):
         return next(r for r, t in self._traces.items() if t.latent_shape == tuple(latent_shape))
 
     def latent_shape(self, resolution: int) -> Tuple[int, ...]:
-        trace = self._traces.get(resolution) or self._trace(resolution)
+        trace = self._traces.get(resolution)
+        if trace is None:
+            trace = self._trace(resolution)
+            self._check_size(trace, resolution)
         return trace.latent_shape
+
+    def _check_size(self, trace: Trace, resolution: int) -> None:
+        """The traced call must generate at the asked size: a pipeline that resizes (an area limit, resolution
+        bins) would train at a size other than the run's."""
+        size = tuple(self.decode(torch.zeros(1, *trace.latent_shape)).shape[-2:])
+        if size != (resolution, resolution):
+            del self._traces[resolution]
+            raise TraceError(f"{type(self.pipeline).__name__} generates {size[1]}x{size[0]} when asked for "
+                             f"{resolution}x{resolution}: it resizes (an area limit or resolution bins). Train at a "
+                             "size it keeps, or pass the arguments that keep the size (call_kwargs).")
 
     def _probe(self, prompts: List[str], resolution: int, num_steps: int, **extra) -> Dict[str, Any]:
         """The transformer's arguments and the scheduler's sigmas of a call stopped at its first transformer call."""
@@ -410,14 +463,42 @@ class TracedFamily(PipelineFamily):
         return self._per_row
 
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
+        """What the transformer receives besides the latents and the timestep, for these prompts; nothing for a
+        run with images, whose rows are read with their images (`encode_conditioning`)."""
+        self._max_sequence_length = max_sequence_length
+        if self._example:
+            return {}
+        return self._conditioning_of(list(prompts))
+
+    def _conditioning_of(self, prompts: List[str], **values) -> Conditioning:
         # Conditioning may hold latent-sized values (FLUX's image ids): those of the resolution traced last.
         resolution = self._any_resolution()
         trace = self._traces.get(resolution) or self._trace(resolution)
-        extra = {"max_sequence_length": max_sequence_length} if "max_sequence_length" in self._parameters else {}
-        seen = self._probe(list(prompts), resolution, PROBE_STEPS, **extra)
+        extra = {"max_sequence_length": self._max_sequence_length} if "max_sequence_length" in self._parameters \
+            else {}
+        seen = self._probe(prompts, resolution, PROBE_STEPS, **extra, **values)
         per_row = self._rows(resolution)
+        if trace.appended_dim is not None:  # the latents' share is the probe's noise; the rest is conditioning
+            latents = seen[trace.latent_name]
+            size = trace.latent_shape[trace.appended_dim - 1]
+            seen[APPENDED] = latents.narrow(trace.appended_dim, size, latents.shape[trace.appended_dim] - size)
         skip = {trace.latent_name, trace.timestep_name, "return_dict", "__sigmas__"}
-        return {k: (v if k in per_row else Shared(v)) for k, v in seen.items() if k not in skip}
+        return {k: (v if k in per_row or k == APPENDED else Shared(v)) for k, v in seen.items() if k not in skip}
+
+    @torch.no_grad()
+    def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device,
+                            prompts: Optional[List[str]] = None) -> Conditioning:
+        """Each row's conditioning from a call of its own prompt and images (and of the empty prompt with them,
+        for guidance's unconditional branch), rows stacked as `encode_prompts` stacks prompts."""
+        if not values or not values[0]:
+            return {}
+        if prompts is None or len(prompts) != len(values):
+            raise ValueError("The traced family reads each row's conditioning with its prompt: give "
+                             "encode_conditioning the rows' prompts.")
+        rows = [self._conditioning_of([p], **v) for p, v in zip(prompts, values)]
+        empty = [self._conditioning_of([""], **v) for v in values]
+        return {**_stack_rows(rows, type(self.pipeline).__name__),
+                UNCONDITIONAL: _stack_rows(empty, type(self.pipeline).__name__)}
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         trace = self._trace_of(latents.shape[1:])
@@ -427,10 +508,16 @@ class TracedFamily(PipelineFamily):
         # float32 arithmetic, as the family files compute `1000 * sigma` or `1 - sigma`
         t = (sigma.float() * trace.timestep_scale + trace.timestep_offset).to(trace.timestep_dtype)
         t = t.view(-1, *[1] * len(trace.timestep_extra)).expand(len(latents), *trace.timestep_extra)
-        kwargs = {k: unshared(v) for k, v in cond.items()}
+        source = cond.get(SOURCE, {})
+        kwargs = {k: unshared(v) for k, v in {**cond, **source}.items() if k not in (SOURCE, UNCONDITIONAL, APPENDED)}
+        if trace.appended_dim is not None:
+            appended = (source if APPENDED in source else cond)[APPENDED]
+            x = torch.cat([x, appended.to(x)], dim=trace.appended_dim)
         kwargs.update({trace.latent_name: x, trace.timestep_name: t.to(latents.device), "return_dict": False})
-        output = _as_batch(_first_output(self.model(**kwargs)), latents)
-        return trace.sign * output
+        output = _first_output(self.model(**kwargs))
+        if trace.output_appended:
+            output = output.narrow(trace.appended_dim, 0, latents.shape[trace.appended_dim])
+        return trace.sign * _as_batch(output, latents)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The pipeline's own tail on `latents`: a short call in which the transformer returns zeros,
@@ -462,6 +549,71 @@ class TracedFamily(PipelineFamily):
                 outputs = iter(self._encoder_outputs.get(index, []))
                 stack.enter_context(_patched(encoder, "forward", lambda *a, _o=outputs, **k: next(_o)))
             yield
+
+
+def _stack_rows(rows: List[Conditioning], name: str) -> Conditioning:
+    """Single-row conditionings as one: per-row values concatenated (tensors along their rows, lists item by item),
+    shared ones kept once (they must be the same in every row)."""
+    out = {}
+    for key, first in rows[0].items():
+        values = [row[key] for row in rows]
+        if isinstance(first, Shared):
+            if any(not _same(unshared(v), first.value) for v in values[1:]):
+                raise TraceError(f"{name}: the argument {key!r} has no row per prompt but differs between rows' "
+                                 "images; the traced family cannot batch those rows. A family file can.")
+            out[key] = first
+        elif isinstance(first, torch.Tensor):
+            if any(v.shape[1:] != first.shape[1:] for v in values):
+                raise TraceError(f"{name}: the argument {key!r} has another shape for another row "
+                                 f"({sorted({tuple(v.shape) for v in values})}); the traced family cannot batch it.")
+            out[key] = torch.cat(values)
+        else:
+            out[key] = [item for v in values for item in v]
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _find_latents(inputs: Dict[str, Any], sample: torch.Tensor) -> Tuple[Optional[str], Optional[int]]:
+    """The argument that holds the latents the scheduler steps, and the dimension along which the pipeline appends
+    conditioning to them (None: the latents alone)."""
+    for key, value in inputs.items():
+        batch = _as_batch(value, sample)
+        if batch is not None and _close(batch, sample):
+            return key, None
+    for key, value in inputs.items():
+        if not isinstance(value, torch.Tensor) or value.dim() != sample.dim() or value.shape[0] != sample.shape[0]:
+            continue
+        for dim in range(1, sample.dim()):
+            longer = value.shape[dim] > sample.shape[dim]
+            others = all(value.shape[d] == sample.shape[d] for d in range(sample.dim()) if d != dim)
+            if longer and others and _close(value.narrow(dim, 0, sample.shape[dim]), sample):
+                return key, dim
+    return None, None
+
+
+def _check_appended_constant(name: str, values: List[torch.Tensor], steps: list, dim: int) -> None:
+    """What the pipeline appends to the latents must be conditioning: the same at every step."""
+    size = steps[0]["sample"].shape[dim]
+    first = values[0].narrow(dim, size, values[0].shape[dim] - size)
+    if any(not torch.equal(first, v.narrow(dim, size, v.shape[dim] - size)) for v in values[1:]):
+        raise TraceError(f"{name} appends to the latents something that changes from step to step: not "
+                         "conditioning the traced family can hold fixed.")
+
+
+def _changes(a, b) -> bool:
+    """Whether a transformer argument (a tensor, or a list of them) differs between two steps."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and not torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b) and a:
+        return any(_changes(x, y) for x, y in zip(a, b))
+    return False
 
 
 def _rows(value) -> Optional[int]:
