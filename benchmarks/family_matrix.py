@@ -64,10 +64,15 @@ CONDITIONED_BUILDS = {
     "StableDiffusion3ControlNetPipeline": ("build_tiny_sd3_controlnet_pipeline", {}),
     "FluxControlNetPipeline": ("build_tiny_flux_controlnet_pipeline", {}),
     "FluxControlPipeline": ("build_tiny_flux_control_pipeline", {}),
+    "WanVACEPipeline": ("build_tiny_wan_vace_pipeline", {"num_frames": 5}),
     # references at 64^2 for the VAE and 32^2 for the text encoder instead of the pipeline's 1024^2 and 384^2
     "QwenImageEditPlusPipeline": ("build_tiny_qwenimage_edit_plus_pipeline", {"module_sizes": {
         "diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus": {"VAE_IMAGE_SIZE": 64 * 64,
                                                                        "CONDITION_IMAGE_SIZE": 32 * 32}}}),
+    # its one image at 64^2 instead of the pipeline's 1024^2
+    "QwenImageEditPipeline": ("build_tiny_qwenimage_edit_pipeline", {"module_sizes": {
+        "diffusers.pipelines.qwenimage.pipeline_qwenimage_edit": {
+            "calculate_dimensions": lambda area, ratio: (64, 64, None)}}}),
 }
 
 
@@ -154,23 +159,26 @@ def render(family, noise, options, values=None):
 
 # the conditioning argument -> its column in the matrix's tiny datasets
 COLUMNS = {"image": ("image_column", "image"), "mask_image": ("mask_column", "mask"),
-           "control_image": ("control_column", "control")}
+           "control_image": ("control_column", "control"), "video": ("video_column", "video")}
 
 
 def conditioned_rows(family, folder: str):
     """A tiny dataset for an image-conditioned family: four prompts, each with a source image (or a control image,
-    for ControlNets; and a mask where the family takes one), and the conditioning of the first two for the round
-    trip."""
+    for ControlNets; a video of as many frames as the family generates, for video-conditioned ones; and a mask where
+    the family takes one), and the conditioning of the first two for the round trip."""
     from PIL import Image
 
     rows, values = [], []
-    arg = "image" if "image" in family.conditioning or "control_image" not in family.conditioning else "control_image"
+    arg = next((a for a in ("image", "control_image", "video") if a in family.conditioning), "image")
+    count = family.conditioning.get("video", 1) if arg == "video" else 1
     for i, prompt in enumerate(PROMPTS):
-        pixels = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()
-        column = COLUMNS[arg][1]
-        row, value = {"prompt": prompt, column: os.path.join(folder, f"{column}_{i}.png")}, {}
-        Image.fromarray(pixels).save(row[column])
-        value[arg] = Image.open(row[column]).convert("RGB")
+        column, row, value = COLUMNS[arg][1], {"prompt": prompt}, {}
+        paths = [os.path.join(folder, f"{column}_{i}_{k}.png") for k in range(count)]
+        for k, path in enumerate(paths):
+            generator = torch.Generator().manual_seed(100 * i + k)
+            Image.fromarray((torch.rand(64, 64, 3, generator=generator) * 255).byte().numpy()).save(path)
+        frames = [Image.open(path).convert("RGB") for path in paths]
+        row[column], value[arg] = (paths, frames) if arg == "video" else (paths[0], frames[0])
         if "mask_image" in family.conditioning:
             mask = Image.new("L", (64, 64), 0)
             mask.paste(255, (8 * i, 8 * i, 8 * i + 32, 8 * i + 32))

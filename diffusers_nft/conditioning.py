@@ -18,8 +18,9 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 # pipeline-call argument -> the NFTConfig field that names its dataset column
-CONDITIONING_ARGUMENTS = {"image": "image_column", "mask_image": "mask_column", "control_image": "control_column"}
-MODES = {"image": "RGB", "mask_image": "L", "control_image": "RGB"}
+CONDITIONING_ARGUMENTS = {"image": "image_column", "mask_image": "mask_column", "control_image": "control_column",
+                          "video": "video_column"}
+MODES = {"image": "RGB", "mask_image": "L", "control_image": "RGB", "video": "RGB"}
 
 
 class ConditioningError(ValueError):
@@ -148,9 +149,9 @@ def as_tensor(image) -> torch.Tensor:
 
 def reward_metadata(values: Sequence[Dict[str, object]]) -> List[dict]:
     """What rewards see of each row's conditioning, in its metadata: `"source_image"` (the `image` argument, a
-    tensor `(3, H, W)` in [0, 1], or `(N, 3, H, W)` for several), `"mask"` (`(1, H, W)`, 1 where the edit goes) and
-    `"control_image"`."""
-    keys = {"image": "source_image", "mask_image": "mask", "control_image": "control_image"}
+    tensor `(3, H, W)` in [0, 1], or `(N, 3, H, W)` for several), `"mask"` (`(1, H, W)`, 1 where the edit goes),
+    `"control_image"` and `"source_video"` (the `video` argument's frames, `(F, 3, H, W)`)."""
+    keys = {"image": "source_image", "mask_image": "mask", "control_image": "control_image", "video": "source_video"}
     return [{keys[arg]: as_tensor(value) for arg, value in row.items()} for row in values]
 
 

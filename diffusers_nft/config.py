@@ -183,6 +183,10 @@ class NFTConfig:
     control_column: Optional[str] = field(
         default=None, metadata={"help": "Control pipelines: the column of each row's control image (`control_image`)."}
     )
+    video_column: Optional[str] = field(
+        default=None, metadata={"help": "Video-conditioned pipelines (Wan VACE): the column of each row's conditioning "
+                                "video, as a list of frame images (`video`), one per generated frame."}
+    )
     num_frames: Optional[int] = field(
         default=None, metadata={"help": "Frames per video for video pipelines (Wan: 4 k + 1). Default: the family's."}
     )

@@ -71,6 +71,7 @@ class EvaluationArguments:
     )
     mask_column: Optional[str] = field(default=None, metadata={"help": "Inpainting: the column of masks."})
     control_column: Optional[str] = field(default=None, metadata={"help": "Control: the column of control images."})
+    video_column: Optional[str] = field(default=None, metadata={"help": "Video conditioning: lists of frames (`video`)."})
     grid_prompts: int = field(default=4, metadata={"help": "Prompts shown in grid.png."})
 
 

@@ -56,8 +56,11 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
     for start, end in call_ranges(len(prompts), min(batch_size, max_prompts_per_call or batch_size), shared):
         chunk = list(prompts[start:end])
         extra = {} if conditioning is None else conditioning_kwargs(list(conditioning[start:end]))
-        out = pipe(prompt=chunk, generator=generators(seeds[start:end]), output_type="pt",
-                   return_dict=False, **call_kwargs, **extra)[0]
+        # One image: a prompt and a generator, not lists of one (Wan VACE takes no lists); the noise is the same.
+        prompt, generator = chunk, generators(seeds[start:end])
+        if len(chunk) == 1:
+            prompt, generator = chunk[0], generator[0]
+        out = pipe(prompt=prompt, generator=generator, output_type="pt", return_dict=False, **call_kwargs, **extra)[0]
         images.append(out.float().cpu())
         if bar is not None:
             bar.update(len(chunk))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer
 from diffusers_nft.guidance import guided_velocity
-from diffusers_nft.pipelines import QwenImageEditPlusFamily, get_family
+from diffusers_nft.pipelines import QwenImageEditFamily, QwenImageEditPlusFamily, get_family
 from diffusers_nft.pipelines.base import SOURCE
 from diffusers_nft.sampling import rollout
 
@@ -22,12 +22,14 @@ from conftest import step_and_check_the_soft_update, tiny_config
 
 @pytest.fixture(autouse=True)
 def qwen_edit_sizes(monkeypatch):
-    """References at 64^2 for the VAE and 32^2 for the text encoder (the pipeline's 1024^2 and 384^2 would give a
-    tiny model 16,384 tokens per reference): the pipeline and the family read the same module constants."""
+    """References at 64^2 for the VAE and 32^2 for the text encoder (the pipelines' 1024^2 and 384^2 would give a
+    tiny model 16,384 tokens per reference): the pipelines and the families read the same module values."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as edit
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as plus
 
     monkeypatch.setattr(plus, "VAE_IMAGE_SIZE", 64 * 64)
     monkeypatch.setattr(plus, "CONDITION_IMAGE_SIZE", 32 * 32)
+    monkeypatch.setattr(edit, "calculate_dimensions", lambda area, ratio: (64, 64, None))
 
 
 def _image(seed: int, size: int = 64) -> Image.Image:
@@ -69,6 +71,23 @@ def test_the_family_samples_what_the_pipeline_samples_for_each_prompt_and_its_re
     theirs = _render(pipe, family, references[1], prompts[1])
     torch.testing.assert_close(both, theirs, atol=1e-4, rtol=0)
     assert (theirs - ours[1:]).abs().max() > 1e-3  # the second reference matters
+
+
+def test_the_first_qwen_image_edit_samples_what_its_pipeline_samples():
+    pipe = tiny_pipelines.build_tiny_qwenimage_edit_pipeline()
+    family = get_family(pipe)
+    assert type(family) is QwenImageEditFamily and family.conditioning == {"image": 1}
+    prompts, sources = ["make it blue", "turn it into a seven"], [_image(1), _image(2)]
+    shape = family.latent_shape(64)
+    noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(5)).repeat(2, 1, 1)
+    cond = _cond(family, prompts, sources)
+    with torch.no_grad():
+        ours = family.decode(rollout(lambda x, s: family.predict_velocity(x, s, cond), family.sampling_sigmas(4, shape),
+                                     noise, "euler"))
+    for row in range(2):
+        theirs = _render(pipe, family, sources[row], prompts[row])
+        torch.testing.assert_close(ours[row : row + 1], theirs, atol=1e-4, rtol=0)
+    assert (ours[0] - ours[1]).abs().max() > 1e-4  # prompt and source matter (8e-4 on this tiny model)
 
 
 def test_guidance_drops_the_prompt_and_keeps_the_references_as_the_pipeline_does():

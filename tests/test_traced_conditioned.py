@@ -91,6 +91,49 @@ def test_a_class_with_no_family_file_is_served_traced_flux_control():
         torch.testing.assert_close(ours[row : row + 1], theirs, atol=1e-4, rtol=0)
 
 
+def _frames(seed: int, count: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    return [Image.fromarray((torch.rand(64, 64, 3, generator=g) * 255).byte().numpy()) for _ in range(count)]
+
+
+def test_a_video_conditioned_pipeline_is_served_traced_wan_vace(tmp_path):
+    """Wan VACE (`WanVACEPipeline`, `video=` a list of frames) has no family file and takes one prompt per call: the
+    traced rollout is the pipeline's own, and a run trains on each row's conditioning video (`video_column`)."""
+    pipe = tiny_pipelines.build_tiny_wan_vace_pipeline()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # the pipeline's loop becomes an Euler rollout
+    traced = get_family(pipe, num_frames=5)
+    assert isinstance(traced, TracedFamily) and traced.conditioning["video"] == 5
+    traced.use_example_conditioning({"video": _frames(9)})
+    prompts, videos = ["a cat", "a dog"], [_frames(1), [Image.new("RGB", (64, 64), (255, 255, 255))] * 5]
+    shape = traced.latent_shape(64)
+    noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
+    cond = traced.encode_prompts(prompts, torch.device("cpu"), 16)
+    cond[SOURCE] = traced.encode_conditioning([{"video": v} for v in videos], torch.device("cpu"), prompts)
+    assert traced.max_prompts_per_call == 1  # "Passing a list of prompts is not yet supported"
+    with torch.no_grad():
+        ours = traced.decode(rollout(lambda x, s: traced.predict_velocity(x, s, cond),
+                                     traced.sampling_sigmas(4, shape), noise, "euler"))
+    for row in range(2):
+        theirs = pipe(prompt=prompts[row], video=videos[row], latents=noise[row : row + 1], output_type="pt",
+                      **traced.call_kwargs(64, 4, 16)).frames
+        torch.testing.assert_close(ours[row : row + 1], theirs, atol=1e-5, rtol=0)
+    other = pipe(prompt=prompts[0], video=videos[1], latents=noise[:1], output_type="pt",
+                 **traced.call_kwargs(64, 4, 16)).frames
+    assert (other - ours[:1]).abs().max() > 1e-2  # the conditioning video matters
+    rows = []
+    for i, prompt in enumerate(["a cat", "a dog", "a tree", "a house"]):
+        paths = [str(tmp_path / f"video_{i}_{k}.png") for k in range(5)]
+        for frame, path in zip(_frames(70 + i), paths):
+            frame.save(path)
+        rows.append({"prompt": prompt, "frames": paths})
+    config = tiny_config(tmp_path / "run", max_steps=1, num_frames=5, video_column="frames", prompts_per_iteration=2,
+                         group_size=2, eval_num_steps=3)
+    trainer = NFTTrainer(tiny_pipelines.build_tiny_wan_vace_pipeline(), "jpeg_incompressibility", config, rows)
+    trainer.train()
+    weights = load_file(tmp_path / "run" / "pytorch_lora_weights.safetensors")
+    assert max(v.abs().max().item() for k, v in weights.items() if "lora_B" in k) > 0
+
+
 @pytest.mark.slow  # 4 s; the rollout tests above pin the traced conditioning in the fast set
 def test_a_traced_image_to_video_run_trains_on_each_rows_first_frame(tmp_path):
     folder = tmp_path / "wan-i2v"

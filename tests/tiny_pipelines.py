@@ -247,6 +247,17 @@ def build_tiny_qwenimage_pipeline(seed: int = 0, sample_size: int = 8):
                              tokenizer=tokenizer)
 
 
+def build_tiny_qwenimage_edit_pipeline(seed: int = 0):
+    """The first Qwen-Image-Edit (`QwenImageEditPipeline`) on the parts of `build_tiny_qwenimage_edit_plus_pipeline`
+    (its notes hold; its sizes come from its module's `calculate_dimensions`)."""
+    from diffusers import QwenImageEditPipeline
+
+    plus = build_tiny_qwenimage_edit_plus_pipeline(seed)
+    pipe = QwenImageEditPipeline(**plus.components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def build_tiny_qwenimage_edit_plus_pipeline(seed: int = 0):
     """Build a tiny `QwenImageEditPlusPipeline` (Qwen-Image-Edit-2509: a Qwen2.5-VL text encoder that reads the
     references through a real Qwen2-VL image processor), offline. Not saved and reloaded: its processor is the
@@ -417,6 +428,26 @@ def build_tiny_wan_i2v_pipeline(seed: int = 0, two_experts: bool = False, bounda
         image_encoder=image_encoder, image_processor=image_processor, transformer=transformer(),
         transformer_2=transformer() if two_experts else None, boundary_ratio=boundary_ratio if two_experts else None,
     )
+
+
+def build_tiny_wan_vace_pipeline(seed: int = 0):
+    """Build a tiny `WanVACEPipeline` (Wan VACE: a conditioning video's latents, with its mask, feed VACE blocks
+    beside the transformer's), offline, on the tiny Wan's text encoder and VAE; no family file serves it: the traced
+    family does."""
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+
+    wan = build_tiny_wan_pipeline(seed)
+    torch.manual_seed(seed + 1)
+    transformer = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=wan.text_encoder.config.d_model, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, vace_layers=[0, 1],
+        vace_in_channels=2 * 16 + 8 * 8,  # inactive and reactive latents, and the mask folded 8 x 8
+    )
+    pipe = WanVACEPipeline(tokenizer=wan.tokenizer, text_encoder=wan.text_encoder, vae=wan.vae, scheduler=wan.scheduler,
+                           transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def build_tiny_auraflow_pipeline(seed: int = 0, sample_size: int = 8):

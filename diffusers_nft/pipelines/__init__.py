@@ -10,7 +10,7 @@ from .flux_kontext import FluxKontextFamily
 from .flux2 import Flux2Family
 from .lumina2 import Lumina2Family
 from .qwenimage import QwenImageFamily
-from .qwenimage_edit import QwenImageEditPlusFamily
+from .qwenimage_edit import QwenImageEditFamily, QwenImageEditPlusFamily
 from .sd3 import SD3Family
 from .sd3_controlnet import SD3ControlNetFamily
 from .traced import TraceError, TracedFamily
@@ -19,7 +19,7 @@ from .wan_i2v import WanImageToVideoFamily
 from .z_image import ZImageFamily
 
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
-            FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily,
+            FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily, QwenImageEditFamily,
             SD3ControlNetFamily, FluxControlNetFamily)
 
 
@@ -83,7 +83,7 @@ def card_tags(pipeline_class_name: str) -> List[str]:
 
 
 __all__ = [
-    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxControlNetFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily", "QwenImageEditPlusFamily",
+    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxControlNetFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily", "QwenImageEditPlusFamily", "QwenImageEditFamily",
     "FAMILY_MODES", "SD3Family", "SD3ControlNetFamily", "Shared", "TraceError", "TracedFamily", "WanFamily", "WanImageToVideoFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]

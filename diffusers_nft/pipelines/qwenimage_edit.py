@@ -1,9 +1,9 @@
-"""Qwen-Image-Edit-2509 and later (`QwenImageEditPlusPipeline`): Qwen-Image whose text encoder reads the prompt
-together with its reference images (each shrunk to the pipeline's condition area), and whose sequence also holds
-each reference's packed VAE latents (each at the pipeline's VAE area), described to the rotary embedding by
-`img_shapes`; the velocity is read off the output's first tokens."""
+"""Qwen-Image-Edit (`QwenImageEditPipeline`) and Qwen-Image-Edit-2509 and later (`QwenImageEditPlusPipeline`):
+Qwen-Image whose text encoder reads the prompt together with its reference images (each resized to the pipeline's
+condition area), and whose sequence also holds each reference's packed VAE latents (each at the pipeline's VAE
+area), described to the rotary embedding by `img_shapes`; the velocity is read off the output's first tokens."""
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -17,6 +17,13 @@ def _plus_module():
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
 
     return pipeline_qwenimage_edit_plus
+
+
+def _edit_module():
+    """`QwenImageEditPipeline`'s module: its `calculate_dimensions`, read at call time."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit
+
+    return pipeline_qwenimage_edit
 
 
 class QwenImageEditPlusFamily(QwenImageFamily):
@@ -51,22 +58,33 @@ class QwenImageEditPlusFamily(QwenImageFamily):
         return {**_stacked(texts), "image_latents": torch.cat(latents).float(), "reference_shapes": list(shapes),
                 UNCONDITIONAL: _stacked(empty)}
 
+    def condition_size(self, image) -> Tuple[int, int]:
+        """`(width, height)` of a reference as the text encoder reads it."""
+        plus = _plus_module()
+        return plus.calculate_dimensions(plus.CONDITION_IMAGE_SIZE, image.width / image.height)
+
+    def vae_size(self, image) -> Tuple[int, int]:
+        """`(width, height)` of a reference as the VAE encodes it."""
+        plus = _plus_module()
+        return plus.calculate_dimensions(plus.VAE_IMAGE_SIZE, image.width / image.height)
+
     def _text_states(self, prompt: str, images: list, device: torch.device):
-        """The pipeline's text states of one prompt read with its references, shrunk as the pipeline shrinks them."""
-        plus, pipe = _plus_module(), self.pipeline
-        shrunk = []
-        for image in images:
-            width, height = plus.calculate_dimensions(plus.CONDITION_IMAGE_SIZE, image.width / image.height)
-            shrunk.append(pipe.image_processor.resize(image, height, width))
-        embeds, mask = pipe._get_qwen_prompt_embeds([prompt], shrunk, device)
+        """The pipeline's text states of one prompt read with its references, resized as the pipeline does."""
+        pipe = self.pipeline
+        resized = [pipe.image_processor.resize(image, *reversed(self.condition_size(image))) for image in images]
+        embeds, mask = pipe._get_qwen_prompt_embeds([prompt], self.text_encoder_images(resized), device)
         return embeds[0].float(), mask[0]
+
+    def text_encoder_images(self, resized: list):
+        """The references as the pipeline hands them to its text encoder: a list (one or several)."""
+        return resized
 
     def _reference_latents(self, images: list, device: torch.device):
         """One row's references at the pipeline's VAE area: packed latents `(1, tokens, C)` and their shapes."""
-        plus, pipe, vae = _plus_module(), self.pipeline, self.pipeline.vae
+        pipe, vae = self.pipeline, self.pipeline.vae
         packed, shapes = [], []
         for image in images:
-            width, height = plus.calculate_dimensions(plus.VAE_IMAGE_SIZE, image.width / image.height)
+            width, height = self.vae_size(image)
             pixels = pipe.image_processor.preprocess(image, height, width).unsqueeze(2).to(device, vae.dtype)
             latents = vae.encode(pixels).latent_dist.mode()
             view = (1, vae.config.z_dim, 1, 1, 1)
@@ -94,6 +112,24 @@ class QwenImageEditPlusFamily(QwenImageFamily):
     def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
         """The pipeline takes one prompt and its references per call."""
         return {"image": values[0]["image"]} if values else {}
+
+
+class QwenImageEditFamily(QwenImageEditPlusFamily):
+    """Qwen-Image-Edit (the first): one source image per prompt (`--image_column`), which the text encoder and the
+    VAE both read at the pipeline's 1-megapixel size, whatever the run's resolution (the pipeline fixes it)."""
+
+    pipeline_class_names = ("QwenImageEditPipeline",)
+    conditioning = {"image": 1}
+
+    def condition_size(self, image) -> Tuple[int, int]:
+        width, height, _ = _edit_module().calculate_dimensions(1024 * 1024, image.width / image.height)
+        return width, height
+
+    def vae_size(self, image) -> Tuple[int, int]:
+        return self.condition_size(image)
+
+    def text_encoder_images(self, resized: list):
+        return resized[0]  # the pipeline passes its one image, not a list
 
 
 def _stacked(states) -> Conditioning:

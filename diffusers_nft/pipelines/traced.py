@@ -28,6 +28,7 @@ with CFG off, no latent or timestep argument, a timestep that is not affine in s
 """
 
 import inspect
+import logging
 from contextlib import ExitStack as contextlib_exit_stack
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ import torch
 
 from .base import SOURCE, UNCONDITIONAL, Conditioning, PipelineFamily, Shared, unshared
 
+logger = logging.getLogger(__name__)
+
 TRACE_PROMPT = "a photo"
 TRACE_STEPS = 3
 PROBE_STEPS = 2  # calls that stop early or skip the transformer; 1 step would divide by 0 in terminal stretching
@@ -44,7 +47,7 @@ PROBE_STEPS = 2  # calls that stop early or skip the transformer; 1 step would d
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 # Call arguments that make a pipeline image-conditioned when they have no default.
 IMAGE_INPUTS = ("image", "control_image", "mask_image", "video", "reference_image")
-FED_INPUTS = ("image", "mask_image", "control_image")  # those a dataset column can feed (`conditioning`)
+FED_INPUTS = ("image", "mask_image", "control_image", "video")  # those a dataset column feeds (`conditioning`)
 APPENDED = "__appended__"  # the conditioning the pipeline appends to the latents' tensor
 
 
@@ -152,14 +155,15 @@ class TracedFamily(PipelineFamily):
         self._check_traceable()  # before the base class reads pipeline.transformer
         super().__init__(pipeline, distilled_guidance_scale, num_frames)
         self._parameters = inspect.signature(type(pipeline).__call__).parameters
-        self.conditioning = {arg: 1 for arg in FED_INPUTS if arg in self._parameters}
+        self.extra_call_kwargs = dict(call_kwargs or {})
+        if num_frames is not None and "num_frames" in self._parameters:
+            self.extra_call_kwargs["num_frames"] = num_frames
+        frames = self.video_frames() or 1  # a conditioning video has a frame per generated frame
+        self.conditioning = {arg: frames if arg == "video" else 1 for arg in FED_INPUTS if arg in self._parameters}
         self.required_conditioning = tuple(arg for arg in self.conditioning
                                            if self._parameters[arg].default is inspect.Parameter.empty)
         self.conditioning_shared_by_call = bool(self.conditioning)  # one row's images per call: safe for any class
         self._example: Dict[str, Any] = {}  # a row's conditioning, given to every traced call
-        self.extra_call_kwargs = dict(call_kwargs or {})
-        if num_frames is not None and "num_frames" in self._parameters:
-            self.extra_call_kwargs["num_frames"] = num_frames
         self._signature = inspect.signature(self.transformer.forward)  # before decode() replaces the forward
         self._cfg_off: Optional[dict] = None
         self._traces: Dict[int, Trace] = {}
@@ -167,6 +171,7 @@ class TracedFamily(PipelineFamily):
         self._per_row: Optional[set] = None
         self._encoder_outputs: Dict[int, list] = {}
         self._max_sequence_length = self.default_max_sequence_length
+        self._decodes_batches = True
 
     @property
     def default_lora_targets(self) -> Tuple[str, ...]:
@@ -198,7 +203,8 @@ class TracedFamily(PipelineFamily):
                     and p not in FED_INPUTS]
         if required:
             raise TraceError(f"{name}'s call requires {required}, which no dataset column feeds; the traced family "
-                             f"feeds {list(FED_INPUTS)} (--image_column, --mask_column, --control_column).")
+                             f"feeds {list(FED_INPUTS)} (--image_column, --mask_column, --control_column, "
+                             "--video_column).")
         if "callback_on_step_end" not in parameters or "output_type" not in parameters:
             raise TraceError(f"{name} takes no `callback_on_step_end`/`output_type`: not a standard diffusers loop.")
         if not {"num_images_per_prompt", "num_videos_per_prompt"} & set(parameters):
@@ -235,8 +241,9 @@ class TracedFamily(PipelineFamily):
     def _call(self, prompts: List[str], resolution: int, num_steps: int, **extra):
         kwargs = {**self.extra_call_kwargs, **self._example, **(self._cfg_off or {}), **extra}
         # A generator of its own, so that tracing leaves the global random state (and so training) as it was.
-        kwargs.update(prompt=list(prompts), height=resolution, width=resolution, num_inference_steps=num_steps,
-                      return_dict=False, generator=torch.Generator().manual_seed(0))
+        # one prompt as a string: some pipelines (Wan VACE) take no list
+        kwargs.update(prompt=prompts[0] if len(prompts) == 1 else list(prompts), height=resolution, width=resolution,
+                      num_inference_steps=num_steps, return_dict=False, generator=torch.Generator().manual_seed(0))
         if "output_type" not in kwargs:
             kwargs["output_type"] = "latent"
         # text encoders offloaded to the CPU join the transformer for a call that encodes prompts
@@ -413,6 +420,7 @@ class TracedFamily(PipelineFamily):
         if trace is None:
             trace = self._trace(resolution)
             self._check_size(trace, resolution)
+            self._rows(resolution)  # and whether its call takes several prompts (`max_prompts_per_call`)
         return trace.latent_shape
 
     def _check_size(self, trace: Trace, resolution: int) -> None:
@@ -455,11 +463,19 @@ class TracedFamily(PipelineFamily):
         return self._grids[key]
 
     def _rows(self, resolution: int) -> set:
-        """The conditioning arguments with one row per prompt: those that grow from 2 to 3 rows with the batch."""
+        """The conditioning arguments with one row per prompt: those that grow from 2 to 3 rows with the batch; for
+        a pipeline that takes one prompt per call (then `max_prompts_per_call` 1), those with one row in a call."""
         if self._per_row is None:
-            two = self._probe(["a photo", "a red cat on a blue sea"], resolution, PROBE_STEPS)
-            three = self._probe(["a photo", "a red cat on a blue sea", "a dog"], resolution, PROBE_STEPS)
-            self._per_row = {k for k, v in two.items() if _rows(v) == 2 and _rows(three.get(k)) == 3}
+            try:
+                two = self._probe(["a photo", "a red cat on a blue sea"], resolution, PROBE_STEPS)
+                three = self._probe(["a photo", "a red cat on a blue sea", "a dog"], resolution, PROBE_STEPS)
+                self._per_row = {k for k, v in two.items() if _rows(v) == 2 and _rows(three.get(k)) == 3}
+            except Exception as error:  # "a list of prompts is not supported" and the like
+                logger.info("%s takes one prompt per call (%s): its rows are read one at a time.",
+                            type(self.pipeline).__name__, error)
+                self.max_prompts_per_call = 1
+                one = self._probe(["a photo"], resolution, PROBE_STEPS)
+                self._per_row = {k for k, v in one.items() if _rows(v) == 1}
         return self._per_row
 
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
@@ -521,7 +537,19 @@ class TracedFamily(PipelineFamily):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The pipeline's own tail on `latents`: a short call in which the transformer returns zeros,
-        `scheduler.step` returns `latents`, and the text encoders replay what they gave for the trace prompt."""
+        `scheduler.step` returns `latents`, and the text encoders replay what they gave for the trace prompt.
+        A pipeline that makes one image per call (Wan VACE) decodes them one at a time."""
+        if len(latents) > 1 and not self._decodes_batches:
+            return torch.cat([self._decode(x[None]) for x in latents])
+        try:
+            return self._decode(latents)
+        except ValueError:  # "multiple videos per prompt are not supported" and the like
+            if len(latents) == 1:
+                raise
+            self._decodes_batches = False
+            return self.decode(latents)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         trace = self._trace_of(latents.shape[1:])
         resolution = self._resolution_of(latents.shape[1:])
 
