@@ -89,6 +89,7 @@ def test_generation_calls_the_pipeline_once_per_rows_references(klein_dir):
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # 3 s; the fast set trains conditioned runs through Kontext and pins FLUX.2's references above
 def test_a_run_trains_on_each_rows_references_and_the_lora_loads_back(klein_dir, rows, tmp_path):
     seen = []
 
