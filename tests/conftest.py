@@ -113,6 +113,14 @@ def reach_loading(argv):
     return seen["script_args"], seen["config"]
 
 
+def random_image(seed: int, size: int = 64):
+    """A seeded random RGB image: a source, reference, first frame or control image of the conditioned tests."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(size, size, 3, generator=generator) * 255).byte().numpy())
+
+
 def load_saved(folder):
     """A pipeline saved with `save_pretrained`, of the class its `model_index.json` names, without progress bars."""
     from diffusers import DiffusionPipeline

@@ -19,12 +19,7 @@ from diffusers_nft.policy import make_lora_config
 from diffusers_nft.sampling import rollout
 
 import tiny_pipelines
-from conftest import load_saved, step_and_check_the_soft_update, tiny_config
-
-
-def _image(seed: int, size: int = 64) -> Image.Image:
-    g = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).byte().numpy())
+from conftest import load_saved, random_image, step_and_check_the_soft_update, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,7 @@ def rows(tmp_path_factory):
     for i, prompt in enumerate(["put the cat on the chair", "the two in one room", "a poster of both", "swap them"]):
         paths = [str(folder / f"ref_{i}_{k}.png") for k in range(2)]
         for k, path in enumerate(paths):
-            _image(20 + 2 * i + k).save(path)
+            random_image(20 + 2 * i + k).save(path)
         out.append({"prompt": prompt, "references": paths})
     return out
 
@@ -57,7 +52,7 @@ def test_the_family_samples_what_the_pipeline_samples_for_the_same_references(kl
     pipe = load_saved(klein_dir)
     family = get_family(pipe)
     assert type(family) is Flux2Family and family.conditioning_shared_by_call
-    references, prompts = [_image(1), _image(2)], ["put the cat on the chair", "a poster of both"]
+    references, prompts = [random_image(1), random_image(2)], ["put the cat on the chair", "a poster of both"]
     shape = family.latent_shape(64)
     noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
     cond = family.encode_prompts(prompts, torch.device("cpu"), 16)
@@ -77,7 +72,7 @@ def test_the_family_samples_what_the_pipeline_samples_for_the_same_references(kl
 def test_generation_calls_the_pipeline_once_per_rows_references(klein_dir):
     pipe = load_saved(klein_dir)
     family = get_family(pipe)
-    first, second = {"image": [_image(1), _image(2)]}, {"image": [_image(3), _image(4)]}
+    first, second = {"image": [random_image(1), random_image(2)]}, {"image": [random_image(3), random_image(4)]}
     assert list(call_ranges(5, 4, [first, first, second, second, second])) == [(0, 2), (2, 5)]
     assert list(call_ranges(5, 4)) == [(0, 4), (4, 5)]
     kwargs = dict(call_kwargs=family.call_kwargs(64, 3, 16), conditioning_kwargs=family.conditioning_call_kwargs)
@@ -113,7 +108,7 @@ def test_a_run_trains_on_each_rows_references_and_the_lora_loads_back(klein_dir,
             expected = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
             assert torch.equal((sources[k] * 255).round().byte(), expected)
     assert any("lora_B" in k for k in load_file(tmp_path / "pytorch_lora_weights.safetensors"))
-    family, references, prompts = trainer.family, [_image(1), _image(2)], ["swap them", "a poster of both"]
+    family, references, prompts = trainer.family, [random_image(1), random_image(2)], ["swap them", "a poster of both"]
     trained = _render(pipe, family, references, prompts)  # after train(): the pipeline holds the saved LoRA
     fresh = load_saved(klein_dir)
     base = _render(fresh, family, references, prompts)

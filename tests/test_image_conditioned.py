@@ -19,13 +19,8 @@ from diffusers_nft.pipelines.base import SOURCE
 from diffusers_nft.sampling import rollout
 
 import tiny_pipelines
-from conftest import PROMPTS, count_sampling_calls, expected_sampling_calls, load_saved, small_lora, \
+from conftest import PROMPTS, count_sampling_calls, expected_sampling_calls, load_saved, random_image, small_lora, \
     step_and_check_the_soft_update, tiny_config
-
-
-def _image(seed: int, size: int = 64) -> Image.Image:
-    g = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).byte().numpy())
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,7 @@ def sources(tmp_path_factory):
     rows = []
     for i, prompt in enumerate(["make it blue", "turn it into a seven", "make it red", "add a dot"]):
         path = str(folder / f"source_{i}.png")
-        _image(10 + i).save(path)
+        random_image(10 + i).save(path)
         rows.append({"prompt": prompt, "source": path})
     return rows
 
@@ -57,7 +52,7 @@ def test_the_family_samples_what_the_pipeline_samples_for_the_same_source(kontex
     pipe = load_saved(kontext_dir)
     family = get_family(pipe)
     assert type(family) is FluxKontextFamily and family.conditioning == {"image": 1}
-    images, prompts = [_image(1), _image(2)], ["make it blue", "turn it into a seven"]
+    images, prompts = [random_image(1), random_image(2)], ["make it blue", "turn it into a seven"]
     shape = family.latent_shape(64)
     noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
     cond = family.encode_prompts(prompts, torch.device("cpu"), 16)
@@ -100,7 +95,7 @@ def test_the_lora_loads_into_kontext_and_reproduces_the_policy(kontext_dir, sour
     trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, sources, peft_config=peft_config)
     trainer.train()
     assert any("lora_B" in k for k in load_file(tmp_path / "pytorch_lora_weights.safetensors"))
-    family, images, prompts = trainer.family, [_image(1), _image(2)], ["make it blue", "add a dot"]
+    family, images, prompts = trainer.family, [random_image(1), random_image(2)], ["make it blue", "add a dot"]
     trained = _render(pipe, family, images, prompts)  # after train(): the pipeline holds the saved LoRA
     fresh = load_saved(kontext_dir)
     base = _render(fresh, family, images, prompts)
@@ -183,7 +178,7 @@ def test_fill_samples_what_its_pipeline_samples_for_the_same_image_and_mask(fill
     pipe = load_saved(fill_dir)
     family = get_family(pipe)
     assert type(family) is FluxFillFamily and family.required_conditioning == ("image", "mask_image")
-    images, masks, prompts = [_image(1), _image(2)], [_mask(), _mask(box=(0, 32))], ["a red dot", "a blue dot"]
+    images, masks, prompts = [random_image(1), random_image(2)], [_mask(), _mask(box=(0, 32))], ["a red dot", "a blue dot"]
     shape = family.latent_shape(64)
     noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
     cond = family.encode_prompts(prompts, torch.device("cpu"), 16)
@@ -237,8 +232,8 @@ def test_edit_consistency_scores_what_of_the_source_survives(tmp_path):
     from tiny_reward_models import save_tiny_clip
 
     reward = load_reward("edit_consistency", model_id=save_tiny_clip(str(tmp_path / "clip")), device="cpu")
-    source = as_tensor(_image(1))
-    other = as_tensor(_image(2))
+    source = as_tensor(random_image(1))
+    other = as_tensor(random_image(2))
     mask = as_tensor(_mask())  # the edit goes in the middle square
     inside_changed = source.clone()
     inside_changed[:, 16:48, 16:48] = other[:, 16:48, 16:48]
@@ -264,8 +259,8 @@ def test_edit_rewards_serve_over_the_reward_server_with_their_sources(tmp_path):
     from tiny_reward_models import save_tiny_clip
 
     clip = save_tiny_clip(str(tmp_path / "clip"))
-    source, mask = as_tensor(_image(1)), as_tensor(_mask())
-    images = torch.stack([as_tensor(_image(2)), source])
+    source, mask = as_tensor(random_image(1)), as_tensor(_mask())
+    images = torch.stack([as_tensor(random_image(2)), source])
     metadata = [{"source_image": source, "mask": mask, "tag": "a"}, {"source_image": source, "mask": mask, "tag": "b"}]
     local = load_reward("edit_consistency", model_id=clip, device="cpu")(images, ["x", "y"], metadata)
     server, thread, url = serve_in_thread(create_app("edit_consistency", model_id=clip, device="cpu"))

@@ -17,7 +17,7 @@ from diffusers_nft.pipelines.base import SOURCE
 from diffusers_nft.sampling import rollout
 
 import tiny_pipelines
-from conftest import step_and_check_the_soft_update, tiny_config
+from conftest import random_image, step_and_check_the_soft_update, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -30,11 +30,6 @@ def qwen_edit_sizes(monkeypatch):
     monkeypatch.setattr(plus, "VAE_IMAGE_SIZE", 64 * 64)
     monkeypatch.setattr(plus, "CONDITION_IMAGE_SIZE", 32 * 32)
     monkeypatch.setattr(edit, "calculate_dimensions", lambda area, ratio: (64, 64, None))
-
-
-def _image(seed: int, size: int = 64) -> Image.Image:
-    g = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).byte().numpy())
 
 
 def _render(pipe, family, references, prompt, seed=5, **kwargs):
@@ -54,15 +49,15 @@ def test_the_family_samples_what_the_pipeline_samples_for_each_prompt_and_its_re
     family = get_family(pipe)
     assert type(family) is QwenImageEditPlusFamily and family.max_prompts_per_call == 1
     prompts = ["make it blue", "put the second one on the left of the first one"]  # text states of two lengths
-    references = [[_image(1)], [_image(2), _image(3)]]
+    references = [[random_image(1)], [random_image(2), random_image(3)]]
     shape = family.latent_shape(64)
     noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(5)).repeat(2, 1, 1)
-    cond = _cond(family, prompts, [references[0], [_image(2)]])  # rows of one batch give as many references
+    cond = _cond(family, prompts, [references[0], [random_image(2)]])  # rows of one batch give as many references
     with torch.no_grad():
         ours = family.decode(rollout(lambda x, s: family.predict_velocity(x, s, cond), family.sampling_sigmas(4, shape),
                                      noise, "euler"))
     for row, prompt in enumerate(prompts):
-        theirs = _render(pipe, family, [references[0], [_image(2)]][row], prompt)
+        theirs = _render(pipe, family, [references[0], [random_image(2)]][row], prompt)
         torch.testing.assert_close(ours[row : row + 1], theirs, atol=1e-4, rtol=0)
     two = _cond(family, prompts[1:], references[1:])
     with torch.no_grad():
@@ -77,7 +72,7 @@ def test_the_first_qwen_image_edit_samples_what_its_pipeline_samples():
     pipe = tiny_pipelines.build_tiny_qwenimage_edit_pipeline()
     family = get_family(pipe)
     assert type(family) is QwenImageEditFamily and family.conditioning == {"image": 1}
-    prompts, sources = ["make it blue", "turn it into a seven"], [_image(1), _image(2)]
+    prompts, sources = ["make it blue", "turn it into a seven"], [random_image(1), random_image(2)]
     shape = family.latent_shape(64)
     noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(5)).repeat(2, 1, 1)
     cond = _cond(family, prompts, sources)
@@ -93,7 +88,7 @@ def test_the_first_qwen_image_edit_samples_what_its_pipeline_samples():
 def test_guidance_drops_the_prompt_and_keeps_the_references_as_the_pipeline_does():
     pipe = tiny_pipelines.build_tiny_qwenimage_edit_plus_pipeline()
     family = get_family(pipe)
-    prompt, references = "make it blue", [_image(1)]
+    prompt, references = "make it blue", [random_image(1)]
     cond = _cond(family, [prompt], [references])
     empty = _cond(family, [""], [references])
     x, sigma = torch.randn(1, *family.latent_shape(64), generator=torch.Generator().manual_seed(0)), torch.tensor([0.7])
@@ -111,7 +106,7 @@ def test_a_run_trains_on_each_rows_references_and_the_lora_loads_back(tmp_path):
     rows = []
     for i, prompt in enumerate(["make it blue", "turn it into a seven", "make it red", "add a dot"]):
         path = str(folder / f"source_{i}.png")
-        _image(40 + i).save(path)
+        random_image(40 + i).save(path)
         rows.append({"prompt": prompt, "source": path})
     seen = []
 
@@ -131,7 +126,7 @@ def test_a_run_trains_on_each_rows_references_and_the_lora_loads_back(tmp_path):
     for prompt, source in sampled:
         assert np.array_equal((source.permute(1, 2, 0) * 255).round().byte().numpy(), by_prompt[prompt])
     assert any("lora_B" in k for k in load_file(tmp_path / "run" / "pytorch_lora_weights.safetensors"))
-    family, references = trainer.family, [_image(1)]
+    family, references = trainer.family, [random_image(1)]
     trained = _render(pipe, family, references, "make it blue")
     fresh = tiny_pipelines.build_tiny_qwenimage_edit_plus_pipeline()
     base = _render(fresh, family, references, "make it blue")

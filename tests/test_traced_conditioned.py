@@ -14,12 +14,7 @@ from diffusers_nft.pipelines.base import SOURCE
 from diffusers_nft.sampling import rollout
 
 import tiny_pipelines
-from conftest import load_saved, tiny_config
-
-
-def _image(seed: int, size: int = 64) -> Image.Image:
-    g = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).byte().numpy())
+from conftest import load_saved, random_image, tiny_config
 
 
 def _traced_rollout(family, prompts, images, steps=4):
@@ -39,8 +34,8 @@ def test_a_traced_image_to_video_pipeline_follows_the_channels_appended_first_fr
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # the pipeline's loop becomes an Euler rollout
     traced = get_family(pipe, "traced", num_frames=5)
     assert isinstance(traced, TracedFamily) and traced.required_conditioning == ("image",)
-    traced.use_example_conditioning({"image": _image(9)})
-    prompts, image = ["the cat walks away", "leaves fall"], _image(1)
+    traced.use_example_conditioning({"image": random_image(9)})
+    prompts, image = ["the cat walks away", "leaves fall"], random_image(1)
     noise, ours, cond = _traced_rollout(traced, prompts, [image, image])
     trace = traced._traces[64]
     assert trace.appended_dim == 1 and not trace.output_appended  # 20 channels of mask and frame latents appended
@@ -54,12 +49,12 @@ def test_a_traced_kontext_follows_the_sequence_appended_source_and_says_when_the
     pipe = tiny_pipelines.build_tiny_flux_kontext_pipeline()
     pipe.set_progress_bar_config(disable=True)
     resizing = get_family(pipe, "traced")
-    resizing.use_example_conditioning({"image": _image(9)})
+    resizing.use_example_conditioning({"image": random_image(9)})
     with pytest.raises(TraceError, match="generates 1024x1024 when asked for 64x64: it resizes"):
         resizing.latent_shape(64)
     traced = get_family(pipe, "traced", call_kwargs={"max_area": 64 * 64, "_auto_resize": False})
-    traced.use_example_conditioning({"image": _image(9)})
-    prompts, images = ["make it blue", "turn it into a seven"], [_image(1), _image(2)]
+    traced.use_example_conditioning({"image": random_image(9)})
+    prompts, images = ["make it blue", "turn it into a seven"], [random_image(1), random_image(2)]
     noise, ours, _ = _traced_rollout(traced, prompts, images)
     assert traced._traces[64].output_appended  # the output is as long as latents + source: its first part counts
     explicit = FluxKontextFamily(pipe)
@@ -75,8 +70,8 @@ def test_a_class_with_no_family_file_is_served_traced_flux_control():
     pipe.set_progress_bar_config(disable=True)
     traced = get_family(pipe)
     assert isinstance(traced, TracedFamily) and "control_image" in traced.conditioning
-    traced.use_example_conditioning({"control_image": _image(9)})
-    prompts, controls = ["a red cat", "a blue dog"], [_image(1), _image(2)]
+    traced.use_example_conditioning({"control_image": random_image(9)})
+    prompts, controls = ["a red cat", "a blue dog"], [random_image(1), random_image(2)]
     shape = traced.latent_shape(64)
     noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
     cond = traced.encode_prompts(prompts, torch.device("cpu"), 16)
@@ -145,7 +140,7 @@ def test_a_traced_image_to_video_run_trains_on_each_rows_first_frame(tmp_path):
     rows = []
     for i, prompt in enumerate(["the cat walks away", "the dog jumps", "leaves fall", "the light fades"]):
         rows.append({"prompt": prompt, "frame": str(tmp_path / f"frame_{i}.png")})
-        _image(60 + i).save(rows[-1]["frame"])
+        random_image(60 + i).save(rows[-1]["frame"])
     config = tiny_config(tmp_path / "run", max_steps=2, learning_rate=3e-2, num_frames=5, family="traced",
                          image_column="frame", eval_num_steps=3)
     trainer = NFTTrainer(load_saved(str(folder)), "jpeg_incompressibility", config, rows)
@@ -164,7 +159,7 @@ def test_what_the_traced_family_cannot_follow_with_images_is_refused_with_the_re
     controlnet = tiny_pipelines.build_tiny_sd3_controlnet_pipeline()
     controlnet.set_progress_bar_config(disable=True)
     traced = get_family(controlnet, "traced")
-    traced.use_example_conditioning({"control_image": _image(3)})
+    traced.use_example_conditioning({"control_image": random_image(3)})
     with pytest.raises(TraceError, match="changes from step to step, such as a ControlNet's outputs"):
         traced.latent_shape(64)
     wan = tiny_pipelines.build_tiny_wan_i2v_pipeline()

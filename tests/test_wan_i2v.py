@@ -16,14 +16,9 @@ from diffusers_nft.pipelines.base import SOURCE
 from diffusers_nft.sampling import rollout
 
 import tiny_pipelines
-from conftest import load_saved, step_and_check_the_soft_update, tiny_config
+from conftest import load_saved, random_image, step_and_check_the_soft_update, tiny_config
 
 FRAMES = 5  # 2 latent frames
-
-
-def _image(seed: int, size: int = 64) -> Image.Image:
-    g = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).byte().numpy())
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,7 @@ def rows(tmp_path_factory):
     out = []
     for i, prompt in enumerate(["the cat walks away", "the dog jumps", "leaves fall", "the light fades"]):
         path = str(folder / f"frame_{i}.png")
-        _image(30 + i).save(path)
+        random_image(30 + i).save(path)
         out.append({"prompt": prompt, "first_frame": path})
     return out
 
@@ -56,7 +51,7 @@ def _rollout_matches_the_pipeline(pipe):
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     family = get_family(pipe, num_frames=FRAMES)
     assert type(family) is WanImageToVideoFamily and family.required_conditioning == ("image",)
-    shape, prompts, image = family.latent_shape(64), ["the cat walks away", "leaves fall"], _image(1)
+    shape, prompts, image = family.latent_shape(64), ["the cat walks away", "leaves fall"], random_image(1)
     assert shape == (16, 2, 8, 8)
     noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
     cond = family.encode_prompts(prompts, torch.device("cpu"), 16)
@@ -64,7 +59,7 @@ def _rollout_matches_the_pipeline(pipe):
     with torch.no_grad():
         ours = family.decode(rollout(lambda x, s: family.predict_velocity(x, s, cond), family.sampling_sigmas(4, shape),
                                      noise, "euler"))
-        other_frame = _render(pipe, family, _image(2), prompts)
+        other_frame = _render(pipe, family, random_image(2), prompts)
     theirs = _render(pipe, family, image, prompts)
     assert ours.shape == (2, FRAMES, 3, 64, 64)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
@@ -107,7 +102,7 @@ def test_wan_i2v_trains_on_each_rows_first_frame_and_the_lora_loads_back(i2v_dir
     for prompt, source in sampled:
         assert np.array_equal((source.permute(1, 2, 0) * 255).round().byte().numpy(), by_prompt[prompt])
     assert any("lora_B" in k for k in load_file(tmp_path / "pytorch_lora_weights.safetensors"))
-    family, image, prompts = trainer.family, _image(1), ["the dog jumps", "leaves fall"]
+    family, image, prompts = trainer.family, random_image(1), ["the dog jumps", "leaves fall"]
     trained = _render(pipe, family, image, prompts)  # after train(): the pipeline holds the saved LoRA
     fresh = load_saved(i2v_dir)
     base = _render(fresh, family, image, prompts)

@@ -214,8 +214,7 @@ def build_tiny_qwenimage_pipeline(seed: int = 0, sample_size: int = 8):
 
     Shapes follow diffusers' own tests of the pipeline; images are `8 * sample_size` pixels square.
     """
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
-    from diffusers import QwenImageTransformer2DModel
+    from diffusers import QwenImagePipeline
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -231,6 +230,13 @@ def build_tiny_qwenimage_pipeline(seed: int = 0, sample_size: int = 8):
         vision_start_token_id=vocab, vision_end_token_id=vocab + 1, vision_token_id=vocab + 2,
     )
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    return QwenImagePipeline(text_encoder=text_encoder, tokenizer=tokenizer, **_tiny_qwenimage_parts())
+
+
+def _tiny_qwenimage_parts() -> dict:
+    """The transformer, VAE and scheduler of the Qwen-Image builds (drawn after their text encoders, as always)."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
     transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
@@ -243,8 +249,7 @@ def build_tiny_qwenimage_pipeline(seed: int = 0, sample_size: int = 8):
         use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192,
         shift_terminal=0.02, time_shift_type="exponential",
     )
-    return QwenImagePipeline(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
-                             tokenizer=tokenizer)
+    return {"transformer": transformer, "vae": vae, "scheduler": scheduler}
 
 
 def build_tiny_qwenimage_edit_pipeline(seed: int = 0):
@@ -264,8 +269,7 @@ def build_tiny_qwenimage_edit_plus_pipeline(seed: int = 0):
     image-only subclass of `_qwen_vl_processor_class`, which `from_pretrained` cannot name; build it again with the
     same seed for a fresh copy. The pipeline sizes its references by its module's `VAE_IMAGE_SIZE` (1024^2) and
     `CONDITION_IMAGE_SIZE` (384^2): tests shrink both (`qwen_edit_sizes`)."""
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
-    from diffusers import QwenImageTransformer2DModel
+    from diffusers import QwenImageEditPlusPipeline
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -288,20 +292,8 @@ def build_tiny_qwenimage_edit_plus_pipeline(seed: int = 0):
         hidden_size=16, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id, **ids,
     )
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
-    )
-    vae = AutoencoderKLQwenImage(
-        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
-        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192,
-        shift_terminal=0.02, time_shift_type="exponential",
-    )
-    pipe = QwenImageEditPlusPipeline(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
-                                     tokenizer=tokenizer, processor=processor)
+    pipe = QwenImageEditPlusPipeline(text_encoder=text_encoder, tokenizer=tokenizer, processor=processor,
+                                     **_tiny_qwenimage_parts())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
