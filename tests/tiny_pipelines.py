@@ -271,17 +271,9 @@ def build_tiny_qwenimage_edit_plus_pipeline(seed: int = 0):
     `CONDITION_IMAGE_SIZE` (384^2): tests shrink both (`qwen_edit_sizes`)."""
     from diffusers import QwenImageEditPlusPipeline
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     torch.manual_seed(seed)
-    specials = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
-    with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = _vl_tokenizer(scratch, specials)
-    ids = dict(zip(("vision_start_token_id", "image_token_id", "vision_end_token_id", "video_token_id"),
-                   tokenizer.convert_tokens_to_ids(specials)))
-    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, merge_size=2,
-                                      temporal_patch_size=2)
-    processor = _qwen_vl_processor_class()(image_processor=images, tokenizer=tokenizer)
+    tokenizer, processor, ids = _tiny_qwen_vl_processor()
     config = Qwen2_5_VLConfig(
         text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                      "num_key_value_heads": 2, "rope_theta": 1000000.0, "vocab_size": len(tokenizer),
@@ -548,13 +540,11 @@ def _qwen_vl_processor_class():
     return ImageOnlyQwen2_5_VLProcessor
 
 
-def build_tiny_qwen2_5_vl_judge(folder: str, seed: int = 0):
-    """Save a tiny random `Qwen2_5_VLForConditionalGeneration` to `folder` (loadable by
-    `AutoModelForImageTextToText`) and return its processor (Qwen's image processor, a tokenizer built offline)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+def _tiny_qwen_vl_processor():
+    """A Qwen2.5-VL tokenizer (built offline, with the vision tokens), its processor (Qwen's image processor at
+    28^2 to 56^2 pixels) and the vision token ids a model config takes."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    torch.manual_seed(seed)
     specials = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = _vl_tokenizer(scratch, specials)
@@ -564,6 +554,16 @@ def build_tiny_qwen2_5_vl_judge(folder: str, seed: int = 0):
                                       temporal_patch_size=2)
     processor = _qwen_vl_processor_class()(image_processor=images, tokenizer=tokenizer,
                                            chat_template=tokenizer.chat_template)
+    return tokenizer, processor, ids
+
+
+def build_tiny_qwen2_5_vl_judge(folder: str, seed: int = 0):
+    """Save a tiny random `Qwen2_5_VLForConditionalGeneration` to `folder` (loadable by
+    `AutoModelForImageTextToText`) and return its processor (Qwen's image processor, a tokenizer built offline)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer, processor, ids = _tiny_qwen_vl_processor()
     config = Qwen2_5_VLConfig(
         text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                      "num_key_value_heads": 2, "rope_theta": 1000000.0, "vocab_size": len(tokenizer),
