@@ -163,6 +163,11 @@ def shown_sources(values: Optional[Sequence[Dict[str, object]]]) -> Optional[Lis
     return [first_image(v.get("image", next(iter(v.values())))) for v in values]
 
 
+def image_list(value) -> List[Image.Image]:
+    """A row's conditioning value as a list: its images, or its one image."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def first_image(value) -> Optional[Image.Image]:
     """The image a grid shows for a row's conditioning value: the image, or the first of several."""
     if isinstance(value, (list, tuple)):

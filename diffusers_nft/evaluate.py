@@ -137,10 +137,7 @@ def evaluate_models(pipe, models: Dict[str, Callable[[], ContextManager]], recor
             kwargs = family.call_kwargs(resolution, num_steps, max_sequence_length, scale)
             with context():
                 out = generate_images(pipe, [r["prompt"] for r in rows], noise_seeds, call_kwargs=kwargs,
-                                      batch_size=batch_size, bar=bar, conditioning=per_image,
-                                      conditioning_kwargs=family.conditioning_call_kwargs,
-                                      conditioning_shared_by_call=family.conditioning_shared_by_call,
-                                      max_prompts_per_call=family.max_prompts_per_call)
+                                      batch_size=batch_size, bar=bar, conditioning=per_image, family=family)
             key = f"{label}, CFG {scale:g}"
             results[key] = summarize(score_images(rewards, out, rows), rows, group_by)
             images[key] = out

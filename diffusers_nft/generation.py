@@ -11,7 +11,7 @@ Training rollouts are not drawn here: they run the family's solvers on the run's
 """
 
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -23,10 +23,7 @@ def generators(seeds: Sequence[int]):
 
 @torch.no_grad()
 def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_kwargs: dict, batch_size: int = 16,
-                    bar=None, conditioning: Optional[Sequence[dict]] = None,
-                    conditioning_kwargs: Callable[[Sequence[dict]], dict] = None,
-                    conditioning_shared_by_call: bool = False,
-                    max_prompts_per_call: Optional[int] = None) -> torch.Tensor:
+                    bar=None, conditioning: Optional[Sequence[dict]] = None, family=None) -> torch.Tensor:
     """Images `(N, 3, H, W)` (videos `(N, F, 3, H, W)`) in [0, 1] on the CPU, one per (prompt, seed), from the
     pipeline's own call.
 
@@ -38,24 +35,22 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
         batch_size: Images per pipeline call.
         bar: A tqdm bar to advance by the images done.
         conditioning: For image-conditioned pipelines, each image's conditioning (argument -> PIL image(s)).
-        conditioning_kwargs: How a batch's conditioning becomes call arguments (`PipelineFamily.
-            conditioning_call_kwargs`); needed with `conditioning`.
-        conditioning_shared_by_call: The pipeline's call takes one conditioning for all its prompts (FLUX.2's
-            reference images, `PipelineFamily.conditioning_shared_by_call`): a call then holds images of one
-            conditioning only.
-        max_prompts_per_call: The most prompts the pipeline's call takes (`PipelineFamily.max_prompts_per_call`;
-            Qwen-Image-Edit's takes one), below `batch_size`.
+        family: The pipeline's `PipelineFamily`, needed with `conditioning`: how a batch's conditioning becomes call
+            arguments (`conditioning_call_kwargs`), whether a call takes one conditioning for all its prompts
+            (`conditioning_shared_by_call`: a call then holds images of one conditioning only), and the most
+            prompts a call takes (`max_prompts_per_call`; Qwen-Image-Edit's takes one).
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per image.")
-    if conditioning is not None and (conditioning_kwargs is None or len(conditioning) != len(prompts)):
-        raise ValueError("conditioning needs one entry per image and conditioning_kwargs (the family's "
-                         "conditioning_call_kwargs).")
+    if conditioning is not None and (family is None or len(conditioning) != len(prompts)):
+        raise ValueError("conditioning needs one entry per image and the pipeline's family.")
     images = []
-    shared = conditioning if conditioning_shared_by_call else None
-    for start, end in call_ranges(len(prompts), min(batch_size, max_prompts_per_call or batch_size), shared):
+    shared = conditioning if family is not None and family.conditioning_shared_by_call else None
+    most = family.max_prompts_per_call if family is not None else None
+    per_call = min(batch_size, most or batch_size)
+    for start, end in call_ranges(len(prompts), per_call, shared):
         chunk = list(prompts[start:end])
-        extra = {} if conditioning is None else conditioning_kwargs(list(conditioning[start:end]))
+        extra = {} if conditioning is None else family.conditioning_call_kwargs(list(conditioning[start:end]))
         # One image: a prompt and a generator, not lists of one (Wan VACE takes no lists); the noise is the same.
         prompt, generator = chunk, generators(seeds[start:end])
         if len(chunk) == 1:

@@ -64,10 +64,7 @@ class RunImages:
         with self.policy.weights(weights), sampling_with(self.pipeline, scheduler), precision, \
                 self.family.text_encoders_on(accelerator.device, enabled=args.offload_text_encoders):
             return generate_images(self.pipeline, prompts, seeds, call_kwargs=self.call_kwargs(num_steps, guidance_scale),
-                                   batch_size=args.sample_batch_size, conditioning=conditioning,
-                                   conditioning_kwargs=self.family.conditioning_call_kwargs,
-                                   conditioning_shared_by_call=self.family.conditioning_shared_by_call,
-                                   max_prompts_per_call=self.family.max_prompts_per_call)
+                                   batch_size=args.sample_batch_size, conditioning=conditioning, family=self.family)
 
     def judged(self, dataset):
         """One image per row of `dataset` (row `i` with seed `i`) with the published weights, and its prompts and

@@ -75,10 +75,10 @@ def test_generation_calls_the_pipeline_once_per_rows_references(klein_dir):
     first, second = {"image": [random_image(1), random_image(2)]}, {"image": [random_image(3), random_image(4)]}
     assert list(call_ranges(5, 4, [first, first, second, second, second])) == [(0, 2), (2, 5)]
     assert list(call_ranges(5, 4)) == [(0, 4), (4, 5)]
-    kwargs = dict(call_kwargs=family.call_kwargs(64, 3, 16), conditioning_kwargs=family.conditioning_call_kwargs)
+    kwargs = dict(call_kwargs=family.call_kwargs(64, 3, 16), family=family)
     prompts, seeds = ["a", "b", "c"], [7, 8, 9]
     together = generate_images(pipe, prompts, seeds, conditioning=[first, second, second], batch_size=3,
-                               conditioning_shared_by_call=True, **kwargs)
+                               **kwargs)
     alone = torch.cat([generate_images(pipe, [p], [s], conditioning=[c], **kwargs)
                        for p, s, c in zip(prompts, seeds, [first, second, second])])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)

@@ -142,7 +142,11 @@ class PipelineFamily:
         calls of the pipeline (the traced family traces with it); the others need none."""
 
     def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
-        """The pipeline-call arguments of a batch's conditioning: argument -> one value per image."""
+        """The pipeline-call arguments of a batch's conditioning: argument -> one value per image, or the row's own
+        values where the call takes one conditioning for all its prompts (`conditioning_shared_by_call`; generation
+        then gives it one row's images at a time)."""
+        if self.conditioning_shared_by_call:
+            return dict(values[0]) if values else {}
         return {arg: [v[arg] for v in values] for arg in (values[0] if values else {})}
 
     def latent_shape(self, resolution: int) -> Tuple[int, ...]:
@@ -256,3 +260,10 @@ class PackedLatentsFamily(PipelineFamily):
 
     def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
         return latent_shape[0]  # already packed
+
+    def _guidance(self, model: torch.nn.Module, batch: int, device: torch.device) -> Optional[torch.Tensor]:
+        """The embedded guidance of `model` (FLUX.1-dev's, FLUX.2-dev's, a ControlNet's), or None where it has no
+        guidance embedding."""
+        if not model.config.get("guidance_embeds", False):
+            return None
+        return torch.full((batch,), self.distilled_guidance_scale, device=device, dtype=torch.float32)

@@ -37,12 +37,6 @@ class FluxFamily(PackedLatentsFamily):
         img_ids = self.pipeline._prepare_latent_image_ids(len(latents), side, side, latents.device, self.transformer.dtype)
         return self._transformer(latents, img_ids, sigma, cond)
 
-    def _guidance(self, model: torch.nn.Module, batch: int, device: torch.device):
-        """The embedded guidance (FLUX.1-dev's) of `model`, or None where it has no guidance embedding."""
-        if not model.config.guidance_embeds:
-            return None
-        return torch.full((batch,), self.distilled_guidance_scale, device=device, dtype=torch.float32)
-
     def _transformer(self, hidden_states: torch.Tensor, img_ids: torch.Tensor, sigma: torch.Tensor,
                      cond: Conditioning, **extra) -> torch.Tensor:
         """The transformer's output on a token sequence with its rotary ids, in float32; `extra`: further inputs

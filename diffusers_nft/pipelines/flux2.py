@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..conditioning import image_list
 from ..sampling import pipeline_sigmas
 from .base import JOINT_ATTENTION_TARGETS, SOURCE, Conditioning, PackedLatentsFamily
 
@@ -64,7 +65,7 @@ class Flux2Family(PackedLatentsFamily):
         if not values or "image" not in values[0]:
             return {}
         pipe, vae = self.pipeline, self.pipeline.vae
-        references = [v["image"] if isinstance(v["image"], (list, tuple)) else [v["image"]] for v in values]
+        references = [image_list(v["image"]) for v in values]
         pixels = pipe.image_processor.preprocess([image for row in references for image in row])
         latents = pipe._patchify_latents(vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode())
         mean = vae.bn.running_mean.view(1, -1, 1, 1).to(latents)
@@ -73,10 +74,6 @@ class Flux2Family(PackedLatentsFamily):
         rows, per_row = len(references), len(references[0])
         ids = pipe._prepare_image_ids([latents[:1]] * per_row).expand(rows, -1, -1)
         return {"reference_latents": packed.reshape(rows, -1, packed.shape[-1]).float(), "reference_ids": ids.to(device)}
-
-    def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
-        """The pipelines take one list of reference images for the whole call: the (shared) row's."""
-        return {"image": values[0]["image"]} if values and "image" in values[0] else {}
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         ids = self.pipeline._prepare_latent_ids(self.pipeline_latents(latents)).to(latents.device)
@@ -90,15 +87,11 @@ class Flux2Family(PackedLatentsFamily):
     def _transformer(self, hidden_states: torch.Tensor, img_ids: torch.Tensor, sigma: torch.Tensor,
                      cond: Conditioning) -> torch.Tensor:
         """The transformer's output on a token sequence with its rotary ids, in float32."""
-        dtype, batch = self.transformer.dtype, hidden_states.shape[0]
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.full((batch,), self.distilled_guidance_scale, device=hidden_states.device,
-                                  dtype=torch.float32)
+        dtype = self.transformer.dtype
         prediction = self.model(
             hidden_states=hidden_states.to(dtype),
             timestep=sigma.float(),  # the pipelines pass timestep / 1000, that is sigma
-            guidance=guidance,
+            guidance=self._guidance(self.transformer, hidden_states.shape[0], hidden_states.device),
             encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
             txt_ids=cond["txt_ids"],
             img_ids=img_ids,

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from ..conditioning import image_list
 from .base import SOURCE, UNCONDITIONAL, Conditioning
 from .qwenimage import QwenImageFamily
 
@@ -51,7 +52,7 @@ class QwenImageEditPlusFamily(QwenImageFamily):
         if prompts is None or len(prompts) != len(values):
             raise ValueError("QwenImageEditPlusPipeline's text encoder reads each prompt with its images: give "
                              "encode_conditioning the rows' prompts.")
-        references = [v["image"] if isinstance(v["image"], (list, tuple)) else [v["image"]] for v in values]
+        references = [image_list(v["image"]) for v in values]
         texts = [self._text_states(prompt, images, device) for prompt, images in zip(prompts, references)]
         empty = [self._text_states("", images, device) for images in references]
         latents, shapes = zip(*(self._reference_latents(images, device) for images in references))
@@ -108,10 +109,6 @@ class QwenImageEditPlusFamily(QwenImageFamily):
             img_shapes=[[(1, side, side), *source["reference_shapes"][row]] for row in range(batch)],
             return_dict=False,
         )[0][:, : latents.shape[1]].float()
-
-    def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
-        """The pipeline takes one prompt and its references per call."""
-        return {"image": values[0]["image"]} if values else {}
 
 
 class QwenImageEditFamily(QwenImageEditPlusFamily):

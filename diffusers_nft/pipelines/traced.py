@@ -225,10 +225,6 @@ class TracedFamily(PipelineFamily):
     def check_resolution(self, resolution: int) -> None:
         """Nothing to check before the trace: the trace itself refuses a size the pipeline cannot take."""
 
-    def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
-        """One row's images per call (`conditioning_shared_by_call`), as the traced calls gave them."""
-        return dict(values[0]) if values else {}
-
     def use_example_conditioning(self, values: Dict[str, Any]) -> None:
         """Trace with this row's conditioning (argument -> PIL image(s)): every traced call takes it."""
         self._example = dict(values)
@@ -495,9 +491,8 @@ class TracedFamily(PipelineFamily):
         seen = self._probe(prompts, resolution, PROBE_STEPS, **extra, **values)
         per_row = self._rows(resolution)
         if trace.appended_dim is not None:  # the latents' share is the probe's noise; the rest is conditioning
-            latents = seen[trace.latent_name]
             size = trace.latent_shape[trace.appended_dim - 1]
-            seen[APPENDED] = latents.narrow(trace.appended_dim, size, latents.shape[trace.appended_dim] - size)
+            seen[APPENDED] = _appended(seen[trace.latent_name], trace.appended_dim, size)
         skip = {trace.latent_name, trace.timestep_name, "return_dict", "__sigmas__"}
         return {k: (v if k in per_row or k == APPENDED else Shared(v)) for k, v in seen.items() if k not in skip}
 
@@ -629,10 +624,15 @@ def _find_latents(inputs: Dict[str, Any], sample: torch.Tensor) -> Tuple[Optiona
 def _check_appended_constant(name: str, values: List[torch.Tensor], steps: list, dim: int) -> None:
     """What the pipeline appends to the latents must be conditioning: the same at every step."""
     size = steps[0]["sample"].shape[dim]
-    first = values[0].narrow(dim, size, values[0].shape[dim] - size)
-    if any(not torch.equal(first, v.narrow(dim, size, v.shape[dim] - size)) for v in values[1:]):
+    first = _appended(values[0], dim, size)
+    if any(not torch.equal(first, _appended(v, dim, size)) for v in values[1:]):
         raise TraceError(f"{name} appends to the latents something that changes from step to step: not "
                          "conditioning the traced family can hold fixed.")
+
+
+def _appended(value: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """What follows the first `size` entries (the latents) of `value` along `dim`: the appended conditioning."""
+    return value.narrow(dim, size, value.shape[dim] - size)
 
 
 def _changes(a, b) -> bool:

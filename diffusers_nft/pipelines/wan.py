@@ -37,7 +37,7 @@ class WanExperts(torch.nn.Module):
         self.low.enable_gradient_checkpointing()
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, sigma, return_dict=False, **per_row):
-        """`per_row`: further inputs with one row per sample (`encoder_hidden_states_image`), or None."""
+        """`per_row`: further inputs with one row per sample (`encoder_hidden_states_image`)."""
         high = sigma >= self.boundary
         out, idle = None, []
         for expert, rows in ((self.high, high), (self.low, ~high)):
@@ -45,7 +45,7 @@ class WanExperts(torch.nn.Module):
                 idle.append(expert)
                 continue
             index = rows.nonzero().squeeze(1)
-            extra = {k: (v[index] if v is not None else None) for k, v in per_row.items()}
+            extra = {k: v[index] for k, v in per_row.items()}
             prediction = expert(hidden_states=hidden_states[index], timestep=timestep[index],
                                 encoder_hidden_states=encoder_hidden_states[index], return_dict=False, **extra)[0]
             if out is None:
@@ -121,12 +121,11 @@ class WanFamily(PipelineFamily):
     def _transformer(self, hidden_states: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
                      **per_row: torch.Tensor) -> torch.Tensor:
         """The (expert's) transformer on `hidden_states` at `sigma`, in float32; `per_row`: further inputs."""
-        dtype, latents = self.transformer.dtype, hidden_states
+        dtype, shape = self.transformer.dtype, hidden_states.shape
         timestep = 1000 * sigma.float()
         if self.pipeline.config.get("expand_timesteps", False):  # Wan 2.2 TI2V: one timestep per 2x2 token
-            tokens = latents.shape[2] * (latents.shape[3] // 2) * (latents.shape[4] // 2)
-            timestep = timestep[:, None].expand(len(latents), tokens)
-        inputs = dict(hidden_states=latents.to(dtype), timestep=timestep,
+            timestep = timestep[:, None].expand(shape[0], shape[2] * (shape[3] // 2) * (shape[4] // 2))
+        inputs = dict(hidden_states=hidden_states.to(dtype), timestep=timestep,
                       encoder_hidden_states=cond["encoder_hidden_states"].to(dtype), return_dict=False,
                       **{k: v.to(dtype) for k, v in per_row.items()})
         if self._experts is not None:

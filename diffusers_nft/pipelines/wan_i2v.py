@@ -61,10 +61,6 @@ class WanImageToVideoFamily(WanFamily):
         mask = torch.cat([mask[:, :, :1].repeat_interleave(per_latent, dim=2), mask[:, :, 1:]], dim=2)
         return mask.view(batch, latent_frames, per_latent, height, width).transpose(1, 2)
 
-    def conditioning_call_kwargs(self, values: List[Dict[str, Any]]) -> dict:
-        """The pipeline takes one first frame for the whole call: the (shared) row's."""
-        return {"image": values[0]["image"]} if values else {}
-
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         source = cond[SOURCE]
         hidden = torch.cat([latents, source["video_condition"].to(latents)], dim=1)
