@@ -270,20 +270,9 @@ def build_tiny_qwenimage_edit_plus_pipeline(seed: int = 0):
     same seed for a fresh copy. The pipeline sizes its references by its module's `VAE_IMAGE_SIZE` (1024^2) and
     `CONDITION_IMAGE_SIZE` (384^2): tests shrink both (`qwen_edit_sizes`)."""
     from diffusers import QwenImageEditPlusPipeline
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
-    tokenizer, processor, ids = _tiny_qwen_vl_processor()
-    config = Qwen2_5_VLConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "num_key_value_heads": 2, "rope_theta": 1000000.0, "vocab_size": len(tokenizer),
-                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-                     "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id},
-        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
-                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
-        hidden_size=16, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id, **ids,
-    )
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    tokenizer, processor, text_encoder = _tiny_qwen2_5_vl()
     pipe = QwenImageEditPlusPipeline(text_encoder=text_encoder, tokenizer=tokenizer, processor=processor,
                                      **_tiny_qwenimage_parts())
     pipe.set_progress_bar_config(disable=True)
@@ -557,12 +546,11 @@ def _tiny_qwen_vl_processor():
     return tokenizer, processor, ids
 
 
-def build_tiny_qwen2_5_vl_judge(folder: str, seed: int = 0):
-    """Save a tiny random `Qwen2_5_VLForConditionalGeneration` to `folder` (loadable by
-    `AutoModelForImageTextToText`) and return its processor (Qwen's image processor, a tokenizer built offline)."""
+def _tiny_qwen2_5_vl():
+    """A tiny random `Qwen2_5_VLForConditionalGeneration` (16 wide, 2 text layers, 1 vision layer), with its offline
+    tokenizer and processor (`_tiny_qwen_vl_processor`)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    torch.manual_seed(seed)
     tokenizer, processor, ids = _tiny_qwen_vl_processor()
     config = Qwen2_5_VLConfig(
         text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -571,9 +559,17 @@ def build_tiny_qwen2_5_vl_judge(folder: str, seed: int = 0):
                      "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id},
         vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
                        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
-        vocab_size=len(tokenizer), **ids,
+        hidden_size=16, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id, **ids,
     )
-    Qwen2_5_VLForConditionalGeneration(config).eval().save_pretrained(folder)
+    return tokenizer, processor, Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def build_tiny_qwen2_5_vl_judge(folder: str, seed: int = 0):
+    """Save a tiny random `Qwen2_5_VLForConditionalGeneration` to `folder` (loadable by
+    `AutoModelForImageTextToText`) and return its processor (Qwen's image processor, a tokenizer built offline)."""
+    torch.manual_seed(seed)
+    _, processor, model = _tiny_qwen2_5_vl()
+    model.save_pretrained(folder)
     return processor
 
 
