@@ -44,10 +44,11 @@ def rewards_to_optimality(
         adv_clip_max: Clip value `c` > 0.
         std_scope: `"global"` or `"group"`.
         eps: Added to the standard deviation.
-        mode: The release's advantage modes. `"all"` (default) as above; `"positive_only"` clamps A at >= 0 and
-            `"negative_only"` at <= 0 (r in [0.5, 1] and [0, 0.5]; both loss terms stay); `"one_only"` sets r = 1
-            for every sample; `"binary"` sets r = 1 where A > 0 and 0 where A < 0 (0.5 where A = 0: a group of
-            equal rewards says nothing).
+        mode: The release's advantage modes, each applied to the clipped advantage before the map to r (as the
+            release does). `"all"` (default) as above; `"positive_only"` clamps it at >= 0 and `"negative_only"` at
+            <= 0 (r in [0.5, 1] and [0, 0.5]; both loss terms stay); `"one_only"` replaces it by 1 where A > 0 and
+            0 elsewhere (r in {0.5, 0.5 + 0.5 / c}: 0.6 at c = 5); `"binary"` by its sign (r in {0.5 - 0.5 / c,
+            0.5, 0.5 + 0.5 / c}: 0.4, 0.5, 0.6 at c = 5).
 
     Returns:
         An `Optimality` with `r` and `advantages` of shape `(N,)` in float32.
@@ -82,11 +83,14 @@ def rewards_to_optimality(
 
 
 def _optimality(advantages: torch.Tensor, adv_clip_max: float, mode: str) -> torch.Tensor:
-    """`r = 0.5 + 0.5 * clip(A) / c`, with the clip range or the value of the release's advantage modes."""
-    if mode == "one_only":
-        return torch.ones_like(advantages)
-    if mode == "binary":
-        return 0.5 + 0.5 * advantages.sign()
-    low = 0.0 if mode == "positive_only" else -adv_clip_max
-    high = 0.0 if mode == "negative_only" else adv_clip_max
-    return 0.5 + 0.5 * advantages.clamp(low, high) / adv_clip_max
+    """`r = 0.5 + 0.5 * A' / c` with `A'` the clipped advantage after the mode, as the release computes it."""
+    clipped = advantages.clamp(-adv_clip_max, adv_clip_max)
+    if mode == "positive_only":
+        clipped = clipped.clamp(min=0.0)
+    elif mode == "negative_only":
+        clipped = clipped.clamp(max=0.0)
+    elif mode == "one_only":
+        clipped = (clipped > 0).to(clipped.dtype)
+    elif mode == "binary":
+        clipped = clipped.sign()
+    return (0.5 + 0.5 * clipped / adv_clip_max).clamp(0.0, 1.0)

@@ -231,8 +231,9 @@ class NFTConfig:
     loss_weighting: str = field(default="x0_adaptive", metadata={"help": f"One of {WEIGHTINGS}."})
     adv_mode: str = field(
         default="all",
-        metadata={"help": f"Advantage mode of the release, one of {ADV_MODES}: 'positive_only' clamps A at >= 0, "
-                  "'negative_only' at <= 0 (both loss terms stay); 'one_only' sets r = 1; 'binary' r = 1 or 0."},
+        metadata={"help": f"Advantage mode of the release, one of {ADV_MODES}, applied to the clipped A before "
+                  "r = 0.5 + 0.5 A / c: 'positive_only' clamps it at >= 0, 'negative_only' at <= 0 (both loss terms "
+                  "stay); 'one_only' makes it 1 where A > 0, else 0 (r 0.6 or 0.5); 'binary' its sign (r 0.4, 0.5, 0.6)."},
     )
     drop_negative_term: bool = field(
         default=False,

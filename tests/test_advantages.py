@@ -71,8 +71,15 @@ def test_release_advantage_modes():
     assert positive.r.min() == 0.5 and positive.r.max() == 1.0
     negative = rewards_to_optimality(rewards, groups, adv_clip_max=0.2, mode="negative_only")
     torch.testing.assert_close(negative.r, 0.5 + 0.5 * a.clamp(-0.2, 0) / 0.2)
-    assert rewards_to_optimality(rewards, groups, mode="one_only").r.tolist() == [1.0] * 6
-    assert rewards_to_optimality(rewards, groups, mode="binary").r.tolist() == [0.0, 1.0, 0.0, 1.0, 0.5, 0.5]
+    # one_only and binary act on the clipped advantage, then map it as every mode does (the release): with c = 5,
+    # r = 0.6 for the better sample of each group, 0.5 for the worse one (one_only) or 0.4 (binary), and 0.5 for
+    # a group of equal rewards
+    one_only = rewards_to_optimality(rewards, groups, mode="one_only").r
+    torch.testing.assert_close(one_only, torch.tensor([0.5, 0.6, 0.5, 0.6, 0.5, 0.5]), rtol=0, atol=1e-7)
+    binary = rewards_to_optimality(rewards, groups, mode="binary").r
+    torch.testing.assert_close(binary, torch.tensor([0.4, 0.6, 0.4, 0.6, 0.5, 0.5]), rtol=0, atol=1e-7)
+    small_c = rewards_to_optimality(rewards, groups, adv_clip_max=0.25, mode="binary").r  # r = 0.5 +- 0.5 / c, in [0, 1]
+    assert small_c.tolist() == [0.0, 1.0, 0.0, 1.0, 0.5, 0.5]
     # the advantages themselves are reported unchanged whatever the mode
     torch.testing.assert_close(positive.advantages, a)
     with pytest.raises(ValueError, match="mode"):

@@ -92,7 +92,8 @@ def test_each_option_changes_what_is_trained(tiny_pipeline_dir, tmp_path, defaul
     if option.get("adv_mode") == "positive_only":
         assert r.min() == 0.5 and r.max() > 0.5
     if option.get("adv_mode") == "binary":
-        assert set(r.tolist()) <= {0.0, 0.5, 1.0} and {0.0, 1.0} <= set(r.tolist())
+        values = {round(v, 6) for v in r.tolist()}  # the release's map at c = 5
+        assert values <= {0.4, 0.5, 0.6} and {0.4, 0.6} <= values
     lora = trainer.policy.state_dict("default")
     assert max_diff(lora, default_lora) > 1e-6, option
 

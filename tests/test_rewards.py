@@ -22,8 +22,20 @@ def test_jpeg_rewards_rank_flat_above_noise():
     compress = jpeg_compressibility(images, ["a", "b"], [{}, {}])
     incompress = jpeg_incompressibility(images, ["a", "b"], [{}, {}])
     assert compress[0] > compress[1] and incompress[1] > incompress[0]
-    assert compress == [-v for v in incompress]
     assert 0 < incompress[0] < 2 < incompress[1]  # kilobytes
+    # the release's scales: compressibility is minus the size in kB over 500, incompressibility the size in kB
+    assert compress == [-v / 500 for v in incompress]
+
+
+def test_jpeg_sizes_are_the_bytes_of_a_quality_95_jpeg():
+    import io
+
+    from diffusers_nft.visualize import to_pil
+
+    images = _images()
+    buffer = io.BytesIO()
+    to_pil(images[1:])[0].save(buffer, format="JPEG", quality=95)
+    assert jpeg_incompressibility(images[1:], ["b"], [{}]) == [buffer.tell() / 1000]
 
 
 def test_weighted_sum_with_names_and_callables():
