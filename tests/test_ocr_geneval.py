@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from diffusers_nft.rewards.geneval import GenEval, geneval_score, relative_position
+from diffusers_nft.rewards.geneval import GenEval, geneval_release_score, geneval_score, relative_position
 from diffusers_nft.rewards.ocr import OCRReward, ocr_similarity, quoted_text
 
 from tiny_reward_models import random_images, save_tiny_clip, save_tiny_mask2former
@@ -93,10 +93,42 @@ def test_geneval_partial_credit_hand_computed():
         geneval_score({"tag": "x"}, {}, _color)
 
 
+def test_geneval_release_rules_hand_computed():
+    """The release's training reward (Flow-GRPO's gen_eval.py `evaluate_reward`), clause by clause."""
+    cat = {"tag": "single_object", "include": [{"class": "cat", "count": 1}]}
+    three = {"cat": [_obj((0, 0, 5, 5)), _obj((10, 0, 15, 5)), _obj((20, 0, 25, 5))]}
+    # 1 - |1 - 3| / 1 = -1 (no floor); the evaluator's rules give min(3, 1) / 1 = 1
+    assert geneval_release_score(cat, three, _color) == -1.0
+    assert geneval_score(cat, three, _color)["score"] == 1.0
+    counting = {"tag": "counting", "include": [{"class": "cat", "count": 2}], "exclude": [{"class": "cat", "count": 3}]}
+    # 1 - 1/2 = 0.5, exclude ignored; the evaluator's: mean(0.5, exclude fails 0) = 0.25
+    assert geneval_release_score(counting, three, _color) == 0.5
+    assert geneval_score(counting, three, _color)["score"] == 0.25
+
+    colors = {"tag": "colors", "include": [{"class": "dog", "count": 2, "color": "blue"}]}
+    dogs = {"dog": [_obj((0, 0, 5, 5), "blue"), _obj((9, 0, 14, 5), "green")]}
+    assert geneval_release_score(colors, dogs, _color) == 0.75  # mean(count 1, colour 1 - |2 - 1| / 2)
+    one_dog = {"dog": dogs["dog"][:1]}
+    assert geneval_release_score(colors, one_dog, _color) == 0.25  # mean(count 1/2, colour 0: the count is wrong)
+
+    position = {"tag": "position",
+                "include": [{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["right of", 0]}]}
+    scene = {"dog": [_obj((0, 0, 10, 10))], "cat": [_obj((30, 0, 40, 10))]}
+    assert geneval_release_score(position, scene, _color) == 1.0  # mean(1, 1, position 1)
+    swapped = {"dog": scene["cat"], "cat": scene["dog"]}
+    assert geneval_release_score(position, swapped, _color) == 0.75  # mean(1, 1, 0, 1): the release appends 0 and 1
+    assert geneval_release_score(position, {"dog": scene["dog"]}, _color) == pytest.approx(1 / 3)  # mean(1, 0, 0)
+    no_dog = {"cat": scene["cat"]}  # the reference clause failed: 0 for the position
+    assert geneval_release_score(position, no_dog, _color) == pytest.approx(1 / 3)  # mean(0, 1, 0)
+    two_cats = {"dog": scene["dog"], "cat": [_obj((30, 0, 40, 10)), _obj((60, 0, 70, 10))]}
+    assert geneval_release_score(position, two_cats, _color) == pytest.approx(1 / 3)  # mean(1, 0, 0): count wrong
+    assert geneval_release_score({"tag": "x"}, {}, _color) == 0.0
+
+
 def test_geneval_model_path_runs_end_to_end(tmp_path):
     detector = save_tiny_mask2former(str(tmp_path / "m2f"))
     clip = save_tiny_clip(str(tmp_path / "clip"))
-    reward = GenEval(detector_id=detector, clip_model_id=clip, device="cpu")
+    reward = GenEval(detector_id=detector, clip_model_id=clip, device="cpu", rules="evaluator")
     metadata = [
         {"tag": "single_object", "include": [{"class": "cat", "count": 1}]},
         {"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "red"}]},
@@ -105,6 +137,11 @@ def test_geneval_model_path_runs_end_to_end(tmp_path):
     out = reward(random_images(3, size=64), ["a cat", "a red dog", "two people"], metadata)
     assert set(out) == {"scores", "strict"} and len(out["scores"]) == 3
     assert all(0 <= s <= 1 for s in out["scores"]) and all(s in (0.0, 1.0) for s in out["strict"])
+    release = GenEval(detector_id=detector, clip_model_id=clip, device="cpu")(random_images(3, size=64),
+                                                                              ["a cat", "a red dog", "two people"], metadata)
+    assert list(release["strict"]) == list(out["strict"]) and all(s <= 1 for s in release["scores"])
+    with pytest.raises(ValueError, match="rules"):
+        GenEval(detector_id=detector, clip_model_id=clip, rules="official")
     detections = reward.detect(Image.fromarray((np.random.rand(64, 64, 3) * 255).astype("uint8")), threshold=0.0)
     assert set(detections) <= {"cat", "dog", "person"}
     for objects in detections.values():

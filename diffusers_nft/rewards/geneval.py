@@ -4,6 +4,13 @@ An approximation of the official GenEval evaluator (which uses mmdet's Mask2Form
 counting prompts), same metadata format, same colour and position rules, with transformers' Mask2Former and
 CLIP zero-shot colour on masked crops.
 
+Two rules turn an image's detections into its training reward (`GenEval(rules=...)`):
+- `"release"` (the default, and the `sd35m_geneval` recipe's): the DiffusionNFT / Flow-GRPO release's training
+  reward (`geneval_release_score`);
+- `"evaluator"` (registered as `geneval_evaluator`): partial credit after the official evaluator's rules
+  (`geneval_score`).
+Either way `strict` is the evaluator's all-or-nothing correctness, GenEval's reported metric.
+
 Metadata per prompt (GenEval's format): `{"tag": "counting", "include": [{"class": "cat", "count": 2,
 "color": "red", "position": ["left of", 0]}], "exclude": [{"class": "cat", "count": 3}]}`. A `position`
 `[relation, i]` says where this clause's object lies relative to the object of `include[i]`.
@@ -86,12 +93,61 @@ def geneval_score(
     return {"score": float(np.mean(credits)), "strict": float(strict)}
 
 
+def geneval_release_score(
+    metadata: dict, detections: Dict[str, List[Detection]], color_of: Callable[[str, Detection], str]
+) -> float:
+    """The release's training reward for one image: the mean of its include clauses' credits.
+
+    Each include clause of count `n` with `found` detections (at most 16) gives `1 - |n - found| / n`, whatever the
+    tag and with no floor (3 cats found for "a cat" give -1). When `found != n`, a clause with a colour or a position
+    adds one 0. Otherwise a colour adds `right / n`, and a position, checked only when the colour held, compares every
+    found object with every object of its reference clause (which must have held): it adds 1 when all relations
+    hold, and 0 and then 1 when one fails (the release appends both). Exclude clauses are ignored. No clause: 0.
+    """
+    credits, held = [], []
+    for clause in metadata.get("include") or []:
+        n, found = clause["count"], detections.get(clause["class"], [])[:MAX_OBJECTS]
+        credits.append(1 - abs(n - len(found)) / n)
+        matched = len(found) == n
+        if not matched:
+            if clause.get("color") is not None or clause.get("position") is not None:
+                credits.append(0.0)
+        else:
+            if clause.get("color") is not None:
+                right = sum(color_of(clause["class"], obj) == clause["color"] for obj in found)
+                credits.append(1 - abs(n - right) / n)
+                matched = right == n
+            if clause.get("position") is not None and matched:
+                matched = _release_position(clause, found, held, credits)
+        held.append(found if matched else None)
+    return float(np.mean(credits)) if credits else 0.0
+
+
+def _release_position(clause: dict, found: List[Detection], held: list, credits: List[float]) -> bool:
+    """The release's position credit of a clause whose count (and colour) held; whether the relation holds."""
+    relation, index = clause["position"]
+    reference = held[index]
+    if reference is None:
+        credits.append(0.0)
+        return False
+    holds = all(relation in relative_position(obj["box"], ref["box"]) for obj in found for ref in reference)
+    if not holds:
+        credits.append(0.0)  # the release appends 0 on the first failing pair, then 1 after its loop
+    credits.append(1.0)
+    return holds
+
+
+RULES = ("release", "evaluator")
+
+
 class GenEval(ModelReward):
-    """GenEval-style reward: partial credit in [0, 1] per image; `strict` (GenEval's correctness) is returned too.
+    """GenEval-style reward: a partial credit per image by `rules`; `strict` (GenEval's correctness) is returned too.
 
     Args:
         detector_id: A transformers instance-segmentation model trained on COCO.
         clip_model_id: The CLIP model of the zero-shot colour classifier.
+        rules: `"release"` (the release's training reward, `geneval_release_score`: can be negative) or
+            `"evaluator"` (partial credit in [0, 1] after the evaluator's rules, `geneval_score`).
         **kwargs: `device`, `dtype`, `batch_size`.
     """
 
@@ -99,9 +155,13 @@ class GenEval(ModelReward):
         self,
         detector_id: str = "facebook/mask2former-swin-small-coco-instance",
         clip_model_id: str = "openai/clip-vit-large-patch14",
+        rules: str = "release",
         **kwargs,
     ):
+        if rules not in RULES:
+            raise ValueError(f"GenEval rules must be one of {RULES}, got {rules!r}.")
         super().__init__(**kwargs)
+        self.rules = rules
         from transformers import AutoImageProcessor, CLIPModel, CLIPProcessor, Mask2FormerForUniversalSegmentation
 
         self.detector_processor = AutoImageProcessor.from_pretrained(detector_id)
@@ -145,12 +205,26 @@ class GenEval(ModelReward):
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return COLORS[int(self.clip(**inputs).logits_per_image[0].argmax())]
 
+    def _colors_of(self, image) -> Callable[[str, Detection], str]:
+        """`color` on `image`, each object classified once (the reward and `strict` both ask)."""
+        known = {}
+
+        def color_of(class_name: str, detection: Detection) -> str:
+            key = (class_name, id(detection))
+            if key not in known:
+                known[key] = self.color(image, class_name, detection)
+            return known[key]
+
+        return color_of
+
     def score(self, images: torch.Tensor, prompts: List[str], metadata: List[dict]) -> Dict[str, torch.Tensor]:
         scores, strict = [], []
         for image, meta in zip(to_pil(images), metadata):
             threshold = COUNTING_THRESHOLD if meta.get("tag") == "counting" else THRESHOLD
             detections = self.detect(image, threshold)
-            result = geneval_score(meta, detections, lambda name, det: self.color(image, name, det))
-            scores.append(result["score"])
+            color_of = self._colors_of(image)
+            result = geneval_score(meta, detections, color_of)
+            release = self.rules == "release"
+            scores.append(geneval_release_score(meta, detections, color_of) if release else result["score"])
             strict.append(result["strict"])
         return {"scores": torch.tensor(scores), "strict": torch.tensor(strict)}

@@ -47,6 +47,12 @@ def _geneval(**options):
     return GenEval(**options)
 
 
+def _geneval_evaluator(**options):
+    from .geneval import GenEval
+
+    return GenEval(**{**options, "rules": "evaluator"})
+
+
 def _vlm_judge(**options):  # options: model_id, question, normalize
     from .vlm import VLMJudge
 
@@ -80,6 +86,7 @@ _REGISTRY: Dict[str, Callable[..., RewardFunc]] = {
     "hpsv2": _hpsv2,
     "aesthetic": _aesthetic,
     "geneval": _geneval,
+    "geneval_evaluator": _geneval_evaluator,
     "vlm_judge": _vlm_judge,
     "vlm_edit_judge": _vlm_edit_judge,
     "edit_consistency": _edit_consistency,
