@@ -29,8 +29,11 @@ RELEASE_LOSS = "tests/test_loss.py::test_x0_adaptive_loss_and_gradient_match_the
 X_T = "tests/test_loss.py::test_the_x0_prediction_uses_x_t_built_from_one_minus_sigma_x0_plus_sigma_noise"
 ORDER = "tests/test_sampling.py::test_the_order_of_convergence_is_the_solvers"
 GRID = "tests/test_schedules_timesteps.py::test_sampler_grid_draws_every_level_equally_often"
-GRPO_ADV = "tests/test_flow_grpo.py::test_flow_grpos_advantages_use_each_groups_own_std_and_are_clipped"
+GRPO_ADV = "tests/test_flow_grpo.py::test_flow_grpos_advantages_use_the_global_or_each_groups_std_and_are_clipped"
 GRPO_KL = "tests/test_flow_grpo.py::test_flow_grpos_kl_and_clip_fraction_are_the_release_formulas"
+GRPO_CONFIG = "tests/test_flow_grpo.py::test_flow_grpo_config_reaches_its_objective_with_the_reference_defaults"
+GRPO_BATCHES = "tests/test_flow_grpo.py::test_zero_advantage_samples_are_left_out_and_the_batch_count_kept"
+GRPO_EMA = "tests/test_flow_grpo.py::test_the_ema_updates_after_each_sample_batch_on_the_reference_cadence"
 GUARD_DEFAULTS = "tests/test_guard.py::test_the_documented_default_thresholds_fire_just_past_their_edges"
 SAME_NOISE = "tests/test_recipes_evaluate.py::test_every_model_is_evaluated_on_the_same_noise_seeded_1000_s_plus_i"
 CHUNKED = "tests/test_serve_limits.py::test_a_chunked_body_without_content_length_is_bounded_too"
@@ -68,8 +71,10 @@ SURVIVORS = [
            "keys = torch.rand(num_samples, len(sampler_sigmas), generator=generator)",
            "keys = torch.rand(num_samples, len(sampler_sigmas), generator=generator); keys[:, 0] = 2.0",
            (GRID,), "the grid never draws its first level"),
-    Mutant("grpo-global-std", "objectives/flow_grpo.py", "std_scope=self.advantage_std", 'std_scope="global"',
-           (GRPO_ADV,), "Flow-GRPO divides by the batch's std"),
+    Mutant("grpo-group-std", "objectives/flow_grpo.py", "std_scope=self.advantage_std", 'std_scope="group"',
+           (GRPO_ADV,), "Flow-GRPO divides by the group's std whatever advantage_std says"),
+    Mutant("grpo-std-option-ignored", "objectives/flow_grpo.py", "advantage_std=config.advantage_std, ", "",
+           (GRPO_CONFIG,), "Flow-GRPO's config never reaches its objective's advantage std"),
     Mutant("grpo-no-advantage-clip", "objectives/flow_grpo.py",
            "advantages = optimality.advantages.clamp(-self.adv_clip_max, self.adv_clip_max)",
            "advantages = optimality.advantages", (GRPO_ADV,), "Flow-GRPO's advantages unclipped"),

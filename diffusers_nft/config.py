@@ -370,10 +370,13 @@ class NFTConfig:
 
     @classmethod
     def from_recipe(cls, name: str, **overrides) -> "NFTConfig":
-        """The release's configuration `name` (see `diffusers_nft.recipes`), with `overrides` on top."""
+        """The release's configuration `name` (see `diffusers_nft.recipes`), with `overrides` on top, as its
+        objective's config class (`FlowGRPOConfig` for `flow_grpo_nocfg`)."""
+        from .objectives import objective_class
         from .recipes import recipe
 
-        return cls(**{**recipe(name)["config"], **overrides})
+        values = {**recipe(name)["config"], **overrides}
+        return objective_class(values.get("objective", "nft")).config_class(**values)
 
     def trackers(self) -> Optional[List[str]]:
         """`report_to` as accelerate's `log_with`: a list of tracker names, "all", or None for no tracker.
@@ -426,6 +429,21 @@ class FlowGRPOConfig(NFTConfig):
     grpo_guidance_scale: float = field(
         default=4.5, metadata={"help": "Flow-GRPO: CFG scale while sampling and training (1.0: none)."}
     )
+    grpo_drop_zero_advantage: bool = field(
+        default=True,
+        metadata={"help": "Flow-GRPO: leave out samples whose advantage is 0 (the reference), spreading the others "
+                  "over the same number of micro-batches."},
+    )
+    grpo_ema_interval: int = field(
+        default=8,
+        metadata={"help": "Flow-GRPO: update the EMA after each sample batch when (optimizer step + 1) is a multiple "
+                  "of this (the reference: 8); 1 after every batch."},
+    )
+    optimizer_steps_per_iteration: int = field(
+        default=2,
+        metadata={"help": "Optimizer steps per iteration when gradient_accumulation_steps is not set (Flow-GRPO's "
+                  "reference: 2, each accumulating every trained transition of half the samples)."},
+    )
 
     float_ranges: ClassVar[dict] = {**FLOAT_RANGES, **GRPO_FLOAT_RANGES}
 
@@ -433,12 +451,14 @@ class FlowGRPOConfig(NFTConfig):
         super().validate()
         _check(self.objective == "flow_grpo", f"FlowGRPOConfig is for objective='flow_grpo' (got {self.objective!r}); "
                "use NFTConfig for DiffusionNFT.")
+        _check(self.grpo_ema_interval >= 1, f"grpo_ema_interval must be >= 1 (got {self.grpo_ema_interval}).")
 
 
 def config_for(config: NFTConfig, config_class: type, objective: str) -> NFTConfig:
     """`config` as an instance of `config_class` (an objective's config) for `objective`: every field both classes
     have keeps its value, the others take `config_class`'s defaults. `FlowGRPOConfig` from an `NFTConfig` gets
-    Flow-GRPO's own settings at their defaults."""
+    Flow-GRPO's own settings at their defaults, and keeps the `NFTConfig`'s shared ones (its 1 optimizer step per
+    iteration where `FlowGRPOConfig` takes the reference's 2): pass a `FlowGRPOConfig` for the reference's."""
     if type(config) is config_class and config.objective == objective:
         return config
     names = {f.name for f in fields(config_class)}

@@ -14,7 +14,6 @@ from .config import weight_dtype
 from .data import row_metadata
 from .metrics import monitor_key
 from .policy import NFTPolicy
-from .schedules import ema_decay
 
 
 class NonFiniteError(RuntimeError):
@@ -39,8 +38,9 @@ class Engine:
         self.skipped_steps = 0  # optimizer steps dropped by skip_nonfinite
 
     def train_on(self, batches: Iterable[dict], objective, iteration: int) -> Dict[str, float]:
-        """Backward through `objective` on each micro-batch, an optimizer step (and an EMA update) at the end of each
-        accumulation window; the mean of the objective's metrics, the gradient norm and its monitors."""
+        """Backward through `objective` on each micro-batch, an optimizer step at the end of each accumulation window,
+        an EMA update where the objective says (`Objective.ema_decay_after`); the mean of the objective's metrics,
+        the gradient norm and its monitors."""
         accelerator, totals, micro_steps, grad_norm, finite = self.accelerator, {}, 0, float("nan"), True
         self.model.train()
         for batch in batches:
@@ -59,7 +59,10 @@ class Engine:
                 self.optimizer.zero_grad(set_to_none=True)
             if accelerator.sync_gradients:
                 self.optimizer_step += 1
-                self.policy.update_ema(ema_decay(self.optimizer_step, self.args.ema_decay))
+            decay = objective.ema_decay_after(micro_steps, self.optimizer_step, accelerator.sync_gradients,
+                                              self.args.ema_decay)
+            if decay is not None:
+                self.policy.update_ema(decay)
             for key, value in objective.metrics(out).items():
                 totals[key] = totals.get(key, 0.0) + value
             micro_steps += 1

@@ -1,9 +1,9 @@
-"""The public release's training configurations (`config/nft.py`), by name.
+"""The public release's training configurations (`config/nft.py`), and Flow-GRPO's CFG-free one, by name.
 
     config = NFTConfig.from_recipe("sd35m_ocr", output_dir="sd35-ocr")   # explicit values override the recipe
 
-Every recipe is SD3.5-Medium at 512 px: 48 prompts x 24 images per iteration, 10-step DPM-Solver++ data collection
-without CFG, 40-step Euler evaluation, KL 1e-4, on the release's prompt sets. Each sets every value that the release
+Every recipe is SD3.5-Medium at 512 px: 48 prompts x 24 images per iteration, 10-step data collection without CFG
+(DPM-Solver++ for NFT, the SDE for Flow-GRPO), 40-step Euler evaluation, on the release's prompt sets. Each sets every value that the release
 sets for that run; the rest are `NFTConfig`'s defaults, which are the release's too.
 """
 
@@ -51,6 +51,18 @@ RECIPES: Dict[str, dict] = {
                     num_sampling_steps=25),
         rewards={"pickscore": 1.0, "hpsv2": 1.0, "clipscore": 1.0},
         prompts="text prompts, one a line (train.txt: the release's PickScore prompt set)",
+    ),
+    # Flow-GRPO's CFG-free configuration (reference `config/grpo.py`, `geneval_sd3_fast_nocfg`): no CFG while
+    # sampling, training or evaluating, clip 1e-5, no KL, SDE noise level 0.8, the SD3 geometry (48 x 24 images, 2
+    # optimizer steps per iteration, global std, EMA). The reference trains it with its "fast" SDE window (3 SDE
+    # steps within the first 5, CPS sampling); here every step is an SDE step and 9 of 10 transitions train, as in
+    # its CFG configurations.
+    "flow_grpo_nocfg": dict(
+        config=dict(_SD35M, objective="flow_grpo", grpo_guidance_scale=1.0, grpo_clip_range=1e-5, grpo_kl_beta=0.0,
+                    grpo_noise_level=0.8, optimizer_steps_per_iteration=2, timestep_fraction=0.99),
+        rewards={"geneval": 1.0},
+        prompts="GenEval metadata, one JSON record a line (train_metadata.jsonl: prompt, tag, include, exclude); "
+        "`python -m diffusers_nft.geneval_prompts` writes such a set",
     ),
 }
 

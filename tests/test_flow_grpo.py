@@ -11,6 +11,7 @@ from diffusers import FluxPipeline
 from diffusers_nft import FlowGRPOTrainer, NFTTrainer
 from diffusers_nft.grpo import clipped_surrogate, sde_rollout, sde_std, sde_step
 from diffusers_nft.metrics import loss_key
+from diffusers_nft.objectives.base import Objective
 
 from conftest import PROMPTS, tiny_config
 
@@ -77,8 +78,8 @@ def _first_micro_step(trainer):
 
 
 def test_the_ratio_is_one_on_the_first_update_and_the_rollouts_hold_the_trajectory(tiny_pipeline, tmp_path):
-    trainer = NFTTrainer(tiny_pipeline, "jpeg_incompressibility", tiny_config(tmp_path, train_batch_size=8),
-                         PROMPTS, objective="flow_grpo")
+    config = tiny_config(tmp_path, train_batch_size=8, optimizer_steps_per_iteration=1)
+    trainer = NFTTrainer(tiny_pipeline, "jpeg_incompressibility", config, PROMPTS, objective="flow_grpo")
     rollouts, weights, batch = _first_micro_step(trainer)
     steps = trainer.args.num_sampling_steps
     assert rollouts.states.shape == (8, steps + 1, *trainer.latent_shape) and rollouts.log_probs.shape == (8, steps)
@@ -98,7 +99,7 @@ def test_the_ratio_is_one_on_the_first_update_and_the_rollouts_hold_the_trajecto
 def test_flow_grpo_trains_the_tiny_sd3_and_its_lora_moves_away_from_the_base(tiny_pipeline, tmp_path):
     # 3 optimizer steps per iteration: the later micro-batches see a policy that moved since it sampled
     config = tiny_config(tmp_path, max_steps=3, learning_rate=3e-2, objective="flow_grpo",
-                         optimizer_steps_per_iteration=3, train_batch_size=8)
+                         optimizer_steps_per_iteration=3, train_batch_size=8, grpo_ema_interval=1)
     trainer = FlowGRPOTrainer(tiny_pipeline, "jpeg_incompressibility", config, PROMPTS)
     assert "Flow-GRPO" in trainer.describe() and "SDE steps (a = 0.7), CFG 4.5" in trainer.describe()
     assert "3 recorded transitions per image" in trainer.describe()
@@ -176,14 +177,20 @@ def _objective(**kwargs):
                              guidance_scale=1.0, **kwargs)
 
 
-def test_flow_grpos_advantages_use_each_groups_own_std_and_are_clipped():
-    # The release: (R - group mean) / (group std + 1e-4) per prompt (numpy's biased std), then clipped at 5.
+def test_flow_grpos_advantages_use_the_global_or_each_groups_std_and_are_clipped():
+    # The reference: (R - group mean) / (std + 1e-4), numpy's biased std of the whole batch (`global_std`, every SD3
+    # configuration) or of the group, then clipped at 5.
     rewards = torch.tensor([1.0, 2.0, 0.0, 30.0, 5.0, 5.0])
     groups = torch.tensor([0, 0, 1, 1, 2, 2])
-    advantages, metrics = _objective(adv_clip_max=0.9).credit(rewards, groups)
-    unclipped = 0.5 / (0.5 + 1e-4)  # group 0: mean 1.5, std 0.5; group 1: mean 15, std 15 -> +-15 / 15.0001
-    assert advantages.tolist() == pytest.approx([-0.9, 0.9, -0.9, 0.9, 0.0, 0.0])
+    std = rewards.double().std(unbiased=False).item() + 1e-4  # 10.383
     advantages, metrics = _objective().credit(rewards, groups)
+    assert advantages.tolist() == pytest.approx([-0.5 / std, 0.5 / std, -15 / std, 15 / std, 0, 0], rel=1e-6)
+    advantages, metrics = _objective(adv_clip_max=1.0).credit(rewards, groups)  # group 1's +-1.44 clipped
+    assert advantages.tolist() == pytest.approx([-0.5 / std, 0.5 / std, -1.0, 1.0, 0, 0], rel=1e-6)
+    advantages, metrics = _objective(advantage_std="group", adv_clip_max=0.9).credit(rewards, groups)
+    assert advantages.tolist() == pytest.approx([-0.9, 0.9, -0.9, 0.9, 0.0, 0.0])
+    advantages, metrics = _objective(advantage_std="group").credit(rewards, groups)
+    unclipped = 0.5 / (0.5 + 1e-4)  # group 0: mean 1.5, std 0.5; group 1: mean 15, std 15 -> +-15 / 15.0001
     assert advantages.tolist() == pytest.approx([-unclipped, unclipped, -15 / 15.0001, 15 / 15.0001, 0, 0], rel=1e-6)
     assert metrics["zero_variance_groups"] == pytest.approx(1 / 3)
 
@@ -212,3 +219,66 @@ def test_flow_grpos_kl_and_clip_fraction_are_the_release_formulas():
     # PPO: max(-A ratio, -A clip(ratio)) = [-1, e^0.5, -e^0.1] for A = [1, -1, 1]; plus kl_beta times the KL
     policy = (-1 + math.exp(0.5) - math.exp(0.1)) / 3
     assert out.loss.item() == pytest.approx(policy + 0.04 * kl.mean().item(), rel=1e-5)
+
+
+def test_flow_grpo_config_reaches_its_objective_with_the_reference_defaults():
+    from diffusers_nft import FlowGRPOConfig
+    from diffusers_nft.objectives.flow_grpo import FlowGRPOObjective
+
+    family = _LinearFamily()
+    sigmas = torch.linspace(1, 0, 11)
+
+    def objective(**values):
+        config = FlowGRPOConfig(output_dir="unused", **values)
+        return config, FlowGRPOObjective.from_config(config, family=family, policy=_SwitchPolicy(family),
+                                                     sampling_sigmas=sigmas)
+
+    config, reference = objective()
+    assert config.optimizer_steps_per_iteration == 2 and config.timestep_fraction == 0.99
+    assert (reference.advantage_std, reference.drop_zero_advantage, reference.ema_interval) == ("global", True, 8)
+    assert reference.levels == 9 and (reference.clip_range, reference.kl_beta, reference.noise_level) == (1e-4, 0.04, 0.7)
+    _, options = objective(advantage_std="group", grpo_drop_zero_advantage=False, grpo_ema_interval=1)
+    assert (options.advantage_std, options.drop_zero_advantage, options.ema_interval) == ("group", False, 1)
+
+
+def test_zero_advantage_samples_are_left_out_and_the_batch_count_kept():
+    objective = _objective()
+    credit = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 2.0, 0.0])  # 3 of 8 non-zero; 4 batches of 2 without the filter
+
+    def batches(values, **kwargs):
+        return [b.tolist() for b in objective.sample_batches(values, 2, torch.Generator().manual_seed(0), **kwargs)]
+
+    kept = batches(credit)
+    # the batch count stays 4; the 3 kept samples plus 1 zero-advantage one (the reference tops up to a multiple of
+    # the batch count) are spread 1 per batch
+    assert len(kept) == 4 and all(len(b) == 1 for b in kept)
+    flat = [i for b in kept for i in b]
+    assert {1, 3, 6} < set(flat) and sum(credit[i] == 0 for i in flat) == 1
+    objective.drop_zero_advantage = False
+    every = batches(credit)
+    assert [len(b) for b in every] == [2, 2, 2, 2] and sorted(i for b in every for i in b) == list(range(8))
+    objective.drop_zero_advantage = True
+    assert batches(credit.abs() + 1) == every  # nothing to leave out: the same batches as without the filter
+    assert sorted(i for b in batches(torch.zeros(8)) for i in b) == list(range(8))  # all zero: train on all (KL)
+
+
+def test_the_ema_updates_after_each_sample_batch_on_the_reference_cadence():
+    # The reference's loop: per sample batch, every transition; an optimizer step every 2 batches; after each batch
+    # `ema.step(params, global_step)`, which updates when (global_step + 1) % 8 == 0 with min((1 + s) / (10 + s), 0.9).
+    objective = _objective(levels=3, ema_interval=8)
+    expected, ours, global_step, optimizer_step = [], [], 0, 0
+    for iteration in range(6):
+        for batch in range(4):
+            for j in range(3):
+                micro = batch * 3 + j
+                stepped = j == 2 and batch % 2 == 1
+                optimizer_step += stepped
+                decay = objective.ema_decay_after(micro, optimizer_step, stepped, 0.9)
+                if decay is not None:
+                    ours.append((iteration, batch, decay))
+            global_step += batch % 2 == 1
+            if (global_step + 1) % 8 == 0:
+                expected.append((iteration, batch, min((1 + global_step) / (10 + global_step), 0.9)))
+    assert ours == expected and len(expected) == 2  # batches 2 and 3 of iteration 3 (global step 7)
+    nft = Objective()  # DiffusionNFT's: after every optimizer step
+    assert [nft.ema_decay_after(m, 5, m == 2, 0.9) for m in range(3)] == [None, None, 6 / 15]

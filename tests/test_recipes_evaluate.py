@@ -54,6 +54,26 @@ def test_script_recipe_sets_values_and_rewards_and_flags_win(tmp_path):
     assert default_rewards("sd35m_multi_reward", demo=False) == ["pickscore:1.0", "hpsv2:1.0", "clipscore:1.0"]
 
 
+def test_flow_grpos_cfg_free_recipe_is_a_flow_grpo_config_from_python_and_the_command_line(tmp_path):
+    from diffusers_nft import FlowGRPOConfig
+
+    config = NFTConfig.from_recipe("flow_grpo_nocfg", output_dir="x", grpo_noise_level=0.9)
+    assert isinstance(config, FlowGRPOConfig) and config.objective == "flow_grpo"
+    assert (config.grpo_guidance_scale, config.grpo_clip_range, config.grpo_kl_beta) == (1.0, 1e-5, 0.0)
+    assert (config.optimizer_steps_per_iteration, config.advantage_std, config.grpo_noise_level) == (2, "global", 0.9)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a cat", "tag": "single_object", "include": [{"class": "cat", '
+                                      '"count": 1}]}\n')
+    from conftest import reach_loading
+
+    _, cli = reach_loading(["--recipe", "flow_grpo_nocfg", "--pretrained_model_name_or_path", "x", "--prompts",
+                            str(tmp_path / "p.jsonl"), "--output_dir", str(tmp_path / "out"), "--grpo_clip_range",
+                            "2e-5"])
+    assert isinstance(cli, FlowGRPOConfig) and (cli.grpo_clip_range, cli.grpo_noise_level) == (2e-5, 0.8)
+    from diffusers_nft.scripts import default_rewards
+
+    assert default_rewards("flow_grpo_nocfg", demo=False) == ["geneval:1.0"]
+
+
 def test_optimizer_steps_per_iteration_splits_the_micro_batches(tiny_pipeline, tmp_path):
     from diffusers_nft import NFTTrainer
 

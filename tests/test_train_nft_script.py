@@ -82,7 +82,7 @@ def test_the_command_line_trains_flow_grpo_and_the_card_says_so(tmp_path, monkey
     (tmp_path / "p.txt").write_text("a red cat\na blue dog\n")
     argv = ["--pretrained_model_name_or_path", folder, "--prompts", str(tmp_path / "p.txt"), "--output_dir",
             str(tmp_path / "out"), "--objective", "flow_grpo", "--grpo_guidance_scale", "3", "--grpo_kl_beta",
-            "0.1"] + FLAGS
+            "0.1", "--train_batch_size", "2"] + FLAGS  # 2 sample batches: one per optimizer step (the reference's 2)
     trainer, script_args, demo = scripts.prepare(argv, train_nft.load_pipeline)
     assert isinstance(trainer.objective, FlowGRPOObjective)
     assert (trainer.objective.guidance_scale, trainer.objective.kl_beta, trainer.objective.clip_range) == (3, 0.1, 1e-4)

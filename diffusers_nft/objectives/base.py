@@ -13,6 +13,7 @@ import torch
 
 from ..config import NFTConfig
 from ..policy import OLD
+from ..schedules import ema_decay
 
 
 @dataclass
@@ -81,6 +82,12 @@ class Objective:
     def micro_batches(self, rollouts, credit: torch.Tensor, *, batch_size: int, levels: int,
                       generator: torch.Generator) -> Iterator[dict]:
         raise NotImplementedError
+
+    def ema_decay_after(self, micro_step: int, optimizer_step: int, stepped: bool, max_decay: float):
+        """The decay of the EMA update after micro-step `micro_step` (0-based, within the iteration), or None for
+        none. `optimizer_step` counts the steps taken so far, `stepped` says whether this micro-step ended one. By
+        default after every optimizer step (the DiffusionNFT release): `schedules.ema_decay(optimizer_step)`."""
+        return ema_decay(optimizer_step, max_decay) if stepped else None
 
     def metrics(self, out) -> Dict[str, float]:
         """The logged values of one micro-step's output (averaged over the iteration by the loop)."""

@@ -2,6 +2,7 @@
 transition and its log-probability; PPO's clipped surrogate on the recorded transitions, with a KL to the reference
 on the transitions' means. The single-step maths are in `diffusers_nft.grpo`."""
 
+import math
 from dataclasses import dataclass
 from typing import Dict
 
@@ -15,6 +16,8 @@ from ..metrics import loss_key
 from ..monitors import velocity_stats
 from ..pipelines import select_conditioning
 from ..policy import REFERENCE, TRAINED
+from ..schedules import ema_decay
+from ..timesteps import num_train_timesteps
 from .base import Objective, Sample, cfg_words
 
 
@@ -35,8 +38,11 @@ class FlowGRPOObjective(Objective):
     """Flow-GRPO: PPO on the transitions of an SDE sampler, with group-normalised advantages.
 
     Collection samples with the current policy (theta) and CFG, recording every state and its log-probability;
-    the first `levels` transitions of each trajectory are trained (the release's timestep fraction). The ratio of
-    the first update is 1: theta has not moved since it sampled.
+    the first `levels` transitions of each trajectory are trained (the release's timestep fraction), every
+    transition of a micro-batch's samples in turn, so that an optimizer step accumulates all the transitions of its
+    samples (the reference's geometry; `FlowGRPOConfig` takes 2 optimizer steps per iteration, as it does). Samples
+    whose advantage is exactly 0 are left out (the reference's filter). The ratio of the first update is 1: theta
+    has not moved since it sampled.
 
     Args:
         family: The pipeline family.
@@ -48,7 +54,14 @@ class FlowGRPOObjective(Objective):
             reference forward.
         guidance_scale: CFG during sampling and training (the release: 4.5).
         adv_clip_max: Clip of the advantages (the release: 5).
-        advantage_std: `"group"` (per prompt, the release) or `"global"`.
+        advantage_std: `"global"` (the std of the whole iteration's rewards: every SD3 configuration of the
+            reference sets `global_std`) or `"group"` (the prompt's group).
+        drop_zero_advantage: Leave out the samples whose advantage is 0 (the reference), keeping the number of
+            micro-batches: the kept samples are spread evenly over them, topped up with left-out ones to fill them.
+        levels: Transitions trained per sample (the plan's), so that `ema_decay_after` knows where a sample
+            batch ends.
+        ema_interval: The EMA of theta updates after each sample batch (all its transitions) when
+            `(optimizer step + 1) % ema_interval == 0` (the reference: 8); 1 updates after every batch.
     """
 
     name = "flow_grpo"
@@ -74,18 +87,23 @@ class FlowGRPOObjective(Objective):
 
     def __init__(self, *, family, policy, sampling_sigmas: torch.Tensor, noise_level: float = 0.7,
                  clip_range: float = 1e-4, kl_beta: float = 0.04, guidance_scale: float = 4.5,
-                 adv_clip_max: float = 5.0, advantage_std: str = "group"):
+                 adv_clip_max: float = 5.0, advantage_std: str = "global", drop_zero_advantage: bool = True,
+                 levels: int = 1, ema_interval: int = 8):
         super().__init__()
         self.family, self.policy, self.sampling_sigmas = family, policy, sampling_sigmas
         self.noise_level, self.clip_range, self.kl_beta = noise_level, clip_range, kl_beta
         self.guidance_scale, self.adv_clip_max, self.advantage_std = guidance_scale, adv_clip_max, advantage_std
+        self.drop_zero_advantage, self.levels, self.ema_interval = drop_zero_advantage, levels, ema_interval
         self.grid = [float(s) for s in sampling_sigmas]
 
     @classmethod
     def from_config(cls, config, *, family, policy, sampling_sigmas):
         return cls(family=family, policy=policy, sampling_sigmas=sampling_sigmas, noise_level=config.grpo_noise_level,
                    clip_range=config.grpo_clip_range, kl_beta=config.grpo_kl_beta,
-                   guidance_scale=config.grpo_guidance_scale, adv_clip_max=config.adv_clip_max)
+                   guidance_scale=config.grpo_guidance_scale, adv_clip_max=config.adv_clip_max,
+                   advantage_std=config.advantage_std, drop_zero_advantage=config.grpo_drop_zero_advantage,
+                   levels=num_train_timesteps(config.num_sampling_steps, config.timestep_fraction),
+                   ema_interval=config.grpo_ema_interval)
 
     @classmethod
     def sampling_words(cls, config) -> str:
@@ -105,10 +123,8 @@ class FlowGRPOObjective(Objective):
 
     def micro_batches(self, rollouts, credit, *, batch_size, levels, generator):
         """The first `levels` recorded transitions of each trajectory, for micro-batches in a random order."""
-        n, device = len(rollouts), rollouts.states.device
-        order = torch.randperm(n, generator=generator)
-        for lo in range(0, n, batch_size):
-            index = order[lo : lo + batch_size]
+        device = rollouts.states.device
+        for index in self.sample_batches(credit, batch_size, generator):
             on_device = index.to(device)
             cond = select_conditioning(rollouts.cond, rollouts.row_of_image[index])
             uncond = rollouts.select_uncond(len(index))
@@ -116,6 +132,29 @@ class FlowGRPOObjective(Objective):
                 yield dict(x=rollouts.states[on_device, j], step=j, prev_sample=rollouts.states[on_device, j + 1],
                            old_log_prob=rollouts.log_probs[on_device, j], advantages=credit[index].to(device),
                            cond=cond, uncond=uncond)
+
+    def sample_batches(self, credit: torch.Tensor, batch_size: int, generator: torch.Generator):
+        """The sample indices of each micro-batch, in a random order: `ceil(n / batch_size)` batches, of
+        `batch_size` samples without the filter; with it, the samples of non-zero advantage (topped up with
+        zero-advantage ones to a multiple of the batch count, as the reference does) split evenly over them."""
+        n = len(credit)
+        order = torch.randperm(n, generator=generator)
+        count = math.ceil(n / batch_size)
+        if not self.drop_zero_advantage:
+            return [order[lo : lo + batch_size] for lo in range(0, n, batch_size)]
+        zero = credit[order] == 0
+        kept, left_out = order[~zero], order[zero]
+        if not len(kept):  # every advantage is 0: the surrogate has no gradient, the KL still trains
+            kept = order
+        kept = torch.cat([kept, left_out[: -len(kept) % count]])  # a random few of the left-out, to fill evenly
+        return list(kept.tensor_split(count))
+
+    def ema_decay_after(self, micro_step: int, optimizer_step: int, stepped: bool, max_decay: float):
+        """After each sample batch (its `levels` transitions), when `(optimizer_step + 1) % ema_interval == 0`:
+        the reference's `EMAModuleWrapper.step(params, global_step)` call and rule."""
+        if (micro_step + 1) % self.levels or (optimizer_step + 1) % self.ema_interval:
+            return None
+        return ema_decay(optimizer_step, max_decay)
 
     def _velocity(self, x, sigma, cond, uncond):
         return guided_velocity(self.family.predict_velocity, x, sigma, cond, uncond, self.guidance_scale)
