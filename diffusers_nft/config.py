@@ -429,6 +429,11 @@ class FlowGRPOConfig(NFTConfig):
     grpo_guidance_scale: float = field(
         default=4.5, metadata={"help": "Flow-GRPO: CFG scale while sampling and training (1.0: none)."}
     )
+    grpo_eval_guidance_scale: Optional[float] = field(
+        default=None,
+        metadata={"help": "Flow-GRPO: CFG scale of evaluation images, grids and the card (None: grpo_guidance_scale, "
+                  "as the reference evaluates)."},
+    )
     grpo_drop_zero_advantage: bool = field(
         default=True,
         metadata={"help": "Flow-GRPO: leave out samples whose advantage is 0 (the reference), spreading the others "

@@ -20,12 +20,14 @@ class RunImages:
         max_sequence_length: The trained text length.
         columns: The conditioning columns (image-conditioned pipelines), else empty.
         train_dataset, eval_dataset: Where the validation rows come from (held-out first).
+        guidance_scale: The CFG of evaluation, grids and the card (`Objective.evaluation_guidance`; 1.0: none).
     """
 
     def __init__(self, *, pipeline, family, policy, accelerator, args, max_sequence_length: int, columns: Dict[str, str],
-                 train_dataset, eval_dataset=None):
+                 train_dataset, eval_dataset=None, guidance_scale: float = 1.0):
         self.pipeline, self.family, self.policy, self.accelerator = pipeline, family, policy, accelerator
         self.args, self.max_sequence_length, self.columns = args, max_sequence_length, columns
+        self.guidance_scale = guidance_scale
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
 
     @property
@@ -48,11 +50,12 @@ class RunImages:
         source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
         return source.select(range(min(4, len(source))))
 
-    def call_kwargs(self, num_steps: Optional[int] = None, guidance_scale: float = 1.0) -> Dict[str, object]:
+    def call_kwargs(self, num_steps: Optional[int] = None, guidance_scale: Optional[float] = None) -> Dict[str, object]:
         """The call of evaluation images and of the card's snippet: `eval_num_steps` steps (40, the release's),
-        CFG-free, at the trained resolution, text length and frame count."""
+        the evaluation CFG (`guidance_scale`), at the trained resolution, text length and frame count."""
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
         return self.family.call_kwargs(self.args.resolution, num_steps or self.args.eval_num_steps,
-                                       self.max_sequence_length, guidance_scale)
+                                       self.max_sequence_length, scale)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], weights: str = "ema",
@@ -73,7 +76,8 @@ class RunImages:
         values = read_conditioning(dataset, self.columns, self.args.resolution) if self.columns else None
         if values:  # the judges see each prompt's source too
             metadata = [{**m, **extra} for m, extra in zip(metadata, reward_metadata(values))]
-        images = self.generate(prompts, list(range(len(prompts))), weights=self.published_weights, conditioning=values)
+        images = self.generate(prompts, list(range(len(prompts))), weights=self.published_weights, conditioning=values,
+                               guidance_scale=self.guidance_scale)
         return images, prompts, metadata
 
     def gallery(self, seeds: Sequence[int], weights: Sequence[str]):
@@ -82,5 +86,5 @@ class RunImages:
         prompts, values = self.validation_prompts(), self.validation_conditioning()
         per_image = None if values is None else [v for v in values for _ in seeds]
         drawn = {w: self.generate([p for p in prompts for _ in seeds], list(seeds) * len(prompts), weights=w,
-                                  conditioning=per_image) for w in weights}
+                                  conditioning=per_image, guidance_scale=self.guidance_scale) for w in weights}
         return prompts, values, drawn

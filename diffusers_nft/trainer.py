@@ -38,6 +38,7 @@ from .lora_file import write_lora_file
 from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
 from .monitors import group_diversity, image_stats
 from .objectives import build_objective, objective_class, resolve_config
+from .objectives.base import cfg_words
 from .pipelines import family_for_training
 from .plan import IterationPlan
 from .policy import check_lora_targets, make_lora_config
@@ -142,7 +143,8 @@ class NFTTrainer:
         self.publisher = Publisher(self.accelerator, type(pipeline), peft_config, self.family.lora_layout())
         self.images = RunImages(pipeline=pipeline, family=self.family, policy=self.policy, accelerator=self.accelerator,
                                 args=args, max_sequence_length=self.max_sequence_length, columns=self.columns,
-                                train_dataset=self.train_dataset, eval_dataset=self.eval_dataset)
+                                train_dataset=self.train_dataset, eval_dataset=self.eval_dataset,
+                                guidance_scale=self.objective_class.evaluation_guidance(args))
         self._setup_loop()
         if resume[0]:
             self._load(*resume)
@@ -403,7 +405,8 @@ class NFTTrainer:
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
         """The judges (`eval_reward_funcs`, else the training rewards) on `eval_dataset`, never trained on: one
-        image per prompt (prompt `i` with seed `i`), the published weights, CFG-free, `eval_num_steps` steps.
+        image per prompt (prompt `i` with seed `i`), the published weights, the objective's evaluation CFG (none for
+        NFT), `eval_num_steps` steps.
         Returns `eval/<judge>/mean` values."""
         if self.eval_dataset is None:
             raise ValueError("evaluate() needs prompts: pass eval_dataset to NFTTrainer.")
@@ -444,7 +447,7 @@ class NFTTrainer:
         seeds = list(range(min(self.args.num_validation_images, 4)))
         prompts, values, drawn = self.images.gallery(seeds, ["base", self.published_weights])
         caption = (f"{self.objective_class.short}: {self.published_weights} weights; both: the pipeline's own "
-                   f"{self.args.eval_num_steps}-step call, no CFG, the seeds above")
+                   f"{self.args.eval_num_steps}-step call, {cfg_words(self.images.guidance_scale)}, the seeds above")
         return self.publisher.write_card(folder or self.args.output_dir, self._card_inputs(repo_id, evaluation),
                                          prompts, drawn["base"], drawn[self.published_weights], seeds=seeds,
                                          scale=max(1, 256 // self.args.resolution), caption=caption,

@@ -282,3 +282,20 @@ def test_the_ema_updates_after_each_sample_batch_on_the_reference_cadence():
     assert ours == expected and len(expected) == 2  # batches 2 and 3 of iteration 3 (global step 7)
     nft = Objective()  # DiffusionNFT's: after every optimizer step
     assert [nft.ema_decay_after(m, 5, m == 2, 0.9) for m in range(3)] == [None, None, 6 / 15]
+
+
+def test_flow_grpo_evaluates_and_publishes_with_its_training_cfg_unless_told(tiny_pipeline, tmp_path):
+    # The reference evaluates with its eval_guidance_scale (4.5, the training CFG); NFT's release CFG-free.
+    config = tiny_config(tmp_path / "grpo", objective="flow_grpo", grpo_guidance_scale=3.0)
+    trainer = FlowGRPOTrainer(tiny_pipeline, "jpeg_incompressibility", config, PROMPTS[:2])
+    assert trainer.images.call_kwargs()["guidance_scale"] == 3.0
+    assert trainer._card_inputs(None, None).call_kwargs["guidance_scale"] == 3.0
+    images, prompts, _ = trainer.images.judged(trainer.train_dataset)
+    with_cfg = trainer.generate(prompts, list(range(len(prompts))), weights="ema", guidance_scale=3.0)
+    without = trainer.generate(prompts, list(range(len(prompts))), weights="ema", guidance_scale=1.0)
+    assert torch.equal(images, with_cfg) and (images - without).abs().max() > 1e-3
+    from diffusers_nft.objectives import FlowGRPOObjective, NFTObjective
+
+    told = tiny_config(tmp_path / "told", objective="flow_grpo", grpo_guidance_scale=3.0, grpo_eval_guidance_scale=1.0)
+    assert FlowGRPOObjective.evaluation_guidance(told) == 1.0
+    assert NFTObjective.evaluation_guidance(tiny_config(tmp_path / "nft", guidance_scale=2.0)) == 1.0

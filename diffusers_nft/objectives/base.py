@@ -67,6 +67,12 @@ class Objective:
         raise NotImplementedError
 
     @classmethod
+    def evaluation_guidance(cls, config: NFTConfig) -> float:
+        """The CFG scale of the run's evaluation images, grids, card images and card snippet: none by default (the
+        DiffusionNFT release evaluates CFG-free)."""
+        return 1.0
+
+    @classmethod
     def sampling_words(cls, config: NFTConfig) -> str:
         """How rollouts sample, in words, for the start-up block: `"10 dpm_solver steps, no CFG"`."""
         raise NotImplementedError

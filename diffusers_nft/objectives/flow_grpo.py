@@ -72,15 +72,17 @@ class FlowGRPOObjective(Objective):
              "an SDE that has the ODE's marginals, with classifier-free guidance, records every denoising transition "
              "and its Gaussian log-probability, and trains PPO's clipped surrogate on the transitions with "
              "group-normalised advantages and a KL to the base model.")
-    cfg_limit = ("It was trained with CFG (see `grpo_guidance_scale` below) and is usually used with it; the images "
-                 "and the call on this card are CFG-free, as the run's evaluations were.")
+    cfg_limit = ("It was trained with CFG (see `grpo_guidance_scale` below) and is used with it: the images and the "
+                 "call on this card use the CFG of the run's evaluations (`grpo_eval_guidance_scale`, by default the "
+                 "training one, as the reference evaluates).")
     bibtex = ("@article{liu2025flowgrpo,\n"
               "  title   = {Flow-GRPO: Training Flow Matching Models via Online RL},\n"
               "  author  = {Liu, Jie and others},\n"
               "  journal = {arXiv preprint arXiv:2505.05470},\n"
               "  year    = {2025}\n"
               "}")
-    card_settings = ("grpo_noise_level", "grpo_clip_range", "grpo_kl_beta", "grpo_guidance_scale", "timestep_fraction")
+    card_settings = ("grpo_noise_level", "grpo_clip_range", "grpo_kl_beta", "grpo_guidance_scale",
+                     "grpo_eval_guidance_scale", "timestep_fraction")
     trained_on = "recorded transition"
     needs = ("states", "log_probs", "cond", "uncond", "rewards")
     sampling_policy = TRAINED
@@ -104,6 +106,13 @@ class FlowGRPOObjective(Objective):
                    advantage_std=config.advantage_std, drop_zero_advantage=config.grpo_drop_zero_advantage,
                    levels=num_train_timesteps(config.num_sampling_steps, config.timestep_fraction),
                    ema_interval=config.grpo_ema_interval)
+
+    @classmethod
+    def evaluation_guidance(cls, config) -> float:
+        """`grpo_eval_guidance_scale`, else the training CFG (the reference evaluates with its `eval_guidance_scale`,
+        4.5 in its CFG configurations and 1 in its CFG-free ones)."""
+        scale = config.grpo_eval_guidance_scale
+        return config.grpo_guidance_scale if scale is None else scale
 
     @classmethod
     def sampling_words(cls, config) -> str:
