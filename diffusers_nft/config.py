@@ -30,6 +30,9 @@ FLOAT_RANGES = {
     "adv_clip_max": ((0, False), (_INF, False), "The release uses 5."),
     "nft_beta": ((0, False), (_INF, False), "The release uses 1.0 (0.1 for OCR)."),
     "kl_beta": ((0, True), (_INF, False), "The release uses 1e-4; 0 skips the reference forward."),
+    "kl_reference_guidance_scale": ((1, True), (_INF, False), "1.0 (the release): the unguided base model."),
+    "norm_guard_weight": ((0, True), (_INF, False), "0 (the release) turns the norm guard off."),
+    "norm_guard_margin": ((0, True), (_INF, False), ""),
     "timestep_fraction": ((0, False), (1, True), ""),
     "timestep_shift": ((0, False), (_INF, False), ""),
     "logit_mean": ((-_INF, False), (_INF, False), ""),
@@ -228,6 +231,23 @@ class NFTConfig:
     # Loss
     nft_beta: float = field(default=1.0, metadata={"help": "Guidance strength of the implicit policies."})
     kl_beta: float = field(default=1e-4, metadata={"help": "Weight of the KL to the base model; 0 skips it."})
+    kl_reference_guidance_scale: float = field(
+        default=1.0,
+        metadata={"help": "Not the release's: the KL's reference velocity is the base model's CFG-guided one at this "
+                  "scale (Flow-Factory's CRD, e.g. 4.5), pulling the CFG-free policy toward what guidance draws; "
+                  "1.0 (the release): the unguided base."},
+    )
+    reward_adaptive_kl: bool = field(
+        default=False,
+        metadata={"help": "Not the release's: weight each sample's KL by its r, from min(kl_beta, 1e-4) at r = 0 to "
+                  "kl_beta at r = 1 (CRD's reward-adaptive KL)."},
+    )
+    norm_guard_weight: float = field(
+        default=0.0,
+        metadata={"help": "Not the release's: weight of a hinge on |v_theta| / |v_ref| above 1 + norm_guard_margin "
+                  "(NormGuard); 0 turns it off."},
+    )
+    norm_guard_margin: float = field(default=0.05, metadata={"help": "The norm guard's free margin above a ratio of 1."})
     loss_weighting: str = field(default="x0_adaptive", metadata={"help": f"One of {WEIGHTINGS}."})
     adv_mode: str = field(
         default="all",
@@ -457,6 +477,8 @@ class FlowGRPOConfig(NFTConfig):
         _check(self.objective == "flow_grpo", f"FlowGRPOConfig is for objective='flow_grpo' (got {self.objective!r}); "
                "use NFTConfig for DiffusionNFT.")
         _check(self.grpo_ema_interval >= 1, f"grpo_ema_interval must be >= 1 (got {self.grpo_ema_interval}).")
+        _check(self.grpo_eval_guidance_scale is None or self.grpo_eval_guidance_scale >= 1,
+               f"grpo_eval_guidance_scale must be >= 1 or None (got {self.grpo_eval_guidance_scale}); 1.0 is CFG-free.")
 
 
 def config_for(config: NFTConfig, config_class: type, objective: str) -> NFTConfig:

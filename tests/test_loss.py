@@ -80,6 +80,39 @@ def test_kl_term_and_its_weight():
     assert with_ref.loss.item() == pytest.approx(with_ref.policy_loss.item() + 0.5 * 0.09, rel=1e-5)
 
 
+def test_reward_adaptive_kl_weights_each_samples_kl_by_its_r():
+    # CRD's: the coefficient runs from min(kl_beta, 1e-4) at r = 0 to kl_beta at r = 1
+    x0, noise, v_old, sigma, r = _batch()  # r = 1, 0.25, 0.5
+    v_theta = v_old + torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1, 1)
+    v_ref = v_old.clone()
+    out = NFTLoss(kl_beta=0.01, reward_adaptive_kl=True)(v_theta, v_old, x0, noise, sigma, r, v_ref=v_ref)
+    per_sample = torch.tensor([0.01, 0.04, 0.09])
+    coefficients = 1e-4 + r * (0.01 - 1e-4)
+    assert out.kl.item() == pytest.approx(per_sample.mean().item(), rel=1e-5)  # the reported KL stays the plain mean
+    expected = out.policy_loss.item() + (coefficients * per_sample).mean().item()
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    plain = NFTLoss(kl_beta=0.01)(v_theta, v_old, x0, noise, sigma, r, v_ref=v_ref)
+    assert plain.loss.item() == pytest.approx(plain.policy_loss.item() + 0.01 * per_sample.mean().item(), rel=1e-5)
+
+
+def test_the_norm_guard_is_a_hinge_on_the_velocity_norm_ratio():
+    x0, noise, v_old, sigma, r = _batch()
+    v_ref = torch.ones(3, 2, 4, 4)
+    scale = torch.tensor([1.02, 1.2, 0.8]).view(3, 1, 1, 1)  # ratios 1.02 (inside the 5% margin), 1.2, 0.8
+    v_theta = (v_ref * scale).requires_grad_(True)
+    loss_fn = NFTLoss(kl_beta=0, norm_guard_weight=2.0, norm_guard_margin=0.05)
+    assert loss_fn.needs_reference and not NFTLoss(kl_beta=0).needs_reference
+    out = loss_fn(v_theta, v_old, x0, noise, sigma, r, v_ref=v_ref)
+    assert out.norm_penalty.item() == pytest.approx((1.2 - 1.05) / 3, rel=1e-5)
+    assert out.loss.item() == pytest.approx(out.policy_loss.item() + 2.0 * (1.2 - 1.05) / 3, rel=1e-5)
+    guard_only = NFTLoss(kl_beta=0, norm_guard_weight=2.0)(v_theta, v_theta.detach(), x0, noise, sigma,
+                                                            torch.full((3,), 0.5), v_ref=v_ref)
+    guard_only.loss.backward()  # at v_theta = v_old with equal r only the hinge has a gradient: on sample 2 alone
+    grads = v_theta.grad.flatten(1).norm(dim=1)
+    assert grads[0] == 0 and grads[2] == 0 and grads[1] > 0
+    assert NFTLoss(kl_beta=0)(v_theta, v_old, x0, noise, sigma, r, v_ref=v_ref).norm_penalty.item() == 0
+
+
 @pytest.mark.parametrize("weighting", ["x0_adaptive", "velocity"])
 def test_gradient_at_old_policy_is_the_same_for_every_beta(weighting):
     x0, noise, v_old, sigma, r = _batch()
@@ -194,6 +227,7 @@ def test_the_x0_prediction_uses_x_t_built_from_one_minus_sigma_x0_plus_sigma_noi
         (dict(adv_clip_max=-1), "adv_clip_max"),
         (dict(weighting="x0"), "weighting"),
         (dict(kl_beta=-1e-3), "kl_beta"),
+        (dict(norm_guard_weight=-1.0), "norm_guard_weight"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs, message):

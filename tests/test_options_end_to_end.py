@@ -54,7 +54,7 @@ def _watch(trainer):
 
     trainer.objective.credit, trainer.family.predict_velocity = watched_credit, watched_predict
     trainer.objective.loss = watched_loss
-    for name in ("kl_beta", "adv_clip_max"):
+    for name in ("kl_beta", "adv_clip_max", "needs_reference", "norm_guard_weight"):
         setattr(watched_loss, name, getattr(loss, name))
 
 
@@ -64,7 +64,8 @@ def _check_what_the_option_did(trainer):
     for rewards, group_ids, r in seen["credit"]:
         expected = rewards_to_optimality(rewards, group_ids, args.adv_clip_max, args.advantage_std, mode=args.adv_mode)
         assert torch.equal(r, expected.r)
-    reference = NFTLoss(args.nft_beta, args.adv_clip_max, args.loss_weighting, args.kl_beta, args.drop_negative_term)
+    reference = NFTLoss(args.nft_beta, args.adv_clip_max, args.loss_weighting, args.kl_beta, args.drop_negative_term,
+                        args.reward_adaptive_kl, args.norm_guard_weight, args.norm_guard_margin)
     for (v_theta, v_old), kwargs, out in seen["loss"]:
         again = reference(v_theta, v_old, **kwargs)
         assert again.loss.item() == pytest.approx(out.loss.item(), rel=1e-6)
@@ -84,6 +85,8 @@ def default_lora(tiny_pipeline_dir, tmp_path_factory):
     dict(advantage_std="group"), dict(train_timesteps="uniform"), dict(train_timesteps="logit_normal"),
     dict(loss_weighting="velocity"), dict(old_policy_decay="delayed"), dict(adv_mode="positive_only"),
     dict(adv_mode="binary"), dict(drop_negative_term=True), dict(sampler="heun"), dict(sampler="euler"),
+    dict(kl_reference_guidance_scale=4.5, kl_beta=0.05), dict(reward_adaptive_kl=True, kl_beta=0.05),
+    dict(norm_guard_weight=10.0, norm_guard_margin=0.0),
 ])
 def test_each_option_changes_what_is_trained(tiny_pipeline_dir, tmp_path, default_lora, option):
     trainer = _train(tiny_pipeline_dir, tmp_path, watch=True, **option)

@@ -6,6 +6,7 @@ from typing import Dict, Optional
 import torch
 
 from ..advantages import rewards_to_optimality
+from ..guidance import guided_velocity
 from ..loss import NFTLoss, NFTLossOutput
 from ..metrics import loss_key
 from ..monitors import velocity_stats
@@ -46,28 +47,35 @@ class NFTObjective(Objective):
               "  booktitle = {International Conference on Learning Representations},\n"
               "  year      = {2026}\n"
               "}")
-    card_settings = ("sampler", "nft_beta", "kl_beta", "loss_weighting", "train_timesteps", "old_policy_decay")
+    card_settings = ("sampler", "nft_beta", "kl_beta", "kl_reference_guidance_scale", "reward_adaptive_kl",
+                     "norm_guard_weight", "loss_weighting", "train_timesteps", "old_policy_decay")
     trained_on = "noise level"
     needs = ("latents", "cond", "rewards")
 
     def __init__(self, *, family, policy, loss: NFTLoss, sampling_sigmas: Optional[torch.Tensor] = None,
                  sampler: str = "dpm_solver", guidance_scale: float = 1.0, train_timesteps: str = "sampler_grid",
                  timestep_shift: float = 3.0, logit_mean: float = 0.0, logit_std: float = 1.0,
-                 advantage_std: str = "global", adv_mode: str = "all"):
+                 advantage_std: str = "global", adv_mode: str = "all", reference_guidance_scale: float = 1.0):
         super().__init__()
         self.family, self.policy, self.loss = family, policy, loss
         self.sampling_sigmas, self.sampler, self.guidance_scale = sampling_sigmas, sampler, guidance_scale
         self.timesteps = dict(method=train_timesteps, shift=timestep_shift, logit_mean=logit_mean, logit_std=logit_std)
         self.advantage_std, self.adv_mode = advantage_std, adv_mode
+        self.reference_guidance_scale = reference_guidance_scale
+        if reference_guidance_scale > 1:  # the guided reference needs the empty prompt's conditioning
+            self.needs = self.needs + ("uncond",)
 
     @classmethod
     def from_config(cls, config, *, family, policy, sampling_sigmas):
         loss = NFTLoss(nft_beta=config.nft_beta, adv_clip_max=config.adv_clip_max, weighting=config.loss_weighting,
-                       kl_beta=config.kl_beta, drop_negative_term=config.drop_negative_term)
+                       kl_beta=config.kl_beta, drop_negative_term=config.drop_negative_term,
+                       reward_adaptive_kl=config.reward_adaptive_kl, norm_guard_weight=config.norm_guard_weight,
+                       norm_guard_margin=config.norm_guard_margin)
         return cls(family=family, policy=policy, loss=loss, sampling_sigmas=sampling_sigmas, sampler=config.sampler,
                    guidance_scale=config.guidance_scale, train_timesteps=config.train_timesteps,
                    timestep_shift=config.timestep_shift, logit_mean=config.logit_mean, logit_std=config.logit_std,
-                   advantage_std=config.advantage_std, adv_mode=config.adv_mode)
+                   advantage_std=config.advantage_std, adv_mode=config.adv_mode,
+                   reference_guidance_scale=config.kl_reference_guidance_scale)
 
     @classmethod
     def sampling_words(cls, config) -> str:
@@ -101,30 +109,37 @@ class NFTObjective(Objective):
             index = order[lo : lo + batch_size]
             x0, cond = rollouts.select(index)
             r = credit[index].to(device)
+            uncond = rollouts.select_uncond(len(index)) if self.reference_guidance_scale > 1 else None
             for j in range(levels):
                 sigma = sigmas[index, j].to(device)
                 noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
                 s = sigma.view(-1, *([1] * (x0.ndim - 1)))
-                yield dict(x_t=(1 - s) * x0 + s * noise, sigma=sigma, cond=cond, x0=x0, noise=noise, r=r)
+                yield dict(x_t=(1 - s) * x0 + s * noise, sigma=sigma, cond=cond, x0=x0, noise=noise, r=r,
+                           uncond=uncond)
 
     def metrics(self, out: NFTLossOutput) -> Dict[str, float]:
-        return {loss_key("total"): float(out.loss.detach()), loss_key("policy"): float(out.policy_loss),
-                loss_key("kl"): float(out.kl), "x0_norm": float(out.x0_norm), "v_deviation": float(out.deviation)}
+        metrics = {loss_key("total"): float(out.loss.detach()), loss_key("policy"): float(out.policy_loss),
+                   loss_key("kl"): float(out.kl), "x0_norm": float(out.x0_norm), "v_deviation": float(out.deviation)}
+        if self.loss.norm_guard_weight > 0:
+            metrics[loss_key("norm_guard")] = float(out.norm_penalty)
+        return metrics
 
-    def __call__(self, x_t, sigma, cond, *, x0, noise, r, monitor: bool = False) -> NFTLossOutput:
+    def __call__(self, x_t, sigma, cond, *, x0, noise, r, uncond=None, monitor: bool = False) -> NFTLossOutput:
         """The old (and reference) predictions without grad, theta's with grad, and the loss (not yet backward).
 
+        The reference is the base model, CFG-guided at `reference_guidance_scale` when it is above 1 (with `uncond`).
         With `monitor`, the reference runs even without a KL term, for the velocity-norm ratio and the KL estimate.
         """
         with torch.no_grad():
             with self.policy.using(OLD):
                 v_old = self.family.predict_velocity(x_t, sigma, cond)
             v_ref = None
-            if self.loss.kl_beta > 0 or monitor:
+            if self.loss.needs_reference or monitor:
                 with self.policy.using(REFERENCE):
-                    v_ref = self.family.predict_velocity(x_t, sigma, cond)
+                    v_ref = guided_velocity(self.family.predict_velocity, x_t, sigma, cond, uncond,
+                                            self.reference_guidance_scale)
         v_theta = self.family.predict_velocity(x_t, sigma, cond)
         if monitor:
             self.monitors = velocity_stats(v_theta, v_ref)
-        kl_ref = v_ref if self.loss.kl_beta > 0 else None  # the monitor's reference forward adds no loss term
-        return self.loss(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r, v_ref=kl_ref)
+        loss_ref = v_ref if self.loss.needs_reference else None  # the monitor's reference forward adds no loss term
+        return self.loss(v_theta, v_old, x0=x0, noise=noise, sigma=sigma, r=r, v_ref=loss_ref)
