@@ -49,8 +49,8 @@ SERVER_DEFAULTS = "tests/test_serve_limits.py::test_the_default_limits_are_the_d
 TF32 = "tests/test_config.py::test_tf32_is_on_by_default_and_the_flag_turns_it_off"
 
 SURVIVORS = [
-    Mutant("nft-fresh-noise-in-loss", "objectives/nft.py", "x0=x0, noise=noise, r=r)",
-           "x0=x0, noise=torch.randn_like(noise), r=r)", (ROLLOUTS,), "the loss sees noise other than x_t's"),
+    Mutant("nft-fresh-noise-in-loss", "objectives/nft.py", "x0=x0, noise=noise, r=r,\n",
+           "x0=x0, noise=torch.randn_like(noise), r=r,\n", (ROLLOUTS,), "the loss sees noise other than x_t's"),
     Mutant("collect-samples-from-theta", "collect.py", "self.policy.using(objective.sampling_policy)",
            'self.policy.using("default")', (ROLLOUTS,), "rollouts from theta, not the old policy"),
     Mutant("nft-reference-is-old", "objectives/nft.py", "with self.policy.using(REFERENCE):",
@@ -148,7 +148,7 @@ CAUGHT_BEFORE = [
            "v_old receives gradient"),
     Mutant("loss-target-sign", "loss.py", "target = noise - x0", "target = x0 - noise", (LOSS,),
            "velocity target x0 - noise"),
-    Mutant("loss-kl-unweighted", "loss.py", "loss = loss + self.kl_beta * kl", "loss = loss + kl", (LOSS,),
+    Mutant("loss-kl-unweighted", "loss.py", "else self.kl_beta * kl)", "else kl)", (LOSS,),
            "KL without kl_beta"),
     Mutant("advantages-unbiased-std", "advantages.py", "std = rewards.std(unbiased=False)", "std = rewards.std()",
            (ADV,), "the release's biased std replaced"),
@@ -214,8 +214,8 @@ CONTINUOUS = ("tests/test_schedules_timesteps.py::"
 WIDER = [
     Mutant("loss-positive-policy-is-theta", "loss.py", "        v_pos = beta * v_theta + (1 - beta) * v_old",
            "        v_pos = v_theta", (LOSS,), "v_pos without the old policy's share"),
-    Mutant("loss-kl-against-old", "loss.py", "kl = ((v_theta - v_ref.detach()).float() ** 2).mean()",
-           "kl = ((v_theta - v_old).float() ** 2).mean()", (LOSS,), "the KL measured to the old policy"),
+    Mutant("loss-kl-against-old", "loss.py", "per_sample_kl = _per_sample_mean((v_theta - v_ref).float() ** 2)",
+           "per_sample_kl = _per_sample_mean((v_theta - v_old).float() ** 2)", (LOSS,), "the KL measured to the old policy"),
     Mutant("loss-x0-negative-from-positive", "loss.py", "neg_err = self._adaptive_x0_error(x_t - sigma_b * v_neg, x0)",
            "neg_err = self._adaptive_x0_error(x_t - sigma_b * v_pos, x0)", (LOSS,), "x0 loss: v_neg replaced by v_pos"),
     Mutant("loss-velocity-negative-from-positive", "loss.py", "neg_err = _per_sample_mean((v_neg - target).float() ** 2)",
@@ -331,7 +331,7 @@ WIDER = [
     Mutant("latest-counts-incomplete-folders", "checkpoints/folder.py",
            "found = [(step, name) for step, name in found if os.path.isfile(os.path.join(output_dir, name, STATE_FILE))]",
            "found = found", (ROTATION,), "a half-written checkpoint counts as the latest"),
-    Mutant("nft-kl-reference-skipped", "objectives/nft.py", "if self.loss.kl_beta > 0 or monitor:", "if monitor:",
+    Mutant("nft-kl-reference-skipped", "objectives/nft.py", "if self.loss.needs_reference or monitor:", "if monitor:",
            (ROLLOUTS,), "kl_beta > 0 trains without the KL term"),
     Mutant("option-advantage-std-ignored", "objectives/nft.py", "advantage_std=config.advantage_std,",
            'advantage_std="global",', (OPTIONS,), "--advantage_std never reaches the objective"),
