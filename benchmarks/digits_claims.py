@@ -77,8 +77,9 @@ RUNS = {
     "ensemble_normguard": {"reward": "digit_eval_ensemble", "kl_beta": 0.01, "norm_guard_weight": 10.0},
 }
 # (g) picks one of its candidates on seeds 3, 4, 5 (`--claims g_screen --seeds 3 4 5`), by the held-out judge, and
-# reports it on seeds 0, 1, 2 beside the best (f) run (`--claims g`).
-G_CANDIDATES = ["ensemble_crd", "ensemble_crd_adaptive", "ensemble_normguard"]
+# reports it on seeds 0, 1, 2 beside the best (f) run (`--claims g`). `ensemble_crd_adaptive` is defined but not in
+# the screen yet (its 3 runs did not fit the session that ran the others).
+G_CANDIDATES = ["ensemble_crd", "ensemble_normguard"]
 G_CHOSEN = "ensemble_crd"
 CLAIM_RUNS = {
     "a": ["nft"],
