@@ -355,7 +355,8 @@ def test_rollouts_come_from_the_old_policy_and_each_micro_step_sees_its_own_x_t(
 
     trainer.family.predict_velocity = spy_predict
     trainer.objective.loss = spy_loss
-    trainer.objective.loss.kl_beta, trainer.objective.loss.adv_clip_max = loss.kl_beta, loss.adv_clip_max
+    for name in ("kl_beta", "adv_clip_max", "needs_reference", "norm_guard_weight"):
+        setattr(spy_loss, name, getattr(loss, name))
     trainer.collector.collect = lambda *a, **k: collected.append(collect(*a, **k)) or collected[-1]
     trainer.step()
     sampling = config.images_per_iteration // config.sample_batch_size * config.num_sampling_steps
