@@ -114,7 +114,7 @@ class Collector:
         return Rollouts(
             cond=cond, row_of_image=row_of_image, group_ids=group_ids,
             rewards={k: torch.cat([r[k] for r in rewards]) for k in rewards[0]},
-            uncond=self.uncond() if objective.guidance_scale > 1.0 or "uncond" in objective.needs else None,
+            uncond=self.uncond() if "uncond" in objective.needs else None,
             **{k: torch.cat(v) if v else None for k, v in batches.items()},
         )
 

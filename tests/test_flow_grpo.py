@@ -126,6 +126,8 @@ def test_flow_grpo_runs_the_tiny_flux_loop(tmp_path):
     assert len(history) == 2 and all(math.isfinite(row[loss_key("policy")]) for row in history)
     assert "no CFG" in trainer.describe()
     assert isinstance(pipe, FluxPipeline)
+    # without CFG no empty prompt is encoded, so each velocity is one forward, not an unguided pair
+    assert "uncond" not in trainer.objective.needs and trainer.collector._uncond is None
 
 
 @pytest.mark.slow  # long: in CI (--runslow), not in the default set

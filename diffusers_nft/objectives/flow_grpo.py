@@ -84,7 +84,7 @@ class FlowGRPOObjective(Objective):
     card_settings = ("grpo_noise_level", "grpo_clip_range", "grpo_kl_beta", "grpo_guidance_scale",
                      "grpo_eval_guidance_scale", "timestep_fraction")
     trained_on = "recorded transition"
-    needs = ("states", "log_probs", "cond", "uncond", "rewards")
+    needs = ("states", "log_probs", "cond", "rewards")
     sampling_policy = TRAINED
 
     def __init__(self, *, family, policy, sampling_sigmas: torch.Tensor, noise_level: float = 0.7,
@@ -97,6 +97,8 @@ class FlowGRPOObjective(Objective):
         self.guidance_scale, self.adv_clip_max, self.advantage_std = guidance_scale, adv_clip_max, advantage_std
         self.drop_zero_advantage, self.levels, self.ema_interval = drop_zero_advantage, levels, ema_interval
         self.grid = [float(s) for s in sampling_sigmas]
+        if guidance_scale > 1:  # CFG in training needs the empty prompt's conditioning
+            self.needs = self.needs + ("uncond",)
 
     @classmethod
     def from_config(cls, config, *, family, policy, sampling_sigmas):
