@@ -152,9 +152,8 @@ def sweep_table(sweeps: Dict[str, List[dict]]) -> List[str]:
             setting = ", ".join(f"{k} {v:g}" for k, v in run["setting"].items())
             last = run["curve"][-1]
             mark = " (chosen)" if run is best else ""
-            lines.append(f"| {arm} | {setting}{mark} | {last['strict']:.3f} | {last['judge']:.3f} | "
-                         f"{last['strict_cfg']:.3f} |" if "strict_cfg" in last else
-                         f"| {arm} | {setting}{mark} | {last['strict']:.3f} | {last['judge']:.3f} | |")
+            with_cfg = f"{last['strict_cfg']:.3f}" if "strict_cfg" in last else ""
+            lines.append(f"| {arm} | {setting}{mark} | {last['strict']:.3f} | {last['judge']:.3f} | {with_cfg} |")
     return lines
 
 

@@ -392,11 +392,10 @@ class NFTConfig:
     def from_recipe(cls, name: str, **overrides) -> "NFTConfig":
         """The release's configuration `name` (see `diffusers_nft.recipes`), with `overrides` on top, as its
         objective's config class (`FlowGRPOConfig` for `flow_grpo_nocfg`)."""
-        from .objectives import objective_class
+        from .objectives import config_from_values
         from .recipes import recipe
 
-        values = {**recipe(name)["config"], **overrides}
-        return objective_class(values.get("objective", "nft")).config_class(**values)
+        return config_from_values({**recipe(name)["config"], **overrides})
 
     def trackers(self) -> Optional[List[str]]:
         """`report_to` as accelerate's `log_with`: a list of tracker names, "all", or None for no tracker.

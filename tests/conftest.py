@@ -1,3 +1,4 @@
+from contextlib import contextmanager
 import os
 
 import pytest
@@ -229,3 +230,19 @@ def step_and_check_the_soft_update(trainer, rtol: float = 1e-4) -> dict:
 
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+class SwitchPolicy:
+    """A stand-in `NFTPolicy` for objective tests: `using(name)` sets `family.active` (the weights a stand-in family
+    predicts with) for the block, and puts back "default" after it."""
+
+    def __init__(self, family):
+        self.family = family
+
+    @contextmanager
+    def using(self, which):
+        self.family.active = which
+        try:
+            yield
+        finally:
+            self.family.active = "default"

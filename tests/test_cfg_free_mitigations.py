@@ -1,8 +1,6 @@
 """The options aimed at NFT's CFG-free gap: a KL anchored to the CFG-guided base (CRD), a reward-adaptive KL, and a
 hinge on the velocity-norm ratio (NormGuard). Off by default; the loss-level formulas are pinned in test_loss.py."""
 
-from contextlib import contextmanager
-
 import pytest
 import torch
 
@@ -10,7 +8,7 @@ from diffusers_nft import NFTConfig, NFTLoss, NFTTrainer
 from diffusers_nft.metrics import loss_key
 from diffusers_nft.objectives import NFTObjective
 
-from conftest import PROMPTS, tiny_config
+from conftest import PROMPTS, SwitchPolicy, tiny_config
 
 
 class _Family:
@@ -23,32 +21,19 @@ class _Family:
         return {"reference": 1.0, "old": 1.2}.get(self.active, 1.5) * x + cond["c"]
 
 
-class _Policy:
-    def __init__(self, family):
-        self.family = family
-
-    @contextmanager
-    def using(self, which):
-        self.family.active = which
-        try:
-            yield
-        finally:
-            self.family.active = "default"
-
-
 def test_the_kl_reference_is_the_base_models_guided_velocity():
     family = _Family()
     x = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
     cond, uncond = {"c": torch.tensor([[2.0, 2.0], [1.0, 1.0]])}, {"c": torch.zeros(2, 2)}
     args = dict(x_t=x, sigma=torch.tensor([0.5, 0.5]), cond=cond, x0=torch.zeros(2, 2), noise=torch.zeros(2, 2),
                 r=torch.tensor([0.5, 0.5]))
-    guided = NFTObjective(family=family, policy=_Policy(family), loss=NFTLoss(kl_beta=1.0), reference_guidance_scale=4.5)
+    guided = NFTObjective(family=family, policy=SwitchPolicy(family), loss=NFTLoss(kl_beta=1.0), reference_guidance_scale=4.5)
     assert "uncond" in guided.needs
     out = guided(**args, uncond=uncond)
     v_theta = 1.5 * x + cond["c"]
     v_ref = x + 4.5 * cond["c"]  # v_u + 4.5 (v_c - v_u) with v_u = x and v_c = x + c
     assert out.kl.item() == pytest.approx(((v_theta - v_ref) ** 2).mean().item(), rel=1e-6)
-    plain = NFTObjective(family=family, policy=_Policy(family), loss=NFTLoss(kl_beta=1.0))
+    plain = NFTObjective(family=family, policy=SwitchPolicy(family), loss=NFTLoss(kl_beta=1.0))
     assert "uncond" not in plain.needs
     assert plain(**args).kl.item() == pytest.approx(((v_theta - (x + cond["c"])) ** 2).mean().item(), rel=1e-6)
 

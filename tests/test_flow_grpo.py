@@ -2,7 +2,6 @@
 tiny SD3 and FLUX pipelines."""
 
 import math
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from diffusers_nft.grpo import clipped_surrogate, sde_rollout, sde_std, sde_step
 from diffusers_nft.metrics import loss_key
 from diffusers_nft.objectives.base import Objective
 
-from conftest import PROMPTS, tiny_config
+from conftest import PROMPTS, SwitchPolicy, tiny_config
 
 
 def test_a_transitions_log_probability_is_the_closed_form_gaussian():
@@ -158,24 +157,11 @@ class _LinearFamily:
         return (1.0 if self.active == "reference" else 1.5) * x
 
 
-class _SwitchPolicy:
-    def __init__(self, family):
-        self.family = family
-
-    @contextmanager
-    def using(self, policy):
-        self.family.active = policy
-        try:
-            yield
-        finally:
-            self.family.active = "default"
-
-
 def _objective(**kwargs):
     from diffusers_nft.objectives.flow_grpo import FlowGRPOObjective
 
     family = _LinearFamily()
-    return FlowGRPOObjective(family=family, policy=_SwitchPolicy(family), sampling_sigmas=torch.tensor([1.0, 0.8, 0.5, 0.0]),
+    return FlowGRPOObjective(family=family, policy=SwitchPolicy(family), sampling_sigmas=torch.tensor([1.0, 0.8, 0.5, 0.0]),
                              guidance_scale=1.0, **kwargs)
 
 
@@ -232,7 +218,7 @@ def test_flow_grpo_config_reaches_its_objective_with_the_reference_defaults():
 
     def objective(**values):
         config = FlowGRPOConfig(output_dir="unused", **values)
-        return config, FlowGRPOObjective.from_config(config, family=family, policy=_SwitchPolicy(family),
+        return config, FlowGRPOObjective.from_config(config, family=family, policy=SwitchPolicy(family),
                                                      sampling_sigmas=sigmas)
 
     config, reference = objective()

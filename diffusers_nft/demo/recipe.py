@@ -50,7 +50,6 @@ EDIT_CONFIG = dict(
 def demo_config(**overrides) -> NFTConfig:
     """`NFTConfig` with the demo recipe, and `overrides` (any `NFTConfig` field) on top; `objective="flow_grpo"` gives
     a `FlowGRPOConfig`, whose own fields may be overridden too."""
-    from ..objectives import objective_class
+    from ..objectives import config_from_values
 
-    values = {**DEMO_CONFIG, **overrides}
-    return objective_class(values.get("objective", "nft")).config_class(**values)
+    return config_from_values({**DEMO_CONFIG, **overrides})

@@ -28,6 +28,12 @@ def objective_class(name: str) -> type:
     return OBJECTIVES[name]
 
 
+def config_from_values(values: dict):
+    """A config from field values, as the class of the objective they name (`FlowGRPOConfig` for
+    `objective="flow_grpo"`, else `NFTConfig`), so that the objective's own fields may be among them."""
+    return objective_class(values.get("objective", "nft")).config_class(**values)
+
+
 def resolve_config(config, objective: Optional[str] = None):
     """The config (the default `NFTConfig` when None) for `objective` (else its own), as that objective's config
     class (`FlowGRPOConfig` for Flow-GRPO: its own settings at their defaults), validated."""
