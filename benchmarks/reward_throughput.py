@@ -7,6 +7,12 @@ compute, and so the throughput, does not depend on the values). The model-free r
 
     python benchmarks/reward_throughput.py                       # every reward, 512 px images
     python benchmarks/reward_throughput.py --rewards ocr jpeg_compressibility --images 32
+    python benchmarks/reward_throughput.py --serve clipscore    # reward servers: one or two, batching on or off
+
+`--serve NAME` measures the reward servers instead (`diffusers-nft serve`, each its own process on this machine):
+`--clients` training processes (threads here), each sending `--request_images` images a request, score
+`--images` images through `RemoteReward`, against one server and a pool of two that share the same CPU cores
+(threads split evenly), with the server's batching of concurrent requests on (`--max_batch`) and off (1).
 """
 
 import argparse
@@ -104,13 +110,92 @@ def text_images(prompts, resolution):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
+def start_server(name, options, port, threads, max_batch):
+    """`diffusers-nft serve` in its own process with `threads` torch threads; returns the process once it answers."""
+    import subprocess
+
+    import httpx
+
+    flags = ["--model_id", options["model_id"]] if "model_id" in options else []
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    process = subprocess.Popen([sys.executable, "-m", "diffusers_nft.rewards.serve", "--reward", name, "--port",
+                                str(port), "--device", "cpu", "--batch_size", "32", "--max_batch", str(max_batch),
+                                *flags], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"the {name} server on port {port} did not start within 300 s")
+
+
+def served_rate(urls, images, prompts, clients, request_images):
+    """Images/s when `clients` threads send `request_images`-image requests of `images` through `RemoteReward`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from diffusers_nft.rewards import RemoteReward
+
+    remote = RemoteReward(urls, timeout=600)
+    remote(images[:1], prompts[:1])  # warm-up: the model is loaded and has run once
+    starts = range(0, len(images), request_images)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda i: remote(images[i:i + request_images], prompts[i:i + request_images]), starts))
+    return len(images) / (time.perf_counter() - start)
+
+
+def serve_table(cli) -> None:
+    """One server against a pool of two on the same cores, batching on and off."""
+    import socket
+
+    cores = len(os.sched_getaffinity(0))
+    images = torch.rand(cli.images, 3, cli.resolution, cli.resolution, generator=torch.Generator().manual_seed(0))
+    prompts = [f"a photo of {i} cats" for i in range(cli.images)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        options = build(cli.serve, tmp)
+        for servers in (1, 2):
+            for max_batch in (1, cli.max_batch):
+                ports = []
+                for _ in range(servers):
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", 0))
+                        ports.append(s.getsockname()[1])
+                threads = max(1, cores // servers)
+                processes = [start_server(cli.serve, options, port, threads, max_batch) for port in ports]
+                try:
+                    urls = [f"http://127.0.0.1:{port}" for port in ports]
+                    rate = served_rate(urls, images, prompts, cli.clients, cli.request_images)
+                finally:
+                    for process in processes:
+                        process.kill()
+                rows.append((servers, threads, max_batch, rate))
+                print(f"{servers} server(s) x {threads} thread(s), max_batch {max_batch}: {rate:.2f} images/s",
+                      flush=True)
+    print(f"\n{cli.serve} served on this machine's {cores} CPU cores: {cli.images} images of {cli.resolution} px, "
+          f"{cli.clients} clients sending {cli.request_images} images a request.\n")
+    print("| servers | torch threads each | max_batch | images/s |")
+    print("| ---: | ---: | ---: | ---: |")
+    for servers, threads, max_batch, rate in rows:
+        print(f"| {servers} | {threads} | {max_batch}{' (off)' if max_batch == 1 else ''} | {rate:.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rewards", nargs="+", default=[
         "jpeg_compressibility", "ocr", "clipscore", "aesthetic", "pickscore", "hpsv2", "geneval"])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--serve", default=None, help="Measure this reward through servers instead (see above).")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--request_images", type=int, default=4)
+    parser.add_argument("--max_batch", type=int, default=32)
     cli = parser.parse_args()
+    if cli.serve:
+        return serve_table(cli)
     images = torch.rand(cli.images, 3, cli.resolution, cli.resolution, generator=torch.Generator().manual_seed(0))
     prompts = [f'a sign that says "nft {i}"' for i in range(cli.images)]
     metadata = [{"tag": "two_object", "include": [{"class": "person", "count": 1}, {"class": "class1", "count": 1}]}

@@ -67,7 +67,7 @@ class ScriptArguments:
         default_factory=list,
         metadata={
             "help": "Reward as name[:weight], or remote:http://host:port[:weight] for a reward server (`diffusers-nft "
-                    "serve`); repeat the flag for several (weighted sum). Required with "
+                    "serve`; several URLs joined by commas for a pool); repeat the flag for several (weighted sum). Required with "
                     "--pretrained_model_name_or_path unless --recipe gives them; default: the demo's digit_eval.",
             "action": "extend",
         },
@@ -131,27 +131,39 @@ REMOTE = "remote:"
 
 
 def remote_reward(spec: str):
-    """`remote:<url>[:weight]` -> `(RemoteReward(url), weight text)`. The last `:field` is a weight when it is a
-    number that is not the URL's port (`remote:http://host:8000` has none; `remote:http://host:8000:0.5` has 0.5)."""
+    """`remote:<url>[,<url>...][:weight]` -> `(RemoteReward(urls), weight text)`. The last `:field` is a weight when
+    it is a number that is not the URL's port (`remote:http://host:8000` has none; `remote:http://host:8000:0.5` has
+    0.5). Several comma-separated URLs are a pool of servers of the same reward."""
     from urllib.parse import urlparse
 
     from .rewards.remote import RemoteReward
 
-    url, weight = spec[len(REMOTE):], ""
+    *urls, last = spec[len(REMOTE):].split(",")
+    last, weight = _url_and_weight(last)
+    urls.append(last)
+    for url in urls:
+        parts = urlparse(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"--reward {spec!r}: {url!r} is not an http(s) URL; use remote:http://host:port[:weight] "
+                             "(a server started with `diffusers-nft serve --reward NAME`), or several URLs joined "
+                             "by commas for a pool.")
+    name = urlparse(urls[0]).path.strip("/").split("/")[-1] or "remote"
+    return RemoteReward(urls if len(urls) > 1 else urls[0], name=name), weight
+
+
+def _url_and_weight(url: str):
+    """`http://host:8000:0.5` -> `("http://host:8000", "0.5")`; `http://host:8000` -> `("http://host:8000", "")`."""
+    from urllib.parse import urlparse
+
     head, _, tail = url.rpartition(":")
     try:
         float(tail)
-        head_parts = urlparse(head)
-        if head_parts.netloc and ("." in tail or head_parts.port is not None or head_parts.path not in ("", "/")):
-            url, weight = head, tail
     except ValueError:
-        pass
-    parts = urlparse(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"--reward {spec!r}: {url!r} is not an http(s) URL; use remote:http://host:port[:weight] "
-                         "(a server started with `diffusers-nft serve --reward NAME`).")
-    name = parts.path.strip("/").split("/")[-1] or "remote"
-    return RemoteReward(url, name=name), weight
+        return url, ""
+    head_parts = urlparse(head)
+    if head_parts.netloc and ("." in tail or head_parts.port is not None or head_parts.path not in ("", "/")):
+        return head, tail
+    return url, ""
 
 
 # Without a model, the script trains the bundled demo world: a tiny pretrained text-to-image model of coloured

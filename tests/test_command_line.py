@@ -108,14 +108,19 @@ def test_twin_flags_that_agree_and_repeatable_flags_are_fine():
 def test_a_remote_reward_on_the_command_line(tmp_path, prompts):
     rewards, weights = parse_rewards(["remote:http://127.0.0.1:8000", "remote:http://10.0.0.2:9000/pickscore:0.5",
                                       "remote:https://rewards.example.com:2.0", "ocr:0.25"])
-    assert [(r.url, r.__name__) for r in rewards[:3]] == [("http://127.0.0.1:8000", "remote"),
-                                                         ("http://10.0.0.2:9000/pickscore", "pickscore"),
-                                                         ("https://rewards.example.com", "remote")]
+    assert [(r.urls, r.__name__) for r in rewards[:3]] == [(["http://127.0.0.1:8000"], "remote"),
+                                                          (["http://10.0.0.2:9000/pickscore"], "pickscore"),
+                                                          (["https://rewards.example.com"], "remote")]
     assert all(isinstance(r, RemoteReward) for r in rewards[:3]) and rewards[3] == "ocr"
     assert weights == [1.0, 0.5, 2.0, 0.25]
-    assert parse_rewards(["remote:https://rewards.example.com:8443"])[0][0].url.endswith(":8443")  # a port, not a weight
+    assert parse_rewards(["remote:https://rewards.example.com:8443"])[0][0].urls[0].endswith(":8443")  # a port
+    pool, pool_weights = parse_rewards(["remote:http://10.0.0.2:8000/ps,http://10.0.0.3:8000/ps:0.5"])
+    assert pool[0].urls == ["http://10.0.0.2:8000/ps", "http://10.0.0.3:8000/ps"] and pool[0].__name__ == "ps"
+    assert pool_weights == [0.5]
     with pytest.raises(ValueError, match="not an http"):
         parse_rewards(["remote:127.0.0.1:8000"])
+    with pytest.raises(ValueError, match="'10.0.0.3:8000' is not an http"):
+        parse_rewards(["remote:http://10.0.0.2:8000,10.0.0.3:8000"])
     # An unknown name's error names what a command line can do instead of "pass a callable".
     with pytest.raises(ValueError, match=r"Unknown reward 'pickscor'.*or remote:http://host:port"):
         load_training_script().main(["--pretrained_model_name_or_path", "x", "--prompts", prompts, "--output_dir",

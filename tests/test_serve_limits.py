@@ -162,6 +162,9 @@ def test_serve_by_name_with_its_options(monkeypatch):
     expected = jpeg_compressibility((images[:2] * 255).round() / 255, ["a", "b"], [{}, {}])
     assert answer.json()["scores"] == pytest.approx([float(v) for v in expected], abs=1e-3)
     assert seen == [{"dtype": "bf16", "batch_size": 3}]
+    assert served["app"].app.state.scorer.max_batch == 3  # --max_batch defaults to --batch_size
+    serve.main(["--reward", "served_probe", "--max_batch", "1"])
+    assert not hasattr(served["app"].app.state.scorer, "max_batch")  # each request alone, as it comes
 
 
 def test_the_default_limits_are_the_documented_ones():

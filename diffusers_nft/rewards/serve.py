@@ -3,7 +3,9 @@
     python -m diffusers_nft.rewards.serve --reward pickscore --port 8000 [--device cuda] [--dtype bf16]
 
 `POST /score` takes `{"images": [base64 PNG, ...], "prompts": [...], "metadata": [{...}, ...]}` and answers
-`{"scores": [...], "extras": {"strict": [...]}}`. Bad requests get a 4xx answer with the reason; a reward that
+`{"scores": [...], "extras": {"strict": [...]}}`. Requests that arrive together are scored in one call of the
+reward model, up to `--max_batch` images (`batching.py`), so that many training processes share one GPU's reward
+model in full batches. Bad requests get a 4xx answer with the reason; a reward that
 fails gets a 500 with the reward's error. `GET /health` names the reward. Use `RemoteReward(url)` to train with it.
 
 What a request may cost is bounded: its body size (413), its images (413), each image's pixels, read from the PNG
@@ -23,6 +25,7 @@ import warnings
 from typing import Any, Dict, List, Optional
 
 from .base import require
+from .batching import BatchingScorer
 from .combine import RewardError, WeightedRewards
 from .wire import ImageTooLarge, decode_images, decode_metadata
 
@@ -122,7 +125,8 @@ def create_app(reward, name: Optional[str] = None, api_key: Optional[str] = None
                max_images: int = DEFAULT_LIMITS["max_images"], max_pixels: int = DEFAULT_LIMITS["max_pixels"],
                max_body_bytes: int = DEFAULT_LIMITS["max_body_bytes"],
                body_timeout: float = DEFAULT_LIMITS["body_timeout"],
-               max_bytes_in_flight: int = DEFAULT_LIMITS["max_bytes_in_flight"], **options):
+               max_bytes_in_flight: int = DEFAULT_LIMITS["max_bytes_in_flight"], max_batch: int = 1,
+               max_wait: float = 0.0, **options):
     """An ASGI app serving one reward (a registered name or a callable), with the request limits above.
 
     Args:
@@ -134,17 +138,23 @@ def create_app(reward, name: Optional[str] = None, api_key: Optional[str] = None
         max_body_bytes: Largest request body.
         body_timeout: Seconds to wait for each chunk of a request body.
         max_bytes_in_flight: Most body bytes of all requests held at once (503 beyond, retried by the client).
+        max_batch: Score the requests that arrive together in one call of up to this many images
+            (`BatchingScorer`); 1 scores each request alone, in its own thread.
+        max_wait: Seconds to wait for more requests before scoring a batch that is not full.
         **options: Reward options (`device`, `dtype`, `batch_size`, and a model reward's own: `model_id`, ...).
     """
-    app = _score_app(WeightedRewards([reward], **options), name, max_images, max_pixels)
+    rewards = WeightedRewards([reward], **options)
+    scorer = BatchingScorer(rewards, max_batch, max_wait) if max_batch > 1 else rewards
+    app = _score_app(scorer, rewards.names[0], name, max_images, max_pixels)
     return RequestGuard(app, api_key, max_body_bytes, body_timeout, max_bytes_in_flight)
 
 
-def _score_app(rewards: WeightedRewards, name: Optional[str], max_images: int, max_pixels: int):
+def _score_app(scorer, scored_name: str, name: Optional[str], max_images: int, max_pixels: int):
+    """The FastAPI app; `scorer(images, prompts, metadata)` answers `{scored_name: ..., scored_name/key: ...}`."""
     fastapi = require("fastapi", "serve")
     from pydantic import BaseModel, Field
 
-    reward_name = name or rewards.names[0]
+    reward_name = name or scored_name
 
     class ScoreRequest(BaseModel):
         images: List[str]
@@ -152,6 +162,7 @@ def _score_app(rewards: WeightedRewards, name: Optional[str], max_images: int, m
         metadata: Optional[List[Dict[str, Any]]] = Field(default=None)
 
     app = fastapi.FastAPI(title=f"diffusers-nft reward: {reward_name}")
+    app.state.scorer = scorer
 
     @app.get("/health")
     def health():
@@ -177,12 +188,12 @@ def _score_app(rewards: WeightedRewards, name: Optional[str], max_images: int, m
         except ValueError as error:
             raise fastapi.HTTPException(400, str(error)) from error
         try:
-            scores = rewards(images, request.prompts, metadata)
+            scores = scorer(images, request.prompts, metadata)
         except RewardError as error:
             raise fastapi.HTTPException(500, str(error)) from error
-        prefix = rewards.names[0] + "/"
+        prefix = scored_name + "/"
         return {
-            "scores": scores[rewards.names[0]].tolist(),
+            "scores": scores[scored_name].tolist(),
             "extras": {k[len(prefix):]: v.tolist() for k, v in scores.items() if k.startswith(prefix)},
         }
 
@@ -221,7 +232,12 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32, help="Images per forward of the reward model.")
+    parser.add_argument("--max_batch", type=int, default=None,
+                        help="Score concurrent requests together, up to this many images per call (default: "
+                             "--batch_size); 1 scores each request alone.")
+    parser.add_argument("--max_wait", type=float, default=0.0,
+                        help="Seconds to wait for more requests before scoring a batch that is not full.")
     parser.add_argument("--model_id", default=None, help="The reward's model (Hub id or folder), for model rewards.")
     parser.add_argument("--question", default=None,
                         help="vlm_judge: the question template, e.g. 'Does this image show {prompt}? Answer yes or no.'")
@@ -242,7 +258,8 @@ def main(argv=None):
     options.update({k: getattr(args, k) for k in ("device", "model_id", "question") if getattr(args, k)})
     limits = {flag: getattr(args, flag) for flag in DEFAULT_LIMITS}
     uvicorn = exit_on_setup_error(lambda: require("uvicorn", "serve"))
-    app = exit_on_setup_error(lambda: create_app(args.reward, api_key=args.api_key, **limits, **options))
+    batching = dict(max_batch=args.max_batch or args.batch_size, max_wait=args.max_wait)
+    app = exit_on_setup_error(lambda: create_app(args.reward, api_key=args.api_key, **limits, **batching, **options))
     from .connections import guarded_protocol
 
     uvicorn.run(app, host=args.host, port=args.port,
