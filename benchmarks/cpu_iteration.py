@@ -49,7 +49,8 @@ def _floor_sampling(trainer: NFTTrainer, cond, index):
 
 
 def _floor_training(trainer: NFTTrainer, cond, index, x0) -> float:
-    """The old, reference and trained forwards and the backward of one iteration; its seconds."""
+    """The old and reference forwards (one call of twice the batch where the trainer makes one), the trained
+    forward and the backward of one iteration; its seconds."""
     args, family, policy, n = trainer.args, trainer.family, trainer.policy, len(index)
     start = time.perf_counter()
     for lo in range(0, n, args.train_batch_size):
@@ -60,11 +61,17 @@ def _floor_training(trainer: NFTTrainer, cond, index, x0) -> float:
             noise = torch.randn_like(x0[batch])
             x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0[batch] + sigma.view(-1, 1, 1, 1) * noise
             with torch.no_grad():
-                policy.use("old")
-                v_old = family.predict_velocity(x_t, sigma, c)
-                if args.kl_beta > 0:
-                    policy.use("reference")
-                    family.predict_velocity(x_t, sigma, c)
+                if args.kl_beta > 0 and trainer.objective.old_and_reference.batched:  # one call, as the trainer
+                    both = torch.arange(len(batch)).repeat(2)
+                    with policy.mixed(["old"] * len(batch) + ["reference"] * len(batch)):
+                        v_old = family.predict_velocity(x_t[both], sigma[both], select_conditioning(c, both))
+                    v_old = v_old[: len(batch)]
+                else:
+                    policy.use("old")
+                    v_old = family.predict_velocity(x_t, sigma, c)
+                    if args.kl_beta > 0:
+                        policy.use("reference")
+                        family.predict_velocity(x_t, sigma, c)
             policy.use("default")
             v = family.predict_velocity(x_t, sigma, c)
             ((v - v_old - (noise - x0[batch])) ** 2).mean().backward()
@@ -97,6 +104,8 @@ def main():
     parser.add_argument("--group_size", type=int, default=8)
     parser.add_argument("--prompts_per_iteration", type=int, default=4)
     parser.add_argument("--kl_beta", type=float, default=1e-4)
+    parser.add_argument("--two_frozen_forwards", action="store_true",
+                        help="The old and reference predictions as two forwards (batch_frozen_forwards=False).")
     cli = parser.parse_args()
     torch.manual_seed(0)
     pipe = build_tiny_sd3_pipeline(width=cli.width, num_layers=cli.layers)
@@ -106,7 +115,7 @@ def main():
             output_dir=output_dir, resolution=64, max_sequence_length=16, report_to="none",
             group_size=cli.group_size, prompts_per_iteration=cli.prompts_per_iteration,
             sample_batch_size=images, train_batch_size=images, num_sampling_steps=10, kl_beta=cli.kl_beta,
-            sampler="dpm_solver", max_steps=1000, logging_steps=1,
+            sampler="dpm_solver", max_steps=1000, logging_steps=1, batch_frozen_forwards=not cli.two_frozen_forwards,
         )
         trainer = NFTTrainer(pipe, "jpeg_compressibility", config, PROMPTS[: cli.prompts_per_iteration])
         trainer.step(), floor_iteration(trainer)  # warm-up
@@ -124,7 +133,8 @@ def main():
     params = sum(p.numel() for p in pipe.transformer.parameters())
     print(f"\nCPU, {torch.get_num_threads()} threads; SD3 transformer {cli.layers} x {cli.width} ({params / 1e6:.1f} M "
           f"params with LoRA), 64 px, {images} images/iteration, 10 DPM-Solver steps, "
-          f"{trainer.plan.levels_per_image} training timesteps, kl_beta={cli.kl_beta}; best of {cli.repeats} (min, the least noisy on a shared CPU).\n")
+          f"{trainer.plan.levels_per_image} training timesteps, kl_beta={cli.kl_beta}, old and reference predictions "
+          f"as {'one call' if trainer.objective.old_and_reference.batched else 'two calls'}; best of {cli.repeats} (min, the least noisy on a shared CPU).\n")
     print("| part | trainer (s) | floor (s) | ratio |")
     print("| --- | ---: | ---: | ---: |")
     for part in ("sampling", "reward", "training", "logging and bookkeeping", "total"):

@@ -97,6 +97,11 @@ class NFTConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     allow_tf32: bool = field(default=True, metadata={"help": "Allow TF32 matmuls on Ampere and newer GPUs."})
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the transformer's forward."})
+    batch_frozen_forwards: bool = field(
+        default=True,
+        metadata={"help": "Run a micro-step's old-policy and reference predictions as one forward of twice the batch "
+                  "(PEFT mixed adapter batches), once checked to give the two forwards' numbers; False: two."},
+    )
     save_on_interrupt: bool = field(
         default=False,
         metadata={"help": "On SIGTERM/SIGINT, write a checkpoint after the current iteration before exiting."},

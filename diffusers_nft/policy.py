@@ -20,6 +20,7 @@ training (`finish`), the transformer keeps one adapter, `"default"`, holding the
 import re
 import warnings
 from contextlib import contextmanager
+from functools import partial
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -29,6 +30,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from .sharding import full_tensor, shard_like
 
 TRAINED, OLD, REFERENCE = "default", "old", "reference"  # PEFT's adapter names, and no adapter
+MIXED_BATCH_BASE = "__base__"  # PEFT's name, in a mixed adapter batch, for the rows that take no adapter
 # The weights a user can generate with, by their public names (`NFTPolicy.weights`).
 WEIGHTS = ("ema", "trained", "old", "base")
 
@@ -119,6 +121,11 @@ def check_lora_targets(transformer: torch.nn.Module, targets) -> None:
             )
 
 
+def _with_adapter_names(names, module, args, kwargs):
+    """A forward pre-hook handing a LoRA layer the adapter of each row (as PEFT's `PeftModel` does)."""
+    return args, {**kwargs, "adapter_names": names}
+
+
 def _canonical(name: str, adapter: str) -> str:
     return name.replace(f".{adapter}.", ".")
 
@@ -192,6 +199,25 @@ class NFTPolicy:
         for adapter, trains in ((TRAINED, True), (OLD, False)):
             for p in self._params[adapter].values():
                 p.requires_grad_(trains)
+
+    @property
+    def lora_layers(self) -> Dict[str, torch.nn.Module]:
+        """The transformer's LoRA layers by module name."""
+        return {name: m for name, m in self.transformer.named_modules() if isinstance(m, BaseTunerLayer)}
+
+    @contextmanager
+    def mixed(self, policies: Sequence[str]) -> Iterator[None]:
+        """Inside the block, row `i` of each forward's batch goes through `policies[i]`, `"old"` or `"reference"`
+        (PEFT's mixed adapter batches); `frozen_pair.OldAndReference` checks once that the rows map to samples."""
+        names = [MIXED_BATCH_BASE if p == REFERENCE else p for p in policies]
+        hooks = [layer.register_forward_pre_hook(partial(_with_adapter_names, names), with_kwargs=True)
+                 for layer in self._layers]
+        try:
+            with self.using(OLD):  # adapters on; each row takes its own
+                yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     @contextmanager
     def using(self, policy: str) -> Iterator[None]:

@@ -236,6 +236,8 @@ class SwitchPolicy:
     """A stand-in `NFTPolicy` for objective tests: `using(name)` sets `family.active` (the weights a stand-in family
     predicts with) for the block, and puts back "default" after it."""
 
+    lora_layers = {}  # none: the old and reference predictions are two forwards
+
     def __init__(self, family):
         self.family = family
 

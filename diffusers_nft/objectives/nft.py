@@ -6,6 +6,7 @@ from typing import Dict, Optional
 import torch
 
 from ..advantages import rewards_to_optimality
+from ..frozen_pair import OldAndReference
 from ..guidance import guided_velocity
 from ..loss import NFTLoss, NFTLossOutput
 from ..metrics import loss_key
@@ -29,6 +30,9 @@ class NFTObjective(Objective):
         train_timesteps, timestep_shift, logit_mean, logit_std: How training noise levels are drawn
             (`timesteps.sample_train_sigmas`).
         adv_clip_max, advantage_std, adv_mode: How rewards become `r` (`advantages.rewards_to_optimality`).
+        reference_guidance_scale: CFG of the KL's reference (1.0, the release: none).
+        batch_frozen_forwards: Run the old and the reference predictions as one forward of twice the batch once
+            checked to give the same numbers (`frozen_pair.OldAndReference`).
     """
 
     name = "nft"
@@ -55,13 +59,15 @@ class NFTObjective(Objective):
     def __init__(self, *, family, policy, loss: NFTLoss, sampling_sigmas: Optional[torch.Tensor] = None,
                  sampler: str = "dpm_solver", guidance_scale: float = 1.0, train_timesteps: str = "sampler_grid",
                  timestep_shift: float = 3.0, logit_mean: float = 0.0, logit_std: float = 1.0,
-                 advantage_std: str = "global", adv_mode: str = "all", reference_guidance_scale: float = 1.0):
+                 advantage_std: str = "global", adv_mode: str = "all", reference_guidance_scale: float = 1.0,
+                 batch_frozen_forwards: bool = True):
         super().__init__()
         self.family, self.policy, self.loss = family, policy, loss
         self.sampling_sigmas, self.sampler, self.guidance_scale = sampling_sigmas, sampler, guidance_scale
         self.timesteps = dict(method=train_timesteps, shift=timestep_shift, logit_mean=logit_mean, logit_std=logit_std)
         self.advantage_std, self.adv_mode = advantage_std, adv_mode
         self.reference_guidance_scale = reference_guidance_scale
+        self.old_and_reference = OldAndReference(policy, family.predict_velocity, batched=batch_frozen_forwards)
         if reference_guidance_scale > 1:  # the guided reference needs the empty prompt's conditioning
             self.needs = self.needs + ("uncond",)
 
@@ -75,7 +81,8 @@ class NFTObjective(Objective):
                    guidance_scale=config.guidance_scale, train_timesteps=config.train_timesteps,
                    timestep_shift=config.timestep_shift, logit_mean=config.logit_mean, logit_std=config.logit_std,
                    advantage_std=config.advantage_std, adv_mode=config.adv_mode,
-                   reference_guidance_scale=config.kl_reference_guidance_scale)
+                   reference_guidance_scale=config.kl_reference_guidance_scale,
+                   batch_frozen_forwards=config.batch_frozen_forwards)
 
     @classmethod
     def sampling_words(cls, config) -> str:
@@ -130,14 +137,18 @@ class NFTObjective(Objective):
         The reference is the base model, CFG-guided at `reference_guidance_scale` when it is above 1 (with `uncond`).
         With `monitor`, the reference runs even without a KL term, for the velocity-norm ratio and the KL estimate.
         """
+        wants_reference = self.loss.needs_reference or monitor
         with torch.no_grad():
-            with self.policy.using(OLD):
-                v_old = self.family.predict_velocity(x_t, sigma, cond)
-            v_ref = None
-            if self.loss.needs_reference or monitor:
-                with self.policy.using(REFERENCE):
-                    v_ref = guided_velocity(self.family.predict_velocity, x_t, sigma, cond, uncond,
-                                            self.reference_guidance_scale)
+            if wants_reference and uncond is None:  # one forward of twice the batch where it gives the same
+                v_old, v_ref = self.old_and_reference(x_t, sigma, cond)
+            else:
+                with self.policy.using(OLD):
+                    v_old = self.family.predict_velocity(x_t, sigma, cond)
+                v_ref = None
+                if wants_reference:  # guided by the empty prompt
+                    with self.policy.using(REFERENCE):
+                        v_ref = guided_velocity(self.family.predict_velocity, x_t, sigma, cond, uncond,
+                                                self.reference_guidance_scale)
         v_theta = self.family.predict_velocity(x_t, sigma, cond)
         if monitor:
             self.monitors = velocity_stats(v_theta, v_ref)

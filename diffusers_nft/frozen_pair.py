@@ -1,0 +1,139 @@
+"""The old policy's and the reference's predictions of a micro-step in one forward of twice the batch.
+
+Both are frozen forwards of the same inputs through the same transformer, the old adapter on and every adapter off.
+PEFT's mixed adapter batches (`adapter_names`, with `"__base__"` for no adapter) give each row of a LoRA layer's
+input its own adapter, so one forward of `[x, x]` does both. That is right only where every LoRA layer sees one row
+per sample; a model that puts tokens or frames first would mix them silently. So before the first pair, a probe
+changes sample 0 alone and checks that every LoRA layer's input changes in row 0 only; where it does not, or where
+PEFT refuses (DoRA, attention layers), the two forwards stay, and a log line says why. Every process decides alike:
+sharded and replicated models need the same number of forwards on every process.
+"""
+
+import logging
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from .pipelines.base import select_conditioning
+from .policy import OLD, REFERENCE
+
+logger = logging.getLogger(__name__)
+
+# A row of a LoRA layer's input "changed" when its change is above this fraction of sample 0's own row's change.
+LEAK = 1e-2
+
+
+class OldAndReference:
+    """`(v_old, v_ref)` of a micro-step: one forward of twice the batch once the probe allows it, else two.
+
+    Args:
+        policy: The `NFTPolicy` (`using`, `mixed`, `lora_layers`).
+        predict: `predict(x, sigma, cond) -> v`, the family's velocity.
+        batched: Allow the single forward (False: always two forwards).
+    """
+
+    def __init__(self, policy, predict: Callable, batched: bool = True):
+        self.policy, self.predict = policy, predict
+        self.batched: Optional[bool] = None if batched else False  # None: not probed yet
+        self.reason = "" if batched else "turned off"
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.batched is None and x.shape[0] > 1:  # one sample cannot show whether rows are samples
+            self._decide(*self._probe(x, sigma, cond))
+        if self.batched:
+            return self._pair(x, sigma, cond)
+        with self.policy.using(OLD):
+            v_old = self.predict(x, sigma, cond)
+        with self.policy.using(REFERENCE):
+            return v_old, self.predict(x, sigma, cond)
+
+    def _pair(self, x, sigma, cond):
+        rows = x.shape[0]
+        both = torch.arange(rows, device=x.device).repeat(2)
+        with self.policy.mixed([OLD] * rows + [REFERENCE] * rows):
+            v = self.predict(x[both], sigma[both] if sigma.dim() else sigma, select_conditioning(cond, both))
+        return v[:rows], v[rows:]
+
+    def _probe(self, x, sigma, cond) -> Tuple[bool, str]:
+        """Whether every LoRA layer sees one row per sample: sample 0 changed alone moves row 0 alone."""
+        rows, sketches, reason = x.shape[0], [{}, {}], ""
+        if not self.policy.lora_layers:
+            return False, "the model has no LoRA layers to route"
+        try:
+            for sketch, moved in zip(sketches, (False, True)):
+                with _sketching(self.policy.lora_layers, sketch), self.policy.using(REFERENCE):
+                    self.predict(*_move_sample_0(x, sigma, cond) if moved else (x, sigma, cond))
+            self._pair(x, sigma, cond)  # PEFT checks each layer on its first mixed batch
+        except (ValueError, TypeError) as refusal:  # PEFT refuses mixed batches for some layers
+            reason = f"PEFT refuses a mixed adapter batch here ({refusal})"
+        for name, (size, before) in sketches[0].items():
+            after = sketches[1][name][1]
+            change = (after - before).abs()  # (rows, 2)
+            leaked = (change[1:] > LEAK * change.max()).any()  # only row 0 may move (or none: cannot tell)
+            if reason or size != rows or leaked:
+                reason = reason or f"the LoRA layer {name} does not see one row per sample"
+                break
+        refused = _agreed_max(float(bool(reason)), x.device) > 0
+        if refused:
+            return False, reason or "another process found a LoRA layer that does not see one row per sample"
+        return True, f"every LoRA layer sees one row per sample (probed on {len(sketches[0])} layers)"
+
+    def _decide(self, batched: bool, reason: str) -> None:
+        self.batched, self.reason = batched, reason
+        logger.info("The old and reference predictions of each micro-step run as %s: %s.",
+                    "one forward of twice the batch" if batched else "two forwards", reason)
+
+
+class _sketching:
+    """Record, for each named LoRA layer, its input's first dimension and two sums over each row (a change to
+    any value of a row moves them)."""
+
+    def __init__(self, layers: Dict[str, torch.nn.Module], sketch: dict):
+        self.layers, self.sketch, self.hooks = layers, sketch, []
+
+    def __enter__(self):
+        for name, layer in self.layers.items():
+            self.hooks.append(layer.register_forward_pre_hook(self._record(name), with_kwargs=True))
+        return self
+
+    def _record(self, name):
+        def hook(module, args, kwargs):
+            rows = (args[0] if args else next(iter(kwargs.values()))).detach().float().flatten(1)
+            self.sketch[name] = (rows.shape[0], torch.stack([rows.sum(1), rows.square().sum(1)], 1).cpu())
+        return hook
+
+    def __exit__(self, *exc):
+        for hook in self.hooks:
+            hook.remove()
+
+
+def _move_sample_0(x, sigma, cond):
+    """The inputs with sample 0 alone changed: its latents, its noise level and its float conditioning."""
+    x = x.clone()
+    x[0] += 1.0
+    sigma = sigma.clone()
+    if sigma.dim():
+        sigma[0] = sigma[0] * 0.5 + 0.25
+    return x, sigma, _moved_rows(cond, x.shape[0])
+
+
+def _moved_rows(cond, rows: int):
+    moved = {}
+    for key, value in cond.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() and value.shape[0] == rows:
+            value = value.clone()
+            value[0] += 0.5
+        elif isinstance(value, dict):
+            value = _moved_rows(value, rows)
+        moved[key] = value
+    return moved
+
+
+def _agreed_max(value: float, device: torch.device) -> float:
+    """The largest `value` over the processes (the value itself with one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64,
+                          device=device if torch.distributed.get_backend() == "nccl" else "cpu")
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return float(tensor.item())
