@@ -86,7 +86,7 @@ def train_and_track(overrides: dict, replicate: int, iterations: int, eval_every
                              train_seconds=train_time)
                 curve.append(point)
                 print(f"  {overrides.get('objective', 'nft')} seed {replicate} it {iteration}: {point}", flush=True)
-    return {"seed": replicate, "overrides": overrides, "curve": curve,
+    return {"seed": replicate, "overrides": overrides, "curve": curve, "threads": torch.get_num_threads(),
             "training_reward": [m["reward/total/mean"] for m in trainer.history]}
 
 
@@ -180,7 +180,9 @@ def head_to_head(arms: Dict[str, List[dict]], base: Dict[int, dict]) -> List[str
         final = [mean_spread([r["curve"][-1][key_of(k)] for r in arms[a]]) for a, k, _ in columns]
         lines.append(f"| strict at the end, by {name} | " + " | ".join(final) + " |")
     seconds = [_whole(r["curve"][-1]["train_seconds"] for r in arms[a]) for a, _, _ in columns]
-    lines.append("| training seconds, all iterations (2 CPU cores) | " + " | ".join(seconds) + " |")
+    threads = sorted({r.get("threads", 2) for runs in arms.values() for r in runs})
+    where = f"{'/'.join(map(str, threads))} CPU thread{'s' if threads != [1] else ''} per run"
+    lines.append(f"| training seconds, all iterations ({where}) | " + " | ".join(seconds) + " |")
     return lines
 
 

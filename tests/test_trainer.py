@@ -334,13 +334,16 @@ def _active_policy(transformer) -> str:
     return "reference" if layer.disable_adapters else layer.active_adapters[0]
 
 
-def test_rollouts_come_from_the_old_policy_and_each_micro_step_sees_its_own_x_t(tiny_pipeline, tmp_path):
+@pytest.mark.parametrize("paired", [True, False])
+def test_rollouts_come_from_the_old_policy_and_each_micro_step_sees_its_own_x_t(tiny_pipeline, tmp_path, paired):
     # One iteration with a KL term, after one already trained (old and theta differ): every sampling call runs the
-    # old adapter; each training forward is old, reference, theta in turn; and the x_t theta sees is built from the
-    # very x0 (a rollout's clean latents), sigma and noise the loss is given.
-    config = tiny_config(tmp_path, max_steps=2, kl_beta=1e-4, monitors=False)
+    # old adapter; each training micro-step runs old and reference (one call of twice the batch once the first
+    # micro-step's probe allowed it, else two calls), then theta; and the x_t theta sees is built from the very x0
+    # (a rollout's clean latents), sigma and noise the loss is given.
+    config = tiny_config(tmp_path, max_steps=2, kl_beta=1e-4, monitors=False, batch_frozen_forwards=paired)
     trainer = NFTTrainer(tiny_pipeline, "jpeg_compressibility", config, PROMPTS)
     trainer.step()
+    assert trainer.objective.old_and_reference.batched is paired
     calls, losses, collected = [], [], []
     predict, loss, collect = trainer.family.predict_velocity, trainer.objective.loss, trainer.collector.collect
 
@@ -362,15 +365,19 @@ def test_rollouts_come_from_the_old_policy_and_each_micro_step_sees_its_own_x_t(
     sampling = config.images_per_iteration // config.sample_batch_size * config.num_sampling_steps
     assert [(policy, grad) for policy, grad, *_ in calls[:sampling]] == [("old", False)] * sampling
     training = calls[sampling:]
-    assert len(training) == 3 * len(losses) > 0
-    assert [(p, g) for p, g, *_ in training] == [("old", False), ("reference", False), ("default", True)] * len(losses)
+    frozen = [("old", False)] if paired else [("old", False), ("reference", False)]
+    per_step = len(frozen) + 1
+    assert len(training) == per_step * len(losses) > 0
+    assert [(p, g) for p, g, *_ in training] == (frozen + [("default", True)]) * len(losses)
     clean = collected[0].latents.flatten(1)
     for k, seen in enumerate(losses):
-        old_call, ref_call, theta_call = training[3 * k : 3 * k + 3]
+        *frozen_calls, theta_call = training[per_step * k : per_step * (k + 1)]
         x_t, sigma = theta_call[2], theta_call[3]
         s = seen["sigma"].view(-1, *([1] * (x_t.ndim - 1)))
         torch.testing.assert_close(x_t, (1 - s) * seen["x0"] + s * seen["noise"], rtol=0, atol=1e-6)
-        assert torch.equal(sigma, seen["sigma"]) and torch.equal(old_call[2], x_t) and torch.equal(ref_call[2], x_t)
+        assert torch.equal(sigma, seen["sigma"])
+        frozen_inputs = [torch.cat([x_t, x_t])] if paired else [x_t, x_t]  # the pair: old rows, then reference rows
+        assert all(torch.equal(call[2], x) for call, x in zip(frozen_calls, frozen_inputs))
         assert all((clean == row).all(dim=1).any() for row in seen["x0"].flatten(1))
 
 

@@ -67,7 +67,8 @@ class NFTObjective(Objective):
         self.timesteps = dict(method=train_timesteps, shift=timestep_shift, logit_mean=logit_mean, logit_std=logit_std)
         self.advantage_std, self.adv_mode = advantage_std, adv_mode
         self.reference_guidance_scale = reference_guidance_scale
-        self.old_and_reference = OldAndReference(policy, family.predict_velocity, batched=batch_frozen_forwards)
+        self.old_and_reference = OldAndReference(policy, lambda *inputs: self.family.predict_velocity(*inputs),
+                                                 batched=batch_frozen_forwards)
         if reference_guidance_scale > 1:  # the guided reference needs the empty prompt's conditioning
             self.needs = self.needs + ("uncond",)
 
