@@ -16,6 +16,7 @@ import torch
 from transformers import HfArgumentParser
 
 from .checkpoints import check_output_dir, resolve_checkpoint
+from .machines import on_every_machine
 from .checkpoints.checkpointer import fresh_run_refusal
 from .command_line import check_twins, config_defaults, exit_on_setup_error, given_flags, read_config_file, \
     repeatable_settings, split_config_file
@@ -202,8 +203,10 @@ def prepare(argv, load_pipeline: Callable, world=DEMO):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     use_all_cpu_cores()
     script_args, config, demo = parse_settings(argv, world)
-    reward_names, prompts = check_before_loading(script_args, config, demo)
-    pipeline = load_pipeline(script_args, config)
+    # Each machine checks its own files; a failure on one stops them all (`machines.on_every_machine`).
+    reward_names, prompts = on_every_machine(lambda: check_before_loading(script_args, config, demo),
+                                             "the settings, the prompts and the output folder")
+    pipeline = on_every_machine(lambda: load_pipeline(script_args, config), "the model")
     peft_config = make_lora_config(
         pipeline.transformer,
         targets=script_args.lora_layers.split(",") if script_args.lora_layers else None,

@@ -35,6 +35,7 @@ from .engine import NonFiniteError, build_engine, place_pipeline, probe_rewards
 from .hub import CardInputs, card_hyperparameters, check_hub, hub_base_model
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
+from .machines import check_shared_output_dir, on_every_machine
 from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
 from .monitors import group_diversity, image_stats
 from .objectives import build_objective, objective_class, resolve_config
@@ -123,7 +124,8 @@ class NFTTrainer:
         # judges never trained on; None: evaluate() scores with the training rewards
         self.eval_rewards = rewards_of(eval_reward_funcs, args, self.accelerator.device) if eval_reward_funcs else None
         self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
-        check_output_dir(args.output_dir)
+        on_every_machine(lambda: check_output_dir(args.output_dir), "the output folder")
+        check_shared_output_dir(args.output_dir)
         self.checkpointer = Checkpointer(self.accelerator, args)
         peft_config = peft_config or make_lora_config(self.family.denoiser,
                                                       default_targets=self.family.default_lora_targets)
@@ -133,8 +135,8 @@ class NFTTrainer:
         self.plan = IterationPlan.from_config(args, self.accelerator.num_processes)
         self.accelerator.gradient_accumulation_steps = self.plan.accumulation
         zero.prepare(self.accelerator, args, self.plan.accumulation)
-        probe_rewards(self.scorer, self.eval_rewards, self.train_dataset, self.family, args.resolution,
-                      self.accelerator.device, self.columns)
+        on_every_machine(lambda: probe_rewards(self.scorer, self.eval_rewards, self.train_dataset, self.family,
+                                               args.resolution, self.accelerator.device, self.columns), "the rewards")
         place_pipeline(pipeline, self.family, self.accelerator, args)
         self.engine = build_engine(self.family, peft_config, self.accelerator, args, self.plan)
         self.policy, self.model = self.engine.policy, self.engine.model

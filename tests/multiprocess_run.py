@@ -39,6 +39,18 @@ def record_writes(output_dir):
     return writes
 
 
+def reward_of(rank: int):
+    """The run's reward; on the process `$NFT_TEST_REWARD_MISSING_ON_RANK` names, one whose weights file is
+    missing there (as a reward model's weights on a machine that cannot see them)."""
+    if str(rank) != os.environ.get("NFT_TEST_REWARD_MISSING_ON_RANK"):
+        return "jpeg_incompressibility"
+
+    def missing_weights(images, prompts, metadata):
+        raise FileNotFoundError(2, "No such file or directory", "/models/reward-weights.pt")
+
+    return missing_weights
+
+
 def main(pipeline_dir, output_dir, max_steps, resume, dump_dir):
     writes = record_writes(output_dir)
     recorded = []
@@ -64,7 +76,7 @@ def main(pipeline_dir, output_dir, max_steps, resume, dump_dir):
     config = tiny_config(output_dir, max_steps=max_steps, prompts_per_iteration=3, group_size=2,
                          sample_batch_size=1, train_batch_size=2, save_steps=2,
                          resume_from_checkpoint=resume or None, learning_rate=1e-2)
-    trainer = NFTTrainer(pipe, "jpeg_incompressibility", config, PROMPTS)
+    trainer = NFTTrainer(pipe, reward_of(int(os.environ.get("RANK", "0"))), config, PROMPTS)
     rank, num_processes = PartialState().process_index, PartialState().num_processes  # before train() ends the group
     trainer.train()
     os.makedirs(dump_dir, exist_ok=True)
