@@ -97,6 +97,11 @@ class NFTConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     allow_tf32: bool = field(default=True, metadata={"help": "Allow TF32 matmuls on Ampere and newer GPUs."})
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the transformer's forward."})
+    fused_adamw: Optional[bool] = field(
+        default=None,
+        metadata={"help": "AdamW's fused kernel (one kernel for all LoRA tensors). Default: on CUDA devices, except "
+                  "under DeepSpeed (which steps its own optimizer); off elsewhere."},
+    )
     batch_frozen_forwards: bool = field(
         default=True,
         metadata={"help": "Run a micro-step's old-policy and reference predictions as one forward of twice the batch "

@@ -6,7 +6,7 @@ import math
 from typing import Dict, Iterable
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from diffusers.optimization import get_scheduler
 
 from .conditioning import read_conditioning, reward_metadata
@@ -117,6 +117,14 @@ def place_pipeline(pipeline, family, accelerator, args) -> None:
     pipeline.set_progress_bar_config(disable=True)
 
 
+def uses_fused_adamw(args, accelerator) -> bool:
+    """`fused_adamw`, or by default: on CUDA devices, where the fused kernel exists and is fastest, except under
+    DeepSpeed, whose engine steps the optimizer on its own flat partitions."""
+    if args.fused_adamw is not None:
+        return args.fused_adamw
+    return accelerator.device.type == "cuda" and accelerator.distributed_type != DistributedType.DEEPSPEED
+
+
 def build_engine(family, peft_config, accelerator, args, plan) -> Engine:
     """The LoRA policy on the family's denoiser, AdamW and the lr schedule, through `accelerator.prepare`."""
     num_processes = accelerator.num_processes
@@ -127,7 +135,7 @@ def build_engine(family, peft_config, accelerator, args, plan) -> Engine:
         transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay,
-                                  eps=args.adam_epsilon)
+                                  eps=args.adam_epsilon, fused=uses_fused_adamw(args, accelerator) or None)
     lr_scheduler = get_scheduler(  # accelerate steps a prepared scheduler once per process
         args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * num_processes,
         num_training_steps=args.max_steps * plan.optimizer_steps * num_processes,

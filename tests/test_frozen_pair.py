@@ -139,3 +139,4 @@ def test_training_with_the_pair_equals_training_with_two_forwards(tiny_pipeline_
         trainer.objective(x, sigma, cond, x0=x, noise=x, r=torch.full((3,), 0.7))
         assert len(calls) == (2 if batched else 3)  # transformer calls per micro-step
     assert lora_norm(trained[True], trained[False]) < 1e-4 * (1 + sum(v.norm() for v in trained[False].values()))
+
