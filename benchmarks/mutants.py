@@ -53,7 +53,7 @@ SURVIVORS = [
            "x0=x0, noise=torch.randn_like(noise), r=r,\n", (ROLLOUTS,), "the loss sees noise other than x_t's"),
     Mutant("collect-samples-from-theta", "collect.py", "self.policy.using(objective.sampling_policy)",
            'self.policy.using("default")', (ROLLOUTS,), "rollouts from theta, not the old policy"),
-    Mutant("nft-reference-is-old", "objectives/nft.py", "with self.policy.using(REFERENCE):",
+    Mutant("nft-reference-is-old", "frozen_pair.py", "with self.policy.using(REFERENCE):",
            "with self.policy.using(OLD):", (ROLLOUTS,), "the KL reference is the old policy"),
     Mutant("nft-x-t-swapped-in-micro-batches", "objectives/nft.py", "x_t=(1 - s) * x0 + s * noise",
            "x_t=s * x0 + (1 - s) * noise", (ROLLOUTS,), "micro-batch x_t = s x0 + (1 - s) noise"),
@@ -190,6 +190,7 @@ CAUGHT_BEFORE = [
 
 POLICY, NONFINITE, CHECKPOINT = "tests/test_policy.py", "tests/test_nonfinite.py", "tests/test_checkpoint.py"
 SCORING, PLAN = "tests/test_scoring_remote.py", "tests/test_plan.py"
+PAIR = "tests/test_frozen_pair.py"
 SAVED = "tests/test_trainer.py::test_saved_lora_loads_into_a_fresh_pipeline"
 ALONE = "tests/test_trainer.py::test_after_training_the_pipeline_is_the_saved_lora_alone"
 BF16 = "tests/test_release_fidelity.py::test_bf16_keeps_lora_and_vae_in_float32_and_feeds_a_float32_timestep"
@@ -331,8 +332,14 @@ WIDER = [
     Mutant("latest-counts-incomplete-folders", "checkpoints/folder.py",
            "found = [(step, name) for step, name in found if os.path.isfile(os.path.join(output_dir, name, STATE_FILE))]",
            "found = found", (ROTATION,), "a half-written checkpoint counts as the latest"),
-    Mutant("nft-kl-reference-skipped", "objectives/nft.py", "if self.loss.needs_reference or monitor:", "if monitor:",
-           (ROLLOUTS,), "kl_beta > 0 trains without the KL term"),
+    Mutant("nft-kl-reference-skipped", "objectives/nft.py", "wants_reference = self.loss.needs_reference or monitor",
+           "wants_reference = monitor", (ROLLOUTS,), "kl_beta > 0 trains without the KL term"),
+    Mutant("pair-reference-is-old", "frozen_pair.py", "[OLD] * rows + [REFERENCE] * rows", "[OLD] * rows + [OLD] * rows",
+           (PAIR,), "the pair's reference rows take the old adapter"),
+    Mutant("pair-probe-accepts-anything", "frozen_pair.py", "if reason or size != rows or leaked:", "if reason:",
+           (PAIR,), "the pair is used on a model whose rows are not samples"),
+    Mutant("pair-halves-swapped", "frozen_pair.py", "return v[:rows], v[rows:]", "return v[rows:], v[:rows]",
+           (PAIR,), "the pair hands back the reference as the old policy's prediction"),
     Mutant("option-advantage-std-ignored", "objectives/nft.py", "advantage_std=config.advantage_std,",
            'advantage_std="global",', (OPTIONS,), "--advantage_std never reaches the objective"),
     Mutant("option-loss-weighting-ignored", "objectives/nft.py", "weighting=config.loss_weighting,",
