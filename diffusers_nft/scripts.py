@@ -8,6 +8,7 @@ A script is one `load_pipeline(script_args, config)` function and `cli(load_pipe
 import logging
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
@@ -22,6 +23,7 @@ from .command_line import check_twins, config_defaults, exit_on_setup_error, giv
     repeatable_settings, split_config_file
 from .config import NFTConfig, weight_dtype
 from .data import load_prompts
+from .metrics import time_key
 from .hub import check_hub
 from .demo import DEMO
 from .objectives import objective_class
@@ -376,19 +378,39 @@ def check_lora_layers(script_args: ScriptArguments) -> None:
 
 def run(trainer, script_args: ScriptArguments, demo) -> None:
     """Train; then the demo world's results table (`demo`, None for a real model), the model card, and the upload
-    when asked (`--final_report` says how much of it)."""
-    config, report = trainer.args, script_args.final_report
+    when asked (`--final_report` says how much of it); last, where the time went."""
+    config, report, spent = trainer.args, script_args.final_report, {}
+    start = time.perf_counter()
     trainer.train()
+    spent["training"] = time.perf_counter() - start
     if demo and report == "full":
         logger.info("Scoring the base and the trained model on the %s's held-out prompts for results.md (a few "
                     "minutes on a CPU; --final_report card skips it).", demo.description.split(" (")[0])
+        start = time.perf_counter()
         demo.report(trainer)
+        spent["results table (the base and the trained model scored)"] = time.perf_counter() - start
+    start = time.perf_counter()
     if report != "none" or config.push_to_hub:
         logger.info("Writing the model card: the same-seed base/%s gallery, the reward curve (--final_report none "
                     "skips it).", trainer.objective_class.short)
         trainer.create_model_card()
     if config.push_to_hub:
         logger.info("Pushed to %s", trainer.push_to_hub(write_card=False))
+    spent["model card and upload"] = time.perf_counter() - start
+    if trainer.accelerator.is_main_process:
+        logger.info("Where the time went:\n%s", time_split(trainer.history, spent))
+
+
+def time_split(history: List[dict], spent: dict) -> str:
+    """The run's time as a small table: the training loop split into its iterations' sampling, reward and
+    training (summed over `history`) and the rest (evaluation, checkpoints, logs), then each step after it."""
+    parts = {part: sum(row.get(time_key(part), 0.0) for row in history) for part in ("sampling", "reward", "training")}
+    parts["evaluation, checkpoints and logs"] = max(spent["training"] - sum(parts.values()), 0.0)
+    rows = [(f"training loop: {part}", seconds) for part, seconds in parts.items()]
+    rows += [(name, seconds) for name, seconds in spent.items() if name != "training"]
+    total = sum(seconds for _, seconds in rows)
+    return "\n".join(f"  {name:<58} {seconds:8.1f} s {100 * seconds / max(total, 1e-9):5.1f} %"
+                     for name, seconds in rows + [("total", total)])
 
 
 def main(argv, load_pipeline: Callable, world=DEMO) -> None:

@@ -1,6 +1,7 @@
 """`examples/train_nft.py`: any supported pipeline from a folder, through DiffusionPipeline.from_pretrained."""
 
 import json
+import logging
 import os
 
 import pytest
@@ -71,7 +72,7 @@ def test_the_command_line_takes_held_out_judges_and_the_guard(tmp_path, monkeypa
     assert json.loads((tmp_path / "out" / "best" / "best.json").read_text())["judge"] == "jpeg_incompressibility"
 
 
-def test_the_command_line_trains_flow_grpo_and_the_card_says_so(tmp_path, monkeypatch):
+def test_the_command_line_trains_flow_grpo_and_the_card_says_so(tmp_path, monkeypatch, caplog):
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "examples"))
     import train_nft
 
@@ -86,7 +87,12 @@ def test_the_command_line_trains_flow_grpo_and_the_card_says_so(tmp_path, monkey
     trainer, script_args, demo = scripts.prepare(argv, train_nft.load_pipeline)
     assert isinstance(trainer.objective, FlowGRPOObjective)
     assert (trainer.objective.guidance_scale, trainer.objective.kl_beta, trainer.objective.clip_range) == (3, 0.1, 1e-4)
-    scripts.run(trainer, script_args, demo)
+    with caplog.at_level(logging.INFO, logger="diffusers_nft.scripts"):
+        scripts.run(trainer, script_args, demo)
+    split = caplog.text[caplog.text.index("Where the time went"):]
+    history = trainer.history
+    sampled = sum(row["time/sampling"] for row in history)
+    assert "training loop: sampling" in split and f"{sampled:8.1f} s" in split and "model card and upload" in split
     first = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     assert "grpo/clip_fraction" in first and "r/mean" not in first
     trainer.create_model_card()
