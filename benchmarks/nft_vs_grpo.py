@@ -158,7 +158,7 @@ def sweep_table(sweeps: Dict[str, List[dict]]) -> List[str]:
 
 
 def head_to_head(arms: Dict[str, List[dict]], base: Dict[int, dict]) -> List[str]:
-    columns = [(arm, key, f"{ARMS[arm]['label']}" + (", evaluated with it" if key.endswith("cfg") else ""))
+    columns = [(arm, key, ARMS[arm]["label"] + _evaluated(arm, key.endswith("cfg")))
                for arm in arms for key in (("strict", "strict_cfg") if ARMS[arm]["cfg"] else ("strict",))]
     nft = arms.get("nft")
     seeds = ", ".join(str(s) for s in sorted(base))
@@ -186,6 +186,13 @@ def head_to_head(arms: Dict[str, List[dict]], base: Dict[int, dict]) -> List[str
     return lines
 
 
+def _evaluated(arm: str, guided: bool) -> str:
+    """How an arm trained with CFG is evaluated: with its CFG or without; nothing for the CFG-free arms."""
+    if not ARMS[arm]["cfg"]:
+        return ""
+    return ", evaluated with it" if guided else ", evaluated without it"
+
+
 def plot(arms: Dict[str, List[dict]], base: Dict[int, dict], path: str) -> None:
     import matplotlib
 
@@ -203,7 +210,7 @@ def plot(arms: Dict[str, List[dict]], base: Dict[int, dict], path: str) -> None:
             rows = [[base[r["seed"]][key + suffix]] + [p[key + suffix] for p in r["curve"]] for r in arms[arm]]
             x = [0] + [p["images"] for p in arms[arm][0]["curve"]]
             columns = list(zip(*rows))
-            label = ARMS[arm]["label"] + (" (evaluated with it)" if suffix else "")
+            label = ARMS[arm]["label"] + _evaluated(arm, bool(suffix))
             ax.plot(x, [statistics.mean(c) for c in columns], marker="o", color=color, label=label)
             ax.fill_between(x, [min(c) for c in columns], [max(c) for c in columns], color=color, alpha=0.15)
     for ax, title in zip(axes, ("by the training reward (digit_eval)", "by the held-out judge (digit_judge)")):
