@@ -118,6 +118,8 @@ def parse_args():
     parser.add_argument("--kl_beta", type=float, default=1e-4)
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer.")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--before_pair", action="store_true",
+                        help="As before issue 32: the old and reference predictions as two forwards, plain AdamW.")
     parser.add_argument("--model", choices=MODELS, default="sd35m",
                         help="sd35m: SD3.5-Medium size (2.5 B); flux1dev: FLUX.1-dev size (12 B). Default: sd35m.")
     parser.add_argument("--tiny", action="store_true", help="A tiny model, for a smoke run of the script.")
@@ -135,7 +137,8 @@ def time_iterations(pipe, cli, cuda: bool, resolution: int):
             prompts_per_iteration=cli.prompts, group_size=cli.group_size, sample_batch_size=cli.micro_batch,
             train_batch_size=cli.micro_batch, num_sampling_steps=10, sampler="dpm_solver", kl_beta=cli.kl_beta,
             mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cli.gradient_checkpointing,
-            torch_compile=cli.compile, max_steps=1000,
+            torch_compile=cli.compile, max_steps=1000, batch_frozen_forwards=not cli.before_pair,
+            fused_adamw=False if cli.before_pair else None,
         )
         trainer = NFTTrainer(pipe, "jpeg_compressibility", config, prompts)
         start = time.perf_counter()
@@ -167,7 +170,8 @@ def main():
     print(f"\n{device}; {name} transformer "
           f"({sum(p.numel() for p in pipe.transformer.parameters()) / 1e9:.2f} B params with LoRA), {resolution} px, "
           f"{images} images/iteration, micro-batch {cli.micro_batch}, kl_beta={cli.kl_beta}, compile={cli.compile}, "
-          f"gradient checkpointing={cli.gradient_checkpointing}; median of {cli.iterations} (warm-up {warmup:.1f} s).\n")
+          f"gradient checkpointing={cli.gradient_checkpointing}, old/reference pair and fused AdamW="
+          f"{'off' if cli.before_pair else 'on'}; median of {cli.iterations} (warm-up {warmup:.1f} s).\n")
     print("| part | s / iteration | s / image |")
     print("| --- | ---: | ---: |")
     for part in parts:

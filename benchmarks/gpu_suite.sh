@@ -68,4 +68,11 @@ fi
 # Last, with whatever time is left: compilation alone took 328 s on an H200 (README).
 part sd35m_compiled $(( BUDGET - ($(date +%s) - SUITE_START) )) "$PYTHON" benchmarks/gpu_iteration.py --compile \
     --iterations 1 $SMOKE
+# Then, if time is left, the eager iteration as before the old/reference pair and fused AdamW, for their gain.
+LEFT=$(( BUDGET - ($(date +%s) - SUITE_START) ))
+if [ "$LEFT" -gt 60 ]; then
+    part sd35m_eager_before_pair "$LEFT" "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 --before_pair $SMOKE
+else
+    echo -e "\n## sd35m_eager_before_pair: SKIPPED, ${LEFT} s left" >>"$OUT_DIR/summary.md"
+fi
 cat "$OUT_DIR/summary.md"
