@@ -3,9 +3,11 @@
 Both are frozen forwards of the same inputs through the same transformer, the old adapter on and every adapter off.
 PEFT's mixed adapter batches (`adapter_names`, with `"__base__"` for no adapter) give each row of a LoRA layer's
 input its own adapter, so one forward of `[x, x]` does both. That is right only where every LoRA layer sees one row
-per sample; a model that puts tokens or frames first would mix them silently. So before the first pair, a probe
-changes sample 0 alone and checks that every LoRA layer's input changes in row 0 only; where it does not, or where
-PEFT refuses (DoRA, attention layers), the two forwards stay, and a log line says why. Every process decides alike:
+per sample; a model that puts tokens or frames first would mix them silently, and one that routes rows to experts
+(Wan 2.2) hands its layers a part of them. So the first pair is preceded by a probe, one forward of `[x; x with
+sample 0 changed]` in place of the first old forward: every LoRA layer must run on all the rows, and the two halves
+of its input may differ in row 0 only. Where that fails, or where PEFT refuses (DoRA, attention layers), the two
+forwards stay, and a log line says why. Every process decides alike:
 sharded and replicated models need the same number of forwards on every process.
 """
 
@@ -41,7 +43,12 @@ class OldAndReference:
         if self.batched is None and x.shape[0] > 1:  # one sample cannot show whether rows are samples
             self._decide(*self._probe(x, sigma, cond))
         if self.batched:
-            return self._pair(x, sigma, cond)
+            try:
+                return self._pair(x, sigma, cond)
+            except ValueError as refusal:  # PEFT: a layer saw another number of rows (a model routing them)
+                if "adapter_names" not in str(refusal):
+                    raise
+                self._decide(False, f"PEFT refused a later mixed batch ({refusal})")
         with self.policy.using(OLD):
             v_old = self.predict(x, sigma, cond)
         with self.policy.using(REFERENCE):
@@ -55,28 +62,24 @@ class OldAndReference:
         return v[:rows], v[rows:]
 
     def _probe(self, x, sigma, cond) -> Tuple[bool, str]:
-        """Whether every LoRA layer sees one row per sample: sample 0 changed alone moves row 0 alone."""
-        rows, sketches, reason = x.shape[0], [{}, {}], ""
-        if not self.policy.lora_layers:
+        """One mixed forward of `[x; x with sample 0 changed]`, every row through the old adapter (so PEFT checks
+        the layers it would refuse): every LoRA layer must run on all its rows, and the two halves of its input may
+        differ in row 0 only."""
+        layers, rows, sketch, reason = self.policy.lora_layers, x.shape[0], {}, ""
+        if not layers:
             return False, "the model has no LoRA layers to route"
+        both = torch.arange(rows, device=x.device).repeat(2)
+        moved_x, moved_cond = _move_sample_0(x, cond)
         try:
-            for sketch, moved in zip(sketches, (False, True)):
-                with _sketching(self.policy.lora_layers, sketch), self.policy.using(REFERENCE):
-                    self.predict(*_move_sample_0(x, sigma, cond) if moved else (x, sigma, cond))
-            self._pair(x, sigma, cond)  # PEFT checks each layer on its first mixed batch
+            with _sketching(layers, sketch), self.policy.mixed([OLD] * (2 * rows)):
+                self.predict(torch.cat([x, moved_x]), sigma[both] if sigma.dim() else sigma, _stacked(cond, moved_cond))
         except (ValueError, TypeError) as refusal:  # PEFT refuses mixed batches for some layers
             reason = f"PEFT refuses a mixed adapter batch here ({refusal})"
-        for name, (size, before) in sketches[0].items():
-            after = sketches[1][name][1]
-            change = (after - before).abs()  # (rows, 2)
-            leaked = (change[1:] > LEAK * change.max()).any()  # only row 0 may move (or none: cannot tell)
-            if reason or size != rows or leaked:
-                reason = reason or f"the LoRA layer {name} does not see one row per sample"
-                break
-        refused = _agreed_max(float(bool(reason)), x.device) > 0
-        if refused:
+        for name in layers:
+            reason = reason or _row_fault(name, sketch.get(name), rows)
+        if _agreed_max(float(bool(reason)), x.device) > 0:
             return False, reason or "another process found a LoRA layer that does not see one row per sample"
-        return True, f"every LoRA layer sees one row per sample (probed on {len(sketches[0])} layers)"
+        return True, f"every LoRA layer sees one row per sample (probed on {len(sketch)} layers)"
 
     def _decide(self, batched: bool, reason: str) -> None:
         self.batched, self.reason = batched, reason
@@ -107,14 +110,41 @@ class _sketching:
             hook.remove()
 
 
-def _move_sample_0(x, sigma, cond):
-    """The inputs with sample 0 alone changed: its latents, its noise level and its float conditioning."""
+def _row_fault(name: str, sketch, rows: int) -> str:
+    """Why the LoRA layer `name` does not see one row per sample in the probe, or "" when it does."""
+    if sketch is None:
+        return f"the LoRA layer {name} did not run on the probe's batch (a model that routes its rows)"
+    size, sums = sketch
+    if size != 2 * rows:
+        return f"the LoRA layer {name} saw {size} rows for {2 * rows} samples"
+    change = (sums[rows:] - sums[:rows]).abs()  # (rows, 2): each sample's row, moved half against plain half
+    if (change[1:] > LEAK * change.max()).any():  # only sample 0 may move (or none: cannot tell)
+        return f"the LoRA layer {name} does not see one row per sample"
+    return ""
+
+
+def _move_sample_0(x, cond):
+    """The inputs with sample 0 alone changed: its latents and its float conditioning (not its noise level, which
+    stays one the model is called at)."""
     x = x.clone()
     x[0] += 1.0
-    sigma = sigma.clone()
-    if sigma.dim():
-        sigma[0] = sigma[0] * 0.5 + 0.25
-    return x, sigma, _moved_rows(cond, x.shape[0])
+    return x, _moved_rows(cond, x.shape[0])
+
+
+def _stacked(first, second):
+    """Two conditionings of the same rows, one after the other (as `select_conditioning` with both halves)."""
+    stacked = {}
+    for key, value in first.items():
+        other = second[key]
+        if isinstance(value, torch.Tensor) and value.dim() and torch.is_tensor(other):
+            stacked[key] = torch.cat([value, other])
+        elif isinstance(value, list):
+            stacked[key] = value + other
+        elif isinstance(value, dict):
+            stacked[key] = _stacked(value, other)
+        else:
+            stacked[key] = value
+    return stacked
 
 
 def _moved_rows(cond, rows: int):

@@ -58,8 +58,8 @@ def test_one_forward_of_twice_the_batch_gives_the_two_forwards_numbers(tiny_pipe
     assert (expected[0] - expected[1]).abs().max() > 1e-2  # old and reference really differ
     calls.clear()
     with caplog.at_level(logging.INFO, logger="diffusers_nft.frozen_pair"), torch.no_grad():
-        first = pair(x, sigma, cond)  # the probe (sample 0 as it is and moved, then PEFT's check), then the pair
-    assert calls == [3, 3, 6, 6] and pair.batched is True and "one forward of twice the batch" in caplog.text
+        first = pair(x, sigma, cond)  # the probe ([x; x with sample 0 moved], through PEFT's check), then the pair
+    assert calls == [6, 6] and pair.batched is True and "one forward of twice the batch" in caplog.text
     assert "one row per sample (probed on" in pair.reason
     calls.clear()
     with torch.no_grad():
@@ -140,3 +140,39 @@ def test_training_with_the_pair_equals_training_with_two_forwards(tiny_pipeline_
         assert len(calls) == (2 if batched else 3)  # transformer calls per micro-step
     assert lora_norm(trained[True], trained[False]) < 1e-4 * (1 + sum(v.norm() for v in trained[False].values()))
 
+
+
+class Routed(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    """A model that sends each row to one of two layers by its noise level, as Wan 2.2 does to its two experts."""
+
+    @register_to_config
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.high, self.low = torch.nn.Linear(width, width), torch.nn.Linear(width, width)
+
+    def forward(self, x, sigma):
+        out, high = torch.zeros_like(x), sigma > 0.5
+        if high.any():
+            out[high] = self.high(x[high])
+        if (~high).any():
+            out[~high] = self.low(x[~high])
+        return out
+
+
+def test_a_model_that_routes_rows_keeps_two_forwards_even_when_forced():
+    torch.manual_seed(0)
+    model = Routed()
+    policy = NFTPolicy(model, LoraConfig(r=4, lora_alpha=4, target_modules=["high", "low"]))
+    _old_apart(policy, scale=0.5)
+    predict = lambda x, sigma, cond: model(x, sigma)  # noqa: E731
+    x, high, mixed = torch.randn(2, 8), torch.tensor([0.9, 0.8]), torch.tensor([0.9, 0.2])
+    pair = OldAndReference(policy, predict)
+    with torch.no_grad():
+        pair(x, high, {})  # every row to `high`: `low` never runs, so the probe cannot vouch for it
+    assert pair.batched is False and "low did not run" in pair.reason
+    forced = OldAndReference(policy, predict)
+    forced.batched = True
+    with torch.no_grad():
+        got = forced(x, mixed, {})  # each layer gets a part of the rows: PEFT refuses, two forwards take over
+    assert forced.batched is False and "PEFT refused a later mixed batch" in forced.reason
+    torch.testing.assert_close(got, _two_forwards(policy, predict, x, mixed, {}), rtol=0, atol=0)

@@ -70,9 +70,10 @@ def test_training_moves_a_latent_reward(tiny_pipeline, tmp_path):
 
 @pytest.mark.slow  # 3 runs; the rollouts test checks the reference forward's place
 def test_kl_beta_zero_skips_the_reference_forward(tiny_pipeline_dir, tmp_path):
-    # the drift monitors add one reference forward per iteration without a KL term, none with one
+    # the drift monitors add one reference forward per iteration without a KL term, none with one; with a KL term
+    # old and reference are one forward of twice the batch, after one probe forward (`frozen_pair`)
     for kl_beta, monitors, forwards_per_micro_step, monitor_forwards in ((0.0, False, 2, 0), (0.0, True, 2, 1),
-                                                                         (1e-4, True, 3, 0)):
+                                                                         (1e-4, True, 2, 1)):
         pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
         calls = []
         pipe.transformer.register_forward_hook(lambda *args: calls.append(1))
