@@ -1,10 +1,17 @@
 """The engine's optimizer: AdamW's fused kernel where it is asked for (by default on CUDA devices)."""
 
+from types import SimpleNamespace
+
+import pytest
+import torch
+
 from diffusers_nft import NFTTrainer
+from diffusers_nft.engine import uses_fused_adamw
 
 from conftest import PROMPTS, lora_norm, tiny_config
 
 
+@pytest.mark.slow  # 2 trainers; the optimizer's construction alone is tested in test_fused_adamw_follows_the_device
 def test_fused_adamw_is_on_where_asked_and_trains_as_the_plain_one(tiny_pipeline_dir, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
@@ -17,3 +24,16 @@ def test_fused_adamw_is_on_where_asked_and_trains_as_the_plain_one(tiny_pipeline
         trainer.end_iteration(trainer.step())  # one optimizer step on the same gradients
         trained[fused] = trainer.policy.state_dict("trained")
     assert lora_norm(trained[None], trained[True]) < 1e-5 * (1 + sum(v.norm() for v in trained[None].values()))
+
+
+def test_fused_adamw_follows_the_device_unless_told():
+    def accelerator(device, distributed="NO"):
+        from accelerate.utils import DistributedType
+
+        return SimpleNamespace(device=torch.device(device), distributed_type=DistributedType[distributed])
+
+    default, on, off = (SimpleNamespace(fused_adamw=v) for v in (None, True, False))
+    assert uses_fused_adamw(default, accelerator("cuda")) is True
+    assert uses_fused_adamw(default, accelerator("cuda", "DEEPSPEED")) is False
+    assert uses_fused_adamw(default, accelerator("cpu")) is False
+    assert uses_fused_adamw(on, accelerator("cpu")) is True and uses_fused_adamw(off, accelerator("cuda")) is False

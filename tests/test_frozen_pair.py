@@ -121,8 +121,8 @@ def test_dora_one_sample_and_the_switch_keep_two_forwards():
     assert off.batched is False and off.reason == "turned off"
 
 
-@pytest.mark.parametrize("objective", ["nft"])
-def test_training_with_the_pair_equals_training_with_two_forwards(tiny_pipeline_dir, tmp_path, objective):
+@pytest.mark.slow  # 2 x 3 iterations; in miniature: test_one_forward_of_twice_the_batch_gives_the_two_forwards_numbers
+def test_training_with_the_pair_equals_training_with_two_forwards(tiny_pipeline_dir, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
     trained = {}
