@@ -68,11 +68,9 @@ class OldAndReference:
         layers, rows, sketch, reason = self.policy.lora_layers, x.shape[0], {}, ""
         if not layers:
             return False, "the model has no LoRA layers to route"
-        both = torch.arange(rows, device=x.device).repeat(2)
-        moved_x, moved_cond = _move_sample_0(x, cond)
         try:
             with _sketching(layers, sketch), self.policy.mixed([OLD] * (2 * rows)):
-                self.predict(torch.cat([x, moved_x]), sigma[both] if sigma.dim() else sigma, _stacked(cond, moved_cond))
+                self.predict(*_probe_inputs(x, sigma, cond))
         except (ValueError, TypeError) as refusal:  # PEFT refuses mixed batches for some layers
             reason = f"PEFT refuses a mixed adapter batch here ({refusal})"
         for name in layers:
@@ -123,38 +121,25 @@ def _row_fault(name: str, sketch, rows: int) -> str:
     return ""
 
 
-def _move_sample_0(x, cond):
-    """The inputs with sample 0 alone changed: its latents and its float conditioning (not its noise level, which
-    stays one the model is called at)."""
-    x = x.clone()
-    x[0] += 1.0
-    return x, _moved_rows(cond, x.shape[0])
+def _probe_inputs(x, sigma, cond):
+    """`[x; x]` with sample 0 of the second half changed: its latents and its float conditioning (not its noise
+    level, which stays one the model is called at)."""
+    rows = x.shape[0]
+    both = torch.arange(rows, device=x.device).repeat(2)
+    doubled = x[both]  # a copy: indexing with a tensor
+    doubled[rows] += 1.0
+    return doubled, sigma[both] if sigma.dim() else sigma, _moved_row(select_conditioning(cond, both), rows, 2 * rows)
 
 
-def _stacked(first, second):
-    """Two conditionings of the same rows, one after the other (as `select_conditioning` with both halves)."""
-    stacked = {}
-    for key, value in first.items():
-        other = second[key]
-        if isinstance(value, torch.Tensor) and value.dim() and torch.is_tensor(other):
-            stacked[key] = torch.cat([value, other])
-        elif isinstance(value, list):
-            stacked[key] = value + other
-        elif isinstance(value, dict):
-            stacked[key] = _stacked(value, other)
-        else:
-            stacked[key] = value
-    return stacked
-
-
-def _moved_rows(cond, rows: int):
+def _moved_row(cond, row: int, rows: int):
+    """`cond` with row `row` of every float tensor of `rows` rows moved."""
     moved = {}
     for key, value in cond.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() and value.shape[0] == rows:
             value = value.clone()
-            value[0] += 0.5
+            value[row] += 0.5
         elif isinstance(value, dict):
-            value = _moved_rows(value, rows)
+            value = _moved_row(value, row, rows)
         moved[key] = value
     return moved
 
