@@ -110,17 +110,19 @@ def text_images(prompts, resolution):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
-def start_server(name, options, port, threads, max_batch):
-    """`diffusers-nft serve` in its own process with `threads` torch threads; returns the process once it answers."""
+def start_server(name, options, port, threads, max_batch, log_dir):
+    """`diffusers-nft serve` in its own process with `threads` torch threads, its output in
+    `log_dir/server_<port>.log`; returns the process once it answers."""
     import subprocess
 
     import httpx
 
     flags = ["--model_id", options["model_id"]] if "model_id" in options else []
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    log = open(os.path.join(log_dir, f"server_{port}.log"), "w")
     process = subprocess.Popen([sys.executable, "-m", "diffusers_nft.rewards.serve", "--reward", name, "--port",
                                 str(port), "--device", "cpu", "--batch_size", "32", "--max_batch", str(max_batch),
-                                *flags], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                *flags], env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
@@ -138,8 +140,9 @@ def served_rate(urls, images, prompts, clients, request_images):
 
     from diffusers_nft.rewards import RemoteReward
 
+    for url in urls:  # warm-up: each server's model is loaded and has run once
+        RemoteReward(url, timeout=600)(images[:1], prompts[:1])
     remote = RemoteReward(urls, timeout=600)
-    remote(images[:1], prompts[:1])  # warm-up: the model is loaded and has run once
     starts = range(0, len(images), request_images)
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -165,10 +168,15 @@ def serve_table(cli) -> None:
                         s.bind(("127.0.0.1", 0))
                         ports.append(s.getsockname()[1])
                 threads = max(1, cores // servers)
-                processes = [start_server(cli.serve, options, port, threads, max_batch) for port in ports]
+                processes = [start_server(cli.serve, options, port, threads, max_batch, tmp) for port in ports]
                 try:
                     urls = [f"http://127.0.0.1:{port}" for port in ports]
                     rate = served_rate(urls, images, prompts, cli.clients, cli.request_images)
+                except Exception:
+                    for port in ports:  # the servers' own errors, before their folder goes
+                        with open(os.path.join(tmp, f"server_{port}.log")) as log:
+                            print(f"--- server {port}:\n{log.read()[-3000:]}", file=sys.stderr)
+                    raise
                 finally:
                     for process in processes:
                         process.kill()

@@ -178,3 +178,32 @@ def test_a_batching_server_shares_its_model_between_concurrent_clients(servers):
         assert answer["scores"] == pytest.approx(brightness(*request)["scores"], abs=1e-6)
         assert answer["double"] == pytest.approx(brightness(*request)["double"], abs=1e-6)
     assert sum(log) == 24 and max(log) <= 16 and len(log) < len(requests)
+
+
+def test_a_server_without_batching_still_calls_its_model_from_one_thread_at_a_time(servers):
+    """Concurrent first requests once raced on the reward's lazy model loading (transformers' lazy imports raised
+    `cannot import name 'CLIPModel'` on the second server of `reward_throughput.py --serve`): the model has one
+    owner thread whether batching is on or off."""
+    inside, most = [0], [0]
+    lock = threading.Lock()
+
+    def one_at_a_time(images, prompts, metadata):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return brightness(images, prompts, metadata)
+
+    url = servers(one_at_a_time, max_batch=1)
+    requests = [_batch(2) for _ in range(8)]
+    answers = [None] * len(requests)
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, RemoteReward(url)(*requests[i])))
+               for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(answer["scores"] == pytest.approx(brightness(*r)["scores"], abs=1e-6) for r, answer in zip(requests, answers))
+    assert most[0] == 1

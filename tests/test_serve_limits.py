@@ -164,7 +164,7 @@ def test_serve_by_name_with_its_options(monkeypatch):
     assert seen == [{"dtype": "bf16", "batch_size": 3}]
     assert served["app"].app.state.scorer.max_batch == 3  # --max_batch defaults to --batch_size
     serve.main(["--reward", "served_probe", "--max_batch", "1"])
-    assert not hasattr(served["app"].app.state.scorer, "max_batch")  # each request alone, as it comes
+    assert served["app"].app.state.scorer.max_batch == 1  # each request alone, from the model's one thread
 
 
 def test_the_default_limits_are_the_documented_ones():

@@ -139,12 +139,13 @@ def create_app(reward, name: Optional[str] = None, api_key: Optional[str] = None
         body_timeout: Seconds to wait for each chunk of a request body.
         max_bytes_in_flight: Most body bytes of all requests held at once (503 beyond, retried by the client).
         max_batch: Score the requests that arrive together in one call of up to this many images
-            (`BatchingScorer`); 1 scores each request alone, in its own thread.
+            (`BatchingScorer`); 1 scores each request alone. Either way one thread calls the model, one request
+            or batch at a time: a model's lazy loading and its tokenizers are not safe to call from many threads.
         max_wait: Seconds to wait for more requests before scoring a batch that is not full.
         **options: Reward options (`device`, `dtype`, `batch_size`, and a model reward's own: `model_id`, ...).
     """
     rewards = WeightedRewards([reward], **options)
-    scorer = BatchingScorer(rewards, max_batch, max_wait) if max_batch > 1 else rewards
+    scorer = BatchingScorer(rewards, max_batch, max_wait)
     app = _score_app(scorer, rewards.names[0], name, max_images, max_pixels)
     return RequestGuard(app, api_key, max_body_bytes, body_timeout, max_bytes_in_flight)
 
