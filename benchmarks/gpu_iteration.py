@@ -115,6 +115,8 @@ def parse_args():
     parser.add_argument("--prompts", type=int, default=2, help="Prompt groups per iteration.")
     parser.add_argument("--group_size", type=int, default=16)
     parser.add_argument("--micro_batch", type=int, default=16, help="Images per sampling and training micro-batch.")
+    parser.add_argument("--sampling_batch_from_memory", action="store_true",
+                        help="Leave sample_batch_size unset: the trainer chooses it from the device's free memory.")
     parser.add_argument("--kl_beta", type=float, default=1e-4)
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer.")
     parser.add_argument("--gradient_checkpointing", action="store_true")
@@ -134,13 +136,14 @@ def time_iterations(pipe, cli, cuda: bool, resolution: int):
     with tempfile.TemporaryDirectory() as output_dir:
         config = NFTConfig(
             output_dir=output_dir, report_to="none", resolution=resolution, max_sequence_length=16 if cli.tiny else 256,
-            prompts_per_iteration=cli.prompts, group_size=cli.group_size, sample_batch_size=cli.micro_batch,
+            prompts_per_iteration=cli.prompts, group_size=cli.group_size, sample_batch_size=None if cli.sampling_batch_from_memory else cli.micro_batch,
             train_batch_size=cli.micro_batch, num_sampling_steps=10, sampler="dpm_solver", kl_beta=cli.kl_beta,
             mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cli.gradient_checkpointing,
             torch_compile=cli.compile, max_steps=1000, batch_frozen_forwards=not cli.before_pair,
             fused_adamw=False if cli.before_pair else None,
         )
         trainer = NFTTrainer(pipe, "jpeg_compressibility", config, prompts)
+        print(f"sampling batch: {trainer.sampling_batch}", flush=True)
         start = time.perf_counter()
         trainer.step()  # warm-up (and compilation)
         warmup = time.perf_counter() - start

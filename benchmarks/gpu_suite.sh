@@ -38,7 +38,7 @@ part() {
     status=$?
     {
         echo; echo "## $name: exit $status in $(( $(date +%s) - start )) s (limit $limit s)"
-        grep -E '^\||images/s|peak memory' "$OUT_DIR/$name.log" || grep -v -E 'torchvision|AutoencoderKL' "$OUT_DIR/$name.log" | tail -5
+        grep -E '^\||images/s|peak memory|sampling batch' "$OUT_DIR/$name.log" || grep -v -E 'torchvision|AutoencoderKL' "$OUT_DIR/$name.log" | tail -5
     } >>"$OUT_DIR/summary.md"
 }
 
@@ -74,5 +74,13 @@ if [ "$LEFT" -gt 60 ]; then
     part sd35m_eager_before_pair "$LEFT" "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 --before_pair $SMOKE
 else
     echo -e "\n## sd35m_eager_before_pair: SKIPPED, ${LEFT} s left" >>"$OUT_DIR/summary.md"
+fi
+# And the sampling batch chosen from the device's memory (sample_batch_size unset), if time is still left.
+LEFT=$(( BUDGET - ($(date +%s) - SUITE_START) ))
+if [ "$LEFT" -gt 60 ]; then
+    part sd35m_eager_batch_from_memory "$LEFT" "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 \
+        --sampling_batch_from_memory $SMOKE
+else
+    echo -e "\n## sd35m_eager_batch_from_memory: SKIPPED, ${LEFT} s left" >>"$OUT_DIR/summary.md"
 fi
 cat "$OUT_DIR/summary.md"

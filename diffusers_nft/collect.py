@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 from .conditioning import read_conditioning, reward_metadata
 from .data import row_metadata
 from .guidance import empty_prompt_rows, guided_velocity
+from .machines import agreed_max
+from .memory_fit import FALLBACK_BATCH_SIZE, fit_batch
 from .monitors import thumbnails
 from .pipelines import select_conditioning
 from .pipelines.base import SOURCE
@@ -57,6 +59,8 @@ class Collector:
         self.args, self.plan, self.dataset = args, plan, dataset
         self.latent_shape, self.max_sequence_length = latent_shape, max_sequence_length
         self.columns = columns or {}
+        # Images per sampling batch: the config's, else FALLBACK_BATCH_SIZE until `fit_batch_to_memory` measures.
+        self.batch_size = args.sample_batch_size or FALLBACK_BATCH_SIZE
         self._uncond = None
 
     def encode(self, prompts: List[str]):
@@ -80,6 +84,43 @@ class Collector:
         uncond = empty_prompt_rows(self.uncond(), num_rows)
         return lambda x, sigma: guided_velocity(predict, x, sigma, cond, uncond, guidance_scale)
 
+    def encode_rows(self, rows):
+        """The conditioning of dataset `rows` (their prompts, and their images for image-conditioned pipelines:
+        decoded and encoded once for the whole group) and their metadata as rewards take it: `(cond, metadata)`."""
+        args, row_prompts, row_meta = self.args, list(rows["prompt"]), row_metadata(rows)
+        cond = self.encode(row_prompts)
+        if self.columns:
+            values, device = read_conditioning(rows, self.columns, args.resolution), self.accelerator.device
+            with self.family.text_encoders_on(device, enabled=args.offload_text_encoders), torch.no_grad():
+                cond[SOURCE] = self.family.encode_conditioning(values, device, prompts=row_prompts)
+            row_meta = [{**{k: v for k, v in meta.items() if k not in self.columns.values()}, **extra}  # no paths
+                        for meta, extra in zip(row_meta, reward_metadata(values))]
+        return cond, row_meta
+
+    def fit_batch_to_memory(self, memory, objective) -> str:
+        """Set `batch_size` to the most images a sampling batch fits in the device's free memory (`memory_fit`),
+        measured on batches of the first prompt with `objective`'s sampler, policy and CFG, and agreed by every
+        process (the smallest); returns how it was chosen, for the start-up block."""
+        cond, _ = self.encode_rows(self.dataset.select([0]))
+
+        def peak_of(count: int) -> int:
+            shape = (count, *self.latent_shape)
+            noise = torch.randn(shape, generator=seeded(self.args.seed, 0)).to(self.accelerator.device)
+            velocity = self.velocity(select_conditioning(cond, torch.zeros(count, dtype=torch.long)), count,
+                                     objective.guidance_scale)
+
+            def step_noise(k):
+                return torch.randn(shape, generator=seeded(self.args.seed, 0, k))
+
+            def sample():
+                with self.policy.using(objective.sampling_policy), torch.no_grad():
+                    return self.family.decode(objective.sample(velocity, noise, step_noise).latents)
+            return memory.peak(sample)
+
+        batch, reason = fit_batch(peak_of, memory.free(), self.plan.local_images)
+        self.batch_size = int(-agreed_max(-batch, self.accelerator.device))
+        return reason if self.batch_size == batch else f"the smallest of the processes'; here {batch}, {reason}"
+
     def collect(self, prompt_index: Sequence[int], *, iteration: int, objective, timings: Dict[str, float]) -> Rollouts:
         """Sample this process's share of the iteration's images as `objective` asks, and score them.
 
@@ -94,14 +135,8 @@ class Collector:
         group_ids = image_ids // args.group_size
         local_groups = sorted(set(group_ids.tolist()))
         rows = self.dataset.select([prompt_index[g] for g in local_groups])
-        row_prompts, row_meta = list(rows["prompt"]), row_metadata(rows)
-        cond = self.encode(row_prompts)
-        if self.columns:  # each row's images, decoded and encoded once for its whole group
-            values, device = read_conditioning(rows, self.columns, args.resolution), self.accelerator.device
-            with self.family.text_encoders_on(device, enabled=args.offload_text_encoders), torch.no_grad():
-                cond[SOURCE] = self.family.encode_conditioning(values, device, prompts=row_prompts)
-            row_meta = [{**{k: v for k, v in meta.items() if k not in self.columns.values()}, **extra}  # no paths
-                        for meta, extra in zip(row_meta, reward_metadata(values))]
+        row_prompts = list(rows["prompt"])
+        cond, row_meta = self.encode_rows(rows)
         row_of_image = torch.tensor([local_groups.index(g) for g in group_ids.tolist()])
         prompts = [row_prompts[i] for i in row_of_image.tolist()]
         metadata = [row_meta[i] for i in row_of_image.tolist()]
@@ -119,14 +154,14 @@ class Collector:
         )
 
     def _sample_batches(self, cond, row_of_image, image_ids, iteration, objective, timings, *, prompts, metadata):
-        """Sample, decode and submit for scoring every batch of `sample_batch_size` images."""
+        """Sample, decode and submit for scoring every batch of `batch_size` images."""
         args, shape = self.args, self.latent_shape
         out = {"latents": [], "states": [], "log_probs": [], "thumbnails": [], "futures": []}
         bar = nested_bar(self.accelerator, self.plan.local_images, "sampling")
         with self.policy.using(objective.sampling_policy):
-            for lo in range(0, self.plan.local_images, args.sample_batch_size):
+            for lo in range(0, self.plan.local_images, self.batch_size):
                 start = time.perf_counter()
-                index = torch.arange(lo, min(lo + args.sample_batch_size, self.plan.local_images))
+                index = torch.arange(lo, min(lo + self.batch_size, self.plan.local_images))
                 ids = [int(image_ids[i]) for i in index]
                 noise = torch.stack([torch.randn(shape, generator=seeded(args.seed, SEED_STREAMS["noise"], iteration, i))
                                      for i in ids])

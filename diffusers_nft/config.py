@@ -215,7 +215,11 @@ class NFTConfig:
         default=None,
         metadata={"help": "Text tokens per prompt (T5 and the like). Default: the family's (SD3: 128, the release)."},
     )
-    sample_batch_size: int = field(default=8, metadata={"help": "Images per rollout batch per process."})
+    sample_batch_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Images per rollout batch per process. Default: on a CUDA device, the most that fit in its "
+                          "free memory, measured at start-up (memory_fit.py); elsewhere 8."},
+    )
     upcast_vae: bool = field(
         default=True, metadata={"help": "Decode in float32 under fp16/bf16 mixed precision (the release)."}
     )
@@ -355,10 +359,11 @@ class NFTConfig:
                f"iteration, more than {MAX_IMAGES_PER_ITERATION:,} (the release samples 48 x 24 = 1,152): lower them.")
         _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32) (got {self.seed}): numpy's generator takes no other.")
         self._validate_floats()
-        for name in ("max_steps", "prompts_per_iteration", "num_sampling_steps", "sample_batch_size",
-                     "train_batch_size", "logging_steps", "save_steps", "validation_steps", "eval_num_steps",
+        for name in ("max_steps", "prompts_per_iteration", "num_sampling_steps", "train_batch_size", "logging_steps", "save_steps", "validation_steps", "eval_num_steps",
                      "resolution", "num_validation_images", "optimizer_steps_per_iteration"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)}).")
+        _check(self.sample_batch_size is None or self.sample_batch_size >= 1,
+               f"sample_batch_size must be >= 1 or None (chosen from the device's memory), got {self.sample_batch_size}.")
         _check(self.max_sequence_length is None or self.max_sequence_length >= 1,
                f"max_sequence_length must be >= 1 or None (the family's default), got {self.max_sequence_length}.")
         _check(self.adv_mode in ADV_MODES, f"adv_mode must be one of {ADV_MODES} (got {self.adv_mode!r}).")

@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from .machines import agreed_max
 from .pipelines.base import select_conditioning
 from .policy import OLD, REFERENCE
 
@@ -75,7 +76,7 @@ class OldAndReference:
             reason = f"PEFT refuses a mixed adapter batch here ({refusal})"
         for name in layers:
             reason = reason or _row_fault(name, sketch.get(name), rows)
-        if _agreed_max(float(bool(reason)), x.device) > 0:
+        if agreed_max(float(bool(reason)), x.device) > 0:
             return False, reason or "another process found a LoRA layer that does not see one row per sample"
         return True, f"every LoRA layer sees one row per sample (probed on {len(sketch)} layers)"
 
@@ -142,13 +143,3 @@ def _moved_row(cond, row: int, rows: int):
             value = _moved_row(value, row, rows)
         moved[key] = value
     return moved
-
-
-def _agreed_max(value: float, device: torch.device) -> float:
-    """The largest `value` over the processes (the value itself with one process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64,
-                          device=device if torch.distributed.get_backend() == "nccl" else "cpu")
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return float(tensor.item())

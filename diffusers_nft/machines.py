@@ -83,3 +83,16 @@ def _sees(path: str, output_dir: str) -> None:
         raise ValueError(f"output_dir {output_dir!r} here is not the main process's folder (its file "
                          f"{os.path.basename(path)} is not there): checkpoints and resumes need one folder shared "
                          "by every machine")
+
+
+def agreed_max(value: float, device) -> float:
+    """The largest `value` over the processes (the value itself with one process): a decision every process
+    must take alike."""
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64,
+                          device=device if torch.distributed.get_backend() == "nccl" else "cpu")
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return float(tensor.item())

@@ -8,6 +8,7 @@ import torch
 from .conditioning import read_conditioning, reward_metadata
 from .data import row_metadata
 from .generation import generate_images, low_precision, sampling_with
+from .memory_fit import FALLBACK_BATCH_SIZE
 
 
 class RunImages:
@@ -67,7 +68,8 @@ class RunImages:
         with self.policy.weights(weights), sampling_with(self.pipeline, scheduler), precision, \
                 self.family.text_encoders_on(accelerator.device, enabled=args.offload_text_encoders):
             return generate_images(self.pipeline, prompts, seeds, call_kwargs=self.call_kwargs(num_steps, guidance_scale),
-                                   batch_size=args.sample_batch_size, conditioning=conditioning, family=self.family)
+                                   batch_size=args.sample_batch_size or FALLBACK_BATCH_SIZE, conditioning=conditioning,
+                                   family=self.family)
 
     def judged(self, dataset):
         """One image per row of `dataset` (row `i` with seed `i`) with the published weights, and its prompts and

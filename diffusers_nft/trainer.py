@@ -36,6 +36,7 @@ from .hub import CardInputs, card_hyperparameters, check_hub, hub_base_model
 from .interrupts import StopSignals, TrainingInterrupted
 from .lora_file import write_lora_file
 from .machines import check_shared_output_dir, on_every_machine
+from .memory_fit import device_memory
 from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
 from .monitors import group_diversity, image_stats
 from .objectives import build_objective, objective_class, resolve_config
@@ -181,11 +182,22 @@ class NFTTrainer:
                                    accelerator=self.accelerator, args=args, plan=self.plan, dataset=self.train_dataset,
                                    latent_shape=self.latent_shape, max_sequence_length=self.max_sequence_length,
                                    columns=self.columns)
+        self.sampling_batch = self._fit_sampling_batch()
         self.prompt_sampler = PromptSampler(len(self.train_dataset), args.seed)
         self.state = TrainerState(max_steps=args.max_steps,  # global_step and log_history live here
                                   is_local_process_zero=self.accelerator.is_local_main_process,
                                   is_world_process_zero=self.accelerator.is_main_process)
         self.control = TrainerControl()
+
+    def _fit_sampling_batch(self) -> str:
+        """The collector's images per sampling batch: `sample_batch_size`, else the most that fit in the device's
+        memory where it can be measured (CUDA); returns the start-up block's words for it."""
+        memory = device_memory(self.accelerator.device) if self.args.sample_batch_size is None else None
+        if memory is not None:
+            reason = self.collector.fit_batch_to_memory(memory, self.objective)
+        else:
+            reason = "sample_batch_size" if self.args.sample_batch_size else "the default where memory is not measured"
+        return f"{self.collector.batch_size} images per process ({reason})"
 
     # ------------------------------------------------------------------ the loop
 
@@ -357,6 +369,7 @@ class NFTTrainer:
             "training": f"{count(plan.levels_per_image, method.trained_on)} per image, "
                         f"{count(plan.optimizer_steps, 'optimizer step')} per iteration, "
                         f"{iterations * plan.optimizer_steps} in all",
+            "sampling batch": self.sampling_batch,
             "precision": precision_words(accelerator.mixed_precision, self.pipeline.transformer.dtype),
             "device": device_words(accelerator.device),
             "trainable": f"{sum(p.numel() for p in self.policy.trainable_parameters()):,} LoRA parameters (rank "

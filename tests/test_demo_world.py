@@ -1,7 +1,10 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 
+from diffusers_nft.demo.build import MAX_SEQUENCE_LENGTH
 from diffusers_nft.demo.world import (
     COLOR_NAMES,
     HELD_OUT,
@@ -72,6 +75,23 @@ def test_digit_eval_partial_credit():
         WeightedRewards("digit_eval")(images[:1], ["a"], [{}])
 
 
+def test_every_prompt_of_the_world_fits_the_bundled_pipelines_text_lengths_whole():
+    """The demo model's text is short (20 CLIP + 12 T5 tokens a sample, not 77 + 32): no prompt may lose a word."""
+    from transformers import AutoTokenizer
+
+    from diffusers_nft.demo import PIPELINE
+    from diffusers_nft.demo.build import CLIP_LENGTH
+    from diffusers_nft.demo.world import prompt_for
+
+    clip = AutoTokenizer.from_pretrained(os.path.join(PIPELINE, "tokenizer"))
+    t5 = AutoTokenizer.from_pretrained(os.path.join(PIPELINE, "tokenizer_3"))
+    prompts = [prompt_for(d, c, p) for d in range(10) for c in COLOR_NAMES for p in PHRASINGS]
+    assert clip.model_max_length == CLIP_LENGTH
+    assert max(len(clip(p).input_ids) for p in prompts) <= CLIP_LENGTH
+    assert max(len(t5(p).input_ids) for p in prompts) <= MAX_SEQUENCE_LENGTH
+    assert t5.unk_token_id not in {i for p in prompts for i in t5(p).input_ids}
+
+
 def test_bundled_pipeline_loads_offline_and_generates():
     from diffusers_nft.demo import PIPELINE, load_demo_pipeline
 
@@ -80,7 +100,7 @@ def test_bundled_pipeline_loads_offline_and_generates():
     pipe.set_progress_bar_config(disable=True)
     out = pipe(["a handwritten seven in red", "the digit 3, cyan"], height=32, width=32, num_inference_steps=20,
                guidance_scale=1.0, generator=[torch.Generator().manual_seed(s) for s in (0, 1)], output_type="pt",
-               max_sequence_length=32).images
+               max_sequence_length=MAX_SEQUENCE_LENGTH).images
     assert out.shape == (2, 3, 32, 32)
     colors = load_reward("digit_eval", device="cpu").predict(out)[1]
     assert colors == ["red", "cyan"]  # the base model already gets colours right; digits are its weak point

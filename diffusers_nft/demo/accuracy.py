@@ -8,20 +8,21 @@ import torch
 from ..evaluate import evaluate_models
 from ..generation import generate_images
 from ..pipelines import get_family
+from .build import MAX_SEQUENCE_LENGTH
 from .judge import DigitJudge
 from .reward import DigitEval
 from .world import COLOR_NAMES, prompt_for, prompt_records
 
 
 def generate(pipe, prompts: List[str], seeds: List[int], guidance_scale: float = 1.0, num_steps: int = 40,
-             max_sequence_length: int = 32, batch_size: int = 120) -> torch.Tensor:
+             max_sequence_length: int = MAX_SEQUENCE_LENGTH, batch_size: int = 120) -> torch.Tensor:
     """Images (N, 3, 32, 32) in [0, 1], one per (prompt, seed) pair, from the pipeline's own (Euler) call."""
     kwargs = get_family(pipe).call_kwargs(32, num_steps, max_sequence_length, guidance_scale)
     return generate_images(pipe, prompts, seeds, call_kwargs=kwargs, batch_size=batch_size)
 
 
 def accuracy(pipe, seeds: Sequence[int] = (0, 1), guidance_scale: float = 1.0, num_steps: int = 40,
-             max_sequence_length: int = 32, batch_size: int = 120) -> Dict[str, float]:
+             max_sequence_length: int = MAX_SEQUENCE_LENGTH, batch_size: int = 120) -> Dict[str, float]:
     """Strict accuracy (digit and colour right), digit and colour accuracy, overall and on held-out combinations,
     by the training reward (`digit_eval`: `strict`, `digit`, ...) and by the held-out judge that no recipe trains on
     (`digit_judge`: `judge_strict`, `judge_digit`, ...).
@@ -50,7 +51,7 @@ def accuracy(pipe, seeds: Sequence[int] = (0, 1), guidance_scale: float = 1.0, n
 
 
 def diversity(pipe, seeds: Sequence[int] = tuple(range(8)), guidance_scale: float = 1.0, num_steps: int = 40,
-              max_sequence_length: int = 32) -> float:
+              max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> float:
     """Mean pixel distance between images of the same prompt: how much the samples of one prompt differ.
 
     Ten prompts (each digit once, colours rotating), `len(seeds)` images each; the RMS difference over pixels of

@@ -22,7 +22,11 @@ import torch
 
 from .world import COLOR_NAMES, PHRASINGS, load_digits_split, prompt_for, render
 
-MAX_SEQUENCE_LENGTH = 32  # the demo prompts fit in 32 tokens of the tiny T5 vocabulary
+# Text tokens per sample: every prompt of the world fits in 20 CLIP tokens and 8 T5 tokens (the T5 vocabulary is
+# trained on them: whole-word pieces). Each sample carries 16 image tokens; 77 + 32 text tokens made sampling and
+# training cost 2.6x the 20 + 12 of now.
+CLIP_LENGTH = 20
+MAX_SEQUENCE_LENGTH = 12
 
 
 def training_images(seed: int, count: int):
@@ -72,8 +76,9 @@ def build_pipeline_shell(seed: int, vae, width: int, layers: int):
     from .offline_text import tiny_clip_config, tiny_text_stack
 
     torch.manual_seed(seed)
+    prompts = [prompt_for(d, c, p) for d in range(10) for c in COLOR_NAMES for p in PHRASINGS]
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer, tokenizer_3, text_encoder_3 = tiny_text_stack(folder)
+        tokenizer, tokenizer_3, text_encoder_3 = tiny_text_stack(folder, clip_length=CLIP_LENGTH, extra_text=prompts)
     transformer = SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=layers, attention_head_dim=width // 2,
         num_attention_heads=2, joint_attention_dim=text_encoder_3.config.d_model, caption_projection_dim=width,
@@ -102,8 +107,10 @@ def encode_all_prompts(pipe):
     return table, (embeds[0], pooled[0])
 
 
-def train_transformer(pipe, steps: int, seed: int, log, batch_size: int = 64, caption_dropout: float = 0.1):
-    """Flow matching on the digit images, 10% of captions dropped (for CFG)."""
+def train_transformer(pipe, steps: int, seed: int, log, batch_size: int = 64, caption_dropout: float = 0.1,
+                      snapshot=None):
+    """Flow matching on the digit images, 10% of captions dropped (for CFG); `snapshot(step)`, if given, is called
+    after every step (the step count so far), to keep earlier stops of the same run."""
     table, (empty_embeds, empty_pooled) = encode_all_prompts(pipe)
     vae, transformer = pipe.vae, pipe.transformer
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=5e-4, weight_decay=0.0)
@@ -130,6 +137,8 @@ def train_transformer(pipe, steps: int, seed: int, log, batch_size: int = 64, ca
         optimizer.step()
         if step % 200 == 0 or step == steps - 1:
             log(f"transformer step {step}: loss {loss.item():.4f}")
+        if snapshot is not None:
+            snapshot(step + 1)
     transformer.eval()
     return pipe
 
@@ -147,6 +156,8 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--skip_classifier", action="store_true")
+    parser.add_argument("--snapshot_steps", type=int, nargs="*", default=[],
+                        help="Also save the pipeline at these transformer steps, as pipeline_step<N>/ (to pick a stop).")
     parser.add_argument("--ensemble_members", type=int, default=4, help="Classifiers for digit_eval_ensemble.")
     args = parser.parse_args(argv)
     start = time.time()
@@ -165,9 +176,17 @@ def main(argv=None):
             log(f"wrote ensemble/member_{member}.safetensors")
     vae = build_vae(args.vae_steps, args.seed, log)
     pipe = build_pipeline_shell(args.seed, vae, args.width, args.layers)
-    train_transformer(pipe, args.transformer_steps, args.seed, log)
+    train_transformer(pipe, args.transformer_steps, args.seed, log, snapshot=lambda step: _snapshot(pipe, step, args, log))
     pipe.save_pretrained(os.path.join(args.output, "pipeline"))
     log(f"saved to {args.output}")
+
+
+def _snapshot(pipe, step: int, args, log) -> None:
+    if step in args.snapshot_steps:
+        pipe.transformer.eval()  # no dropout in the model, but saved as the final one is
+        pipe.save_pretrained(os.path.join(args.output, f"pipeline_step{step}"))
+        pipe.transformer.train()
+        log(f"saved pipeline_step{step}")
 
 
 if __name__ == "__main__":

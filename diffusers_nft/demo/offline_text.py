@@ -36,8 +36,12 @@ def bytes_to_unicode():
     return chars
 
 
-def train_clip_tokenizer(folder):
-    """A deterministic byte-level BPE vocabulary: every byte, plus merges that spell each corpus word."""
+def train_clip_tokenizer(folder, model_max_length: int = 77):
+    """A deterministic byte-level BPE vocabulary: every byte, plus merges that spell each corpus word.
+
+    `model_max_length` is the length every prompt is padded to: the text tokens of each sample of an SD3-style
+    model, whatever its prompt.
+    """
     import json
 
     from transformers import CLIPTokenizer
@@ -58,16 +62,18 @@ def train_clip_tokenizer(folder):
         json.dump({token: i for i, token in enumerate(vocab)}, f)
     with open(os.path.join(folder, "merges.txt"), "w") as f:
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
 
 
-def train_t5_tokenizer(folder):
+def train_t5_tokenizer(folder, extra_text=()):
+    """A unigram vocabulary of 100 pieces from `corpus()` and `extra_text` (lines): text that is in the corpus often
+    gets whole-word pieces, and so fewer tokens."""
     import sentencepiece as spm
     from transformers import T5TokenizerFast
 
     corpus_file = os.path.join(folder, "corpus.txt")
     with open(corpus_file, "w") as f:
-        f.write("\n".join(corpus() * 4))
+        f.write("\n".join(corpus() * 4 + list(extra_text)))
     spm.SentencePieceTrainer.train(
         input=corpus_file,
         model_prefix=os.path.join(folder, "spiece"),
@@ -83,15 +89,16 @@ def train_t5_tokenizer(folder):
     return T5TokenizerFast.from_pretrained(folder, extra_ids=0)
 
 
-def tiny_text_stack(folder: str, t5_dim: int = 32):
-    """Two CLIP tokenizers, a T5 tokenizer and a tiny T5 encoder."""
+def tiny_text_stack(folder: str, t5_dim: int = 32, clip_length: int = 77, extra_text=()):
+    """A CLIP tokenizer padding to `clip_length`, a T5 tokenizer (trained on `extra_text` too) and a tiny T5
+    encoder."""
     from transformers import T5Config, T5EncoderModel
 
     clip_dir, t5_dir = os.path.join(folder, "clip"), os.path.join(folder, "t5")
     os.makedirs(clip_dir)
     os.makedirs(t5_dir)
-    tokenizer = train_clip_tokenizer(clip_dir)
-    t5_tokenizer = train_t5_tokenizer(t5_dir)
+    tokenizer = train_clip_tokenizer(clip_dir, clip_length)
+    t5_tokenizer = train_t5_tokenizer(t5_dir, extra_text)
     t5 = T5EncoderModel(
         T5Config(
             vocab_size=len(t5_tokenizer), d_model=t5_dim, d_ff=64, d_kv=8, num_layers=1, num_heads=4,

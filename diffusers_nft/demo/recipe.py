@@ -6,12 +6,13 @@ and that `benchmarks/digits_claims.py` varies one at a time.
 """
 
 from ..config import NFTConfig
+from .build import MAX_SEQUENCE_LENGTH
 
 DEMO_REWARD = "digit_eval"
 
 DEMO_CONFIG = dict(
     resolution=32,
-    max_sequence_length=32,
+    max_sequence_length=MAX_SEQUENCE_LENGTH,
     prompts_per_iteration=16,
     group_size=8,
     # 8 sampler steps (the release takes 10) and a higher learning rate: the demo runs in under 5 minutes on 2 CPU
