@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_nft.demo.build import MAX_SEQUENCE_LENGTH
 from diffusers_nft.demo.world import (
+    CLIP_LENGTH,
     COLOR_NAMES,
     HELD_OUT,
+    MAX_SEQUENCE_LENGTH,
     PHRASINGS,
     load_digits_split,
     prompt_dataset,
@@ -80,7 +81,6 @@ def test_every_prompt_of_the_world_fits_the_bundled_pipelines_text_lengths_whole
     from transformers import AutoTokenizer
 
     from diffusers_nft.demo import PIPELINE
-    from diffusers_nft.demo.build import CLIP_LENGTH
     from diffusers_nft.demo.world import prompt_for
 
     clip = AutoTokenizer.from_pretrained(os.path.join(PIPELINE, "tokenizer"))

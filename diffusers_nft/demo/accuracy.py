@@ -8,10 +8,9 @@ import torch
 from ..evaluate import evaluate_models
 from ..generation import generate_images
 from ..pipelines import get_family
-from .build import MAX_SEQUENCE_LENGTH
 from .judge import DigitJudge
 from .reward import DigitEval
-from .world import COLOR_NAMES, prompt_for, prompt_records
+from .world import COLOR_NAMES, MAX_SEQUENCE_LENGTH, prompt_for, prompt_records
 
 
 def generate(pipe, prompts: List[str], seeds: List[int], guidance_scale: float = 1.0, num_steps: int = 40,
