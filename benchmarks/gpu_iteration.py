@@ -136,7 +136,8 @@ def time_iterations(pipe, cli, cuda: bool, resolution: int):
     with tempfile.TemporaryDirectory() as output_dir:
         config = NFTConfig(
             output_dir=output_dir, report_to="none", resolution=resolution, max_sequence_length=16 if cli.tiny else 256,
-            prompts_per_iteration=cli.prompts, group_size=cli.group_size, sample_batch_size=None if cli.sampling_batch_from_memory else cli.micro_batch,
+            prompts_per_iteration=cli.prompts, group_size=cli.group_size,
+            sample_batch_size=None if cli.sampling_batch_from_memory else cli.micro_batch,
             train_batch_size=cli.micro_batch, num_sampling_steps=10, sampler="dpm_solver", kl_beta=cli.kl_beta,
             mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cli.gradient_checkpointing,
             torch_compile=cli.compile, max_steps=1000, batch_frozen_forwards=not cli.before_pair,
