@@ -51,8 +51,8 @@ TF32 = "tests/test_config.py::test_tf32_is_on_by_default_and_the_flag_turns_it_o
 SURVIVORS = [
     Mutant("nft-fresh-noise-in-loss", "objectives/nft.py", "x0=x0, noise=noise, r=r,\n",
            "x0=x0, noise=torch.randn_like(noise), r=r,\n", (ROLLOUTS,), "the loss sees noise other than x_t's"),
-    Mutant("collect-samples-from-theta", "collect.py", "self.policy.using(objective.sampling_policy)",
-           'self.policy.using("default")', (ROLLOUTS,), "rollouts from theta, not the old policy"),
+    Mutant("collect-samples-from-theta", "collect.py", "self.policy.using(objective.sampling_policy):\n            for lo",
+           'self.policy.using("default"):\n            for lo', (ROLLOUTS,), "rollouts from theta, not the old policy"),
     Mutant("nft-reference-is-old", "frozen_pair.py", "with self.policy.using(REFERENCE):",
            "with self.policy.using(OLD):", (ROLLOUTS,), "the KL reference is the old policy"),
     Mutant("nft-x-t-swapped-in-micro-batches", "objectives/nft.py", "x_t=(1 - s) * x0 + s * noise",
