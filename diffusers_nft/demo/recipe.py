@@ -15,7 +15,7 @@ DEMO_CONFIG = dict(
     max_sequence_length=MAX_SEQUENCE_LENGTH,
     prompts_per_iteration=16,
     group_size=8,
-    # 8 sampler steps (the release takes 10), a higher learning rate and 32 iterations: the demo runs in under 3
+    # 8 sampler steps (the release takes 10), a higher learning rate and 28 iterations: the demo runs in under 3
     # minutes on 2 CPU cores (benchmarks/demo_time.py; docs/results.md has the numbers).
     num_sampling_steps=8,
     sample_batch_size=128,
@@ -29,9 +29,9 @@ DEMO_CONFIG = dict(
     # benchmarks/digits_claims.py; the README has the numbers).
     nft_beta=0.1,
     kl_beta=0.0,
-    max_steps=32,
-    save_steps=16,
-    validation_steps=16,
+    max_steps=28,
+    save_steps=14,
+    validation_steps=14,
     validation_prompts=["a handwritten seven in red", "a handwritten two in magenta", "a handwritten four in green"],
     num_validation_images=4,
 )
