@@ -359,8 +359,9 @@ class NFTConfig:
                f"iteration, more than {MAX_IMAGES_PER_ITERATION:,} (the release samples 48 x 24 = 1,152): lower them.")
         _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32) (got {self.seed}): numpy's generator takes no other.")
         self._validate_floats()
-        for name in ("max_steps", "prompts_per_iteration", "num_sampling_steps", "train_batch_size", "logging_steps", "save_steps", "validation_steps", "eval_num_steps",
-                     "resolution", "num_validation_images", "optimizer_steps_per_iteration"):
+        for name in ("max_steps", "prompts_per_iteration", "num_sampling_steps", "train_batch_size", "logging_steps",
+                     "save_steps", "validation_steps", "eval_num_steps", "resolution", "num_validation_images",
+                     "optimizer_steps_per_iteration"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)}).")
         _check(self.sample_batch_size is None or self.sample_batch_size >= 1,
                f"sample_batch_size must be >= 1 or None (chosen from the device's memory), got {self.sample_batch_size}.")

@@ -81,11 +81,11 @@ def test_every_prompt_of_the_world_fits_the_bundled_pipelines_text_lengths_whole
     from transformers import AutoTokenizer
 
     from diffusers_nft.demo import PIPELINE
-    from diffusers_nft.demo.world import prompt_for
+    from diffusers_nft.demo.world import all_prompts
 
     clip = AutoTokenizer.from_pretrained(os.path.join(PIPELINE, "tokenizer"))
     t5 = AutoTokenizer.from_pretrained(os.path.join(PIPELINE, "tokenizer_3"))
-    prompts = [prompt_for(d, c, p) for d in range(10) for c in COLOR_NAMES for p in PHRASINGS]
+    prompts = all_prompts()
     assert clip.model_max_length == CLIP_LENGTH
     assert max(len(clip(p).input_ids) for p in prompts) <= CLIP_LENGTH
     assert max(len(t5(p).input_ids) for p in prompts) <= MAX_SEQUENCE_LENGTH

@@ -163,10 +163,8 @@ def test_the_batcher_keeps_sizes_apart_and_a_failure_to_its_own_request():
         BatchingScorer(brightness, max_batch=0)
 
 
-def test_a_batching_server_shares_its_model_between_concurrent_clients(servers):
-    log = []
-    url = servers(counted(brightness, log), max_batch=16)
-    requests = [_batch(4) for _ in range(6)]
+def _send_concurrently(url: str, requests) -> list:
+    """Each request sent to `url` from a thread of its own, all at once; their answers, in order."""
     answers = [None] * len(requests)
     threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, RemoteReward(url)(*requests[i])))
                for i in range(len(requests))]
@@ -174,6 +172,14 @@ def test_a_batching_server_shares_its_model_between_concurrent_clients(servers):
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    return answers
+
+
+def test_a_batching_server_shares_its_model_between_concurrent_clients(servers):
+    log = []
+    url = servers(counted(brightness, log), max_batch=16)
+    requests = [_batch(4) for _ in range(6)]
+    answers = _send_concurrently(url, requests)
     for request, answer in zip(requests, answers):
         assert answer["scores"] == pytest.approx(brightness(*request)["scores"], abs=1e-6)
         assert answer["double"] == pytest.approx(brightness(*request)["double"], abs=1e-6)
@@ -198,12 +204,6 @@ def test_a_server_without_batching_still_calls_its_model_from_one_thread_at_a_ti
 
     url = servers(one_at_a_time, max_batch=1)
     requests = [_batch(2) for _ in range(8)]
-    answers = [None] * len(requests)
-    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, RemoteReward(url)(*requests[i])))
-               for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    answers = _send_concurrently(url, requests)
     assert all(answer["scores"] == pytest.approx(brightness(*r)["scores"], abs=1e-6) for r, answer in zip(requests, answers))
     assert most[0] == 1

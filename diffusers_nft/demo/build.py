@@ -23,7 +23,8 @@ import time
 
 import torch
 
-from .world import CLIP_LENGTH, COLOR_NAMES, MAX_SEQUENCE_LENGTH, PHRASINGS, load_digits_split, prompt_for, render
+from .world import (CLIP_LENGTH, COLOR_NAMES, MAX_SEQUENCE_LENGTH, PHRASINGS, all_prompts, load_digits_split,
+                    prompt_for, render)
 
 
 
@@ -74,9 +75,9 @@ def build_pipeline_shell(seed: int, vae, width: int, layers: int):
     from .offline_text import tiny_clip_config, tiny_text_stack
 
     torch.manual_seed(seed)
-    prompts = [prompt_for(d, c, p) for d in range(10) for c in COLOR_NAMES for p in PHRASINGS]
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer, tokenizer_3, text_encoder_3 = tiny_text_stack(folder, clip_length=CLIP_LENGTH, extra_text=prompts)
+        tokenizer, tokenizer_3, text_encoder_3 = tiny_text_stack(folder, clip_length=CLIP_LENGTH,
+                                                                 extra_text=all_prompts())
     transformer = SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=layers, attention_head_dim=width // 2,
         num_attention_heads=2, joint_attention_dim=text_encoder_3.config.d_model, caption_projection_dim=width,
@@ -174,16 +175,15 @@ def main(argv=None):
             log(f"wrote ensemble/member_{member}.safetensors")
     vae = build_vae(args.vae_steps, args.seed, log)
     pipe = build_pipeline_shell(args.seed, vae, args.width, args.layers)
-    train_transformer(pipe, args.transformer_steps, args.seed, log, snapshot=lambda step: _snapshot(pipe, step, args, log))
+    train_transformer(pipe, args.transformer_steps, args.seed, log,
+                      snapshot=lambda step: _snapshot(pipe, step, args, log))
     pipe.save_pretrained(os.path.join(args.output, "pipeline"))
     log(f"saved to {args.output}")
 
 
 def _snapshot(pipe, step: int, args, log) -> None:
     if step in args.snapshot_steps:
-        pipe.transformer.eval()  # no dropout in the model, but saved as the final one is
         pipe.save_pretrained(os.path.join(args.output, f"pipeline_step{step}"))
-        pipe.transformer.train()
         log(f"saved pipeline_step{step}")
 
 

@@ -47,6 +47,11 @@ def all_combinations() -> List[Tuple[int, str]]:
     return [(digit, color) for digit in range(10) for color in COLOR_NAMES]
 
 
+def all_prompts() -> List[str]:
+    """Every prompt of the world: each (digit, colour) in each phrasing."""
+    return [prompt_for(digit, color, phrasing) for digit, color in all_combinations() for phrasing in PHRASINGS]
+
+
 def prompt_records(split: str) -> List[dict]:
     """Prompt rows with their metadata (`digit`, `color`, `held_out`).
 
