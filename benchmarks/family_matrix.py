@@ -14,7 +14,7 @@ the text-to-image classes that also take reference images, FLUX.2's): each built
 them), and the round trip renders with those sources.
 
     python benchmarks/family_matrix.py                       # prints the tables
-    python benchmarks/family_matrix.py --out benchmarks/results/family_matrix.md
+    python benchmarks/family_matrix.py --out benchmarks/results/family_matrix.md --readme README.md
 """
 
 import argparse
@@ -29,9 +29,11 @@ from contextlib import contextmanager
 import torch
 
 from diffusers_nft import NFTConfig, NFTTrainer
+from diffusers_nft.lora_file import has_lora_loader, load_lora_file
 from diffusers_nft.pipelines import FAMILIES, TracedFamily, get_family
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # the tiny pipelines
+import tiny_matrix_pipelines  # noqa: E402
 import tiny_pipelines  # noqa: E402
 
 PROMPTS = ["a red cat", "a blue dog", "a green tree", "a yellow house"]
@@ -51,10 +53,25 @@ BUILDS = {
     "wan": ("build_tiny_wan_pipeline", {"num_frames": 5}),
     "aura_flow": ("build_tiny_auraflow_pipeline", {}),
     "chroma": ("build_tiny_chroma_pipeline", {}),
+    "bria": ("build_tiny_bria_pipeline", {}),
+    "ltx": ("build_tiny_ltx_pipeline", {"num_frames": 9}),
+    "mochi": ("build_tiny_mochi_pipeline", {"num_frames": 7}),
+    "cogview4": ("build_tiny_cogview4_pipeline", {}),
+    "hunyuan_video": ("build_tiny_hunyuan_video_pipeline", {"num_frames": 5}),
+    "hidream_image": ("build_tiny_hidream_pipeline", {"max_sequence_length": 128}),
+    "lumina": ("build_tiny_lumina_pipeline", {}),
+    "cosmos": ("build_tiny_cosmos2_pipeline", {}),
+    "kandinsky5": ("build_tiny_kandinsky5_pipeline", {}),
+    "ovis_image": ("build_tiny_ovis_pipeline", {}),
+    "hunyuan_image": ("build_tiny_hunyuan_image_pipeline", {}),
+    "hunyuan_video1_5": ("build_tiny_hunyuan_video15_pipeline", {"num_frames": 5}),
 }
 # Classes whose package's build is another class's (FLUX.2 [dev] beside the Klein build).
 CLASS_BUILDS = {
     "Flux2Pipeline": ("build_tiny_flux2_pipeline", {}),
+    "Cosmos2VideoToWorldPipeline": ("build_tiny_cosmos2_video_pipeline", {"num_frames": 5}),
+    "Kandinsky5T2VPipeline": ("build_tiny_kandinsky5_video_pipeline", {"num_frames": 5}),
+    "SanaPAGPipeline": ("build_tiny_sana_pag_pipeline", {}),
 }
 # The image-conditioned classes with a tiny offline build of their own.
 CONDITIONED_BUILDS = {
@@ -117,12 +134,13 @@ def package(cls) -> str:
 def build(cls):
     """A tiny instance of `cls` from its package's tiny components, with its call options, or a reason."""
     entry = CONDITIONED_BUILDS.get(cls.__name__) or CLASS_BUILDS.get(cls.__name__) or BUILDS.get(package(cls))
-    if package(cls) == "pag" and not cls.__name__.startswith("StableDiffusion3"):
+    if package(cls) == "pag" and not cls.__name__.startswith("StableDiffusion3") and entry is BUILDS.get("pag"):
         entry = None  # diffusers.pipelines.pag holds PAG variants of many families; the SD3 build serves SD3's
     if entry is None:
         return None, None, f"no offline tiny build for diffusers.pipelines.{package(cls)}"
     builder, options = entry
-    built = getattr(tiny_pipelines, builder)()
+    built = getattr(tiny_pipelines, builder, None) or getattr(tiny_matrix_pipelines, builder)
+    built = built()
     components = built.components
     init = inspect.signature(cls.__init__).parameters
     missing = [k for k, p in init.items() if k != "self" and p.default is inspect.Parameter.empty
@@ -135,7 +153,8 @@ def build(cls):
              and inspect.isclass(init[k].annotation) and not isinstance(components[k], init[k].annotation)]
     if wrong:
         return None, None, f"the {builder} build does not fit: {'; '.join(wrong)}"
-    pipe = cls(**{k: v for k, v in components.items() if k in init})
+    # the build itself where it is of the class (it may set the class's sizes small: HiDream's area, Kandinsky's bins)
+    pipe = built if type(built) is cls else cls(**{k: v for k, v in components.items() if k in init})
     pipe.set_progress_bar_config(disable=True)
     return pipe, options, ""
 
@@ -247,13 +266,15 @@ def _run_one(cls, folder: str, conditioned: bool) -> dict:
             fresh_adapter.use_example_conditioning(values[0])
         fresh_adapter.latent_shape(64)
         base = render(fresh_adapter, noise, options, values)
-        fresh.load_lora_weights(folder, weight_name="pytorch_lora_weights.safetensors")
+        load_lora_file(fresh, folder, "pytorch_lora_weights.safetensors")
         loaded = render(fresh_adapter, noise, options, values)
         moved, error = (trained - base).abs().max().item(), (loaded - trained).abs().max().item()
         if moved <= 1e-5 or error > 1e-4:
             row["reason"] = f"the loaded LoRA moved the latents by {moved:.2g}, {error:.2g} from the trained policy"
         else:
-            row["result"], row["reason"] = "pass", f"LoRA round trip within {error:.1g}"
+            row["result"], row["reason"] = "pass", f"LoRA round trip within {error:.1g}" + (
+                "" if has_lora_loader(cls) else ", loaded by `transformer.load_lora_adapter` (the class has no "
+                "`load_lora_weights`)")
     except Exception as exc:  # the table reports every failure with its reason
         row["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         if os.environ.get("FAMILY_MATRIX_DEBUG"):
@@ -273,14 +294,54 @@ def table(rows, kind: str = "text-to-image / text-to-video") -> str:
     return "\n".join(lines) + "\n"
 
 
+README_START, README_END = "<!-- family-matrix:start -->", "<!-- family-matrix:end -->"
+
+
+def parse_table(text: str) -> list:
+    """The rows of one table that `table` wrote: (pipeline, family, result, reason) as dicts."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 4:
+            rows.append({"pipeline": cells[0].strip("`"), "family": cells[1], "result": cells[2], "reason": cells[3]})
+    return rows
+
+
+def parse_results(path: str) -> tuple:
+    """The two tables of a results file: (text-to-image/video rows, image-conditioned rows)."""
+    with open(path) as f:
+        first, _, second = f.read().partition("image-conditioned flow-matching")
+    return parse_table(first), parse_table(second)
+
+
+def readme_block(plain: list, conditioned: list) -> str:
+    """The README's supported-pipelines table, from the matrix's rows: counts, and the passing classes by family."""
+    lines = [README_START, "| classes | train offline | family files | traced family |", "| --- | ---: | --- | --- |"]
+    for kind, rows in (("text-to-image / text-to-video", plain), ("image-conditioned", conditioned)):
+        passed = [r for r in rows if r["result"] == "pass"]
+        files = sorted({r["family"] for r in passed if r["family"] != "traced"})
+        traced = sorted(r["pipeline"].removesuffix("Pipeline") for r in passed if r["family"] == "traced")
+        lines.append(f"| {kind} | **{len(passed)} of {len(rows)}** | {', '.join(files)} | {', '.join(traced)} |")
+    return "\n".join(lines + [README_END])
+
+
+def update_readme(path: str, block: str) -> None:
+    with open(path) as f:
+        text = f.read()
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    with open(path, "w") as f:
+        f.write(text[:start] + block + text[end:])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="Also write the table to this markdown file.")
     parser.add_argument("--only", nargs="*", default=None, help="Only these pipeline class names.")
+    parser.add_argument("--readme", default=None, help="Also rewrite this README's supported-pipelines table.")
     args = parser.parse_args()
     import diffusers
 
-    tables = []
+    tables, all_rows = [], []
     for conditioned, kind in ((False, "text-to-image / text-to-video"), (True, "image-conditioned")):
         rows = []
         for name, cls in candidates(conditioned):
@@ -290,6 +351,7 @@ def main():
                 rows.append(run_one(cls, folder, conditioned))
             print(f"{name}: {rows[-1]['result']} ({rows[-1]['reason']})", flush=True)
         tables.append(table(rows, kind) if rows else "")
+        all_rows.append(rows)
     text = f"diffusers {diffusers.__version__}, torch {torch.__version__}, CPU.\n\n" + "\n".join(tables)
     print(text)
     if args.out:
@@ -297,6 +359,9 @@ def main():
         with open(args.out, "w") as f:
             f.write(text)
         print(f"wrote {args.out}")
+    if args.readme:
+        update_readme(args.readme, readme_block(*all_rows))
+        print(f"wrote the supported-pipelines table of {args.readme}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import generate_images, image_seeds
-from .lora_file import LORA_WEIGHT_NAME
+from .lora_file import LORA_WEIGHT_NAME, has_lora_loader, load_lora_file
 from .rewards import load_reward
 from .visualize import save_grid
 
@@ -201,16 +201,17 @@ def lora_models(pipe, specs: Sequence[str]) -> Dict[str, Callable[[], ContextMan
             files = {name: kwargs for name, (_, kwargs) in layout.items() if os.path.isfile(os.path.join(path, name))}
             files = files or {LORA_WEIGHT_NAME: {}}  # the loader then says what is missing
         for weight, kwargs in files.items():
-            pipe.load_lora_weights(path, weight_name=weight, adapter_name=label, **kwargs)
+            load_lora_file(pipe, path, weight_name=weight, adapter_name=label, **kwargs)
         labels.append(label)
 
     @contextmanager
     def active(label: Optional[str]):
+        owner = pipe if has_lora_loader(type(pipe)) else pipe.transformer  # the adapters live on the transformer
         if label is None:
-            pipe.disable_lora()
+            owner.disable_lora()
         else:
-            pipe.enable_lora()
-            pipe.set_adapters([label])
+            owner.enable_lora()
+            owner.set_adapters([label])
         yield
 
     models: Dict[str, Callable[[], ContextManager]] = {"base": (lambda: active(None)) if labels else nullcontext}

@@ -70,6 +70,15 @@ def base_model_license(base_model: Optional[str]) -> Optional[str]:
         return None
 
 
+def _has_lora_loader(pipeline_class: str) -> bool:
+    import diffusers
+
+    from .lora_file import has_lora_loader
+
+    cls = getattr(diffusers, pipeline_class, None)
+    return cls is None or has_lora_loader(cls)
+
+
 def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, prompt: str, call_kwargs: dict,
                  lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None, seed: int = 0,
                  conditioning_files: Optional[Dict[str, object]] = None,
@@ -84,8 +93,11 @@ def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, p
         f"pipe = {pipeline_class}.from_pretrained({_literal(base)}, dtype=dtype).to(device)\n")
     arguments = "".join(f"    {key}={_load_images(value, repo_id)},\n" for key, value in (conditioning_files or {}).items())
     arguments += "".join(f"    {key}={_literal(value)},\n" for key, value in call_kwargs.items())
+    # a class without diffusers' LoRA loader loads the same file through its transformer
+    loader = "load_lora_weights(" if _has_lora_loader(pipeline_class) else "transformer.load_lora_adapter("
+    extra = "" if loader == "load_lora_weights(" else ', prefix="transformer"'
     loads = "".join(
-        f"pipe.load_lora_weights({_literal(repo_id)}, weight_name={_literal(name)}"
+        f"pipe.{loader}{_literal(repo_id)}, weight_name={_literal(name)}{extra}"
         + "".join(f", {k}={_literal(v)}" for k, v in load_kwargs.items()) + ")\n"
         for name, (_, load_kwargs) in (lora_layout or SINGLE_LORA_LAYOUT).items()
     )

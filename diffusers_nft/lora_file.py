@@ -57,7 +57,49 @@ def write_lora_file(pipeline_class, folder: str, weights: Dict[str, torch.Tensor
     for name, (prefix, _) in (layout or SINGLE_LORA_LAYOUT).items():
         part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         folded, metadata = portable_lora(part, config)
-        pipeline_class.save_lora_weights(folder, transformer_lora_layers=folded,
-                                         transformer_lora_adapter_metadata=metadata, weight_name=name)
+        if has_lora_loader(pipeline_class):
+            pipeline_class.save_lora_weights(folder, transformer_lora_layers=folded,
+                                             transformer_lora_adapter_metadata=metadata, weight_name=name)
+        else:
+            _write_transformer_lora(folder, name, folded, metadata)
         paths.append(f"{folder}/{name}")
     return paths
+
+
+def has_lora_loader(pipeline_class) -> bool:
+    """Whether the pipeline class has diffusers' LoRA loader (`load_lora_weights` / `save_lora_weights`). Classes
+    without one (BRIA 3.2, Ovis-Image, Sana PAG, ...) still load the same file through their transformer's
+    `load_lora_adapter`."""
+    return hasattr(pipeline_class, "save_lora_weights") and hasattr(pipeline_class, "load_lora_weights")
+
+
+def _write_transformer_lora(folder: str, name: str, weights: Dict[str, torch.Tensor], metadata: dict) -> None:
+    """The file `save_lora_weights` would write (tensors and metadata under `transformer.`), for a class without it."""
+    from diffusers.loaders.lora_base import LoraBaseMixin
+
+    LoraBaseMixin.write_lora_layers(
+        state_dict=LoraBaseMixin.pack_weights(weights, "transformer"), save_directory=folder, is_main_process=True,
+        weight_name=name, save_function=None, safe_serialization=True,
+        lora_adapter_metadata={f"transformer.{k}": v for k, v in metadata.items()},
+    )
+
+
+def load_lora_file(pipe, folder: str, weight_name: str, adapter_name: Optional[str] = None, **kwargs) -> None:
+    """Load a LoRA file this package wrote into `pipe`: `pipe.load_lora_weights`, or, for a class without diffusers'
+    LoRA loader, `pipe.transformer.load_lora_adapter` of the same file."""
+    if has_lora_loader(type(pipe)):
+        pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=adapter_name, **kwargs)
+    else:
+        pipe.transformer.load_lora_adapter(folder, weight_name=weight_name, adapter_name=adapter_name,
+                                           prefix="transformer", **kwargs)
+
+
+def check_lora_support(pipeline) -> None:
+    """Raise before any compute if the pipeline's transformer cannot take a LoRA (no PEFT support in diffusers)."""
+    transformer = getattr(pipeline, "transformer", None)
+    if transformer is not None and not hasattr(transformer, "add_adapter"):
+        raise ValueError(
+            f"{type(transformer).__name__} (of {type(pipeline).__name__}) has no PEFT support in diffusers (no "
+            "`add_adapter`/`load_lora_adapter`), so no LoRA can be trained on it or loaded into it. Use a pipeline "
+            "whose transformer subclasses diffusers' PeftAdapterMixin."
+        )

@@ -29,12 +29,14 @@ with CFG off, no latent or timestep argument, a timestep that is not affine in s
 
 import inspect
 import logging
+import re
 from contextlib import ExitStack as contextlib_exit_stack
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from .base import SOURCE, UNCONDITIONAL, Conditioning, PipelineFamily, Shared, unshared
 
@@ -85,7 +87,7 @@ def _bind(signature: inspect.Signature, args, kwargs) -> Dict[str, Any]:
 
 @contextmanager
 def _patched(obj, name: str, value) -> Iterator[None]:
-    """Set an instance attribute for the block (a method replaced on one object), then remove it again."""
+    """Set an attribute of an object (or a class) for the block, then restore it (or remove it again)."""
     had = name in vars(obj)
     old = vars(obj).get(name)
     setattr(obj, name, value)
@@ -96,6 +98,20 @@ def _patched(obj, name: str, value) -> Iterator[None]:
             setattr(obj, name, old)
         else:
             delattr(obj, name)
+
+
+@contextmanager
+def _stepping(scheduler, step) -> Iterator[None]:
+    """Replace `step` for this scheduler object only, on its class: a pipeline that deep-copies its scheduler (LTX-2
+    steps a copy for its audio) would copy a patch set on the instance, and the copy's steps would be recorded."""
+    cls = type(scheduler)
+    original = cls.step
+
+    def dispatch(self, *args, **kwargs):
+        return step(*args, **kwargs) if self is scheduler else original(self, *args, **kwargs)
+
+    with _patched(cls, "step", dispatch):
+        yield
 
 
 def _as_batch(value, like: torch.Tensor) -> Optional[torch.Tensor]:
@@ -172,10 +188,25 @@ class TracedFamily(PipelineFamily):
         self._encoder_outputs: Dict[int, list] = {}
         self._max_sequence_length = self.default_max_sequence_length
         self._decodes_batches = True
+        self._switch_off_guiders()
+
+    def _switch_off_guiders(self) -> None:
+        """Guider components (HunyuanImage 2.1's, HunyuanVideo 1.5's) guide whatever the call says: NFT samples
+        without CFG, so they are disabled on this pipeline, and the log says how to enable them again."""
+        from diffusers.guiders.guider_utils import BaseGuidance
+
+        for name, component in self.pipeline.components.items():
+            if isinstance(component, BaseGuidance) and component._enabled:
+                component.disable()
+                logger.warning("%s's %s (%s) is disabled: NFT samples and trains without CFG. Enable it again for "
+                               "guided generation: pipe.%s.enable().", type(self.pipeline).__name__, name,
+                               type(component).__name__, name)
 
     @property
     def default_lora_targets(self) -> Tuple[str, ...]:
-        return ATTENTION_TARGETS
+        """diffusers' usual attention projections where the model has them; else the linear layers of the modules
+        it names attention (Kandinsky 5's `to_query`, `to_key`, `to_value`, `out_layer`)."""
+        return attention_targets(self.pipeline.transformer)
 
     @property
     def default_max_sequence_length(self) -> int:
@@ -250,8 +281,7 @@ class TracedFamily(PipelineFamily):
         """Call arguments that switch CFG off, tried in turn: most pipelines guide when `guidance_scale > 1`,
         Z-Image when it is > 0, Qwen-Image through `true_cfg_scale`; distilled models take their embedded value."""
         off = {"true_cfg_scale": 1.0} if "true_cfg_scale" in self._parameters else {}
-        if "pag_scale" in self._parameters:  # perturbed-attention guidance doubles the batch too
-            off["pag_scale"] = 0.0
+        off.update(_extra_guidance_off(self._parameters))
         if "guidance_scale" not in self._parameters:
             return [off]
         if self.transformer.config.get("guidance_embeds", False):
@@ -305,8 +335,10 @@ class TracedFamily(PipelineFamily):
                    self.transformer.register_forward_hook(post, with_kwargs=True)]
         handles += [self._record_encoder(i, e) for i, e in enumerate(self.text_encoders)]
         try:
-            with _patched(scheduler, "step", step), torch.no_grad():
+            with _stepping(scheduler, step), torch.no_grad():
                 self._call([TRACE_PROMPT], resolution, TRACE_STEPS)
+            for index, stepped in enumerate(steps):  # the noise level of each step's sample
+                stepped["sigma"] = float(scheduler.sigmas[index])
         except Exception as error:  # the pipeline's own refusal, explained
             given = f"with {sorted(self._example)}" if self._example else "without images"
             hint = "; name the dataset's image columns (--image_column ...) to trace it with a row's images" \
@@ -398,7 +430,10 @@ class TracedFamily(PipelineFamily):
         if abs(scale * ts[2] + offset - values[2]) > 1e-4 * max(1.0, abs(values[2])):
             raise TraceError(f"{name}: the transformer's timestep {values} is not affine in the scheduler's {ts}.")
         train_timesteps = self.pipeline.scheduler.config.get("num_train_timesteps", 1000)
-        return key, _snap(scale * train_timesteps), _snap(offset)
+        scale, offset = _snap(scale * train_timesteps), _snap(offset)
+        _check_timestep_of_sigma(name, key, values, [s["sigma"] for s in steps], scale, offset,
+                                 integer=all(v == round(v) for v in values))  # UniPC's rounded timesteps
+        return key, scale, offset
 
     # --- what the trainer calls -----------------------------------------------------------------------------------
 
@@ -549,15 +584,17 @@ class TracedFamily(PipelineFamily):
         resolution = self._resolution_of(latents.shape[1:])
 
         def transformer(*args, **kwargs):
-            value = _bind(self._signature, args, kwargs)[trace.latent_name]
+            bound = _bind(self._signature, args, kwargs)
+            value = bound[trace.latent_name]
             zeros = [torch.zeros_like(v) for v in value] if isinstance(value, (list, tuple)) else torch.zeros_like(value)
-            return (zeros,)
+            # the form the pipeline asked for: a tuple with return_dict=False, else an output with `.sample`
+            return (zeros,) if not bound.get("return_dict", True) else Transformer2DModelOutput(sample=zeros)
 
         def step(model_output, timestep, sample, *args, **kwargs):
             return (latents.to(sample.dtype),)
 
         with self._replaying_encoders(), _patched(self.transformer, "forward", transformer), \
-                _patched(self.pipeline.scheduler, "step", step), torch.no_grad():
+                _stepping(self.pipeline.scheduler, step), torch.no_grad():
             images = self._call([TRACE_PROMPT], resolution, PROBE_STEPS, output_type="pt",
                                 **{self._batch_argument(): len(latents)})[0]
         return images.float().clamp(0, 1)
@@ -572,6 +609,42 @@ class TracedFamily(PipelineFamily):
                 outputs = iter(self._encoder_outputs.get(index, []))
                 stack.enter_context(_patched(encoder, "forward", lambda *a, _o=outputs, **k: next(_o)))
             yield
+
+
+# Guidance besides the main scale, switched off for CFG-free sampling: perturbation guidance (PAG, spatio-temporal
+# guidance) at 0, further CFG-like scales (a second modality's, an image's) at 1. Distilled guidance is an embedding.
+_PERTURBATION = re.compile(r"(^|_)(pag|stg)_scale$")
+_EXTRA_CFG = re.compile(r"(^|_)(guidance|modality)_scale$")
+_NOT_CFG = ("guidance_scale", "distilled_guidance_scale", "skip_layer_guidance_scale")
+
+
+def _extra_guidance_off(parameters) -> dict:
+    """The call arguments that switch off every guidance besides `guidance_scale`, read from the call's signature."""
+    off = {}
+    for name, parameter in parameters.items():
+        default = parameter.default
+        if name in _NOT_CFG or isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        if _PERTURBATION.search(name) and default != 0:
+            off[name] = 0.0
+        elif _EXTRA_CFG.search(name) and default > 1:
+            off[name] = 1.0
+    return off
+
+
+def attention_targets(model: torch.nn.Module) -> Tuple[str, ...]:
+    """The LoRA targets of `model`: those of `ATTENTION_TARGETS` that name a linear layer of it, else the names of
+    the linear layers inside its attention modules (classes named `*Attention*`), relative to those modules."""
+    linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    known = tuple(t for t in ATTENTION_TARGETS if any(n == t or n.endswith("." + t) for n in linear))
+    if known:
+        return known
+    found = []
+    for name, module in model.named_modules():
+        if "Attention" in type(module).__name__:
+            found += [child for child, sub in module.named_modules() if child and isinstance(sub, torch.nn.Linear)
+                      and child not in found]
+    return tuple(found) or ATTENTION_TARGETS
 
 
 def _stack_rows(rows: List[Conditioning], name: str) -> Conditioning:
@@ -619,6 +692,25 @@ def _find_latents(inputs: Dict[str, Any], sample: torch.Tensor) -> Tuple[Optiona
             if longer and others and _close(value.narrow(dim, 0, sample.shape[dim]), sample):
                 return key, dim
     return None, None
+
+
+def _check_timestep_of_sigma(name: str, key: str, values: List[float], sigmas: List[float], scale: float,
+                             offset: float, integer: bool) -> None:
+    """Training computes the transformer's timestep from the sample's noise level, `scale * sigma + offset`: it must
+    be what the pipeline passed at every traced step. A pipeline that passes its own timesteps beside shifted
+    sigmas (CogView4) conditions the transformer on another noise level than the sample's; trained on the map, it
+    would learn at the wrong level, so it is refused. Whole-number timesteps (UniPC rounds them; Wan then passes
+    them as floats) are within one step of the map."""
+    trained = [scale * sigma + offset for sigma in sigmas]
+    slack = 1.0 + 1e-3 if integer else 1e-3 * max(1.0, abs(scale))
+    if any(abs(a - b) > slack for a, b in zip(trained, values)):
+        raise TraceError(
+            f"{name} passes the transformer the timesteps {[round(v, 4) for v in values]} at the noise levels "
+            f"{[round(s, 4) for s in sigmas]}, where `{key} = {scale:g} * sigma + {offset:g}` (the map its steps fit) "
+            f"gives {[round(t, 4) for t in trained]}: its timesteps are not its samples' noise levels (timesteps "
+            "given beside shifted sigmas), so training at a sample's noise level would condition the transformer "
+            "on another. The traced family cannot serve it; a family file would map sigma to the pipeline's own "
+            "timestep.")
 
 
 def _check_appended_constant(name: str, values: List[torch.Tensor], steps: list, dim: int) -> None:

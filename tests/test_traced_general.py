@@ -1,0 +1,130 @@
+"""What the traced family used to get wrong on classes beyond the family files, each fixed in general: a timestep
+that is not the sample's noise level, LoRA targets under other names, a LoRA the class cannot save or load, guidance
+besides `guidance_scale`, a scheduler the pipeline copies, and decoding through `.sample`."""
+
+import copy
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from diffusers_nft import NFTTrainer
+from diffusers_nft.hub import call_snippet
+from diffusers_nft.lora_file import has_lora_loader, load_lora_file, write_lora_file
+from diffusers_nft.pipelines import TraceError, TracedFamily
+from diffusers_nft.pipelines.traced import _extra_guidance_off, _stepping, attention_targets
+
+import tiny_matrix_pipelines
+import tiny_pipelines
+from conftest import PROMPTS, tiny_config
+
+
+def _quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_timesteps_given_beside_shifted_sigmas_are_refused_not_trained_at_the_wrong_noise_level():
+    # CogView4 passes its own unshifted timesteps (1000, 500, 1) while its samples sit at shifted sigmas; at 64 px
+    # its resolution-dependent shift is far from 1. The map fitted on its steps used to pass the LoRA round trip.
+    pipe = _quiet(tiny_matrix_pipelines.build_tiny_cogview4_pipeline())
+    with pytest.raises(TraceError, match="not its samples' noise levels"):
+        TracedFamily(pipe).latent_shape(64)
+    # A pipeline whose timestep is its samples' noise level still traces at a shift far from 1 (FLUX's at 64 px).
+    flux = TracedFamily(_quiet(tiny_pipelines.build_tiny_flux_pipeline()))
+    flux.latent_shape(64)
+    assert flux.pipeline.scheduler.sigmas[1] != 2 / 3  # the shift was not 1: sigma 2/3 moved
+    assert flux._traces[64].timestep_scale == 1.0
+
+
+def test_lora_targets_come_from_the_attention_modules_when_the_usual_names_are_absent():
+    kandinsky = tiny_matrix_pipelines.build_tiny_kandinsky5_pipeline().transformer
+    assert attention_targets(kandinsky) == ("to_query", "to_key", "to_value", "out_layer")
+    sd3 = tiny_pipelines.build_tiny_sd3_pipeline().transformer
+    assert attention_targets(sd3) == ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                                      "to_add_out")
+
+
+def test_a_class_without_a_lora_loader_saves_a_file_its_transformer_loads_and_the_snippet_says_how(tmp_path):
+    from diffusers import BriaPipeline
+
+    assert not has_lora_loader(BriaPipeline)
+    pipe = tiny_matrix_pipelines.build_tiny_bria_pipeline()
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v"], init_lora_weights="gaussian")
+    pipe.transformer.add_adapter(config)
+    with torch.no_grad():
+        for name, parameter in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    x = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(0))
+    inputs = dict(hidden_states=x, encoder_hidden_states=torch.randn(1, 8, 32), timestep=torch.tensor([0.5]),
+                  img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), return_dict=False)
+    with torch.no_grad():
+        trained = pipe.transformer(**inputs)[0]
+    write_lora_file(BriaPipeline, str(tmp_path), get_peft_model_state_dict(pipe.transformer), config)
+
+    fresh = tiny_matrix_pipelines.build_tiny_bria_pipeline()
+    with torch.no_grad():
+        base = fresh.transformer(**inputs)[0]
+        load_lora_file(fresh, str(tmp_path), "pytorch_lora_weights.safetensors")
+        loaded = fresh.transformer(**inputs)[0]
+    assert (trained - base).abs().max() > 1e-3
+    assert torch.allclose(loaded, trained, atol=1e-5)  # alpha 8 != r 4: the scale is in the file
+    snippet = call_snippet("BriaPipeline", "briaai/BRIA-3.2", "me/lora", "a cat", {"num_inference_steps": 4})
+    assert 'pipe.transformer.load_lora_adapter("me/lora", weight_name="pytorch_lora_weights.safetensors", ' \
+           'prefix="transformer")' in snippet
+    assert "pipe.load_lora_weights(" in call_snippet("FluxPipeline", "x/y", "me/lora", "a cat", {})
+
+
+def test_a_transformer_without_peft_support_is_refused_before_any_compute(tmp_path):
+    pipe = tiny_matrix_pipelines.build_tiny_lumina_pipeline()  # Lumina-Next: no PeftAdapterMixin
+    with pytest.raises(ValueError, match="has no PEFT support in diffusers"):
+        NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path), PROMPTS)
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_guidance_besides_guidance_scale_is_switched_off_from_the_call_signature():
+    import inspect
+
+    from diffusers import LTX2Pipeline, StableDiffusion3PAGPipeline, StableDiffusion3Pipeline
+
+    def off(cls):
+        return _extra_guidance_off(inspect.signature(cls.__call__).parameters)
+
+    assert off(LTX2Pipeline) == {"stg_scale": 0.0, "modality_scale": 1.0, "audio_guidance_scale": 1.0,
+                                 "audio_stg_scale": 0.0, "audio_modality_scale": 1.0}
+    assert off(StableDiffusion3PAGPipeline) == {"pag_scale": 0.0}
+    assert off(StableDiffusion3Pipeline) == {}  # skip-layer guidance is off unless layers are named
+
+
+def test_guider_components_are_disabled_so_the_trace_sees_one_call_per_step():
+    pipe = _quiet(tiny_matrix_pipelines.build_tiny_hunyuan_image_pipeline())
+    assert pipe.guider._enabled and pipe.ocr_guider._enabled
+    family = TracedFamily(pipe)
+    assert not pipe.guider._enabled and not pipe.ocr_guider._enabled
+    assert family.latent_shape(64) == (4, 8, 8)  # used to be "6 transformer calls in 3 steps"
+
+
+def test_a_copied_scheduler_steps_as_usual_while_the_pipelines_own_is_recorded():
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    scheduler.set_timesteps(3)
+    original = type(scheduler).step
+    recorded = []
+    with _stepping(scheduler, lambda *args, **kwargs: recorded.append(args) or (args[2],)):
+        audio = copy.deepcopy(scheduler)  # LTX-2 copies its scheduler for the audio latents
+        sample = torch.ones(1, 4)
+        stepped = audio.step(torch.ones(1, 4), audio.timesteps[0], sample, return_dict=False)[0]
+        scheduler.step(torch.ones(1, 4), scheduler.timesteps[0], sample, return_dict=False)
+    assert len(recorded) == 1  # the pipeline's own scheduler only
+    assert not torch.equal(stepped, sample)  # the copy stepped for real
+    assert type(scheduler).step is original and "step" not in vars(scheduler)
+
+
+def test_a_pipeline_that_reads_sample_from_the_transformer_decodes():
+    pipe = _quiet(tiny_matrix_pipelines.build_tiny_kandinsky5_pipeline(video=True))  # `.sample`, return_dict=True
+    family = TracedFamily(pipe, num_frames=5)
+    shape = family.latent_shape(64)
+    frames = family.decode(torch.zeros(2, *shape))
+    assert frames.shape[0] == 2 and frames.shape[-2:] == (64, 64)
