@@ -65,6 +65,10 @@ BUILDS = {
     "ovis_image": ("build_tiny_ovis_pipeline", {}),
     "hunyuan_image": ("build_tiny_hunyuan_image_pipeline", {}),
     "hunyuan_video1_5": ("build_tiny_hunyuan_video15_pipeline", {"num_frames": 5}),
+    "krea2": ("build_tiny_krea2_pipeline", {}),
+    "ltx2": ("build_tiny_ltx2_pipeline", {"num_frames": 9}),
+    "bria_fibo": ("build_tiny_bria_fibo_pipeline", {}),
+    "easyanimate": ("build_tiny_easyanimate_pipeline", {"num_frames": 5}),
 }
 # Classes whose package's build is another class's (FLUX.2 [dev] beside the Klein build).
 CLASS_BUILDS = {
@@ -72,6 +76,8 @@ CLASS_BUILDS = {
     "Cosmos2VideoToWorldPipeline": ("build_tiny_cosmos2_video_pipeline", {"num_frames": 5}),
     "Kandinsky5T2VPipeline": ("build_tiny_kandinsky5_video_pipeline", {"num_frames": 5}),
     "SanaPAGPipeline": ("build_tiny_sana_pag_pipeline", {}),
+    "PRXPipeline": ("build_tiny_prx_pipeline", {}),
+    "PRXPixelPipeline": ("build_tiny_prx_pixel_pipeline", {}),
 }
 # The image-conditioned classes with a tiny offline build of their own.
 CONDITIONED_BUILDS = {

@@ -79,6 +79,16 @@ def _has_lora_loader(pipeline_class: str) -> bool:
     return cls is None or has_lora_loader(cls)
 
 
+def _guiders(pipeline_class: str) -> List[str]:
+    """The guider components of a diffusers class (HunyuanVideo 1.5's `guider`): they guide whatever the call says."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, pipeline_class, None)
+    return [] if cls is None else [n for n in inspect.signature(cls.__init__).parameters if n.endswith("guider")]
+
+
 def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, prompt: str, call_kwargs: dict,
                  lora_layout: Optional[Dict[str, Tuple[str, dict]]] = None, seed: int = 0,
                  conditioning_files: Optional[Dict[str, object]] = None,
@@ -101,6 +111,7 @@ def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, p
         + "".join(f", {k}={_literal(v)}" for k, v in load_kwargs.items()) + ")\n"
         for name, (_, load_kwargs) in (lora_layout or SINGLE_LORA_LAYOUT).items()
     )
+    loads += "".join(f"pipe.{name}.disable()  # trained and evaluated without CFG\n" for name in _guiders(pipeline_class))
     return (
         "import torch\n"
         f"{load_base[0]}"

@@ -409,3 +409,172 @@ def build_tiny_hunyuan_video15_pipeline(seed: int = 0):
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         guider=ClassifierFreeGuidance(guidance_scale=6.0),
     )
+
+
+def build_tiny_krea2_pipeline(seed: int = 0):
+    """`Krea2Pipeline` (Qwen3-VL text tower with layer taps, Qwen-Image VAE), offline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline, Krea2Transformer2DModel
+    from transformers import Qwen3VLConfig, Qwen3VLModel
+    from tiny_pipelines import _tiny_qwenimage_parts
+
+    torch.manual_seed(seed)
+    tokenizer = _qwen_tokenizer()
+    transformer = Krea2Transformer2DModel(
+        in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=32, timestep_embed_dim=8, text_hidden_dim=16, num_text_layers=3, text_num_attention_heads=2,
+        text_num_key_value_heads=1, text_intermediate_size=16, num_layerwise_text_blocks=1, num_refiner_text_blocks=1,
+        axes_dims_rope=(4, 2, 2), rope_theta=1000.0,
+    )
+    vae = _tiny_qwenimage_parts()["vae"]
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=6400)
+    text_encoder = Qwen3VLModel(Qwen3VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "head_dim": 8, "vocab_size": len(tokenizer)},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        vocab_size=len(tokenizer))).eval()
+    return Krea2Pipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                         transformer=transformer, text_encoder_select_layers=(0, 1, 2))
+
+
+def build_tiny_prx_pipeline(seed: int = 0):
+    """`PRXPipeline` (a T5Gemma encoder, latent space), offline."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, PRXPipeline, PRXTransformer2DModel
+    from transformers.models.t5gemma.configuration_t5gemma import T5GemmaConfig, T5GemmaModuleConfig
+    from transformers.models.t5gemma.modeling_t5gemma import T5GemmaEncoder
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _train_gemma_tokenizer(folder)
+    tokenizer.model_max_length = 64
+    transformer = PRXTransformer2DModel(patch_size=1, in_channels=4, context_in_dim=8, hidden_size=8, mlp_ratio=2.0,
+                                        num_heads=2, depth=1, axes_dim=[2, 2])
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,) * 4,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                        layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False,
+                        use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0).eval()
+    encoder = dict(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                   num_attention_heads=2, num_key_value_heads=1, head_dim=4, max_position_embeddings=64,
+                   layer_types=["full_attention"], hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=4,
+                   sliding_window=4096, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    config = T5GemmaConfig(encoder=T5GemmaModuleConfig(**encoder), is_encoder_decoder=False, **encoder)
+    return PRXPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+                       text_encoder=T5GemmaEncoder(config.encoder).eval(), tokenizer=tokenizer, vae=vae)
+
+
+def build_tiny_prx_pixel_pipeline(seed: int = 0):
+    """`PRXPixelPipeline` (PRX in pixel space: no VAE; a Qwen3 encoder), offline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, PRXPixelPipeline, PRXTransformer2DModel
+    from tiny_pipelines import _tiny_qwen3
+
+    torch.manual_seed(seed)
+    tokenizer = _qwen_tokenizer()
+    transformer = PRXTransformer2DModel(patch_size=1, in_channels=3, context_in_dim=16, hidden_size=8, mlp_ratio=2.0,
+                                        num_heads=2, depth=1, axes_dim=[2, 2], bottleneck_size=8,
+                                        resolution_embeds=True)
+    return PRXPixelPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+                            text_encoder=_tiny_qwen3(tokenizer, False), tokenizer=tokenizer, prompt_max_tokens=16)
+
+
+def build_tiny_bria_fibo_pipeline(seed: int = 0):
+    """`BriaFiboPipeline` (FIBO: a SmolLM3 encoder whose begin token is 128000, a Wan 2.2 VAE), offline."""
+    from diffusers import AutoencoderKLWan, BriaFiboPipeline, BriaFiboTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer, _ = _t5(32)
+    transformer = BriaFiboTransformer2DModel(
+        patch_size=1, in_channels=48, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=64, text_encoder_dim=32, pooled_projection_dim=None, axes_dims_rope=[0, 4, 4],
+    )
+    vae = AutoencoderKLWan(base_dim=16, decoder_base_dim=16, num_res_blocks=1, out_channels=12, patch_size=2,
+                           scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+                           z_dim=48, dim_mult=[1, 1, 1, 1], is_residual=True, in_channels=12,
+                           latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+    # the pipeline starts every prompt with token 128000: the encoder keeps SmolLM3's vocabulary size
+    text_encoder = SmolLM3ForCausalLM(SmolLM3Config(hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, num_key_value_heads=1)).eval()
+    return BriaFiboPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                            text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+def build_tiny_easyanimate_pipeline(seed: int = 0):
+    """`EasyAnimatePipeline` (EasyAnimate V5.1: a Qwen2-VL-style encoder with its chat template, MagViT VAE),
+    offline."""
+    from diffusers import (AutoencoderKLMagvit, EasyAnimatePipeline, EasyAnimateTransformer3DModel,
+                           FlowMatchEulerDiscreteScheduler)
+    from tiny_pipelines import _tiny_qwen2_5_vl
+
+    torch.manual_seed(seed)
+    tokenizer, _, text_encoder = _tiny_qwen2_5_vl()
+    transformer = EasyAnimateTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                                                out_channels=4, time_embed_dim=2, text_embed_dim=16, num_layers=1,
+                                                sample_width=16, sample_height=16, patch_size=2)
+    vae = AutoencoderKLMagvit(
+        in_channels=3, out_channels=3,
+        down_block_types=("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 3,
+        up_block_types=("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 3, block_out_channels=(8, 8, 8, 8),
+        latent_channels=4, layers_per_block=1, norm_num_groups=2, spatial_group_norm=False,
+    )
+    return EasyAnimatePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+                               scheduler=FlowMatchEulerDiscreteScheduler())
+
+
+def build_tiny_ltx2_pipeline(seed: int = 0):
+    """`LTX2Pipeline` (LTX-2: a Gemma-3 encoder whose every layer feeds text connectors, a video transformer with an
+    audio branch, video and audio VAEs and a vocoder), offline. Shapes follow diffusers' own LTX-2 test."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler
+    from diffusers import LTX2Pipeline, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _train_gemma_tokenizer(folder)
+    hidden, layers = 32, 2  # the text connectors' width (4 heads x 8) is the text encoder's
+    text_config = {"vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 32, "num_hidden_layers": layers,
+                   "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "pad_token_id": 0,
+                   "bos_token_id": 2, "eos_token_id": 1, "sliding_window": 64}
+    vision_config = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "image_size": 28, "patch_size": 14}
+    text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text_config, vision_config=vision_config,
+                                                               mm_tokens_per_image=4)).eval()
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2, qk_norm="rms_norm_across_heads",
+        caption_channels=hidden, rope_double_precision=False, rope_type="split",
+    )
+    connectors = LTX2TextConnectors(
+        caption_channels=hidden, text_proj_in_factor=layers + 1, video_connector_num_attention_heads=4,
+        video_connector_attention_head_dim=8, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=None, audio_connector_num_attention_heads=4,
+        audio_connector_attention_head_dim=8, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None, connector_rope_base_seq_len=32, rope_theta=10000.0,
+        rope_double_precision=False, causal_temporal_positioning=False, rope_type="split",
+    )
+    vae = AutoencoderKLLTX2Video(
+        # three 2x stages (the test's one, thrice): 8x smaller latents than pixels, as the image builds
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * 3,
+        decoder_block_out_channels=(8,) * 3, layers_per_block=(1,) * 3, decoder_layers_per_block=(1,) * 4,
+        spatio_temporal_scaling=(True,) * 3, decoder_spatio_temporal_scaling=(True,) * 3,
+        decoder_inject_noise=(False,) * 4, downsample_type=("spatial",) * 3, upsample_residual=(False,) * 3,
+        upsample_factor=(1,) * 3, timestep_conditioning=False, patch_size=1,
+        patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    )
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+    )
+    vocoder = LTX2Vocoder(
+        in_channels=audio_vae.config.output_channels * audio_vae.config.mel_bins, hidden_channels=32, out_channels=2,
+        upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2], resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1, output_sampling_rate=16000,
+    )
+    return LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae,
+                        text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,
+                        transformer=transformer, vocoder=vocoder, processor=None, prompt_enhancer=None,
+                        duration_head=None)

@@ -8,6 +8,8 @@ from .flux_controlnet import FluxControlNetFamily
 from .flux_fill import FluxFillFamily
 from .flux_kontext import FluxKontextFamily
 from .flux2 import Flux2Family
+from .hunyuan_video15 import HunyuanVideo15Family
+from .ltx2 import LTX2Family
 from .lumina2 import Lumina2Family
 from .qwenimage import QwenImageFamily
 from .qwenimage_edit import QwenImageEditFamily, QwenImageEditPlusFamily
@@ -20,7 +22,7 @@ from .z_image import ZImageFamily
 
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
             FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily, QwenImageEditFamily,
-            SD3ControlNetFamily, FluxControlNetFamily)
+            SD3ControlNetFamily, FluxControlNetFamily, HunyuanVideo15Family, LTX2Family)
 
 
 FAMILY_MODES = ("auto", "traced")

@@ -1,6 +1,7 @@
 """What the trainer needs from a pipeline family. One subclass per family, in a file of its own."""
 
 import inspect
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -10,6 +11,8 @@ import torch
 
 from ..lora_file import SINGLE_LORA_LAYOUT
 from ..sampling import pipeline_sigmas
+
+logger = logging.getLogger(__name__)
 
 # The attention projections of MMDiT-style joint blocks (the DiffusionNFT release's LoRA targets for SD3.5).
 JOINT_ATTENTION_TARGETS = (
@@ -53,6 +56,19 @@ def select_conditioning(cond: Conditioning, index: torch.Tensor) -> Conditioning
         else:
             selected[key] = value
     return selected
+
+
+def switch_off_guiders(pipeline) -> None:
+    """Disable the pipeline's guider components (HunyuanImage 2.1's, HunyuanVideo 1.5's): they guide whatever the
+    call says, and NFT samples and trains without CFG. The log says how to enable them again."""
+    from diffusers.guiders.guider_utils import BaseGuidance
+
+    for name, component in pipeline.components.items():
+        if isinstance(component, BaseGuidance) and component._enabled:
+            component.disable()
+            logger.warning("%s's %s (%s) is disabled: NFT samples and trains without CFG. Enable it again for guided "
+                           "generation: pipe.%s.enable().", type(pipeline).__name__, name, type(component).__name__,
+                           name)
 
 
 def unshared(value: Any) -> Any:

@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-from .base import SOURCE, UNCONDITIONAL, Conditioning, PipelineFamily, Shared, unshared
+from .base import SOURCE, UNCONDITIONAL, Conditioning, PipelineFamily, Shared, switch_off_guiders, unshared
 
 logger = logging.getLogger(__name__)
 
@@ -188,19 +188,7 @@ class TracedFamily(PipelineFamily):
         self._encoder_outputs: Dict[int, list] = {}
         self._max_sequence_length = self.default_max_sequence_length
         self._decodes_batches = True
-        self._switch_off_guiders()
-
-    def _switch_off_guiders(self) -> None:
-        """Guider components (HunyuanImage 2.1's, HunyuanVideo 1.5's) guide whatever the call says: NFT samples
-        without CFG, so they are disabled on this pipeline, and the log says how to enable them again."""
-        from diffusers.guiders.guider_utils import BaseGuidance
-
-        for name, component in self.pipeline.components.items():
-            if isinstance(component, BaseGuidance) and component._enabled:
-                component.disable()
-                logger.warning("%s's %s (%s) is disabled: NFT samples and trains without CFG. Enable it again for "
-                               "guided generation: pipe.%s.enable().", type(self.pipeline).__name__, name,
-                               type(component).__name__, name)
+        switch_off_guiders(pipeline)
 
     @property
     def default_lora_targets(self) -> Tuple[str, ...]:
