@@ -114,7 +114,8 @@ class Collector:
 
             def sample():
                 with self.policy.using(objective.sampling_policy), torch.no_grad():
-                    return self.family.decode(objective.sample(velocity, noise, step_noise).latents)
+                    return self.family.decode(objective.sample(velocity, self.family.start_latents(noise),
+                                                               step_noise).latents)
             return memory.peak(sample)
 
         batch, reason = fit_batch(peak_of, memory.free(), self.plan.local_images)
@@ -173,7 +174,8 @@ class Collector:
                 row_cond = select_conditioning(cond, row_of_image[index])
                 velocity = self.velocity(row_cond, len(index), objective.guidance_scale)
                 with torch.no_grad():
-                    sample = objective.sample(velocity, noise.to(self.accelerator.device), step_noise)
+                    first = self.family.start_latents(noise.to(self.accelerator.device))  # the rollout's start
+                    sample = objective.sample(velocity, first, step_noise)
                     images = self.family.decode(sample.latents)
                 out["latents"].append(sample.latents)
                 for key in ("states", "log_probs"):

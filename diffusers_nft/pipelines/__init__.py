@@ -4,6 +4,7 @@ from typing import List
 
 from .base import Conditioning, PipelineFamily, Shared, select_conditioning
 from .cogview4 import CogView4Family
+from .cosmos2 import Cosmos2Family
 from .flux import FluxFamily
 from .flux_controlnet import FluxControlNetFamily
 from .flux_fill import FluxFillFamily
@@ -23,7 +24,8 @@ from .z_image import ZImageFamily
 
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
             FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily, QwenImageEditFamily,
-            SD3ControlNetFamily, FluxControlNetFamily, HunyuanVideo15Family, LTX2Family, CogView4Family)
+            SD3ControlNetFamily, FluxControlNetFamily, HunyuanVideo15Family, LTX2Family, CogView4Family,
+            Cosmos2Family)
 
 
 FAMILY_MODES = ("auto", "traced")

@@ -212,6 +212,11 @@ class PipelineFamily:
             self.pipeline.scheduler, num_steps, self.schedule_sigmas(num_steps), self.sampling_mu(latent_shape)
         )
 
+    def start_latents(self, noise: torch.Tensor) -> torch.Tensor:
+        """Where a rollout starts, given standard normal `noise`: the noise itself for most pipelines (Cosmos 2
+        scales it, as its pipeline starts from variance-exploding noise)."""
+        return noise
+
     def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """These latents in the layout of the pipeline's `latents=` argument (the same one for most families)."""
         return latents
