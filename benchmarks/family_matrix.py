@@ -67,6 +67,9 @@ BUILDS = {
     "hunyuan_video1_5": ("build_tiny_hunyuan_video15_pipeline", {"num_frames": 5}),
     "krea2": ("build_tiny_krea2_pipeline", {}),
     "ltx2": ("build_tiny_ltx2_pipeline", {"num_frames": 9}),
+    "nucleusmoe_image": ("build_tiny_nucleusmoe_pipeline", {}),
+    "longcat_image": ("build_tiny_longcat_pipeline", {}),
+    "ernie_image": ("build_tiny_ernie_image_pipeline", {}),
     "bria_fibo": ("build_tiny_bria_fibo_pipeline", {}),
     "easyanimate": ("build_tiny_easyanimate_pipeline", {"num_frames": 5}),
 }

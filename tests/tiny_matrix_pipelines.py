@@ -578,3 +578,93 @@ def build_tiny_ltx2_pipeline(seed: int = 0):
                         text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,
                         transformer=transformer, vocoder=vocoder, processor=None, prompt_enhancer=None,
                         duration_head=None)
+
+
+def _tiny_qwen3_vl():
+    """A tiny `Qwen3VLForConditionalGeneration` (16 wide, 8 text layers) with an offline Qwen3-VL processor (its
+    image path; no video processor, which needs torchvision)."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from tiny_pipelines import _vl_tokenizer
+
+    class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            return type(argument)
+
+    specials = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _vl_tokenizer(folder, specials)
+    ids = dict(zip(("vision_start_token_id", "image_token_id", "vision_end_token_id", "video_token_id"),
+                   tokenizer.convert_tokens_to_ids(specials)))
+    images = Qwen2VLImageProcessorPil(min_pixels=32 * 32, max_pixels=64 * 64, patch_size=16, merge_size=2,
+                                      temporal_patch_size=2)
+    processor = ImageOnlyQwen3VLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=None,
+                                          chat_template=tokenizer.chat_template)
+    config = Qwen3VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 8, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "rope_theta": 1000000.0, "vocab_size": len(tokenizer), "head_dim": 8,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        **ids,
+    )
+    return processor, Qwen3VLForConditionalGeneration(config).eval()
+
+
+def build_tiny_nucleusmoe_pipeline(seed: int = 0):
+    """`NucleusMoEImagePipeline` (a Qwen3-VL encoder, Qwen-Image VAE, a mixture-of-experts transformer with its
+    experts off as in diffusers' test), offline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, NucleusMoEImagePipeline, NucleusMoEImageTransformer2DModel
+    from tiny_pipelines import _tiny_qwenimage_parts
+
+    torch.manual_seed(seed)
+    transformer = NucleusMoEImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=4,
+        joint_attention_dim=16, axes_dims_rope=(8, 4, 4), moe_enabled=False, capacity_factors=[8.0, 8.0],
+    )
+    vae = _tiny_qwenimage_parts()["vae"]
+    processor, text_encoder = _tiny_qwen3_vl()
+    return NucleusMoEImagePipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                                   text_encoder=text_encoder, processor=processor)
+
+
+def build_tiny_longcat_pipeline(seed: int = 0):
+    """`LongCatImagePipeline` (a Qwen2.5-VL encoder with its processor, a FLUX-style transformer), offline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LongCatImagePipeline, LongCatImageTransformer2DModel
+    from tiny_pipelines import _tiny_qwen2_5_vl
+
+    torch.manual_seed(seed)
+    tokenizer, processor, text_encoder = _tiny_qwen2_5_vl()
+    transformer = LongCatImageTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                                 attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                                 pooled_projection_dim=16, axes_dims_rope=[4, 6, 6])
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return LongCatImagePipeline(scheduler=scheduler, vae=_tiny_vae(8), text_encoder=text_encoder, tokenizer=tokenizer,
+                                text_processor=processor, transformer=transformer)
+
+
+def build_tiny_ernie_image_pipeline(seed: int = 0):
+    """`ErnieImagePipeline` (a Ministral-3 text tower, FLUX.2 VAE; no prompt enhancer), offline."""
+    from diffusers import ErnieImagePipeline, ErnieImageTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import Mistral3Config, Mistral3Model
+    from tiny_pipelines import _tiny_flux2_parts
+
+    torch.manual_seed(seed)
+    tokenizer = _qwen_tokenizer()
+    parts = _tiny_flux2_parts(8, guidance_embeds=False)
+    transformer = ErnieImageTransformer2DModel(hidden_size=32, num_attention_heads=2, num_layers=1,
+                                               ffn_hidden_size=64, in_channels=16, out_channels=16, patch_size=1,
+                                               text_in_dim=16, rope_axes_dim=(4, 6, 6))
+    with torch.no_grad():  # zero-initialised (a new model predicts 0); a trained one's are not
+        for name, parameter in transformer.named_parameters():
+            if name.startswith(("adaLN_modulation.1", "final_linear")):
+                parameter.normal_(0.0, 0.1)
+    text_encoder = Mistral3Model(Mistral3Config(
+        text_config={"model_type": "ministral3", "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "vocab_size": len(tokenizer)},
+        vision_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "head_dim": 8, "image_size": 32, "patch_size": 16},
+    )).eval()
+    return ErnieImagePipeline(transformer=transformer, vae=parts["vae"], text_encoder=text_encoder,
+                              tokenizer=tokenizer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), pe=None,
+                              pe_tokenizer=None)

@@ -37,6 +37,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from .base import SOURCE, UNCONDITIONAL, Conditioning, PipelineFamily, Shared, switch_off_guiders, unshared
 
@@ -579,7 +580,8 @@ class TracedFamily(PipelineFamily):
             return (zeros,) if not bound.get("return_dict", True) else Transformer2DModelOutput(sample=zeros)
 
         def step(model_output, timestep, sample, *args, **kwargs):
-            return (latents.to(sample.dtype),)
+            stepped = latents.to(sample.dtype)  # in the form asked for, as the transformer's output above
+            return (stepped,) if not kwargs.get("return_dict", True) else SchedulerOutput(prev_sample=stepped)
 
         with self._replaying_encoders(), _patched(self.transformer, "forward", transformer), \
                 _stepping(self.pipeline.scheduler, step), torch.no_grad():
