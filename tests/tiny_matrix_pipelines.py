@@ -629,17 +629,23 @@ def build_tiny_nucleusmoe_pipeline(seed: int = 0):
 
 def build_tiny_longcat_pipeline(seed: int = 0):
     """`LongCatImagePipeline` (a Qwen2.5-VL encoder with its processor, a FLUX-style transformer), offline."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, LongCatImagePipeline, LongCatImageTransformer2DModel
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, LongCatImagePipeline
+    from diffusers import LongCatImageTransformer2DModel
     from tiny_pipelines import _tiny_qwen2_5_vl
 
     torch.manual_seed(seed)
     tokenizer, processor, text_encoder = _tiny_qwen2_5_vl()
-    transformer = LongCatImageTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+    # the pipeline draws 16 latent channels whatever the VAE: the VAE has 16, packed 2x2 into 64
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
+                        layers_per_block=1, latent_channels=16, norm_num_groups=4, shift_factor=0.0,
+                        scaling_factor=1.0, use_quant_conv=False, use_post_quant_conv=False)
+    transformer = LongCatImageTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
                                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
                                                  pooled_projection_dim=16, axes_dims_rope=[4, 6, 6])
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
-    return LongCatImagePipeline(scheduler=scheduler, vae=_tiny_vae(8), text_encoder=text_encoder, tokenizer=tokenizer,
+    return LongCatImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                 text_processor=processor, transformer=transformer)
 
 

@@ -11,6 +11,7 @@ from .flux_fill import FluxFillFamily
 from .flux_kontext import FluxKontextFamily
 from .flux2 import Flux2Family
 from .hunyuan_video15 import HunyuanVideo15Family
+from .longcat_image import LongCatImageFamily
 from .ltx2 import LTX2Family
 from .lumina2 import Lumina2Family
 from .qwenimage import QwenImageFamily
@@ -25,7 +26,7 @@ from .z_image import ZImageFamily
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
             FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily, QwenImageEditFamily,
             SD3ControlNetFamily, FluxControlNetFamily, HunyuanVideo15Family, LTX2Family, CogView4Family,
-            Cosmos2Family)
+            Cosmos2Family, LongCatImageFamily)
 
 
 FAMILY_MODES = ("auto", "traced")
