@@ -142,6 +142,11 @@ def package(cls) -> str:
 
 def build(cls):
     """A tiny instance of `cls` from its package's tiny components, with its call options, or a reason."""
+    init = inspect.signature(cls.__init__).parameters
+    if "transformer" not in init:  # known from the class alone: no build needed to say it
+        denoiser = [k for k in ("unet", "prior", "decoder") if k in init]
+        return None, None, (f"no `transformer` (its denoiser is `{denoiser[0]}`)" if denoiser else
+                            "no `transformer`") + ": this package trains a pipeline's `transformer`, and no family file serves it"
     entry = CONDITIONED_BUILDS.get(cls.__name__) or CLASS_BUILDS.get(cls.__name__) or BUILDS.get(package(cls))
     if package(cls) == "pag" and not cls.__name__.startswith("StableDiffusion3") and entry is BUILDS.get("pag"):
         entry = None  # diffusers.pipelines.pag holds PAG variants of many families; the SD3 build serves SD3's
@@ -151,7 +156,6 @@ def build(cls):
     built = getattr(tiny_pipelines, builder, None) or getattr(tiny_matrix_pipelines, builder)
     built = built()
     components = built.components
-    init = inspect.signature(cls.__init__).parameters
     missing = [k for k, p in init.items() if k != "self" and p.default is inspect.Parameter.empty
                and p.kind is p.POSITIONAL_OR_KEYWORD and k not in components]
     if missing:

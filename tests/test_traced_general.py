@@ -128,3 +128,25 @@ def test_a_pipeline_that_reads_sample_from_the_transformer_decodes():
     shape = family.latent_shape(64)
     frames = family.decode(torch.zeros(2, *shape))
     assert frames.shape[0] == 2 and frames.shape[-2:] == (64, 64)
+
+
+def test_lists_and_dicts_of_batched_tensors_are_conditioning_rows():
+    from diffusers_nft.pipelines.base import Layers, select_conditioning
+
+    # BRIA FIBO passes its text encoder's layers as a list of (batch, tokens, width) tensors and its text mask inside
+    # `joint_attention_kwargs`: both have a row per prompt, unlike Z-Image's lists (an item per prompt)
+    pipe = _quiet(tiny_matrix_pipelines.build_tiny_bria_fibo_pipeline())
+    family = TracedFamily(pipe)
+    shape = family.latent_shape(64)
+    cond = family.encode_prompts(["a red cat", "a blue dog", "a green tree"], torch.device("cpu"), 16)
+    layers, kwargs = cond["text_encoder_layers"], cond["joint_attention_kwargs"]
+    assert isinstance(layers, Layers) and all(layer.shape[0] == 3 for layer in layers)
+    assert kwargs["attention_mask"].shape[0] == 3
+    picked = select_conditioning(cond, torch.tensor([2, 0]))
+    assert torch.equal(picked["text_encoder_layers"][0], layers[0][[2, 0]])
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    sigma = torch.full((3,), 0.7)
+    with torch.no_grad():
+        together = family.predict_velocity(x, sigma, cond)
+        alone = family.predict_velocity(x[[2]], sigma[:1], select_conditioning(cond, torch.tensor([2])))
+    torch.testing.assert_close(together[2:], alone, atol=1e-5, rtol=1e-5)

@@ -42,6 +42,11 @@ class Shared:
     value: Any
 
 
+class Layers(list):
+    """A conditioning value that is a list of tensors each with one row per sample (BRIA FIBO's text-encoder layers),
+    unlike a plain list, which has one item per sample (Z-Image's)."""
+
+
 def select_conditioning(cond: Conditioning, index: torch.Tensor) -> Conditioning:
     """Rows `index` of every conditioning value: tensors are indexed, lists picked item by item, `Shared` kept."""
     rows = index.tolist()
@@ -49,6 +54,8 @@ def select_conditioning(cond: Conditioning, index: torch.Tensor) -> Conditioning
     for key, value in cond.items():
         if isinstance(value, torch.Tensor):
             selected[key] = value[index.to(value.device)]
+        elif isinstance(value, Layers):
+            selected[key] = Layers(layer[index.to(layer.device)] for layer in value)
         elif isinstance(value, list):
             selected[key] = [value[i] for i in rows]
         elif isinstance(value, dict):

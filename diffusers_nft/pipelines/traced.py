@@ -39,7 +39,7 @@ import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
-from .base import SOURCE, UNCONDITIONAL, Conditioning, PipelineFamily, Shared, switch_off_guiders, unshared
+from .base import SOURCE, UNCONDITIONAL, Conditioning, Layers, PipelineFamily, Shared, switch_off_guiders, unshared
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ class TracedFamily(PipelineFamily):
         self._traces: Dict[int, Trace] = {}
         self._grids: Dict[Tuple[int, Tuple[int, ...]], torch.Tensor] = {}
         self._per_row: Optional[set] = None
+        self._layered: set = set()  # the per-row arguments that are lists of batched tensors (`Layers`)
         self._encoder_outputs: Dict[int, list] = {}
         self._max_sequence_length = self.default_max_sequence_length
         self._decodes_batches = True
@@ -490,6 +491,10 @@ class TracedFamily(PipelineFamily):
                 two = self._probe(["a photo", "a red cat on a blue sea"], resolution, PROBE_STEPS)
                 three = self._probe(["a photo", "a red cat on a blue sea", "a dog"], resolution, PROBE_STEPS)
                 self._per_row = {k for k, v in two.items() if _rows(v) == 2 and _rows(three.get(k)) == 3}
+                # lists whose every tensor has a row per prompt (FIBO's text-encoder layers), not one item per prompt
+                self._layered = {k for k, v in two.items() if k not in self._per_row and _layer_rows(v) == 2
+                                 and _layer_rows(three.get(k)) == 3}
+                self._per_row |= self._layered
             except Exception as error:  # "a list of prompts is not supported" and the like
                 logger.info("%s takes one prompt per call (%s): its rows are read one at a time.",
                             type(self.pipeline).__name__, error)
@@ -518,7 +523,8 @@ class TracedFamily(PipelineFamily):
             size = trace.latent_shape[trace.appended_dim - 1]
             seen[APPENDED] = _appended(seen[trace.latent_name], trace.appended_dim, size)
         skip = {trace.latent_name, trace.timestep_name, "return_dict", "__sigmas__"}
-        return {k: (v if k in per_row or k == APPENDED else Shared(v)) for k, v in seen.items() if k not in skip}
+        return {k: (_batched(v) if k in self._layered else v if k in per_row or k == APPENDED else Shared(v))
+                for k, v in seen.items() if k not in skip}
 
     @torch.no_grad()
     def encode_conditioning(self, values: List[Dict[str, Any]], device: torch.device,
@@ -648,6 +654,11 @@ def _stack_rows(rows: List[Conditioning], name: str) -> Conditioning:
                 raise TraceError(f"{name}: the argument {key!r} has no row per prompt but differs between rows' "
                                  "images; the traced family cannot batch those rows. A family file can.")
             out[key] = first
+        elif isinstance(first, Layers):
+            out[key] = Layers(torch.cat([v[i] for v in values]) for i in range(len(first)))
+        elif isinstance(first, dict):  # per-row tensors in a dict (an attention mask in `joint_attention_kwargs`)
+            out[key] = {k: torch.cat([v[k] for v in values]) if isinstance(item, torch.Tensor) else item
+                        for k, item in first.items()}
         elif isinstance(first, torch.Tensor):
             if any(v.shape[1:] != first.shape[1:] for v in values):
                 raise TraceError(f"{name}: the argument {key!r} has another shape for another row "
@@ -724,6 +735,22 @@ def _changes(a, b) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b) and a:
         return any(_changes(x, y) for x, y in zip(a, b))
     return False
+
+
+def _batched(value):
+    """A list of batched tensors as `Layers` (selected tensor by tensor); a dict as it is (selected key by key)."""
+    return value if isinstance(value, dict) else Layers(value)
+
+
+def _layer_rows(value) -> Optional[int]:
+    """The rows of a list (or a dict, such as `joint_attention_kwargs`) of tensors that each have the same first
+    dimension (one row per prompt), else None."""
+    items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
+    tensors = [v for v in items if isinstance(v, torch.Tensor)]
+    if tensors and (isinstance(value, dict) or len(tensors) == len(items)) and all(v.dim() > 0 for v in tensors):
+        rows = {v.shape[0] for v in tensors}
+        return rows.pop() if len(rows) == 1 else None
+    return None
 
 
 def _rows(value) -> Optional[int]:
