@@ -16,6 +16,15 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 
+def over_white(images: torch.Tensor) -> torch.Tensor:
+    """RGB images from images whose channel axis (the third from the end) has 4 (RGBA, as Qwen-Image 2.1 decodes):
+    composited over white, as that pipeline shows its vision encoder images; RGB images as they are."""
+    if images.shape[-3] != 4:
+        return images
+    rgb, alpha = images.narrow(-3, 0, 3), images.narrow(-3, 3, 1)
+    return rgb * alpha + (1 - alpha)
+
+
 def generators(seeds: Sequence[int]):
     """One CPU generator per image, seeded as the card's snippet seeds its one."""
     return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
@@ -56,7 +65,7 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
         if len(chunk) == 1:
             prompt, generator = chunk[0], generator[0]
         out = pipe(prompt=prompt, generator=generator, output_type="pt", return_dict=False, **call_kwargs, **extra)[0]
-        images.append(out.float().cpu())
+        images.append(over_white(out.float().cpu()))
         if bar is not None:
             bar.update(len(chunk))
     return torch.cat(images)

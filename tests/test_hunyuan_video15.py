@@ -60,6 +60,7 @@ def test_it_trains_on_videos_with_every_solver(sampler, tmp_path):
     assert 0 < last["reward/temporal_consistency/mean"] <= 1
 
 
+@pytest.mark.slow  # a gallery of one video per pipeline call
 def test_its_lora_loads_into_a_fresh_pipelines_transformer_and_the_card_says_how(tmp_path):
     config = tiny_config(tmp_path, max_steps=2, learning_rate=3e-2, num_frames=FRAMES)
     trainer = NFTTrainer(_build(), "jpeg_incompressibility", config, PROMPTS)

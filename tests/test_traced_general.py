@@ -150,3 +150,19 @@ def test_lists_and_dicts_of_batched_tensors_are_conditioning_rows():
         together = family.predict_velocity(x, sigma, cond)
         alone = family.predict_velocity(x[[2]], sigma[:1], select_conditioning(cond, torch.tensor([2])))
     torch.testing.assert_close(together[2:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_an_output_with_other_tokens_first_a_step_cache_and_rgba_images_are_followed():
+    from diffusers_nft.generation import over_white
+
+    # Qwen-Image 2.1: the transformer returns the text tokens before the image's, caches the text's keys and values
+    # from step 1 on (`use_kv_cache`), and its VAE decodes RGBA
+    pipe = _quiet(tiny_matrix_pipelines.build_tiny_qwenimage21_pipeline())
+    family = TracedFamily(pipe)
+    shape = family.latent_shape(64)
+    assert family._traces[64].output_tail and family.cfg_free_call_kwargs()["use_kv_cache"] is False
+    images = family.decode(torch.zeros(2, *shape))
+    assert images.shape == (2, 3, 64, 64)
+    rgba = torch.tensor([0.2, 0.4, 0.6, 0.5]).view(1, 4, 1, 1)
+    torch.testing.assert_close(over_white(rgba).flatten(), torch.tensor([0.6, 0.7, 0.8]))
+    assert over_white(torch.ones(1, 3, 2, 2)).shape == (1, 3, 2, 2)

@@ -674,3 +674,20 @@ def build_tiny_ernie_image_pipeline(seed: int = 0):
     return ErnieImagePipeline(transformer=transformer, vae=parts["vae"], text_encoder=text_encoder,
                               tokenizer=tokenizer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), pe=None,
                               pe_tokenizer=None)
+
+
+def build_tiny_qwenimage21_pipeline(seed: int = 0):
+    """`QwenImage21Pipeline` (Qwen-Image 2.1: a Qwen3-VL encoder, a 16x VAE, unpatched latents), offline."""
+    from diffusers import (AutoencoderKLQwenImage21, FlowMatchEulerDiscreteScheduler, QwenImage21Pipeline,
+                           QwenImage21Transformer2DModel)
+
+    torch.manual_seed(seed)
+    transformer = QwenImage21Transformer2DModel(patch_size=1, in_channels=8, out_channels=8, num_layers=1,
+                                                attention_head_dim=16, num_attention_heads=2, context_in_dim=16,
+                                                mlp_ratio=2, axes_dims_rope=(4, 6, 6))
+    vae = AutoencoderKLQwenImage21(base_dim=8, decoder_base_dim=8, z_dim=8, dim_mult=[1, 1, 1, 1, 1],
+                                   num_res_blocks=1, temperal_downsample=[False, True, True, True],
+                                   latents_mean=[0.0] * 8, latents_std=[1.0] * 8)
+    processor, text_encoder = _tiny_qwen3_vl()
+    return QwenImage21Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                               processor=processor, transformer=transformer)

@@ -39,6 +39,7 @@ import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
+from ..generation import over_white
 from .base import SOURCE, UNCONDITIONAL, Conditioning, Layers, PipelineFamily, Shared, switch_off_guiders, unshared
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Trace:
     sign: float
     appended_dim: Optional[int] = None  # where the pipeline appends conditioning to the latents, if it does
     output_appended: bool = False  # the output is as long as the input: the velocity is its first part
+    output_tail: bool = False  # the output has other tokens first (Qwen-Image 2.1's text): the velocity is its last part
 
 
 def _bind(signature: inspect.Signature, args, kwargs) -> Dict[str, Any]:
@@ -113,6 +115,14 @@ def _stepping(scheduler, step) -> Iterator[None]:
 
     with _patched(cls, "step", dispatch):
         yield
+
+
+def _tail(output, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """The last tokens of a token-sequence output longer than the latents (other tokens first), else None."""
+    if isinstance(output, torch.Tensor) and output.dim() == like.dim() == 3 and output.shape[0] == like.shape[0] \
+            and output.shape[2] == like.shape[2] and output.shape[1] > like.shape[1]:
+        return output[:, -like.shape[1]:]
+    return None
 
 
 def _as_batch(value, like: torch.Tensor) -> Optional[torch.Tensor]:
@@ -272,6 +282,10 @@ class TracedFamily(PipelineFamily):
         Z-Image when it is > 0, Qwen-Image through `true_cfg_scale`; distilled models take their embedded value."""
         off = {"true_cfg_scale": 1.0} if "true_cfg_scale" in self._parameters else {}
         off.update(_extra_guidance_off(self._parameters))
+        # caches across steps (Qwen-Image 2.1's text keys and values) change the transformer's inputs from step to
+        # step; they give the same numbers, so the trace and the run's calls go without them
+        off.update({name: False for name, p in self._parameters.items()
+                    if name.startswith("use_") and "cache" in name and p.default is True})
         if "guidance_scale" not in self._parameters:
             return [off]
         if self.transformer.config.get("guidance_embeds", False):
@@ -380,6 +394,9 @@ class TracedFamily(PipelineFamily):
         if output_appended:
             output = output.narrow(appended_dim, 0, sample.shape[appended_dim])
         as_batch = _as_batch(output, sample)
+        output_tail = as_batch is None and _tail(output, sample) is not None
+        if output_tail:
+            as_batch = _as_batch(_tail(output, sample), sample)
         if as_batch is None:
             raise TraceError(f"{name}: the transformer's output does not have the latents' shape.")
         sign = 1.0 if _close(steps[0]["output"], as_batch) else -1.0 if _close(steps[0]["output"], -as_batch) else 0
@@ -395,7 +412,7 @@ class TracedFamily(PipelineFamily):
             # integer timesteps (UniPC's) would round training's continuous sigmas: float32 keeps them
             timestep_dtype=timestep.dtype if timestep.dtype.is_floating_point else torch.float32,
             timestep_extra=tuple(timestep.shape[1:]), sign=sign, appended_dim=appended_dim,
-            output_appended=output_appended,
+            output_appended=output_appended, output_tail=output_tail,
         )
 
     def _timestep_map(self, calls: list, steps: list, exclude: str) -> Tuple[str, float, float]:
@@ -558,6 +575,8 @@ class TracedFamily(PipelineFamily):
         output = _first_output(self.model(**kwargs))
         if trace.output_appended:
             output = output.narrow(trace.appended_dim, 0, latents.shape[trace.appended_dim])
+        if trace.output_tail:
+            output = _tail(output, latents)
         return trace.sign * _as_batch(output, latents)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -593,7 +612,7 @@ class TracedFamily(PipelineFamily):
                 _stepping(self.pipeline.scheduler, step), torch.no_grad():
             images = self._call([TRACE_PROMPT], resolution, PROBE_STEPS, output_type="pt",
                                 **{self._batch_argument(): len(latents)})[0]
-        return images.float().clamp(0, 1)
+        return over_white(images.float().clamp(0, 1))
 
     def _batch_argument(self) -> str:
         return next(n for n in ("num_images_per_prompt", "num_videos_per_prompt") if n in self._parameters)
