@@ -66,6 +66,7 @@ class Engine:
             for key, value in objective.metrics(out).items():
                 totals[key] = totals.get(key, 0.0) + value
             micro_steps += 1
+        self.model.eval()  # sampling and generation run as the pipeline does (dropout off, MoE routing at inference)
         metrics = {k: v / micro_steps for k, v in totals.items()}
         metrics.update(grad_norm=grad_norm, skipped_steps=self.skipped_steps)
         metrics.update({monitor_key(k): v for k, v in objective.monitors.items()})
@@ -115,6 +116,7 @@ def place_pipeline(pipeline, family, accelerator, args) -> None:
         for encoder in family.text_encoders:
             encoder.to("cpu")
     pipeline.set_progress_bar_config(disable=True)
+    family.denoiser.eval()  # a model built from a config starts in train mode; sampling runs in eval mode
 
 
 def uses_fused_adamw(args, accelerator) -> bool:

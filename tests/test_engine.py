@@ -37,3 +37,21 @@ def test_fused_adamw_follows_the_device_unless_told():
     assert uses_fused_adamw(default, accelerator("cuda", "DEEPSPEED")) is False
     assert uses_fused_adamw(default, accelerator("cpu")) is False
     assert uses_fused_adamw(on, accelerator("cpu")) is True and uses_fused_adamw(off, accelerator("cuda")) is False
+
+
+def test_rollouts_and_images_run_in_eval_mode_and_training_in_train_mode(tmp_path):
+    # A model built from a config starts in train mode; dropout or a mixture of experts' training routing (HiDream's)
+    # would then sample differently from the pipeline.
+    import tiny_pipelines
+
+    pipe = tiny_pipelines.build_tiny_sd3_pipeline()
+    assert pipe.transformer.training
+    trainer = NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path, max_steps=2), PROMPTS)
+    modes = []
+    pipe.transformer.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    trainer.step()
+    sampled = modes[:trainer.plan.local_images // trainer.collector.batch_size * 4]  # 4 sampling steps per batch
+    assert not any(sampled) and any(modes) and not pipe.transformer.training
+    modes.clear()
+    trainer.generate(["a red cat"], [0])
+    assert modes and not any(modes)
