@@ -580,8 +580,8 @@ def build_tiny_ltx2_pipeline(seed: int = 0):
                         duration_head=None)
 
 
-def _tiny_qwen3_vl():
-    """A tiny `Qwen3VLForConditionalGeneration` (16 wide, 8 text layers) with an offline Qwen3-VL processor (its
+def _tiny_qwen3_vl(num_layers: int = 8):
+    """A tiny `Qwen3VLForConditionalGeneration` (16 wide, `num_layers` text layers) with an offline Qwen3-VL processor (its
     image path; no video processor, which needs torchvision)."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -601,7 +601,7 @@ def _tiny_qwen3_vl():
     processor = ImageOnlyQwen3VLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=None,
                                           chat_template=tokenizer.chat_template)
     config = Qwen3VLConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 8, "num_attention_heads": 2,
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": num_layers, "num_attention_heads": 2,
                      "num_key_value_heads": 2, "rope_theta": 1000000.0, "vocab_size": len(tokenizer), "head_dim": 8,
                      "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}},
         vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
@@ -691,3 +691,21 @@ def build_tiny_qwenimage21_pipeline(seed: int = 0):
     processor, text_encoder = _tiny_qwen3_vl()
     return QwenImage21Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                                processor=processor, transformer=transformer)
+
+
+def build_tiny_bria_fibo2_pipeline(seed: int = 0):
+    """`BriaFibo2Pipeline` (FIBO 2: six bundles of three Qwen3-VL layers, up to layer 35, feed a Perceiver and five
+    injection blocks), offline: the text encoder has 36 narrow layers so that the pipeline's layers exist."""
+    from diffusers import BriaFibo2Pipeline, BriaFibo2Transformer2DModel
+    from tiny_pipelines import _tiny_flux2_parts
+
+    torch.manual_seed(seed)
+    parts = _tiny_flux2_parts(8, guidance_embeds=False)
+    transformer = BriaFibo2Transformer2DModel(
+        in_channels=4, patch_size=2, dim=32, n_layers=5, n_refiner_layers=1, n_heads=2, cap_feat_dim=48,
+        injection_layer_ids=(0, 1, 2, 3, 4), perceiver_num_layers=1, min_num_gist_tokens=4, max_num_gist_tokens=8,
+        gist_step=4, gist_min_text_len=4, gist_max_text_len=64, axes_dims=(8, 4, 4), axes_lens=(256, 64, 64),
+    )
+    processor, text_encoder = _tiny_qwen3_vl(num_layers=36)
+    return BriaFibo2Pipeline(transformer=transformer, scheduler=parts["scheduler"], vae=parts["vae"],
+                             text_encoder=text_encoder, processor=processor)
