@@ -72,6 +72,7 @@ BUILDS = {
     "ernie_image": ("build_tiny_ernie_image_pipeline", {}),
     "qwenimage21": ("build_tiny_qwenimage21_pipeline", {}),
     "bria_fibo2": ("build_tiny_bria_fibo2_pipeline", {}),
+    "ideogram4": ("build_tiny_ideogram4_pipeline", {}),
     "bria_fibo": ("build_tiny_bria_fibo_pipeline", {}),
     "easyanimate": ("build_tiny_easyanimate_pipeline", {"num_frames": 5}),
 }

@@ -166,3 +166,24 @@ def test_an_output_with_other_tokens_first_a_step_cache_and_rgba_images_are_foll
     rgba = torch.tensor([0.2, 0.4, 0.6, 0.5]).view(1, 4, 1, 1)
     torch.testing.assert_close(over_white(rgba).flatten(), torch.tensor([0.6, 0.7, 0.8]))
     assert over_white(torch.ones(1, 3, 2, 2)).shape == (1, 3, 2, 2)
+
+
+@pytest.mark.slow  # Ideogram 4's 36-layer text tower, traced
+def test_conditioning_before_the_latents_and_a_guidance_schedule_are_followed():
+    import inspect
+
+    from diffusers import Ideogram4Pipeline
+
+    # Ideogram 4 puts zero text padding before the latents in the transformer's input, and guides by a per-step
+    # `guidance_schedule` unless it is None
+    assert _extra_guidance_off(inspect.signature(Ideogram4Pipeline.__call__).parameters) == {"guidance_schedule": None}
+    pipe = _quiet(tiny_matrix_pipelines.build_tiny_ideogram4_pipeline())
+    family = TracedFamily(pipe)
+    shape = family.latent_shape(64)
+    trace = family._traces[64]
+    assert trace.prepended and trace.appended_dim == 1
+    cond = family.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        velocity = family.predict_velocity(x, torch.full((2,), 0.6), cond)
+    assert velocity.shape == x.shape and torch.isfinite(velocity).all()

@@ -709,3 +709,21 @@ def build_tiny_bria_fibo2_pipeline(seed: int = 0):
     processor, text_encoder = _tiny_qwen3_vl(num_layers=36)
     return BriaFibo2Pipeline(transformer=transformer, scheduler=parts["scheduler"], vae=parts["vae"],
                              text_encoder=text_encoder, processor=processor)
+
+
+def build_tiny_ideogram4_pipeline(seed: int = 0):
+    """`Ideogram4Pipeline` (13 tapped layers of a Qwen3-VL text tower, up to layer 35; a second transformer for the
+    unconditional branch; FLUX.2 VAE), offline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Ideogram4Pipeline, Ideogram4Transformer2DModel
+    from tiny_pipelines import _tiny_flux2_parts
+
+    torch.manual_seed(seed)
+    parts = _tiny_flux2_parts(8, guidance_embeds=False)
+    config = dict(in_channels=16, num_layers=1, attention_head_dim=16, num_attention_heads=2, intermediate_size=32,
+                  adaln_dim=16, llm_features_dim=13 * 16, mrope_section=(4, 2, 2), rope_theta=10000)
+    transformer, unconditional = Ideogram4Transformer2DModel(**config), Ideogram4Transformer2DModel(**config)
+    processor, text_encoder = _tiny_qwen3_vl(num_layers=36)
+    return Ideogram4Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=parts["vae"],
+                             text_encoder=text_encoder.model,
+                             tokenizer=processor.tokenizer, transformer=transformer,
+                             unconditional_transformer=unconditional, prompt_enhancer_head=None)

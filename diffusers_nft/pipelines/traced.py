@@ -80,6 +80,7 @@ class Trace:
     sign: float
     appended_dim: Optional[int] = None  # where the pipeline appends conditioning to the latents, if it does
     output_appended: bool = False  # the output is as long as the input: the velocity is its first part
+    prepended: bool = False  # the conditioning comes before the latents (Ideogram 4's text padding), not after
     output_tail: bool = False  # the output has other tokens first (Qwen-Image 2.1's text): the velocity is its last part
 
 
@@ -380,19 +381,19 @@ class TracedFamily(PipelineFamily):
         name = type(self.pipeline).__name__
         sample = steps[0]["sample"]
         inputs = calls[0]["inputs"]
-        latent_name, appended_dim = _find_latents(inputs, sample)
+        latent_name, appended_dim, prepended = _find_latents(inputs, sample)
         if latent_name is None:
             raise TraceError(f"{name}: no transformer argument holds the latents the scheduler steps (alone, or "
                              "with conditioning appended along one dimension).")
         if appended_dim is not None:
-            _check_appended_constant(name, [c["inputs"][latent_name] for c in calls], steps, appended_dim)
+            _check_appended_constant(name, [c["inputs"][latent_name] for c in calls], steps, appended_dim, prepended)
         value = inputs[latent_name]
         layout = "list" if isinstance(value, (list, tuple)) else "tensor"
         timestep_name, scale, offset = self._timestep_map(calls, steps, exclude=latent_name)
         output = _first_output(calls[0]["output"])
         output_appended = appended_dim is not None and output.shape[appended_dim] == value.shape[appended_dim]
         if output_appended:
-            output = output.narrow(appended_dim, 0, sample.shape[appended_dim])
+            output = _latent_part(output, appended_dim, sample.shape[appended_dim], prepended)
         as_batch = _as_batch(output, sample)
         output_tail = as_batch is None and _tail(output, sample) is not None
         if output_tail:
@@ -412,7 +413,7 @@ class TracedFamily(PipelineFamily):
             # integer timesteps (UniPC's) would round training's continuous sigmas: float32 keeps them
             timestep_dtype=timestep.dtype if timestep.dtype.is_floating_point else torch.float32,
             timestep_extra=tuple(timestep.shape[1:]), sign=sign, appended_dim=appended_dim,
-            output_appended=output_appended, output_tail=output_tail,
+            output_appended=output_appended, prepended=prepended, output_tail=output_tail,
         )
 
     def _timestep_map(self, calls: list, steps: list, exclude: str) -> Tuple[str, float, float]:
@@ -538,7 +539,7 @@ class TracedFamily(PipelineFamily):
         per_row = self._rows(resolution)
         if trace.appended_dim is not None:  # the latents' share is the probe's noise; the rest is conditioning
             size = trace.latent_shape[trace.appended_dim - 1]
-            seen[APPENDED] = _appended(seen[trace.latent_name], trace.appended_dim, size)
+            seen[APPENDED] = _appended(seen[trace.latent_name], trace.appended_dim, size, trace.prepended)
         skip = {trace.latent_name, trace.timestep_name, "return_dict", "__sigmas__"}
         return {k: (_batched(v) if k in self._layered else v if k in per_row or k == APPENDED else Shared(v))
                 for k, v in seen.items() if k not in skip}
@@ -570,11 +571,12 @@ class TracedFamily(PipelineFamily):
         kwargs = {k: unshared(v) for k, v in {**cond, **source}.items() if k not in (SOURCE, UNCONDITIONAL, APPENDED)}
         if trace.appended_dim is not None:
             appended = (source if APPENDED in source else cond)[APPENDED]
-            x = torch.cat([x, appended.to(x)], dim=trace.appended_dim)
+            parts = [appended.to(x), x] if trace.prepended else [x, appended.to(x)]
+            x = torch.cat(parts, dim=trace.appended_dim)
         kwargs.update({trace.latent_name: x, trace.timestep_name: t.to(latents.device), "return_dict": False})
         output = _first_output(self.model(**kwargs))
         if trace.output_appended:
-            output = output.narrow(trace.appended_dim, 0, latents.shape[trace.appended_dim])
+            output = _latent_part(output, trace.appended_dim, latents.shape[trace.appended_dim], trace.prepended)
         if trace.output_tail:
             output = _tail(output, latents)
         return trace.sign * _as_batch(output, latents)
@@ -638,6 +640,8 @@ def _extra_guidance_off(parameters) -> dict:
     off = {}
     for name, parameter in parameters.items():
         default = parameter.default
+        if name == "guidance_schedule" and default is not None:  # Ideogram 4's per-step scales, else `guidance_scale`
+            off[name] = None
         if name in _NOT_CFG or isinstance(default, bool) or not isinstance(default, (int, float)):
             continue
         if _PERTURBATION.search(name) and default != 0:
@@ -696,22 +700,31 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _find_latents(inputs: Dict[str, Any], sample: torch.Tensor) -> Tuple[Optional[str], Optional[int]]:
-    """The argument that holds the latents the scheduler steps, and the dimension along which the pipeline appends
-    conditioning to them (None: the latents alone)."""
+def _find_latents(inputs: Dict[str, Any], sample: torch.Tensor) -> Tuple[Optional[str], Optional[int], bool]:
+    """The argument that holds the latents the scheduler steps, the dimension along which the pipeline appends
+    conditioning to them (None: the latents alone), and whether it comes before them (prepended)."""
     for key, value in inputs.items():
         batch = _as_batch(value, sample)
         if batch is not None and _close(batch, sample):
-            return key, None
+            return key, None, False
     for key, value in inputs.items():
         if not isinstance(value, torch.Tensor) or value.dim() != sample.dim() or value.shape[0] != sample.shape[0]:
             continue
         for dim in range(1, sample.dim()):
             longer = value.shape[dim] > sample.shape[dim]
             others = all(value.shape[d] == sample.shape[d] for d in range(sample.dim()) if d != dim)
-            if longer and others and _close(value.narrow(dim, 0, sample.shape[dim]), sample):
-                return key, dim
-    return None, None
+            if not (longer and others):
+                continue
+            for prepended in (False, True):
+                if _close(_latent_part(value, dim, sample.shape[dim], prepended), sample):
+                    return key, dim, prepended
+    return None, None, False
+
+
+def _latent_part(value: torch.Tensor, dim: int, size: int, prepended: bool) -> torch.Tensor:
+    """The latents' `size` entries of `value` along `dim`: the first ones, or the last ones where conditioning comes
+    before them."""
+    return value.narrow(dim, value.shape[dim] - size if prepended else 0, size)
 
 
 def _check_timestep_of_sigma(name: str, key: str, values: List[float], sigmas: List[float], scale: float,
@@ -733,18 +746,19 @@ def _check_timestep_of_sigma(name: str, key: str, values: List[float], sigmas: L
             "timestep.")
 
 
-def _check_appended_constant(name: str, values: List[torch.Tensor], steps: list, dim: int) -> None:
+def _check_appended_constant(name: str, values: List[torch.Tensor], steps: list, dim: int, prepended: bool) -> None:
     """What the pipeline appends to the latents must be conditioning: the same at every step."""
     size = steps[0]["sample"].shape[dim]
-    first = _appended(values[0], dim, size)
-    if any(not torch.equal(first, _appended(v, dim, size)) for v in values[1:]):
+    first = _appended(values[0], dim, size, prepended)
+    if any(not torch.equal(first, _appended(v, dim, size, prepended)) for v in values[1:]):
         raise TraceError(f"{name} appends to the latents something that changes from step to step: not "
                          "conditioning the traced family can hold fixed.")
 
 
-def _appended(value: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """What follows the first `size` entries (the latents) of `value` along `dim`: the appended conditioning."""
-    return value.narrow(dim, size, value.shape[dim] - size)
+def _appended(value: torch.Tensor, dim: int, size: int, prepended: bool = False) -> torch.Tensor:
+    """What is beside the `size` entries of the latents in `value` along `dim`: the conditioning after them, or before
+    them where it is prepended."""
+    return value.narrow(dim, 0 if prepended else size, value.shape[dim] - size)
 
 
 def _changes(a, b) -> bool:
