@@ -6,12 +6,16 @@ With alpha != r (the release: r 32, alpha 64) those three give three strengths. 
 folded into `lora_B` and says alpha = r, so every loader applies exactly the trained update.
 """
 
+import inspect
+import logging
 import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from peft import LoraConfig
 from peft.utils.other import get_pattern_key
+
+logger = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file `load_lora_weights(..., weight_name=)` reads
 # LoRA file name -> (prefix of the tensors it holds, `load_lora_weights` arguments): one file of every tensor.
@@ -67,10 +71,13 @@ def write_lora_file(pipeline_class, folder: str, weights: Dict[str, torch.Tensor
 
 
 def has_lora_loader(pipeline_class) -> bool:
-    """Whether the pipeline class has diffusers' LoRA loader (`load_lora_weights` / `save_lora_weights`). Classes
-    without one (BRIA 3.2, Ovis-Image, Sana PAG, ...) still load the same file through their transformer's
-    `load_lora_adapter`."""
-    return hasattr(pipeline_class, "save_lora_weights") and hasattr(pipeline_class, "load_lora_weights")
+    """Whether the pipeline class has diffusers' LoRA loader for its transformer (`load_lora_weights` /
+    `save_lora_weights(transformer_lora_layers=...)`). Classes without one (BRIA 3.2, Ovis-Image, Sana PAG, ...) still
+    load the same file through their transformer's `load_lora_adapter`."""
+    if not (hasattr(pipeline_class, "save_lora_weights") and hasattr(pipeline_class, "load_lora_weights")):
+        return False
+    # a UNet-era loader (PRX inherits Stable Diffusion's) saves `unet_lora_layers`, not a transformer's
+    return "transformer_lora_layers" in inspect.signature(pipeline_class.save_lora_weights).parameters
 
 
 def _write_transformer_lora(folder: str, name: str, weights: Dict[str, torch.Tensor], metadata: dict) -> None:
@@ -86,20 +93,43 @@ def _write_transformer_lora(folder: str, name: str, weights: Dict[str, torch.Ten
 
 def load_lora_file(pipe, folder: str, weight_name: str, adapter_name: Optional[str] = None, **kwargs) -> None:
     """Load a LoRA file this package wrote into `pipe`: `pipe.load_lora_weights`, or, for a class without diffusers'
-    LoRA loader, `pipe.transformer.load_lora_adapter` of the same file."""
+    LoRA loader, `pipe.transformer.load_lora_adapter` of the same file (its transformer given diffusers' PEFT
+    support first where its class lacks it, as for training: `with_peft_support`)."""
     if has_lora_loader(type(pipe)):
         pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=adapter_name, **kwargs)
     else:
+        with_peft_support(pipe.transformer)
         pipe.transformer.load_lora_adapter(folder, weight_name=weight_name, adapter_name=adapter_name,
                                            prefix="transformer", **kwargs)
 
 
-def check_lora_support(pipeline) -> None:
-    """Raise before any compute if the pipeline's transformer cannot take a LoRA (no PEFT support in diffusers)."""
+def has_peft_support(model) -> bool:
+    """Whether the model's class has diffusers' PEFT methods (`add_adapter`, `load_lora_adapter`, ...)."""
+    return hasattr(model, "add_adapter") and hasattr(model, "load_lora_adapter")
+
+
+def with_peft_support(model):
+    """The model, its class given diffusers' `PeftAdapterMixin` where it lacks it (Lumina-Next's, PRX's and
+    EasyAnimate's transformers): the mixin's methods inject PEFT's LoRA layers into any diffusers model, so such a
+    transformer trains, saves and loads a LoRA as the others do. Its instance changes class in place, to a subclass
+    of the same name."""
+    from diffusers.loaders.peft import PeftAdapterMixin
+
+    if has_peft_support(model):
+        return model
+    cls = type(model)
+    model.__class__ = type(cls.__name__, (cls, PeftAdapterMixin), {"__module__": cls.__module__})
+    return model
+
+
+def give_peft_support(pipeline) -> None:
+    """Before any compute: a transformer whose class lacks diffusers' PEFT support gets it (`with_peft_support`), and
+    the log says so, with how to load the LoRA it will train."""
     transformer = getattr(pipeline, "transformer", None)
-    if transformer is not None and not hasattr(transformer, "add_adapter"):
-        raise ValueError(
-            f"{type(transformer).__name__} (of {type(pipeline).__name__}) has no PEFT support in diffusers (no "
-            "`add_adapter`/`load_lora_adapter`), so no LoRA can be trained on it or loaded into it. Use a pipeline "
-            "whose transformer subclasses diffusers' PeftAdapterMixin."
-        )
+    if transformer is None or has_peft_support(transformer):
+        return
+    with_peft_support(transformer)
+    logger.warning("%s (of %s) has no PEFT support in diffusers: it gets diffusers' PeftAdapterMixin for this run. "
+                   "Load the LoRA with diffusers_nft.lora_file.load_lora_file(pipe, folder, weight_name), which "
+                   "gives a fresh pipeline's transformer the same.", type(transformer).__name__,
+                   type(pipeline).__name__)

@@ -34,7 +34,7 @@ from .data import PromptSampler, PromptSource, prompt_sets
 from .engine import NonFiniteError, build_engine, place_pipeline, probe_rewards
 from .hub import CardInputs, card_hyperparameters, check_hub, hub_base_model
 from .interrupts import StopSignals, TrainingInterrupted
-from .lora_file import check_lora_support, has_lora_loader, write_lora_file
+from .lora_file import give_peft_support, has_lora_loader, write_lora_file
 from .machines import check_shared_output_dir, on_every_machine
 from .memory_fit import device_memory
 from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
@@ -108,7 +108,7 @@ class NFTTrainer:
         self.args = args = resolve_config(args, objective)
         self.objective_class = objective_class(args.objective)
         self.callbacks = CallbackList(callbacks or [], trainer=self)
-        check_lora_support(pipeline)
+        give_peft_support(pipeline)
         self.pipeline, self.family = pipeline, family_for_training(pipeline, args)
         self.max_sequence_length = args.max_sequence_length or self.family.default_max_sequence_length
         self.train_dataset, self.eval_dataset = prompt_sets(train_dataset, eval_dataset)

@@ -78,11 +78,29 @@ def test_a_class_without_a_lora_loader_saves_a_file_its_transformer_loads_and_th
     assert "pipe.load_lora_weights(" in call_snippet("FluxPipeline", "x/y", "me/lora", "a cat", {})
 
 
-def test_a_transformer_without_peft_support_is_refused_before_any_compute(tmp_path):
-    pipe = tiny_matrix_pipelines.build_tiny_lumina_pipeline()  # Lumina-Next: no PeftAdapterMixin
-    with pytest.raises(ValueError, match="has no PEFT support in diffusers"):
-        NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path), PROMPTS)
-    assert not any(tmp_path.iterdir())  # nothing was written
+def test_a_transformer_without_peft_support_gets_diffusers_mixin_and_its_lora_loads_back(tmp_path):
+    from diffusers import LuminaNextDiT2DModel, LuminaPipeline
+
+    pipe = _quiet(tiny_matrix_pipelines.build_tiny_lumina_pipeline())  # Lumina-Next: no PeftAdapterMixin
+    assert not hasattr(pipe.transformer, "add_adapter") and not has_lora_loader(LuminaPipeline)
+    trainer = NFTTrainer(pipe, "jpeg_incompressibility", tiny_config(tmp_path, max_steps=1, learning_rate=3e-2),
+                         PROMPTS)
+    assert isinstance(pipe.transformer, LuminaNextDiT2DModel) and type(pipe.transformer).__name__ == "LuminaNextDiT2DModel"
+    trainer.train()
+    shape = trainer.family.latent_shape(64)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    cond = trainer.family.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    with trainer.policy.ema_weights(), torch.no_grad():
+        trained = trainer.family.predict_velocity(x, torch.full((2,), 0.6), cond)
+    fresh = _quiet(tiny_matrix_pipelines.build_tiny_lumina_pipeline())
+    family = TracedFamily(fresh)
+    family.latent_shape(64)
+    with torch.no_grad():
+        base = family.predict_velocity(x, torch.full((2,), 0.6), cond)
+        load_lora_file(fresh, str(tmp_path), "pytorch_lora_weights.safetensors")
+        loaded = family.predict_velocity(x, torch.full((2,), 0.6), cond)
+    assert (trained - base).abs().max() > 1e-4
+    torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-5)
 
 
 def test_guidance_besides_guidance_scale_is_switched_off_from_the_call_signature():
@@ -160,7 +178,8 @@ def test_an_output_with_other_tokens_first_a_step_cache_and_rgba_images_are_foll
     pipe = _quiet(tiny_matrix_pipelines.build_tiny_qwenimage21_pipeline())
     family = TracedFamily(pipe)
     shape = family.latent_shape(64)
-    assert family._traces[64].output_tail and family.cfg_free_call_kwargs()["use_kv_cache"] is False
+    trace = family._traces[64]
+    assert trace.output_dim == 1 and trace.output_from_end and family.cfg_free_call_kwargs()["use_kv_cache"] is False
     images = family.decode(torch.zeros(2, *shape))
     assert images.shape == (2, 3, 64, 64)
     rgba = torch.tensor([0.2, 0.4, 0.6, 0.5]).view(1, 4, 1, 1)

@@ -14,6 +14,15 @@ from diffusers_nft.demo.offline_text import tiny_clip_config, tiny_text_stack, t
 from tiny_pipelines import _train_gemma_tokenizer, _train_qwen_tokenizer, _tiny_vae
 
 
+def _drawn_like_trained(model: torch.nn.Module) -> None:
+    """Draw the layers a new model initialises to zeros (output layers, modulation gates), as a trained model's are
+    not: otherwise the model predicts 0, or skips its blocks, and a LoRA on its attention changes nothing."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 0 and not parameter.any():
+                parameter.normal_(0.0, 0.1)
+
+
 def _t5(d_model: int = 32):
     """A trained T5 tokenizer and a one-layer T5 encoder of width `d_model`."""
     with tempfile.TemporaryDirectory() as folder:
@@ -458,6 +467,7 @@ def build_tiny_prx_pipeline(seed: int = 0):
                    layer_types=["full_attention"], hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=4,
                    sliding_window=4096, pad_token_id=0, bos_token_id=2, eos_token_id=1)
     config = T5GemmaConfig(encoder=T5GemmaModuleConfig(**encoder), is_encoder_decoder=False, **encoder)
+    _drawn_like_trained(transformer)  # its blocks' modulation starts at zero
     return PRXPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
                        text_encoder=T5GemmaEncoder(config.encoder).eval(), tokenizer=tokenizer, vae=vae)
 
@@ -469,7 +479,8 @@ def build_tiny_prx_pixel_pipeline(seed: int = 0):
 
     torch.manual_seed(seed)
     tokenizer = _qwen_tokenizer()
-    transformer = PRXTransformer2DModel(patch_size=1, in_channels=3, context_in_dim=16, hidden_size=8, mlp_ratio=2.0,
+    # 8x8 pixel patches: 64 tokens at 64 px, as the latent builds have (diffusers' test has 1x1 at 32 px)
+    transformer = PRXTransformer2DModel(patch_size=8, in_channels=3, context_in_dim=16, hidden_size=8, mlp_ratio=2.0,
                                         num_heads=2, depth=1, axes_dim=[2, 2], bottleneck_size=8,
                                         resolution_embeds=True)
     return PRXPixelPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
@@ -661,10 +672,7 @@ def build_tiny_ernie_image_pipeline(seed: int = 0):
     transformer = ErnieImageTransformer2DModel(hidden_size=32, num_attention_heads=2, num_layers=1,
                                                ffn_hidden_size=64, in_channels=16, out_channels=16, patch_size=1,
                                                text_in_dim=16, rope_axes_dim=(4, 6, 6))
-    with torch.no_grad():  # zero-initialised (a new model predicts 0); a trained one's are not
-        for name, parameter in transformer.named_parameters():
-            if name.startswith(("adaLN_modulation.1", "final_linear")):
-                parameter.normal_(0.0, 0.1)
+    _drawn_like_trained(transformer)
     text_encoder = Mistral3Model(Mistral3Config(
         text_config={"model_type": "ministral3", "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
                      "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "vocab_size": len(tokenizer)},

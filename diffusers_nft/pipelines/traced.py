@@ -81,7 +81,10 @@ class Trace:
     appended_dim: Optional[int] = None  # where the pipeline appends conditioning to the latents, if it does
     output_appended: bool = False  # the output is as long as the input: the velocity is its first part
     prepended: bool = False  # the conditioning comes before the latents (Ideogram 4's text padding), not after
-    output_tail: bool = False  # the output has other tokens first (Qwen-Image 2.1's text): the velocity is its last part
+    # the output is longer than the latents along this dim (Qwen-Image 2.1's text tokens first, Lumina-Next's learnt
+    # variance after): the velocity is its first part, or its last part with `output_from_end`
+    output_dim: Optional[int] = None
+    output_from_end: bool = False
 
 
 def _bind(signature: inspect.Signature, args, kwargs) -> Dict[str, Any]:
@@ -118,12 +121,27 @@ def _stepping(scheduler, step) -> Iterator[None]:
         yield
 
 
-def _tail(output, like: torch.Tensor) -> Optional[torch.Tensor]:
-    """The last tokens of a token-sequence output longer than the latents (other tokens first), else None."""
-    if isinstance(output, torch.Tensor) and output.dim() == like.dim() == 3 and output.shape[0] == like.shape[0] \
-            and output.shape[2] == like.shape[2] and output.shape[1] > like.shape[1]:
-        return output[:, -like.shape[1]:]
-    return None
+def _velocity_part(output, sample: torch.Tensor, stepped: torch.Tensor) -> Tuple[Optional[int], bool, Optional[float]]:
+    """Where the velocity is in the transformer's output, from what the pipeline stepped: `(dim, from_end, sign)`,
+    `dim` None for the whole output; `sign` +-1, 0 where no part matches up to sign, None where no part has the
+    latents' shape."""
+    dim = _longer_dim(output, sample)
+    candidates = [(None, False, output)] if dim is None else [
+        (dim, from_end, _latent_part(output, dim, sample.shape[dim], from_end)) for from_end in (False, True)]
+    shaped = [(d, end, _as_batch(part, sample)) for d, end, part in candidates if _as_batch(part, sample) is not None]
+    for d, end, part in shaped:
+        for sign in (1.0, -1.0):
+            if _close(stepped, sign * part):
+                return d, end, sign
+    return (None, False, 0.0) if shaped else (None, False, None)
+
+
+def _longer_dim(output, like: torch.Tensor) -> Optional[int]:
+    """The one dimension along which a tensor output is longer than the latents (all others equal), else None."""
+    if not isinstance(output, torch.Tensor) or output.dim() != like.dim() or output.shape[0] != like.shape[0]:
+        return None
+    longer = [d for d in range(1, like.dim()) if output.shape[d] != like.shape[d]]
+    return longer[0] if len(longer) == 1 and output.shape[longer[0]] > like.shape[longer[0]] else None
 
 
 def _as_batch(value, like: torch.Tensor) -> Optional[torch.Tensor]:
@@ -361,9 +379,16 @@ class TracedFamily(PipelineFamily):
 
     def _trace(self, resolution: int) -> Trace:
         reasons = []
-        for cfg_off in self._cfg_off_candidates():  # a wrong CFG switch shows as 2 calls or a doubled batch
+        candidates = self._cfg_off_candidates()
+        for cfg_off in candidates:  # a wrong CFG switch shows as 2 calls or a doubled batch
             self._cfg_off = cfg_off
-            calls, steps = self._record(resolution)
+            try:
+                calls, steps = self._record(resolution)
+            except TraceError as error:  # this switch's call failed: the next one may not (0 where 1 is refused)
+                if cfg_off is candidates[-1] and not reasons:
+                    raise
+                reasons.append(f"with {cfg_off}: {error}")
+                continue
             if len(steps) != TRACE_STEPS or len(calls) != TRACE_STEPS:
                 reasons.append(f"with {cfg_off}: {len(calls)} transformer calls in {len(steps)} steps")
                 continue
@@ -394,13 +419,9 @@ class TracedFamily(PipelineFamily):
         output_appended = appended_dim is not None and output.shape[appended_dim] == value.shape[appended_dim]
         if output_appended:
             output = _latent_part(output, appended_dim, sample.shape[appended_dim], prepended)
-        as_batch = _as_batch(output, sample)
-        output_tail = as_batch is None and _tail(output, sample) is not None
-        if output_tail:
-            as_batch = _as_batch(_tail(output, sample), sample)
-        if as_batch is None:
+        output_dim, from_end, sign = _velocity_part(output, sample, steps[0]["output"])
+        if sign is None:
             raise TraceError(f"{name}: the transformer's output does not have the latents' shape.")
-        sign = 1.0 if _close(steps[0]["output"], as_batch) else -1.0 if _close(steps[0]["output"], -as_batch) else 0
         if not sign:
             raise TraceError(f"{name} changes the transformer's output before `scheduler.step` in a way other than "
                              "its sign (a guidance or rescaling step that CFG-off arguments did not switch off).")
@@ -413,7 +434,7 @@ class TracedFamily(PipelineFamily):
             # integer timesteps (UniPC's) would round training's continuous sigmas: float32 keeps them
             timestep_dtype=timestep.dtype if timestep.dtype.is_floating_point else torch.float32,
             timestep_extra=tuple(timestep.shape[1:]), sign=sign, appended_dim=appended_dim,
-            output_appended=output_appended, prepended=prepended, output_tail=output_tail,
+            output_appended=output_appended, prepended=prepended, output_dim=output_dim, output_from_end=from_end,
         )
 
     def _timestep_map(self, calls: list, steps: list, exclude: str) -> Tuple[str, float, float]:
@@ -577,8 +598,8 @@ class TracedFamily(PipelineFamily):
         output = _first_output(self.model(**kwargs))
         if trace.output_appended:
             output = _latent_part(output, trace.appended_dim, latents.shape[trace.appended_dim], trace.prepended)
-        if trace.output_tail:
-            output = _tail(output, latents)
+        if trace.output_dim is not None:
+            output = _latent_part(output, trace.output_dim, latents.shape[trace.output_dim], trace.output_from_end)
         return trace.sign * _as_batch(output, latents)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
