@@ -70,13 +70,24 @@ def base_model_license(base_model: Optional[str]) -> Optional[str]:
         return None
 
 
-def _has_lora_loader(pipeline_class: str) -> bool:
+def _lora_loader(pipeline_class: str) -> Tuple[str, str, str]:
+    """How the snippet loads a LoRA into this class: `(import line, call prefix, extra arguments)`. diffusers'
+    `pipe.load_lora_weights` where the class has it; else its transformer's `load_lora_adapter`; else (a transformer
+    without PEFT support in diffusers) this package's `load_lora_file`, which gives it the PEFT mixin first."""
+    import inspect
+
     import diffusers
 
     from .lora_file import has_lora_loader
 
     cls = getattr(diffusers, pipeline_class, None)
-    return cls is None or has_lora_loader(cls)
+    if cls is None or has_lora_loader(cls):
+        return "", "pipe.load_lora_weights(", ""
+    transformer = inspect.signature(cls.__init__).parameters.get("transformer")
+    annotation = getattr(transformer, "annotation", None)
+    if inspect.isclass(annotation) and not hasattr(annotation, "load_lora_adapter"):
+        return "from diffusers_nft.lora_file import load_lora_file\n", "load_lora_file(pipe, ", ""
+    return "", "pipe.transformer.load_lora_adapter(", ', prefix="transformer"'
 
 
 def _guiders(pipeline_class: str) -> List[str]:
@@ -104,17 +115,16 @@ def call_snippet(pipeline_class: str, base_model: Optional[str], repo_id: str, p
     arguments = "".join(f"    {key}={_load_images(value, repo_id)},\n" for key, value in (conditioning_files or {}).items())
     arguments += "".join(f"    {key}={_literal(value)},\n" for key, value in call_kwargs.items())
     # a class without diffusers' LoRA loader loads the same file through its transformer
-    loader = "load_lora_weights(" if _has_lora_loader(pipeline_class) else "transformer.load_lora_adapter("
-    extra = "" if loader == "load_lora_weights(" else ', prefix="transformer"'
+    import_line, loader, extra = _lora_loader(pipeline_class)
     loads = "".join(
-        f"pipe.{loader}{_literal(repo_id)}, weight_name={_literal(name)}{extra}"
+        f"{loader}{_literal(repo_id)}, weight_name={_literal(name)}{extra}"
         + "".join(f", {k}={_literal(v)}" for k, v in load_kwargs.items()) + ")\n"
         for name, (_, load_kwargs) in (lora_layout or SINGLE_LORA_LAYOUT).items()
     )
     loads += "".join(f"pipe.{name}.disable()  # trained and evaluated without CFG\n" for name in _guiders(pipeline_class))
     return (
         "import torch\n"
-        f"{load_base[0]}"
+        f"{load_base[0]}{import_line}"
         + ("from diffusers.utils import load_image\n" if conditioning_files else "") + "\n"
         'device = "cuda" if torch.cuda.is_available() else "cpu"\n'
         + ("" if base_loader else 'dtype = torch.bfloat16 if device == "cuda" else torch.float32\n')
