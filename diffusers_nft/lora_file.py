@@ -77,7 +77,8 @@ def has_lora_loader(pipeline_class) -> bool:
     if not (hasattr(pipeline_class, "save_lora_weights") and hasattr(pipeline_class, "load_lora_weights")):
         return False
     # a UNet-era loader (PRX inherits Stable Diffusion's) saves `unet_lora_layers`, not a transformer's
-    return "transformer_lora_layers" in inspect.signature(pipeline_class.save_lora_weights).parameters
+    parameters = inspect.signature(pipeline_class.save_lora_weights).parameters
+    return "transformer_lora_layers" in parameters or "unet_lora_layers" not in parameters
 
 
 def _write_transformer_lora(folder: str, name: str, weights: Dict[str, torch.Tensor], metadata: dict) -> None:
