@@ -70,6 +70,7 @@ def test_rotation_and_latest_ignore_incomplete_folders(tmp_path):
         resolve_checkpoint(str(tmp_path / "checkpoint-5"), str(tmp_path))
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_corrupt_checkpoint_is_reported_before_training(tiny_pipeline_dir, tmp_path):
     _run(tiny_pipeline_dir, tmp_path, 2)
     with open(tmp_path / "checkpoint-2" / "lora_old.safetensors", "wb") as f:

@@ -243,6 +243,7 @@ def test_the_model_flag_says_which_pipelines_each_script_takes(capsys):
     assert "FLUX.1 for train_nft_flux.py" in text and "any supported flow-matching pipeline for train_nft.py" in text
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_final_report_card_writes_the_demo_card_with_its_own_repo_and_base(tmp_path, monkeypatch):
     # A shortened demo run: --final_report card skips the held-out results table; the card names this run's folder
     # as its repo and builds the bundled base in its snippet, which runs as it is.

@@ -59,6 +59,7 @@ def test_the_family_samples_what_the_pipeline_samples_for_the_same_control_image
     assert (theirs - other).abs().max() > 1e-3  # the control image matters
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_a_run_trains_the_transformer_on_each_rows_control_image_and_the_lora_loads_back(controlnet_dir, tmp_path):
     folder = tmp_path / "controls"
     folder.mkdir()

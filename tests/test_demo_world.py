@@ -44,6 +44,7 @@ def test_digit_split_and_rendering():
     assert images[:, :, :4].abs().max() == 0 and images[:, :, :, -4:].abs().max() == 0  # black border
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_digit_eval_scores_real_held_out_digits():
     reward = load_reward("digit_eval", device="cpu")
     digits, labels = load_digits_split("held_out")

@@ -93,6 +93,7 @@ def _resumable_run(pipeline_dir, output_dir):
     return run
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_resume_refuses_other_geometry_and_another_lora_rank(tiny_pipeline_dir, tmp_path):
     run = _resumable_run(tiny_pipeline_dir, tmp_path)
     run(1)

@@ -72,6 +72,7 @@ def test_each_family_trains_with_every_solver(family, sampler, tmp_path):
     assert last["loss/kl"] == 0 and last["loss/total"] == last["loss/policy"] and last["grad_norm"] > 0
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_the_lora_loads_into_the_pipeline_class_and_reproduces_the_policy(family, tmp_path):
     _, folder = family
     pipe = load_saved(folder)

@@ -95,6 +95,7 @@ def test_the_ratio_is_one_on_the_first_update_and_the_rollouts_hold_the_trajecto
     assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_flow_grpo_trains_the_tiny_sd3_and_its_lora_moves_away_from_the_base(tiny_pipeline, tmp_path):
     # 3 optimizer steps per iteration: the later micro-batches see a policy that moved since it sampled
     config = tiny_config(tmp_path, max_steps=3, learning_rate=3e-2, objective="flow_grpo",

@@ -60,6 +60,7 @@ def test_warn_and_save_best_keep_the_judges_best_lora(tmp_path, caplog):
     assert "## Which LoRA" in card and "scored highest" in card and "iteration 3" in card
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_stop_ends_training_when_the_judge_falls(tmp_path):
     guard = HackingGuard(judge_drop=0.15, actions=("warn", "stop"))
     _, history = _train(tmp_path, guard, max_steps=8)

@@ -166,6 +166,7 @@ def test_the_upload_sends_results_and_never_checkpoints_logs_or_staging(trained,
     assert "README.md" in local and not [n for n in local if n.startswith(".tmp")]  # published after success
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_script_pushes_with_the_given_repo_and_token_or_the_output_dir_name(tiny_pipeline_dir, tmp_path, monkeypatch):
     import huggingface_hub
 

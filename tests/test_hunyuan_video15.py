@@ -50,6 +50,7 @@ def test_the_familys_euler_rollout_is_the_pipelines_own_video():
 
 @pytest.mark.parametrize("sampler", ["euler"] + [pytest.param(s, marks=pytest.mark.slow)
                                                  for s in ("dpm_solver", "heun", "unipc")])
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_it_trains_on_videos_with_every_solver(sampler, tmp_path):
     config = tiny_config(tmp_path, max_steps=1, sampler=sampler, num_frames=FRAMES, prompts_per_iteration=1,
                          group_size=4, reward_frames=2)

@@ -1,15 +1,15 @@
 """LongCat-Image (`LongCatImageFamily`): the family's rollout is the pipeline's own image, it trains, and its LoRA
 (the class has no `load_lora_weights`) loads into a fresh pipeline's transformer."""
 
+import pytest
+import tiny_matrix_pipelines
 import torch
+from conftest import PROMPTS, tiny_config
 
 from diffusers_nft import NFTTrainer
 from diffusers_nft.lora_file import load_lora_file
 from diffusers_nft.pipelines import LongCatImageFamily, get_family
 from diffusers_nft.sampling import rollout
-
-import tiny_matrix_pipelines
-from conftest import PROMPTS, tiny_config
 
 PAIR = ["a red cat", "a blue dog"]
 
@@ -40,6 +40,7 @@ def test_the_rollout_is_the_pipelines_own_image_without_its_prompt_rewrite():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_it_trains_and_its_lora_loads_into_a_fresh_transformer(tmp_path):
     config = tiny_config(tmp_path, max_steps=2, learning_rate=3e-2)
     trainer = NFTTrainer(_build(), "jpeg_incompressibility", config, PROMPTS)

@@ -63,6 +63,7 @@ def test_it_trains_on_videos_with_every_solver(sampler, tmp_path):
     assert 0 < last["reward/temporal_consistency/mean"] <= 1
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_its_lora_sits_on_the_video_attention_and_loads_with_load_lora_weights(tmp_path):
     from safetensors.torch import load_file
 

@@ -1,15 +1,15 @@
 """A third family, to show that one is one family file: Lumina-Image 2.0 (reversed time, negated velocity)."""
 
+import pytest
 import torch
+from conftest import PROMPTS, max_diff, tiny_config
 from diffusers import Lumina2Pipeline
 from safetensors.torch import load_file
 
 from diffusers_nft import NFTTrainer
+from diffusers_nft.lora_file import portable_lora
 from diffusers_nft.pipelines import Lumina2Family, get_family
 from diffusers_nft.policy import make_lora_config
-from diffusers_nft.lora_file import portable_lora
-
-from conftest import PROMPTS, max_diff, tiny_config
 
 
 def _render(pipe):
@@ -38,6 +38,7 @@ def test_lumina2_velocity_convention_matches_the_pipeline(tmp_path):
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_lumina2_trains_and_its_lora_loads(tmp_path):
     from tiny_pipelines import build_tiny_lumina2_pipeline
 

@@ -104,6 +104,7 @@ def test_script_refuses_a_nan_reward_weight_before_loading_the_model(tmp_path):
     assert loaded == []
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_metrics_have_no_duplicate_rows_after_a_resume(tiny_pipeline_dir, tmp_path):
     _trainer(tiny_pipeline_dir, tmp_path, max_steps=3, save_steps=2).train()
     _trainer(tiny_pipeline_dir, tmp_path, max_steps=4, save_steps=2, resume_from_checkpoint="latest").train()

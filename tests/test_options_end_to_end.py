@@ -129,6 +129,7 @@ def test_a_reward_that_passes_the_probe_and_fails_later_stops_train(tiny_pipelin
     assert calls[0] == 2 and not os.path.exists(tmp_path / "pytorch_lora_weights.safetensors")
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_the_trainer_refuses_a_deepspeed_checkpoint_before_any_compute(tiny_pipeline_dir, tmp_path):
     _train(tiny_pipeline_dir, tmp_path, save_steps=2)
     (tmp_path / "checkpoint-2" / "deepspeed").mkdir()  # as a DeepSpeed run writes it
@@ -155,6 +156,7 @@ def test_reward_device_and_dtype_reach_the_reward(tiny_pipeline_dir, tmp_path):
     assert seen == [{"device": "cpu", "dtype": "bfloat16", "batch_size": 3}]
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_the_model_card_shows_weights_links_and_hyperparameters(tiny_pipeline_dir, tmp_path):
     trainer = _train(tiny_pipeline_dir, tmp_path, validation_prompts=["a red cat"], reward_weights=[1.0, 0.25],
                      reward=["jpeg_incompressibility", "jpeg_compressibility"])

@@ -23,6 +23,7 @@ def _trainer(pipeline_dir, folder, **overrides):
                       tiny_config(folder, **overrides), PROMPTS)
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_a_second_fresh_run_in_the_same_folder_is_refused_before_any_compute(tiny_pipeline_dir, tmp_path):
     run_tiny(tiny_pipeline_dir, tmp_path, max_steps=2)
     before = sorted(os.listdir(tmp_path))
@@ -43,12 +44,14 @@ def test_a_second_fresh_run_in_the_same_folder_is_refused_before_any_compute(tin
     assert loaded == []
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_trls_resume_given_to_train_continues_the_folder(tiny_pipeline_dir, tmp_path):
     run_tiny(tiny_pipeline_dir, tmp_path, max_steps=4, stop_after=2)
     _trainer(tiny_pipeline_dir, tmp_path, max_steps=3).train(resume_from_checkpoint="latest")
     assert _steps(tmp_path) == [1, 2, 3]
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_overwrite_output_dir_starts_over_and_keeps_other_files(tiny_pipeline_dir, tmp_path, caplog):
     run_tiny(tiny_pipeline_dir, tmp_path, max_steps=2)
     (tmp_path / "prompts.txt").write_text("mine\n")
@@ -68,6 +71,7 @@ def test_a_resume_continues_the_folder(tiny_pipeline_dir, tmp_path):
     assert _steps(tmp_path) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_latest_with_nothing_to_resume_says_so_and_starts_clean(tiny_pipeline_dir, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         _trainer(tiny_pipeline_dir, tmp_path / "empty", resume_from_checkpoint="latest")
@@ -86,6 +90,7 @@ def test_latest_never_overwrites_a_finished_run_without_checkpoints(tiny_pipelin
     assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_two_runs_in_one_folder_at_once_are_refused_naming_the_other(tiny_pipeline_dir, tmp_path):
     import subprocess
     import sys

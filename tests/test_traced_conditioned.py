@@ -45,6 +45,7 @@ def test_a_traced_image_to_video_pipeline_follows_the_channels_appended_first_fr
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_a_traced_kontext_follows_the_sequence_appended_source_and_says_when_the_call_resizes():
     pipe = tiny_pipelines.build_tiny_flux_kontext_pipeline()
     pipe.set_progress_bar_config(disable=True)

@@ -88,6 +88,7 @@ def test_kl_beta_zero_skips_the_reference_forward(tiny_pipeline_dir, tmp_path):
         assert (trainer.step()["loss/kl"] > 0) == (kl_beta > 0)
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 @pytest.mark.parametrize("save_ema_weights", [True, False])
 def test_saved_lora_loads_into_a_fresh_pipeline(tiny_pipeline_dir, tmp_path, save_ema_weights):
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_pipeline_dir)
@@ -122,6 +123,7 @@ def _render(pipeline):
                     max_sequence_length=16, output_type="pt").images
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_after_training_the_pipeline_is_the_saved_lora_alone(tiny_pipeline_dir, tmp_path):
     """train() leaves the user's pipeline with one LoRA adapter holding the saved (EMA) weights, active: it draws
     what the saved file draws, and loading that file beside it makes two adapters, not three."""

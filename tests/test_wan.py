@@ -95,6 +95,7 @@ def test_wan_trains_on_videos_with_every_solver(wan_dir, sampler, tmp_path):
     assert 0 < last["reward/temporal_consistency/mean"] <= 1
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_wan_lora_loads_into_wan_pipeline_and_grids_are_animated(wan_dir, tmp_path):
     config = tiny_config(tmp_path, max_steps=3, learning_rate=3e-2, num_frames=FRAMES, validation_steps=3)
     trainer = NFTTrainer(load_saved(wan_dir), "jpeg_incompressibility", config, PROMPTS)
