@@ -338,6 +338,10 @@ def readme_block(plain: list, conditioned: list) -> str:
         files = sorted({r["family"] for r in passed if r["family"] != "traced"})
         traced = sorted(r["pipeline"].removesuffix("Pipeline") for r in passed if r["family"] == "traced")
         lines.append(f"| {kind} | **{len(passed)} of {len(rows)}** | {', '.join(files)} | {', '.join(traced)} |")
+    failed = [r for r in plain if r["result"] != "pass"]
+    if failed:  # the text-to-image/video classes that do not train, each with its reason
+        lines += ["", "Text-to-image / text-to-video classes that do not train here:", ""]
+        lines += [f"- `{r['pipeline']}`: {r['reason']}" for r in failed]
     return "\n".join(lines + [README_END])
 
 
