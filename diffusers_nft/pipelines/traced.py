@@ -675,8 +675,9 @@ def _extra_guidance_off(parameters) -> dict:
 def attention_targets(model: torch.nn.Module) -> Tuple[str, ...]:
     """The LoRA targets of `model`: those of `ATTENTION_TARGETS` that name a linear layer of it, else the names of
     the linear layers inside its attention modules (classes named `*Attention*`), relative to those modules."""
-    linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    known = tuple(t for t in ATTENTION_TARGETS if any(n == t or n.endswith("." + t) for n in linear))
+    from ..policy import matching_modules
+
+    known = tuple(t for t in ATTENTION_TARGETS if matching_modules(model, [t]))
     if known:
         return known
     found = []
