@@ -44,7 +44,8 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
         batch_size: Images per pipeline call.
         bar: A tqdm bar to advance by the images done.
         conditioning: For image-conditioned pipelines, each image's conditioning (argument -> PIL image(s)).
-        family: The pipeline's `PipelineFamily`, needed with `conditioning`: how a batch's conditioning becomes call
+        family: The pipeline's `PipelineFamily` (how its call's images read, `call_images`), needed with
+            `conditioning`: how a batch's conditioning becomes call
             arguments (`conditioning_call_kwargs`), whether a call takes one conditioning for all its prompts
             (`conditioning_shared_by_call`: a call then holds images of one conditioning only), and the most
             prompts a call takes (`max_prompts_per_call`; Qwen-Image-Edit's takes one).
@@ -65,6 +66,7 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, call_
         if len(chunk) == 1:
             prompt, generator = chunk[0], generator[0]
         out = pipe(prompt=prompt, generator=generator, output_type="pt", return_dict=False, **call_kwargs, **extra)[0]
+        out = family.call_images(out) if family is not None else out
         images.append(over_white(out.float().cpu()))
         if bar is not None:
             bar.update(len(chunk))

@@ -483,6 +483,7 @@ def build_tiny_prx_pixel_pipeline(seed: int = 0):
     transformer = PRXTransformer2DModel(patch_size=8, in_channels=3, context_in_dim=16, hidden_size=8, mlp_ratio=2.0,
                                         num_heads=2, depth=1, axes_dim=[2, 2], bottleneck_size=8,
                                         resolution_embeds=True)
+    _drawn_like_trained(transformer)  # its blocks' modulation starts at zero
     return PRXPixelPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
                             text_encoder=_tiny_qwen3(tokenizer, False), tokenizer=tokenizer, prompt_max_tokens=16)
 
@@ -531,13 +532,30 @@ def build_tiny_easyanimate_pipeline(seed: int = 0):
                                scheduler=FlowMatchEulerDiscreteScheduler())
 
 
+def _tiny_ltx2_audio():
+    """LTX-2's audio VAE and vocoder, tiny (diffusers' LTX-2 test's shapes)."""
+    from diffusers import AutoencoderKLLTX2Audio
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+    )
+    vocoder = LTX2Vocoder(
+        in_channels=audio_vae.config.output_channels * audio_vae.config.mel_bins, hidden_channels=32, out_channels=2,
+        upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2], resnet_kernel_sizes=[3],
+        resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1, output_sampling_rate=16000,
+    )
+    return audio_vae, vocoder
+
+
 def build_tiny_ltx2_pipeline(seed: int = 0):
     """`LTX2Pipeline` (LTX-2: a Gemma-3 encoder whose every layer feeds text connectors, a video transformer with an
     audio branch, video and audio VAEs and a vocoder), offline. Shapes follow diffusers' own LTX-2 test."""
-    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler
-    from diffusers import LTX2Pipeline, LTX2VideoTransformer3DModel
+    from diffusers import AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2Pipeline
+    from diffusers import LTX2VideoTransformer3DModel
     from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
-    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -575,16 +593,7 @@ def build_tiny_ltx2_pipeline(seed: int = 0):
         patch_size_t=1, encoder_causal=True, decoder_causal=False,
     )
     vae.use_framewise_encoding = vae.use_framewise_decoding = False
-    audio_vae = AutoencoderKLLTX2Audio(
-        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
-        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
-        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
-    )
-    vocoder = LTX2Vocoder(
-        in_channels=audio_vae.config.output_channels * audio_vae.config.mel_bins, hidden_channels=32, out_channels=2,
-        upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2], resnet_kernel_sizes=[3],
-        resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1, output_sampling_rate=16000,
-    )
+    audio_vae, vocoder = _tiny_ltx2_audio()
     return LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae,
                         text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,
                         transformer=transformer, vocoder=vocoder, processor=None, prompt_enhancer=None,

@@ -16,8 +16,9 @@ from .world import COLOR_NAMES, MAX_SEQUENCE_LENGTH, prompt_for, prompt_records
 def generate(pipe, prompts: List[str], seeds: List[int], guidance_scale: float = 1.0, num_steps: int = 40,
              max_sequence_length: int = MAX_SEQUENCE_LENGTH, batch_size: int = 120) -> torch.Tensor:
     """Images (N, 3, 32, 32) in [0, 1], one per (prompt, seed) pair, from the pipeline's own (Euler) call."""
-    kwargs = get_family(pipe).call_kwargs(32, num_steps, max_sequence_length, guidance_scale)
-    return generate_images(pipe, prompts, seeds, call_kwargs=kwargs, batch_size=batch_size)
+    family = get_family(pipe)
+    kwargs = family.call_kwargs(32, num_steps, max_sequence_length, guidance_scale)
+    return generate_images(pipe, prompts, seeds, call_kwargs=kwargs, batch_size=batch_size, family=family)
 
 
 def accuracy(pipe, seeds: Sequence[int] = (0, 1), guidance_scale: float = 1.0, num_steps: int = 40,

@@ -14,6 +14,7 @@ from .hunyuan_video15 import HunyuanVideo15Family
 from .longcat_image import LongCatImageFamily
 from .ltx2 import LTX2Family
 from .lumina2 import Lumina2Family
+from .prx_pixel import PRXPixelFamily
 from .qwenimage import QwenImageFamily
 from .qwenimage_edit import QwenImageEditFamily, QwenImageEditPlusFamily
 from .sd3 import SD3Family
@@ -26,7 +27,7 @@ from .z_image import ZImageFamily
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
             FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily, QwenImageEditFamily,
             SD3ControlNetFamily, FluxControlNetFamily, HunyuanVideo15Family, LTX2Family, CogView4Family,
-            Cosmos2Family, LongCatImageFamily)
+            Cosmos2Family, LongCatImageFamily, PRXPixelFamily)
 
 
 FAMILY_MODES = ("auto", "traced")
@@ -89,7 +90,7 @@ def card_tags(pipeline_class_name: str) -> List[str]:
 
 
 __all__ = [
-    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxControlNetFamily", "FluxFillFamily", "PipelineFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily", "QwenImageEditPlusFamily", "QwenImageEditFamily",
+    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxControlNetFamily", "FluxFillFamily", "PipelineFamily", "PRXPixelFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily", "QwenImageEditPlusFamily", "QwenImageEditFamily",
     "FAMILY_MODES", "SD3Family", "SD3ControlNetFamily", "Shared", "TraceError", "TracedFamily", "WanFamily", "WanImageToVideoFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]

@@ -232,6 +232,11 @@ class PipelineFamily:
         """The transformer's velocity `eps - x0` at noise level `sigma` (shape `(B,)`), in float32."""
         raise NotImplementedError
 
+    def call_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The images of the pipeline's own call with `output_type="pt"`, in [0, 1]: as they are for most pipelines
+        (PRXPixel's are its raw pixels in [-1, 1])."""
+        return images
+
     def cfg_free_call_kwargs(self) -> dict:
         """The pipeline-call arguments that turn classifier-free guidance off (how a CFG-free LoRA is used)."""
         return {"guidance_scale": 1.0}
@@ -273,6 +278,41 @@ class PipelineFamily:
         latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
         images = vae.decode(latents, return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+class VideoFamily(PipelineFamily):
+    """Families whose samples are videos of `num_frames = r k + 1` frames, `r` being the VAE's temporal compression
+    (`temporal_compression`): the first frame is encoded alone, then `r` frames per latent frame. `decode` gives
+    `(B, F, 3, H, W)`.
+
+    Raises:
+        ValueError: From the constructor, for a frame count the VAE cannot encode, with the nearest valid ones.
+    """
+
+    pipeline_tag = "text-to-video"
+    default_num_frames: int = 81  # the pipeline's default
+
+    def __init__(self, pipeline, distilled_guidance_scale: float = 3.5, num_frames: Optional[int] = None):
+        super().__init__(pipeline, distilled_guidance_scale, num_frames)
+        ratio = self.temporal_compression()
+        if (self.frames - 1) % ratio:
+            below = (self.frames - 1) // ratio * ratio + 1
+            raise ValueError(f"num_frames {self.frames} does not suit {type(pipeline).__name__}: its VAE takes "
+                             f"{ratio} k + 1 frames. Use {below} or {below + ratio}.")
+
+    def temporal_compression(self) -> int:
+        """Frames per latent frame after the first."""
+        return self.pipeline.vae_scale_factor_temporal
+
+    @property
+    def frames(self) -> int:
+        return self.num_frames or self.default_num_frames
+
+    def video_frames(self) -> int:
+        return self.frames
+
+    def latent_frames(self) -> int:
+        return (self.frames - 1) // self.temporal_compression() + 1
 
 
 class PackedLatentsFamily(PipelineFamily):
