@@ -45,6 +45,9 @@ def test_lora_targets_come_from_the_attention_modules_when_the_usual_names_are_a
     sd3 = tiny_pipelines.build_tiny_sd3_pipeline().transformer
     assert attention_targets(sd3) == ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
                                       "to_add_out")
+    # PRX's attention has a usual output projection but fused query/key/value ones: those are found too.
+    prx = tiny_matrix_pipelines.build_tiny_prx_pipeline().transformer
+    assert attention_targets(prx) == ("img_qkv_proj", "txt_kv_proj", "to_out.0")
 
 
 def test_a_class_without_a_lora_loader_saves_a_file_its_transformer_loads_and_the_snippet_says_how(tmp_path):

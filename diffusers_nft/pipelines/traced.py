@@ -673,19 +673,20 @@ def _extra_guidance_off(parameters) -> dict:
 
 
 def attention_targets(model: torch.nn.Module) -> Tuple[str, ...]:
-    """The LoRA targets of `model`: those of `ATTENTION_TARGETS` that name a linear layer of it, else the names of
-    the linear layers inside its attention modules (classes named `*Attention*`), relative to those modules."""
+    """The LoRA targets of `model`: those of `ATTENTION_TARGETS` that name a linear layer of it where they include
+    the query projection, else the names of the linear layers inside its attention modules (classes named
+    `*Attention*`), relative to those modules: PRX's fused `img_qkv_proj` beside a usual `to_out.0`."""
     from ..policy import matching_modules
 
     known = tuple(t for t in ATTENTION_TARGETS if matching_modules(model, [t]))
-    if known:
+    if "to_q" in known:
         return known
     found = []
     for name, module in model.named_modules():
         if "Attention" in type(module).__name__:
             found += [child for child, sub in module.named_modules() if child and isinstance(sub, torch.nn.Linear)
                       and child not in found]
-    return tuple(found) or ATTENTION_TARGETS
+    return tuple(found) or known or ATTENTION_TARGETS
 
 
 def _stack_rows(rows: List[Conditioning], name: str) -> Conditioning:
