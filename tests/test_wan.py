@@ -1,5 +1,7 @@
 """Wan text-to-video: 5-D latents, rewards on videos, animated sample grids and card media, LoRA round trip."""
 
+import re
+
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -205,3 +207,13 @@ def test_an_idle_expert_still_gets_a_zero_gradient():
     out.sum().backward()
     low = [p for n, p in experts.named_parameters() if n.startswith("low.") and "lora_" in n]
     assert low and all(p.grad is not None and p.grad.abs().max() == 0 for p in low)
+
+
+@pytest.mark.parametrize("build, frames, advice", [
+    (lambda: tiny_pipelines.build_tiny_wan_pipeline(), 6, "4 k + 1 frames. Use 5 or 9"),
+    (lambda: __import__("tiny_matrix_pipelines").build_tiny_ltx2_pipeline(), 10, "8 k + 1 frames. Use 9 or 17"),
+])
+def test_a_frame_count_the_vae_cannot_encode_is_refused_with_the_nearest_valid_ones(build, frames, advice):
+    # One check for every video family (`VideoFamily`), at its own VAE's temporal compression.
+    with pytest.raises(ValueError, match=re.escape(advice)):
+        get_family(build(), num_frames=frames)

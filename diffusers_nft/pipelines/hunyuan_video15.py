@@ -13,16 +13,15 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
-from .base import Conditioning, PipelineFamily, switch_off_guiders
+from .base import Conditioning, VideoFamily, switch_off_guiders
 
 HUNYUAN_VIDEO15_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
-class HunyuanVideo15Family(PipelineFamily):
+class HunyuanVideo15Family(VideoFamily):
     """HunyuanVideo 1.5 text-to-video. Videos have `num_frames = 4 k + 1` frames (121 by default)."""
 
     pipeline_class_names = ("HunyuanVideo15Pipeline",)
-    pipeline_tag = "text-to-video"
     default_lora_targets = HUNYUAN_VIDEO15_TARGETS
     default_num_frames = 121  # HunyuanVideo15Pipeline's default
     image_tokens_count = 729  # the pipeline's `vision_num_semantic_tokens`
@@ -30,17 +29,7 @@ class HunyuanVideo15Family(PipelineFamily):
 
     def __init__(self, pipeline, distilled_guidance_scale: float = 3.5, num_frames=None):
         super().__init__(pipeline, distilled_guidance_scale, num_frames)
-        if (self.frames - 1) % pipeline.vae_scale_factor_temporal:
-            raise ValueError(f"num_frames {self.frames} must be {pipeline.vae_scale_factor_temporal} k + 1 for "
-                             "HunyuanVideo 1.5's VAE (e.g. 5, 33, 121).")
         switch_off_guiders(pipeline)  # its call has no guidance switch: the guider guides whatever it is told
-
-    @property
-    def frames(self) -> int:
-        return self.num_frames or self.default_num_frames
-
-    def video_frames(self) -> int:
-        return self.frames
 
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
         """Both encoders' states and masks; the pipeline's text lengths are fixed (1000 and 256 tokens, trimmed to
@@ -55,8 +44,7 @@ class HunyuanVideo15Family(PipelineFamily):
 
     def latent_shape(self, resolution: int) -> Tuple[int, ...]:
         side = resolution // self.pipeline.vae_scale_factor_spatial
-        latent_frames = (self.frames - 1) // self.pipeline.vae_scale_factor_temporal + 1
-        return (self.pipeline.num_channels_latents, latent_frames, side, side)
+        return (self.pipeline.num_channels_latents, self.latent_frames(), side, side)
 
     def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:
         return int(np.prod(latent_shape[1:]))

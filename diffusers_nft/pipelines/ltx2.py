@@ -18,38 +18,30 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
-from .base import Conditioning, PipelineFamily
+from .base import Conditioning, VideoFamily
 
 LTX2_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 
 
-class LTX2Family(PipelineFamily):
+class LTX2Family(VideoFamily):
     """LTX-2 text-to-video with its audio. Videos have `num_frames = 8 k + 1` frames (121 by default)."""
 
     pipeline_class_names = ("LTX2Pipeline",)
-    pipeline_tag = "text-to-video"
     default_lora_targets = LTX2_TARGETS
     default_max_sequence_length = 1024  # LTX2Pipeline's default
     default_num_frames = 121
 
     def __init__(self, pipeline, distilled_guidance_scale: float = 3.5, num_frames=None):
         super().__init__(pipeline, distilled_guidance_scale, num_frames)
-        ratio = pipeline.vae_temporal_compression_ratio
-        if (self.frames - 1) % ratio:
-            raise ValueError(f"num_frames {self.frames} must be {ratio} k + 1 for LTX-2's VAE (e.g. {ratio + 1}, 121).")
         from diffusers.pipelines.ltx2.pipeline_ltx2 import get_conditioning_frame_rate
 
         defaults = {k: p.default for k, p in inspect.signature(type(pipeline).__call__).parameters.items()}
         self.frame_rate = defaults.get("frame_rate", 24.0)
         self.fps = get_conditioning_frame_rate(self.frame_rate, defaults.get("motion_speed"))
 
-    @property
-    def frames(self) -> int:
-        return self.num_frames or self.default_num_frames
-
-    def video_frames(self) -> int:
-        return self.frames
+    def temporal_compression(self) -> int:
+        return self.pipeline.vae_temporal_compression_ratio
 
     @property
     def text_encoders(self) -> List[torch.nn.Module]:
@@ -68,7 +60,7 @@ class LTX2Family(PipelineFamily):
 
     def _sizes(self, resolution: int) -> dict:
         pipe = self.pipeline
-        frames = (self.frames - 1) // pipe.vae_temporal_compression_ratio + 1
+        frames = self.latent_frames()
         side = resolution // pipe.vae_spatial_compression_ratio
         seconds = self.frames / self.frame_rate
         per_second = pipe.audio_sampling_rate / pipe.audio_hop_length / float(pipe.audio_vae_temporal_compression_ratio)

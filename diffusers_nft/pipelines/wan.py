@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .base import Conditioning, PipelineFamily
+from .base import Conditioning, VideoFamily
 
 SECOND_EXPERT_LORA = "pytorch_lora_weights_transformer_2.safetensors"  # loaded with load_into_transformer_2=True
 
@@ -58,7 +58,7 @@ class WanExperts(torch.nn.Module):
         return (out,)
 
 
-class WanFamily(PipelineFamily):
+class WanFamily(VideoFamily):
     """Wan text-to-video. Videos have `num_frames = 4 k + 1` frames (81 by default).
 
     Wan 2.2 A14B checkpoints have two experts (`transformer` for high noise, `transformer_2` below the pipeline's
@@ -67,7 +67,6 @@ class WanFamily(PipelineFamily):
     """
 
     pipeline_class_names = ("WanPipeline",)
-    pipeline_tag = "text-to-video"
     default_lora_targets = WAN_TARGETS
     default_max_sequence_length = 512  # WanPipeline's default
     default_num_frames = 81
@@ -81,9 +80,6 @@ class WanFamily(PipelineFamily):
                                  "load the full Wan 2.2 checkpoint (or one expert alone, as `transformer`).")
             self._experts = WanExperts(pipeline.transformer, pipeline.transformer_2, pipeline.config.boundary_ratio)
             self.model = self._experts
-        frames = self.num_frames or self.default_num_frames
-        if (frames - 1) % pipeline.vae_scale_factor_temporal:
-            raise ValueError(f"num_frames {frames} must be 4 k + 1 for Wan's VAE (e.g. 5, 9, 33, 81).")
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -95,13 +91,6 @@ class WanFamily(PipelineFamily):
         return {"pytorch_lora_weights.safetensors": ("high.", {}),
                 SECOND_EXPERT_LORA: ("low.", {"load_into_transformer_2": True})}
 
-    @property
-    def frames(self) -> int:
-        return self.num_frames or self.default_num_frames
-
-    def video_frames(self) -> int:
-        return self.frames
-
     def encode_prompts(self, prompts: List[str], device: torch.device, max_sequence_length: int) -> Conditioning:
         embeds, _ = self.pipeline.encode_prompt(list(prompts), do_classifier_free_guidance=False,
                                                 max_sequence_length=max_sequence_length, device=device)
@@ -112,8 +101,7 @@ class WanFamily(PipelineFamily):
 
     def latent_shape(self, resolution: int) -> Tuple[int, ...]:
         side = resolution // self.pipeline.vae_scale_factor_spatial
-        latent_frames = (self.frames - 1) // self.pipeline.vae_scale_factor_temporal + 1
-        return (self.transformer.config.in_channels, latent_frames, side, side)
+        return (self.transformer.config.in_channels, self.latent_frames(), side, side)
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return self._transformer(latents, sigma, cond)
