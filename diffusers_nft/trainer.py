@@ -122,10 +122,7 @@ class NFTTrainer:
             project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=args.logging_dir),
         )
         self.family.check_accelerator(self.accelerator)
-        self.rewards = rewards_of(reward_funcs, args, self.accelerator.device, weighted=True)
-        # judges never trained on; None: evaluate() scores with the training rewards
-        self.eval_rewards = rewards_of(eval_reward_funcs, args, self.accelerator.device) if eval_reward_funcs else None
-        self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
+        self._setup_rewards(reward_funcs, eval_reward_funcs)
         on_every_machine(lambda: check_output_dir(args.output_dir), "the output folder")
         check_shared_output_dir(args.output_dir)
         self.checkpointer = Checkpointer(self.accelerator, args)
@@ -152,6 +149,14 @@ class NFTTrainer:
         self._setup_loop()
         if resume[0]:
             self._load(*resume)
+
+    def _setup_rewards(self, reward_funcs: Rewards, eval_reward_funcs: Optional[Rewards]) -> None:
+        """The training rewards (weighted), the judges never trained on (None: `evaluate()` scores with the training
+        rewards), and the scorer that calls the training rewards."""
+        args, device = self.args, self.accelerator.device
+        self.rewards = rewards_of(reward_funcs, args, device, weighted=True)
+        self.eval_rewards = rewards_of(eval_reward_funcs, args, device) if eval_reward_funcs else None
+        self.scorer = RewardScorer(self.rewards, args.reward_scoring, timeout=args.reward_timeout)
 
     def _read_checkpoint(self, peft_config: LoraConfig):
         """`(path, parts)` of the checkpoint to resume from, checked against this run (`Checkpointer.read`, with

@@ -248,3 +248,34 @@ class SwitchPolicy:
             yield
         finally:
             self.family.active = "default"
+
+
+def euler_rollout(family, prompts, noise, steps: int, max_sequence_length: int = 16):
+    """The family's Euler rollout from `noise` on its own grid, not decoded: what a family's test compares with
+    the pipeline's own call."""
+    from diffusers_nft.sampling import rollout
+
+    cond = family.encode_prompts(list(prompts), torch.device("cpu"), max_sequence_length)
+    with torch.no_grad():
+        return rollout(lambda x, s: family.predict_velocity(x, s, cond),
+                       family.sampling_sigmas(steps, tuple(noise.shape[1:])), noise, "euler")
+
+
+def check_the_lora_reproduces_the_trained_policy(build, render, load, tmp_path):
+    """Train two iterations on `build()`; then the LoRA must move `render(pipe)` (a tensor), and loaded into a fresh
+    build by `load(pipe, folder)` reproduce what the trained policy renders. Returns the trainer."""
+    from diffusers_nft import NFTTrainer
+
+    trainer = NFTTrainer(build(), "jpeg_incompressibility", tiny_config(tmp_path, max_steps=2, learning_rate=3e-2),
+                         PROMPTS)
+    trainer.train()
+    with trainer.policy.ema_weights(), torch.no_grad():
+        trained = render(trainer.pipeline)
+    fresh = build()
+    with torch.no_grad():
+        base = render(fresh)
+        load(fresh, str(tmp_path))
+        loaded = render(fresh)
+    assert (trained - base).abs().max() > 1e-3
+    torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-5)
+    return trainer

@@ -3,12 +3,10 @@ rollout is the pipeline's own, it trains, and its LoRA loads with `load_lora_wei
 
 import torch
 
-from diffusers_nft import NFTTrainer
 from diffusers_nft.pipelines import CogView4Family, get_family
-from diffusers_nft.sampling import rollout
 
 import tiny_matrix_pipelines
-from conftest import PROMPTS, tiny_config
+from conftest import check_the_lora_reproduces_the_trained_policy, euler_rollout
 
 PAIR = ["a red cat", "a blue dog"]
 
@@ -30,10 +28,9 @@ def test_the_rollout_and_its_timesteps_are_the_pipelines_own_at_a_shift_far_from
     assert isinstance(family, CogView4Family)
     shape = family.latent_shape(64)
     noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
-    cond = family.encode_prompts(PAIR, torch.device("cpu"), 16)
+    sigmas = family.sampling_sigmas(4, shape)
+    ours = euler_rollout(family, PAIR, noise, 4)
     with torch.no_grad():
-        sigmas = family.sampling_sigmas(4, shape)
-        ours = rollout(lambda x, s: family.predict_velocity(x, s, cond), sigmas, noise, "euler")
         theirs = _render(pipe, noise)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
     # the pipeline's unshifted timesteps (1000, 667, 334, 1) at its shifted sigmas (1, 0.467, 0.180, 0.0004)
@@ -43,14 +40,7 @@ def test_the_rollout_and_its_timesteps_are_the_pipelines_own_at_a_shift_far_from
 
 
 def test_it_trains_and_its_lora_loads_with_load_lora_weights(tmp_path):
-    config = tiny_config(tmp_path, max_steps=2, learning_rate=3e-2)
-    trainer = NFTTrainer(_build(), "jpeg_incompressibility", config, PROMPTS)
-    trainer.train()
-    noise = torch.randn(2, *trainer.family.latent_shape(64), generator=torch.Generator().manual_seed(5))
-    with trainer.policy.ema_weights(), torch.no_grad():
-        trained = _render(trainer.pipeline, noise)
-    fresh = _build()
-    base = _render(fresh, noise)
-    fresh.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
-    assert (trained - base).abs().max() > 1e-3
-    torch.testing.assert_close(_render(fresh, noise), trained, atol=1e-5, rtol=1e-5)
+    noise = torch.randn(2, *CogView4Family(_build()).latent_shape(64), generator=torch.Generator().manual_seed(5))
+    check_the_lora_reproduces_the_trained_policy(
+        _build, lambda pipe: _render(pipe, noise),
+        lambda pipe, folder: pipe.load_lora_weights(folder, weight_name="pytorch_lora_weights.safetensors"), tmp_path)

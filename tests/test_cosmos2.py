@@ -4,12 +4,11 @@ Euler steps are the pipeline's own states (`y / (1 + s)`), it trains, and its Lo
 
 import torch
 
-from diffusers_nft import NFTTrainer
 from diffusers_nft.lora_file import load_lora_file
 from diffusers_nft.pipelines import Cosmos2Family, get_family
 
 import tiny_matrix_pipelines
-from conftest import PROMPTS, tiny_config
+from conftest import check_the_lora_reproduces_the_trained_policy
 
 PAIR = ["a red cat", "a blue dog"]
 
@@ -52,16 +51,7 @@ def test_the_familys_euler_steps_are_the_pipelines_states():
 
 
 def test_it_trains_and_its_lora_loads_into_a_fresh_transformer(tmp_path):
-    config = tiny_config(tmp_path, max_steps=2, learning_rate=3e-2)
-    trainer = NFTTrainer(_build(), "jpeg_incompressibility", config, PROMPTS)
-    trainer.train()
-    noise = torch.randn(2, *trainer.family.latent_shape(64), generator=torch.Generator().manual_seed(5))
-    with trainer.policy.ema_weights(), torch.no_grad():
-        trained = _pipeline_states(trainer.pipeline, noise)[-1]
-    fresh = _build()
-    with torch.no_grad():
-        base = _pipeline_states(fresh, noise)[-1]
-        load_lora_file(fresh, str(tmp_path), "pytorch_lora_weights.safetensors")
-        loaded = _pipeline_states(fresh, noise)[-1]
-    assert (trained - base).abs().max() > 1e-3
-    torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-5)
+    noise = torch.randn(2, *Cosmos2Family(_build()).latent_shape(64), generator=torch.Generator().manual_seed(5))
+    check_the_lora_reproduces_the_trained_policy(
+        _build, lambda pipe: _pipeline_states(pipe, noise)[-1],
+        lambda pipe, folder: load_lora_file(pipe, folder, "pytorch_lora_weights.safetensors"), tmp_path)
