@@ -1,6 +1,7 @@
 """CogView4 (`CogView4Family`): its transformer sees the unshifted timestep of a shifted noise level; the family's
 rollout is the pipeline's own, it trains, and its LoRA loads with `load_lora_weights`."""
 
+import pytest
 import torch
 
 from diffusers_nft.pipelines import CogView4Family, get_family
@@ -39,6 +40,7 @@ def test_the_rollout_and_its_timesteps_are_the_pipelines_own_at_a_shift_far_from
     assert abs(float(sigmas[1]) - 2 / 3) > 0.1  # the shift is far from 1 at this size
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_it_trains_and_its_lora_loads_with_load_lora_weights(tmp_path):
     noise = torch.randn(2, *CogView4Family(_build()).latent_shape(64), generator=torch.Generator().manual_seed(5))
     check_the_lora_reproduces_the_trained_policy(

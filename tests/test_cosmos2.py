@@ -2,6 +2,7 @@
 Euler steps are the pipeline's own states (`y / (1 + s)`), it trains, and its LoRA (the class has no
 `load_lora_weights`) loads into a fresh pipeline's transformer."""
 
+import pytest
 import torch
 
 from diffusers_nft.lora_file import load_lora_file
@@ -50,6 +51,7 @@ def test_the_familys_euler_steps_are_the_pipelines_states():
     assert images.shape == (2, 3, 64, 64)
 
 
+@pytest.mark.slow  # an end-to-end run (the fast set stays within its time)
 def test_it_trains_and_its_lora_loads_into_a_fresh_transformer(tmp_path):
     noise = torch.randn(2, *Cosmos2Family(_build()).latent_shape(64), generator=torch.Generator().manual_seed(5))
     check_the_lora_reproduces_the_trained_policy(
