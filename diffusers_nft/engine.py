@@ -12,6 +12,7 @@ from diffusers.optimization import get_scheduler
 from .conditioning import read_conditioning, reward_metadata
 from .config import weight_dtype
 from .data import row_metadata
+from .lora_file import denoiser_of
 from .metrics import monitor_key
 from .policy import NFTPolicy
 
@@ -108,7 +109,7 @@ def place_pipeline(pipeline, family, accelerator, args) -> None:
     use_tf32(args.allow_tf32)
     dtype = weight_dtype(accelerator.mixed_precision)
     pipeline.to(accelerator.device)
-    if pipeline.transformer.dtype != dtype:
+    if denoiser_of(pipeline).dtype != dtype:
         pipeline.to(dtype=dtype)
     if args.upcast_vae and getattr(pipeline, "vae", None) is not None:
         pipeline.vae.to(dtype=torch.float32)

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import generate_images, image_seeds
-from .lora_file import LORA_WEIGHT_NAME, has_lora_loader, load_lora_file
+from .lora_file import LORA_WEIGHT_NAME, denoiser_of, has_lora_loader, load_lora_file
 from .rewards import load_reward
 from .visualize import save_grid
 
@@ -206,7 +206,7 @@ def lora_models(pipe, specs: Sequence[str]) -> Dict[str, Callable[[], ContextMan
 
     @contextmanager
     def active(label: Optional[str]):
-        owner = pipe if has_lora_loader(type(pipe)) else pipe.transformer  # the adapters live on the transformer
+        owner = pipe if has_lora_loader(type(pipe)) else denoiser_of(pipe)  # the adapters live on the denoiser
         if label is None:
             owner.disable_lora()
         else:

@@ -65,7 +65,7 @@ def write_lora_file(pipeline_class, folder: str, weights: Dict[str, torch.Tensor
             pipeline_class.save_lora_weights(folder, transformer_lora_layers=folded,
                                              transformer_lora_adapter_metadata=metadata, weight_name=name)
         else:
-            _write_transformer_lora(folder, name, folded, metadata)
+            _write_denoiser_lora(folder, name, folded, metadata, denoiser_name(pipeline_class))
         paths.append(f"{folder}/{name}")
     return paths
 
@@ -81,27 +81,41 @@ def has_lora_loader(pipeline_class) -> bool:
     return "transformer_lora_layers" in parameters or "unet_lora_layers" not in parameters
 
 
-def _write_transformer_lora(folder: str, name: str, weights: Dict[str, torch.Tensor], metadata: dict) -> None:
-    """The file `save_lora_weights` would write (tensors and metadata under `transformer.`), for a class without it."""
+def denoiser_name(pipeline_class) -> str:
+    """The component of a pipeline class that denoises and carries the LoRA: `transformer`, or `unet` for a class
+    that has a UNet and no transformer (DreamLite). Read from the class's signature."""
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    return "unet" if "unet" in parameters and "transformer" not in parameters else "transformer"
+
+
+def denoiser_of(pipeline) -> torch.nn.Module:
+    """The pipeline's denoising network (`denoiser_name`)."""
+    return getattr(pipeline, denoiser_name(type(pipeline)))
+
+
+def _write_denoiser_lora(folder: str, name: str, weights: Dict[str, torch.Tensor], metadata: dict,
+                         prefix: str) -> None:
+    """The file `save_lora_weights` would write (tensors and metadata under `<prefix>.`, the denoiser's component
+    name), for a class without it."""
     from diffusers.loaders.lora_base import LoraBaseMixin
 
     LoraBaseMixin.write_lora_layers(
-        state_dict=LoraBaseMixin.pack_weights(weights, "transformer"), save_directory=folder, is_main_process=True,
+        state_dict=LoraBaseMixin.pack_weights(weights, prefix), save_directory=folder, is_main_process=True,
         weight_name=name, save_function=None, safe_serialization=True,
-        lora_adapter_metadata={f"transformer.{k}": v for k, v in metadata.items()},
+        lora_adapter_metadata={f"{prefix}.{k}": v for k, v in metadata.items()},
     )
 
 
 def load_lora_file(pipe, folder: str, weight_name: str, adapter_name: Optional[str] = None, **kwargs) -> None:
     """Load a LoRA file this package wrote into `pipe`: `pipe.load_lora_weights`, or, for a class without diffusers'
-    LoRA loader, `pipe.transformer.load_lora_adapter` of the same file (its transformer given diffusers' PEFT
-    support first where its class lacks it, as for training: `with_peft_support`)."""
+    LoRA loader, its denoiser's `load_lora_adapter` of the same file (`pipe.transformer`, or `pipe.unet`: given
+    diffusers' PEFT support first where its class lacks it, as for training: `with_peft_support`)."""
     if has_lora_loader(type(pipe)):
         pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=adapter_name, **kwargs)
     else:
-        with_peft_support(pipe.transformer)
-        pipe.transformer.load_lora_adapter(folder, weight_name=weight_name, adapter_name=adapter_name,
-                                           prefix="transformer", **kwargs)
+        denoiser = with_peft_support(denoiser_of(pipe))
+        denoiser.load_lora_adapter(folder, weight_name=weight_name, adapter_name=adapter_name,
+                                   prefix=denoiser_name(type(pipe)), **kwargs)
 
 
 def has_peft_support(model) -> bool:
@@ -124,13 +138,13 @@ def with_peft_support(model):
 
 
 def give_peft_support(pipeline) -> None:
-    """Before any compute: a transformer whose class lacks diffusers' PEFT support gets it (`with_peft_support`), and
+    """Before any compute: a denoiser (transformer) whose class lacks diffusers' PEFT support gets it (`with_peft_support`), and
     the log says so, with how to load the LoRA it will train."""
-    transformer = getattr(pipeline, "transformer", None)
-    if transformer is None or has_peft_support(transformer):
+    denoiser = getattr(pipeline, denoiser_name(type(pipeline)), None)
+    if denoiser is None or has_peft_support(denoiser):
         return
-    with_peft_support(transformer)
+    with_peft_support(denoiser)
     logger.warning("%s (of %s) has no PEFT support in diffusers: it gets diffusers' PeftAdapterMixin for this run. "
                    "Load the LoRA with diffusers_nft.lora_file.load_lora_file(pipe, folder, weight_name), which "
-                   "gives a fresh pipeline's transformer the same.", type(transformer).__name__,
-                   type(pipeline).__name__)
+                   "gives a fresh pipeline's %s the same.", type(denoiser).__name__, type(pipeline).__name__,
+                   denoiser_name(type(pipeline)))

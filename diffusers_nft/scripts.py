@@ -25,6 +25,7 @@ from .config import NFTConfig, weight_dtype
 from .data import load_prompts
 from .metrics import time_key
 from .hub import check_hub
+from .lora_file import denoiser_of
 from .demo import DEMO
 from .objectives import objective_class
 from .pipelines import get_family
@@ -210,7 +211,7 @@ def prepare(argv, load_pipeline: Callable, world=DEMO):
                                              "the settings, the prompts and the output folder")
     pipeline = on_every_machine(lambda: load_pipeline(script_args, config), "the model")
     peft_config = make_lora_config(
-        pipeline.transformer,
+        denoiser_of(pipeline),
         targets=script_args.lora_layers.split(",") if script_args.lora_layers else None,
         default_targets=get_family(pipeline, config.family, num_frames=config.num_frames).default_lora_targets,
         rank=script_args.rank,
@@ -362,18 +363,20 @@ def check_data_and_rewards_given(script_args: ScriptArguments, config: NFTConfig
 
 
 def check_lora_layers(script_args: ScriptArguments) -> None:
-    """`--lora_layers` against the transformer built from its config alone, on the meta device: no weights load."""
+    """`--lora_layers` against the denoiser (the transformer; DreamLite's UNet) built from its config alone, on the
+    meta device: no weights load."""
     if not script_args.lora_layers or script_args.pretrained_model_name_or_path is None:
         return
     import diffusers
 
-    # Any model class reads a config.json; only transformer/config.json is read (or downloaded).
-    config = diffusers.SD3Transformer2DModel.load_config(
-        script_args.pretrained_model_name_or_path, subfolder="transformer", revision=script_args.revision
-    )
+    path, revision = script_args.pretrained_model_name_or_path, script_args.revision
+    # Only model_index.json and the denoiser's config.json are read (or downloaded); any model class reads them.
+    index = diffusers.DiffusionPipeline.load_config(path, revision=revision)
+    subfolder = "unet" if "unet" in index and "transformer" not in index else "transformer"
+    config = diffusers.SD3Transformer2DModel.load_config(path, subfolder=subfolder, revision=revision)
     with torch.device("meta"):
-        transformer = getattr(diffusers, config["_class_name"]).from_config(config)
-    check_lora_targets(transformer, script_args.lora_layers.split(","))
+        denoiser = getattr(diffusers, config["_class_name"]).from_config(config)
+    check_lora_targets(denoiser, script_args.lora_layers.split(","))
 
 
 def run(trainer, script_args: ScriptArguments, demo) -> None:

@@ -34,7 +34,7 @@ from .data import PromptSampler, PromptSource, prompt_sets
 from .engine import NonFiniteError, build_engine, place_pipeline, probe_rewards
 from .hub import CardInputs, card_hyperparameters, check_hub, hub_base_model
 from .interrupts import StopSignals, TrainingInterrupted
-from .lora_file import give_peft_support, has_lora_loader, write_lora_file
+from .lora_file import denoiser_name, denoiser_of, give_peft_support, has_lora_loader, write_lora_file
 from .machines import check_shared_output_dir, on_every_machine
 from .memory_fit import device_memory
 from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
@@ -149,6 +149,14 @@ class NFTTrainer:
         self._setup_loop()
         if resume[0]:
             self._load(*resume)
+
+    def _lora_file_words(self) -> str:
+        """How the start-up block says to load the LoRA file."""
+        if has_lora_loader(type(self.pipeline)):
+            return "pytorch_lora_weights.safetensors, for pipe.load_lora_weights"
+        name = denoiser_name(type(self.pipeline))
+        return (f"pytorch_lora_weights.safetensors: {type(self.pipeline).__name__} has no load_lora_weights, so load "
+                f"it with pipe.{name}.load_lora_adapter(folder, weight_name=..., prefix=\"{name}\")")
 
     def _setup_rewards(self, reward_funcs: Rewards, eval_reward_funcs: Optional[Rewards]) -> None:
         """The training rewards (weighted), the judges never trained on (None: `evaluate()` scores with the training
@@ -365,7 +373,7 @@ class NFTTrainer:
     def describe(self) -> str:
         """The start-up block: what `train()` will run, and where it writes and logs."""
         args, plan, method, accelerator = self.args, self.plan, self.objective_class, self.accelerator
-        model = getattr(self.pipeline, "name_or_path", None) or type(self.pipeline.transformer).__name__
+        model = getattr(self.pipeline, "name_or_path", None) or type(denoiser_of(self.pipeline)).__name__
         iterations = args.max_steps - self.global_step
         return startup_block(method.title, {
             "model": f"{model} ({type(self.pipeline).__name__}, {type(self.family).__name__})",
@@ -376,7 +384,7 @@ class NFTTrainer:
                         f"{count(plan.optimizer_steps, 'optimizer step')} per iteration, "
                         f"{iterations * plan.optimizer_steps} in all",
             "sampling batch": self.sampling_batch,
-            "precision": precision_words(accelerator.mixed_precision, self.pipeline.transformer.dtype),
+            "precision": precision_words(accelerator.mixed_precision, denoiser_of(self.pipeline).dtype),
             "device": device_words(accelerator.device),
             "trainable": f"{sum(p.numel() for p in self.policy.trainable_parameters()):,} LoRA parameters (rank "
                          f"{self.policy.lora_config.r}, alpha {self.policy.lora_config.lora_alpha:g}) in "
@@ -386,10 +394,7 @@ class NFTTrainer:
                         "old-policy decay count optimizer steps",
             "rewards": ", ".join(f"{name} x {weight:g}" for name, weight in zip(self.rewards.names, self.rewards.weights)),
             "output_dir": os.path.abspath(args.output_dir),
-            "LoRA file": "pytorch_lora_weights.safetensors, for pipe.load_lora_weights" if has_lora_loader(
-                type(self.pipeline)) else f"pytorch_lora_weights.safetensors: {type(self.pipeline).__name__} has no "
-                "load_lora_weights, so load it with pipe.transformer.load_lora_adapter(folder, weight_name=..., "
-                "prefix=\"transformer\")",
+            "LoRA file": self._lora_file_words(),
             "trackers": args.report_to if args.report_to != "none" else "none (metrics.jsonl only)",
         })
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..lora_file import SINGLE_LORA_LAYOUT
+from ..lora_file import SINGLE_LORA_LAYOUT, denoiser_of
 from ..sampling import pipeline_sigmas
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class PipelineFamily:
         # Fed to the guidance embedding of guidance-distilled models (FLUX.1-dev); ignored by the others.
         self.distilled_guidance_scale = distilled_guidance_scale
         # What forward passes go through; the trainer swaps in the accelerate-prepared module.
-        self.model = pipeline.transformer
+        self.model = denoiser_of(pipeline)
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -127,8 +127,9 @@ class PipelineFamily:
 
     @property
     def denoiser(self) -> torch.nn.Module:
-        """The module that gets LoRA and trains: the transformer (Wan 2.2: both experts in one module)."""
-        return self.pipeline.transformer
+        """The module that gets LoRA and trains: the transformer (DreamLite: the UNet; Wan 2.2: both experts in one
+        module)."""
+        return denoiser_of(self.pipeline)
 
     def lora_layout(self) -> Dict[str, Tuple[str, dict]]:
         """LoRA file name -> (prefix of the LoRA tensors it holds, the `load_lora_weights` arguments that load it)."""
