@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import torch
 
 from diffusers_nft import NFTConfig, NFTTrainer
-from diffusers_nft.lora_file import has_lora_loader, load_lora_file
+from diffusers_nft.lora_file import denoiser_name, has_lora_loader, load_lora_file
 from diffusers_nft.pipelines import FAMILIES, TracedFamily, get_family
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # the tiny pipelines
@@ -75,6 +75,7 @@ BUILDS = {
     "ideogram4": ("build_tiny_ideogram4_pipeline", {}),
     "bria_fibo": ("build_tiny_bria_fibo_pipeline", {}),
     "easyanimate": ("build_tiny_easyanimate_pipeline", {"num_frames": 5}),
+    "dreamlite": ("build_tiny_dreamlite_pipeline", {}),
 }
 # Classes whose package's build is another class's (FLUX.2 [dev] beside the Klein build).
 CLASS_BUILDS = {
@@ -146,10 +147,11 @@ def package(cls) -> str:
 def build(cls):
     """A tiny instance of `cls` from its package's tiny components, with its call options, or a reason."""
     init = inspect.signature(cls.__init__).parameters
-    if "transformer" not in init:  # known from the class alone: no build needed to say it
+    served = {name for family in FAMILIES for name in family.pipeline_class_names}
+    if "transformer" not in init and cls.__name__ not in served:  # known from the class alone: no build needed
         denoiser = [k for k in ("unet", "prior", "decoder") if k in init]
         return None, None, (f"no `transformer` (its denoiser is `{denoiser[0]}`)" if denoiser else
-                            "no `transformer`") + ": this package trains a pipeline's `transformer`, and no family file serves it"
+                            "no `transformer`") + ": this package trains a pipeline's `transformer` (or DreamLite's `unet`), and no family file serves it"
     entry = CONDITIONED_BUILDS.get(cls.__name__) or CLASS_BUILDS.get(cls.__name__) or BUILDS.get(package(cls))
     if package(cls) == "pag" and not cls.__name__.startswith("StableDiffusion3") and entry is BUILDS.get("pag"):
         entry = None  # diffusers.pipelines.pag holds PAG variants of many families; the SD3 build serves SD3's
@@ -177,7 +179,7 @@ def build(cls):
 
 def render(family, noise, options, values=None):
     """Euler on the family's grid: the same latents whichever pipeline instance the family wraps (the LoRA
-    changes the transformer only, so latents are where a round trip shows); with `values`, from those sources."""
+    changes the denoiser only, so latents are where a round trip shows); with `values`, from those sources."""
     from diffusers_nft.pipelines.base import SOURCE
     from diffusers_nft.sampling import rollout
 
@@ -289,8 +291,8 @@ def _run_one(cls, folder: str, conditioned: bool) -> dict:
             row["reason"] = f"the loaded LoRA moved the latents by {moved:.2g}, {error:.2g} from the trained policy"
         else:
             row["result"], row["reason"] = "pass", f"LoRA round trip within {error:.1g}" + (
-                "" if has_lora_loader(cls) else ", loaded by `transformer.load_lora_adapter` (the class has no "
-                "`load_lora_weights`)")
+                "" if has_lora_loader(cls) else f", loaded by `{denoiser_name(cls)}.load_lora_adapter` (the class has "
+                "no `load_lora_weights`)")
     except Exception as exc:  # the table reports every failure with its reason
         row["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         if os.environ.get("FAMILY_MATRIX_DEBUG"):

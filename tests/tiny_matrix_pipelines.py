@@ -744,3 +744,26 @@ def build_tiny_ideogram4_pipeline(seed: int = 0):
                              text_encoder=text_encoder.model,
                              tokenizer=processor.tokenizer, transformer=transformer,
                              unconditional_transformer=unconditional, prompt_enhancer_head=None)
+
+
+def build_tiny_dreamlite_pipeline(seed: int = 0, mobile: bool = False):
+    """`DreamLitePipeline` (or its distilled `DreamLiteMobilePipeline`): a UNet denoiser, a tiny autoencoder and a
+    Qwen3-VL encoder, offline. Shapes follow diffusers' own DreamLite test (its UNet at half width)."""
+    from diffusers import AutoencoderTiny, DreamLiteMobilePipeline, DreamLitePipeline, DreamLiteUNetModel
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    processor, text_encoder = _tiny_qwen3_vl(num_layers=2)
+    unet = DreamLiteUNetModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DreamLiteCrossAttnNoSelfAttnDownBlock2D", "DreamLiteCrossAttnDownBlock2D"),
+        up_block_types=("DreamLiteCrossAttnUpBlock2D", "DreamLiteUpBlock2D"), cross_attention_dim=16,
+        attention_head_dim=8, norm_num_groups=8, transformer_layers_per_block=1,
+    ).eval()
+    # four blocks: 8x smaller latents than pixels, as the pipeline's own `vae_scale_factor` rule reads them
+    vae = AutoencoderTiny(in_channels=3, out_channels=3, encoder_block_out_channels=(8,) * 4,
+                          decoder_block_out_channels=(8,) * 4, num_encoder_blocks=(1,) * 4,
+                          num_decoder_blocks=(1,) * 4, latent_channels=4).eval()
+    cls = DreamLiteMobilePipeline if mobile else DreamLitePipeline
+    return cls(text_encoder=text_encoder, tokenizer=processor.tokenizer, processor=processor, vae=vae, unet=unet,
+               scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000))

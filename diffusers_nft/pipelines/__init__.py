@@ -5,6 +5,7 @@ from typing import List
 from .base import Conditioning, PipelineFamily, Shared, select_conditioning
 from .cogview4 import CogView4Family
 from .cosmos2 import Cosmos2Family
+from .dreamlite import DreamLiteFamily
 from .flux import FluxFamily
 from .flux_controlnet import FluxControlNetFamily
 from .flux_fill import FluxFillFamily
@@ -27,7 +28,7 @@ from .z_image import ZImageFamily
 FAMILIES = (SD3Family, FluxFamily, Lumina2Family, QwenImageFamily, Flux2Family, ZImageFamily, WanFamily,
             FluxKontextFamily, FluxFillFamily, WanImageToVideoFamily, QwenImageEditPlusFamily, QwenImageEditFamily,
             SD3ControlNetFamily, FluxControlNetFamily, HunyuanVideo15Family, LTX2Family, CogView4Family,
-            Cosmos2Family, LongCatImageFamily, PRXPixelFamily)
+            Cosmos2Family, LongCatImageFamily, PRXPixelFamily, DreamLiteFamily)
 
 
 FAMILY_MODES = ("auto", "traced")
@@ -90,7 +91,7 @@ def card_tags(pipeline_class_name: str) -> List[str]:
 
 
 __all__ = [
-    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxControlNetFamily", "FluxFillFamily", "PipelineFamily", "PRXPixelFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily", "QwenImageEditPlusFamily", "QwenImageEditFamily",
+    "FAMILIES", "card_pipeline_tag", "card_tags", "family_for_training", "Conditioning", "FluxKontextFamily", "FluxControlNetFamily", "FluxFillFamily", "PipelineFamily", "PRXPixelFamily", "DreamLiteFamily", "Flux2Family", "FluxFamily", "Lumina2Family", "QwenImageFamily", "QwenImageEditPlusFamily", "QwenImageEditFamily",
     "FAMILY_MODES", "SD3Family", "SD3ControlNetFamily", "Shared", "TraceError", "TracedFamily", "WanFamily", "WanImageToVideoFamily", "ZImageFamily", "get_family",
     "select_conditioning",
 ]
