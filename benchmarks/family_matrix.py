@@ -86,6 +86,12 @@ CLASS_BUILDS = {
     "PRXPipeline": ("build_tiny_prx_pipeline", {}),
     "PRXPixelPipeline": ("build_tiny_prx_pixel_pipeline", {}),
 }
+# Why a package has no tiny offline build, where more can be said than that.
+NO_BUILD = {
+    "glm_image": "no offline tiny build for diffusers.pipelines.glm_image: its autoregressive prior needs a "
+                 "`GlmImageProcessor` and GLM-Image's tokenizer with its image and grid tokens, which diffusers' own "
+                 "test downloads (`zai-org/GLM-Image`)",
+}
 # The image-conditioned classes with a tiny offline build of their own.
 CONDITIONED_BUILDS = {
     "FluxKontextPipeline": ("build_tiny_flux_kontext_pipeline", {}),
@@ -156,7 +162,7 @@ def build(cls):
     if package(cls) == "pag" and not cls.__name__.startswith("StableDiffusion3") and entry is BUILDS.get("pag"):
         entry = None  # diffusers.pipelines.pag holds PAG variants of many families; the SD3 build serves SD3's
     if entry is None:
-        return None, None, f"no offline tiny build for diffusers.pipelines.{package(cls)}"
+        return None, None, NO_BUILD.get(package(cls), f"no offline tiny build for diffusers.pipelines.{package(cls)}")
     builder, options = entry
     built = getattr(tiny_pipelines, builder, None) or getattr(tiny_matrix_pipelines, builder)
     built = built()
