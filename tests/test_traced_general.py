@@ -211,3 +211,17 @@ def test_conditioning_before_the_latents_and_a_guidance_schedule_are_followed():
     with torch.no_grad():
         velocity = family.predict_velocity(x, torch.full((2,), 0.6), cond)
     assert velocity.shape == x.shape and torch.isfinite(velocity).all()
+
+
+@pytest.mark.slow  # GLM-Image's prior generates its tokens one by one at every traced call (about 12 s)
+def test_a_pipeline_that_reseeds_the_global_generator_leaves_it_as_it_was():
+    # GLM-Image's prior calls torch.manual_seed with the call's generator seed: tracing and encoding prompts must not
+    # reset the run's global random state, and a prompt's conditioning (its prior's tokens) is the same every time.
+    family = TracedFamily(_quiet(tiny_matrix_pipelines.build_tiny_glm_image_pipeline()))
+    family.latent_shape(64)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = family.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    assert torch.equal(torch.get_rng_state(), before)
+    again = family.encode_prompts(["a red cat", "a blue dog"], torch.device("cpu"), 16)
+    assert first["prior_token_id"].shape[0] == 2 and torch.equal(first["prior_token_id"], again["prior_token_id"])

@@ -292,8 +292,11 @@ class TracedFamily(PipelineFamily):
                       num_inference_steps=num_steps, return_dict=False, generator=torch.Generator().manual_seed(0))
         if "output_type" not in kwargs:
             kwargs["output_type"] = "latent"
-        # text encoders offloaded to the CPU join the transformer for a call that encodes prompts
-        with self.text_encoders_on(self.transformer.device, enabled=kwargs["output_type"] == "latent"):
+        # text encoders offloaded to the CPU join the transformer for a call that encodes prompts; the global random
+        # state is restored after the call, as some pipelines reseed it from the generator (GLM-Image's prior)
+        devices = [self.transformer.device] if self.transformer.device.type == "cuda" else []
+        with self.text_encoders_on(self.transformer.device, enabled=kwargs["output_type"] == "latent"), \
+                torch.random.fork_rng(devices=devices):
             return self.pipeline(**kwargs)
 
     def _cfg_off_candidates(self) -> List[dict]:
