@@ -76,6 +76,7 @@ BUILDS = {
     "bria_fibo": ("build_tiny_bria_fibo_pipeline", {}),
     "easyanimate": ("build_tiny_easyanimate_pipeline", {"num_frames": 5}),
     "dreamlite": ("build_tiny_dreamlite_pipeline", {}),
+    "glm_image": ("build_tiny_glm_image_pipeline", {}),
 }
 # Classes whose package's build is another class's (FLUX.2 [dev] beside the Klein build).
 CLASS_BUILDS = {
@@ -85,12 +86,6 @@ CLASS_BUILDS = {
     "SanaPAGPipeline": ("build_tiny_sana_pag_pipeline", {}),
     "PRXPipeline": ("build_tiny_prx_pipeline", {}),
     "PRXPixelPipeline": ("build_tiny_prx_pixel_pipeline", {}),
-}
-# Why a package has no tiny offline build, where more can be said than that.
-NO_BUILD = {
-    "glm_image": "no offline tiny build for diffusers.pipelines.glm_image: its autoregressive prior needs a "
-                 "`GlmImageProcessor` and GLM-Image's tokenizer with its image and grid tokens, which diffusers' own "
-                 "test downloads (`zai-org/GLM-Image`)",
 }
 # The image-conditioned classes with a tiny offline build of their own.
 CONDITIONED_BUILDS = {
@@ -162,7 +157,7 @@ def build(cls):
     if package(cls) == "pag" and not cls.__name__.startswith("StableDiffusion3") and entry is BUILDS.get("pag"):
         entry = None  # diffusers.pipelines.pag holds PAG variants of many families; the SD3 build serves SD3's
     if entry is None:
-        return None, None, NO_BUILD.get(package(cls), f"no offline tiny build for diffusers.pipelines.{package(cls)}")
+        return None, None, f"no offline tiny build for diffusers.pipelines.{package(cls)}"
     builder, options = entry
     built = getattr(tiny_pipelines, builder, None) or getattr(tiny_matrix_pipelines, builder)
     built = built()
@@ -300,7 +295,7 @@ def _run_one(cls, folder: str, conditioned: bool) -> dict:
                 "" if has_lora_loader(cls) else f", loaded by `{denoiser_name(cls)}.load_lora_adapter` (the class has "
                 "no `load_lora_weights`)")
     except Exception as exc:  # the table reports every failure with its reason
-        row["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        row["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:280]}"  # the pipeline's own error included
         if os.environ.get("FAMILY_MATRIX_DEBUG"):
             traceback.print_exc()
     finally:

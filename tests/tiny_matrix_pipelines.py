@@ -767,3 +767,61 @@ def build_tiny_dreamlite_pipeline(seed: int = 0, mobile: bool = False):
     cls = DreamLiteMobilePipeline if mobile else DreamLitePipeline
     return cls(text_encoder=text_encoder, tokenizer=processor.tokenizer, processor=processor, vae=vae, unet=unet,
                scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000))
+
+
+# A chat template in GLM-Image's shape: the user's text (and images, as image tokens), then the assistant's turn.
+_GLM_IMAGE_TEMPLATE = ("{% for message in messages %}<|user|>{% for item in message['content'] %}"
+                       "{% if item['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+                       "{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endfor %}<|assistant|>")
+
+
+def _tiny_glm_image_prior():
+    """GLM-Image's autoregressive prior, tiny, with its processor, offline: the offline Qwen-style tokenizer with
+    GLM-Image's image, grid and turn tokens (the begin-of-image token as `bos_token`, as the processor appends it),
+    and a `GlmImageForConditionalGeneration` of diffusers' test's shapes whose token ids are that tokenizer's."""
+    from transformers import GlmImageConfig, GlmImageForConditionalGeneration, GlmImageProcessor
+    from transformers.models.glm_image.image_processing_pil_glm_image import GlmImageImageProcessorPil
+    from tiny_pipelines import _train_qwen_tokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _train_qwen_tokenizer(folder)
+    specials = ["<|user|>", "<|assistant|>", "<|begin_of_image|>", "<|end_of_image|>", "<|image|>", "<sop>", "<eop>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    tokenizer.bos_token = "<|begin_of_image|>"
+    tokenizer.padding_side = "left"  # the prior generates after the prompt: a batch's prompts end together
+    tokenizer.image_token, tokenizer.grid_bos_token, tokenizer.grid_eos_token = "<|image|>", "<sop>", "<eop>"
+    begin, end, image = tokenizer.convert_tokens_to_ids(specials[2:5])
+    processor = GlmImageProcessor(image_processor=GlmImageImageProcessorPil(), tokenizer=tokenizer,
+                                  chat_template=_GLM_IMAGE_TEMPLATE)
+    config = GlmImageConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
+                     "vision_vocab_size": 128, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": end,
+                     "rope_parameters": {"mrope_section": (4, 2, 2)}},
+        vision_config={"depth": 2, "hidden_size": 32, "num_heads": 2, "image_size": 32, "patch_size": 8,
+                       "intermediate_size": 32},
+        vq_config={"embed_dim": 32, "num_embeddings": 128, "latent_channels": 32},
+        image_token_id=image, image_start_token_id=begin, image_end_token_id=end)
+    return processor, GlmImageForConditionalGeneration(config).eval()
+
+
+def build_tiny_glm_image_pipeline(seed: int = 0):
+    """`GlmImagePipeline` (an autoregressive prior whose image tokens condition the DiT, a ByT5 glyph encoder),
+    offline. Shapes follow diffusers' own GLM-Image test; its processor and tokenizer, which that test downloads, are
+    built here (`_tiny_glm_image_prior`)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, GlmImagePipeline, GlmImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    processor, prior = _tiny_glm_image_prior()
+    tokenizer, text_encoder = _byt5()
+    # patch 2 x VAE 8 = 16 px per token: the prior's tokens (32 px, upsampled twice) cover the image
+    transformer = GlmImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+        text_embed_dim=text_encoder.config.hidden_size, time_embed_dim=16, condition_dim=8,
+        prior_vq_quantizer_codebook_size=128)
+    vae = AutoencoderKL(block_out_channels=(4, 8, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                        norm_num_groups=4, sample_size=128, latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    return GlmImagePipeline(tokenizer=tokenizer, processor=processor, text_encoder=text_encoder,
+                            vision_language_encoder=prior, vae=vae, transformer=transformer,
+                            scheduler=FlowMatchEulerDiscreteScheduler())
