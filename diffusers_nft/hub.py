@@ -71,24 +71,14 @@ def base_model_license(base_model: Optional[str]) -> Optional[str]:
 
 
 def _lora_loader(pipeline_class: str) -> Tuple[str, str, str]:
-    """How the snippet loads a LoRA into this class: `(import line, call prefix, extra arguments)`. diffusers'
-    `pipe.load_lora_weights` where the class has it; else its denoiser's (`transformer`'s, DreamLite's `unet`'s)
-    `load_lora_adapter`; else (a denoiser without PEFT support in diffusers) this package's `load_lora_file`, which
-    gives it the PEFT mixin first."""
-    import inspect
-
+    """How the snippet loads a LoRA into the diffusers class named `pipeline_class` (`lora_file.loading_call`;
+    `pipe.load_lora_weights` for a class diffusers does not export)."""
     import diffusers
 
-    from .lora_file import denoiser_name, has_lora_loader
+    from .lora_file import loading_call
 
     cls = getattr(diffusers, pipeline_class, None)
-    if cls is None or has_lora_loader(cls):
-        return "", "pipe.load_lora_weights(", ""
-    name = denoiser_name(cls)
-    annotation = getattr(inspect.signature(cls.__init__).parameters.get(name), "annotation", None)
-    if inspect.isclass(annotation) and not hasattr(annotation, "load_lora_adapter"):
-        return "from diffusers_nft.lora_file import load_lora_file\n", "load_lora_file(pipe, ", ""
-    return "", f"pipe.{name}.load_lora_adapter(", f', prefix="{name}"'
+    return ("", "pipe.load_lora_weights(", "") if cls is None else loading_call(cls)
 
 
 def _guiders(pipeline_class: str) -> List[str]:

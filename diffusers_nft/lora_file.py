@@ -93,6 +93,20 @@ def denoiser_of(pipeline) -> torch.nn.Module:
     return getattr(pipeline, denoiser_name(type(pipeline)))
 
 
+def loading_call(pipeline_class) -> Tuple[str, str, str]:
+    """How code loads a LoRA file into this class: `(import line, call prefix, extra arguments)`.
+    `pipe.load_lora_weights` where the class has diffusers' LoRA loader; else its denoiser's (`transformer`'s,
+    DreamLite's `unet`'s) `load_lora_adapter`; else (a denoiser without PEFT support in diffusers) this package's
+    `load_lora_file`, which gives it the PEFT mixin first."""
+    if has_lora_loader(pipeline_class):
+        return "", "pipe.load_lora_weights(", ""
+    name = denoiser_name(pipeline_class)
+    annotation = getattr(inspect.signature(pipeline_class.__init__).parameters.get(name), "annotation", None)
+    if inspect.isclass(annotation) and not hasattr(annotation, "load_lora_adapter"):
+        return "from diffusers_nft.lora_file import load_lora_file\n", "load_lora_file(pipe, ", ""
+    return "", f"pipe.{name}.load_lora_adapter(", f', prefix="{name}"'
+
+
 def _write_denoiser_lora(folder: str, name: str, weights: Dict[str, torch.Tensor], metadata: dict,
                          prefix: str) -> None:
     """The file `save_lora_weights` would write (tensors and metadata under `<prefix>.`, the denoiser's component

@@ -34,7 +34,7 @@ from .data import PromptSampler, PromptSource, prompt_sets
 from .engine import NonFiniteError, build_engine, place_pipeline, probe_rewards
 from .hub import CardInputs, card_hyperparameters, check_hub, hub_base_model
 from .interrupts import StopSignals, TrainingInterrupted
-from .lora_file import denoiser_name, denoiser_of, give_peft_support, has_lora_loader, write_lora_file
+from .lora_file import denoiser_of, give_peft_support, has_lora_loader, loading_call, write_lora_file
 from .machines import check_shared_output_dir, on_every_machine
 from .memory_fit import device_memory
 from .metrics import TOTAL, eval_key, loss_key, monitor_key, reward_key, reward_stats, time_key
@@ -154,9 +154,9 @@ class NFTTrainer:
         """How the start-up block says to load the LoRA file."""
         if has_lora_loader(type(self.pipeline)):
             return "pytorch_lora_weights.safetensors, for pipe.load_lora_weights"
-        name = denoiser_name(type(self.pipeline))
+        _, call, extra = loading_call(type(self.pipeline))  # as the model card's snippet loads it
         return (f"pytorch_lora_weights.safetensors: {type(self.pipeline).__name__} has no load_lora_weights, so load "
-                f"it with pipe.{name}.load_lora_adapter(folder, weight_name=..., prefix=\"{name}\")")
+                f"it with {call}folder, weight_name=...{extra})")
 
     def _setup_rewards(self, reward_funcs: Rewards, eval_reward_funcs: Optional[Rewards]) -> None:
         """The training rewards (weighted), the judges never trained on (None: `evaluate()` scores with the training

@@ -106,6 +106,8 @@ def test_a_transformer_without_peft_support_gets_diffusers_mixin_and_its_lora_lo
     torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-5)
     snippet = call_snippet("LuminaPipeline", "Alpha-VLLM/Lumina-Next-SFT-diffusers", "me/lora", "a cat", {})
     assert 'load_lora_file(pipe, "me/lora", weight_name="pytorch_lora_weights.safetensors")' in snippet
+    # the start-up block says the same as the card's snippet (`lora_file.loading_call`)
+    assert "load it with load_lora_file(pipe, folder, weight_name=...)" in trainer.describe()
 
 
 def test_guidance_besides_guidance_scale_is_switched_off_from_the_call_signature():
