@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..lora_file import SINGLE_LORA_LAYOUT, denoiser_of
+from ..lora_file import SINGLE_LORA_LAYOUT, denoiser_name, denoiser_of
 from ..sampling import pipeline_sigmas
 
 logger = logging.getLogger(__name__)
@@ -184,15 +184,17 @@ class PipelineFamily:
         return self.pipeline.vae_scale_factor * (self.transformer.config.get("patch_size", None) or 1)
 
     def check_resolution(self, resolution: int) -> None:
-        """Raise `ValueError` with valid sizes when the transformer cannot take latents of this resolution."""
-        multiple = self.resolution_multiple()
+        """Raise `ValueError` with valid sizes when the denoiser (the pipeline's transformer, or its UNet) cannot take
+        latents of this resolution (`resolution_multiple`, and a position table's size where it has one)."""
+        multiple, denoiser = self.resolution_multiple(), denoiser_of(self.pipeline)
         if resolution % multiple:
             nearest = sorted({c for c in (resolution // multiple * multiple, (resolution // multiple + 1) * multiple) if c})
-            raise ValueError(f"resolution {resolution} does not suit {type(self.transformer).__name__}: sides must be "
-                             f"multiples of {multiple} (VAE x patch size). Use {' or '.join(map(str, nearest))}.")
-        max_patches = self.transformer.config.get("pos_embed_max_size", None)
+            raise ValueError(f"resolution {resolution} does not suit {type(denoiser).__name__}: sides must be "
+                             f"multiples of {multiple} (the VAE's downscaling times the "
+                             f"{denoiser_name(type(self.pipeline))}'s). Use {' or '.join(map(str, nearest))}.")
+        max_patches = denoiser.config.get("pos_embed_max_size", None)
         if max_patches and resolution // multiple > max_patches:
-            raise ValueError(f"resolution {resolution} is larger than {type(self.transformer).__name__}'s position "
+            raise ValueError(f"resolution {resolution} is larger than {type(denoiser).__name__}'s position "
                              f"embedding allows ({max_patches} patches: at most {max_patches * multiple} px).")
 
     def image_tokens(self, latent_shape: Tuple[int, ...]) -> int:

@@ -55,13 +55,6 @@ class DreamLiteFamily(PipelineFamily):
         """The VAE's downscaling times the UNet's (one halving per block after the first)."""
         return self.pipeline.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
-    def check_resolution(self, resolution: int) -> None:
-        multiple = self.resolution_multiple()
-        if resolution % multiple:
-            below = max(resolution // multiple * multiple, multiple)
-            raise ValueError(f"resolution {resolution} does not suit {type(self.unet).__name__}: sides must be "
-                             f"multiples of {multiple} (VAE x UNet downscaling). Use {below} or {below + multiple}.")
-
     def schedule_sigmas(self, num_steps: int) -> np.ndarray:
         return np.linspace(1.0, 1.0 / num_steps, num_steps)
 
