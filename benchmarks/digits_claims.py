@@ -32,7 +32,8 @@ Writes `claims.md` (the table), `claims.json` (every number) and `claims_b.png`,
 `claims_screen.png`, `claims_training.png` (plots, for the claims run)
 to `--output_dir`. Each run is evaluated every `--eval_every` iterations, so (b) has curves. The results are
 written after every run, so a stopped benchmark keeps them: `--resume` reads them back and runs only what is missing
-(the runs are long: about 3 minutes each on 2 CPU cores with the short-text demo model; 5-7 with the one before).
+(the runs are long: about 2 minutes each on 2 CPU cores with the short-text demo model and its 24 iterations; the
+tables in docs/results.md ran 40 iterations on the model before, 5-7 minutes each).
 """
 
 import argparse
