@@ -10,6 +10,7 @@ zeros, as the SD3 pipeline does without T5): they are off the measured path, whi
     python benchmarks/gpu_iteration.py                      # the table, on the GPU
     python benchmarks/gpu_iteration.py --compile            # with torch.compile on the transformer
     python benchmarks/gpu_iteration.py --model flux1dev --gradient_checkpointing  # FLUX.1-dev size (12 B)
+    python benchmarks/gpu_iteration.py --model qwenimage --gradient_checkpointing  # Qwen-Image size (20 B)
     python benchmarks/gpu_iteration.py --tiny --device cpu  # a smoke run of this script on a CPU
 
 Targets (issue 16), SD3.5-Medium size on one H200: >= 4.0 images/s compiled and >= 2.2 eager, peak memory <= 40 GiB
@@ -22,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -39,6 +41,12 @@ FLUX1_DEV = dict(
     joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
 )
 FLUX_VAE_SCALING = dict(scaling_factor=0.3611, shift_factor=0.1159)
+# Qwen-Image's transformer (20.4 B parameters), from its published config; its VAE is AutoencoderKLQwenImage's default.
+QWEN_IMAGE = dict(
+    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+)
+QWEN_IMAGE_TINY = dict(QWEN_IMAGE, num_layers=1, attention_head_dim=16, num_attention_heads=2, axes_dims_rope=(4, 6, 6))
 SD35_VAE = dict(
     in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -66,6 +74,53 @@ def build_flux_pipeline(device: str):
             ),
             text_encoder=CLIPTextModel(tiny_clip_config(tokenizer, hidden=768)), tokenizer=tokenizer,
             text_encoder_2=text_encoder_2.to(device), tokenizer_2=tokenizer_2,
+        )
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Create parameters in `dtype`: Qwen-Image's 20 B parameters in float32 would not fit an 80 GiB GPU."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def build_qwenimage_pipeline(tiny: bool, device: str):
+    """A Qwen-Image-size `QwenImagePipeline` (random weights, created in bfloat16 on a GPU) with a one-layer
+    Qwen2.5-VL text encoder of the real width (3584); `tiny` shrinks the transformer and VAE for a CPU smoke run."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+    from diffusers import QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from tiny_pipelines import _train_qwen_tokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = _train_qwen_tokenizer(folder)
+    vocab = len(tokenizer)
+    text = Qwen2_5_VLConfig(  # 28 heads of 128, as Qwen2.5-VL-7B; one layer, a narrow MLP
+        text_config={"hidden_size": 3584, "intermediate_size": 256, "num_hidden_layers": 1, "num_attention_heads": 28,
+                     "num_key_value_heads": 4, "rope_theta": 1000000.0, "vocab_size": vocab + 3,
+                     "rope_scaling": {"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"},
+                     "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 3584},
+        hidden_size=3584, vocab_size=vocab + 3, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        vision_start_token_id=vocab, vision_end_token_id=vocab + 1, vision_token_id=vocab + 2,
+    )
+    vae = dict(base_dim=24, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if tiny else {}
+    torch.manual_seed(0)
+    with torch.device(device), default_dtype(torch.bfloat16 if device == "cuda" else torch.float32):
+        return QwenImagePipeline(
+            transformer=QwenImageTransformer2DModel(**(QWEN_IMAGE_TINY if tiny else QWEN_IMAGE)),
+            vae=AutoencoderKLQwenImage(**vae),
+            scheduler=FlowMatchEulerDiscreteScheduler(
+                use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+                max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+            ),
+            text_encoder=Qwen2_5_VLForConditionalGeneration(text).eval(), tokenizer=tokenizer,
         )
 
 
@@ -106,7 +161,7 @@ def build_pipeline(tiny: bool, device: str):
         )
 
 
-MODELS = ("sd35m", "flux1dev")
+MODELS = ("sd35m", "flux1dev", "qwenimage")
 
 
 def parse_args():
@@ -123,7 +178,8 @@ def parse_args():
     parser.add_argument("--before_pair", action="store_true",
                         help="As before issue 32: the old and reference predictions as two forwards, plain AdamW.")
     parser.add_argument("--model", choices=MODELS, default="sd35m",
-                        help="sd35m: SD3.5-Medium size (2.5 B); flux1dev: FLUX.1-dev size (12 B). Default: sd35m.")
+                        help="sd35m: SD3.5-Medium size (2.5 B); flux1dev: FLUX.1-dev size (12 B); qwenimage: "
+                             "Qwen-Image size (20 B). Default: sd35m.")
     parser.add_argument("--tiny", action="store_true", help="A tiny model, for a smoke run of the script.")
     parser.add_argument("--device", default="cuda")
     return parser.parse_args()
@@ -159,18 +215,28 @@ def time_iterations(pipe, cli, cuda: bool, resolution: int):
     return runs, warmup, config.images_per_iteration
 
 
+def build_model(cli, device: str):
+    """The pipeline `--model` names; `--tiny` gives a small one (Qwen-Image's own build, shrunk; else tiny SD3)."""
+    if cli.model == "qwenimage":
+        return build_qwenimage_pipeline(cli.tiny, device)
+    if cli.model == "flux1dev" and not cli.tiny:
+        return build_flux_pipeline(device)
+    return build_pipeline(cli.tiny, device)
+
+
 def main():
     cli = parse_args()
     cuda = cli.device == "cuda" and torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    pipe = build_flux_pipeline(device) if cli.model == "flux1dev" and not cli.tiny else build_pipeline(cli.tiny, device)
+    pipe = build_model(cli, device)
     resolution = 64 if cli.tiny else 512
     runs, warmup, images = time_iterations(pipe, cli, cuda, resolution)
     device = torch.cuda.get_device_name() if cuda else "CPU"
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     parts = ("sampling", "reward", "training", "iteration")
     median = {part: statistics.median(m[time_key(part)] for m in runs) for part in parts}
-    name = "tiny" if cli.tiny else {"sd35m": "SD3.5-Medium", "flux1dev": "FLUX.1-dev"}[cli.model]
+    name = {"sd35m": "SD3.5-Medium", "flux1dev": "FLUX.1-dev", "qwenimage": "Qwen-Image"}[cli.model]
+    name = f"tiny stand-in for the {name}" if cli.tiny else name
     print(f"\n{device}; {name} transformer "
           f"({sum(p.numel() for p in pipe.transformer.parameters()) / 1e9:.2f} B params with LoRA), {resolution} px, "
           f"{images} images/iteration, micro-batch {cli.micro_batch}, kl_beta={cli.kl_beta}, compile={cli.compile}, "

@@ -14,6 +14,9 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHON="${PYTHON:-python3}"
 # SMOKE="--tiny --device cpu" runs the suite's logic on a CPU in a minute (tiny models; the sharded parts fail there).
 SMOKE="${SMOKE:-}"
+# PARTS="qwenimage_eager sd35m_compiled" runs only the parts named (default: all), e.g. to finish in a second call
+# what the first one's 10 minutes did not reach.
+PARTS="${PARTS:-}"
 
 if compgen -G ".whl/*.whl" >/dev/null; then  # the machine has no registry: carried wheels, installed aside
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -30,9 +33,13 @@ fi
 echo "# GPU suite, $(date -u +%Y-%m-%dT%H:%MZ), $(head -2 "$OUT_DIR/card.txt" | tail -1)" >>"$OUT_DIR/summary.md"
 
 # part NAME SECONDS COMMAND...: run with a time limit, log to NAME.log, and copy its tables into summary.md.
+wanted() { [ -z "$PARTS" ] || [[ " $PARTS " == *" $1 "* ]]; }
+# skip NAME WHY: say in summary.md why a wanted part did not run.
+skip() { if wanted "$1"; then echo -e "\n## $1: SKIPPED, $2" >>"$OUT_DIR/summary.md"; fi; }
 part() {
     local name=$1 limit=$2 start status
     shift 2
+    wanted "$name" || return 0
     start=$(date +%s)
     timeout --kill-after=10 "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
     status=$?
@@ -47,6 +54,8 @@ BUDGET=${SUITE_BUDGET:-570}  # seconds: the whole suite inside one 10-minute dev
 
 part sd35m_eager 90 "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 $SMOKE
 part flux1dev_eager 100 "$PYTHON" benchmarks/gpu_iteration.py --model flux1dev --gradient_checkpointing \
+    --prompts 1 --group_size 8 --micro_batch 8 --iterations 1 $SMOKE
+part qwenimage_eager 120 "$PYTHON" benchmarks/gpu_iteration.py --model qwenimage --gradient_checkpointing \
     --prompts 1 --group_size 8 --micro_batch 8 --iterations 1 $SMOKE
 
 # FSDP2 and DeepSpeed ZeRO-2: train 4 iterations, resume a copy from checkpoint-2, compare the two LoRAs.
@@ -63,17 +72,21 @@ part fsdp2_resume 60 bash -c 'sharded "$1"' _ examples/accelerate_configs/fsdp.y
 if "$PYTHON" -c "import deepspeed" >/dev/null 2>&1; then
     part deepspeed_zero2_resume 60 bash -c 'sharded "$1"' _ examples/accelerate_configs/deepspeed_zero2.yaml
 else
-    echo -e "\n## deepspeed_zero2_resume: SKIPPED, DeepSpeed does not import on this machine" >>"$OUT_DIR/summary.md"
+    skip deepspeed_zero2_resume "DeepSpeed does not import on this machine"
 fi
 # Last, with whatever time is left: compilation alone took 328 s on an H200 (README).
-part sd35m_compiled $(( BUDGET - ($(date +%s) - SUITE_START) )) "$PYTHON" benchmarks/gpu_iteration.py --compile \
-    --iterations 1 $SMOKE
+LEFT=$(( BUDGET - ($(date +%s) - SUITE_START) ))
+if [ "$LEFT" -gt 60 ]; then
+    part sd35m_compiled "$LEFT" "$PYTHON" benchmarks/gpu_iteration.py --compile --iterations 1 $SMOKE
+else
+    skip sd35m_compiled "${LEFT} s left (run it alone: PARTS=sd35m_compiled)"
+fi
 # Then, if time is left, the eager iteration as before the old/reference pair and fused AdamW, for their gain.
 LEFT=$(( BUDGET - ($(date +%s) - SUITE_START) ))
 if [ "$LEFT" -gt 60 ]; then
     part sd35m_eager_before_pair "$LEFT" "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 --before_pair $SMOKE
 else
-    echo -e "\n## sd35m_eager_before_pair: SKIPPED, ${LEFT} s left" >>"$OUT_DIR/summary.md"
+    skip sd35m_eager_before_pair "${LEFT} s left"
 fi
 # And the sampling batch chosen from the device's memory (sample_batch_size unset), if time is still left.
 LEFT=$(( BUDGET - ($(date +%s) - SUITE_START) ))
@@ -81,6 +94,6 @@ if [ "$LEFT" -gt 60 ]; then
     part sd35m_eager_batch_from_memory "$LEFT" "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 \
         --sampling_batch_from_memory $SMOKE
 else
-    echo -e "\n## sd35m_eager_batch_from_memory: SKIPPED, ${LEFT} s left" >>"$OUT_DIR/summary.md"
+    skip sd35m_eager_batch_from_memory "${LEFT} s left"
 fi
 cat "$OUT_DIR/summary.md"
