@@ -14,7 +14,7 @@ def test_the_gpu_suite_runs_the_parts_named_and_tables_each(tmp_path):
     """`PARTS` runs only the named parts (here the SD3.5-Medium and Qwen-Image rows, on tiny stand-ins on the CPU),
     and `summary.md` holds each one's exit status and its images/s.
 
-    Slow: two benchmark processes (about 30 s).
+    Slow: two benchmark processes (about 40 s); no fast test covers it, as no benchmark runs in the fast set.
     """
     env = {**os.environ, "SMOKE": "--tiny --device cpu", "PARTS": "sd35m_eager qwenimage_eager"}
     done = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path)], cwd=ROOT, env=env,
