@@ -77,6 +77,14 @@ def build_flux_pipeline(device: str):
         )
 
 
+def tiny_builders():
+    """`tests/tiny_pipelines.py`, the test scaffolding's offline builders: not in the wheel, so read from the checkout."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import tiny_pipelines
+
+    return tiny_pipelines
+
+
 @contextmanager
 def default_dtype(dtype: torch.dtype):
     """Create parameters in `dtype`: Qwen-Image's 20 B parameters in float32 would not fit an 80 GiB GPU."""
@@ -91,15 +99,12 @@ def default_dtype(dtype: torch.dtype):
 def build_qwenimage_pipeline(tiny: bool, device: str):
     """A Qwen-Image-size `QwenImagePipeline` (random weights, created in bfloat16 on a GPU) with a one-layer
     Qwen2.5-VL text encoder of the real width (3584); `tiny` shrinks the transformer and VAE for a CPU smoke run."""
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
-    from diffusers import QwenImageTransformer2DModel
+    from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-    from tiny_pipelines import _train_qwen_tokenizer
-
+    builders = tiny_builders()
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer = _train_qwen_tokenizer(folder)
+        tokenizer = builders._train_qwen_tokenizer(folder)
     vocab = len(tokenizer)
     text = Qwen2_5_VLConfig(  # 28 heads of 128, as Qwen2.5-VL-7B; one layer, a narrow MLP
         text_config={"hidden_size": 3584, "intermediate_size": 256, "num_hidden_layers": 1, "num_attention_heads": 28,
@@ -116,10 +121,7 @@ def build_qwenimage_pipeline(tiny: bool, device: str):
         return QwenImagePipeline(
             transformer=QwenImageTransformer2DModel(**(QWEN_IMAGE_TINY if tiny else QWEN_IMAGE)),
             vae=AutoencoderKLQwenImage(**vae),
-            scheduler=FlowMatchEulerDiscreteScheduler(
-                use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
-                max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
-            ),
+            scheduler=builders.qwenimage_scheduler(),
             text_encoder=Qwen2_5_VLForConditionalGeneration(text).eval(), tokenizer=tokenizer,
         )
 
@@ -134,11 +136,8 @@ def build_pipeline(tiny: bool, device: str):
 
     from diffusers_nft.demo.offline_text import train_clip_tokenizer
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-    from tiny_pipelines import build_tiny_sd3_pipeline
-
     if tiny:
-        return build_tiny_sd3_pipeline(width=128, num_layers=4)
+        return tiny_builders().build_tiny_sd3_pipeline(width=128, num_layers=4)
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = train_clip_tokenizer(folder)
 

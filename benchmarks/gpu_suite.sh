@@ -32,10 +32,11 @@ fi
 
 echo "# GPU suite, $(date -u +%Y-%m-%dT%H:%MZ), $(head -2 "$OUT_DIR/card.txt" | tail -1)" >>"$OUT_DIR/summary.md"
 
-# part NAME SECONDS COMMAND...: run with a time limit, log to NAME.log, and copy its tables into summary.md.
+# wanted NAME: whether PARTS names it (or is empty).
 wanted() { [ -z "$PARTS" ] || [[ " $PARTS " == *" $1 "* ]]; }
 # skip NAME WHY: say in summary.md why a wanted part did not run.
 skip() { if wanted "$1"; then echo -e "\n## $1: SKIPPED, $2" >>"$OUT_DIR/summary.md"; fi; }
+# part NAME SECONDS COMMAND...: run with a time limit, log to NAME.log, and copy its tables into summary.md.
 part() {
     local name=$1 limit=$2 start status
     shift 2
@@ -51,6 +52,16 @@ part() {
 
 SUITE_START=$(date +%s)
 BUDGET=${SUITE_BUDGET:-570}  # seconds: the whole suite inside one 10-minute device call
+# part_in_time_left NAME COMMAND...: the part, limited to what is left of BUDGET; skipped at 60 s or less.
+part_in_time_left() {
+    local name=$1 left=$(( BUDGET - ($(date +%s) - SUITE_START) ))
+    shift
+    if [ "$left" -gt 60 ]; then
+        part "$name" "$left" "$@"
+    else
+        skip "$name" "${left} s left (run it alone: PARTS=$name)"
+    fi
+}
 
 part sd35m_eager 90 "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 $SMOKE
 part flux1dev_eager 100 "$PYTHON" benchmarks/gpu_iteration.py --model flux1dev --gradient_checkpointing \
@@ -75,25 +86,10 @@ else
     skip deepspeed_zero2_resume "DeepSpeed does not import on this machine"
 fi
 # Last, with whatever time is left: compilation alone took 328 s on an H200 (README).
-LEFT=$(( BUDGET - ($(date +%s) - SUITE_START) ))
-if [ "$LEFT" -gt 60 ]; then
-    part sd35m_compiled "$LEFT" "$PYTHON" benchmarks/gpu_iteration.py --compile --iterations 1 $SMOKE
-else
-    skip sd35m_compiled "${LEFT} s left (run it alone: PARTS=sd35m_compiled)"
-fi
-# Then, if time is left, the eager iteration as before the old/reference pair and fused AdamW, for their gain.
-LEFT=$(( BUDGET - ($(date +%s) - SUITE_START) ))
-if [ "$LEFT" -gt 60 ]; then
-    part sd35m_eager_before_pair "$LEFT" "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 --before_pair $SMOKE
-else
-    skip sd35m_eager_before_pair "${LEFT} s left"
-fi
-# And the sampling batch chosen from the device's memory (sample_batch_size unset), if time is still left.
-LEFT=$(( BUDGET - ($(date +%s) - SUITE_START) ))
-if [ "$LEFT" -gt 60 ]; then
-    part sd35m_eager_batch_from_memory "$LEFT" "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 \
-        --sampling_batch_from_memory $SMOKE
-else
-    skip sd35m_eager_batch_from_memory "${LEFT} s left"
-fi
+part_in_time_left sd35m_compiled "$PYTHON" benchmarks/gpu_iteration.py --compile --iterations 1 $SMOKE
+# Then the eager iteration as before the old/reference pair and fused AdamW, for their gain.
+part_in_time_left sd35m_eager_before_pair "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 --before_pair $SMOKE
+# And the sampling batch chosen from the device's memory (sample_batch_size unset).
+part_in_time_left sd35m_eager_batch_from_memory "$PYTHON" benchmarks/gpu_iteration.py --iterations 1 \
+    --sampling_batch_from_memory $SMOKE
 cat "$OUT_DIR/summary.md"

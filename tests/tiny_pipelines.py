@@ -235,7 +235,7 @@ def build_tiny_qwenimage_pipeline(seed: int = 0, sample_size: int = 8):
 
 def _tiny_qwenimage_parts() -> dict:
     """The transformer, VAE and scheduler of the Qwen-Image builds (drawn after their text encoders, as always)."""
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
 
     transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
@@ -245,11 +245,17 @@ def _tiny_qwenimage_parts() -> dict:
         base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
         latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
+    return {"transformer": transformer, "vae": vae, "scheduler": qwenimage_scheduler()}
+
+
+def qwenimage_scheduler():
+    """Qwen-Image's own scheduler config (dynamic, exponential shift), for the tiny builds and the GPU benchmark."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192,
         shift_terminal=0.02, time_shift_type="exponential",
     )
-    return {"transformer": transformer, "vae": vae, "scheduler": scheduler}
 
 
 def build_tiny_qwenimage_edit_pipeline(seed: int = 0):
